@@ -16,6 +16,12 @@ extern crate alloc;
 
 pub mod addr;
 pub mod hw;
+pub mod queue;
+pub mod regs;
+pub mod stage2;
+pub mod ste;
+pub mod cd;
+pub mod strtab;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;

@@ -1,0 +1,262 @@
+//! The boot sequence of the boot CPU and of secondary CPUs.
+
+use crate::arch::{self, mmu, psci};
+use crate::console;
+use crate::mm::{self, FRAMES};
+use crate::pci;
+use crate::platform::{Platform, PsciConduit};
+use alloc::vec::Vec;
+use buddy_system_allocator::LockedHeap;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use log::{error, info, warn};
+use spin::Once;
+
+#[global_allocator]
+static HEAP: LockedHeap<32> = LockedHeap::empty();
+
+/// Size of the hypervisor's heap, carved from RAM right after the image.
+const HEAP_SIZE: u64 = 8 << 20;
+const MIB: u64 = 1 << 20;
+
+unsafe extern "C" {
+    static __image_start: u8;
+    static __text_end: u8;
+    static __rodata_end: u8;
+    static __image_end: u8;
+    static __max_cpus: u8;
+}
+
+fn symbol_addr(s: &u8) -> u64 {
+    s as *const u8 as u64
+}
+
+static PSCI: Once<PsciConduit> = Once::new();
+static CPUS_ONLINE: AtomicUsize = AtomicUsize::new(1);
+
+fn align_up(v: u64, a: u64) -> u64 {
+    (v + a - 1) & !(a - 1)
+}
+
+/// Reads the FDT header at `dtb` and returns its total size, if it is one.
+///
+/// # Safety
+///
+/// `dtb` is the address the boot loader passed in x0 (readable RAM).
+unsafe fn fdt_size(dtb: u64) -> Option<u64> {
+    if dtb == 0 || dtb % 8 != 0 {
+        return None;
+    }
+    // SAFETY: the boot loader's x0 points at readable RAM holding the FDT.
+    let header = unsafe { core::slice::from_raw_parts(dtb as *const u8, 8) };
+    let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    let size = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    (magic == 0xd00d_feed && size >= 40).then_some(u64::from(size))
+}
+
+/// Entry of the boot CPU from `entry.S`, at EL2 with the MMU off.
+#[unsafe(no_mangle)]
+extern "C" fn primary_main(dtb: u64) -> ! {
+    // SAFETY: x0 from the boot loader.
+    let Some(dtb_size) = (unsafe { fdt_size(dtb) }) else {
+        // No device tree: no UART to complain on. Nothing safe to do.
+        arch::halt();
+    };
+    let image = symbol_addr(
+        // SAFETY: linker-script symbol, only its address is used.
+        unsafe { &__image_start },
+    )..symbol_addr(
+        // SAFETY: as above.
+        unsafe { &__image_end },
+    );
+    let dtb_range = dtb..dtb + dtb_size;
+    let mut heap_start = align_up(image.end, 2 * MIB);
+    if heap_start < dtb_range.end && dtb_range.start < heap_start + HEAP_SIZE {
+        heap_start = align_up(dtb_range.end, 2 * MIB);
+    }
+    // SAFETY: RAM right after the image (or after the DTB) is free: the boot
+    // loader put nothing else there, and nothing else uses it.
+    unsafe { HEAP.lock().init(heap_start as usize, HEAP_SIZE as usize) };
+
+    // SAFETY: checked FDT header above; the blob stays in place (its pages
+    // are excluded from the frame allocator below).
+    let blob = unsafe { core::slice::from_raw_parts(dtb as *const u8, dtb_size as usize) };
+    let platform = match Platform::parse(blob) {
+        Ok(p) => p,
+        Err(_) => arch::halt(),
+    };
+    // SAFETY: the DTB says a PL011 is there; it is mapped as a device below
+    // and, until then, the MMU is off (device accesses).
+    unsafe { console::init(platform.uart.base) };
+    info!(
+        "hyp {}: booting at EL2 on CPU {:#x}, image {:#x}..{:#x}, DTB at {dtb:#x} ({} bytes)",
+        env!("CARGO_PKG_VERSION"),
+        arch::mpidr(),
+        image.start,
+        image.end,
+        dtb_size
+    );
+    if let Some(conduit) = platform.psci {
+        PSCI.call_once(|| conduit);
+    }
+    let heap = heap_start..heap_start + HEAP_SIZE;
+    if let Err(e) = map_everything(&platform, &image, &heap) {
+        error!("cannot build the EL2 page tables: {e}");
+        stop(false);
+    }
+    // SAFETY: map_everything mapped the image, heap, RAM and every device in use.
+    unsafe { mmu::enable_primary() };
+    info!("EL2 MMU on: code RX, data RW-XN, devices Device-nGnRE, WXN");
+
+    // Free RAM for the page-frame allocator.
+    let ram: Vec<_> = platform.memory.iter().map(|r| r.range()).collect();
+    let mut holes = alloc::vec![
+        image.start..image.end,
+        heap.clone(),
+        (dtb_range.start & !0xfff)..align_up(dtb_range.end, 0x1000),
+    ];
+    holes.extend(platform.reserved.iter().map(|r| r.range()));
+    for r in mm::subtract(&ram, &holes) {
+        FRAMES.add(r);
+    }
+    let (total, _) = FRAMES.stats();
+    info!(
+        "memory: {} MiB RAM, {} MiB free for frames, heap {} MiB",
+        ram.iter().map(|r| r.end - r.start).sum::<u64>() / MIB,
+        total as u64 * 4096 / MIB,
+        HEAP_SIZE / MIB
+    );
+
+    let ok = crate::init::run(&platform);
+    start_secondaries(&platform);
+    footprint(&image, HEAP_SIZE);
+    stop(ok);
+}
+
+fn map_everything(
+    p: &Platform,
+    image: &core::ops::Range<u64>,
+    heap: &core::ops::Range<u64>,
+) -> Result<(), mmu::MapError> {
+    use mmu::Mapping;
+    for r in &p.memory {
+        mmu::map(r.base, r.base + r.size, Mapping::Data)?;
+    }
+    // SAFETY: linker-script symbols, only their addresses are used.
+    let (text_end, rodata_end) = unsafe { (symbol_addr(&__text_end), symbol_addr(&__rodata_end)) };
+    mmu::map(image.start, text_end, Mapping::Code)?;
+    mmu::map(text_end, rodata_end, Mapping::ReadOnly)?;
+    mmu::map(rodata_end, image.end, Mapping::Data)?;
+    mmu::map(heap.start, heap.end, Mapping::Data)?;
+    mmu::map(p.uart.base, p.uart.base + p.uart.size, Mapping::Device)?;
+    mmu::map(p.gic.dist.base, p.gic.dist.base + p.gic.dist.size, Mapping::Device)?;
+    for r in &p.gic.redist {
+        mmu::map(r.base, r.base + r.size, Mapping::Device)?;
+    }
+    if let Some(s) = &p.smmu {
+        mmu::map(s.regs.base, s.regs.base + s.regs.size, Mapping::Device)?;
+    }
+    if let Some(pci) = &p.pci {
+        mmu::map(pci.ecam.base, pci.ecam.base + pci.ecam.size, Mapping::Device)?;
+    }
+    Ok(())
+}
+
+/// Maps a device range discovered after boot (e.g. a PCI BAR).
+pub fn map_device(base: u64, size: u64) -> Result<(), mmu::MapError> {
+    mmu::map(base, base + size, mmu::Mapping::Device)
+}
+
+fn start_secondaries(p: &Platform) {
+    let Some(&conduit) = PSCI.get() else {
+        warn!("no PSCI in the device tree: running on the boot CPU only");
+        return;
+    };
+    // SAFETY: linker-script symbol, only its address is used.
+    let max = symbol_addr(unsafe { &__max_cpus }) as usize;
+    let me = arch::mpidr();
+    let mut started = 0;
+    for (index, &mpidr) in p.cpus.iter().enumerate() {
+        if mpidr == me {
+            continue;
+        }
+        if index >= max {
+            warn!("CPU {mpidr:#x}: beyond the {max} CPUs this build supports, left off");
+            continue;
+        }
+        let entry = arch::secondary_entry as usize as u64;
+        match psci::cpu_on(conduit, mpidr, entry, index as u64) {
+            Ok(()) => started += 1,
+            Err(e) => warn!("CPU {mpidr:#x}: PSCI CPU_ON failed: {e:?}"),
+        }
+    }
+    let deadline = arch::uptime_us() + 2_000_000;
+    while CPUS_ONLINE.load(Ordering::Acquire) < started + 1 && arch::uptime_us() < deadline {
+        core::hint::spin_loop();
+    }
+    let online = CPUS_ONLINE.load(Ordering::Acquire);
+    info!(
+        "CPUs: {online} of {} online ({} secondaries started through PSCI and parked)",
+        p.cpus.len(),
+        online - 1
+    );
+}
+
+/// Entry of secondary CPUs from `entry.S`, at EL2 with the MMU off.
+#[unsafe(no_mangle)]
+extern "C" fn secondary_main(index: u64) -> ! {
+    // SAFETY: the boot CPU enabled its MMU before starting us.
+    unsafe { mmu::enable_secondary() };
+    CPUS_ONLINE.fetch_add(1, Ordering::AcqRel);
+    info!("CPU {index} (MPIDR {:#x}) online, parked", arch::mpidr());
+    arch::halt();
+}
+
+fn footprint(image: &core::ops::Range<u64>, heap: u64) {
+    let (_, used) = FRAMES.stats();
+    info!(
+        "footprint: image {} KiB, heap {} KiB, frames in use {} KiB ({}: {} KiB, {}: {} KiB, {}: {} KiB)",
+        (image.end - image.start) / 1024,
+        heap / 1024,
+        used * 4,
+        mm::SMMU_MEM.name(),
+        mm::SMMU_MEM.bytes() / 1024,
+        mm::S2_MEM.name(),
+        mm::S2_MEM.bytes() / 1024,
+        mm::TEST_MEM.name(),
+        mm::TEST_MEM.bytes() / 1024,
+    );
+}
+
+/// Ends the run: reports, then powers the machine off through PSCI.
+pub fn stop(ok: bool) -> ! {
+    if ok {
+        info!("hyp: all done, powering off");
+    } else {
+        console::emergency_write_fmt(format_args!("hyp: stopped after an error, powering off\n"));
+    }
+    if let Some(&conduit) = PSCI.get() {
+        let _ = psci::system_off(conduit);
+    }
+    arch::halt();
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    console::emergency_write_fmt(format_args!("\nFATAL: hypervisor panic: {info}\n"));
+    stop(false);
+}
+
+/// Enumerates PCI on `p` (shared by the init steps).
+pub fn enumerate_pci(p: &Platform) -> Option<Vec<pci::Function>> {
+    let host = p.pci.as_ref()?;
+    // SAFETY: the ECAM region from the DTB was mapped as a device in
+    // map_everything.
+    let ecam = unsafe { pci::Ecam::new(host.ecam.base, host.ecam.size, host.bus_range.0) };
+    match pci::enumerate(&ecam, host) {
+        Ok(fns) => Some(fns),
+        Err(e) => {
+            error!("PCI: {e}");
+            None
+        }
+    }
+}

@@ -1,0 +1,471 @@
+//! The machine as the host device tree describes it.
+//!
+//! Parsed once at boot, before anything is mapped: every device address the
+//! hypervisor uses comes from here (no hard-coded addresses). Pure logic over
+//! the DTB bytes, so it is unit-tested on the host against device trees that
+//! QEMU itself dumps.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+use flat_device_tree::node::FdtNode;
+use flat_device_tree::Fdt;
+
+/// A physical MMIO or RAM range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// First byte.
+    pub base: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl Region {
+    /// `base..base + size`.
+    pub fn range(&self) -> Range<u64> {
+        self.base..self.base + self.size
+    }
+}
+
+/// An SPI or PPI as a GIC interrupt ID, with its trigger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Irq {
+    /// GIC INTID (SPI n -> 32 + n, PPI n -> 16 + n).
+    pub intid: u32,
+    /// Edge (true) or level triggered.
+    pub edge: bool,
+}
+
+/// How PSCI calls reach the firmware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PsciConduit {
+    /// `smc #0`
+    Smc,
+    /// `hvc #0`
+    Hvc,
+}
+
+/// One SMMUv3 (`arm,smmu-v3`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmmuNode {
+    /// Register frame (page 0 and page 1).
+    pub regs: Region,
+    /// Phandle, to match `iommu-map` entries.
+    pub phandle: Option<u32>,
+    /// Named interrupts (`eventq`, `gerror`, `priq`, `cmdq-sync`).
+    pub irqs: Vec<(String, Irq)>,
+    /// Whether the DT says its table walks are coherent (`dma-coherent`).
+    pub dma_coherent: bool,
+}
+
+/// One `iommu-map` entry: requester IDs `rid_base..rid_base+len` map to
+/// StreamIDs `sid_base..` of the IOMMU with `iommu_phandle`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IommuMapEntry {
+    /// First requester ID (bus << 8 | devfn).
+    pub rid_base: u32,
+    /// Phandle of the IOMMU.
+    pub iommu_phandle: u32,
+    /// StreamID of `rid_base`.
+    pub sid_base: u32,
+    /// Number of IDs.
+    pub len: u32,
+}
+
+/// Kind of a PCI host bridge window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowKind {
+    /// I/O space.
+    Io,
+    /// 32-bit memory space.
+    Mem32,
+    /// 64-bit memory space.
+    Mem64,
+}
+
+/// A PCI host bridge window from `ranges`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PciWindow {
+    /// Space type.
+    pub kind: WindowKind,
+    /// Prefetchable flag from the DT.
+    pub prefetchable: bool,
+    /// PCI bus address of the first byte.
+    pub pci_base: u64,
+    /// CPU physical address of the first byte.
+    pub cpu_base: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A generic ECAM PCI host bridge (`pci-host-ecam-generic`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PciHost {
+    /// ECAM configuration space.
+    pub ecam: Region,
+    /// First and last bus number.
+    pub bus_range: (u8, u8),
+    /// Address windows.
+    pub windows: Vec<PciWindow>,
+    /// Requester ID to StreamID translation.
+    pub iommu_map: Vec<IommuMapEntry>,
+}
+
+impl PciHost {
+    /// The StreamID of requester ID `rid`, if the `iommu-map` routes it to
+    /// the IOMMU with `phandle`.
+    pub fn stream_id(&self, rid: u16, phandle: Option<u32>) -> Option<u32> {
+        let rid = u32::from(rid);
+        self.iommu_map
+            .iter()
+            .find(|e| {
+                rid >= e.rid_base
+                    && rid - e.rid_base < e.len
+                    && phandle.is_none_or(|p| p == e.iommu_phandle)
+            })
+            .map(|e| e.sid_base + (rid - e.rid_base))
+    }
+}
+
+/// A GICv3.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gic {
+    /// Distributor.
+    pub dist: Region,
+    /// Redistributor region(s).
+    pub redist: Vec<Region>,
+}
+
+/// Everything the hypervisor needs to know about the machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    /// RAM banks.
+    pub memory: Vec<Region>,
+    /// `/memreserve/` entries and `/reserved-memory` children.
+    pub reserved: Vec<Region>,
+    /// The console UART (PL011).
+    pub uart: Region,
+    /// The interrupt controller.
+    pub gic: Gic,
+    /// The SMMUv3, when the machine has one.
+    pub smmu: Option<SmmuNode>,
+    /// The PCI host bridge, when present.
+    pub pci: Option<PciHost>,
+    /// MPIDR affinity values of the CPUs, boot CPU first as listed.
+    pub cpus: Vec<u64>,
+    /// PSCI conduit.
+    pub psci: Option<PsciConduit>,
+    /// `/chosen/bootargs`.
+    pub bootargs: String,
+}
+
+/// What is wrong with the device tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlatformError {
+    /// The blob is not a valid flattened device tree.
+    BadFdt,
+    /// A required node is absent.
+    Missing(&'static str),
+    /// A property is malformed.
+    Malformed(&'static str),
+}
+
+impl fmt::Display for PlatformError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadFdt => f.write_str("not a valid device tree blob"),
+            Self::Missing(what) => write!(f, "device tree has no {what}"),
+            Self::Malformed(what) => write!(f, "device tree property {what} is malformed"),
+        }
+    }
+}
+
+fn be32(bytes: &[u8], index: usize) -> Option<u32> {
+    let b = bytes.get(index * 4..index * 4 + 4)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn cells(bytes: &[u8], index: usize, count: usize) -> Option<u64> {
+    (0..count).try_fold(0u64, |acc, i| Some((acc << 32) | u64::from(be32(bytes, index + i)?)))
+}
+
+fn regions(node: FdtNode<'_, '_>) -> Vec<Region> {
+    node.reg()
+        .map(|r| Region {
+            base: r.starting_address as u64,
+            size: r.size.unwrap_or(0) as u64,
+        })
+        .collect()
+}
+
+fn first_region(node: FdtNode<'_, '_>, what: &'static str) -> Result<Region, PlatformError> {
+    regions(node)
+        .into_iter()
+        .next()
+        .ok_or(PlatformError::Malformed(what))
+}
+
+/// Decodes a 3-cell GIC interrupt specifier.
+fn gic_irq(spec: &[u8], index: usize) -> Option<Irq> {
+    let kind = be32(spec, index * 3)?;
+    let num = be32(spec, index * 3 + 1)?;
+    let flags = be32(spec, index * 3 + 2)?;
+    let intid = match kind {
+        0 => 32 + num,
+        1 => 16 + num,
+        _ => return None,
+    };
+    Some(Irq {
+        intid,
+        edge: flags & 0x3 != 0 && flags & 0xc == 0,
+    })
+}
+
+impl Platform {
+    /// Parses the host device tree.
+    pub fn parse(dtb: &[u8]) -> Result<Self, PlatformError> {
+        let fdt = Fdt::new(dtb).map_err(|_| PlatformError::BadFdt)?;
+
+        let memory: Vec<Region> = fdt
+            .all_nodes()
+            .filter(|n| {
+                n.property("device_type")
+                    .and_then(|p| p.as_str())
+                    .is_some_and(|s| s == "memory")
+            })
+            .flat_map(regions)
+            .filter(|r| r.size > 0)
+            .collect();
+        if memory.is_empty() {
+            return Err(PlatformError::Missing("memory node"));
+        }
+
+        let mut reserved: Vec<Region> = fdt
+            .memory_reservations()
+            .map(|r| Region {
+                base: r.address() as u64,
+                size: r.size() as u64,
+            })
+            .collect();
+        if let Some(rm) = fdt.find_node("/reserved-memory") {
+            reserved.extend(rm.children().flat_map(regions));
+        }
+
+        let uart_node = fdt
+            .chosen()
+            .ok()
+            .and_then(|c| c.stdout())
+            .map(|s| s.node())
+            .filter(|n| n.compatible().is_some_and(|c| c.all().any(|s| s == "arm,pl011")))
+            .or_else(|| fdt.find_compatible(&["arm,pl011"]))
+            .ok_or(PlatformError::Missing("PL011 UART"))?;
+        let uart = first_region(uart_node, "uart reg")?;
+
+        let gic_node = fdt
+            .find_compatible(&["arm,gic-v3"])
+            .ok_or(PlatformError::Missing("GICv3"))?;
+        let gic_regs = regions(gic_node);
+        if gic_regs.len() < 2 {
+            return Err(PlatformError::Malformed("gic reg"));
+        }
+        let gic = Gic {
+            dist: gic_regs[0].clone(),
+            redist: gic_regs[1..2].to_vec(),
+        };
+
+        let smmu = match fdt.find_compatible(&["arm,smmu-v3"]) {
+            None => None,
+            Some(node) => {
+                let regs = first_region(node, "smmu reg")?;
+                let names: Vec<&str> = node
+                    .property("interrupt-names")
+                    .map(|p| p.iter_str().collect())
+                    .unwrap_or_default();
+                let spec = node.property("interrupts").map(|p| p.value).unwrap_or(&[]);
+                let irqs = names
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, name)| Some((String::from(*name), gic_irq(spec, i)?)))
+                    .collect();
+                Some(SmmuNode {
+                    regs,
+                    phandle: node.property("phandle").and_then(|p| be32(p.value, 0)),
+                    irqs,
+                    dma_coherent: node.property("dma-coherent").is_some(),
+                })
+            }
+        };
+
+        let pci = match fdt.find_compatible(&["pci-host-ecam-generic"]) {
+            None => None,
+            Some(node) => Some(Self::parse_pci(&fdt, node)?),
+        };
+
+        let cpus = fdt
+            .cpus()
+            .filter_map(|c| c.ids().ok().and_then(|ids| ids.first().ok()))
+            .map(|id| id as u64)
+            .collect::<Vec<_>>();
+        if cpus.is_empty() {
+            return Err(PlatformError::Missing("cpus"));
+        }
+
+        let psci = fdt
+            .find_compatible(&["arm,psci-1.0", "arm,psci-0.2", "arm,psci"])
+            .and_then(|n| n.property("method"))
+            .and_then(|p| p.as_str())
+            .and_then(|m| match m {
+                "smc" => Some(PsciConduit::Smc),
+                "hvc" => Some(PsciConduit::Hvc),
+                _ => None,
+            });
+
+        let bootargs = fdt
+            .chosen()
+            .ok()
+            .and_then(|c| c.bootargs())
+            .map(String::from)
+            .unwrap_or_default();
+
+        Ok(Self {
+            memory,
+            reserved,
+            uart,
+            gic,
+            smmu,
+            pci,
+            cpus,
+            psci,
+            bootargs,
+        })
+    }
+
+    fn parse_pci(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<PciHost, PlatformError> {
+        let ecam = first_region(node, "pci reg")?;
+        let bus_range = match node.property("bus-range") {
+            Some(p) => (
+                be32(p.value, 0).ok_or(PlatformError::Malformed("bus-range"))? as u8,
+                be32(p.value, 1).ok_or(PlatformError::Malformed("bus-range"))? as u8,
+            ),
+            None => (0, 0xff),
+        };
+        let parent_cells = fdt
+            .root()
+            .map(|r| usize::from(r.cell_sizes().address_cells))
+            .unwrap_or(2);
+        let size_cells = usize::from(node.cell_sizes().size_cells);
+        let mut windows = Vec::new();
+        if let Some(p) = node.property("ranges") {
+            let stride = 3 + parent_cells + size_cells;
+            let n = p.value.len() / 4 / stride;
+            for i in 0..n {
+                let at = i * stride;
+                let mal = PlatformError::Malformed("pci ranges");
+                let hi = be32(p.value, at).ok_or(mal.clone())?;
+                let pci_base = cells(p.value, at + 1, 2).ok_or(mal.clone())?;
+                let cpu_base = cells(p.value, at + 3, parent_cells).ok_or(mal.clone())?;
+                let size = cells(p.value, at + 3 + parent_cells, size_cells).ok_or(mal)?;
+                let kind = match (hi >> 24) & 3 {
+                    1 => WindowKind::Io,
+                    2 => WindowKind::Mem32,
+                    3 => WindowKind::Mem64,
+                    _ => continue,
+                };
+                windows.push(PciWindow {
+                    kind,
+                    prefetchable: hi & (1 << 30) != 0,
+                    pci_base,
+                    cpu_base,
+                    size,
+                });
+            }
+        }
+        let mut iommu_map = Vec::new();
+        if let Some(p) = node.property("iommu-map") {
+            for i in 0..p.value.len() / 16 {
+                let mal = PlatformError::Malformed("iommu-map");
+                iommu_map.push(IommuMapEntry {
+                    rid_base: be32(p.value, i * 4).ok_or(mal.clone())?,
+                    iommu_phandle: be32(p.value, i * 4 + 1).ok_or(mal.clone())?,
+                    sid_base: be32(p.value, i * 4 + 2).ok_or(mal.clone())?,
+                    len: be32(p.value, i * 4 + 3).ok_or(mal)?,
+                });
+            }
+        }
+        Ok(PciHost {
+            ecam,
+            bus_range,
+            windows,
+            iommu_map,
+        })
+    }
+
+    /// Whether the boot arguments contain the word `word` (e.g. `selftest=fault`).
+    pub fn has_bootarg(&self, word: &str) -> bool {
+        self.bootargs.split_whitespace().any(|w| w == word)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// Asks QEMU for the device tree of a machine configuration.
+    fn qemu_dtb(machine: &str, extra: &[&str]) -> Vec<u8> {
+        let dir = std::env::temp_dir().join(format!("hyp-dtb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.dtb", machine.replace([',', '='], "_")));
+        let status = Command::new("qemu-system-aarch64")
+            .arg("-M")
+            .arg(format!("{machine},dumpdtb={}", path.display()))
+            .args(["-cpu", "max", "-m", "1G", "-nographic"])
+            .args(extra)
+            .status()
+            .expect("qemu-system-aarch64 not found: run ./hv test, which installs it");
+        assert!(status.success(), "qemu dumpdtb failed");
+        std::fs::read(&path).unwrap()
+    }
+
+    #[test]
+    fn parses_qemu_virt_with_smmu() {
+        let dtb = qemu_dtb(
+            "virt,virtualization=on,gic-version=3,iommu=smmuv3",
+            &["-smp", "4", "-append", "selftest=dma"],
+        );
+        let p = Platform::parse(&dtb).unwrap();
+        assert_eq!(p.memory, vec![Region { base: 0x4000_0000, size: 0x4000_0000 }]);
+        assert_eq!(p.uart.base, 0x0900_0000);
+        assert_eq!(p.cpus, vec![0, 1, 2, 3]);
+        assert_eq!(p.psci, Some(PsciConduit::Smc));
+        assert!(p.has_bootarg("selftest=dma"));
+        assert_eq!(p.gic.dist.base, 0x0800_0000);
+        let smmu = p.smmu.as_ref().expect("smmu");
+        assert_eq!(smmu.regs, Region { base: 0x0905_0000, size: 0x2_0000 });
+        assert!(smmu.dma_coherent);
+        let names: Vec<&str> = smmu.irqs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["eventq", "priq", "cmdq-sync", "gerror"]);
+        assert_eq!(smmu.irqs[0].1, Irq { intid: 32 + 0x4a, edge: true });
+        let pci = p.pci.as_ref().expect("pci");
+        assert_eq!(pci.bus_range, (0, 0xff));
+        assert!(pci.windows.iter().any(|w| w.kind == WindowKind::Mem32));
+        assert!(pci.windows.iter().any(|w| w.kind == WindowKind::Mem64));
+        // 00:01.0 -> requester ID 8 -> StreamID 8 through the identity iommu-map.
+        assert_eq!(pci.stream_id(0x8, smmu.phandle), Some(0x8));
+        assert_eq!(pci.stream_id(0x8, Some(0xdead)), None);
+    }
+
+    #[test]
+    fn machine_without_smmu() {
+        let dtb = qemu_dtb("virt,virtualization=on,gic-version=3", &[]);
+        let p = Platform::parse(&dtb).unwrap();
+        assert!(p.smmu.is_none());
+        assert!(p.pci.as_ref().unwrap().iommu_map.is_empty());
+    }
+
+    #[test]
+    fn garbage_is_rejected() {
+        assert_eq!(Platform::parse(&[0u8; 64]), Err(PlatformError::BadFdt));
+    }
+}
