@@ -8,6 +8,9 @@ use log::{info, warn};
 /// Runs the init steps; returns whether all went well.
 pub fn run(p: &Platform) -> bool {
     let ok = true;
+    if p.has_bootarg("selftest=fault") {
+        deliberate_fault();
+    }
     match boot::enumerate_pci(p) {
         None => warn!("PCI: no host bridge"),
         Some(fns) => {
@@ -35,4 +38,15 @@ pub fn run(p: &Platform) -> bool {
         }
     }
     ok
+}
+
+/// Touches an address the EL2 map does not cover, to show how an unexpected
+/// exception is reported (`selftest=fault`).
+fn deliberate_fault() {
+    const UNMAPPED: usize = 0x1000;
+    info!("self-test: reading unmapped address {UNMAPPED:#x} at EL2");
+    // SAFETY: not sound on purpose: the read faults and the exception handler
+    // stops the machine; nothing observes a value.
+    let v = unsafe { core::ptr::read_volatile(UNMAPPED as *const u64) };
+    warn!("read {v:#x} from an unmapped address: the EL2 map is wrong");
 }

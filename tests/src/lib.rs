@@ -1,1 +1,106 @@
-//! Helpers for QEMU scenario tests.
+//! Helpers for QEMU scenario tests: boot the hypervisor image built by
+//! `./hv test` in a scenario from `qemu/scenarios/`, with a hard timeout, and
+//! hand back what the serial console printed.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What one boot printed.
+#[derive(Debug)]
+pub struct Boot {
+    /// Everything on the serial console (carriage returns removed).
+    pub console: String,
+    /// QEMU's exit status (None: killed at the timeout).
+    pub status: Option<i32>,
+}
+
+impl Boot {
+    /// Asserts that some console line contains `needle`, showing the whole
+    /// console otherwise.
+    #[track_caller]
+    pub fn expect(&self, needle: &str) -> &str {
+        match self.console.lines().find(|l| l.contains(needle)) {
+            Some(line) => line,
+            None => panic!("console has no line with {needle:?}; console was:\n{}", self.console),
+        }
+    }
+
+    /// Asserts that no console line contains `needle`.
+    #[track_caller]
+    pub fn reject(&self, needle: &str) {
+        if let Some(line) = self.console.lines().find(|l| l.contains(needle)) {
+            panic!("console unexpectedly has {line:?}; console was:\n{}", self.console);
+        }
+    }
+
+    /// Number of console lines containing `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.console.lines().filter(|l| l.contains(needle)).count()
+    }
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The hypervisor image: `$HYP_BIN`, or `target/hyp.bin`.
+pub fn hyp_bin() -> PathBuf {
+    let path = std::env::var_os("HYP_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/hyp.bin"));
+    assert!(
+        path.exists(),
+        "{} does not exist: run the tests through ./hv test, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// Boots `scenario` with extra QEMU arguments; kills QEMU after `timeout`
+/// and fails loudly if it had to.
+pub fn boot(scenario: &str, extra: &[&str], timeout: Duration) -> Boot {
+    let mut child = Command::new(workspace().join("qemu/run"))
+        .arg(scenario)
+        .args(extra)
+        .env("HYP_BIN", hyp_bin())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start qemu/run");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        out
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let out = String::from_utf8_lossy(&reader.join().unwrap()).replace('\r', "");
+            panic!("scenario {scenario} {extra:?} did not finish within {timeout:?}; console:\n{out}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let mut console = String::from_utf8_lossy(&reader.join().unwrap()).replace('\r', "");
+    if !err.is_empty() {
+        console.push_str("\n--- qemu stderr ---\n");
+        console.push_str(&err);
+    }
+    Boot { console, status }
+}
+
+/// The timeout every scenario test uses: generous for a loaded CI machine,
+/// but a hang still fails the run.
+pub const TIMEOUT: Duration = Duration::from_secs(90);
