@@ -1581,7 +1581,7 @@ mod tests {
 
         #[test]
         fn valid_stage2_round_trips(vmid: u16, ttb in 0u64..(1 << 44), t0sz in 20u8..=39) {
-            let sl0 = if t0sz <= 64 - 35 { 1 } else { 0 };
+            let sl0 = match t0sz { 0..=20 => 2, 21..=29 => 1, _ => 0 };
             let cfg = S2Config { t0sz, sl0, ..s2cfg(vmid, ttb & !0xfff) };
             let ste = Ste::stage2(&cfg);
             prop_assert_eq!(ste.validate(&policy()), Ok(SteKind::Stage2));

@@ -752,7 +752,6 @@ impl Writer<'_> {
                     // make (the table), and change the requested part.
                     table.mem.write(i, desc::INVALID);
                     table.sync(self.alloc, i, i);
-                    inv.push(leaf_range);
                     table.mem.write(i, desc::table(child.mem.pa()));
                     let child = table.children[i].insert(Box::new(child));
                     self.change(child, level + 1, eb, s, e, change, inv);

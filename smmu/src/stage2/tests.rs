@@ -259,18 +259,18 @@ fn failed_map_rolls_back_to_the_exact_previous_tables() {
     // that exists, plus L2 tables: far more than the limit allows.
     for spare in [0, 1, 2, 5, 100] {
         mem.set_limit(Some(used + spare));
-        let r = s2.map(&mem, Ipa(0x2000), PhysAddr(0x10_0000_2000), 4 * G1, S2Attrs::NORMAL_RW);
+        let r = s2.map(&mem, Ipa(0x2000), PhysAddr(0x10_0000_3000), 4 * G1, S2Attrs::NORMAL_RW);
         assert_eq!(r, Err(Stage2Error::OutOfMemory), "spare {spare}");
         assert_eq!(s2.snapshot(), before, "tables changed with {spare} spare pages");
         assert_eq!(mem.pages_in_use(), used, "pages leaked with {spare} spare pages");
         assert_eq!(s2.translate(Ipa(0x2000)), None);
     }
     mem.set_limit(None);
-    s2.map(&mem, Ipa(0x2000), PhysAddr(0x10_0000_2000), 4 * G1, S2Attrs::NORMAL_RW)
+    s2.map(&mem, Ipa(0x2000), PhysAddr(0x10_0000_3000), 4 * G1, S2Attrs::NORMAL_RW)
         .unwrap();
     assert_eq!(
         s2.translate(Ipa(0x2000 + 3 * G1)).unwrap().0,
-        PhysAddr(0x10_0000_2000 + 3 * G1)
+        PhysAddr(0x10_0000_3000 + 3 * G1)
     );
     destroy(s2, &mem);
 }
@@ -612,7 +612,7 @@ type Model = BTreeMap<u64, (u64, S2Attrs)>;
 /// model, including that a block is only reported where the model has the
 /// whole block mapped contiguously with the same attributes.
 fn check_page(s2: &Stage2, model: &Model, page: u64, seed: u64) {
-    let off = (seed * 8) % K4;
+    let off = (seed % (K4 / 8)) * 8;
     let got = s2.translate(Ipa(page * K4 + off));
     match (model.get(&page), got) {
         (None, None) => {}
@@ -625,7 +625,7 @@ fn check_page(s2: &Stage2, model: &Model, page: u64, seed: u64) {
                     let (ppa, pattrs) = model[&p];
                     assert_eq!(
                         (ppa, pattrs),
-                        (pa - (page - p) * K4, attrs),
+                        (pa + p * K4 - page * K4, attrs),
                         "level-{level} block at page {first:#x} not uniform"
                     );
                 }
