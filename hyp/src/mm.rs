@@ -170,6 +170,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)]
     fn subtract_holes() {
         let r = subtract(&[0x1000..0x9000], &[0x2000..0x3000, 0x8000..0xa000]);
         assert_eq!(r, vec![0x1000..0x2000, 0x3000..0x8000]);

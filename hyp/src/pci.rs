@@ -272,7 +272,7 @@ impl Ecam {
 
     fn addr(&self, bdf: Bdf, offset: u16) -> Option<*mut u32> {
         let bus = usize::from(bdf.bus.checked_sub(self.first_bus)?);
-        (bus < self.buses && offset < 4096 && offset % 4 == 0).then(|| {
+        (bus < self.buses && offset < 4096 && offset.is_multiple_of(4)).then(|| {
             (self.base
                 + (bus << 20)
                 + (usize::from(bdf.dev & 31) << 15)

@@ -432,14 +432,17 @@ mod tests {
     fn parses_qemu_virt_with_smmu() {
         let dtb = qemu_dtb(
             "virt,virtualization=on,gic-version=3,iommu=smmuv3",
-            &["-smp", "4", "-append", "selftest=dma"],
+            &["-smp", "4"],
         );
-        let p = Platform::parse(&dtb).unwrap();
+        let mut p = Platform::parse(&dtb).unwrap();
         assert_eq!(p.memory, vec![Region { base: 0x4000_0000, size: 0x4000_0000 }]);
         assert_eq!(p.uart.base, 0x0900_0000);
         assert_eq!(p.cpus, vec![0, 1, 2, 3]);
         assert_eq!(p.psci, Some(PsciConduit::Smc));
+        assert!(!p.has_bootarg("selftest=dma"));
+        p.bootargs = "console=x selftest=dma".into();
         assert!(p.has_bootarg("selftest=dma"));
+        assert!(!p.has_bootarg("selftest"));
         assert_eq!(p.gic.dist.base, 0x0800_0000);
         let smmu = p.smmu.as_ref().expect("smmu");
         assert_eq!(smmu.regs, Region { base: 0x0905_0000, size: 0x2_0000 });

@@ -174,11 +174,12 @@ pub enum CmdError {
         /// The field's specification name.
         field: &'static str,
     },
-    /// An invalidation range is empty-free but runs past the end of the
-    /// address space the command can express.
+    /// An invalidation range runs past the end of the address space the
+    /// command can express.
     RangeOverflow,
-    /// Without range invalidation the range needs this many commands, more
-    /// than [`MAX_TLBI_OPS`]: invalidate the whole VMID/ASID instead.
+    /// The range needs more than [`MAX_TLBI_OPS`] commands (this many per
+    /// entry without range invalidation; at least this many with it):
+    /// invalidate the whole VMID/ASID instead.
     TooManyCommands(u64),
 }
 
@@ -1167,6 +1168,10 @@ fn range_commands(
         ));
         block += n << s;
         remaining -= n << s;
+        if cmds.len() as u64 > MAX_TLBI_OPS {
+            // Only ranges of hundreds of TiB get here.
+            return Err(CmdError::TooManyCommands(cmds.len() as u64 + 1));
+        }
     }
     Ok(cmds)
 }
@@ -1551,12 +1556,26 @@ mod tests {
             tlbi_ipa_range(Vmid(3), Ipa((1 << 56) - 0x1000), 0x2000, TtLevel::L3, true, true),
             Err(CmdError::RangeOverflow)
         );
-        // The whole 64-bit VA space at level 1 still encodes (SCALE <= 31).
-        let cmds =
-            tlbi_va_range(Vmid(0), Asid(1), Iova(0), u64::MAX, TtLevel::L1, true, true).unwrap();
+        // The top 256 TiB of the VA space at level 1: one command of
+        // 32 * 2^13 GiB (SCALE 31, the largest a 5-bit field holds).
+        let cmds = tlbi_va_range(
+            Vmid(0),
+            Asid(1),
+            Iova(0u64.wrapping_sub(1 << 48)),
+            1 << 48,
+            TtLevel::L1,
+            true,
+            true,
+        )
+        .unwrap();
+        assert_eq!(cmds.len(), 1);
         let cov = covered(&cmds, TtLevel::L1);
-        assert_eq!(cov.first().unwrap().0, 0);
-        assert_eq!(cov.last().unwrap().1, 1u128 << 64);
+        assert_eq!(cov[0], (u128::from(0u64.wrapping_sub(1 << 48)), 1u128 << 64));
+        // The whole 64-bit space cannot be expressed in a few commands.
+        assert!(matches!(
+            tlbi_va_range(Vmid(0), Asid(1), Iova(0), u64::MAX, TtLevel::L1, true, true),
+            Err(CmdError::TooManyCommands(_))
+        ));
     }
 
     fn level() -> impl Strategy<Value = TtLevel> {

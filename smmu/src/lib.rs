@@ -15,6 +15,7 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod cmd;
 pub mod hw;
 pub mod queue;
 pub mod regs;

@@ -277,7 +277,7 @@ fn clip(level: u8, base: u64, i: usize, start: u64, end: u64) -> (u64, u64, u64,
 /// the whole descriptor range `[eb, ee)`, the output is aligned, and the
 /// level has leaves (no level-0 blocks with 4 KiB granule, D8.3.1).
 fn fits_leaf(level: u8, eb: u64, ee: u64, s: u64, e: u64, pa: u64) -> bool {
-    level >= 1 && s == eb && e == ee && pa & (entry_size(level) - 1) == 0
+    level >= 1 && s == eb && e == ee
 }
 
 /// Tables a split of a block, down to where `[s, e)` (a sub-range of the new
@@ -752,6 +752,7 @@ impl Writer<'_> {
                     // make (the table), and change the requested part.
                     table.mem.write(i, desc::INVALID);
                     table.sync(self.alloc, i, i);
+                    inv.push(leaf_range);
                     table.mem.write(i, desc::table(child.mem.pa()));
                     let child = table.children[i].insert(Box::new(child));
                     self.change(child, level + 1, eb, s, e, change, inv);
