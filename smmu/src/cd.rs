@@ -19,116 +19,116 @@ use tock_registers::fields::Field;
 use tock_registers::{register_bitfields, LocalRegisterCopy, RegisterLongName};
 
 register_bitfields![u64,
-    /// CD bits [63:0].
+    /// CD bits \[63:0\].
     pub CD0 [
-        /// T0SZ, bits [5:0] (§5.4): TTB0 input size is 64 - T0SZ bits.
+        /// T0SZ, bits \[5:0\] (§5.4): TTB0 input size is 64 - T0SZ bits.
         T0SZ OFFSET(0) NUMBITS(6) [],
-        /// TG0, bits [7:6] (§5.4): TTB0 granule (0 4K, 1 64K, 2 16K).
+        /// TG0, bits \[7:6\] (§5.4): TTB0 granule (0 4K, 1 64K, 2 16K).
         TG0 OFFSET(6) NUMBITS(2) [],
-        /// IR0, bits [9:8] (§5.4): inner cacheability of TTB0 walks.
+        /// IR0, bits \[9:8\] (§5.4): inner cacheability of TTB0 walks.
         IR0 OFFSET(8) NUMBITS(2) [],
-        /// OR0, bits [11:10] (§5.4): outer cacheability of TTB0 walks.
+        /// OR0, bits \[11:10\] (§5.4): outer cacheability of TTB0 walks.
         OR0 OFFSET(10) NUMBITS(2) [],
-        /// SH0, bits [13:12] (§5.4): shareability of TTB0 walks.
+        /// SH0, bits \[13:12\] (§5.4): shareability of TTB0 walks.
         SH0 OFFSET(12) NUMBITS(2) [],
-        /// EPD0, bit [14] (§5.4): TTB0 walks disabled.
+        /// EPD0, bit \[14\] (§5.4): TTB0 walks disabled.
         EPD0 OFFSET(14) NUMBITS(1) [],
-        /// ENDI, bit [15] (§5.4): big-endian tables.
+        /// ENDI, bit \[15\] (§5.4): big-endian tables.
         ENDI OFFSET(15) NUMBITS(1) [],
-        /// T1SZ, bits [21:16] (§5.4).
+        /// T1SZ, bits \[21:16\] (§5.4).
         T1SZ OFFSET(16) NUMBITS(6) [],
-        /// TG1, bits [23:22] (§5.4): TTB1 granule (1 16K, 2 4K, 3 64K).
+        /// TG1, bits \[23:22\] (§5.4): TTB1 granule (1 16K, 2 4K, 3 64K).
         TG1 OFFSET(22) NUMBITS(2) [],
-        /// IR1, bits [25:24] (§5.4).
+        /// IR1, bits \[25:24\] (§5.4).
         IR1 OFFSET(24) NUMBITS(2) [],
-        /// OR1, bits [27:26] (§5.4).
+        /// OR1, bits \[27:26\] (§5.4).
         OR1 OFFSET(26) NUMBITS(2) [],
-        /// SH1, bits [29:28] (§5.4).
+        /// SH1, bits \[29:28\] (§5.4).
         SH1 OFFSET(28) NUMBITS(2) [],
-        /// EPD1, bit [30] (§5.4): TTB1 walks disabled.
+        /// EPD1, bit \[30\] (§5.4): TTB1 walks disabled.
         EPD1 OFFSET(30) NUMBITS(1) [],
-        /// V, bit [31] (§5.4): the CD is valid.
+        /// V, bit \[31\] (§5.4): the CD is valid.
         V OFFSET(31) NUMBITS(1) [],
-        /// IPS, bits [34:32] (§5.4): output size, as TCR_ELx.IPS.
+        /// IPS, bits \[34:32\] (§5.4): output size, as TCR_ELx.IPS.
         IPS OFFSET(32) NUMBITS(3) [],
-        /// AFFD, bit [35] (§5.4): access flag faults disabled.
+        /// AFFD, bit \[35\] (§5.4): access flag faults disabled.
         AFFD OFFSET(35) NUMBITS(1) [],
-        /// WXN, bit [36] (§5.4).
+        /// WXN, bit \[36\] (§5.4).
         WXN OFFSET(36) NUMBITS(1) [],
-        /// UWXN, bit [37] (§5.4).
+        /// UWXN, bit \[37\] (§5.4).
         UWXN OFFSET(37) NUMBITS(1) [],
-        /// TBI0, bit [38] (§5.4): top byte ignored for TTB0.
+        /// TBI0, bit \[38\] (§5.4): top byte ignored for TTB0.
         TBI0 OFFSET(38) NUMBITS(1) [],
-        /// TBI1, bit [39] (§5.4).
+        /// TBI1, bit \[39\] (§5.4).
         TBI1 OFFSET(39) NUMBITS(1) [],
-        /// PAN, bit [40] (§5.4).
+        /// PAN, bit \[40\] (§5.4).
         PAN OFFSET(40) NUMBITS(1) [],
-        /// AA64, bit [41] (§5.4): VMSAv8-64 tables.
+        /// AA64, bit \[41\] (§5.4): VMSAv8-64 tables.
         AA64 OFFSET(41) NUMBITS(1) [],
-        /// HD, bit [42] (§5.4): hardware dirty-state update.
+        /// HD, bit \[42\] (§5.4): hardware dirty-state update.
         HD OFFSET(42) NUMBITS(1) [],
-        /// HA, bit [43] (§5.4): hardware access-flag update.
+        /// HA, bit \[43\] (§5.4): hardware access-flag update.
         HA OFFSET(43) NUMBITS(1) [],
-        /// S, bit [44] (§5.4, §5.5): stall on fault.
+        /// S, bit \[44\] (§5.4, §5.5): stall on fault.
         S OFFSET(44) NUMBITS(1) [],
-        /// R, bit [45] (§5.4, §5.5): record faults.
+        /// R, bit \[45\] (§5.4, §5.5): record faults.
         R OFFSET(45) NUMBITS(1) [],
-        /// A, bit [46] (§5.4, §5.5): abort (rather than RAZ/WI) on fault.
+        /// A, bit \[46\] (§5.4, §5.5): abort (rather than RAZ/WI) on fault.
         A OFFSET(46) NUMBITS(1) [],
-        /// ASET, bit [47] (§5.4): ASID not shared with the PE.
+        /// ASET, bit \[47\] (§5.4): ASID not shared with the PE.
         ASET OFFSET(47) NUMBITS(1) [],
-        /// ASID, bits [63:48] (§5.4).
+        /// ASID, bits \[63:48\] (§5.4).
         ASID OFFSET(48) NUMBITS(16) []
     ],
-    /// CD bits [127:64].
+    /// CD bits \[127:64\].
     pub CD1 [
-        /// NSCFG0, bit [64] (§5.4): NS of TTB0's starting level (Secure only).
+        /// NSCFG0, bit \[64\] (§5.4): NS of TTB0's starting level (Secure only).
         NSCFG0 OFFSET(0) NUMBITS(1) [],
-        /// HAD0, bit [65] (§5.4): hierarchical attributes disabled for TTB0.
+        /// HAD0, bit \[65\] (§5.4): hierarchical attributes disabled for TTB0.
         HAD0 OFFSET(1) NUMBITS(1) [],
-        /// E0PD0, bit [66] (§5.4).
+        /// E0PD0, bit \[66\] (§5.4).
         E0PD0 OFFSET(2) NUMBITS(1) [],
-        /// HAFT, bit [67] (§5.4).
+        /// HAFT, bit \[67\] (§5.4).
         HAFT OFFSET(3) NUMBITS(1) [],
-        /// TTB0, bits [115:68] (§5.4): TTB0 base, address bits [51:4].
+        /// TTB0, bits \[115:68\] (§5.4): TTB0 base, address bits \[51:4\].
         TTB0 OFFSET(4) NUMBITS(48) []
     ],
-    /// CD bits [191:128].
+    /// CD bits \[191:128\].
     pub CD2 [
-        /// NSCFG1, bit [128] (§5.4).
+        /// NSCFG1, bit \[128\] (§5.4).
         NSCFG1 OFFSET(0) NUMBITS(1) [],
-        /// HAD1, bit [129] (§5.4).
+        /// HAD1, bit \[129\] (§5.4).
         HAD1 OFFSET(1) NUMBITS(1) [],
-        /// E0PD1, bit [130] (§5.4).
+        /// E0PD1, bit \[130\] (§5.4).
         E0PD1 OFFSET(2) NUMBITS(1) [],
-        /// AIE, bit [131] (§5.4).
+        /// AIE, bit \[131\] (§5.4).
         AIE OFFSET(3) NUMBITS(1) [],
-        /// TTB1, bits [179:132] (§5.4): TTB1 base, address bits [51:4].
+        /// TTB1, bits \[179:132\] (§5.4): TTB1 base, address bits \[51:4\].
         TTB1 OFFSET(4) NUMBITS(48) [],
-        /// DS, bit [186] (§5.4).
+        /// DS, bit \[186\] (§5.4).
         DS OFFSET(58) NUMBITS(1) [],
-        /// PIE, bit [187] (§5.4).
+        /// PIE, bit \[187\] (§5.4).
         PIE OFFSET(59) NUMBITS(1) []
     ],
-    /// CD bits [255:192].
+    /// CD bits \[255:192\].
     pub CD3 [
-        /// MAIR0, bits [223:192] (§5.4): MAIR bits [31:0].
+        /// MAIR0, bits \[223:192\] (§5.4): MAIR bits \[31:0\].
         MAIR0 OFFSET(0) NUMBITS(32) [],
-        /// MAIR1, bits [255:224] (§5.4): MAIR bits [63:32].
+        /// MAIR1, bits \[255:224\] (§5.4): MAIR bits \[63:32\].
         MAIR1 OFFSET(32) NUMBITS(32) []
     ],
-    /// CD bits [319:256].
+    /// CD bits \[319:256\].
     pub CD4 [
-        /// AMAIR0, bits [287:256] (§5.4).
+        /// AMAIR0, bits \[287:256\] (§5.4).
         AMAIR0 OFFSET(0) NUMBITS(32) [],
-        /// AMAIR1, bits [319:288] (§5.4).
+        /// AMAIR1, bits \[319:288\] (§5.4).
         AMAIR1 OFFSET(32) NUMBITS(32) []
     ],
     /// L1CD, §5.3.
     pub L1CD [
-        /// V, bit [0] (§5.3): L2Ptr is valid.
+        /// V, bit \[0\] (§5.3): L2Ptr is valid.
         V OFFSET(0) NUMBITS(1) [],
-        /// L2Ptr, bits [55:12] (§5.3): the level 2 table, address bits [55:12].
+        /// L2Ptr, bits \[55:12\] (§5.3): the level 2 table, address bits \[55:12\].
         L2PTR OFFSET(12) NUMBITS(44) []
     ]
 ];
@@ -181,85 +181,85 @@ impl ContextDescriptor {
 }
 
 field_accessors!(ContextDescriptor {
-    /// T0SZ, bits [5:0] (§5.4).
+    /// T0SZ, bits \[5:0\] (§5.4).
     t0sz / set_t0sz: CD0::T0SZ => u8;
-    /// IR0, bits [9:8] (§5.4).
+    /// IR0, bits \[9:8\] (§5.4).
     ir0 / set_ir0: CD0::IR0 => u8;
-    /// OR0, bits [11:10] (§5.4).
+    /// OR0, bits \[11:10\] (§5.4).
     or0 / set_or0: CD0::OR0 => u8;
-    /// SH0, bits [13:12] (§5.4).
+    /// SH0, bits \[13:12\] (§5.4).
     sh0 / set_sh0: CD0::SH0 => u8;
-    /// EPD0, bit [14] (§5.4).
+    /// EPD0, bit \[14\] (§5.4).
     epd0 / set_epd0: CD0::EPD0 => bool;
-    /// ENDI, bit [15] (§5.4).
+    /// ENDI, bit \[15\] (§5.4).
     endi / set_endi: CD0::ENDI => bool;
-    /// T1SZ, bits [21:16] (§5.4).
+    /// T1SZ, bits \[21:16\] (§5.4).
     t1sz / set_t1sz: CD0::T1SZ => u8;
-    /// IR1, bits [25:24] (§5.4).
+    /// IR1, bits \[25:24\] (§5.4).
     ir1 / set_ir1: CD0::IR1 => u8;
-    /// OR1, bits [27:26] (§5.4).
+    /// OR1, bits \[27:26\] (§5.4).
     or1 / set_or1: CD0::OR1 => u8;
-    /// SH1, bits [29:28] (§5.4).
+    /// SH1, bits \[29:28\] (§5.4).
     sh1 / set_sh1: CD0::SH1 => u8;
-    /// EPD1, bit [30] (§5.4).
+    /// EPD1, bit \[30\] (§5.4).
     epd1 / set_epd1: CD0::EPD1 => bool;
-    /// V, bit [31] (§5.4).
+    /// V, bit \[31\] (§5.4).
     v / set_v: CD0::V => bool;
-    /// IPS, bits [34:32] (§5.4), encoded as TCR_ELx.IPS.
+    /// IPS, bits \[34:32\] (§5.4), encoded as TCR_ELx.IPS.
     ips / set_ips: CD0::IPS => u8;
-    /// AFFD, bit [35] (§5.4).
+    /// AFFD, bit \[35\] (§5.4).
     affd / set_affd: CD0::AFFD => bool;
-    /// WXN, bit [36] (§5.4).
+    /// WXN, bit \[36\] (§5.4).
     wxn / set_wxn: CD0::WXN => bool;
-    /// UWXN, bit [37] (§5.4).
+    /// UWXN, bit \[37\] (§5.4).
     uwxn / set_uwxn: CD0::UWXN => bool;
-    /// TBI0, bit [38] (§5.4).
+    /// TBI0, bit \[38\] (§5.4).
     tbi0 / set_tbi0: CD0::TBI0 => bool;
-    /// TBI1, bit [39] (§5.4).
+    /// TBI1, bit \[39\] (§5.4).
     tbi1 / set_tbi1: CD0::TBI1 => bool;
-    /// PAN, bit [40] (§5.4).
+    /// PAN, bit \[40\] (§5.4).
     pan / set_pan: CD0::PAN => bool;
-    /// AA64, bit [41] (§5.4).
+    /// AA64, bit \[41\] (§5.4).
     aa64 / set_aa64: CD0::AA64 => bool;
-    /// HD, bit [42] (§5.4).
+    /// HD, bit \[42\] (§5.4).
     hd / set_hd: CD0::HD => bool;
-    /// HA, bit [43] (§5.4).
+    /// HA, bit \[43\] (§5.4).
     ha / set_ha: CD0::HA => bool;
-    /// S, bit [44] (§5.4).
+    /// S, bit \[44\] (§5.4).
     s / set_s: CD0::S => bool;
-    /// R, bit [45] (§5.4).
+    /// R, bit \[45\] (§5.4).
     r / set_r: CD0::R => bool;
-    /// A, bit [46] (§5.4).
+    /// A, bit \[46\] (§5.4).
     a / set_a: CD0::A => bool;
-    /// ASET, bit [47] (§5.4).
+    /// ASET, bit \[47\] (§5.4).
     aset / set_aset: CD0::ASET => bool;
-    /// NSCFG0, bit [64] (§5.4).
+    /// NSCFG0, bit \[64\] (§5.4).
     nscfg0 / set_nscfg0: CD1::NSCFG0 => bool;
-    /// HAD0, bit [65] (§5.4).
+    /// HAD0, bit \[65\] (§5.4).
     had0 / set_had0: CD1::HAD0 => bool;
-    /// E0PD0, bit [66] (§5.4).
+    /// E0PD0, bit \[66\] (§5.4).
     e0pd0 / set_e0pd0: CD1::E0PD0 => bool;
-    /// HAFT, bit [67] (§5.4).
+    /// HAFT, bit \[67\] (§5.4).
     haft / set_haft: CD1::HAFT => bool;
-    /// NSCFG1, bit [128] (§5.4).
+    /// NSCFG1, bit \[128\] (§5.4).
     nscfg1 / set_nscfg1: CD2::NSCFG1 => bool;
-    /// HAD1, bit [129] (§5.4).
+    /// HAD1, bit \[129\] (§5.4).
     had1 / set_had1: CD2::HAD1 => bool;
-    /// E0PD1, bit [130] (§5.4).
+    /// E0PD1, bit \[130\] (§5.4).
     e0pd1 / set_e0pd1: CD2::E0PD1 => bool;
-    /// AIE, bit [131] (§5.4).
+    /// AIE, bit \[131\] (§5.4).
     aie / set_aie: CD2::AIE => bool;
-    /// DS, bit [186] (§5.4).
+    /// DS, bit \[186\] (§5.4).
     ds / set_ds: CD2::DS => bool;
-    /// PIE, bit [187] (§5.4).
+    /// PIE, bit \[187\] (§5.4).
     pie / set_pie: CD2::PIE => bool;
-    /// MAIR0, bits [223:192] (§5.4).
+    /// MAIR0, bits \[223:192\] (§5.4).
     mair0 / set_mair0: CD3::MAIR0 => u32;
-    /// MAIR1, bits [255:224] (§5.4).
+    /// MAIR1, bits \[255:224\] (§5.4).
     mair1 / set_mair1: CD3::MAIR1 => u32;
-    /// AMAIR0, bits [287:256] (§5.4).
+    /// AMAIR0, bits \[287:256\] (§5.4).
     amair0 / set_amair0: CD4::AMAIR0 => u32;
-    /// AMAIR1, bits [319:288] (§5.4).
+    /// AMAIR1, bits \[319:288\] (§5.4).
     amair1 / set_amair1: CD4::AMAIR1 => u32;
 });
 
@@ -286,7 +286,7 @@ pub const fn granule_tg1(granule: Granule) -> u8 {
 /// TTB0/TTB1 are in the stream's stage 1 output space: an IPA when stage 2
 /// translates (the nested case of this hypervisor).
 impl ContextDescriptor {
-    /// TG0, bits [7:6] (§5.4); `None` for the reserved encoding.
+    /// TG0, bits \[7:6\] (§5.4); `None` for the reserved encoding.
     pub fn tg0(&self) -> Option<Granule> {
         Granule::from_tg0(self.get(CD0::TG0) as u8)
     }
@@ -296,7 +296,7 @@ impl ContextDescriptor {
         self.put(CD0::TG0, u64::from(granule.tg0()));
     }
 
-    /// TG1, bits [23:22] (§5.4); `None` for the reserved encoding.
+    /// TG1, bits \[23:22\] (§5.4); `None` for the reserved encoding.
     pub fn tg1(&self) -> Option<Granule> {
         granule_from_tg1(self.get(CD0::TG1) as u8)
     }
@@ -306,7 +306,7 @@ impl ContextDescriptor {
         self.put(CD0::TG1, u64::from(granule_tg1(granule)));
     }
 
-    /// ASID, bits [63:48] (§5.4).
+    /// ASID, bits \[63:48\] (§5.4).
     pub fn asid(&self) -> Asid {
         Asid(self.get(CD0::ASID) as u16)
     }
@@ -316,22 +316,22 @@ impl ContextDescriptor {
         self.put(CD0::ASID, u64::from(asid.0));
     }
 
-    /// TTB0, bits [115:68] (§5.4).
+    /// TTB0, bits \[115:68\] (§5.4).
     pub fn ttb0(&self) -> Ipa {
         Ipa(self.get(CD1::TTB0) << 4)
     }
 
-    /// Sets TTB0; address bits [3:0] and above bit 51 are dropped.
+    /// Sets TTB0; address bits \[3:0\] and above bit 51 are dropped.
     pub fn set_ttb0(&mut self, ttb: Ipa) {
         self.put(CD1::TTB0, ttb.raw() >> 4);
     }
 
-    /// TTB1, bits [179:132] (§5.4).
+    /// TTB1, bits \[179:132\] (§5.4).
     pub fn ttb1(&self) -> Ipa {
         Ipa(self.get(CD2::TTB1) << 4)
     }
 
-    /// Sets TTB1; address bits [3:0] and above bit 51 are dropped.
+    /// Sets TTB1; address bits \[3:0\] and above bit 51 are dropped.
     pub fn set_ttb1(&mut self, ttb: Ipa) {
         self.put(CD2::TTB1, ttb.raw() >> 4);
     }
@@ -374,19 +374,19 @@ impl L1Cd {
     }
 
     /// A valid descriptor pointing to the level 2 table at `l2` (whose
-    /// bits [11:0] are taken as zero).
+    /// bits \[11:0\] are taken as zero).
     pub fn new(l2: Ipa) -> Self {
         let mut reg = LocalRegisterCopy::<u64, L1CD::Register>::new(0);
         reg.modify(L1CD::V::SET + L1CD::L2PTR.val(l2.raw() >> 12));
         Self(reg.get())
     }
 
-    /// V, bit [0] (§5.3).
+    /// V, bit \[0\] (§5.3).
     pub fn valid(&self) -> bool {
         LocalRegisterCopy::<u64, L1CD::Register>::new(self.0).is_set(L1CD::V)
     }
 
-    /// L2Ptr, bits [55:12] (§5.3).
+    /// L2Ptr, bits \[55:12\] (§5.3).
     pub fn l2ptr(&self) -> Ipa {
         Ipa(LocalRegisterCopy::<u64, L1CD::Register>::new(self.0).read(L1CD::L2PTR) << 12)
     }
@@ -458,7 +458,7 @@ pub enum CdError {
     /// HA/HD beyond SMMU_IDR0.HTTU.
     #[error("hardware table update not supported")]
     Httu,
-    /// ASID[15:8] != 0 without SMMU_IDR0.ASID16.
+    /// ASID\[15:8\] != 0 without SMMU_IDR0.ASID16.
     #[error("ASID {0} needs 16-bit ASIDs")]
     AsidTooWide(Asid),
     /// TxSZ out of its valid range.
@@ -685,7 +685,10 @@ impl CdTable {
             S1Fmt::Reserved => S1Fmt::Linear,
             f => f,
         };
-        Ok(Self { fmt, cdmax: s1cdmax })
+        Ok(Self {
+            fmt,
+            cdmax: s1cdmax,
+        })
     }
 
     /// The table of `ste` (its S1Fmt and S1CDMax).
@@ -836,8 +839,16 @@ mod tests {
         let cd = linux_cd();
         assert_eq!(
             cd.0[0],
-            16 | (1 << 8) | (1 << 10) | (3 << 12) | (1 << 30) | (1 << 31)
-                | (4 << 32) | (1 << 41) | (1 << 45) | (1 << 46) | (1 << 47)
+            16 | (1 << 8)
+                | (1 << 10)
+                | (3 << 12)
+                | (1 << 30)
+                | (1 << 31)
+                | (4 << 32)
+                | (1 << 41)
+                | (1 << 45)
+                | (1 << 46)
+                | (1 << 47)
                 | (0x42 << 48)
         );
         assert_eq!(cd.0[1], 0x4000_1000);
@@ -857,8 +868,18 @@ mod tests {
         cd.set_epd0(true);
         assert_eq!(
             cd.0[0],
-            (25 << 16) | (2 << 22) | (1 << 42) | (1 << 43) | (1 << 44) | (1 << 36)
-                | (1 << 37) | (1 << 40) | (1 << 35) | (1 << 39) | (1 << 15) | (1 << 14)
+            (25 << 16)
+                | (2 << 22)
+                | (1 << 42)
+                | (1 << 43)
+                | (1 << 44)
+                | (1 << 36)
+                | (1 << 37)
+                | (1 << 40)
+                | (1 << 35)
+                | (1 << 39)
+                | (1 << 15)
+                | (1 << 14)
         );
         cd.set_nscfg0(true);
         cd.set_had0(true);
@@ -891,12 +912,17 @@ mod tests {
         cd.set_t0sz(12);
         assert_eq!(
             cd.validate(&p),
-            Err(CdError::Tsz { table: 0, tsz: 12, min: 16, max: 39 })
+            Err(CdError::Tsz {
+                table: 0,
+                tsz: 12,
+                min: 16,
+                max: 39
+            })
         );
         cd.set_t0sz(40);
         assert!(matches!(cd.validate(&p), Err(CdError::Tsz { .. })));
         let stt = CdPolicy { stt: true, ..p };
-        cd.set_ttb0(Ipa(0x4000_1000)); // 16 MiB input: 2-level walk, 256-entry top
+        cd.set_ttb0(Ipa(0x4000_1000)); // 16 MiB input: an 8-entry starting table
         assert_eq!(cd.validate(&stt), Ok(()));
 
         let mut cd = linux_cd();
@@ -907,7 +933,10 @@ mod tests {
 
         let mut cd = linux_cd();
         cd.set_ips(5);
-        assert_eq!(cd.validate(&p), Err(CdError::IpsExceedsOas { ips: 48, oas: 44 }));
+        assert_eq!(
+            cd.validate(&p),
+            Err(CdError::IpsExceedsOas { ips: 48, oas: 44 })
+        );
 
         let mut cd = linux_cd();
         cd.set_asid(Asid(0x1ff));
@@ -924,13 +953,20 @@ mod tests {
         let mut cd = linux_cd();
         cd.set_s(true);
         assert_eq!(cd.validate(&p), Err(CdError::Stall), "STE.S1STALLD is set");
-        let forced = CdPolicy { stall_model: StallModel::StallForced, s1stalld: false, ..p };
+        let forced = CdPolicy {
+            stall_model: StallModel::StallForced,
+            s1stalld: false,
+            ..p
+        };
         assert_eq!(linux_cd().validate(&forced), Err(CdError::StallForced));
 
         let mut cd = linux_cd();
         cd.set_ha(true);
         assert_eq!(cd.validate(&p), Err(CdError::Httu));
-        let ha = CdPolicy { httu: Httu::Access, ..p };
+        let ha = CdPolicy {
+            httu: Httu::Access,
+            ..p
+        };
         assert_eq!(cd.validate(&ha), Ok(()));
         cd.set_hd(true);
         assert_eq!(cd.validate(&ha), Err(CdError::Httu));
@@ -941,7 +977,13 @@ mod tests {
 
         let mut cd = linux_cd();
         cd.set_a(false);
-        assert_eq!(cd.validate(&CdPolicy { term_model: true, ..p }), Err(CdError::TermModel));
+        assert_eq!(
+            cd.validate(&CdPolicy {
+                term_model: true,
+                ..p
+            }),
+            Err(CdError::TermModel)
+        );
 
         // TTB1 is checked only when it walks.
         let mut cd = linux_cd();
@@ -963,7 +1005,8 @@ mod tests {
         assert_eq!(start_table_bytes(Granule::Size4K, 25), 4096);
         assert_eq!(start_table_bytes(Granule::Size4K, 24), 16);
         assert_eq!(start_table_bytes(Granule::Size4K, 32), 32);
-        assert_eq!(start_table_bytes(Granule::Size64K, 22), 512);
+        assert_eq!(start_table_bytes(Granule::Size64K, 22), 65536);
+        assert_eq!(start_table_bytes(Granule::Size64K, 25), 8192);
     }
 
     #[test]
@@ -979,8 +1022,14 @@ mod tests {
     fn single_cd_without_substreams() {
         let t = CdTable::new(S1Fmt::TwoLevel64K, 0, 20).unwrap();
         assert_eq!(t.fmt(), S1Fmt::Linear, "S1Fmt ignored when S1CDMax == 0");
-        assert_eq!(t.resolve(None, S1Dss::Terminate), Ok(CdLookup::Cd(CdLocation::Linear { index: 0 })));
-        assert_eq!(t.resolve(Some(Ssid(0)), S1Dss::Bypass), Err(CdError::BadSubstreamId(Ssid(0))));
+        assert_eq!(
+            t.resolve(None, S1Dss::Terminate),
+            Ok(CdLookup::Cd(CdLocation::Linear { index: 0 }))
+        );
+        assert_eq!(
+            t.resolve(Some(Ssid(0)), S1Dss::Bypass),
+            Err(CdError::BadSubstreamId(Ssid(0)))
+        );
         // An SMMU without substreams ignores S1CDMax.
         let t = CdTable::new(S1Fmt::Linear, 31, 0).unwrap();
         assert_eq!(t.num_cds(), 1);
@@ -995,12 +1044,30 @@ mod tests {
         assert_eq!(t.locate(Ssid(15)), Ok(CdLocation::Linear { index: 15 }));
         assert_eq!(t.locate(Ssid(16)), Err(CdError::BadSubstreamId(Ssid(16))));
         assert_eq!(t.resolve(None, S1Dss::Bypass), Ok(CdLookup::Stage1Bypass));
-        assert_eq!(t.resolve(None, S1Dss::Terminate), Err(CdError::StreamDisabled));
-        assert_eq!(t.resolve(None, S1Dss::Reserved), Err(CdError::StreamDisabled));
-        assert_eq!(t.resolve(None, S1Dss::Ssid0), Ok(CdLookup::Cd(CdLocation::Linear { index: 0 })));
-        assert_eq!(t.resolve(Some(Ssid(0)), S1Dss::Ssid0), Err(CdError::StreamDisabled));
-        assert_eq!(t.resolve(Some(Ssid(0)), S1Dss::Bypass), Ok(CdLookup::Cd(CdLocation::Linear { index: 0 })));
-        assert_eq!(CdTable::new(S1Fmt::Reserved, 4, 20).unwrap().fmt(), S1Fmt::Linear);
+        assert_eq!(
+            t.resolve(None, S1Dss::Terminate),
+            Err(CdError::StreamDisabled)
+        );
+        assert_eq!(
+            t.resolve(None, S1Dss::Reserved),
+            Err(CdError::StreamDisabled)
+        );
+        assert_eq!(
+            t.resolve(None, S1Dss::Ssid0),
+            Ok(CdLookup::Cd(CdLocation::Linear { index: 0 }))
+        );
+        assert_eq!(
+            t.resolve(Some(Ssid(0)), S1Dss::Ssid0),
+            Err(CdError::StreamDisabled)
+        );
+        assert_eq!(
+            t.resolve(Some(Ssid(0)), S1Dss::Bypass),
+            Ok(CdLookup::Cd(CdLocation::Linear { index: 0 }))
+        );
+        assert_eq!(
+            CdTable::new(S1Fmt::Reserved, 4, 20).unwrap().fmt(),
+            S1Fmt::Linear
+        );
     }
 
     #[test]
@@ -1012,19 +1079,40 @@ mod tests {
         assert_eq!(t.l2_table_bytes(), Some(64 * 1024));
         assert_eq!(
             t.locate(Ssid(0x1234)),
-            Ok(CdLocation::TwoLevel { l1_index: 4, l2_index: 0x234 })
+            Ok(CdLocation::TwoLevel {
+                l1_index: 4,
+                l2_index: 0x234
+            })
         );
-        assert_eq!(t.locate(Ssid(0xffff)), Ok(CdLocation::TwoLevel { l1_index: 63, l2_index: 1023 }));
+        assert_eq!(
+            t.locate(Ssid(0xffff)),
+            Ok(CdLocation::TwoLevel {
+                l1_index: 63,
+                l2_index: 1023
+            })
+        );
         assert!(t.locate(Ssid(0x1_0000)).is_err());
         // 4K leaves of 64 CDs.
         let t = CdTable::new(S1Fmt::TwoLevel4K, 10, 20).unwrap();
         assert_eq!(t.l1_entries(), 16);
-        assert_eq!(t.locate(Ssid(65)), Ok(CdLocation::TwoLevel { l1_index: 1, l2_index: 1 }));
+        assert_eq!(
+            t.locate(Ssid(65)),
+            Ok(CdLocation::TwoLevel {
+                l1_index: 1,
+                l2_index: 1
+            })
+        );
         // Fewer CDs than a leaf: only L1 index 0; the L1 table is 64-byte aligned.
         let t = CdTable::new(S1Fmt::TwoLevel4K, 3, 20).unwrap();
         assert_eq!(t.l1_entries(), 1);
         assert_eq!(t.table_align(), 64);
-        assert_eq!(t.locate(Ssid(7)), Ok(CdLocation::TwoLevel { l1_index: 0, l2_index: 7 }));
+        assert_eq!(
+            t.locate(Ssid(7)),
+            Ok(CdLocation::TwoLevel {
+                l1_index: 0,
+                l2_index: 7
+            })
+        );
         assert!(t.locate(Ssid(8)).is_err());
         // Beyond SSIDSIZE.
         assert_eq!(

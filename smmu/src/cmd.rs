@@ -205,9 +205,14 @@ impl fmt::Display for CmdError {
             CmdError::IllegalField { opcode, field } => {
                 write!(f, "command {opcode:#04x} has an illegal {field}")
             }
-            CmdError::RangeOverflow => f.write_str("invalidation range overflows the address space"),
+            CmdError::RangeOverflow => {
+                f.write_str("invalidation range overflows the address space")
+            }
             CmdError::TooManyCommands(n) => {
-                write!(f, "invalidation needs {n} commands; flush the whole context")
+                write!(
+                    f,
+                    "invalidation needs {n} commands; flush the whole context"
+                )
             }
         }
     }
@@ -761,10 +766,7 @@ impl Command {
         // The fields each opcode defines; anything else must be zero.
         let (m0, m1) = match op {
             PREFETCH_CONFIG => (opc | SID_SSID, 0),
-            PREFETCH_ADDR => (
-                opc | SID_SSID,
-                bits(CMD1::VA) | bits(CMD1::PREFETCH_SIZE),
-            ),
+            PREFETCH_ADDR => (opc | SID_SSID, bits(CMD1::VA) | bits(CMD1::PREFETCH_SIZE)),
             CFGI_STE => (opc | bits(CMD0::STREAMID), bits(CMD1::LEAF)),
             CFGI_STE_RANGE => (opc | bits(CMD0::STREAMID), bits(CMD1::RANGE)),
             CFGI_CD => (
@@ -788,19 +790,13 @@ impl Command {
                 opc | SID_SSID | bits(CMD0::GLOBAL),
                 bits(CMD1::VA) | bits(CMD1::ATC_SIZE),
             ),
-            PRI_RESP => (
-                opc | SID_SSID,
-                bits(CMD1::PRGINDEX) | bits(CMD1::RESP),
-            ),
+            PRI_RESP => (opc | SID_SSID, bits(CMD1::PRGINDEX) | bits(CMD1::RESP)),
             RESUME => (
                 opc | bits(CMD0::STREAMID) | bits(CMD0::AC) | bits(CMD0::AB),
                 bits(CMD1::STAG),
             ),
             SYNC => (
-                opc | bits(CMD0::CS)
-                    | bits(CMD0::MSH)
-                    | bits(CMD0::MSIATTR)
-                    | bits(CMD0::MSIDATA),
+                opc | bits(CMD0::CS) | bits(CMD0::MSH) | bits(CMD0::MSIATTR) | bits(CMD0::MSIDATA),
                 bits(CMD1::MSIADDR),
             ),
             _ => return Err(CmdError::UnknownOpcode(op)),
@@ -990,9 +986,13 @@ impl fmt::Display for Command {
                 addr,
                 scope,
             } => write!(f, " vmid={vmid} asid={asid} addr={addr}{scope}"),
-            Command::TlbiNhVaa { vmid, addr, scope } => write!(f, " vmid={vmid} addr={addr}{scope}"),
+            Command::TlbiNhVaa { vmid, addr, scope } => {
+                write!(f, " vmid={vmid} addr={addr}{scope}")
+            }
             Command::TlbiEl2Asid { asid } => write!(f, " asid={asid}"),
-            Command::TlbiEl2Va { asid, addr, scope } => write!(f, " asid={asid} addr={addr}{scope}"),
+            Command::TlbiEl2Va { asid, addr, scope } => {
+                write!(f, " asid={asid} addr={addr}{scope}")
+            }
             Command::TlbiEl2Vaa { addr, scope } => write!(f, " addr={addr}{scope}"),
             Command::TlbiS2Ipa { vmid, addr, scope } => write!(f, " vmid={vmid} ipa={addr}{scope}"),
             Command::Sync(s) => write!(f, " cs={:?}", s.cs),
@@ -1234,14 +1234,17 @@ mod tests {
             msi_data: 0xdead_beef,
             msi_addr: PhysAddr(0x0900_0044),
         });
-        assert_eq!(s.encode(), [0xdead_beef_0FC0_1046, 0x0900_0044]);
+        assert_eq!(s.encode(), [0xDEAD_BEEF_0FC0_1046, 0x0900_0044]);
         assert_eq!(Command::Sync(Sync::none()).encode(), [0x46, 0]);
     }
 
     #[test]
     fn decode_rejects_what_hardware_rejects() {
         assert_eq!(Command::decode([0, 0]), Err(CmdError::UnknownOpcode(0)));
-        assert_eq!(Command::decode([0x18, 0]), Err(CmdError::UnknownOpcode(0x18)));
+        assert_eq!(
+            Command::decode([0x18, 0]),
+            Err(CmdError::UnknownOpcode(0x18))
+        );
         // SSec set on CMD_CFGI_STE.
         assert!(matches!(
             Command::decode([0x03 | 1 << 10, 0]),
@@ -1250,7 +1253,11 @@ mod tests {
         // CMD_TLBI_NSNH_ALL with stray bits in the second word.
         assert!(matches!(
             Command::decode([0x30, 1]),
-            Err(CmdError::ReservedBits { opcode: 0x30, word0: 0, word1: 1 })
+            Err(CmdError::ReservedBits {
+                opcode: 0x30,
+                word0: 0,
+                word1: 1
+            })
         ));
         // CMD_SYNC with CS = 0b11.
         assert!(matches!(
@@ -1355,8 +1362,11 @@ mod tests {
             }),
             (sid(), any::<bool>()).prop_map(|(sid, leaf)| Command::CfgiSte { sid, leaf }),
             (sid(), 0u8..31).prop_map(|(sid, range)| Command::CfgiSteRange { sid, range }),
-            (sid(), ssid(), any::<bool>())
-                .prop_map(|(sid, ssid, leaf)| Command::CfgiCd { sid, ssid, leaf }),
+            (sid(), ssid(), any::<bool>()).prop_map(|(sid, ssid, leaf)| Command::CfgiCd {
+                sid,
+                ssid,
+                leaf
+            }),
             sid().prop_map(|sid| Command::CfgiCdAll { sid }),
             Just(Command::CfgiAll),
             sid().prop_map(|sid| Command::StallTerm { sid }),
@@ -1382,16 +1392,25 @@ mod tests {
                     scope,
                 }
             }),
-            (vmid(), va(), scope())
-                .prop_map(|(vmid, addr, scope)| Command::TlbiNhVaa { vmid, addr, scope }),
+            (vmid(), va(), scope()).prop_map(|(vmid, addr, scope)| Command::TlbiNhVaa {
+                vmid,
+                addr,
+                scope
+            }),
             Just(Command::TlbiEl2All),
             asid().prop_map(|asid| Command::TlbiEl2Asid { asid }),
-            (asid(), va(), scope())
-                .prop_map(|(asid, addr, scope)| Command::TlbiEl2Va { asid, addr, scope }),
+            (asid(), va(), scope()).prop_map(|(asid, addr, scope)| Command::TlbiEl2Va {
+                asid,
+                addr,
+                scope
+            }),
             (va(), scope()).prop_map(|(addr, scope)| Command::TlbiEl2Vaa { addr, scope }),
             vmid().prop_map(|vmid| Command::TlbiS12Vmall { vmid }),
-            (vmid(), ipa(), scope())
-                .prop_map(|(vmid, addr, scope)| Command::TlbiS2Ipa { vmid, addr, scope }),
+            (vmid(), ipa(), scope()).prop_map(|(vmid, addr, scope)| Command::TlbiS2Ipa {
+                vmid,
+                addr,
+                scope
+            }),
             Just(Command::TlbiNsnhAll),
         ];
         let other = prop_oneof![
@@ -1523,8 +1542,15 @@ mod tests {
     #[test]
     fn range_helper_examples() {
         // 2 MiB + 1 byte from a page boundary at L3: 513 pages = 1 + 512.
-        let cmds =
-            tlbi_ipa_range(Vmid(3), Ipa(0x4000_0000), 0x20_0001, TtLevel::L3, true, true).unwrap();
+        let cmds = tlbi_ipa_range(
+            Vmid(3),
+            Ipa(0x4000_0000),
+            0x20_0001,
+            TtLevel::L3,
+            true,
+            true,
+        )
+        .unwrap();
         assert_eq!(cmds.len(), 2);
         // Without RIL: one per page, refused past MAX_TLBI_OPS.
         let cmds =
@@ -1535,8 +1561,8 @@ mod tests {
             Err(CmdError::TooManyCommands(513))
         );
         // A 4 KiB unmap inside a 2 MiB block invalidates the block.
-        let cmds = tlbi_ipa_range(Vmid(3), Ipa(0x4010_0000), 0x1000, TtLevel::L2, true, false)
-            .unwrap();
+        let cmds =
+            tlbi_ipa_range(Vmid(3), Ipa(0x4010_0000), 0x1000, TtLevel::L2, true, false).unwrap();
         assert_eq!(
             cmds,
             [Command::TlbiS2Ipa {
@@ -1553,7 +1579,14 @@ mod tests {
             Ok(Vec::new())
         );
         assert_eq!(
-            tlbi_ipa_range(Vmid(3), Ipa((1 << 56) - 0x1000), 0x2000, TtLevel::L3, true, true),
+            tlbi_ipa_range(
+                Vmid(3),
+                Ipa((1 << 56) - 0x1000),
+                0x2000,
+                TtLevel::L3,
+                true,
+                true
+            ),
             Err(CmdError::RangeOverflow)
         );
         // The top 256 TiB of the VA space at level 1: one command of
@@ -1570,7 +1603,10 @@ mod tests {
         .unwrap();
         assert_eq!(cmds.len(), 1);
         let cov = covered(&cmds, TtLevel::L1);
-        assert_eq!(cov[0], (u128::from(0u64.wrapping_sub(1 << 48)), 1u128 << 64));
+        assert_eq!(
+            cov[0],
+            (u128::from(0u64.wrapping_sub(1 << 48)), 1u128 << 64)
+        );
         // The whole 64-bit space cannot be expressed in a few commands.
         assert!(matches!(
             tlbi_va_range(Vmid(0), Asid(1), Iova(0), u64::MAX, TtLevel::L1, true, true),

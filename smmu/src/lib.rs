@@ -16,6 +16,7 @@ extern crate alloc;
 
 pub mod addr;
 pub mod cmd;
+pub mod event;
 pub mod hw;
 pub mod queue;
 pub mod regs;
@@ -23,6 +24,8 @@ pub mod stage2;
 pub mod ste;
 pub mod cd;
 pub mod strtab;
+pub mod driver;
+pub mod domain;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;

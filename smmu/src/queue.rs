@@ -89,13 +89,13 @@ impl QueueIndex {
     /// The next index, toggling the wrap bit when passing the end.
     #[must_use]
     pub fn inc(self) -> Self {
-        self.add(1)
+        self.advance(1)
     }
 
     /// `n` entries further (modulo twice the queue size, as the hardware
     /// counts).
     #[must_use]
-    pub fn add(self, n: u32) -> Self {
+    pub fn advance(self, n: u32) -> Self {
         Self {
             log2size: self.log2size,
             value: self.value.wrapping_add(n) & self.wrap_index_mask(),
@@ -266,8 +266,7 @@ impl EvtqProd {
 
     /// The register value.
     pub fn raw(&self) -> u32 {
-        (EVENTQ_PROD::WR.val(self.wr.raw()) + EVENTQ_PROD::OVFLG.val(u32::from(self.ovflg)))
-            .value
+        (EVENTQ_PROD::WR.val(self.wr.raw()) + EVENTQ_PROD::OVFLG.val(u32::from(self.ovflg))).value
     }
 }
 
@@ -347,10 +346,7 @@ mod tests {
         let c = EvtqCons::from_raw(3, 0xFFFF_FFFF).unwrap();
         assert!(c.ovackflg);
         assert_eq!(c.rd.raw(), 0xF);
-        assert_eq!(
-            QueueIndex::new(20),
-            Err(QueueError::Log2SizeTooLarge(20))
-        );
+        assert_eq!(QueueIndex::new(20), Err(QueueError::Log2SizeTooLarge(20)));
     }
 
     #[test]
@@ -428,10 +424,10 @@ mod tests {
         }
 
         #[test]
-        fn index_add_is_modular(log2size in 0u8..=MAX_LOG2SIZE, start in any::<u32>(), n in any::<u32>()) {
+        fn index_advance_is_modular(log2size in 0u8..=MAX_LOG2SIZE, start in any::<u32>(), n in any::<u32>()) {
             let i = QueueIndex::from_raw(log2size, start).unwrap();
             let modulus = 2u64 << log2size;
-            let j = i.add(n);
+            let j = i.advance(n);
             prop_assert_eq!(u64::from(j.raw()), (u64::from(start) + u64::from(n)) % modulus);
             prop_assert_eq!(u64::from(j.distance_from(i)), u64::from(n) % modulus);
         }

@@ -875,11 +875,7 @@ impl fmt::Display for Features {
         if !missing.is_empty() {
             write!(f, ", no {}", missing.join("/"))?;
         }
-        write!(
-            f,
-            ", queues cmd 2^{} evt 2^{}",
-            self.cmdqs, self.evtqs
-        )
+        write!(f, ", queues cmd 2^{} evt 2^{}", self.cmdqs, self.evtqs)
     }
 }
 

@@ -17,94 +17,94 @@ use tock_registers::fields::{Field, FieldValue};
 use tock_registers::{register_bitfields, LocalRegisterCopy, RegisterLongName};
 
 register_bitfields![u64,
-    /// STE bits [63:0].
+    /// STE bits \[63:0\].
     pub STE0 [
-        /// V, bit [0] (§5.2): the STE is valid.
+        /// V, bit \[0\] (§5.2): the STE is valid.
         V OFFSET(0) NUMBITS(1) [],
-        /// Config, bits [3:1] (§5.2): abort, bypass, stage 1, stage 2, nested.
+        /// Config, bits \[3:1\] (§5.2): abort, bypass, stage 1, stage 2, nested.
         CONFIG OFFSET(1) NUMBITS(3) [],
-        /// S1Fmt, bits [5:4] (§5.2): layout of the CD table.
+        /// S1Fmt, bits \[5:4\] (§5.2): layout of the CD table.
         S1FMT OFFSET(4) NUMBITS(2) [],
-        /// S1ContextPtr, bits [55:6] (§5.2): address of the CD (table), bits [55:6].
+        /// S1ContextPtr, bits \[55:6\] (§5.2): address of the CD (table), bits \[55:6\].
         S1CONTEXTPTR OFFSET(6) NUMBITS(50) [],
-        /// S1CDMax, bits [63:59] (§5.2): log2 of the number of CDs.
+        /// S1CDMax, bits \[63:59\] (§5.2): log2 of the number of CDs.
         S1CDMAX OFFSET(59) NUMBITS(5) []
     ],
-    /// STE bits [127:64].
+    /// STE bits \[127:64\].
     pub STE1 [
-        /// S1DSS, bits [65:64] (§5.2): default substream behaviour.
+        /// S1DSS, bits \[65:64\] (§5.2): default substream behaviour.
         S1DSS OFFSET(0) NUMBITS(2) [],
-        /// S1CIR, bits [67:66] (§5.2): inner cacheability of CD fetches.
+        /// S1CIR, bits \[67:66\] (§5.2): inner cacheability of CD fetches.
         S1CIR OFFSET(2) NUMBITS(2) [],
-        /// S1COR, bits [69:68] (§5.2): outer cacheability of CD fetches.
+        /// S1COR, bits \[69:68\] (§5.2): outer cacheability of CD fetches.
         S1COR OFFSET(4) NUMBITS(2) [],
-        /// S1CSH, bits [71:70] (§5.2): shareability of CD fetches.
+        /// S1CSH, bits \[71:70\] (§5.2): shareability of CD fetches.
         S1CSH OFFSET(6) NUMBITS(2) [],
-        /// DCP, bit [81] (§5.2): directed cache prefetch permitted.
+        /// DCP, bit \[81\] (§5.2): directed cache prefetch permitted.
         DCP OFFSET(17) NUMBITS(1) [],
-        /// PPAR, bit [82] (§5.2): PRI auto-responses carry a PASID.
+        /// PPAR, bit \[82\] (§5.2): PRI auto-responses carry a PASID.
         PPAR OFFSET(18) NUMBITS(1) [],
-        /// MEV, bit [83] (§5.2): events may be merged.
+        /// MEV, bit \[83\] (§5.2): events may be merged.
         MEV OFFSET(19) NUMBITS(1) [],
-        /// S1STALLD, bit [91] (§5.2): stage 1 stalls disallowed.
+        /// S1STALLD, bit \[91\] (§5.2): stage 1 stalls disallowed.
         S1STALLD OFFSET(27) NUMBITS(1) [],
-        /// EATS, bits [93:92] (§5.2): PCIe ATS enable.
+        /// EATS, bits \[93:92\] (§5.2): PCIe ATS enable.
         EATS OFFSET(28) NUMBITS(2) [],
-        /// STRW, bits [95:94] (§5.2): StreamWorld (EL1/EL2) for stage 1 only.
+        /// STRW, bits \[95:94\] (§5.2): StreamWorld (EL1/EL2) for stage 1 only.
         STRW OFFSET(30) NUMBITS(2) [],
-        /// MemAttr, bits [99:96] (§5.2): memory type override.
+        /// MemAttr, bits \[99:96\] (§5.2): memory type override.
         MEMATTR OFFSET(32) NUMBITS(4) [],
-        /// MTCFG, bit [100] (§5.2): use MemAttr.
+        /// MTCFG, bit \[100\] (§5.2): use MemAttr.
         MTCFG OFFSET(36) NUMBITS(1) [],
-        /// ALLOCCFG, bits [104:101] (§5.2): allocation hints override.
+        /// ALLOCCFG, bits \[104:101\] (§5.2): allocation hints override.
         ALLOCCFG OFFSET(37) NUMBITS(4) [],
-        /// SHCFG, bits [109:108] (§5.2): shareability override (0b01: incoming).
+        /// SHCFG, bits \[109:108\] (§5.2): shareability override (0b01: incoming).
         SHCFG OFFSET(44) NUMBITS(2) [],
-        /// NSCFG, bits [111:110] (§5.2): NS attribute override (Secure STEs).
+        /// NSCFG, bits \[111:110\] (§5.2): NS attribute override (Secure STEs).
         NSCFG OFFSET(46) NUMBITS(2) [],
-        /// PRIVCFG, bits [113:112] (§5.2): privilege override.
+        /// PRIVCFG, bits \[113:112\] (§5.2): privilege override.
         PRIVCFG OFFSET(48) NUMBITS(2) [],
-        /// INSTCFG, bits [115:114] (§5.2): instruction/data override.
+        /// INSTCFG, bits \[115:114\] (§5.2): instruction/data override.
         INSTCFG OFFSET(50) NUMBITS(2) []
     ],
-    /// STE bits [191:128].
+    /// STE bits \[191:128\].
     pub STE2 [
-        /// S2VMID, bits [143:128] (§5.2): the VMID.
+        /// S2VMID, bits \[143:128\] (§5.2): the VMID.
         S2VMID OFFSET(0) NUMBITS(16) [],
-        /// S2T0SZ, bits [165:160] (§5.2): IPA size is 64 - S2T0SZ bits.
+        /// S2T0SZ, bits \[165:160\] (§5.2): IPA size is 64 - S2T0SZ bits.
         S2T0SZ OFFSET(32) NUMBITS(6) [],
-        /// S2SL0, bits [167:166] (§5.2): starting level, as VTCR_EL2.SL0.
+        /// S2SL0, bits \[167:166\] (§5.2): starting level, as VTCR_EL2.SL0.
         S2SL0 OFFSET(38) NUMBITS(2) [],
-        /// S2IR0, bits [169:168] (§5.2): inner cacheability of walks.
+        /// S2IR0, bits \[169:168\] (§5.2): inner cacheability of walks.
         S2IR0 OFFSET(40) NUMBITS(2) [],
-        /// S2OR0, bits [171:170] (§5.2): outer cacheability of walks.
+        /// S2OR0, bits \[171:170\] (§5.2): outer cacheability of walks.
         S2OR0 OFFSET(42) NUMBITS(2) [],
-        /// S2SH0, bits [173:172] (§5.2): shareability of walks.
+        /// S2SH0, bits \[173:172\] (§5.2): shareability of walks.
         S2SH0 OFFSET(44) NUMBITS(2) [],
-        /// S2TG, bits [175:174] (§5.2): granule (0: 4K, 1: 64K, 2: 16K).
+        /// S2TG, bits \[175:174\] (§5.2): granule (0: 4K, 1: 64K, 2: 16K).
         S2TG OFFSET(46) NUMBITS(2) [],
-        /// S2PS, bits [178:176] (§5.2): output size, as VTCR_EL2.PS.
+        /// S2PS, bits \[178:176\] (§5.2): output size, as VTCR_EL2.PS.
         S2PS OFFSET(48) NUMBITS(3) [],
-        /// S2AA64, bit [179] (§5.2): VMSAv8-64 tables.
+        /// S2AA64, bit \[179\] (§5.2): VMSAv8-64 tables.
         S2AA64 OFFSET(51) NUMBITS(1) [],
-        /// S2ENDI, bit [180] (§5.2): big-endian tables.
+        /// S2ENDI, bit \[180\] (§5.2): big-endian tables.
         S2ENDI OFFSET(52) NUMBITS(1) [],
-        /// S2AFFD, bit [181] (§5.2): access flag faults disabled.
+        /// S2AFFD, bit \[181\] (§5.2): access flag faults disabled.
         S2AFFD OFFSET(53) NUMBITS(1) [],
-        /// S2PTW, bit [182] (§5.2): stage 1 walks to Device memory fault.
+        /// S2PTW, bit \[182\] (§5.2): stage 1 walks to Device memory fault.
         S2PTW OFFSET(54) NUMBITS(1) [],
-        /// S2HD, bit [183] (§5.2): hardware dirty-state update.
+        /// S2HD, bit \[183\] (§5.2): hardware dirty-state update.
         S2HD OFFSET(55) NUMBITS(1) [],
-        /// S2HA, bit [184] (§5.2): hardware access-flag update.
+        /// S2HA, bit \[184\] (§5.2): hardware access-flag update.
         S2HA OFFSET(56) NUMBITS(1) [],
-        /// S2S, bit [185] (§5.2, §5.5): stage 2 faults stall.
+        /// S2S, bit \[185\] (§5.2, §5.5): stage 2 faults stall.
         S2S OFFSET(57) NUMBITS(1) [],
-        /// S2R, bit [186] (§5.2, §5.5): stage 2 faults are recorded.
+        /// S2R, bit \[186\] (§5.2, §5.5): stage 2 faults are recorded.
         S2R OFFSET(58) NUMBITS(1) []
     ],
-    /// STE bits [255:192].
+    /// STE bits \[255:192\].
     pub STE3 [
-        /// S2TTB, bits [243:196] (§5.2): stage 2 table base, address bits [51:4].
+        /// S2TTB, bits \[243:196\] (§5.2): stage 2 table base, address bits \[51:4\].
         S2TTB OFFSET(4) NUMBITS(48) []
     ]
 ];
@@ -208,69 +208,69 @@ impl Ste {
 }
 
 field_accessors!(Ste {
-    /// V, bit [0] (§5.2).
+    /// V, bit \[0\] (§5.2).
     v / set_v: STE0::V => bool;
-    /// S1CDMax, bits [63:59] (§5.2): the table holds 2^S1CDMax CDs.
+    /// S1CDMax, bits \[63:59\] (§5.2): the table holds 2^S1CDMax CDs.
     s1cdmax / set_s1cdmax: STE0::S1CDMAX => u8;
-    /// S1CIR, bits [67:66] (§5.2).
+    /// S1CIR, bits \[67:66\] (§5.2).
     s1cir / set_s1cir: STE1::S1CIR => u8;
-    /// S1COR, bits [69:68] (§5.2).
+    /// S1COR, bits \[69:68\] (§5.2).
     s1cor / set_s1cor: STE1::S1COR => u8;
-    /// S1CSH, bits [71:70] (§5.2).
+    /// S1CSH, bits \[71:70\] (§5.2).
     s1csh / set_s1csh: STE1::S1CSH => u8;
-    /// DCP, bit [81] (§5.2).
+    /// DCP, bit \[81\] (§5.2).
     dcp / set_dcp: STE1::DCP => bool;
-    /// PPAR, bit [82] (§5.2).
+    /// PPAR, bit \[82\] (§5.2).
     ppar / set_ppar: STE1::PPAR => bool;
-    /// MEV, bit [83] (§5.2).
+    /// MEV, bit \[83\] (§5.2).
     mev / set_mev: STE1::MEV => bool;
-    /// S1STALLD, bit [91] (§5.2).
+    /// S1STALLD, bit \[91\] (§5.2).
     s1stalld / set_s1stalld: STE1::S1STALLD => bool;
-    /// MemAttr, bits [99:96] (§5.2).
+    /// MemAttr, bits \[99:96\] (§5.2).
     memattr / set_memattr: STE1::MEMATTR => u8;
-    /// MTCFG, bit [100] (§5.2).
+    /// MTCFG, bit \[100\] (§5.2).
     mtcfg / set_mtcfg: STE1::MTCFG => bool;
-    /// ALLOCCFG, bits [104:101] (§5.2).
+    /// ALLOCCFG, bits \[104:101\] (§5.2).
     alloccfg / set_alloccfg: STE1::ALLOCCFG => u8;
-    /// SHCFG, bits [109:108] (§5.2): 0b00 NSH, 0b01 incoming, 0b10 OSH, 0b11 ISH.
+    /// SHCFG, bits \[109:108\] (§5.2): 0b00 NSH, 0b01 incoming, 0b10 OSH, 0b11 ISH.
     shcfg / set_shcfg: STE1::SHCFG => u8;
-    /// NSCFG, bits [111:110] (§5.2).
+    /// NSCFG, bits \[111:110\] (§5.2).
     nscfg / set_nscfg: STE1::NSCFG => u8;
-    /// PRIVCFG, bits [113:112] (§5.2).
+    /// PRIVCFG, bits \[113:112\] (§5.2).
     privcfg / set_privcfg: STE1::PRIVCFG => u8;
-    /// INSTCFG, bits [115:114] (§5.2).
+    /// INSTCFG, bits \[115:114\] (§5.2).
     instcfg / set_instcfg: STE1::INSTCFG => u8;
-    /// S2T0SZ, bits [165:160] (§5.2).
+    /// S2T0SZ, bits \[165:160\] (§5.2).
     s2t0sz / set_s2t0sz: STE2::S2T0SZ => u8;
-    /// S2SL0, bits [167:166] (§5.2).
+    /// S2SL0, bits \[167:166\] (§5.2).
     s2sl0 / set_s2sl0: STE2::S2SL0 => u8;
-    /// S2IR0, bits [169:168] (§5.2).
+    /// S2IR0, bits \[169:168\] (§5.2).
     s2ir0 / set_s2ir0: STE2::S2IR0 => u8;
-    /// S2OR0, bits [171:170] (§5.2).
+    /// S2OR0, bits \[171:170\] (§5.2).
     s2or0 / set_s2or0: STE2::S2OR0 => u8;
-    /// S2SH0, bits [173:172] (§5.2).
+    /// S2SH0, bits \[173:172\] (§5.2).
     s2sh0 / set_s2sh0: STE2::S2SH0 => u8;
-    /// S2PS, bits [178:176] (§5.2), encoded as VTCR_EL2.PS (see [`output_size_bits`]).
+    /// S2PS, bits \[178:176\] (§5.2), encoded as VTCR_EL2.PS (see [`output_size_bits`]).
     s2ps / set_s2ps: STE2::S2PS => u8;
-    /// S2AA64, bit [179] (§5.2).
+    /// S2AA64, bit \[179\] (§5.2).
     s2aa64 / set_s2aa64: STE2::S2AA64 => bool;
-    /// S2ENDI, bit [180] (§5.2).
+    /// S2ENDI, bit \[180\] (§5.2).
     s2endi / set_s2endi: STE2::S2ENDI => bool;
-    /// S2AFFD, bit [181] (§5.2).
+    /// S2AFFD, bit \[181\] (§5.2).
     s2affd / set_s2affd: STE2::S2AFFD => bool;
-    /// S2PTW, bit [182] (§5.2).
+    /// S2PTW, bit \[182\] (§5.2).
     s2ptw / set_s2ptw: STE2::S2PTW => bool;
-    /// S2HD, bit [183] (§5.2).
+    /// S2HD, bit \[183\] (§5.2).
     s2hd / set_s2hd: STE2::S2HD => bool;
-    /// S2HA, bit [184] (§5.2).
+    /// S2HA, bit \[184\] (§5.2).
     s2ha / set_s2ha: STE2::S2HA => bool;
-    /// S2S, bit [185] (§5.2).
+    /// S2S, bit \[185\] (§5.2).
     s2s / set_s2s: STE2::S2S => bool;
-    /// S2R, bit [186] (§5.2).
+    /// S2R, bit \[186\] (§5.2).
     s2r / set_s2r: STE2::S2R => bool;
 });
 
-/// STE.Config, bits [3:1] (§5.2).
+/// STE.Config, bits \[3:1\] (§5.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Config {
     /// 0b000: abort, no event.
@@ -312,7 +312,7 @@ impl Config {
         }
     }
 
-    /// Whether traffic can pass (Config[2] == 1).
+    /// Whether traffic can pass (Config\[2\] == 1).
     pub const fn passes(self) -> bool {
         self.bits() & 0b100 != 0
     }
@@ -328,7 +328,7 @@ impl Config {
     }
 }
 
-/// STE.S1Fmt, bits [5:4] (§5.2): the layout of the CD table.
+/// STE.S1Fmt, bits \[5:4\] (§5.2): the layout of the CD table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum S1Fmt {
     /// 0b00: a linear table of 2^S1CDMax CDs.
@@ -358,7 +358,7 @@ impl S1Fmt {
     }
 }
 
-/// STE.S1DSS, bits [65:64] (§5.2): what a transaction without a SubstreamID
+/// STE.S1DSS, bits \[65:64\] (§5.2): what a transaction without a SubstreamID
 /// does when substreams are enabled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum S1Dss {
@@ -390,7 +390,7 @@ impl S1Dss {
     }
 }
 
-/// STE.EATS, bits [93:92] (§5.2): PCIe ATS.
+/// STE.EATS, bits \[93:92\] (§5.2): PCIe ATS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Eats {
     /// 0b00: translation requests are refused.
@@ -420,7 +420,7 @@ impl Eats {
     }
 }
 
-/// STE.STRW, bits [95:94] (§5.2), for a Non-secure STE.
+/// STE.STRW, bits \[95:94\] (§5.2), for a Non-secure STE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strw {
     /// 0b00: NS-EL1.
@@ -524,33 +524,33 @@ pub const fn output_size_encoding(bits: u8) -> Option<u8> {
 
 /// Typed accessors for the enumerated and address fields.
 impl Ste {
-    /// Config, bits [3:1] (§5.2).
+    /// Config, bits \[3:1\] (§5.2).
     pub fn config(&self) -> Config {
         Config::from_bits(self.get(STE0::CONFIG) as u8)
     }
 
-    /// Sets Config, bits [3:1].
+    /// Sets Config, bits \[3:1\].
     pub fn set_config(&mut self, config: Config) {
         self.put(STE0::CONFIG, u64::from(config.bits()));
     }
 
-    /// S1Fmt, bits [5:4] (§5.2).
+    /// S1Fmt, bits \[5:4\] (§5.2).
     pub fn s1fmt(&self) -> S1Fmt {
         S1Fmt::from_bits(self.get(STE0::S1FMT) as u8)
     }
 
-    /// Sets S1Fmt, bits [5:4].
+    /// Sets S1Fmt, bits \[5:4\].
     pub fn set_s1fmt(&mut self, fmt: S1Fmt) {
         self.put(STE0::S1FMT, u64::from(fmt.bits()));
     }
 
-    /// S1ContextPtr, bits [55:6] (§5.2), as an IPA: what it is when stage 2
+    /// S1ContextPtr, bits \[55:6\] (§5.2), as an IPA: what it is when stage 2
     /// translates (nested).
     pub fn s1_context_ptr(&self) -> Ipa {
         Ipa(self.get(STE0::S1CONTEXTPTR) << 6)
     }
 
-    /// Sets S1ContextPtr, bits [55:6]; bits [5:0] and above bit 55 of the
+    /// Sets S1ContextPtr, bits \[55:6\]; bits \[5:0\] and above bit 55 of the
     /// address are dropped.
     pub fn set_s1_context_ptr(&mut self, ptr: Ipa) {
         self.put(STE0::S1CONTEXTPTR, ptr.raw() >> 6);
@@ -561,62 +561,62 @@ impl Ste {
         PhysAddr(self.s1_context_ptr().raw())
     }
 
-    /// S1DSS, bits [65:64] (§5.2).
+    /// S1DSS, bits \[65:64\] (§5.2).
     pub fn s1dss(&self) -> S1Dss {
         S1Dss::from_bits(self.get(STE1::S1DSS) as u8)
     }
 
-    /// Sets S1DSS, bits [65:64].
+    /// Sets S1DSS, bits \[65:64\].
     pub fn set_s1dss(&mut self, dss: S1Dss) {
         self.put(STE1::S1DSS, u64::from(dss.bits()));
     }
 
-    /// EATS, bits [93:92] (§5.2).
+    /// EATS, bits \[93:92\] (§5.2).
     pub fn eats(&self) -> Eats {
         Eats::from_bits(self.get(STE1::EATS) as u8)
     }
 
-    /// Sets EATS, bits [93:92].
+    /// Sets EATS, bits \[93:92\].
     pub fn set_eats(&mut self, eats: Eats) {
         self.put(STE1::EATS, u64::from(eats.bits()));
     }
 
-    /// STRW, bits [95:94] (§5.2).
+    /// STRW, bits \[95:94\] (§5.2).
     pub fn strw(&self) -> Strw {
         Strw::from_bits(self.get(STE1::STRW) as u8)
     }
 
-    /// Sets STRW, bits [95:94].
+    /// Sets STRW, bits \[95:94\].
     pub fn set_strw(&mut self, strw: Strw) {
         self.put(STE1::STRW, u64::from(strw.bits()));
     }
 
-    /// S2VMID, bits [143:128] (§5.2).
+    /// S2VMID, bits \[143:128\] (§5.2).
     pub fn s2vmid(&self) -> Vmid {
         Vmid(self.get(STE2::S2VMID) as u16)
     }
 
-    /// Sets S2VMID, bits [143:128].
+    /// Sets S2VMID, bits \[143:128\].
     pub fn set_s2vmid(&mut self, vmid: Vmid) {
         self.put(STE2::S2VMID, u64::from(vmid.0));
     }
 
-    /// S2TG, bits [175:174] (§5.2); `None` for the reserved encoding.
+    /// S2TG, bits \[175:174\] (§5.2); `None` for the reserved encoding.
     pub fn s2tg(&self) -> Option<Granule> {
         Granule::from_tg0(self.get(STE2::S2TG) as u8)
     }
 
-    /// Sets S2TG, bits [175:174].
+    /// Sets S2TG, bits \[175:174\].
     pub fn set_s2tg(&mut self, granule: Granule) {
         self.put(STE2::S2TG, u64::from(granule.tg0()));
     }
 
-    /// S2TTB, bits [243:196] (§5.2): the stage 2 table base.
+    /// S2TTB, bits \[243:196\] (§5.2): the stage 2 table base.
     pub fn s2ttb(&self) -> PhysAddr {
         PhysAddr(self.get(STE3::S2TTB) << 4)
     }
 
-    /// Sets S2TTB; address bits [3:0] and above bit 51 are dropped.
+    /// Sets S2TTB; address bits \[3:0\] and above bit 51 are dropped.
     pub fn set_s2ttb(&mut self, ttb: PhysAddr) {
         self.put(STE3::S2TTB, ttb.raw() >> 4);
     }
@@ -753,7 +753,7 @@ impl Ste {
         }
     }
 
-    /// Whether the entry lets traffic through (V == 1 and Config[2] == 1),
+    /// Whether the entry lets traffic through (V == 1 and Config\[2\] == 1),
     /// judged on the bits alone.
     pub fn is_live(&self) -> bool {
         self.v() && self.config().passes()
@@ -890,7 +890,7 @@ pub enum SteError {
     /// STRW selects a reserved StreamWorld.
     #[error("reserved STRW {0:?}")]
     Strw(Strw),
-    /// S2VMID[15:8] != 0 without SMMU_IDR0.VMID16.
+    /// S2VMID\[15:8\] != 0 without SMMU_IDR0.VMID16.
     #[error("VMID {0} needs 16-bit VMIDs")]
     VmidTooWide(Vmid),
     /// S1STALLD == 1 while the stall model is not configurable.
@@ -1163,7 +1163,10 @@ impl UpdatePlan {
 
     /// The number of CFGI_STE + CMD_SYNC points.
     pub fn syncs(&self) -> usize {
-        self.steps().iter().filter(|s| **s == UpdateStep::Sync).count()
+        self.steps()
+            .iter()
+            .filter(|s| **s == UpdateStep::Sync)
+            .count()
     }
 
     /// Whether the plan never makes the entry abort in between (it changes
@@ -1235,7 +1238,11 @@ pub fn update_plan(old: &Ste, new: &Ste) -> UpdatePlan {
         .count();
     if critical > 1 {
         // Break: one atomic write that makes the entry stop passing traffic.
-        let word0 = if new.is_live() { Ste::abort().0[0] } else { new.0[0] };
+        let word0 = if new.is_live() {
+            Ste::abort().0[0]
+        } else {
+            new.0[0]
+        };
         write(&mut plan, &mut cur, 0, word0);
         plan.hitless = false;
         plan.push(UpdateStep::Sync);
@@ -1368,7 +1375,10 @@ mod tests {
         ste.set_nscfg(3);
         ste.set_privcfg(3);
         ste.set_instcfg(3);
-        assert_eq!(ste.0[1], (0xf << 32) | (1 << 36) | (0xf << 37) | (0x3f << 46));
+        assert_eq!(
+            ste.0[1],
+            (0xf << 32) | (1 << 36) | (0xf << 37) | (0x3f << 46)
+        );
 
         let mut ste = Ste::invalid();
         ste.set_s2vmid(Vmid(0xbeef));
@@ -1450,15 +1460,25 @@ mod tests {
 
         let mut ste = good;
         ste.set_s2sl0(0); // level 2 start cannot resolve 40 bits
-        assert!(matches!(ste.validate(&p), Err(SteError::S2WalkInconsistent { .. })));
+        assert!(matches!(
+            ste.validate(&p),
+            Err(SteError::S2WalkInconsistent { .. })
+        ));
         ste.set_s2sl0(3); // level 3 start needs STT
-        assert!(matches!(ste.validate(&p), Err(SteError::S2WalkInconsistent { .. })));
+        assert!(matches!(
+            ste.validate(&p),
+            Err(SteError::S2WalkInconsistent { .. })
+        ));
 
         let mut ste = good;
         ste.set_s2t0sz(64 - 48); // 48-bit IPA > IAS 44
         assert_eq!(
             ste.validate(&p),
-            Err(SteError::S2T0sz { t0sz: 16, min: 20, max: 39 })
+            Err(SteError::S2T0sz {
+                t0sz: 16,
+                min: 20,
+                max: 39
+            })
         );
         ste.set_s2t0sz(40);
         assert!(matches!(ste.validate(&p), Err(SteError::S2T0sz { .. })));
@@ -1471,10 +1491,16 @@ mod tests {
 
         let mut ste = good;
         ste.set_s2ttb(PhysAddr(1 << 44));
-        assert!(matches!(ste.validate(&p), Err(SteError::S2TtbOutOfRange(_))));
+        assert!(matches!(
+            ste.validate(&p),
+            Err(SteError::S2TtbOutOfRange(_))
+        ));
         ste.set_s2ps(0); // 32-bit output
         ste.set_s2ttb(PhysAddr(1 << 32));
-        assert!(matches!(ste.validate(&p), Err(SteError::S2TtbOutOfRange(_))));
+        assert!(matches!(
+            ste.validate(&p),
+            Err(SteError::S2TtbOutOfRange(_))
+        ));
 
         let mut ste = good;
         ste.set_s2aa64(false);
@@ -1505,7 +1531,10 @@ mod tests {
 
         let mut ste = nested;
         ste.set_s1cdmax(21);
-        assert_eq!(ste.validate(&p), Err(SteError::S1CdMax { cdmax: 21, max: 20 }));
+        assert_eq!(
+            ste.validate(&p),
+            Err(SteError::S1CdMax { cdmax: 21, max: 20 })
+        );
 
         let no_cd2l = StePolicy { cd2l: false, ..p };
         assert_eq!(nested.validate(&no_cd2l), Err(SteError::S1FmtTwoLevel));
@@ -1518,9 +1547,15 @@ mod tests {
 
         let mut ste = nested;
         ste.set_s1_context_ptr(Ipa(1 << 44));
-        assert!(matches!(ste.validate(&p), Err(SteError::ContextPtrOutOfRange(_))));
+        assert!(matches!(
+            ste.validate(&p),
+            Err(SteError::ContextPtrOutOfRange(_))
+        ));
 
-        let term = StePolicy { stall_model: StallModel::TerminateOnly, ..p };
+        let term = StePolicy {
+            stall_model: StallModel::TerminateOnly,
+            ..p
+        };
         assert_eq!(nested.validate(&term), Err(SteError::S1Stalld));
 
         let mut ste = nested;
@@ -1667,7 +1702,10 @@ mod tests {
     fn making_valid_writes_word0_last() {
         let new = Ste::stage2(&s2cfg(1, 0x1000));
         let plan = check_plan(&Ste::abort(), &new);
-        assert_eq!(writes(&plan), [Some(1), Some(2), Some(3), None, Some(0), None]);
+        assert_eq!(
+            writes(&plan),
+            [Some(1), Some(2), Some(3), None, Some(0), None]
+        );
         assert!(plan.is_hitless());
         // From V == 0 as well.
         let plan = check_plan(&Ste::invalid(), &new);
@@ -1679,7 +1717,10 @@ mod tests {
     fn making_abort_writes_word0_first() {
         let old = Ste::stage2(&s2cfg(1, 0x1000));
         let plan = check_plan(&old, &Ste::abort());
-        assert_eq!(writes(&plan), [Some(0), None, Some(1), Some(2), Some(3), None]);
+        assert_eq!(
+            writes(&plan),
+            [Some(0), None, Some(1), Some(2), Some(3), None]
+        );
         assert_eq!(plan.steps()[0], UpdateStep::Write { word: 0, value: 1 });
     }
 
@@ -1701,7 +1742,13 @@ mod tests {
             writes(&plan),
             [Some(0), None, Some(2), Some(3), None, Some(0), None]
         );
-        assert_eq!(plan.steps()[0], UpdateStep::Write { word: 0, value: Ste::abort().0[0] });
+        assert_eq!(
+            plan.steps()[0],
+            UpdateStep::Write {
+                word: 0,
+                value: Ste::abort().0[0]
+            }
+        );
         assert!(!plan.is_hitless());
         assert_eq!(plan.syncs(), 3);
     }
@@ -1745,9 +1792,9 @@ mod tests {
         fn update_plans_from_similar_entries(old in arb_ste(), flips in any::<[u64; 8]>(),
                                              keep in any::<u8>()) {
             let mut new = old;
-            for w in 0..STE_WORDS {
+            for (w, (word, flip)) in new.0.iter_mut().zip(flips).enumerate() {
                 if keep & (1 << w) == 0 {
-                    new.0[w] ^= flips[w];
+                    *word ^= flip;
                 }
             }
             check_plan(&old, &new);

@@ -104,7 +104,24 @@ pub(super) fn decode(raw: u64, level: u8) -> Entry {
         exec: !d.is_set(S2_DESC::XN),
         mem,
     };
-    Entry::Leaf { oa: addr, attrs }
+    // A block's address bits below its size are RES0: read them as the
+    // walker would use them, as zero.
+    let block_mask = (1u64 << (12 + 9 * (3 - u32::from(level)))) - 1;
+    Entry::Leaf {
+        oa: PhysAddr(addr.0 & !block_mask),
+        attrs,
+    }
+}
+
+/// Whether `raw` is valid, without decoding the rest (the hot path of
+/// unmapping).
+pub(super) fn is_valid(raw: u64) -> bool {
+    Desc::new(raw).is_set(S2_DESC::VALID)
+}
+
+/// Whether the valid descriptor `raw` at `level` is a block or a page.
+pub(super) fn is_leaf(raw: u64, level: u8) -> bool {
+    level == 3 || !Desc::new(raw).matches_all(S2_DESC::TYPE::TableOrPage)
 }
 
 /// A table descriptor pointing at the page-aligned table `next`.

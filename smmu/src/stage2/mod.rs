@@ -277,7 +277,7 @@ fn clip(level: u8, base: u64, i: usize, start: u64, end: u64) -> (u64, u64, u64,
 /// the whole descriptor range `[eb, ee)`, the output is aligned, and the
 /// level has leaves (no level-0 blocks with 4 KiB granule, D8.3.1).
 fn fits_leaf(level: u8, eb: u64, ee: u64, s: u64, e: u64, pa: u64) -> bool {
-    level >= 1 && s == eb && e == ee
+    level >= 1 && s == eb && e == ee && pa & (entry_size(level) - 1) == 0
 }
 
 /// Tables a split of a block, down to where `[s, e)` (a sub-range of the new
@@ -349,7 +349,11 @@ impl Stage2 {
     /// `pa_bits` at most the hardware's output size. The root (up to 16
     /// concatenated tables) is allocated contiguous and aligned to its size,
     /// as S2TTB/VTTBR require.
-    pub fn new(alloc: &dyn PageAllocator, ipa_bits: u32, pa_bits: u32) -> Result<Self, Stage2Error> {
+    pub fn new(
+        alloc: &dyn PageAllocator,
+        ipa_bits: u32,
+        pa_bits: u32,
+    ) -> Result<Self, Stage2Error> {
         if !(MIN_IPA_BITS..=MAX_IPA_BITS).contains(&ipa_bits) {
             return Err(Stage2Error::UnsupportedIpaSize(ipa_bits));
         }
@@ -394,7 +398,7 @@ impl Stage2 {
     /// Checks alignment and the IPA range; returns the exclusive end.
     fn check_range(&self, ipa: Ipa, len: u64) -> Result<u64, Stage2Error> {
         let page = PAGE_SIZE as u64;
-        if !ipa.is_aligned(page) || len % page != 0 {
+        if !ipa.is_aligned(page) || !len.is_multiple_of(page) {
             return Err(Stage2Error::Unaligned);
         }
         match ipa.0.checked_add(len) {
@@ -435,8 +439,20 @@ impl Stage2 {
             alloc,
             pool: &mut pool,
         };
-        w.map(&mut self.root, self.start_level, 0, ipa.0, end, pa.0, attrs, false);
-        assert!(pool.is_empty(), "stage2: map planned more tables than it used");
+        w.map(
+            &mut self.root,
+            self.start_level,
+            0,
+            ipa.0,
+            end,
+            pa.0,
+            attrs,
+            false,
+        );
+        assert!(
+            pool.is_empty(),
+            "stage2: map planned more tables than it used"
+        );
         Ok(())
     }
 
@@ -488,8 +504,19 @@ impl Stage2 {
             alloc,
             pool: &mut pool,
         };
-        w.change(&mut self.root, self.start_level, 0, ipa.0, end, change, &mut inv);
-        assert!(pool.is_empty(), "stage2: split planned more tables than it used");
+        w.change(
+            &mut self.root,
+            self.start_level,
+            0,
+            ipa.0,
+            end,
+            change,
+            &mut inv,
+        );
+        assert!(
+            pool.is_empty(),
+            "stage2: split planned more tables than it used"
+        );
         Ok(inv)
     }
 
@@ -612,11 +639,24 @@ fn plan_map(
 
 /// Counts the tables `change` over `[start, end)` will allocate to split
 /// blocks.
+///
+/// Only a descriptor the range covers partly can need a split, at itself or
+/// below: that is at most the first and the last one of each table, so this
+/// visits O(levels) descriptors.
 fn plan_change(table: &Table, level: u8, base: u64, start: u64, end: u64, change: Change) -> usize {
     let (first, last) = index_span(level, base, start, end);
     let mut need = 0;
-    for i in first..=last {
+    let edges = [first, last];
+    let edges = if first == last {
+        &edges[..1]
+    } else {
+        &edges[..]
+    };
+    for &i in edges {
         let (eb, ee, s, e) = clip(level, base, i, start, end);
+        if s == eb && e == ee {
+            continue;
+        }
         match table.entry(i, level) {
             Entry::Invalid => {}
             Entry::Table(_) => need += plan_change(table.child(i), level + 1, eb, s, e, change),
@@ -665,8 +705,16 @@ impl Writer<'_> {
         for i in first..=last {
             let (eb, ee, s, e) = clip(level, base, i, start, end);
             let pa_s = pa + (s - start);
-            match table.entry(i, level) {
-                Entry::Leaf { .. } => panic!("stage2: map reached a live leaf that planning missed"),
+            // A table filled here started zeroed: no need to read it.
+            let entry = if fresh {
+                Entry::Invalid
+            } else {
+                table.entry(i, level)
+            };
+            match entry {
+                Entry::Leaf { .. } => {
+                    panic!("stage2: map reached a live leaf that planning missed")
+                }
                 Entry::Table(_) => {
                     let child = table.child_mut(i);
                     self.map(child, level + 1, eb, s, e, pa_s, attrs, false);
@@ -716,7 +764,18 @@ impl Writer<'_> {
                 level,
                 leaf: true,
             };
-            match table.entry(i, level) {
+            let raw = table.mem.read(i);
+            if !desc::is_valid(raw) {
+                continue;
+            }
+            if matches!(change, Change::Unmap) && s == eb && e == ee && desc::is_leaf(raw, level) {
+                // Hot path: a whole leaf goes, its attributes do not matter.
+                table.mem.write(i, desc::INVALID);
+                table.live -= 1;
+                inv.push(leaf_range);
+                continue;
+            }
+            match desc::decode(raw, level) {
                 Entry::Invalid => {}
                 Entry::Table(_) => {
                     let child = table.child_mut(i);

@@ -75,9 +75,18 @@ fn start_level_and_concatenation_per_ipa_size() {
         // The last IPA is reachable and the first beyond is rejected.
         let top = (1u64 << bits) - K4;
         let mut s2 = s2;
-        s2.map(&mem, Ipa(top), PhysAddr(0x8000_0000), K4, S2Attrs::NORMAL_RW)
-            .unwrap();
-        assert_eq!(s2.translate(Ipa(top)).map(|t| t.0), Some(PhysAddr(0x8000_0000)));
+        s2.map(
+            &mem,
+            Ipa(top),
+            PhysAddr(0x8000_0000),
+            K4,
+            S2Attrs::NORMAL_RW,
+        )
+        .unwrap();
+        assert_eq!(
+            s2.translate(Ipa(top)).map(|t| t.0),
+            Some(PhysAddr(0x8000_0000))
+        );
         assert_eq!(
             s2.map(&mem, Ipa(top + K4), PhysAddr(0), K4, S2Attrs::NORMAL_RW),
             Err(Stage2Error::IpaOutOfRange {
@@ -141,7 +150,11 @@ fn descriptor_encoding() {
         0x1_4000_0000 | 0b01 | 0b1111 << 2 | 0b01 << 6 | 0b11 << 8 | 1 << 10
     );
     assert_eq!(desc::table(PhysAddr(0x1234_5000)), 0x1234_5003);
-    for (attrs, level) in [(S2Attrs::NORMAL_RW, 3), (S2Attrs::DEVICE_RW, 2), (ro_exec, 1)] {
+    for (attrs, level) in [
+        (S2Attrs::NORMAL_RW, 3),
+        (S2Attrs::DEVICE_RW, 2),
+        (ro_exec, 1),
+    ] {
         let raw = desc::leaf(PhysAddr(G1), attrs, level);
         assert_eq!(
             desc::decode(raw, level),
@@ -172,8 +185,14 @@ fn map_uses_the_largest_blocks_alignment_allows() {
         Some((PhysAddr(3 * G1 + 0x12_3456), S2Attrs::NORMAL_RW, 1))
     );
     // 2 MiB + 4 KiB at a 2 MiB boundary: a 2 MiB block, then a page.
-    s2.map(&mem, Ipa(4 * G1), PhysAddr(0x8020_0000), M2 + K4, S2Attrs::DEVICE_RW)
-        .unwrap();
+    s2.map(
+        &mem,
+        Ipa(4 * G1),
+        PhysAddr(0x8020_0000),
+        M2 + K4,
+        S2Attrs::DEVICE_RW,
+    )
+    .unwrap();
     assert_eq!(mem.pages_in_use(), root + 2);
     assert_eq!(s2.translate(Ipa(4 * G1 + M2 - 8)).unwrap().2, 2);
     assert_eq!(
@@ -182,15 +201,27 @@ fn map_uses_the_largest_blocks_alignment_allows() {
     );
     assert_eq!(s2.translate(Ipa(4 * G1 + M2 + K4)), None);
     // IPA aligned but PA only 4 KiB aligned: pages only.
-    s2.map(&mem, Ipa(6 * G1), PhysAddr(0x9000_1000), M2, S2Attrs::NORMAL_RWX)
-        .unwrap();
+    s2.map(
+        &mem,
+        Ipa(6 * G1),
+        PhysAddr(0x9000_1000),
+        M2,
+        S2Attrs::NORMAL_RWX,
+    )
+    .unwrap();
     assert_eq!(
         s2.translate(Ipa(6 * G1 + M2 - K4)),
         Some((PhysAddr(0x9020_0000), S2Attrs::NORMAL_RWX, 3))
     );
     // A range that starts mid-2MiB uses pages up to the boundary, then blocks.
-    s2.map(&mem, Ipa(8 * G1 - K4), PhysAddr(8 * G1 - K4), K4 + M2, S2Attrs::NORMAL_RW)
-        .unwrap();
+    s2.map(
+        &mem,
+        Ipa(8 * G1 - K4),
+        PhysAddr(8 * G1 - K4),
+        K4 + M2,
+        S2Attrs::NORMAL_RW,
+    )
+    .unwrap();
     assert_eq!(s2.translate(Ipa(8 * G1 - K4)).unwrap().2, 3);
     assert_eq!(s2.translate(Ipa(8 * G1)).unwrap().2, 2);
     destroy(s2, &mem);
@@ -228,7 +259,8 @@ fn map_rejects_bad_input_and_overlap_without_changing_anything() {
         })
     );
     s2.map(&mem, Ipa(G1), PhysAddr(G1), M2, rw).unwrap();
-    s2.map(&mem, Ipa(G1 + 3 * M2), PhysAddr(G1), K4, rw).unwrap();
+    s2.map(&mem, Ipa(G1 + 3 * M2), PhysAddr(G1), K4, rw)
+        .unwrap();
     let before = s2.snapshot();
     let pages = mem.pages_in_use();
     // Overlaps the tail of the page at G1 + 3 * M2 after mapping fresh pages.
@@ -259,15 +291,35 @@ fn failed_map_rolls_back_to_the_exact_previous_tables() {
     // that exists, plus L2 tables: far more than the limit allows.
     for spare in [0, 1, 2, 5, 100] {
         mem.set_limit(Some(used + spare));
-        let r = s2.map(&mem, Ipa(0x2000), PhysAddr(0x10_0000_3000), 4 * G1, S2Attrs::NORMAL_RW);
+        let r = s2.map(
+            &mem,
+            Ipa(0x2000),
+            PhysAddr(0x10_0000_3000),
+            4 * G1,
+            S2Attrs::NORMAL_RW,
+        );
         assert_eq!(r, Err(Stage2Error::OutOfMemory), "spare {spare}");
-        assert_eq!(s2.snapshot(), before, "tables changed with {spare} spare pages");
-        assert_eq!(mem.pages_in_use(), used, "pages leaked with {spare} spare pages");
+        assert_eq!(
+            s2.snapshot(),
+            before,
+            "tables changed with {spare} spare pages"
+        );
+        assert_eq!(
+            mem.pages_in_use(),
+            used,
+            "pages leaked with {spare} spare pages"
+        );
         assert_eq!(s2.translate(Ipa(0x2000)), None);
     }
     mem.set_limit(None);
-    s2.map(&mem, Ipa(0x2000), PhysAddr(0x10_0000_3000), 4 * G1, S2Attrs::NORMAL_RW)
-        .unwrap();
+    s2.map(
+        &mem,
+        Ipa(0x2000),
+        PhysAddr(0x10_0000_3000),
+        4 * G1,
+        S2Attrs::NORMAL_RW,
+    )
+    .unwrap();
     assert_eq!(
         s2.translate(Ipa(0x2000 + 3 * G1)).unwrap().0,
         PhysAddr(0x10_0000_3000 + 3 * G1)
@@ -288,7 +340,11 @@ fn unmap_inside_a_1g_block_splits_down_to_pages() {
     // the two splits), and the page itself.
     assert_eq!(
         inv.ranges(),
-        &[leaf(2 * G1, G1, 1), leaf(2 * G1 + 7 * M2, M2, 2), leaf(hole, K4, 3)]
+        &[
+            leaf(2 * G1, G1, 1),
+            leaf(2 * G1 + 7 * M2, M2, 2),
+            leaf(hole, K4, 3)
+        ]
     );
     assert_eq!(inv.tables_to_free(), 0);
     assert!(!inv.needs_walk_invalidation());
@@ -306,7 +362,11 @@ fn unmap_inside_a_1g_block_splits_down_to_pages() {
         (2 * G1 + 8 * M2, 2),
         (3 * G1 - K4, 2),
     ] {
-        assert_eq!(s2.translate(Ipa(ipa)), Some((pa(ipa), rw, level)), "{ipa:#x}");
+        assert_eq!(
+            s2.translate(Ipa(ipa)),
+            Some((pa(ipa), rw, level)),
+            "{ipa:#x}"
+        );
     }
     destroy(s2, &mem);
 }
@@ -325,7 +385,9 @@ fn protect_changes_only_the_requested_part_of_a_block() {
     // Read-only for [1 MiB, 5 MiB): splits blocks 0 and 2, rewrites block 1.
     let lo = M2 / 2;
     let hi = 2 * M2 + M2 / 2;
-    let inv = s2.protect(&mem, Ipa(lo), hi - lo, S2Attrs::NORMAL_RO).unwrap();
+    let inv = s2
+        .protect(&mem, Ipa(lo), hi - lo, S2Attrs::NORMAL_RO)
+        .unwrap();
     assert_eq!(
         inv.ranges(),
         &[
@@ -352,7 +414,9 @@ fn protect_changes_only_the_requested_part_of_a_block() {
         );
     }
     // A memory-type change on a whole block rewrites it in place.
-    let inv = s2.protect(&mem, Ipa(3 * M2), M2, S2Attrs::DEVICE_RW).unwrap();
+    let inv = s2
+        .protect(&mem, Ipa(3 * M2), M2, S2Attrs::DEVICE_RW)
+        .unwrap();
     assert_eq!(inv.ranges(), &[leaf(3 * M2, M2, 2)]);
     release(inv, &mem);
     assert_eq!(
@@ -508,13 +572,25 @@ unsafe impl PageAllocator for SyncLog {
 fn every_written_descriptor_is_synced_for_the_device() {
     let log = SyncLog::default();
     let mut s2 = Stage2::new(&log, 40, 48).unwrap();
-    s2.map(&log, Ipa(G1 - M2 - K4), PhysAddr(M2 - K4), M2 + K4, S2Attrs::NORMAL_RW)
+    s2.map(
+        &log,
+        Ipa(G1 - M2 - K4),
+        PhysAddr(M2 - K4),
+        M2 + K4,
+        S2Attrs::NORMAL_RW,
+    )
+    .unwrap();
+    let inv = s2
+        .protect(&log, Ipa(G1 - M2), K4, S2Attrs::NORMAL_RO)
         .unwrap();
-    let inv = s2.protect(&log, Ipa(G1 - M2), K4, S2Attrs::NORMAL_RO).unwrap();
     // SAFETY: never given to an SMMU.
     unsafe { inv.free_tables(&log) };
     let synced = log.synced.lock().unwrap().clone();
-    let covered = |addr: u64| synced.iter().any(|&(pa, len)| addr >= pa && addr + 8 <= pa + len as u64);
+    let covered = |addr: u64| {
+        synced
+            .iter()
+            .any(|&(pa, len)| addr >= pa && addr + 8 <= pa + len as u64)
+    };
     let mut nonzero = 0;
     for (level, base, words) in s2.snapshot() {
         let table_pa = if level == s2.config().start_level {
@@ -525,7 +601,8 @@ fn every_written_descriptor_is_synced_for_the_device() {
             s2.snapshot()
                 .iter()
                 .find_map(|(l, b, w)| {
-                    if *l != parent_level || base < *b || base - b >= (w.len() as u64) << shift(*l) {
+                    if *l != parent_level || base < *b || base - b >= (w.len() as u64) << shift(*l)
+                    {
                         return None;
                     }
                     let i = ((base - b) >> shift(*l)) as usize;
@@ -539,11 +616,18 @@ fn every_written_descriptor_is_synced_for_the_device() {
         for (i, w) in words.iter().enumerate() {
             if *w != 0 {
                 nonzero += 1;
-                assert!(covered(table_pa + 8 * i as u64), "descriptor {i} of level-{level} table not synced");
+                assert!(
+                    covered(table_pa + 8 * i as u64),
+                    "descriptor {i} of level-{level} table not synced"
+                );
             }
         }
     }
-    assert_eq!(nonzero, 1 + 2 + 512 + 1, "root, L2 (table + block), split L3, first L3");
+    assert_eq!(
+        nonzero,
+        1 + 2 + 512 + 1,
+        "root, L2 (table + block), split L3, first L3"
+    );
     // SAFETY: never given to an SMMU.
     unsafe { s2.destroy(&log) };
     assert_eq!(log.mem.pages_in_use(), 0);
@@ -558,17 +642,35 @@ const WINDOW_PAGES: u64 = 4 * G1 / K4;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Map { page: u64, pages: u64, pa_delta: u64, attrs: S2Attrs },
-    Unmap { page: u64, pages: u64 },
-    Protect { page: u64, pages: u64, attrs: S2Attrs },
+    Map {
+        page: u64,
+        pages: u64,
+        pa_delta: u64,
+        attrs: S2Attrs,
+    },
+    Unmap {
+        page: u64,
+        pages: u64,
+    },
+    Protect {
+        page: u64,
+        pages: u64,
+        attrs: S2Attrs,
+    },
 }
 
 fn attrs_strategy() -> impl Strategy<Value = S2Attrs> {
-    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(r, w, x, dev)| S2Attrs {
-        read: r,
-        write: w,
-        exec: x,
-        mem: if dev { MemType::Device } else { MemType::Normal },
+    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(r, w, x, dev)| {
+        S2Attrs {
+            read: r,
+            write: w,
+            exec: x,
+            mem: if dev {
+                MemType::Device
+            } else {
+                MemType::Normal
+            },
+        }
     })
 }
 
@@ -649,14 +751,22 @@ fn run_ops(ops: Vec<Op>, sample_seed: u64) {
     };
     for op in ops {
         let (page, pages) = match op {
-            Op::Map { page, pages, .. } | Op::Unmap { page, pages } | Op::Protect { page, pages, .. } => {
-                (page, pages)
-            }
+            Op::Map { page, pages, .. }
+            | Op::Unmap { page, pages }
+            | Op::Protect { page, pages, .. } => (page, pages),
         };
         let range = page..page + pages;
         match op {
-            Op::Map { pa_delta, attrs, .. } => {
-                let r = s2.map(&mem, Ipa(page * K4), PhysAddr(page * K4 + pa_delta), pages * K4, attrs);
+            Op::Map {
+                pa_delta, attrs, ..
+            } => {
+                let r = s2.map(
+                    &mem,
+                    Ipa(page * K4),
+                    PhysAddr(page * K4 + pa_delta),
+                    pages * K4,
+                    attrs,
+                );
                 match model.range(range.clone()).next() {
                     Some((&first, _)) => {
                         assert_eq!(r, Err(Stage2Error::Overlap(Ipa(first * K4))));
@@ -704,10 +814,16 @@ fn run_ops(ops: Vec<Op>, sample_seed: u64) {
                     if r.leaf {
                         let mid = first + (last - first) / 2;
                         for p in [first, mid, last] {
-                            assert!(old.contains_key(&p), "range {r:?} invalidates unmapped page {p:#x}");
+                            assert!(
+                                old.contains_key(&p),
+                                "range {r:?} invalidates unmapped page {p:#x}"
+                            );
                         }
                     } else {
-                        assert!(old.range(first..=last).next().is_some(), "walk range {r:?} over nothing");
+                        assert!(
+                            old.range(first..=last).next().is_some(),
+                            "walk range {r:?} over nothing"
+                        );
                     }
                 }
                 if changed.is_empty() {
@@ -737,7 +853,11 @@ fn run_ops(ops: Vec<Op>, sample_seed: u64) {
             samples.push(page + next() % pages);
         }
         if !model.is_empty() {
-            let keys: Vec<u64> = model.keys().copied().step_by(model.len() / 32 + 1).collect();
+            let keys: Vec<u64> = model
+                .keys()
+                .copied()
+                .step_by(model.len() / 32 + 1)
+                .collect();
             samples.extend(keys);
         }
         for p in samples {
