@@ -2,42 +2,81 @@
 //! (before any device can DMA), PCI, and the boot self-tests.
 
 use crate::boot;
+use crate::iommu;
+use crate::pci::{self, Function};
 use crate::platform::Platform;
-use log::{info, warn};
+use crate::selftest;
+use log::{error, info, warn};
 
 /// Runs the init steps; returns whether all went well.
 pub fn run(p: &Platform) -> bool {
-    let ok = true;
     if p.has_bootarg("selftest=fault") {
         deliberate_fault();
     }
-    match boot::enumerate_pci(p) {
-        None => warn!("PCI: no host bridge"),
-        Some(fns) => {
-            for f in &fns {
-                info!(
-                    "PCI {} [{:04x}:{:04x}] class {:06x}{}",
-                    f.bdf,
-                    f.vendor,
-                    f.device,
-                    f.class,
-                    if f.is_edu() { " (edu)" } else { "" }
-                );
-                for b in &f.bars {
-                    match b.cpu_addr {
-                        Some(a) => {
-                            info!("  BAR{} {:?} {:#x} bytes at {a:#x}", b.index, b.kind, b.size);
-                            if let Err(e) = boot::map_device(a, b.size) {
-                                warn!("  BAR{} cannot be mapped: {e}", b.index);
-                            }
-                        }
-                        None => info!("  BAR{} {:?} {:#x} bytes not assigned", b.index, b.kind, b.size),
-                    }
+    // The SMMU comes first: from here on every stream aborts until assigned.
+    let protected = iommu::init(p);
+
+    let fns = match boot::enumerate_pci(p) {
+        None => {
+            warn!("PCI: no host bridge");
+            alloc::vec::Vec::new()
+        }
+        Some(fns) => fns,
+    };
+    for f in &fns {
+        report_function(f);
+    }
+    if let Some(host) = iommu::get() {
+        host.lock().register_pci(p, &fns);
+    }
+
+    let mut ok = true;
+    if p.has_bootarg("selftest=dma") {
+        let edu = fns.iter().find(|f| f.is_edu());
+        match (edu, iommu::get(), &p.pci) {
+            (None, _, _) => warn!("self-test: no edu device (add -device edu,dma_mask=0xffffffffff)"),
+            (Some(f), None, _) => {
+                warn!("self-test: device assignment refused: edu {} stays unassigned, bus mastering off", f.bdf)
+            }
+            (Some(f), Some(host), Some(pci_host)) => {
+                // SAFETY: the ECAM region from the DTB was mapped as a device
+                // by boot::map_everything.
+                let ecam = unsafe {
+                    pci::Ecam::new(pci_host.ecam.base, pci_host.ecam.size, pci_host.bus_range.0)
+                };
+                ok = selftest::run(&mut host.lock(), &ecam, f);
+                if ok {
+                    info!("self-test: DMA isolation through the SMMU: all checks passed");
+                } else {
+                    error!("self-test: DMA isolation through the SMMU: FAILED");
                 }
             }
+            (Some(_), Some(_), None) => unreachable!("a PCI function without a host bridge"),
         }
     }
     ok
+}
+
+fn report_function(f: &Function) {
+    info!(
+        "PCI {} [{:04x}:{:04x}] class {:06x}{}",
+        f.bdf,
+        f.vendor,
+        f.device,
+        f.class,
+        if f.is_edu() { " (edu)" } else { "" }
+    );
+    for b in &f.bars {
+        match b.cpu_addr {
+            Some(a) => {
+                info!("  BAR{} {:?} {:#x} bytes at {a:#x}", b.index, b.kind, b.size);
+                if let Err(e) = boot::map_device(a, b.size) {
+                    warn!("  BAR{} cannot be mapped: {e}", b.index);
+                }
+            }
+            None => info!("  BAR{} {:?} {:#x} bytes not assigned", b.index, b.kind, b.size),
+        }
+    }
 }
 
 /// Touches an address the EL2 map does not cover, to show how an unexpected

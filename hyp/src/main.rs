@@ -28,6 +28,12 @@ mod boot;
 #[cfg(target_os = "none")]
 mod init;
 #[cfg(target_os = "none")]
+mod edu;
+#[cfg(target_os = "none")]
+mod iommu;
+#[cfg(target_os = "none")]
+mod selftest;
+#[cfg(target_os = "none")]
 mod smmu_hw;
 
 #[cfg(target_os = "none")]

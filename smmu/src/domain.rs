@@ -16,7 +16,7 @@
 //!   then the tables are freed and only then is the VMID reusable (§4.4.3).
 
 use crate::addr::{Ipa, PhysAddr, StreamId, Vmid};
-use crate::cmd::{tlbi_ipa_range, Command, TtLevel, MAX_TLBI_OPS};
+use crate::cmd::{tlbi_ipa_range, Command, TlbiScope, TtLevel, MAX_TLBI_OPS};
 use crate::driver::{Smmu, SmmuError};
 use crate::hw::Mmio;
 use crate::stage2::{Invalidation, S2Attrs, Stage2, Stage2Error, TlbRange};
@@ -214,13 +214,36 @@ pub fn s2_config(domain: &Domain, coherent: bool) -> S2Config {
 /// would exceed [`MAX_TLBI_OPS`] commands or a range cannot be expressed.
 ///
 /// Ranges where a table was unlinked (`leaf == false`) are invalidated with
-/// Leaf = 0 and without a TTL hint, since the stale walk-cache entries are
-/// not at the level of the removed descriptor's leaves.
+/// Leaf = 0. No TTL level hint is given (TTL = 0, §4.4.1.1): a hint that
+/// does not match the cached entry allows the SMMU to keep it, and the
+/// cached entry is not always at the level of the range (a block split by
+/// `unmap` is cached as a block, while its pages are reported at level 3;
+/// walk-cache entries of an unlinked table sit above it). Level-0 ranges
+/// (an unlinked level-1 table under a level-0 root) get one command per
+/// 512 GiB entry, without range encoding.
 pub fn tlbi_commands(vmid: Vmid, ranges: &[TlbRange], ril: bool) -> Vec<Command> {
     let vmall = vec![Command::TlbiS12Vmall { vmid }];
     let mut out = Vec::new();
     for r in ranges {
         let level = match r.level {
+            0 => {
+                const L0_ENTRY: u64 = 1 << 39;
+                let n = r.len.div_ceil(L0_ENTRY);
+                if n > MAX_TLBI_OPS {
+                    return vmall;
+                }
+                for i in 0..n {
+                    out.push(Command::TlbiS2Ipa {
+                        vmid,
+                        addr: Ipa(r.ipa.0 + i * L0_ENTRY),
+                        scope: TlbiScope {
+                            leaf: r.leaf,
+                            range: None,
+                        },
+                    });
+                }
+                continue;
+            }
             1 => TtLevel::L1,
             2 => TtLevel::L2,
             3 => TtLevel::L3,
@@ -229,12 +252,10 @@ pub fn tlbi_commands(vmid: Vmid, ranges: &[TlbRange], ril: bool) -> Vec<Command>
         let Ok(mut cmds) = tlbi_ipa_range(vmid, r.ipa, r.len, level, r.leaf, ril) else {
             return vmall;
         };
-        if !r.leaf {
-            for c in &mut cmds {
-                if let Command::TlbiS2Ipa { scope, .. } = c {
-                    if let Some(range) = &mut scope.range {
-                        range.ttl = 0;
-                    }
+        for c in &mut cmds {
+            if let Command::TlbiS2Ipa { scope, .. } = c {
+                if let Some(range) = &mut scope.range {
+                    range.ttl = 0;
                 }
             }
         }

@@ -42,7 +42,7 @@ pub trait Mmio {
 /// [`alloc_pages`](Self::alloc_pages) and not yet freed, [`virt`](Self::virt)
 /// returns a pointer through which the CPU can read and write the whole range
 /// as normal memory, and that no other allocation overlaps it.
-pub unsafe trait PageAllocator {
+pub unsafe trait PageAllocator: Sync {
     /// Allocates `pages` contiguous zeroed 4 KiB pages whose physical address
     /// is a multiple of `align` bytes (a power of two, at least 4 KiB).
     fn alloc_pages(&self, pages: usize, align: usize) -> Option<PhysAddr>;

@@ -1,0 +1,148 @@
+//! The hypervisor's SMMU: brought up before any device may DMA, owner of
+//! every stream, reporter of faults.
+//!
+//! Faults are decoded, attributed to the device (StreamID -> PCI address ->
+//! owner) and rate-limited per stream, so a device that floods faults costs
+//! a counter, not a log line each.
+
+use crate::mm;
+use crate::pci::{Bdf, Function};
+use crate::platform::Platform;
+use crate::smmu_hw::SmmuMmio;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use log::{error, info, warn};
+use smmu::addr::StreamId;
+use smmu::domain::Iommu;
+use smmu::driver::{Smmu, SmmuOptions};
+use smmu::event::Event;
+use spin::{Mutex, Once};
+
+/// Printed fault reports per stream before the rest are only counted.
+const REPORTS_PER_STREAM: u32 = 4;
+/// Events drained per batch, and batches per call: bounded work.
+const DRAIN_BATCH: usize = 64;
+const DRAIN_BATCHES: usize = 16;
+
+/// A stream the hypervisor knows about.
+#[derive(Clone, Debug)]
+pub struct StreamInfo {
+    /// The PCI function behind it.
+    pub bdf: Bdf,
+    /// Who owns it ("nobody" until assigned).
+    pub owner: String,
+    /// Faults seen.
+    pub faults: u32,
+}
+
+/// State of DMA protection on this machine.
+pub struct HostIommu {
+    /// The SMMU and its domains.
+    pub iommu: Iommu<'static, SmmuMmio>,
+    streams: BTreeMap<StreamId, StreamInfo>,
+    phandle: Option<u32>,
+}
+
+static IOMMU: Once<Mutex<HostIommu>> = Once::new();
+
+/// The SMMU, if DMA can be confined on this machine.
+pub fn get() -> Option<&'static Mutex<HostIommu>> {
+    IOMMU.get()
+}
+
+/// Brings the SMMU up fail-closed. Returns false (after saying why in one
+/// line) when DMA cannot be confined: then no device may be assigned.
+pub fn init(p: &Platform) -> bool {
+    let Some(node) = &p.smmu else {
+        error!("SMMU: none in the device tree: DMA cannot be confined, device assignment refused");
+        return false;
+    };
+    // SAFETY: the register frame comes from the DTB and was mapped as a
+    // device by boot::map_everything; nothing else programs the SMMU.
+    let mmio = unsafe { SmmuMmio::new(node.regs.base, node.regs.size) };
+    let smmu = match Smmu::new(mmio, &mm::SMMU_MEM, SmmuOptions::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(
+                "SMMU at {:#x}: {e}: DMA cannot be confined, device assignment refused",
+                node.regs.base
+            );
+            return false;
+        }
+    };
+    info!("SMMU at {:#x}: {}", node.regs.base, smmu.features());
+    let irqs: alloc::vec::Vec<String> = node
+        .irqs
+        .iter()
+        .map(|(n, irq)| alloc::format!("{n}={}", irq.intid))
+        .collect();
+    info!(
+        "SMMU: enabled, every stream aborts until assigned (GBPA abort, all STEs abort); irqs {}",
+        irqs.join(" ")
+    );
+    IOMMU.call_once(|| {
+        Mutex::new(HostIommu { iommu: Iommu::new(smmu), streams: BTreeMap::new(), phandle: node.phandle })
+    });
+    true
+}
+
+impl HostIommu {
+    /// Records the streams of the enumerated PCI functions.
+    pub fn register_pci(&mut self, p: &Platform, fns: &[Function]) {
+        let Some(host) = &p.pci else { return };
+        for f in fns {
+            match host.stream_id(f.bdf.rid(), self.phandle) {
+                Some(sid) => {
+                    self.streams.insert(
+                        StreamId(sid),
+                        StreamInfo { bdf: f.bdf, owner: String::from("nobody"), faults: 0 },
+                    );
+                }
+                None => warn!("PCI {}: no StreamID in the iommu-map: its DMA is not translated", f.bdf),
+            }
+        }
+    }
+
+    /// The StreamID of a PCI function.
+    pub fn stream_of(&self, bdf: Bdf) -> Option<StreamId> {
+        self.streams.iter().find(|(_, s)| s.bdf == bdf).map(|(&sid, _)| sid)
+    }
+
+    /// Sets who owns a stream (for reports).
+    pub fn set_owner(&mut self, sid: StreamId, owner: &str) {
+        if let Some(s) = self.streams.get_mut(&sid) {
+            s.owner = String::from(owner);
+            s.faults = 0;
+        }
+    }
+
+    /// Drains the event queue (bounded) and reports each fault, attributed
+    /// and rate-limited. Returns the events seen.
+    pub fn report_events(&mut self) -> alloc::vec::Vec<Event> {
+        let mut seen = alloc::vec::Vec::new();
+        for _ in 0..DRAIN_BATCHES {
+            if self.iommu.smmu().drain_events(DRAIN_BATCH, |e| seen.push(e)) < DRAIN_BATCH {
+                break;
+            }
+        }
+        for e in &seen {
+            let info = self.streams.get_mut(&e.sid());
+            match info {
+                Some(info) => {
+                    info.faults += 1;
+                    if info.faults <= REPORTS_PER_STREAM {
+                        warn!("SMMU event: {e} [PCI {} owner {}]", info.bdf, info.owner);
+                    } else if info.faults == REPORTS_PER_STREAM + 1 {
+                        warn!("SMMU: PCI {} keeps faulting: further events only counted", info.bdf);
+                    }
+                }
+                None => warn!("SMMU event: {e} [no known device]"),
+            }
+        }
+        let overflows = self.iommu.smmu_ref().event_overflows();
+        if overflows > 0 {
+            warn!("SMMU: event queue overflowed {overflows} times: some faults were lost");
+        }
+        seen
+    }
+}
