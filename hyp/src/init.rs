@@ -45,6 +45,9 @@ pub fn run(p: &Platform) -> bool {
                     pci::Ecam::new(pci_host.ecam.base, pci_host.ecam.size, pci_host.bus_range.0)
                 };
                 ok = selftest::run(&mut host.lock(), &ecam, f);
+                for other in fns.iter().filter(|o| o.is_edu() && o.bdf != f.bdf) {
+                    ok &= selftest::probe_unowned(&mut host.lock(), &ecam, other);
+                }
                 if ok {
                     info!("self-test: DMA isolation through the SMMU: all checks passed");
                 } else {

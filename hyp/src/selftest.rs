@@ -194,3 +194,30 @@ fn is_s2_write_fault(e: &Event, sid: smmu::addr::StreamId, ipa: PhysAddr) -> boo
         _ => false,
     }
 }
+
+/// Checks that a device nobody owns cannot DMA: a write aimed at a canary's
+/// physical address leaves it intact. Returns whether it held.
+pub fn probe_unowned(host: &mut HostIommu, cfg: &dyn ConfigAccess, f: &Function) -> bool {
+    let Some(bar0) = f.bars.first().and_then(|b| b.cpu_addr) else {
+        return false;
+    };
+    // SAFETY: BAR0 was placed by pci::enumerate and mapped as a device.
+    let Ok(edu) = (unsafe { Edu::new(bar0) }) else {
+        return false;
+    };
+    let Ok(canary) = DmaRegion::alloc(&mm::TEST_MEM, PAGE_SIZE, PAGE_SIZE) else {
+        return false;
+    };
+    fill(&canary, 0..PAGE_SIZE, |_| 0xa5);
+    set_bus_master(cfg, f.bdf, true);
+    let dma = edu.dma(Direction::ToMemory, canary.pa().raw(), 0, PROBE);
+    set_bus_master(cfg, f.bdf, false);
+    host.report_events();
+    let ok = verdict(
+        &alloc::format!("unowned edu {} aborts", f.bdf),
+        dma.is_ok() && matches(&canary, 0..PAGE_SIZE, |_| 0xa5),
+    );
+    // SAFETY: the stream aborts and bus mastering is off again.
+    unsafe { canary.free(&mm::TEST_MEM) };
+    ok
+}

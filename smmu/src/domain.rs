@@ -213,14 +213,13 @@ pub fn s2_config(domain: &Domain, coherent: bool) -> S2Config {
 /// (IDR3.RIL), else one per entry; CMD_TLBI_S12_VMALL instead when that
 /// would exceed [`MAX_TLBI_OPS`] commands or a range cannot be expressed.
 ///
-/// Ranges where a table was unlinked (`leaf == false`) are invalidated with
-/// Leaf = 0. No TTL level hint is given (TTL = 0, §4.4.1.1): a hint that
-/// does not match the cached entry allows the SMMU to keep it, and the
-/// cached entry is not always at the level of the range (a block split by
-/// `unmap` is cached as a block, while its pages are reported at level 3;
-/// walk-cache entries of an unlinked table sit above it). Level-0 ranges
-/// (an unlinked level-1 table under a level-0 root) get one command per
-/// 512 GiB entry, without range encoding.
+/// Range commands carry the TTL level hint of [`TlbRange::ttl_hint`]
+/// (§4.4.1.1): the leaf level for a leaf range, none (TTL = 0) where a table
+/// was unlinked (`leaf == false`, invalidated with Leaf = 0), since a hint
+/// that does not match the cached entry allows the SMMU to keep it and the
+/// stale walk-cache entries sit above the removed table. Level-0 ranges (an
+/// unlinked level-1 table under a level-0 root) get one command per 512 GiB
+/// entry, without range encoding.
 pub fn tlbi_commands(vmid: Vmid, ranges: &[TlbRange], ril: bool) -> Vec<Command> {
     let vmall = vec![Command::TlbiS12Vmall { vmid }];
     let mut out = Vec::new();
@@ -255,7 +254,12 @@ pub fn tlbi_commands(vmid: Vmid, ranges: &[TlbRange], ril: bool) -> Vec<Command>
         for c in &mut cmds {
             if let Command::TlbiS2Ipa { scope, .. } = c {
                 if let Some(range) = &mut scope.range {
-                    range.ttl = 0;
+                    range.ttl = r.ttl_hint().unwrap_or(0);
+                    if (range.ttl, range.scale, range.num) == (0, 0, 0) {
+                        // Reserved encoding (§4.4.1.1); one granule without
+                        // range fields means the same.
+                        scope.range = None;
+                    }
                 }
             }
         }
@@ -356,7 +360,9 @@ impl<'a, M: Mmio> Iommu<'a, M> {
     }
 
     fn domain_mut(&mut self, id: DomainId) -> Result<&mut Domain, DomainError> {
-        self.domains.get_mut(&id).ok_or(DomainError::NoSuchDomain(id))
+        self.domains
+            .get_mut(&id)
+            .ok_or(DomainError::NoSuchDomain(id))
     }
 
     /// Maps `[ipa, ipa + len)` to `[pa, pa + len)`. Only invalid entries are
@@ -403,7 +409,12 @@ impl<'a, M: Mmio> Iommu<'a, M> {
     /// One batch of TLB invalidations + one CMD_SYNC, then the deferred
     /// table frees. If the SYNC fails the tables are leaked, never freed
     /// while the SMMU might still walk them.
-    fn invalidate(&mut self, vmid: Vmid, nested: bool, inv: Invalidation) -> Result<(), DomainError> {
+    fn invalidate(
+        &mut self,
+        vmid: Vmid,
+        nested: bool,
+        inv: Invalidation,
+    ) -> Result<(), DomainError> {
         if inv.is_empty() {
             return Ok(());
         }
@@ -448,7 +459,10 @@ impl<'a, M: Mmio> Iommu<'a, M> {
         let d = self.domains.get(&id).ok_or(DomainError::NoSuchDomain(id))?;
         let ste = Ste::stage2(&s2_config(d, coherent));
         self.install(id, sid, &ste)?;
-        info!("iommu: sid {sid} -> domain {id} (vmid {}), stage 2", self.domains[&id].vmid);
+        info!(
+            "iommu: sid {sid} -> domain {id} (vmid {}), stage 2",
+            self.domains[&id].vmid
+        );
         Ok(())
     }
 

@@ -146,7 +146,11 @@ impl fmt::Display for CmdqFault {
         write!(f, "{what} at index {}: ", self.index)?;
         match &self.cmd {
             Some(c) => write!(f, "{c}"),
-            None => write!(f, "undecodable {:#018x} {:#018x}", self.words[0], self.words[1]),
+            None => write!(
+                f,
+                "undecodable {:#018x} {:#018x}",
+                self.words[0], self.words[1]
+            ),
         }
     }
 }

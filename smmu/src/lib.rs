@@ -15,17 +15,17 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod cd;
 pub mod cmd;
+pub mod domain;
+pub mod driver;
 pub mod event;
 pub mod hw;
 pub mod queue;
 pub mod regs;
 pub mod stage2;
 pub mod ste;
-pub mod cd;
 pub mod strtab;
-pub mod driver;
-pub mod domain;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;

@@ -55,7 +55,10 @@ fn attach_writes_the_ste_before_cfgi_ste_then_syncs() {
     assert_eq!(c[last + 1].cmd, SYNC);
     assert_eq!(c.len(), last + 2);
     assert_eq!(iommu.owner(sid), Some(d));
-    assert_eq!(iommu.domain(d).unwrap().streams().collect::<Vec<_>>(), [sid]);
+    assert_eq!(
+        iommu.domain(d).unwrap().streams().collect::<Vec<_>>(),
+        [sid]
+    );
     assert!(fake.violations().is_empty());
 }
 
@@ -65,7 +68,10 @@ fn a_stream_belongs_to_one_domain() {
     let mut iommu = boot(&fake, &mem);
     let d1 = iommu.create_domain(40).unwrap();
     let d2 = iommu.create_domain(40).unwrap();
-    assert_ne!(iommu.domain(d1).unwrap().vmid(), iommu.domain(d2).unwrap().vmid());
+    assert_ne!(
+        iommu.domain(d1).unwrap().vmid(),
+        iommu.domain(d2).unwrap().vmid()
+    );
     let sid = StreamId(9);
     iommu.attach(d1, sid).unwrap();
     let n = fake.commands().len();
@@ -94,7 +100,13 @@ fn unmap_four_pages(idr3: u32) -> (Vec<Command>, Vmid) {
     let d = iommu.create_domain(40).unwrap();
     let vmid = iommu.domain(d).unwrap().vmid();
     iommu
-        .map(d, Ipa(0x4000_0000), PhysAddr(0x8000_0000), MIB2, S2Attrs::NORMAL_RW)
+        .map(
+            d,
+            Ipa(0x4000_0000),
+            PhysAddr(0x8000_0000),
+            MIB2,
+            S2Attrs::NORMAL_RW,
+        )
         .unwrap();
     assert!(fake.commands().is_empty(), "map needs no invalidation");
     iommu.unmap(d, Ipa(0x4000_4000), 4 * PAGE).unwrap();
@@ -105,44 +117,42 @@ fn unmap_four_pages(idr3: u32) -> (Vec<Command>, Vmid) {
     (fake.commands(), vmid)
 }
 
+fn s2_ipa(vmid: Vmid, addr: u64, range: Option<(u8, u8, u8)>) -> Command {
+    Command::TlbiS2Ipa {
+        vmid,
+        addr: Ipa(addr),
+        scope: TlbiScope {
+            leaf: true,
+            range: range.map(|(ttl, scale, num)| TlbiRange {
+                tg: TlbiGranule::Size4K,
+                ttl,
+                scale,
+                num,
+            }),
+        },
+    }
+}
+
 #[test]
-fn unmap_with_ril_is_one_range_command_and_one_sync() {
+fn unmap_with_ril_is_range_commands_and_one_sync() {
     let (cmds, vmid) = unmap_four_pages(QEMU_IDR3);
+    // The split 2 MiB block (512 pages, TTL 2), then the 4 pages (TTL 3).
     assert_eq!(
         cmds,
         [
-            Command::TlbiS2Ipa {
-                vmid,
-                addr: Ipa(0x4000_4000),
-                scope: TlbiScope {
-                    leaf: true,
-                    range: Some(TlbiRange {
-                        tg: TlbiGranule::Size4K,
-                        ttl: 0,
-                        scale: 2,
-                        num: 0
-                    })
-                }
-            },
+            s2_ipa(vmid, 0x4000_0000, Some((2, 9, 0))),
+            s2_ipa(vmid, 0x4000_4000, Some((3, 2, 0))),
             SYNC
         ]
     );
 }
 
 #[test]
-fn unmap_without_ril_is_per_page() {
+fn unmap_without_ril_is_per_entry() {
     let (cmds, vmid) = unmap_four_pages(0);
-    let want: Vec<Command> = (0..4)
-        .map(|i| Command::TlbiS2Ipa {
-            vmid,
-            addr: Ipa(0x4000_4000 + i * PAGE),
-            scope: TlbiScope {
-                leaf: true,
-                range: None,
-            },
-        })
-        .chain([SYNC])
-        .collect();
+    let mut want = vec![s2_ipa(vmid, 0x4000_0000, None)];
+    want.extend((0..4).map(|i| s2_ipa(vmid, 0x4000_4000 + i * PAGE, None)));
+    want.push(SYNC);
     assert_eq!(cmds, want);
 }
 
@@ -155,7 +165,13 @@ fn unmap_that_empties_tables_invalidates_walks_then_frees() {
         let start = mem.pages_in_use();
         // Pages (PA not 2 MiB aligned): level-3 table under new tables.
         iommu
-            .map(d, Ipa(0x1_0000_0000), PhysAddr(0x8000_1000), 8 * PAGE, S2Attrs::NORMAL_RW)
+            .map(
+                d,
+                Ipa(0x1_0000_0000),
+                PhysAddr(0x8000_1000),
+                8 * PAGE,
+                S2Attrs::NORMAL_RW,
+            )
             .unwrap();
         let mapped = mem.pages_in_use();
         assert!(mapped > start);
@@ -165,11 +181,18 @@ fn unmap_that_empties_tables_invalidates_walks_then_frees() {
         let cmds: Vec<Command> = c.iter().map(|c| c.cmd).collect();
         assert_eq!(syncs(&cmds), 1, "{cmds:?}");
         assert_eq!(c.last().unwrap().cmd, SYNC);
-        assert_eq!(c.last().unwrap().pages_in_use, mapped, "freed only after the SYNC");
+        assert_eq!(
+            c.last().unwrap().pages_in_use,
+            mapped,
+            "freed only after the SYNC"
+        );
         assert!(
             cmds.iter().any(|c| matches!(
                 c,
-                Command::TlbiS2Ipa { scope: TlbiScope { leaf: false, .. }, .. }
+                Command::TlbiS2Ipa {
+                    scope: TlbiScope { leaf: false, .. },
+                    ..
+                }
             )),
             "walk caches invalidated: {cmds:?}"
         );
@@ -185,7 +208,13 @@ fn huge_unmap_without_ril_falls_back_to_vmall() {
     let vmid = iommu.domain(d).unwrap().vmid();
     let len = 600 * PAGE;
     iommu
-        .map(d, Ipa(0x4000_0000), PhysAddr(0x8000_1000), len, S2Attrs::NORMAL_RW)
+        .map(
+            d,
+            Ipa(0x4000_0000),
+            PhysAddr(0x8000_1000),
+            len,
+            S2Attrs::NORMAL_RW,
+        )
         .unwrap();
     iommu.unmap(d, Ipa(0x4000_0000), len).unwrap();
     assert_eq!(fake.commands(), [Command::TlbiS12Vmall { vmid }, SYNC]);
@@ -197,7 +226,13 @@ fn protect_invalidates_the_changed_pages() {
     let mut iommu = boot(&fake, &mem);
     let d = iommu.create_domain(40).unwrap();
     iommu
-        .map(d, Ipa(0x4000_0000), PhysAddr(0x8000_0000), 16 * PAGE, S2Attrs::NORMAL_RW)
+        .map(
+            d,
+            Ipa(0x4000_0000),
+            PhysAddr(0x8000_0000),
+            16 * PAGE,
+            S2Attrs::NORMAL_RW,
+        )
         .unwrap();
     iommu
         .protect(d, Ipa(0x4000_0000), 2 * PAGE, S2Attrs::NORMAL_RO)
@@ -211,7 +246,13 @@ fn protect_invalidates_the_changed_pages() {
     assert_eq!(attrs, S2Attrs::NORMAL_RO);
     let cmds = fake.commands();
     assert_eq!(cmds.len(), 2);
-    assert!(matches!(cmds[0], Command::TlbiS2Ipa { addr: Ipa(0x4000_0000), .. }));
+    assert!(matches!(
+        cmds[0],
+        Command::TlbiS2Ipa {
+            addr: Ipa(0x4000_0000),
+            ..
+        }
+    ));
     assert_eq!(cmds[1], SYNC);
     // No change, no commands.
     iommu
@@ -227,11 +268,24 @@ fn a_failed_map_leaves_nothing_mapped_and_issues_nothing() {
     let d = iommu.create_domain(40).unwrap();
     mem.set_limit(Some(mem.pages_in_use() + 1));
     let err = iommu
-        .map(d, Ipa(0x4000_0000), PhysAddr(0x8000_1000), 4 * PAGE, S2Attrs::NORMAL_RW)
+        .map(
+            d,
+            Ipa(0x4000_0000),
+            PhysAddr(0x8000_1000),
+            4 * PAGE,
+            S2Attrs::NORMAL_RW,
+        )
         .unwrap_err();
     assert_eq!(err, DomainError::Stage2(Stage2Error::OutOfMemory));
     mem.set_limit(None);
-    assert_eq!(iommu.domain(d).unwrap().stage2().translate(Ipa(0x4000_0000)), None);
+    assert_eq!(
+        iommu
+            .domain(d)
+            .unwrap()
+            .stage2()
+            .translate(Ipa(0x4000_0000)),
+        None
+    );
     assert!(fake.commands().is_empty());
 }
 
@@ -248,7 +302,13 @@ fn destroy_aborts_streams_then_vmall_then_frees_then_releases_the_vmid() {
     let d = iommu.create_domain(40).unwrap();
     let vmid = iommu.domain(d).unwrap().vmid();
     iommu
-        .map(d, Ipa(0), PhysAddr(0x8000_0000), 64 * PAGE, S2Attrs::NORMAL_RW)
+        .map(
+            d,
+            Ipa(0),
+            PhysAddr(0x8000_0000),
+            64 * PAGE,
+            S2Attrs::NORMAL_RW,
+        )
         .unwrap();
     for sid in sids {
         iommu.attach(d, sid).unwrap();
@@ -271,7 +331,10 @@ fn destroy_aborts_streams_then_vmall_then_frees_then_releases_the_vmid() {
         assert_eq!(fake.ste(sid), Some(Ste::abort()));
         assert_eq!(iommu.owner(sid), None);
     }
-    assert_eq!(c[vmall].pages_in_use, before, "tables still allocated at VMALL");
+    assert_eq!(
+        c[vmall].pages_in_use, before,
+        "tables still allocated at VMALL"
+    );
     assert_eq!(c[vmall + 1].cmd, SYNC);
     assert_eq!(c.len(), vmall + 2);
     assert_eq!(mem.pages_in_use(), start, "every table freed");
@@ -287,7 +350,10 @@ fn vmids_are_reused_only_after_tlbi_s12_vmall() {
     let (mem, fake) = fake_with(QEMU_IDR0 & !(1 << 18), QEMU_IDR3);
     let mut iommu = boot(&fake, &mem);
     let ids: Vec<DomainId> = (0..255).map(|_| iommu.create_domain(32).unwrap()).collect();
-    let vmids: BTreeSet<u16> = ids.iter().map(|&d| iommu.domain(d).unwrap().vmid().0).collect();
+    let vmids: BTreeSet<u16> = ids
+        .iter()
+        .map(|&d| iommu.domain(d).unwrap().vmid().0)
+        .collect();
     assert_eq!(vmids, (1..=255).collect(), "every VMID but 0, once");
     assert_eq!(iommu.create_domain(32), Err(DomainError::NoVmid));
     let victim = ids[6];
@@ -338,7 +404,13 @@ fn nested_domains_also_invalidate_stage1() {
     iommu.attach_nested(d, StreamId(5), &s1).unwrap();
     assert_eq!(fake.ste(StreamId(5)).unwrap().config(), Config::Nested);
     iommu
-        .map(d, Ipa(0x4000_0000), PhysAddr(0x8000_0000), PAGE, S2Attrs::NORMAL_RW)
+        .map(
+            d,
+            Ipa(0x4000_0000),
+            PhysAddr(0x8000_0000),
+            PAGE,
+            S2Attrs::NORMAL_RW,
+        )
         .unwrap();
     fake.clear_commands();
     iommu.unmap(d, Ipa(0x4000_0000), PAGE).unwrap();

@@ -57,11 +57,30 @@ fn reset_aborts_first_then_follows_the_spec_order() {
     assert_eq!(w[0].value & (1 << 20 | 1 << 31), 1 << 20 | 1 << 31);
     assert_eq!(w[1].offset, CR0);
     assert_eq!(w[1].value, 0);
-    assert_eq!(cr0_writes(&fake), [0, CMDQEN, CMDQEN | EVENTQEN, CMDQEN | EVENTQEN | SMMUEN]);
+    assert_eq!(
+        cr0_writes(&fake),
+        [0, CMDQEN, CMDQEN | EVENTQEN, CMDQEN | EVENTQEN | SMMUEN]
+    );
     let pos = |off| fake.first_write(off).unwrap();
-    let cr0_cmdq = w.iter().position(|w| w.offset == CR0 && w.value == CMDQEN).unwrap();
-    for off in [CR1, CR2, STRTAB_BASE, STRTAB_BASE_CFG, CMDQ_BASE, CMDQ_PROD, CMDQ_CONS, EVTQ_BASE] {
-        assert!(pos(off) < cr0_cmdq, "{} programmed before CMDQEN", crate::fake::reg_name(off));
+    let cr0_cmdq = w
+        .iter()
+        .position(|w| w.offset == CR0 && w.value == CMDQEN)
+        .unwrap();
+    for off in [
+        CR1,
+        CR2,
+        STRTAB_BASE,
+        STRTAB_BASE_CFG,
+        CMDQ_BASE,
+        CMDQ_PROD,
+        CMDQ_CONS,
+        EVTQ_BASE,
+    ] {
+        assert!(
+            pos(off) < cr0_cmdq,
+            "{} programmed before CMDQEN",
+            crate::fake::reg_name(off)
+        );
     }
     // Invalidate everything cached (QEMU has no IDR0.Hyp: no TLBI_EL2_ALL).
     let sync = Command::Sync(cmd::Sync::none());
@@ -77,7 +96,9 @@ fn reset_aborts_first_then_follows_the_spec_order() {
     assert_eq!(cfg, (1 << 16) | (8 << 6) | 16);
     assert_eq!(fake.ste(StreamId(0x10)), Some(Ste::invalid()));
     assert_eq!(fake.ste(StreamId(0x1_0000)), None, "beyond SIDSIZE");
-    assert!(smmu.summary().contains("strtab 16 bits, cmdq 2^8, evtq 2^7"));
+    assert!(smmu
+        .summary()
+        .contains("strtab 16 bits, cmdq 2^8, evtq 2^7"));
     assert!(smmu.features().s2p);
 }
 
@@ -92,7 +113,13 @@ fn reset_with_hyp_invalidates_el2_too_and_linear_table_aborts() {
     let sync = Command::Sync(cmd::Sync::none());
     assert_eq!(
         fake.commands(),
-        [Command::CfgiAll, sync, Command::TlbiEl2All, Command::TlbiNsnhAll, sync]
+        [
+            Command::CfgiAll,
+            sync,
+            Command::TlbiEl2All,
+            Command::TlbiNsnhAll,
+            sync
+        ]
     );
     for sid in 0..64 {
         assert_eq!(fake.ste(StreamId(sid)), Some(Ste::abort()), "sid {sid}");
@@ -105,11 +132,17 @@ fn reset_with_hyp_invalidates_el2_too_and_linear_table_aborts() {
 fn refuses_an_smmu_without_stage2_or_aarch64_tables() {
     let mem = Arc::new(FakeMemory::new());
     let no_s2 = FakeSmmu::with_idrs(mem.clone(), QEMU_IDR0 & !1, QEMU_IDR1, QEMU_IDR3, QEMU_IDR5);
-    assert_eq!(Smmu::new(&no_s2, &*mem, opts()).unwrap_err(), SmmuError::NoStage2);
+    assert_eq!(
+        Smmu::new(&no_s2, &*mem, opts()).unwrap_err(),
+        SmmuError::NoStage2
+    );
     assert!(no_s2.writes().is_empty(), "nothing touched");
     let aarch32 = (QEMU_IDR0 & !(3 << 2)) | (1 << 2);
     let no_a64 = FakeSmmu::with_idrs(mem.clone(), aarch32, QEMU_IDR1, QEMU_IDR3, QEMU_IDR5);
-    assert_eq!(Smmu::new(&no_a64, &*mem, opts()).unwrap_err(), SmmuError::NoAArch64Tables);
+    assert_eq!(
+        Smmu::new(&no_a64, &*mem, opts()).unwrap_err(),
+        SmmuError::NoAArch64Tables
+    );
     assert_eq!(mem.pages_in_use(), 0);
 }
 
@@ -118,19 +151,28 @@ fn failed_reset_disables_and_frees_everything() {
     // The command queue never runs: the first SYNC times out.
     let (mem, fake) = fixture();
     fake.set_hang(true);
-    assert_eq!(Smmu::new(&fake, &*mem, opts()).unwrap_err(), SmmuError::SyncTimeout);
+    assert_eq!(
+        Smmu::new(&fake, &*mem, opts()).unwrap_err(),
+        SmmuError::SyncTimeout
+    );
     assert_eq!(mem.pages_in_use(), 0);
     assert_eq!(fake.cr0ack(), 0, "left disabled");
     assert!(fake.gbpa() & (1 << 20) != 0, "still aborting");
     // CR0 never acknowledged.
     let (mem, fake) = fixture();
     fake.set_cr0_stuck(true); // CR0ACK stays 0: the CMDQEN write never acks
-    assert_eq!(Smmu::new(&fake, &*mem, opts()).unwrap_err(), SmmuError::Timeout("CR0ACK"));
+    assert_eq!(
+        Smmu::new(&fake, &*mem, opts()).unwrap_err(),
+        SmmuError::Timeout("CR0ACK")
+    );
     assert_eq!(mem.pages_in_use(), 0);
     // Out of memory half-way (the stream table fits, the queues do not).
     let mem = Arc::new(FakeMemory::with_limit(1));
     let fake = FakeSmmu::new(mem.clone());
-    assert_eq!(Smmu::new(&fake, &*mem, opts()).unwrap_err(), SmmuError::OutOfMemory);
+    assert_eq!(
+        Smmu::new(&fake, &*mem, opts()).unwrap_err(),
+        SmmuError::OutOfMemory
+    );
     assert_eq!(mem.pages_in_use(), 0);
 }
 
@@ -155,14 +197,25 @@ fn write_ste_creates_l2_then_invalidates_after_writing() {
     let ste = s2_ste(7);
     smmu.write_ste(sid, &ste).unwrap();
     assert_eq!(fake.ste(sid), Some(ste));
-    assert_eq!(fake.ste(StreamId(0x124)), Some(Ste::abort()), "neighbours abort");
+    assert_eq!(
+        fake.ste(StreamId(0x124)),
+        Some(Ste::abort()),
+        "neighbours abort"
+    );
     let c = fake.consumed();
     let sync = Command::Sync(cmd::Sync::none());
     assert_eq!(c[0].cmd, Command::CfgiSte { sid, leaf: false });
     assert_eq!(c[0].ste, Some(Ste::abort()), "new L2 published before CFGI");
     assert_eq!(c[1].cmd, sync);
-    let last_cfgi = c.iter().rposition(|c| matches!(c.cmd, Command::CfgiSte { .. })).unwrap();
-    assert_eq!(c[last_cfgi].ste, Some(ste), "STE written before the final CFGI_STE");
+    let last_cfgi = c
+        .iter()
+        .rposition(|c| matches!(c.cmd, Command::CfgiSte { .. }))
+        .unwrap();
+    assert_eq!(
+        c[last_cfgi].ste,
+        Some(ste),
+        "STE written before the final CFGI_STE"
+    );
     assert_eq!(c[last_cfgi + 1].cmd, sync);
     assert_eq!(c.len(), last_cfgi + 2, "SYNC is the last command");
     // Back to abort: live -> abort, again fully visible to the SMMU.
@@ -298,7 +351,11 @@ fn drain_events_is_bounded_and_notes_overflow() {
     assert_eq!(smmu.drain_events(100, |e| seen.push(e)), 4);
     assert_eq!(seen, [ev(10), ev(11), ev(12), ev(13)]);
     assert_eq!(smmu.event_overflows(), 1);
-    assert_eq!(fake.read32(EVTQ_CONS), (1 << 31) | 7, "OVACKFLG acknowledged, wrapped");
+    assert_eq!(
+        fake.read32(EVTQ_CONS),
+        (1 << 31) | 7,
+        "OVACKFLG acknowledged, wrapped"
+    );
     // Acknowledged: new records are accepted and no new overflow is noted.
     assert!(fake.inject_event(ev(20).encode().unwrap()));
     assert_eq!(smmu.drain_events(100, |_| {}), 1);

@@ -44,7 +44,13 @@ impl FakeMemory {
 
     /// Pages currently allocated and not freed.
     pub fn pages_in_use(&self) -> usize {
-        self.inner.lock().unwrap().live.values().map(|(p, _)| p).sum()
+        self.inner
+            .lock()
+            .unwrap()
+            .live
+            .values()
+            .map(|(p, _)| p)
+            .sum()
     }
 
     /// Number of successful allocations so far.

@@ -362,7 +362,10 @@ impl FakeSmmu {
             }
             let index = cons & ((1 << log2) - 1);
             let mut words = [0u64; 2];
-            let err = if self.read_mem(base + u64::from(index) * 16, &mut words).is_err() {
+            let err = if self
+                .read_mem(base + u64::from(index) * 16, &mut words)
+                .is_err()
+            {
                 Some(CERROR_ABT)
             } else {
                 match Command::decode(words) {
@@ -415,9 +418,7 @@ impl FakeSmmu {
             Command::TlbiS2Ipa { vmid, scope, .. } => {
                 s2p && vmid_ok(*vmid) && (ril || scope.range.is_none())
             }
-            Command::TlbiNhAll { vmid } | Command::TlbiNhAsid { vmid, .. } => {
-                s1p && vmid_ok(*vmid)
-            }
+            Command::TlbiNhAll { vmid } | Command::TlbiNhAsid { vmid, .. } => s1p && vmid_ok(*vmid),
             Command::TlbiNhVa { vmid, scope, .. } | Command::TlbiNhVaa { vmid, scope, .. } => {
                 s1p && vmid_ok(*vmid) && (ril || scope.range.is_none())
             }
@@ -440,7 +441,11 @@ impl FakeSmmu {
         if width != want {
             Self::violation(
                 &mut st,
-                format!("{width}-bit write to {}-bit register {}", want, reg_name(offset)),
+                format!(
+                    "{width}-bit write to {}-bit register {}",
+                    want,
+                    reg_name(offset)
+                ),
             );
         }
         let v32 = value as u32;
@@ -455,7 +460,9 @@ impl FakeSmmu {
                     let old = st.cr0;
                     Self::violation(
                         &mut st,
-                        format!("CR0 written ({v32:#x}) before CR0ACK acknowledged {old:#x} (§6.3.9)"),
+                        format!(
+                            "CR0 written ({v32:#x}) before CR0ACK acknowledged {old:#x} (§6.3.9)"
+                        ),
                     );
                 }
                 if v32 & CR0_SMMUEN != 0 && ack & CR0_SMMUEN == 0 {
@@ -471,7 +478,9 @@ impl FakeSmmu {
                 if ack & (CR0_SMMUEN | CR0_CMDQEN | CR0_EVENTQEN | CR0_PRIQEN) != 0 {
                     Self::violation(
                         &mut st,
-                        format!("CR1 written while SMMU or queues enabled (CR0ACK {ack:#x}, §6.3.11)"),
+                        format!(
+                            "CR1 written while SMMU or queues enabled (CR0ACK {ack:#x}, §6.3.11)"
+                        ),
                     );
                 }
                 st.cr1 = v32;
@@ -491,7 +500,10 @@ impl FakeSmmu {
             }
             IRQ_CTRL => {
                 if st.irq_ctrl != st.irq_ctrlack {
-                    Self::violation(&mut st, "IRQ_CTRL written before IRQ_CTRLACK (§6.3.16)".into());
+                    Self::violation(
+                        &mut st,
+                        "IRQ_CTRL written before IRQ_CTRLACK (§6.3.16)".into(),
+                    );
                 }
                 st.irq_ctrl = v32;
                 st.irq_ctrlack = v32;
@@ -515,7 +527,10 @@ impl FakeSmmu {
             }
             CMDQ_BASE => {
                 if ack & CR0_CMDQEN != 0 {
-                    Self::violation(&mut st, "CMDQ_BASE written while CMDQEN == 1 (§6.3.26)".into());
+                    Self::violation(
+                        &mut st,
+                        "CMDQ_BASE written while CMDQEN == 1 (§6.3.26)".into(),
+                    );
                 }
                 let max = (st.idr[1] >> 21) & 0x1f;
                 if value & Q_LOG2SIZE_MASK > u64::from(max) {
@@ -535,7 +550,10 @@ impl FakeSmmu {
             }
             CMDQ_CONS => {
                 if ack & CR0_CMDQEN != 0 {
-                    Self::violation(&mut st, "CMDQ_CONS written while CMDQEN == 1 (§6.3.28)".into());
+                    Self::violation(
+                        &mut st,
+                        "CMDQ_CONS written while CMDQEN == 1 (§6.3.28)".into(),
+                    );
                 }
                 st.cmdq_cons = v32;
             }
@@ -590,7 +608,11 @@ impl FakeSmmu {
         if width != want {
             Self::violation(
                 &mut st,
-                format!("{width}-bit read of {}-bit register {}", want, reg_name(offset)),
+                format!(
+                    "{width}-bit read of {}-bit register {}",
+                    want,
+                    reg_name(offset)
+                ),
             );
         }
         match offset {
