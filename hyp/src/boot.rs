@@ -43,7 +43,7 @@ fn align_up(v: u64, a: u64) -> u64 {
 ///
 /// `dtb` is the address the boot loader passed in x0 (readable RAM).
 unsafe fn fdt_size(dtb: u64) -> Option<u64> {
-    if dtb == 0 || dtb % 8 != 0 {
+    if dtb == 0 || !dtb.is_multiple_of(8) {
         return None;
     }
     // SAFETY: the boot loader's x0 points at readable RAM holding the FDT.
@@ -64,10 +64,11 @@ extern "C" fn primary_main(dtb: u64) -> ! {
     let image = symbol_addr(
         // SAFETY: linker-script symbol, only its address is used.
         unsafe { &__image_start },
-    )..symbol_addr(
-        // SAFETY: as above.
-        unsafe { &__image_end },
-    );
+    )
+        ..symbol_addr(
+            // SAFETY: as above.
+            unsafe { &__image_end },
+        );
     let dtb_range = dtb..dtb + dtb_size;
     let mut heap_start = align_up(image.end, 2 * MIB);
     if heap_start < dtb_range.end && dtb_range.start < heap_start + HEAP_SIZE {
@@ -148,7 +149,11 @@ fn map_everything(
     mmu::map(rodata_end, image.end, Mapping::Data)?;
     mmu::map(heap.start, heap.end, Mapping::Data)?;
     mmu::map(p.uart.base, p.uart.base + p.uart.size, Mapping::Device)?;
-    mmu::map(p.gic.dist.base, p.gic.dist.base + p.gic.dist.size, Mapping::Device)?;
+    mmu::map(
+        p.gic.dist.base,
+        p.gic.dist.base + p.gic.dist.size,
+        Mapping::Device,
+    )?;
     for r in &p.gic.redist {
         mmu::map(r.base, r.base + r.size, Mapping::Device)?;
     }
@@ -156,7 +161,11 @@ fn map_everything(
         mmu::map(s.regs.base, s.regs.base + s.regs.size, Mapping::Device)?;
     }
     if let Some(pci) = &p.pci {
-        mmu::map(pci.ecam.base, pci.ecam.base + pci.ecam.size, Mapping::Device)?;
+        mmu::map(
+            pci.ecam.base,
+            pci.ecam.base + pci.ecam.size,
+            Mapping::Device,
+        )?;
     }
     Ok(())
 }
@@ -183,7 +192,7 @@ fn start_secondaries(p: &Platform) {
             warn!("CPU {mpidr:#x}: beyond the {max} CPUs this build supports, left off");
             continue;
         }
-        let entry = arch::secondary_entry as usize as u64;
+        let entry = arch::secondary_entry as *const () as u64;
         match psci::cpu_on(conduit, mpidr, entry, index as u64) {
             Ok(()) => started += 1,
             Err(e) => warn!("CPU {mpidr:#x}: PSCI CPU_ON failed: {e:?}"),

@@ -84,7 +84,9 @@ impl Edu {
     /// `bar0` is the address of an edu's BAR0, mapped as device memory for
     /// as long as the returned value lives.
     pub unsafe fn new(bar0: u64) -> Result<Self, EduError> {
-        let edu = Self { regs: NonNull::new(bar0 as *mut EduRegs).ok_or(EduError::NotEdu(0))? };
+        let edu = Self {
+            regs: NonNull::new(bar0 as *mut EduRegs).ok_or(EduError::NotEdu(0))?,
+        };
         let id = edu.regs().id.get();
         if id & 0xff != 0xed {
             return Err(EduError::NotEdu(id));

@@ -14,7 +14,9 @@ pub fn run(p: &Platform) -> bool {
         deliberate_fault();
     }
     // The SMMU comes first: from here on every stream aborts until assigned.
-    let protected = iommu::init(p);
+    if !iommu::init(p) {
+        warn!("PCI: bus mastering stays off on every function: nothing can DMA");
+    }
 
     let fns = match boot::enumerate_pci(p) {
         None => {
@@ -34,7 +36,9 @@ pub fn run(p: &Platform) -> bool {
     if p.has_bootarg("selftest=dma") {
         let edu = fns.iter().find(|f| f.is_edu());
         match (edu, iommu::get(), &p.pci) {
-            (None, _, _) => warn!("self-test: no edu device (add -device edu,dma_mask=0xffffffffff)"),
+            (None, _, _) => {
+                warn!("self-test: no edu device (add -device edu,dma_mask=0xffffffffff)")
+            }
             (Some(f), None, _) => {
                 warn!("self-test: device assignment refused: edu {} stays unassigned, bus mastering off", f.bdf)
             }
@@ -72,12 +76,18 @@ fn report_function(f: &Function) {
     for b in &f.bars {
         match b.cpu_addr {
             Some(a) => {
-                info!("  BAR{} {:?} {:#x} bytes at {a:#x}", b.index, b.kind, b.size);
+                info!(
+                    "  BAR{} {:?} {:#x} bytes at {a:#x}",
+                    b.index, b.kind, b.size
+                );
                 if let Err(e) = boot::map_device(a, b.size) {
                     warn!("  BAR{} cannot be mapped: {e}", b.index);
                 }
             }
-            None => info!("  BAR{} {:?} {:#x} bytes not assigned", b.index, b.kind, b.size),
+            None => info!(
+                "  BAR{} {:?} {:#x} bytes not assigned",
+                b.index, b.kind, b.size
+            ),
         }
     }
 }

@@ -81,7 +81,11 @@ pub fn init(p: &Platform) -> bool {
         irqs.join(" ")
     );
     IOMMU.call_once(|| {
-        Mutex::new(HostIommu { iommu: Iommu::new(smmu), streams: BTreeMap::new(), phandle: node.phandle })
+        Mutex::new(HostIommu {
+            iommu: Iommu::new(smmu),
+            streams: BTreeMap::new(),
+            phandle: node.phandle,
+        })
     });
     true
 }
@@ -95,17 +99,27 @@ impl HostIommu {
                 Some(sid) => {
                     self.streams.insert(
                         StreamId(sid),
-                        StreamInfo { bdf: f.bdf, owner: String::from("nobody"), faults: 0 },
+                        StreamInfo {
+                            bdf: f.bdf,
+                            owner: String::from("nobody"),
+                            faults: 0,
+                        },
                     );
                 }
-                None => warn!("PCI {}: no StreamID in the iommu-map: its DMA is not translated", f.bdf),
+                None => warn!(
+                    "PCI {}: no StreamID in the iommu-map: its DMA is not translated",
+                    f.bdf
+                ),
             }
         }
     }
 
     /// The StreamID of a PCI function.
     pub fn stream_of(&self, bdf: Bdf) -> Option<StreamId> {
-        self.streams.iter().find(|(_, s)| s.bdf == bdf).map(|(&sid, _)| sid)
+        self.streams
+            .iter()
+            .find(|(_, s)| s.bdf == bdf)
+            .map(|(&sid, _)| sid)
     }
 
     /// Sets who owns a stream (for reports).
@@ -121,7 +135,12 @@ impl HostIommu {
     pub fn report_events(&mut self) -> alloc::vec::Vec<Event> {
         let mut seen = alloc::vec::Vec::new();
         for _ in 0..DRAIN_BATCHES {
-            if self.iommu.smmu().drain_events(DRAIN_BATCH, |e| seen.push(e)) < DRAIN_BATCH {
+            if self
+                .iommu
+                .smmu()
+                .drain_events(DRAIN_BATCH, |e| seen.push(e))
+                < DRAIN_BATCH
+            {
                 break;
             }
         }
@@ -133,7 +152,10 @@ impl HostIommu {
                     if info.faults <= REPORTS_PER_STREAM {
                         warn!("SMMU event: {e} [PCI {} owner {}]", info.bdf, info.owner);
                     } else if info.faults == REPORTS_PER_STREAM + 1 {
-                        warn!("SMMU: PCI {} keeps faulting: further events only counted", info.bdf);
+                        warn!(
+                            "SMMU: PCI {} keeps faulting: further events only counted",
+                            info.bdf
+                        );
                     }
                 }
                 None => warn!("SMMU event: {e} [no known device]"),

@@ -26,9 +26,9 @@ mod arch;
 #[cfg(target_os = "none")]
 mod boot;
 #[cfg(target_os = "none")]
-mod init;
-#[cfg(target_os = "none")]
 mod edu;
+#[cfg(target_os = "none")]
+mod init;
 #[cfg(target_os = "none")]
 mod iommu;
 #[cfg(target_os = "none")]

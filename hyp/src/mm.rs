@@ -98,7 +98,9 @@ impl Frames {
             .live
             .remove(&frame)
             .unwrap_or_else(|| panic!("free of unallocated frame {pa:?}"));
-        inner.buddy.dealloc_aligned(frame, Layout::from_size_align(n, n).unwrap());
+        inner
+            .buddy
+            .dealloc_aligned(frame, Layout::from_size_align(n, n).unwrap());
         inner.used -= n;
     }
 }

@@ -57,8 +57,6 @@ pub mod reg {
     pub const CMD_MEM: u32 = 1 << 1;
     /// Command: bus master enable.
     pub const CMD_MASTER: u32 = 1 << 2;
-    /// Command: INTx disable.
-    pub const CMD_INTX_DISABLE: u32 = 1 << 10;
 }
 
 /// Kind of a BAR.
@@ -164,7 +162,13 @@ fn size_bar(cfg: &dyn ConfigAccess, bdf: Bdf, index: u8) -> (Option<Bar>, u8) {
     }
     if lo & 1 == 1 {
         let size = u64::from(!(lo & !0x3) & 0xffff) + 1;
-        let bar = Bar { index, kind: BarKind::Io, prefetchable: false, size, cpu_addr: None };
+        let bar = Bar {
+            index,
+            kind: BarKind::Io,
+            prefetchable: false,
+            size,
+            cpu_addr: None,
+        };
         return (Some(bar), 1);
     }
     let prefetchable = lo & 0x8 != 0;
@@ -175,11 +179,23 @@ fn size_bar(cfg: &dyn ConfigAccess, bdf: Bdf, index: u8) -> (Option<Bar>, u8) {
         cfg.write32(bdf, off + 4, orig_hi);
         let mask = (u64::from(hi) << 32) | u64::from(lo & !0xf);
         let size = (!mask).wrapping_add(1);
-        let bar = Bar { index, kind: BarKind::Mem64, prefetchable, size, cpu_addr: None };
+        let bar = Bar {
+            index,
+            kind: BarKind::Mem64,
+            prefetchable,
+            size,
+            cpu_addr: None,
+        };
         (Some(bar), 2)
     } else {
         let size = u64::from((!(lo & !0xf)).wrapping_add(1));
-        let bar = Bar { index, kind: BarKind::Mem32, prefetchable, size, cpu_addr: None };
+        let bar = Bar {
+            index,
+            kind: BarKind::Mem32,
+            prefetchable,
+            size,
+            cpu_addr: None,
+        };
         (Some(bar), 1)
     }
 }
@@ -191,7 +207,10 @@ pub fn enumerate(cfg: &dyn ConfigAccess, host: &PciHost) -> Result<Vec<Function>
         .windows
         .iter()
         .filter(|w| w.kind != WindowKind::Io)
-        .map(|w| WindowAlloc { window: w.clone(), next: w.pci_base })
+        .map(|w| WindowAlloc {
+            window: w.clone(),
+            next: w.pci_base,
+        })
         .collect();
     // Prefer 64-bit windows for 64-bit BARs, keep the scarce 32-bit space.
     windows.sort_by_key(|w| w.window.kind != WindowKind::Mem64);
@@ -220,7 +239,11 @@ pub fn enumerate(cfg: &dyn ConfigAccess, host: &PciHost) -> Result<Vec<Function>
             // bridge function itself usually has none.
             let slots = if header & 0x7f == 0 { 6 } else { 2 };
             let cmd = cfg.read32(bdf, reg::COMMAND);
-            cfg.write32(bdf, reg::COMMAND, cmd & !(reg::CMD_MEM | reg::CMD_MASTER) & 0xffff);
+            cfg.write32(
+                bdf,
+                reg::COMMAND,
+                cmd & !(reg::CMD_MEM | reg::CMD_MASTER) & 0xffff,
+            );
             let mut index = 0;
             while index < slots {
                 let (bar, used) = size_bar(cfg, bdf, index);
@@ -228,10 +251,15 @@ pub fn enumerate(cfg: &dyn ConfigAccess, host: &PciHost) -> Result<Vec<Function>
                     if bar.kind != BarKind::Io {
                         let placed = windows
                             .iter_mut()
-                            .filter(|w| bar.kind == BarKind::Mem64 || w.window.kind == WindowKind::Mem32)
+                            .filter(|w| {
+                                bar.kind == BarKind::Mem64 || w.window.kind == WindowKind::Mem32
+                            })
                             .find_map(|w| w.alloc(bar.size));
-                        let (pci_addr, cpu_addr) =
-                            placed.ok_or(PciError::NoSpace { bdf, index, size: bar.size })?;
+                        let (pci_addr, cpu_addr) = placed.ok_or(PciError::NoSpace {
+                            bdf,
+                            index,
+                            size: bar.size,
+                        })?;
                         let off = reg::BAR0 + u16::from(index) * 4;
                         cfg.write32(bdf, off, pci_addr as u32);
                         if bar.kind == BarKind::Mem64 {
@@ -243,8 +271,16 @@ pub fn enumerate(cfg: &dyn ConfigAccess, host: &PciHost) -> Result<Vec<Function>
                 }
                 index += used;
             }
-            let mem = if function.bars.iter().any(|b| b.cpu_addr.is_some()) { reg::CMD_MEM } else { 0 };
-            cfg.write32(bdf, reg::COMMAND, (cmd & !(reg::CMD_MEM | reg::CMD_MASTER) & 0xffff) | mem);
+            let mem = if function.bars.iter().any(|b| b.cpu_addr.is_some()) {
+                reg::CMD_MEM
+            } else {
+                0
+            };
+            cfg.write32(
+                bdf,
+                reg::COMMAND,
+                (cmd & !(reg::CMD_MEM | reg::CMD_MASTER) & 0xffff) | mem,
+            );
             found.push(function);
             if func == 0 && header & 0x80 == 0 {
                 break;
@@ -267,7 +303,11 @@ impl Ecam {
     /// `[base, base + size)` is the ECAM region of the host bridge whose first
     /// bus is `first_bus`, mapped as device memory for the hypervisor's life.
     pub unsafe fn new(base: u64, size: u64, first_bus: u8) -> Self {
-        Self { base: base as usize, first_bus, buses: (size >> 20) as usize }
+        Self {
+            base: base as usize,
+            first_bus,
+            buses: (size >> 20) as usize,
+        }
     }
 
     fn addr(&self, bdf: Bdf, offset: u16) -> Option<*mut u32> {
@@ -316,7 +356,10 @@ mod tests {
 
     impl FakeBus {
         fn new() -> Self {
-            Self { space: RefCell::new(BTreeMap::new()), masks: BTreeMap::new() }
+            Self {
+                space: RefCell::new(BTreeMap::new()),
+                masks: BTreeMap::new(),
+            }
         }
         fn add(&mut self, bdf: Bdf, id: u32, header: u32, bars: &[(u16, u32, u32)]) {
             let mut s = self.space.borrow_mut();
@@ -332,9 +375,11 @@ mod tests {
 
     impl ConfigAccess for FakeBus {
         fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
-            *self.space.borrow().get(&(bdf, offset)).unwrap_or(
-                if offset == reg::ID { &0xffff_ffff } else { &0 },
-            )
+            *self
+                .space
+                .borrow()
+                .get(&(bdf, offset))
+                .unwrap_or(if offset == reg::ID { &0xffff_ffff } else { &0 })
         }
         fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
             let mut s = self.space.borrow_mut();
@@ -349,12 +394,33 @@ mod tests {
 
     fn host() -> PciHost {
         PciHost {
-            ecam: Region { base: 0x40_1000_0000, size: 0x1000_0000 },
+            ecam: Region {
+                base: 0x40_1000_0000,
+                size: 0x1000_0000,
+            },
             bus_range: (0, 0xff),
             windows: vec![
-                PciWindow { kind: WindowKind::Io, prefetchable: false, pci_base: 0, cpu_base: 0x3eff_0000, size: 0x1_0000 },
-                PciWindow { kind: WindowKind::Mem32, prefetchable: false, pci_base: 0x1000_0000, cpu_base: 0x1000_0000, size: 0x2eff_0000 },
-                PciWindow { kind: WindowKind::Mem64, prefetchable: false, pci_base: 0x80_0000_0000, cpu_base: 0x80_0000_0000, size: 0x80_0000_0000 },
+                PciWindow {
+                    kind: WindowKind::Io,
+                    prefetchable: false,
+                    pci_base: 0,
+                    cpu_base: 0x3eff_0000,
+                    size: 0x1_0000,
+                },
+                PciWindow {
+                    kind: WindowKind::Mem32,
+                    prefetchable: false,
+                    pci_base: 0x1000_0000,
+                    cpu_base: 0x1000_0000,
+                    size: 0x2eff_0000,
+                },
+                PciWindow {
+                    kind: WindowKind::Mem64,
+                    prefetchable: false,
+                    pci_base: 0x80_0000_0000,
+                    cpu_base: 0x80_0000_0000,
+                    size: 0x80_0000_0000,
+                },
             ],
             iommu_map: vec![],
         }
@@ -363,15 +429,38 @@ mod tests {
     #[test]
     fn places_bars_aligned_in_windows_with_mastering_off() {
         let mut bus = FakeBus::new();
-        let host_bridge = Bdf { bus: 0, dev: 0, func: 0 };
-        let edu = Bdf { bus: 0, dev: 1, func: 0 };
-        let nvme = Bdf { bus: 0, dev: 2, func: 0 };
+        let host_bridge = Bdf {
+            bus: 0,
+            dev: 0,
+            func: 0,
+        };
+        let edu = Bdf {
+            bus: 0,
+            dev: 1,
+            func: 0,
+        };
+        let nvme = Bdf {
+            bus: 0,
+            dev: 2,
+            func: 0,
+        };
         bus.add(host_bridge, 0x0008_1b36, 0, &[]);
         // edu: BAR0 1 MiB 32-bit.
         bus.add(edu, 0x11e8_1234, 0, &[(0x10, 0xfff0_0000, 0)]);
         // nvme: BAR0 16 KiB 64-bit (0x10/0x14), BAR4 I/O 256 bytes.
-        bus.add(nvme, 0x0010_1b36, 0, &[(0x10, 0xffff_c000, 0x4), (0x14, 0xffff_ffff, 0), (0x20, 0xffff_ff00, 1)]);
-        bus.space.borrow_mut().insert((nvme, reg::COMMAND), reg::CMD_MASTER);
+        bus.add(
+            nvme,
+            0x0010_1b36,
+            0,
+            &[
+                (0x10, 0xffff_c000, 0x4),
+                (0x14, 0xffff_ffff, 0),
+                (0x20, 0xffff_ff00, 1),
+            ],
+        );
+        bus.space
+            .borrow_mut()
+            .insert((nvme, reg::COMMAND), reg::CMD_MASTER);
 
         let fns = enumerate(&bus, &host()).unwrap();
         assert_eq!(fns.len(), 3);
@@ -387,7 +476,10 @@ mod tests {
         assert_eq!(n.bars[0].kind, BarKind::Mem64);
         assert_eq!(n.bars[0].size, 0x4000);
         let a64 = n.bars[0].cpu_addr.unwrap();
-        assert!(a64 >= 0x80_0000_0000, "64-bit BAR goes to the 64-bit window");
+        assert!(
+            a64 >= 0x80_0000_0000,
+            "64-bit BAR goes to the 64-bit window"
+        );
         assert_eq!(n.bars[1].kind, BarKind::Io);
         assert_eq!(n.bars[1].cpu_addr, None);
         let cmd = bus.read32(nvme, reg::COMMAND);
@@ -398,19 +490,31 @@ mod tests {
     #[test]
     fn bar_too_big_is_an_error() {
         let mut bus = FakeBus::new();
-        let d = Bdf { bus: 0, dev: 3, func: 0 };
+        let d = Bdf {
+            bus: 0,
+            dev: 3,
+            func: 0,
+        };
         bus.add(d, 0x1234_5678, 0, &[(0x10, 0x8000_0000, 0)]);
         let mut h = host();
         h.windows.retain(|w| w.kind == WindowKind::Mem32);
         assert_eq!(
             enumerate(&bus, &h),
-            Err(PciError::NoSpace { bdf: d, index: 0, size: 0x8000_0000 })
+            Err(PciError::NoSpace {
+                bdf: d,
+                index: 0,
+                size: 0x8000_0000
+            })
         );
     }
 
     #[test]
     fn requester_id_and_display() {
-        let b = Bdf { bus: 1, dev: 2, func: 3 };
+        let b = Bdf {
+            bus: 1,
+            dev: 2,
+            func: 3,
+        };
         assert_eq!(b.rid(), 0x113);
         assert_eq!(b.to_string(), "01:02.3");
     }

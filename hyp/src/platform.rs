@@ -187,7 +187,9 @@ fn be32(bytes: &[u8], index: usize) -> Option<u32> {
 }
 
 fn cells(bytes: &[u8], index: usize, count: usize) -> Option<u64> {
-    (0..count).try_fold(0u64, |acc, i| Some((acc << 32) | u64::from(be32(bytes, index + i)?)))
+    (0..count).try_fold(0u64, |acc, i| {
+        Some((acc << 32) | u64::from(be32(bytes, index + i)?))
+    })
 }
 
 fn regions(node: FdtNode<'_, '_>) -> Vec<Region> {
@@ -257,7 +259,10 @@ impl Platform {
             .ok()
             .and_then(|c| c.stdout())
             .map(|s| s.node())
-            .filter(|n| n.compatible().is_some_and(|c| c.all().any(|s| s == "arm,pl011")))
+            .filter(|n| {
+                n.compatible()
+                    .is_some_and(|c| c.all().any(|s| s == "arm,pl011"))
+            })
             .or_else(|| fdt.find_compatible(&["arm,pl011"]))
             .ok_or(PlatformError::Missing("PL011 UART"))?;
         let uart = first_region(uart_node, "uart reg")?;
@@ -435,7 +440,13 @@ mod tests {
             &["-smp", "4"],
         );
         let mut p = Platform::parse(&dtb).unwrap();
-        assert_eq!(p.memory, vec![Region { base: 0x4000_0000, size: 0x4000_0000 }]);
+        assert_eq!(
+            p.memory,
+            vec![Region {
+                base: 0x4000_0000,
+                size: 0x4000_0000
+            }]
+        );
         assert_eq!(p.uart.base, 0x0900_0000);
         assert_eq!(p.cpus, vec![0, 1, 2, 3]);
         assert_eq!(p.psci, Some(PsciConduit::Smc));
@@ -445,11 +456,23 @@ mod tests {
         assert!(!p.has_bootarg("selftest"));
         assert_eq!(p.gic.dist.base, 0x0800_0000);
         let smmu = p.smmu.as_ref().expect("smmu");
-        assert_eq!(smmu.regs, Region { base: 0x0905_0000, size: 0x2_0000 });
+        assert_eq!(
+            smmu.regs,
+            Region {
+                base: 0x0905_0000,
+                size: 0x2_0000
+            }
+        );
         assert!(smmu.dma_coherent);
         let names: Vec<&str> = smmu.irqs.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["eventq", "priq", "cmdq-sync", "gerror"]);
-        assert_eq!(smmu.irqs[0].1, Irq { intid: 32 + 0x4a, edge: true });
+        assert_eq!(
+            smmu.irqs[0].1,
+            Irq {
+                intid: 32 + 0x4a,
+                edge: true
+            }
+        );
         let pci = p.pci.as_ref().expect("pci");
         assert_eq!(pci.bus_range, (0, 0xff));
         assert!(pci.windows.iter().any(|w| w.kind == WindowKind::Mem32));

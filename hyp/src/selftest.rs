@@ -77,7 +77,7 @@ pub fn run(host: &mut HostIommu, cfg: &dyn ConfigAccess, edu_fn: &Function) -> b
         canary.pa()
     );
     set_bus_master(cfg, bdf, true);
-    let ok = checks(host, &edu, bdf, sid, &page, &canary);
+    let ok = checks(host, &edu, sid, &page, &canary);
     set_bus_master(cfg, bdf, false);
     // SAFETY: the device's stream aborts (detached or never attached) and its
     // bus mastering is off: nothing can reach these pages any more.
@@ -90,7 +90,11 @@ pub fn run(host: &mut HostIommu, cfg: &dyn ConfigAccess, edu_fn: &Function) -> b
 
 fn set_bus_master(cfg: &dyn ConfigAccess, bdf: Bdf, on: bool) {
     let cmd = cfg.read32(bdf, pci::reg::COMMAND) & 0xffff;
-    let cmd = if on { cmd | pci::reg::CMD_MASTER } else { cmd & !pci::reg::CMD_MASTER };
+    let cmd = if on {
+        cmd | pci::reg::CMD_MASTER
+    } else {
+        cmd & !pci::reg::CMD_MASTER
+    };
     cfg.write32(bdf, pci::reg::COMMAND, cmd);
 }
 
@@ -106,7 +110,6 @@ fn verdict(name: &str, ok: bool) -> bool {
 fn checks(
     host: &mut HostIommu,
     edu: &Edu,
-    bdf: Bdf,
     sid: smmu::addr::StreamId,
     page: &DmaRegion,
     canary: &DmaRegion,
@@ -136,7 +139,13 @@ fn checks(
     let vmid = host.iommu.domain(id).map(|d| d.vmid());
     let setup = host
         .iommu
-        .map(id, Ipa(TEST_IPA), page.pa(), PAGE_SIZE as u64, S2Attrs::NORMAL_RW)
+        .map(
+            id,
+            Ipa(TEST_IPA),
+            page.pa(),
+            PAGE_SIZE as u64,
+            S2Attrs::NORMAL_RW,
+        )
         .and_then(|()| host.iommu.attach(id, sid));
     if let Err(e) = setup {
         error!("self-test: cannot map and attach: {e}");
@@ -163,7 +172,9 @@ fn checks(
     //    there, and the SMMU must say why.
     let dma = edu.dma(Direction::ToMemory, canary.pa().raw(), 0, PROBE);
     let events = host.report_events();
-    let fault = events.iter().any(|e| is_s2_write_fault(e, sid, canary.pa()));
+    let fault = events
+        .iter()
+        .any(|e| is_s2_write_fault(e, sid, canary.pa()));
     all &= verdict(
         "DMA to an unmapped IPA writes nothing and raises a stage-2 fault",
         dma.is_ok() && fault && matches(canary, 0..PAGE_SIZE, canary_byte),
@@ -182,14 +193,20 @@ fn checks(
 
     // 5. Tear down.
     let destroyed = host.iommu.destroy(id);
-    all &= verdict("domain destroyed (TLBI_S12_VMALL, tables freed)", destroyed.is_ok());
+    all &= verdict(
+        "domain destroyed (TLBI_S12_VMALL, tables freed)",
+        destroyed.is_ok(),
+    );
     all
 }
 
 fn is_s2_write_fault(e: &Event, sid: smmu::addr::StreamId, ipa: PhysAddr) -> bool {
     match e {
         Event::Fault { info, .. } => {
-            info.sid == sid && info.s2 && !info.access.rnw && info.input_addr.raw() & !0xfff == ipa.raw()
+            info.sid == sid
+                && info.s2
+                && !info.access.rnw
+                && info.input_addr.raw() & !0xfff == ipa.raw()
         }
         _ => false,
     }

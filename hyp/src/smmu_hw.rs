@@ -17,12 +17,16 @@ impl SmmuMmio {
     /// Device-nGnRE for the hypervisor's lifetime, and nothing else programs
     /// it.
     pub unsafe fn new(base: u64, size: u64) -> Self {
-        Self { base: base as usize, size: size as usize }
+        Self {
+            base: base as usize,
+            size: size as usize,
+        }
     }
 
     fn ptr<T>(&self, offset: usize) -> *mut T {
         assert!(
-            offset + core::mem::size_of::<T>() <= self.size && offset % core::mem::size_of::<T>() == 0,
+            offset + core::mem::size_of::<T>() <= self.size
+                && offset.is_multiple_of(core::mem::size_of::<T>()),
             "SMMU register offset {offset:#x} out of the frame"
         );
         (self.base + offset) as *mut T

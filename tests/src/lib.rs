@@ -23,7 +23,10 @@ impl Boot {
     pub fn expect(&self, needle: &str) -> &str {
         match self.console.lines().find(|l| l.contains(needle)) {
             Some(line) => line,
-            None => panic!("console has no line with {needle:?}; console was:\n{}", self.console),
+            None => panic!(
+                "console has no line with {needle:?}; console was:\n{}",
+                self.console
+            ),
         }
     }
 
@@ -31,7 +34,10 @@ impl Boot {
     #[track_caller]
     pub fn reject(&self, needle: &str) {
         if let Some(line) = self.console.lines().find(|l| l.contains(needle)) {
-            panic!("console unexpectedly has {line:?}; console was:\n{}", self.console);
+            panic!(
+                "console unexpectedly has {line:?}; console was:\n{}",
+                self.console
+            );
         }
     }
 
@@ -85,7 +91,9 @@ pub fn boot(scenario: &str, extra: &[&str], timeout: Duration) -> Boot {
             let _ = child.kill();
             let _ = child.wait();
             let out = String::from_utf8_lossy(&reader.join().unwrap()).replace('\r', "");
-            panic!("scenario {scenario} {extra:?} did not finish within {timeout:?}; console:\n{out}");
+            panic!(
+                "scenario {scenario} {extra:?} did not finish within {timeout:?}; console:\n{out}"
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };

@@ -8,7 +8,13 @@ fn boot_smmu_selftest() {
     let b = boot("selftest", &[], TIMEOUT);
     // Decoded features of QEMU 10's SMMU.
     let features = b.expect("SMMU at 0x9050000: stages S1+S2");
-    for fact in ["2-level strtab", "16-bit SID", "16-bit VMID", "RIL", "coherent"] {
+    for fact in [
+        "2-level strtab",
+        "16-bit SID",
+        "16-bit VMID",
+        "RIL",
+        "coherent",
+    ] {
         assert!(features.contains(fact), "{fact} missing from {features}");
     }
     b.expect("every stream aborts until assigned");
@@ -35,7 +41,11 @@ fn fault_reports_are_rate_limited() {
     let b = boot("selftest", &[], TIMEOUT);
     // The unowned probe makes the SMMU record more events than are printed.
     let printed = b.count("owner nobody]");
-    assert!(printed <= 4, "{printed} reports for one device:\n{}", b.console);
+    assert!(
+        printed <= 4,
+        "{printed} reports for one device:\n{}",
+        b.console
+    );
     b.expect("hyp: all done");
 }
 
@@ -63,7 +73,9 @@ fn boot_without_smmu_refuses_assignment() {
 #[test]
 fn boot_without_stage2_refuses_assignment() {
     let b = boot("smmu-stage1-only", &[], TIMEOUT);
-    b.expect("no stage 2 translation (IDR0.S2P == 0): DMA cannot be confined, device assignment refused");
+    b.expect(
+        "no stage 2 translation (IDR0.S2P == 0): DMA cannot be confined, device assignment refused",
+    );
     b.expect("self-test: device assignment refused");
     b.reject("PASS");
     b.expect("hyp: all done");

@@ -362,3 +362,44 @@ fn drain_events_is_bounded_and_notes_overflow() {
     assert_eq!(smmu.event_overflows(), 1);
     assert!(fake.violations().is_empty());
 }
+
+#[test]
+fn live_ste_change_breaks_before_make() {
+    let (mem, fake) = fixture();
+    let mut smmu = Smmu::new(&fake, &*mem, opts()).unwrap();
+    let sid = StreamId(0x20);
+    let old = s2_ste(1);
+    smmu.write_ste(sid, &old).unwrap();
+    fake.clear_commands();
+    // VMID (word 2) and S2TTB (word 3) both change: the SMMU must never
+    // fetch a mix, so the entry is made to abort first (§3.21.3).
+    let mut new = s2_ste(2);
+    new.set_s2ttb(PhysAddr(0x9000_0000));
+    smmu.write_ste(sid, &new).unwrap();
+    let seen: Vec<Ste> = fake
+        .consumed()
+        .iter()
+        .filter(|c| matches!(c.cmd, Command::CfgiSte { .. }))
+        .map(|c| c.ste.unwrap())
+        .collect();
+    // Break (word 0 abort), the other words, then word 0 live again; each
+    // step visible to the SMMU (CFGI_STE + SYNC) before the next.
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[..2].iter().all(|s| !s.is_live()), "{seen:?}");
+    assert_eq!(seen[2], new);
+    assert_eq!(fake.ste(sid), Some(new));
+    let cmds = fake.commands();
+    assert_eq!(
+        cmds.iter()
+            .filter(|c| matches!(c, Command::Sync(_)))
+            .count(),
+        3
+    );
+    // A one-word change (VMID only) is hitless: one CFGI_STE + SYNC.
+    fake.clear_commands();
+    let mut vmid3 = new;
+    vmid3.set_s2vmid(Vmid(3));
+    smmu.write_ste(sid, &vmid3).unwrap();
+    assert_eq!(fake.consumed().len(), 2);
+    assert_eq!(fake.consumed()[0].ste, Some(vmid3));
+}

@@ -335,7 +335,7 @@ impl FakeSmmu {
     }
 
     fn check_mem(&self, pa: u64, words: usize) -> Result<(), String> {
-        if pa % 8 != 0 || pa == 0 || !self.mem.contains(PhysAddr(pa), words * 8) {
+        if !pa.is_multiple_of(8) || pa == 0 || !self.mem.contains(PhysAddr(pa), words * 8) {
             return Err(format!("{words} words at {pa:#x} outside fake memory"));
         }
         Ok(())

@@ -6,8 +6,8 @@ use aarch64_cpu::asm::barrier;
 use aarch64_cpu::registers::{
     ReadWriteable, Readable, Writeable, ID_AA64MMFR0_EL1, MAIR_EL2, SCTLR_EL2, TCR_EL2, TTBR0_EL2,
 };
-use aarch64_paging::idmap::IdMap;
 use aarch64_paging::descriptor::El23Attributes;
+use aarch64_paging::idmap::IdMap;
 use aarch64_paging::paging::{El2, MemoryRegion};
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::{Mutex, Once};
@@ -74,7 +74,10 @@ pub fn map(start: u64, end: u64, kind: Mapping) -> Result<(), MapError> {
     let end = (end + 0xfff) & !0xfff;
     idmap()
         .lock()
-        .map_range(&MemoryRegion::new(start as usize, end as usize), kind.attributes())
+        .map_range(
+            &MemoryRegion::new(start as usize, end as usize),
+            kind.attributes(),
+        )
         .map_err(MapError)
 }
 

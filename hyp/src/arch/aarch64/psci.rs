@@ -4,7 +4,12 @@ use crate::platform::PsciConduit;
 use smccc::{psci, Hvc, Smc};
 
 /// Starts the CPU with affinity `mpidr` at `entry` with x0 = `context`.
-pub fn cpu_on(conduit: PsciConduit, mpidr: u64, entry: u64, context: u64) -> Result<(), psci::Error> {
+pub fn cpu_on(
+    conduit: PsciConduit,
+    mpidr: u64,
+    entry: u64,
+    context: u64,
+) -> Result<(), psci::Error> {
     match conduit {
         PsciConduit::Smc => psci::cpu_on::<Smc>(mpidr, entry, context),
         PsciConduit::Hvc => psci::cpu_on::<Hvc>(mpidr, entry, context),
