@@ -223,14 +223,12 @@ extern "C" fn secondary_main(index: u64) -> ! {
 fn footprint(image: &core::ops::Range<u64>, heap: u64) {
     let (_, used) = FRAMES.stats();
     info!(
-        "footprint: image {} KiB, heap {} KiB, frames in use {} KiB ({}: {} KiB, {}: {} KiB, {}: {} KiB)",
+        "footprint: image {} KiB, heap {} KiB, frames in use {} KiB ({}: {} KiB, {}: {} KiB)",
         (image.end - image.start) / 1024,
         heap / 1024,
         used * 4,
         mm::SMMU_MEM.name(),
         mm::SMMU_MEM.bytes() / 1024,
-        mm::S2_MEM.name(),
-        mm::S2_MEM.bytes() / 1024,
         mm::TEST_MEM.name(),
         mm::TEST_MEM.bytes() / 1024,
     );

@@ -160,10 +160,8 @@ unsafe impl PageAllocator for Accounted {
     }
 }
 
-/// SMMU structures: stream table, queues.
+/// SMMU structures: stream table, queues, stage-2 tables of domains.
 pub static SMMU_MEM: Accounted = Accounted::new("SMMU tables and queues");
-/// Stage-2 page tables of IOMMU domains.
-pub static S2_MEM: Accounted = Accounted::new("stage-2 tables");
 /// Buffers of the boot self-tests.
 pub static TEST_MEM: Accounted = Accounted::new("self-test buffers");
 

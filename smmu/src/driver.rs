@@ -395,20 +395,30 @@ impl<'a, M: Mmio> Smmu<'a, M> {
             mmio.read32(offset::IDR3),
             mmio.read32(offset::IDR5),
         );
-        if !features.s2p {
-            error!("smmu: no stage 2 (IDR0.S2P == 0), refusing to run unprotected");
-            return Err(SmmuError::NoStage2);
-        }
-        if !features.ttf.aarch64() {
-            return Err(SmmuError::NoAArch64Tables);
-        }
-        if !features.gran4k {
-            return Err(SmmuError::No4kGranule);
-        }
-        if features.tables_preset || features.queues_preset || features.rel {
-            return Err(SmmuError::PresetBases);
-        }
+        let refusal = if !features.s2p {
+            Some(SmmuError::NoStage2)
+        } else if !features.ttf.aarch64() {
+            Some(SmmuError::NoAArch64Tables)
+        } else if !features.gran4k {
+            Some(SmmuError::No4kGranule)
+        } else if features.tables_preset || features.queues_preset || features.rel {
+            Some(SmmuError::PresetBases)
+        } else {
+            None
+        };
         let t = opts.timeout_us;
+        if let Some(e) = refusal {
+            // Fail closed: an SMMU we cannot drive is still made to abort
+            // every transaction (GBPA.ABORT with SMMUEN = 0), never left in
+            // the bypass its reset state may allow.
+            error!("smmu: {e}: refusing to run unprotected, all DMA aborts");
+            update_gbpa(&mmio, t, u32::from(GBPA::ABORT::SET))?;
+            mmio.write32(offset::CR0, 0);
+            if !poll(&mmio, t, |m| m.read32(offset::CR0ACK) == 0) {
+                return Err(SmmuError::Timeout("CR0ACK (disable)"));
+            }
+            return Err(e);
+        }
 
         // 1. Abort incoming transactions while the SMMU is disabled.
         update_gbpa(&mmio, t, u32::from(GBPA::ABORT::SET))?;
@@ -478,7 +488,7 @@ impl<'a, M: Mmio> Smmu<'a, M> {
         };
         match smmu.enable() {
             Ok(()) => {
-                info!("smmu: {}", smmu.summary());
+                debug!("smmu: {}", smmu.summary());
                 Ok(smmu)
             }
             Err(e) => {

@@ -136,7 +136,11 @@ fn refuses_an_smmu_without_stage2_or_aarch64_tables() {
         Smmu::new(&no_s2, &*mem, opts()).unwrap_err(),
         SmmuError::NoStage2
     );
-    assert!(no_s2.writes().is_empty(), "nothing touched");
+    // Fail closed: nothing allocated, but every transaction aborts (the
+    // reset state of GBPA would let them bypass).
+    assert!(!no_s2.would_bypass(), "refused SMMU left in bypass");
+    assert!(no_s2.gbpa() & (1 << 20) != 0, "GBPA.ABORT set");
+    assert_eq!(no_s2.cr0ack(), 0, "left disabled");
     let aarch32 = (QEMU_IDR0 & !(3 << 2)) | (1 << 2);
     let no_a64 = FakeSmmu::with_idrs(mem.clone(), aarch32, QEMU_IDR1, QEMU_IDR3, QEMU_IDR5);
     assert_eq!(
