@@ -411,7 +411,7 @@ impl<'a, M: Mmio> Smmu<'a, M> {
             // Fail closed: an SMMU we cannot drive is still made to abort
             // every transaction (GBPA.ABORT with SMMUEN = 0), never left in
             // the bypass its reset state may allow.
-            error!("smmu: {e}: refusing to run unprotected, all DMA aborts");
+            debug!("smmu: {e}: refusing to run unprotected, all DMA aborts");
             update_gbpa(&mmio, t, u32::from(GBPA::ABORT::SET))?;
             mmio.write32(offset::CR0, 0);
             if !poll(&mmio, t, |m| m.read32(offset::CR0ACK) == 0) {
