@@ -25,7 +25,7 @@ use crate::strtab::{StreamTable, StrtabError, MAX_LINEAR_SID_BITS};
 use alloc::format;
 use alloc::string::String;
 use core::fmt;
-use log::{debug, error, info, warn};
+use log::{debug, error, warn};
 use tock_registers::fields::FieldValue;
 
 /// Bytes of one command-queue entry (§4.1).
