@@ -383,11 +383,7 @@ impl<'a, M: Mmio> Iommu<'a, M> {
     /// Unmaps `[ipa, ipa + len)`, invalidates the SMMU's TLBs for exactly
     /// what changed (one batch, one CMD_SYNC), then frees emptied tables.
     pub fn unmap(&mut self, id: DomainId, ipa: Ipa, len: u64) -> Result<(), DomainError> {
-        let alloc = self.smmu.allocator();
-        let d = self.domain_mut(id)?;
-        let inv = d.s2.unmap(alloc, ipa, len)?;
-        let (vmid, nested) = (d.vmid, d.nested);
-        self.invalidate(vmid, nested, inv)
+        self.change(id, |s2, alloc, brk| s2.unmap_live(alloc, ipa, len, brk))
     }
 
     /// Changes the attributes of `[ipa, ipa + len)`, then invalidates as
@@ -399,11 +395,47 @@ impl<'a, M: Mmio> Iommu<'a, M> {
         len: u64,
         attrs: S2Attrs,
     ) -> Result<(), DomainError> {
+        self.change(id, |s2, alloc, brk| {
+            s2.protect_live(alloc, ipa, len, attrs, brk)
+        })
+    }
+
+    /// Runs a change on a live domain's tables. Break-before-make: whenever
+    /// the change breaks an entry (block split, memory-type change), the
+    /// broken range is invalidated and synchronised before the new entry is
+    /// written; then the whole change is invalidated as one batch.
+    fn change(
+        &mut self,
+        id: DomainId,
+        op: impl FnOnce(
+            &mut crate::stage2::Stage2,
+            &dyn crate::hw::PageAllocator,
+            &mut dyn FnMut(&TlbRange),
+        ) -> Result<Invalidation, crate::stage2::Stage2Error>,
+    ) -> Result<(), DomainError> {
         let alloc = self.smmu.allocator();
-        let d = self.domain_mut(id)?;
-        let inv = d.s2.protect(alloc, ipa, len, attrs)?;
+        let ril = self.smmu.features().ril;
+        let smmu = &mut self.smmu;
+        let d = self
+            .domains
+            .get_mut(&id)
+            .ok_or(DomainError::NoSuchDomain(id))?;
         let (vmid, nested) = (d.vmid, d.nested);
-        self.invalidate(vmid, nested, inv)
+        let mut broke: Result<(), SmmuError> = Ok(());
+        let inv = op(&mut d.s2, alloc, &mut |range: &TlbRange| {
+            let mut cmds = tlbi_commands(vmid, core::slice::from_ref(range), ril);
+            if nested {
+                cmds.push(Command::TlbiNhAll { vmid });
+            }
+            if broke.is_ok() {
+                broke = smmu.submit_sync(&cmds);
+            }
+        })?;
+        // The tables are consistent either way; a failed break invalidation
+        // is reported after the full batch was attempted.
+        let batch = self.invalidate(vmid, nested, inv);
+        broke?;
+        batch
     }
 
     /// One batch of TLB invalidations + one CMD_SYNC, then the deferred

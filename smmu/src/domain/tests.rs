@@ -136,10 +136,15 @@ fn s2_ipa(vmid: Vmid, addr: u64, range: Option<(u8, u8, u8)>) -> Command {
 #[test]
 fn unmap_with_ril_is_range_commands_and_one_sync() {
     let (cmds, vmid) = unmap_four_pages(QEMU_IDR3);
-    // The split 2 MiB block (512 pages, TTL 2), then the 4 pages (TTL 3).
+    // Break-before-make: the 2 MiB block (512 pages, TTL 2) is invalidated
+    // and synchronised while its entry is invalid, before the table that
+    // replaces it is written; then one batch for the whole change (the block
+    // and the 4 pages, TTL 3) with one SYNC.
     assert_eq!(
         cmds,
         [
+            s2_ipa(vmid, 0x4000_0000, Some((2, 9, 0))),
+            SYNC,
             s2_ipa(vmid, 0x4000_0000, Some((2, 9, 0))),
             s2_ipa(vmid, 0x4000_4000, Some((3, 2, 0))),
             SYNC
@@ -150,7 +155,9 @@ fn unmap_with_ril_is_range_commands_and_one_sync() {
 #[test]
 fn unmap_without_ril_is_per_entry() {
     let (cmds, vmid) = unmap_four_pages(0);
-    let mut want = vec![s2_ipa(vmid, 0x4000_0000, None)];
+    // Break (block + SYNC), then the batch.
+    let mut want = vec![s2_ipa(vmid, 0x4000_0000, None), SYNC];
+    want.push(s2_ipa(vmid, 0x4000_0000, None));
     want.extend((0..4).map(|i| s2_ipa(vmid, 0x4000_4000 + i * PAGE, None)));
     want.push(SYNC);
     assert_eq!(cmds, want);
@@ -479,8 +486,12 @@ proptest! {
                     }
                     let cmds = fake.commands();
                     if !cmds.is_empty() {
-                        prop_assert_eq!(syncs(&cmds), 1);
+                        // One batch SYNC at the end, plus one per broken
+                        // block (break-before-make); no SYNC without an
+                        // invalidation before it.
                         prop_assert_eq!(cmds.last(), Some(&SYNC));
+                        prop_assert!(cmds.first() != Some(&SYNC));
+                        prop_assert!(cmds.windows(2).all(|w| !(w[0] == SYNC && w[1] == SYNC)));
                     }
                     for ipa in [p, p + n - 1] {
                         let t = iommu.domain(doms[d]).unwrap().stage2().translate(Ipa(base + ipa * PAGE));

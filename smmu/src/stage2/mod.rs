@@ -438,6 +438,7 @@ impl Stage2 {
         let mut w = Writer {
             alloc,
             pool: &mut pool,
+            brk: &mut |_| {},
         };
         w.map(
             &mut self.root,
@@ -461,13 +462,31 @@ impl Stage2 {
     ///
     /// Fails without changing anything on bad input or if a split cannot get
     /// its tables.
+    ///
+    /// For tables no device or CPU walks (nothing can hold TLB entries for
+    /// them); live tables use [`unmap_live`](Self::unmap_live).
     pub fn unmap(
         &mut self,
         alloc: &dyn PageAllocator,
         ipa: Ipa,
         len: u64,
     ) -> Result<Invalidation, Stage2Error> {
-        self.change(alloc, ipa, len, Change::Unmap)
+        self.change(alloc, ipa, len, Change::Unmap, &mut |_| {})
+    }
+
+    /// [`unmap`](Self::unmap) on tables the hardware walks: between the
+    /// break (entry made invalid) and the make (new table or entry written)
+    /// of a block split, `brk` is called with the broken range and must
+    /// invalidate it in the TLBs and wait for completion (Arm ARM D8.16.1,
+    /// break-before-make without FEAT_BBM).
+    pub fn unmap_live(
+        &mut self,
+        alloc: &dyn PageAllocator,
+        ipa: Ipa,
+        len: u64,
+        brk: &mut dyn FnMut(&TlbRange),
+    ) -> Result<Invalidation, Stage2Error> {
+        self.change(alloc, ipa, len, Change::Unmap, brk)
     }
 
     /// Gives every mapped page of `[ipa, ipa + len)` the attributes `attrs`
@@ -483,7 +502,21 @@ impl Stage2 {
         len: u64,
         attrs: S2Attrs,
     ) -> Result<Invalidation, Stage2Error> {
-        self.change(alloc, ipa, len, Change::Protect(attrs))
+        self.change(alloc, ipa, len, Change::Protect(attrs), &mut |_| {})
+    }
+
+    /// [`protect`](Self::protect) on tables the hardware walks, with the
+    /// break-before-make hook of [`unmap_live`](Self::unmap_live) (also
+    /// called when a memory-type change breaks an entry).
+    pub fn protect_live(
+        &mut self,
+        alloc: &dyn PageAllocator,
+        ipa: Ipa,
+        len: u64,
+        attrs: S2Attrs,
+        brk: &mut dyn FnMut(&TlbRange),
+    ) -> Result<Invalidation, Stage2Error> {
+        self.change(alloc, ipa, len, Change::Protect(attrs), brk)
     }
 
     fn change(
@@ -492,6 +525,7 @@ impl Stage2 {
         ipa: Ipa,
         len: u64,
         change: Change,
+        brk: &mut dyn FnMut(&TlbRange),
     ) -> Result<Invalidation, Stage2Error> {
         let end = self.check_range(ipa, len)?;
         let mut inv = Invalidation::default();
@@ -503,6 +537,7 @@ impl Stage2 {
         let mut w = Writer {
             alloc,
             pool: &mut pool,
+            brk,
         };
         w.change(
             &mut self.root,
@@ -675,6 +710,8 @@ fn plan_change(table: &Table, level: u8, base: u64, start: u64, end: u64, change
 struct Writer<'a> {
     alloc: &'a dyn PageAllocator,
     pool: &'a mut Vec<DmaRegion>,
+    /// Invalidates a broken range between break and make.
+    brk: &'a mut dyn FnMut(&TlbRange),
 }
 
 impl Writer<'_> {
@@ -811,6 +848,7 @@ impl Writer<'_> {
                     // make (the table), and change the requested part.
                     table.mem.write(i, desc::INVALID);
                     table.sync(self.alloc, i, i);
+                    (self.brk)(&leaf_range);
                     inv.push(leaf_range);
                     table.mem.write(i, desc::table(child.mem.pa()));
                     let child = table.children[i].insert(Box::new(child));
@@ -828,6 +866,7 @@ impl Writer<'_> {
                         if new.mem != attrs.mem {
                             table.mem.write(i, desc::INVALID);
                             table.sync(self.alloc, i, i);
+                            (self.brk)(&leaf_range);
                         }
                         table.mem.write(i, desc::leaf(oa, new, level));
                         inv.push(leaf_range);
