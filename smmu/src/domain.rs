@@ -458,10 +458,9 @@ impl<'a, M: Mmio> Iommu<'a, M> {
         }
         self.smmu.submit(&cmds)?;
         self.smmu.sync()?;
-        // SAFETY: the tables came from this allocator (the one every
-        // operation of the domain's Stage2 uses), and every range of the
-        // batch was invalidated in the SMMU's TLBs with a completed
-        // CMD_SYNC; the SMMU is the only walker of these tables.
+        // The SMMU is the only walker of these tables, and every range of
+        // the batch was invalidated with a completed CMD_SYNC above.
+        // SAFETY: the tables came from this allocator; nothing walks them.
         unsafe { inv.free_tables(self.smmu.allocator()) };
         Ok(())
     }
@@ -546,10 +545,9 @@ impl<'a, M: Mmio> Iommu<'a, M> {
         let Some(d) = self.domains.remove(&id) else {
             unreachable!("domain {id} vanished during destroy");
         };
-        // SAFETY: the tables came from the SMMU's allocator (used for every
-        // operation of this Stage2); no STE points at them any more (every
-        // attached stream was made abort with CFGI_STE + SYNC), and the
-        // VMID's TLB entries were invalidated (TLBI_S12_VMALL + SYNC).
+        // Every attached stream was made abort (CFGI_STE + SYNC) and the
+        // VMID's TLB entries invalidated (TLBI_S12_VMALL + SYNC) above.
+        // SAFETY: tables from the SMMU's allocator; no STE or TLB uses them.
         unsafe { d.s2.destroy(self.smmu.allocator()) };
         self.vmids.release(flushed);
         debug!("iommu: domain {id} (vmid {vmid}) destroyed");

@@ -313,11 +313,9 @@ impl FakeSmmu {
     fn read_mem(&self, pa: u64, out: &mut [u64]) -> Result<(), String> {
         self.check_mem(pa, out.len())?;
         for (i, w) in out.iter_mut().enumerate() {
-            // SAFETY: `check_mem` established that the 8-byte aligned range
-            // lies inside one live FakeMemory allocation, whose physical
-            // address is its host address; tests drive the fake from the
-            // thread that owns those allocations, so nothing frees them
-            // during this read.
+            // Tests drive the fake from the thread that owns the memory, so
+            // nothing frees it during this read.
+            // SAFETY: `check_mem` found the range inside one live allocation.
             *w = unsafe { (pa as *const u64).add(i).read_volatile() };
         }
         Ok(())
