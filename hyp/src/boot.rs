@@ -7,7 +7,7 @@ use crate::pci;
 use crate::platform::{Platform, PsciConduit};
 use alloc::vec::Vec;
 use buddy_system_allocator::LockedHeap;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use log::{error, info, warn};
 use spin::Once;
 
@@ -116,6 +116,9 @@ extern "C" fn primary_main(dtb: u64) -> ! {
         (dtb_range.start & !0xfff)..align_up(dtb_range.end, 0x1000),
     ];
     holes.extend(platform.reserved.iter().map(|r| r.range()));
+    if let Some(bundle) = &platform.initrd {
+        holes.push((bundle.base & !0xfff)..align_up(bundle.base + bundle.size, 0x1000));
+    }
     for r in mm::subtract(&ram, &holes) {
         FRAMES.add(r);
     }
@@ -127,11 +130,32 @@ extern "C" fn primary_main(dtb: u64) -> ! {
         HEAP_SIZE / MIB
     );
 
+    EXIT_SEMIHOSTING.store(platform.has_bootarg("exit=semihosting"), Ordering::SeqCst);
     let ok = crate::init::run(&platform);
-    start_secondaries(&platform);
-    footprint(&image, HEAP_SIZE);
-    stop(ok);
+    match crate::vm::run::create(&platform) {
+        Ok(true) => {
+            footprint(&image, HEAP_SIZE);
+            if !ok {
+                stop(false);
+            }
+            crate::vm::run::start(&platform);
+        }
+        Ok(false) => {
+            start_secondaries(&platform);
+            footprint(&image, HEAP_SIZE);
+            stop(ok);
+        }
+        Err(e) => {
+            error!("{e}: no guest is started");
+            stop(false);
+        }
+    }
 }
+
+/// Whether to end the run with a semihosting exit (the runner enables
+/// semihosting and says so with `exit=semihosting`), so QEMU's exit status
+/// tells whether all went well.
+static EXIT_SEMIHOSTING: AtomicBool = AtomicBool::new(false);
 
 fn map_everything(
     p: &Platform,
@@ -215,22 +239,29 @@ fn start_secondaries(p: &Platform) {
 extern "C" fn secondary_main(index: u64) -> ! {
     // SAFETY: the boot CPU enabled its MMU before starting us.
     unsafe { mmu::enable_secondary() };
-    CPUS_ONLINE.fetch_add(1, Ordering::AcqRel);
+    if crate::vm::run::hosts_vcpu(index as usize) {
+        crate::vm::run::cpu_main(index as usize);
+    }
     info!("CPU {index} (MPIDR {:#x}) online, parked", arch::mpidr());
+    CPUS_ONLINE.fetch_add(1, Ordering::AcqRel);
     arch::halt();
 }
 
 fn footprint(image: &core::ops::Range<u64>, heap: u64) {
     let (_, used) = FRAMES.stats();
     info!(
-        "footprint: image {} KiB, heap {} KiB, frames in use {} KiB ({}: {} KiB, {}: {} KiB)",
+        "footprint: image {} KiB, heap {} KiB, frames in use {} KiB ({}: {} KiB, {}: {} KiB, {}: {} KiB, {}: {} MiB)",
         (image.end - image.start) / 1024,
         heap / 1024,
         used * 4,
         mm::SMMU_MEM.name(),
         mm::SMMU_MEM.bytes() / 1024,
+        mm::S2_CPU_MEM.name(),
+        mm::S2_CPU_MEM.bytes() / 1024,
         mm::TEST_MEM.name(),
         mm::TEST_MEM.bytes() / 1024,
+        crate::vm::run::GUEST_MEM.name(),
+        crate::vm::run::GUEST_MEM.bytes() >> 20,
     );
 }
 
@@ -240,6 +271,9 @@ pub fn stop(ok: bool) -> ! {
         info!("hyp: all done, powering off");
     } else {
         console::emergency_write_fmt(format_args!("hyp: stopped after an error, powering off\n"));
+    }
+    if EXIT_SEMIHOSTING.load(Ordering::SeqCst) {
+        arch::semihosting_exit(if ok { 0 } else { 1 });
     }
     if let Some(&conduit) = PSCI.get() {
         let _ = psci::system_off(conduit);

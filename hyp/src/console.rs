@@ -12,6 +12,8 @@ register_bitfields! [u32,
     FR [
         /// Transmit FIFO full.
         TXFF OFFSET(5) NUMBITS(1) [],
+        /// Receive FIFO empty.
+        RXFE OFFSET(4) NUMBITS(1) [],
         /// UART busy transmitting.
         BUSY OFFSET(3) NUMBITS(1) []
     ]
@@ -23,7 +25,11 @@ register_structs! {
         (0x000 => dr: ReadWrite<u32>),
         (0x004 => _reserved0),
         (0x018 => fr: ReadOnly<u32, FR::Register>),
-        (0x01c => @END),
+        (0x01c => _reserved1),
+        (0x038 => imsc: ReadWrite<u32>),
+        (0x03c => _reserved2),
+        (0x044 => icr: ReadWrite<u32>),
+        (0x048 => @END),
     }
 }
 
@@ -37,10 +43,19 @@ struct Pl011 {
 unsafe impl Send for Pl011 {}
 
 impl Pl011 {
-    fn putc(&mut self, byte: u8) {
+    fn regs(&self) -> &Pl011Regs {
         // SAFETY: `regs` points at the PL011 found in the DTB, mapped
         // Device-nGnRE (or accessed with the MMU off, which is Device too).
-        let regs = unsafe { self.regs.as_ref() };
+        unsafe { self.regs.as_ref() }
+    }
+
+    fn getc(&mut self) -> Option<u8> {
+        let regs = self.regs();
+        (!regs.fr.is_set(FR::RXFE)).then(|| regs.dr.get() as u8)
+    }
+
+    fn putc(&mut self, byte: u8) {
+        let regs = self.regs();
         let mut spins = 0u32;
         while regs.fr.is_set(FR::TXFF) && spins < 1_000_000 {
             spins += 1;
@@ -63,6 +78,38 @@ impl Write for Pl011 {
 }
 
 static UART: Once<Mutex<Pl011>> = Once::new();
+static INPUT_INTID: Once<u32> = Once::new();
+
+/// Receive and receive-timeout interrupts (IMSC/ICR bits 4 and 6).
+const RX_INTS: u32 = (1 << 4) | (1 << 6);
+
+/// Routes the UART's receive interrupt to this CPU (the one that handles
+/// console input).
+#[cfg(target_os = "none")]
+pub fn enable_input_irq(irq: Option<crate::platform::Irq>) {
+    let (Some(irq), Some(uart)) = (irq, UART.get()) else {
+        return;
+    };
+    uart.lock().regs().imsc.set(RX_INTS);
+    INPUT_INTID.call_once(|| irq.intid);
+    crate::gic::enable_spi(irq.intid, crate::arch::mpidr(), irq.edge);
+}
+
+/// The interrupt of console input, once enabled.
+pub fn input_intid() -> Option<u32> {
+    INPUT_INTID.get().copied()
+}
+
+/// One byte of console input, if any.
+pub fn read_byte() -> Option<u8> {
+    let uart = UART.get()?;
+    let mut u = uart.lock();
+    let b = u.getc();
+    if b.is_none() {
+        u.regs().icr.set(RX_INTS);
+    }
+    b
+}
 static UART_BASE: Once<usize> = Once::new();
 
 /// Initialises the console on the PL011 at `base`.

@@ -16,9 +16,12 @@ extern crate alloc;
 
 mod console;
 mod esr;
+mod guest_fdt;
 mod mm;
 mod pci;
 mod platform;
+mod vgic;
+mod vm;
 
 #[cfg(target_os = "none")]
 #[path = "arch/aarch64/mod.rs"]
@@ -28,6 +31,8 @@ mod boot;
 #[cfg(target_os = "none")]
 mod edu;
 #[cfg(target_os = "none")]
+mod gic;
+#[cfg(target_os = "none")]
 mod init;
 #[cfg(target_os = "none")]
 mod iommu;
@@ -35,6 +40,8 @@ mod iommu;
 mod selftest;
 #[cfg(target_os = "none")]
 mod smmu_hw;
+#[cfg(target_os = "none")]
+mod vgic_hw;
 
 #[cfg(target_os = "none")]
 pub use boot::stop;

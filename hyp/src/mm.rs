@@ -162,6 +162,8 @@ unsafe impl PageAllocator for Accounted {
 
 /// SMMU structures: stream table, queues, stage-2 tables of domains.
 pub static SMMU_MEM: Accounted = Accounted::new("SMMU tables and queues");
+/// Stage-2 tables of VMs (shared by the CPU and the SMMU).
+pub static S2_CPU_MEM: Accounted = Accounted::new("VM stage-2 tables");
 /// Buffers of the boot self-tests.
 pub static TEST_MEM: Accounted = Accounted::new("self-test buffers");
 

@@ -146,6 +146,8 @@ pub struct Platform {
     pub reserved: Vec<Region>,
     /// The console UART (PL011).
     pub uart: Region,
+    /// Its interrupt.
+    pub uart_irq: Option<Irq>,
     /// The interrupt controller.
     pub gic: Gic,
     /// The SMMUv3, when the machine has one.
@@ -158,6 +160,9 @@ pub struct Platform {
     pub psci: Option<PsciConduit>,
     /// `/chosen/bootargs`.
     pub bootargs: String,
+    /// `/chosen/linux,initrd-start` .. `linux,initrd-end`: the boot bundle
+    /// (scenario and guest images) the runner passes as QEMU's `-initrd`.
+    pub initrd: Option<Region>,
 }
 
 /// What is wrong with the device tree.
@@ -266,6 +271,9 @@ impl Platform {
             .or_else(|| fdt.find_compatible(&["arm,pl011"]))
             .ok_or(PlatformError::Missing("PL011 UART"))?;
         let uart = first_region(uart_node, "uart reg")?;
+        let uart_irq = uart_node
+            .property("interrupts")
+            .and_then(|p| gic_irq(p.value, 0));
 
         let gic_node = fdt
             .find_compatible(&["arm,gic-v3"])
@@ -333,10 +341,27 @@ impl Platform {
             .map(String::from)
             .unwrap_or_default();
 
+        let initrd = fdt.find_node("/chosen").and_then(|c| {
+            let cell = |name| {
+                c.property(name).and_then(|p| match p.value.len() {
+                    4 => be32(p.value, 0).map(u64::from),
+                    8 => cells(p.value, 0, 2),
+                    _ => None,
+                })
+            };
+            let (start, end) = (cell("linux,initrd-start")?, cell("linux,initrd-end")?);
+            (end > start).then_some(Region {
+                base: start,
+                size: end - start,
+            })
+        });
+
         Ok(Self {
+            initrd,
             memory,
             reserved,
             uart,
+            uart_irq,
             gic,
             smmu,
             pci,
@@ -448,9 +473,17 @@ mod tests {
             }]
         );
         assert_eq!(p.uart.base, 0x0900_0000);
+        assert_eq!(
+            p.uart_irq,
+            Some(Irq {
+                intid: 33,
+                edge: false
+            })
+        );
         assert_eq!(p.cpus, vec![0, 1, 2, 3]);
         assert_eq!(p.psci, Some(PsciConduit::Smc));
         assert!(!p.has_bootarg("selftest=dma"));
+        assert_eq!(p.initrd, None);
         p.bootargs = "console=x selftest=dma".into();
         assert!(p.has_bootarg("selftest=dma"));
         assert!(!p.has_bootarg("selftest"));

@@ -1,10 +1,11 @@
 //! Helpers for QEMU scenario tests: boot the hypervisor image built by
-//! `./hv test` in a scenario from `qemu/scenarios/`, with a hard timeout, and
-//! hand back what the serial console printed.
+//! `./hv test` in a scenario from `guests/scenarios/`, with a hard timeout,
+//! and hand back what the serial console printed. QEMU is started exactly as
+//! `./hv run` starts it (`qemu_runner::prepare`).
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// What one boot printed.
@@ -47,15 +48,14 @@ impl Boot {
     }
 }
 
-fn workspace() -> PathBuf {
+/// The repository root.
+pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// The hypervisor image: `$HYP_BIN`, or `target/hyp.bin`.
 pub fn hyp_bin() -> PathBuf {
-    let path = std::env::var_os("HYP_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/hyp.bin"));
+    let path = qemu_runner::hyp_bin(&workspace());
     assert!(
         path.exists(),
         "{} does not exist: run the tests through ./hv test, which builds it",
@@ -64,18 +64,20 @@ pub fn hyp_bin() -> PathBuf {
     path
 }
 
-/// Boots `scenario` with extra QEMU arguments; kills QEMU after `timeout`
-/// and fails loudly if it had to.
+/// Boots `scenario` (a name in `guests/scenarios/` or a path) with extra
+/// QEMU arguments; kills QEMU after `timeout` and fails loudly if it had to.
 pub fn boot(scenario: &str, extra: &[&str], timeout: Duration) -> Boot {
-    let mut child = Command::new(workspace().join("qemu/run"))
-        .arg(scenario)
-        .args(extra)
-        .env("HYP_BIN", hyp_bin())
+    // A clear message when the image was not built; prepare finds the same one.
+    hyp_bin();
+    let extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let mut cmd = qemu_runner::prepare(&workspace(), scenario, &extra_args)
+        .unwrap_or_else(|e| panic!("scenario {scenario}: {e}"));
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("cannot start qemu/run");
+        .expect("cannot start qemu-system-aarch64");
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut out = Vec::new();

@@ -58,8 +58,9 @@ secondary_entry:
     bl      secondary_main
     b       park
 
-/* sp = top of CPU x0's stack. Clobbers x1, x2. */
+/* sp = top of CPU x0's stack, TPIDR_EL2 = x0. Clobbers x1, x2. */
 set_stack:
+    msr     tpidr_el2, x0
     ldr     x1, =__stacks_start
     ldr     x2, =__stack_size
     madd    x1, x0, x2, x1

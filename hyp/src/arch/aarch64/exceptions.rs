@@ -40,8 +40,24 @@ const VECTOR_NAMES: [&str; 16] = [
     "SError, lower EL (AArch32)",
 ];
 
+impl TrapFrame {
+    /// All registers zero.
+    pub const fn zeroed() -> Self {
+        Self {
+            x: [0; 31],
+            elr: 0,
+            spsr: 0,
+            _pad: 0,
+        }
+    }
+}
+
 #[unsafe(no_mangle)]
 extern "C" fn exception_entry(frame: &mut TrapFrame, vector: u64) {
+    if (8..12).contains(&vector) {
+        crate::vm::run::handle_trap(frame, vector);
+        return;
+    }
     let esr = Syndrome(ESR_EL2.get());
     let far = FAR_EL2.get();
     let name = VECTOR_NAMES.get(vector as usize).copied().unwrap_or("?");

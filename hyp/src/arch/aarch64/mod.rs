@@ -2,6 +2,7 @@
 //! timers and PSCI. Compiled only for the bare-metal target.
 
 pub mod exceptions;
+pub mod guest;
 pub mod mmu;
 pub mod psci;
 
@@ -57,6 +58,60 @@ pub fn dsb_st() {
 pub fn dsb_ld() {
     // SAFETY: a barrier has no effect on memory safety.
     unsafe { core::arch::asm!("dsb ld", options(nostack, preserves_flags)) }
+}
+
+/// Physical address bits this CPU implements (ID_AA64MMFR0_EL1.PARange).
+pub fn pa_bits() -> u32 {
+    use aarch64_cpu::registers::ID_AA64MMFR0_EL1;
+    match ID_AA64MMFR0_EL1.get() & 0xf {
+        0 => 32,
+        1 => 36,
+        2 => 40,
+        3 => 42,
+        4 => 44,
+        5 => 48,
+        _ => 52,
+    }
+}
+
+/// VTCR_EL2 for a stage-2 table with the given T0SZ, SL0 and PS encodings:
+/// 4 KiB granule, write-back cacheable inner-shareable walks, 16-bit VMIDs
+/// when the CPU has them.
+pub fn vtcr(t0sz: u8, sl0: u8, ps: u8) -> u64 {
+    use aarch64_cpu::registers::ID_AA64MMFR1_EL1;
+    let vmid16 = (ID_AA64MMFR1_EL1.get() >> 4) & 0xf == 2;
+    let mut v = u64::from(t0sz & 0x3f)
+        | (u64::from(sl0 & 3) << 6)
+        | (1 << 8) // IRGN0 write-back
+        | (1 << 10) // ORGN0 write-back
+        | (3 << 12) // SH0 inner shareable
+        | (u64::from(ps & 7) << 16)
+        | (1 << 31); // RES1
+    if vmid16 {
+        v |= 1 << 19; // VS
+    }
+    v
+}
+
+/// FAR_EL2.
+pub fn far() -> u64 {
+    use aarch64_cpu::registers::FAR_EL2;
+    FAR_EL2.get()
+}
+
+/// Ends the run through Arm semihosting SYS_EXIT with `code` as QEMU's
+/// exit status. Only valid when the runner enabled semihosting.
+pub fn semihosting_exit(code: u32) -> ! {
+    /// ADP_Stopped_ApplicationExit.
+    const APPLICATION_EXIT: u64 = 0x20026;
+    let block = [APPLICATION_EXIT, u64::from(code)];
+    // SAFETY: the semihosting trap reads the two-word block and ends the
+    // emulation; with semihosting enabled (the caller's precondition) it
+    // does not return.
+    unsafe {
+        core::arch::asm!("hlt #0xf000", in("x0") 0x18u64, in("x1") block.as_ptr(), options(nostack));
+    }
+    halt()
 }
 
 /// Stops this CPU for good.

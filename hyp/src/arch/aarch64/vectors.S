@@ -55,6 +55,8 @@ exception_common:
     str     x2, [sp, #256]
     mov     x0, sp
     bl      exception_entry
+.global exception_return
+exception_return:
     ldr     x2, [sp, #256]
     msr     spsr_el2, x2
     ldp     x30, x2, [sp, #240]
@@ -76,3 +78,22 @@ exception_common:
     ldp     x0, x1, [sp, #0]
     add     sp, sp, #FRAME_SIZE
     eret
+
+/*
+ * enter_guest(src: *const TrapFrame, dst: *mut TrapFrame) -> !
+ * Copies the frame to `dst` (the top of this CPU's stack), makes it the
+ * stack, and returns to the guest through the common restore path. Uses no
+ * stack while copying, so `dst` may overlap the caller's (dead) frames.
+ */
+.global enter_guest
+enter_guest:
+    mov     x2, #0
+1:  add     x5, x0, x2
+    add     x6, x1, x2
+    ldp     x3, x4, [x5]
+    stp     x3, x4, [x6]
+    add     x2, x2, #16
+    cmp     x2, #FRAME_SIZE
+    b.lo    1b
+    mov     sp, x1
+    b       exception_return

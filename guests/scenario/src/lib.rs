@@ -1,0 +1,198 @@
+//! Scenarios: which VMs run, with which CPUs, memory, images and devices, on
+//! which QEMU machine.
+//!
+//! A scenario is a small TOML file in `guests/scenarios/` that a user reads
+//! and edits (format in `guests/scenarios/README.md`). The host-side runner
+//! (`qemu-runner`) parses and validates it, starts QEMU as `[machine]` says,
+//! and hands the hypervisor a boot [`bundle`] (the scenario text plus every
+//! kernel and initrd) as QEMU's initrd. The hypervisor parses and validates
+//! the same text again with this crate before any guest runs, and lays guests
+//! out by [`guest_layout`].
+//!
+//! `no_std` + `alloc`; the `std` feature adds [`bundle::pack`].
+
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod bundle;
+mod error;
+pub mod guest_layout;
+mod pci;
+mod spec;
+mod toml;
+mod validate;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+pub use error::{ErrorKind, ScenarioError, Section, Size};
+pub use pci::PciAddr;
+pub use toml::{MAX_ARRAY, MAX_INPUT, MAX_STRING, MAX_VMS};
+
+/// Machine memory the hypervisor keeps for itself (image, heap, page tables,
+/// SMMU tables); VM memory must fit in the rest.
+pub const HYP_RESERVE: u64 = 64 << 20;
+
+/// The granule of VM memory and of `ram_base`: stage 2 maps guest RAM with
+/// 2 MiB blocks.
+pub const VM_MEMORY_ALIGN: u64 = 2 << 20;
+
+/// Longest VM name.
+pub const MAX_NAME: usize = 16;
+
+/// Parses scenario text; the same as [`Scenario::parse`].
+pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+    Scenario::parse(text)
+}
+
+/// Why the scenario in a boot bundle cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BootError {
+    /// The bundle itself is malformed.
+    #[error(transparent)]
+    Bundle(#[from] bundle::BundleError),
+    /// No UTF-8 `scenario` entry.
+    #[error("boot bundle has no scenario text")]
+    NoScenario,
+    /// The scenario does not parse or breaks a rule.
+    #[error("scenario: {0}")]
+    Scenario(#[from] ScenarioError),
+    /// An image the scenario names is not in the bundle.
+    #[error("vm {vm:?}: image {path} is not in the boot bundle")]
+    MissingImage {
+        /// The VM.
+        vm: String,
+        /// The image path.
+        path: String,
+    },
+}
+
+/// A whole scenario: the QEMU machine and the VMs on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scenario {
+    /// `[machine]`: the QEMU machine.
+    pub machine: Machine,
+    /// `[[vm]]` tables, in file order.
+    pub vms: Vec<VmSpec>,
+}
+
+/// `[machine]`: how QEMU is started and what the hypervisor is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    /// `cpus` (required): physical CPUs, QEMU `-smp`.
+    pub cpus: u32,
+    /// `memory` (required): bytes of RAM, QEMU `-m`.
+    pub memory: u64,
+    /// `cpu`: QEMU `-cpu` model; default `"max"`.
+    pub cpu: String,
+    /// `smmu`: give the machine an SMMUv3 (`iommu=smmuv3`); default true.
+    pub smmu: bool,
+    /// `machine`: QEMU machine type; default `"virt"`.
+    pub machine: String,
+    /// `devices`: QEMU `-device` arguments, one per device; default none.
+    pub devices: Vec<String>,
+    /// `qemu_args`: extra raw QEMU arguments; default none.
+    pub qemu_args: Vec<String>,
+    /// `bootargs`: the hypervisor's command line; default empty.
+    pub bootargs: String,
+}
+
+/// `[[vm]]`: one guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    /// `name` (required): letters, digits, `-`, `_`; at most 16 characters.
+    /// Console lines of this VM carry it.
+    pub name: String,
+    /// `cpus` (required): vCPUs, each pinned to its own physical CPU.
+    pub cpus: u32,
+    /// `memory` (required): bytes of guest RAM, a multiple of 2 MiB.
+    pub memory: u64,
+    /// `ram_base`: guest physical address of RAM; default
+    /// [`guest_layout::RAM_MIN`].
+    pub ram_base: u64,
+    /// `kernel` (required): path of the kernel image, relative to the
+    /// repository root; also its name in the boot bundle.
+    pub kernel: String,
+    /// `initrd`: path of the initial ramdisk, like `kernel`.
+    pub initrd: Option<String>,
+    /// `cmdline`: the guest kernel's command line; default empty.
+    pub cmdline: String,
+    /// `devices`: PCI functions assigned to the VM (step 3), e.g. `"00:02.0"`.
+    pub devices: Vec<String>,
+    /// `vsmmu`: give the VM a virtual SMMUv3 (step 4); default false.
+    pub vsmmu: bool,
+    /// Line of the VM's `[[vm]]` header (0 when not parsed from text);
+    /// validation errors cite it.
+    pub line: usize,
+}
+
+impl VmSpec {
+    /// The section error messages name this VM by.
+    pub fn section(&self, index: usize) -> Section {
+        Section::Vm {
+            name: Some(self.name.clone()),
+            index,
+        }
+    }
+
+    /// Guest RAM as `[start, end)`, `None` if it wraps.
+    pub fn ram(&self) -> Option<(u64, u64)> {
+        Some((self.ram_base, self.ram_base.checked_add(self.memory)?))
+    }
+
+    /// The kernel and, if any, the initrd path.
+    pub fn images(&self) -> impl Iterator<Item = &str> {
+        core::iter::once(self.kernel.as_str()).chain(self.initrd.as_deref())
+    }
+}
+
+impl Scenario {
+    /// Parses scenario text (syntax, sections, keys, types). Does not apply
+    /// the rules of [`Scenario::validate`].
+    pub fn parse(text: &str) -> Result<Self, ScenarioError> {
+        spec::from_document(toml::parse(text)?)
+    }
+
+    /// [`Scenario::parse`], then [`Scenario::validate`].
+    pub fn parse_and_validate(text: &str) -> Result<Self, ScenarioError> {
+        let s = Self::parse(text)?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks the rules a scenario must follow before any guest runs: VM
+    /// names, CPU and memory sizes, the sums against the machine, guest RAM
+    /// against the fixed device map, image paths, and that no PCI function
+    /// goes to two VMs. Returns the first problem in file order.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        validate::validate(self)
+    }
+
+    /// What the hypervisor does with its initrd: parses the boot bundle,
+    /// parses and validates its scenario, and checks that every image the
+    /// scenario names is in the bundle.
+    pub fn from_bundle(blob: &[u8]) -> Result<(Scenario, bundle::Bundle<'_>), BootError> {
+        let b = bundle::Bundle::parse(blob)?;
+        let text = b.scenario().ok_or(BootError::NoScenario)?;
+        let s = Self::parse_and_validate(text)?;
+        if let Some((vm, path)) = s.images().find(|(_, p)| b.get(p).is_none()) {
+            return Err(BootError::MissingImage {
+                vm: vm.name.clone(),
+                path: path.into(),
+            });
+        }
+        Ok((s, b))
+    }
+
+    /// Every image path of every VM, with its VM, in file order.
+    pub fn images(&self) -> impl Iterator<Item = (&VmSpec, &str)> {
+        self.vms
+            .iter()
+            .flat_map(|vm| vm.images().map(move |p| (vm, p)))
+    }
+}

@@ -1,0 +1,249 @@
+//! The physical GICv3, for the hypervisor's own interrupts: the virtual
+//! timer of each running vCPU, the list-register maintenance interrupt, the
+//! console UART and a software-generated "kick" between physical CPUs.
+//!
+//! Guests never touch it: their distributor and redistributors are
+//! emulated (`vgic`), and their CPU interface is the hardware's virtual one
+//! (ICV_* registers, filled through the ICH_LR<n>_EL2 list registers).
+
+use crate::platform::Gic;
+use core::arch::asm;
+use core::ptr::NonNull;
+use log::warn;
+use spin::Once;
+
+/// SGI the hypervisor uses to make another physical CPU look at its vCPU.
+pub const SGI_KICK: u32 = 8;
+/// PPI of the list-register maintenance interrupt (GICv3 recommends 25).
+pub const PPI_MAINTENANCE: u32 = 25;
+/// PPI of the EL1 virtual timer.
+pub const PPI_VTIMER: u32 = 27;
+/// Interrupt IDs >= this are special (1020..1023: spurious).
+pub const SPECIAL: u32 = 1020;
+
+mod gicd {
+    pub const CTLR: usize = 0x0000;
+    pub const TYPER: usize = 0x0004;
+    pub const IGROUPR: usize = 0x0080;
+    pub const ISENABLER: usize = 0x0100;
+    pub const ICENABLER: usize = 0x0180;
+    pub const IPRIORITYR: usize = 0x0400;
+    pub const ICFGR: usize = 0x0c00;
+    pub const IROUTER: usize = 0x6100;
+    /// RWP: register write pending.
+    pub const CTLR_RWP: u32 = 1 << 31;
+    /// ARE_NS | EnableGrp1NS (non-secure view).
+    pub const CTLR_ARE_GRP1: u32 = (1 << 4) | (1 << 1);
+}
+
+mod gicr {
+    pub const TYPER: usize = 0x0008;
+    pub const WAKER: usize = 0x0014;
+    pub const SGI: usize = 0x1_0000;
+    pub const IGROUPR0: usize = SGI + 0x0080;
+    pub const ISENABLER0: usize = SGI + 0x0100;
+    pub const ICENABLER0: usize = SGI + 0x0180;
+    pub const IPRIORITYR: usize = SGI + 0x0400;
+    pub const FRAME: usize = 0x2_0000;
+    pub const WAKER_PSLEEP: u32 = 1 << 1;
+    pub const WAKER_CASLEEP: u32 = 1 << 2;
+    pub const TYPER_LAST: u64 = 1 << 4;
+}
+
+struct Regs {
+    dist: NonNull<u8>,
+    redist: NonNull<u8>,
+    redist_size: usize,
+}
+
+// SAFETY: MMIO addresses, only used with volatile accesses; the GIC
+// serialises concurrent register accesses itself.
+unsafe impl Send for Regs {}
+// SAFETY: as above.
+unsafe impl Sync for Regs {}
+
+static REGS: Once<Regs> = Once::new();
+
+fn regs() -> &'static Regs {
+    REGS.get().expect("GIC used before gic::init")
+}
+
+fn r32(base: NonNull<u8>, off: usize) -> u32 {
+    // SAFETY: `base` is a GIC frame mapped as a device (gic::init's contract)
+    // and `off` one of its registers.
+    unsafe { base.as_ptr().add(off).cast::<u32>().read_volatile() }
+}
+
+fn w32(base: NonNull<u8>, off: usize, v: u32) {
+    // SAFETY: as in r32.
+    unsafe { base.as_ptr().add(off).cast::<u32>().write_volatile(v) }
+}
+
+fn r64(base: NonNull<u8>, off: usize) -> u64 {
+    // SAFETY: as in r32.
+    unsafe { base.as_ptr().add(off).cast::<u64>().read_volatile() }
+}
+
+fn w64(base: NonNull<u8>, off: usize, v: u64) {
+    // SAFETY: as in r32.
+    unsafe { base.as_ptr().add(off).cast::<u64>().write_volatile(v) }
+}
+
+fn wait_rwp(dist: NonNull<u8>) {
+    for _ in 0..1_000_000 {
+        if r32(dist, gicd::CTLR) & gicd::CTLR_RWP == 0 {
+            return;
+        }
+        core::hint::spin_loop();
+    }
+    warn!("GIC: distributor write still pending after 1M polls");
+}
+
+/// Sets up the distributor (boot CPU, once): affinity routing, Group 1,
+/// every SPI disabled.
+///
+/// # Safety
+///
+/// `gic` is the machine's GICv3 from the DTB, mapped as a device, and only
+/// the hypervisor programs it.
+pub unsafe fn init(gic: &Gic) {
+    let redist = gic.redist.first().expect("GIC without redistributors");
+    let r = REGS.call_once(|| Regs {
+        dist: NonNull::new(gic.dist.base as *mut u8).expect("GICD at 0"),
+        redist: NonNull::new(redist.base as *mut u8).expect("GICR at 0"),
+        redist_size: redist.size as usize,
+    });
+    w32(r.dist, gicd::CTLR, 0);
+    wait_rwp(r.dist);
+    let lines = ((r32(r.dist, gicd::TYPER) & 0x1f) + 1) * 32;
+    for n in (32..lines).step_by(32) {
+        let i = (n / 32) as usize * 4;
+        w32(r.dist, gicd::ICENABLER + i, !0);
+        w32(r.dist, gicd::IGROUPR + i, !0);
+    }
+    for n in (32..lines).step_by(4) {
+        w32(r.dist, gicd::IPRIORITYR + n as usize, 0xa0a0_a0a0);
+    }
+    wait_rwp(r.dist);
+    w32(r.dist, gicd::CTLR, gicd::CTLR_ARE_GRP1);
+    wait_rwp(r.dist);
+}
+
+/// The redistributor frame of the CPU with affinity `mpidr`.
+fn my_redist(mpidr: u64) -> Option<NonNull<u8>> {
+    let r = regs();
+    let aff = ((mpidr >> 32 & 0xff) << 24) | (mpidr & 0xff_ffff);
+    let mut off = 0;
+    while off + gicr::FRAME <= r.redist_size {
+        // SAFETY: inside the redistributor region from the DTB.
+        let frame = unsafe { NonNull::new_unchecked(r.redist.as_ptr().add(off)) };
+        let typer = r64(frame, gicr::TYPER);
+        if typer >> 32 == aff {
+            return Some(frame);
+        }
+        if typer & gicr::TYPER_LAST != 0 {
+            break;
+        }
+        off += gicr::FRAME;
+    }
+    None
+}
+
+/// Sets up this CPU's redistributor and CPU interface: wakes it, enables
+/// the kick SGI, the maintenance PPI and the virtual timer PPI, priority
+/// mask open, EOImode=1 (priority drop and deactivation separate, so a
+/// virtual interrupt with HW=1 deactivates the physical one).
+pub fn init_cpu(mpidr: u64) {
+    let Some(rd) = my_redist(mpidr) else {
+        warn!("GIC: no redistributor for MPIDR {mpidr:#x}");
+        return;
+    };
+    let w = r32(rd, gicr::WAKER);
+    w32(rd, gicr::WAKER, w & !gicr::WAKER_PSLEEP);
+    for _ in 0..1_000_000 {
+        if r32(rd, gicr::WAKER) & gicr::WAKER_CASLEEP == 0 {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    w32(rd, gicr::ICENABLER0, !0);
+    w32(rd, gicr::IGROUPR0, !0);
+    for n in (0..32).step_by(4) {
+        w32(rd, gicr::IPRIORITYR + n, 0x8080_8080);
+    }
+    w32(
+        rd,
+        gicr::ISENABLER0,
+        (1 << SGI_KICK) | (1 << PPI_MAINTENANCE) | (1 << PPI_VTIMER),
+    );
+    // SAFETY: GIC CPU interface system registers of this CPU at EL2.
+    unsafe {
+        asm!(
+            // ICC_SRE_EL2: SRE | Enable (EL1 may use the system registers).
+            "mrs {t}, icc_sre_el2",
+            "orr {t}, {t}, #0x1",
+            "orr {t}, {t}, #0x8",
+            "msr icc_sre_el2, {t}",
+            "isb",
+            "mov {t}, #0xff",
+            "msr icc_pmr_el1, {t}",
+            "msr icc_bpr1_el1, xzr",
+            // ICC_CTLR_EL1.EOImode = 1.
+            "mrs {t}, icc_ctlr_el1",
+            "orr {t}, {t}, #0x2",
+            "msr icc_ctlr_el1, {t}",
+            "mov {t}, #1",
+            "msr icc_igrpen1_el1, {t}",
+            "isb",
+            t = out(reg) _,
+            options(nostack),
+        );
+    }
+}
+
+/// Routes SPI `intid` to the CPU with affinity `mpidr`, level or edge, and
+/// enables it.
+pub fn enable_spi(intid: u32, mpidr: u64, edge: bool) {
+    let r = regs();
+    let n = intid as usize;
+    let cfg_off = gicd::ICFGR + n / 16 * 4;
+    let shift = (n % 16) * 2;
+    let cfg = r32(r.dist, cfg_off) & !(3 << shift);
+    w32(r.dist, cfg_off, cfg | (u32::from(edge) << (shift + 1)));
+    let aff = ((mpidr >> 32 & 0xff) << 32) | (mpidr & 0xff_ffff);
+    w64(r.dist, gicd::IROUTER + (n - 32) * 8, aff);
+    w32(r.dist, gicd::ISENABLER + n / 32 * 4, 1 << (n % 32));
+    wait_rwp(r.dist);
+}
+
+/// Acknowledges the highest-priority pending interrupt (ICC_IAR1_EL1).
+pub fn ack() -> u32 {
+    let v: u64;
+    // SAFETY: reading IAR acknowledges an interrupt; the caller EOIs it.
+    unsafe { asm!("mrs {}, icc_iar1_el1", out(reg) v, options(nostack)) };
+    v as u32 & 0xff_ffff
+}
+
+/// Drops the running priority for `intid` (ICC_EOIR1_EL1; EOImode=1, so it
+/// stays active until `deactivate`).
+pub fn eoi(intid: u32) {
+    // SAFETY: EOI of an interrupt this CPU acknowledged.
+    unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) u64::from(intid), options(nostack)) };
+}
+
+/// Deactivates `intid` (ICC_DIR_EL1).
+pub fn deactivate(intid: u32) {
+    // SAFETY: deactivation of an interrupt this CPU acknowledged.
+    unsafe { asm!("msr icc_dir_el1, {}", "isb", in(reg) u64::from(intid), options(nostack)) };
+}
+
+/// Sends SGI `sgi` to the CPU with affinity `mpidr`.
+pub fn send_sgi(mpidr: u64, sgi: u32) {
+    let aff1 = (mpidr >> 8) & 0xff;
+    let aff2 = (mpidr >> 16) & 0xff;
+    let aff3 = (mpidr >> 32) & 0xff;
+    let aff0 = mpidr & 0xf;
+    let v = (aff3 << 48) | (aff2 << 32) | (u64::from(sgi) << 24) | (aff1 << 16) | (1 << aff0);
+    // SAFETY: generating an SGI has no memory effects.
+    unsafe { asm!("msr icc_sgi1r_el1, {}", "isb", in(reg) v, options(nostack)) };
+}

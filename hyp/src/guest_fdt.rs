@@ -1,0 +1,485 @@
+//! A guest's device tree: only what that VM owns.
+//!
+//! [`build`] writes a flattened device tree (DTB) for one VM with the
+//! `vm-fdt` crate: its CPUs (MPIDR Aff0 = 0..n, started through PSCI), its
+//! RAM, PSCI over HVC, a GICv3 (distributor + one redistributor region), the
+//! architected timer, one PL011 with the fixed 24 MHz clock Linux's
+//! `amba-pl011` driver asks for, and `/chosen` with the command line, the
+//! console and the initrd. The layout follows what QEMU's `virt` machine
+//! generates, so an unmodified Linux `virt` kernel boots with it.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+use vm_fdt::FdtWriter;
+
+/// The architected timer's PPIs, as Linux's `arm,armv8-timer` binding lists
+/// them: secure physical, non-secure physical, virtual, hypervisor physical
+/// (INTIDs 29, 30, 27, 26).
+pub const TIMER_PPIS: [u32; 4] = [13, 14, 11, 10];
+
+/// How the guest calls PSCI: the hypervisor handles HVC from EL1.
+pub const PSCI_METHOD: &str = "hvc";
+
+/// Frequency of the UART's reference clock (`apb-pclk`), as on QEMU's `virt`.
+pub const UART_CLOCK_HZ: u32 = 24_000_000;
+
+/// Highest SPI number (INTID 1019 - 32) a GICv3 has.
+const MAX_SPI: u32 = 987;
+
+/// CPUs the `reg` of a `cpu@N` node can name: MPIDR Aff0 is 8 bits.
+const MAX_CPUS: u32 = 256;
+
+/// Interrupt specifier: an SPI (first cell of a 3-cell GIC specifier).
+const GIC_SPI: u32 = 0;
+/// Interrupt specifier: a PPI.
+const GIC_PPI: u32 = 1;
+/// Interrupt specifier flags: level-sensitive, active high (as QEMU's `virt`
+/// writes for the timer and the UART with a GICv3).
+const IRQ_TYPE_LEVEL_HIGH: u32 = 4;
+
+/// Phandle of the interrupt controller.
+const PHANDLE_GIC: u32 = 1;
+/// Phandle of the UART's clock.
+const PHANDLE_CLK: u32 = 2;
+
+/// Everything a VM's device tree says. Addresses are guest physical (IPA).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestDt {
+    /// The VM's name, in the root `model`.
+    pub name: String,
+    /// Number of vCPUs; vCPU `i` has MPIDR Aff0 = `i`.
+    pub cpus: u32,
+    /// Base of the VM's RAM.
+    pub ram_base: u64,
+    /// Size of the VM's RAM in bytes.
+    pub ram_size: u64,
+    /// GIC distributor: base and size.
+    pub gic_dist: (u64, u64),
+    /// GIC redistributors, one contiguous region for all vCPUs: base and size.
+    pub gic_redist: (u64, u64),
+    /// The PL011: base, size and SPI number (INTID - 32).
+    pub uart: (u64, u64, u32),
+    /// The kernel command line (`/chosen/bootargs`).
+    pub bootargs: String,
+    /// The initrd's guest-physical `[start, end)`, if any.
+    pub initrd: Option<(u64, u64)>,
+}
+
+/// Why a device tree could not be written.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GuestFdtError {
+    /// Zero vCPUs, or more than MPIDR Aff0 can number.
+    BadCpuCount(u32),
+    /// RAM of size zero, or one that wraps around the address space.
+    BadRam,
+    /// The initrd's range is empty-inverted or not inside RAM.
+    BadInitrd {
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+    },
+    /// The UART's SPI number is beyond what a GICv3 has.
+    BadUartSpi(u32),
+    /// The FDT writer refused (e.g. a NUL byte inside the name or bootargs).
+    Writer(vm_fdt::Error),
+}
+
+impl fmt::Display for GuestFdtError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadCpuCount(n) => write!(f, "{n} vCPUs (must be 1..={MAX_CPUS})"),
+            Self::BadRam => write!(f, "RAM is empty or wraps around"),
+            Self::BadInitrd { start, end } => {
+                write!(f, "initrd {start:#x}..{end:#x} is not inside RAM")
+            }
+            Self::BadUartSpi(spi) => write!(f, "UART SPI {spi} is above {MAX_SPI}"),
+            Self::Writer(e) => write!(f, "FDT writer: {e}"),
+        }
+    }
+}
+
+impl From<vm_fdt::Error> for GuestFdtError {
+    fn from(e: vm_fdt::Error) -> Self {
+        Self::Writer(e)
+    }
+}
+
+/// A `reg` value with #address-cells = #size-cells = 2.
+fn reg(base: u64, size: u64) -> [u64; 2] {
+    [base, size]
+}
+
+/// A string-list property value.
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+impl GuestDt {
+    /// Checks what the device tree would otherwise state wrongly.
+    fn validate(&self) -> Result<(), GuestFdtError> {
+        if self.cpus == 0 || self.cpus > MAX_CPUS {
+            return Err(GuestFdtError::BadCpuCount(self.cpus));
+        }
+        let ram_end = self
+            .ram_base
+            .checked_add(self.ram_size)
+            .filter(|_| self.ram_size > 0)
+            .ok_or(GuestFdtError::BadRam)?;
+        if let Some((start, end)) = self.initrd {
+            if start > end || start < self.ram_base || end > ram_end {
+                return Err(GuestFdtError::BadInitrd { start, end });
+            }
+        }
+        if self.uart.2 > MAX_SPI {
+            return Err(GuestFdtError::BadUartSpi(self.uart.2));
+        }
+        Ok(())
+    }
+
+    /// Path of the UART node (`/chosen/stdout-path`).
+    fn uart_path(&self) -> String {
+        format!("/pl011@{:x}", self.uart.0)
+    }
+}
+
+/// Writes the device tree of the VM `dt` describes.
+pub fn build(dt: &GuestDt) -> Result<Vec<u8>, GuestFdtError> {
+    dt.validate()?;
+    let mut w = FdtWriter::new()?;
+
+    let root = w.begin_node("")?;
+    w.property_u32("#address-cells", 2)?;
+    w.property_u32("#size-cells", 2)?;
+    w.property_string("compatible", "linux,dummy-virt")?;
+    w.property_string("model", &format!("smmuhyp VM {}", dt.name))?;
+    w.property_u32("interrupt-parent", PHANDLE_GIC)?;
+
+    let cpus = w.begin_node("cpus")?;
+    w.property_u32("#address-cells", 1)?;
+    w.property_u32("#size-cells", 0)?;
+    for i in 0..dt.cpus {
+        let cpu = w.begin_node(&format!("cpu@{i:x}"))?;
+        w.property_string("device_type", "cpu")?;
+        w.property_string("compatible", "arm,armv8")?;
+        w.property_u32("reg", i)?;
+        w.property_string("enable-method", "psci")?;
+        w.end_node(cpu)?;
+    }
+    w.end_node(cpus)?;
+
+    let memory = w.begin_node(&format!("memory@{:x}", dt.ram_base))?;
+    w.property_string("device_type", "memory")?;
+    w.property_array_u64("reg", &reg(dt.ram_base, dt.ram_size))?;
+    w.end_node(memory)?;
+
+    let psci = w.begin_node("psci")?;
+    w.property_string_list("compatible", strings(&["arm,psci-1.0", "arm,psci-0.2"]))?;
+    w.property_string("method", PSCI_METHOD)?;
+    w.end_node(psci)?;
+
+    let intc = w.begin_node(&format!("intc@{:x}", dt.gic_dist.0))?;
+    w.property_string("compatible", "arm,gic-v3")?;
+    w.property_u32("#interrupt-cells", 3)?;
+    // No children and no interrupt-map: dtc wants the provider's
+    // #address-cells stated anyway.
+    w.property_u32("#address-cells", 0)?;
+    w.property_null("interrupt-controller")?;
+    w.property_u32("#redistributor-regions", 1)?;
+    let (dist, redist) = (dt.gic_dist, dt.gic_redist);
+    w.property_array_u64("reg", &[dist.0, dist.1, redist.0, redist.1])?;
+    w.property_phandle(PHANDLE_GIC)?;
+    w.end_node(intc)?;
+
+    let timer = w.begin_node("timer")?;
+    w.property_string("compatible", "arm,armv8-timer")?;
+    let cells: Vec<u32> = TIMER_PPIS
+        .iter()
+        .flat_map(|&ppi| [GIC_PPI, ppi, IRQ_TYPE_LEVEL_HIGH])
+        .collect();
+    w.property_array_u32("interrupts", &cells)?;
+    w.property_null("always-on")?;
+    w.end_node(timer)?;
+
+    let clk = w.begin_node("apb-pclk")?;
+    w.property_string("compatible", "fixed-clock")?;
+    w.property_u32("#clock-cells", 0)?;
+    w.property_u32("clock-frequency", UART_CLOCK_HZ)?;
+    w.property_string("clock-output-names", "clk24mhz")?;
+    w.property_phandle(PHANDLE_CLK)?;
+    w.end_node(clk)?;
+
+    let (uart_base, uart_size, uart_spi) = dt.uart;
+    let uart = w.begin_node(&dt.uart_path()[1..])?;
+    w.property_string_list("compatible", strings(&["arm,pl011", "arm,primecell"]))?;
+    w.property_array_u64("reg", &reg(uart_base, uart_size))?;
+    w.property_array_u32("interrupts", &[GIC_SPI, uart_spi, IRQ_TYPE_LEVEL_HIGH])?;
+    w.property_array_u32("clocks", &[PHANDLE_CLK, PHANDLE_CLK])?;
+    w.property_string_list("clock-names", strings(&["uartclk", "apb_pclk"]))?;
+    w.end_node(uart)?;
+
+    let aliases = w.begin_node("aliases")?;
+    w.property_string("serial0", &dt.uart_path())?;
+    w.end_node(aliases)?;
+
+    let chosen = w.begin_node("chosen")?;
+    w.property_string("bootargs", &dt.bootargs)?;
+    w.property_string("stdout-path", &dt.uart_path())?;
+    if let Some((start, end)) = dt.initrd {
+        w.property_u64("linux,initrd-start", start)?;
+        w.property_u64("linux,initrd-end", end)?;
+    }
+    w.end_node(chosen)?;
+
+    w.end_node(root)?;
+    Ok(w.finish()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flat_device_tree::node::FdtNode;
+    use flat_device_tree::Fdt;
+
+    fn example() -> GuestDt {
+        GuestDt {
+            name: "linux".into(),
+            cpus: 2,
+            ram_base: 0x4000_0000,
+            ram_size: 0x4000_0000,
+            gic_dist: (0x800_0000, 0x1_0000),
+            gic_redist: (0x80a_0000, 0x4_0000),
+            uart: (0x900_0000, 0x1000, 1),
+            bootargs: "console=ttyAMA0 nokaslr".into(),
+            initrd: Some((0x7e00_0000, 0x7e10_0000)),
+        }
+    }
+
+    fn cells(node: FdtNode<'_, '_>, name: &str) -> Vec<u32> {
+        node.property(name)
+            .unwrap_or_else(|| panic!("{} has no {name}", node.name))
+            .value
+            .chunks(4)
+            .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    fn u64s(node: FdtNode<'_, '_>, name: &str) -> Vec<u64> {
+        node.property(name)
+            .unwrap_or_else(|| panic!("{} has no {name}", node.name))
+            .value
+            .chunks(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    fn strs<'a>(node: FdtNode<'_, 'a>, name: &str) -> Vec<&'a str> {
+        node.property(name)
+            .unwrap_or_else(|| panic!("{} has no {name}", node.name))
+            .iter_str()
+            .collect()
+    }
+
+    #[test]
+    fn root_and_cpus() {
+        let blob = build(&example()).unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+        let root = fdt.find_node("/").unwrap();
+        assert_eq!(cells(root, "#address-cells"), [2]);
+        assert_eq!(cells(root, "#size-cells"), [2]);
+        assert_eq!(strs(root, "compatible"), ["linux,dummy-virt"]);
+        assert_eq!(strs(root, "model"), ["smmuhyp VM linux"]);
+
+        let cpus: Vec<_> = fdt.cpus().collect();
+        assert_eq!(cpus.len(), 2);
+        for (i, cpu) in cpus.iter().enumerate() {
+            assert_eq!(cpu.ids().unwrap().first().unwrap(), i);
+            let node = fdt.find_node(&format!("/cpus/cpu@{i}")).unwrap();
+            assert_eq!(strs(node, "device_type"), ["cpu"]);
+            assert_eq!(strs(node, "compatible"), ["arm,armv8"]);
+            assert_eq!(strs(node, "enable-method"), ["psci"]);
+        }
+        let cpus_node = fdt.find_node("/cpus").unwrap();
+        assert_eq!(cells(cpus_node, "#address-cells"), [1]);
+        assert_eq!(cells(cpus_node, "#size-cells"), [0]);
+    }
+
+    #[test]
+    fn memory_and_psci() {
+        let blob = build(&example()).unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+        let regions: Vec<_> = fdt.memory().unwrap().regions().collect();
+        assert_eq!(regions.len(), 1);
+        assert_eq!(regions[0].starting_address as u64, 0x4000_0000);
+        assert_eq!(regions[0].size, Some(0x4000_0000));
+        let mem = fdt.find_node("/memory@40000000").unwrap();
+        assert_eq!(strs(mem, "device_type"), ["memory"]);
+
+        let psci = fdt.find_node("/psci").unwrap();
+        assert_eq!(strs(psci, "compatible"), ["arm,psci-1.0", "arm,psci-0.2"]);
+        assert_eq!(strs(psci, "method"), ["hvc"]);
+    }
+
+    #[test]
+    fn gic_timer_and_interrupt_parent() {
+        let blob = build(&example()).unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+        let gic = fdt.find_compatible(&["arm,gic-v3"]).unwrap();
+        assert_eq!(gic.name, "intc@8000000");
+        assert_eq!(cells(gic, "#interrupt-cells"), [3]);
+        assert!(gic.property("interrupt-controller").is_some());
+        assert_eq!(cells(gic, "#redistributor-regions"), [1]);
+        assert_eq!(
+            u64s(gic, "reg"),
+            [0x800_0000, 0x1_0000, 0x80a_0000, 0x4_0000]
+        );
+        let root = fdt.find_node("/").unwrap();
+        // The root's interrupt-parent, inherited by the timer and the
+        // UART, is the GIC.
+        let parent = cells(root, "interrupt-parent")[0];
+        assert_eq!(fdt.find_phandle(parent).unwrap().name, gic.name);
+
+        let timer = fdt.find_node("/timer").unwrap();
+        assert_eq!(strs(timer, "compatible"), ["arm,armv8-timer"]);
+        assert!(timer.property("always-on").is_some());
+        assert_eq!(
+            cells(timer, "interrupts"),
+            [1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4]
+        );
+    }
+
+    #[test]
+    fn uart_clock_and_chosen() {
+        let blob = build(&example()).unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+        let uart = fdt.find_node("/pl011@9000000").unwrap();
+        assert_eq!(strs(uart, "compatible"), ["arm,pl011", "arm,primecell"]);
+        assert_eq!(u64s(uart, "reg"), [0x900_0000, 0x1000]);
+        assert_eq!(cells(uart, "interrupts"), [0, 1, 4]);
+        assert_eq!(strs(uart, "clock-names"), ["uartclk", "apb_pclk"]);
+        let clk = fdt.find_node("/apb-pclk").unwrap();
+        assert_eq!(strs(clk, "compatible"), ["fixed-clock"]);
+        assert_eq!(cells(clk, "clock-frequency"), [24_000_000]);
+        assert_eq!(cells(clk, "#clock-cells"), [0]);
+        let phandle = cells(clk, "phandle")[0];
+        assert_eq!(cells(uart, "clocks"), [phandle, phandle]);
+
+        let chosen = fdt.chosen().unwrap();
+        assert_eq!(chosen.bootargs(), Some("console=ttyAMA0 nokaslr"));
+        assert_eq!(chosen.stdout().unwrap().node().name, "pl011@9000000");
+        let node = fdt.find_node("/chosen").unwrap();
+        assert_eq!(u64s(node, "linux,initrd-start"), [0x7e00_0000]);
+        assert_eq!(u64s(node, "linux,initrd-end"), [0x7e10_0000]);
+        let aliases = fdt.find_node("/aliases").unwrap();
+        assert_eq!(strs(aliases, "serial0"), ["/pl011@9000000"]);
+    }
+
+    #[test]
+    fn only_what_the_vm_owns() {
+        let mut dt = example();
+        dt.cpus = 1;
+        dt.initrd = None;
+        let blob = build(&dt).unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+        assert_eq!(fdt.cpus().count(), 1);
+        let chosen = fdt.find_node("/chosen").unwrap();
+        assert!(chosen.property("linux,initrd-start").is_none());
+        let mut names: Vec<&str> = fdt
+            .find_node("/")
+            .unwrap()
+            .children()
+            .map(|n| n.name)
+            .collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "aliases",
+                "apb-pclk",
+                "chosen",
+                "cpus",
+                "intc@8000000",
+                "memory@40000000",
+                "pl011@9000000",
+                "psci",
+                "timer"
+            ]
+        );
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_describe() {
+        let with = |f: fn(&mut GuestDt)| {
+            let mut dt = example();
+            f(&mut dt);
+            build(&dt).unwrap_err()
+        };
+        assert_eq!(with(|d| d.cpus = 0), GuestFdtError::BadCpuCount(0));
+        assert_eq!(with(|d| d.cpus = 257), GuestFdtError::BadCpuCount(257));
+        assert_eq!(with(|d| d.ram_size = 0), GuestFdtError::BadRam);
+        assert_eq!(with(|d| d.ram_base = u64::MAX), GuestFdtError::BadRam);
+        assert_eq!(
+            with(|d| d.initrd = Some((0x7fff_f000, 0x8000_1000))),
+            GuestFdtError::BadInitrd {
+                start: 0x7fff_f000,
+                end: 0x8000_1000
+            }
+        );
+        assert_eq!(
+            with(|d| d.initrd = Some((0x5000_0000, 0x4000_0000))),
+            GuestFdtError::BadInitrd {
+                start: 0x5000_0000,
+                end: 0x4000_0000
+            }
+        );
+        assert_eq!(with(|d| d.uart.2 = 988), GuestFdtError::BadUartSpi(988));
+        assert_eq!(
+            with(|d| d.bootargs = "a\0b".into()),
+            GuestFdtError::Writer(vm_fdt::Error::InvalidString)
+        );
+        // The largest valid values still work.
+        let mut dt = example();
+        dt.cpus = 256;
+        dt.uart.2 = 987;
+        let blob = build(&dt).unwrap();
+        assert_eq!(Fdt::new(&blob).unwrap().cpus().count(), 256);
+    }
+
+    /// `dtc` accepts the blob and decompiles it to what we meant (skipped
+    /// when dtc is not installed).
+    #[test]
+    fn dtc_decompiles_it() {
+        let blob = build(&example()).unwrap();
+        let dir = std::env::temp_dir().join(format!("guest_fdt_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("guest.dtb");
+        std::fs::write(&path, &blob).unwrap();
+        let out = std::process::Command::new("dtc")
+            .args(["-I", "dtb", "-O", "dts"])
+            .arg(&path)
+            .output();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let Ok(out) = out else {
+            eprintln!("dtc not installed: skipping");
+            return;
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "dtc failed: {stderr}");
+        // No warnings (dtc checks cell sizes, unit addresses, phandles...).
+        assert!(stderr.trim().is_empty(), "dtc warnings: {stderr}");
+        let dts = String::from_utf8(out.stdout).unwrap();
+        for line in [
+            "compatible = \"arm,gic-v3\";",
+            "reg = <0x00 0x8000000 0x00 0x10000 0x00 0x80a0000 0x00 0x40000>;",
+            "interrupts = <0x01 0x0d 0x04 0x01 0x0e 0x04 0x01 0x0b 0x04 0x01 0x0a 0x04>;",
+            "clock-names = \"uartclk\\0apb_pclk\";",
+            "stdout-path = \"/pl011@9000000\";",
+            "linux,initrd-start = <0x00 0x7e000000>;",
+            "method = \"hvc\";",
+        ] {
+            assert!(dts.contains(line), "missing {line:?} in:\n{dts}");
+        }
+    }
+}

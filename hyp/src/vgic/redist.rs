@@ -1,0 +1,223 @@
+//! The emulated GIC redistributors (GICR), one per vCPU, each two 64 KiB
+//! frames: RD_base (control, identification, power) and SGI_base (the
+//! vCPU's SGIs and PPIs) (IHI 0069D §8.10 register map, §8.11 register
+//! descriptions).
+//!
+//! No LPIs (GICR_TYPER.PLPIS = 0) and no virtual LPIs, so the frames are
+//! exactly 2 x 64 KiB and the LPI registers (SETLPIR, CLRLPIR, PROPBASER,
+//! PENDBASER, INVLPIR, INVALLR, SYNCR) are RAZ/WI, as is any reserved offset
+//! and any access that is not a naturally aligned 32-bit access (bytes too
+//! for IPRIORITYR, 64-bit for GICR_TYPER).
+
+use super::{aligned, id_register, size_mask, Bank, Effects, VGic, BIT_BANKS, IIDR, NR_PRIVATE};
+
+/// One redistributor frame (RD_base or SGI_base).
+pub const REDIST_FRAME_SIZE: u64 = 0x1_0000;
+/// Distance between two vCPUs' redistributors: RD_base + SGI_base.
+pub const REDIST_STRIDE: u64 = 2 * REDIST_FRAME_SIZE;
+
+/// GICR_CTLR (§8.11): EnableLPIs RAZ/WI (no LPIs), RWP/UWP = 0, no DPG.
+const CTLR: u64 = 0x0000;
+/// GICR_IIDR (§8.11).
+const IIDR_OFF: u64 = 0x0004;
+/// GICR_TYPER (§8.11), 64-bit.
+const TYPER: u64 = 0x0008;
+/// GICR_WAKER (§8.11.26).
+const WAKER: u64 = 0x0014;
+
+/// SGI_base: the first bit-per-interrupt bank, GICR_IGROUPR0.
+const SGI_BANKS: u64 = REDIST_FRAME_SIZE + 0x0080;
+/// Bytes between two banks (GICR_IGROUPR0 to GICR_ISENABLER0, ...); only
+/// the first register of each is implemented (no extended PPIs).
+const BANK_BYTES: u64 = 0x80;
+/// GICR_IPRIORITYR0-7.
+const IPRIORITYR: u64 = REDIST_FRAME_SIZE + 0x0400;
+/// GICR_ICFGR0 (SGIs) and GICR_ICFGR1 (PPIs).
+const ICFGR: u64 = REDIST_FRAME_SIZE + 0x0c00;
+
+/// GICR_TYPER.Last, bit \[4\]: the last redistributor of the region.
+const TYPER_LAST: u64 = 1 << 4;
+/// GICR_TYPER.Processor_Number \[23:8\].
+const TYPER_PROC_SHIFT: u32 = 8;
+/// GICR_TYPER.Affinity_Value \[63:32\].
+const TYPER_AFF_SHIFT: u32 = 32;
+
+/// GICR_WAKER.ProcessorSleep, bit \[1\].
+const WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
+/// GICR_WAKER.ChildrenAsleep, bit \[2\], read-only.
+const WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
+
+impl VGic {
+    /// GICR_TYPER of `vcpu` (§8.11): Affinity_Value from its MPIDR,
+    /// Processor_Number = vCPU index, Last on the final vCPU, PPInum = 0
+    /// (16 PPIs), PLPIS/VLPIS/DirectLPI/DPGS/RVPEID = 0.
+    fn gicr_typer(&self, vcpu: usize) -> u64 {
+        let mut v = u64::from(self.vcpus[vcpu].aff) << TYPER_AFF_SHIFT;
+        v |= (vcpu as u64 & 0xffff) << TYPER_PROC_SHIFT;
+        if vcpu + 1 == self.vcpus.len() {
+            v |= TYPER_LAST;
+        }
+        v
+    }
+
+    /// GICR_WAKER (§8.11.26): ChildrenAsleep follows ProcessorSleep at
+    /// once, which is what Linux's `gic_enable_redist` polls for.
+    fn gicr_waker(&self, vcpu: usize) -> u32 {
+        if self.vcpus[vcpu].sleep {
+            WAKER_PROCESSOR_SLEEP | WAKER_CHILDREN_ASLEEP
+        } else {
+            0
+        }
+    }
+
+    /// A guest read of `size` bytes at `offset` in `vcpu`'s redistributor
+    /// (0..[`REDIST_STRIDE`]: RD_base then SGI_base; see
+    /// [`VGic::redist_locate`]). Never fails: unimplemented or unsupported
+    /// accesses, and vCPUs that do not exist, read as zero.
+    pub fn redist_read(&self, vcpu: usize, offset: u64, size: u8) -> u64 {
+        if vcpu >= self.vcpus.len() || !aligned(offset, size) || offset >= REDIST_STRIDE {
+            return 0;
+        }
+        let value = match (offset, size) {
+            (TYPER, 8) => self.gicr_typer(vcpu),
+            (TYPER, 4) => self.gicr_typer(vcpu) & 0xffff_ffff,
+            (0x000c, 4) => self.gicr_typer(vcpu) >> 32,
+            (IPRIORITYR..=0x1_041f, 1 | 4) => {
+                let first = (offset - IPRIORITYR) as u32;
+                u64::from(self.priority_read(vcpu, first, u32::from(size)))
+            }
+            (_, 4) => u64::from(self.redist_read32(vcpu, offset)),
+            _ => 0,
+        };
+        value & size_mask(size)
+    }
+
+    fn redist_read32(&self, vcpu: usize, offset: u64) -> u32 {
+        match offset {
+            CTLR => 0,
+            IIDR_OFF => IIDR,
+            WAKER => self.gicr_waker(vcpu),
+            SGI_BANKS..=0x1_03ff if (offset - SGI_BANKS).is_multiple_of(BANK_BYTES) => {
+                let bank = BIT_BANKS[((offset - SGI_BANKS) / BANK_BYTES) as usize];
+                self.bank_read(vcpu, bank, 0)
+            }
+            o if o == ICFGR || o == ICFGR + 4 => {
+                self.bank_read(vcpu, Bank::Config, (o - ICFGR) as u32 * 4)
+            }
+            o if o < REDIST_FRAME_SIZE => id_register(o).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// A guest write of the low `size` bytes of `value` at `offset` in
+    /// `vcpu`'s redistributor. Never fails: unimplemented or unsupported
+    /// accesses, and vCPUs that do not exist, are ignored.
+    pub fn redist_write(&mut self, vcpu: usize, offset: u64, size: u8, value: u64) -> Effects {
+        if vcpu >= self.vcpus.len() || !aligned(offset, size) || offset >= REDIST_STRIDE {
+            return Effects::none();
+        }
+        let value = value & size_mask(size);
+        match (offset, size) {
+            (IPRIORITYR..=0x1_041f, 1 | 4) => {
+                let first = (offset - IPRIORITYR) as u32;
+                self.priority_write(vcpu, first, u32::from(size), value as u32)
+            }
+            (_, 4) => self.redist_write32(vcpu, offset, value as u32),
+            _ => Effects::none(),
+        }
+    }
+
+    fn redist_write32(&mut self, vcpu: usize, offset: u64, value: u32) -> Effects {
+        match offset {
+            WAKER => {
+                self.vcpus[vcpu].sleep = value & WAKER_PROCESSOR_SLEEP != 0;
+                Effects::none()
+            }
+            SGI_BANKS..=0x1_03ff if (offset - SGI_BANKS).is_multiple_of(BANK_BYTES) => {
+                let bank = BIT_BANKS[((offset - SGI_BANKS) / BANK_BYTES) as usize];
+                self.bank_write(vcpu, bank, 0, value)
+            }
+            o if o == ICFGR || o == ICFGR + 4 => {
+                let first = (o - ICFGR) as u32 * 4;
+                debug_assert!(first < NR_PRIVATE);
+                self.bank_write(vcpu, Bank::Config, first, value)
+            }
+            // GICR_CTLR (nothing writable without LPIs), IIDR, TYPER,
+            // STATUSR, the LPI registers, IGRPMODR0 and NSACR (RAZ/WI with
+            // DS = 1), the ID registers, reserved space.
+            _ => Effects::none(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{booted, two_vcpus};
+    use super::super::VGic;
+    use super::REDIST_STRIDE;
+
+    #[test]
+    fn typer_names_the_vcpu_and_marks_the_last() {
+        let g = VGic::new(&[0x8000_0000, 0x1_0000_0203], 0).unwrap();
+        assert_eq!(g.redist_read(0, 0x8, 8), 0);
+        assert_eq!(
+            g.redist_read(1, 0x8, 8),
+            0x0100_0203_0000_0000 | (1 << 8) | (1 << 4)
+        );
+        assert_eq!(g.redist_read(1, 0x8, 4), (1 << 8) | (1 << 4));
+        assert_eq!(g.redist_read(1, 0xc, 4), 0x0100_0203);
+        assert_eq!(g.redist_read(1, 0xffe8, 4), 0x3b);
+        assert_eq!(g.redist_read(2, 0x8, 8), 0, "no such vCPU");
+        assert_eq!(g.redist_read(0, 0x0, 4), 0, "GICR_CTLR: no LPIs, RWP = 0");
+    }
+
+    #[test]
+    fn waker_handshake_follows_processor_sleep() {
+        let mut g = two_vcpus();
+        assert_eq!(g.redist_read(0, 0x14, 4), 0b110);
+        let _ = g.redist_write(0, 0x14, 4, 0);
+        assert_eq!(g.redist_read(0, 0x14, 4), 0);
+        assert_eq!(g.redist_read(1, 0x14, 4), 0b110, "per vCPU");
+        let _ = g.redist_write(0, 0x14, 4, 0xffff_ffff);
+        assert_eq!(g.redist_read(0, 0x14, 4), 0b110);
+    }
+
+    #[test]
+    fn locate_splits_the_region() {
+        let g = two_vcpus();
+        assert_eq!(g.redist_locate(0), Some((0, 0)));
+        assert_eq!(g.redist_locate(0x1_0100), Some((0, 0x1_0100)));
+        assert_eq!(g.redist_locate(REDIST_STRIDE + 0x14), Some((1, 0x14)));
+        assert_eq!(g.redist_locate(2 * REDIST_STRIDE), None);
+        assert_eq!(g.redist_locate(u64::MAX), None);
+    }
+
+    #[test]
+    fn sgi_frame_is_per_vcpu() {
+        let mut g = booted();
+        let _ = g.redist_write(1, 0x1_0100, 4, 1 << 27);
+        assert_eq!(g.redist_read(1, 0x1_0100, 4), 1 << 27);
+        assert_eq!(g.redist_read(0, 0x1_0100, 4), 0);
+        let _ = g.redist_write(1, 0x1_041b, 1, 0x20);
+        assert_eq!(g.redist_read(1, 0x1_0418, 4), 0x20a0_a0a0);
+        assert_eq!(g.redist_read(0, 0x1_0418, 4), 0xa0a0_a0a0);
+        // SGIs are edge-triggered, RO; PPIs are configurable.
+        let _ = g.redist_write(0, 0x1_0c00, 4, 0);
+        assert_eq!(g.redist_read(0, 0x1_0c00, 4), 0xaaaa_aaaa);
+        let _ = g.redist_write(0, 0x1_0c04, 4, 0xffff_ffff);
+        assert_eq!(g.redist_read(0, 0x1_0c04, 4), 0xaaaa_aaaa);
+        // ISPENDR0 pends an SGI; IGRPMODR0 and NSACR are RAZ/WI.
+        let _ = g.redist_write(0, 0x1_0200, 4, 1 << 3);
+        assert_eq!(g.redist_read(0, 0x1_0200, 4), 1 << 3);
+        let _ = g.redist_write(0, 0x1_0d00, 4, 0xffff_ffff);
+        let _ = g.redist_write(0, 0x1_0e00, 4, 0xffff_ffff);
+        assert_eq!(
+            g.redist_read(0, 0x1_0d00, 4) | g.redist_read(0, 0x1_0e00, 4),
+            0
+        );
+        // The RD_base offsets of these registers are not them.
+        let _ = g.redist_write(0, 0x100, 4, 0xffff_ffff);
+        assert_eq!(g.redist_read(0, 0x100, 4), 0);
+        assert_eq!(g.redist_read(0, 0x1_0100, 4), 0);
+    }
+}

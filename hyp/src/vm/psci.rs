@@ -1,0 +1,220 @@
+//! PSCI 1.1 and SMCCC 1.1 for guests, as a pure function of the call and the
+//! VM's vCPU states (DEN 0022, DEN 0028). The caller carries the action out.
+
+/// PSCI and SMCCC function IDs we implement.
+pub mod fid {
+    pub const SMCCC_VERSION: u32 = 0x8000_0000;
+    pub const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
+    pub const PSCI_VERSION: u32 = 0x8400_0000;
+    pub const CPU_SUSPEND_32: u32 = 0x8400_0001;
+    pub const CPU_SUSPEND_64: u32 = 0xc400_0001;
+    pub const CPU_OFF: u32 = 0x8400_0002;
+    pub const CPU_ON_32: u32 = 0x8400_0003;
+    pub const CPU_ON_64: u32 = 0xc400_0003;
+    pub const AFFINITY_INFO_32: u32 = 0x8400_0004;
+    pub const AFFINITY_INFO_64: u32 = 0xc400_0004;
+    pub const MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
+    pub const SYSTEM_OFF: u32 = 0x8400_0008;
+    pub const SYSTEM_RESET: u32 = 0x8400_0009;
+    pub const PSCI_FEATURES: u32 = 0x8400_000a;
+}
+
+/// PSCI return codes.
+pub mod ret {
+    pub const SUCCESS: i64 = 0;
+    pub const NOT_SUPPORTED: i64 = -1;
+    pub const INVALID_PARAMETERS: i64 = -2;
+    pub const ALREADY_ON: i64 = -4;
+    pub const INVALID_ADDRESS: i64 = -9;
+}
+
+/// PSCI 1.1 / SMCCC 1.1 version words.
+const VERSION_1_1: u64 = 0x0001_0001;
+/// MIGRATE_INFO_TYPE: no Trusted OS, migration not required.
+const NO_TRUSTED_OS: u64 = 2;
+
+/// Power state of a vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuPower {
+    /// Not running.
+    Off,
+    /// CPU_ON accepted, not yet running.
+    OnPending,
+    /// Running.
+    On,
+}
+
+/// What the hypervisor must do for a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PsciAction {
+    /// Return this value in x0 and resume.
+    Return(u64),
+    /// Start vCPU `vcpu` at `entry` with x0 = `context`, then return SUCCESS.
+    CpuOn {
+        /// Target vCPU index.
+        vcpu: usize,
+        /// Entry point (IPA).
+        entry: u64,
+        /// Value for the target's x0.
+        context: u64,
+    },
+    /// Stop the calling vCPU.
+    CpuOff,
+    /// Power the VM off.
+    SystemOff,
+    /// Reset the VM.
+    SystemReset,
+    /// CPU_SUSPEND: wait for an interrupt, then return SUCCESS.
+    Suspend,
+}
+
+fn r(code: i64) -> PsciAction {
+    PsciAction::Return(code as u64)
+}
+
+/// Handles a call with function ID `x[0]` and arguments `x[1..4]` from a VM
+/// whose vCPUs are in `vcpus`; `ram` is the VM's RAM (entry points must lie
+/// there).
+pub fn handle(x: [u64; 4], vcpus: &[VcpuPower], ram: core::ops::Range<u64>) -> PsciAction {
+    let fid = x[0] as u32;
+    let is32 = fid & 0x4000_0000 == 0;
+    let arg = |i: usize| if is32 { x[i] & 0xffff_ffff } else { x[i] };
+    match fid {
+        fid::SMCCC_VERSION | fid::PSCI_VERSION => PsciAction::Return(VERSION_1_1),
+        fid::SMCCC_ARCH_FEATURES => r(ret::NOT_SUPPORTED),
+        fid::PSCI_FEATURES => match arg(1) as u32 {
+            fid::PSCI_VERSION
+            | fid::CPU_SUSPEND_32
+            | fid::CPU_SUSPEND_64
+            | fid::CPU_OFF
+            | fid::CPU_ON_32
+            | fid::CPU_ON_64
+            | fid::AFFINITY_INFO_32
+            | fid::AFFINITY_INFO_64
+            | fid::MIGRATE_INFO_TYPE
+            | fid::SYSTEM_OFF
+            | fid::SYSTEM_RESET
+            | fid::PSCI_FEATURES
+            | fid::SMCCC_VERSION => r(ret::SUCCESS),
+            _ => r(ret::NOT_SUPPORTED),
+        },
+        fid::CPU_SUSPEND_32 | fid::CPU_SUSPEND_64 => PsciAction::Suspend,
+        fid::CPU_OFF => PsciAction::CpuOff,
+        fid::CPU_ON_32 | fid::CPU_ON_64 => {
+            let Some(vcpu) = vcpu_of(arg(1), vcpus.len()) else {
+                return r(ret::INVALID_PARAMETERS);
+            };
+            let entry = arg(2);
+            if !ram.contains(&entry) || entry % 4 != 0 {
+                return r(ret::INVALID_ADDRESS);
+            }
+            match vcpus[vcpu] {
+                VcpuPower::Off => PsciAction::CpuOn {
+                    vcpu,
+                    entry,
+                    context: arg(3),
+                },
+                VcpuPower::On => r(ret::ALREADY_ON),
+                VcpuPower::OnPending => r(-5),
+            }
+        }
+        fid::AFFINITY_INFO_32 | fid::AFFINITY_INFO_64 => {
+            if arg(2) != 0 {
+                return r(ret::INVALID_PARAMETERS);
+            }
+            match vcpu_of(arg(1), vcpus.len()) {
+                None => r(ret::INVALID_PARAMETERS),
+                Some(v) => PsciAction::Return(match vcpus[v] {
+                    VcpuPower::On => 0,
+                    VcpuPower::Off => 1,
+                    VcpuPower::OnPending => 2,
+                }),
+            }
+        }
+        fid::MIGRATE_INFO_TYPE => PsciAction::Return(NO_TRUSTED_OS),
+        fid::SYSTEM_OFF => PsciAction::SystemOff,
+        fid::SYSTEM_RESET => PsciAction::SystemReset,
+        _ => r(ret::NOT_SUPPORTED),
+    }
+}
+
+/// vCPU index of a guest MPIDR (the hypervisor gives vCPU n affinity n in
+/// Aff0); None for anything else.
+pub fn vcpu_of(mpidr: u64, count: usize) -> Option<usize> {
+    let aff = mpidr & 0xff_00ff_ffff;
+    (aff < count as u64).then_some(aff as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use VcpuPower::*;
+
+    const RAM: core::ops::Range<u64> = 0x4000_0000..0x6000_0000;
+
+    #[test]
+    fn versions_and_features() {
+        assert_eq!(
+            handle([0x8400_0000, 0, 0, 0], &[On], RAM),
+            PsciAction::Return(0x10001)
+        );
+        assert_eq!(
+            handle([0x8000_0000, 0, 0, 0], &[On], RAM),
+            PsciAction::Return(0x10001)
+        );
+        assert_eq!(handle([0x8400_000a, 0xc400_0003, 0, 0], &[On], RAM), r(0));
+        assert_eq!(handle([0x8400_000a, 0x8400_0012, 0, 0], &[On], RAM), r(-1));
+        assert_eq!(handle([0xdead, 0, 0, 0], &[On], RAM), r(-1));
+    }
+
+    #[test]
+    fn cpu_on_checks_target_state_and_entry() {
+        let v = [On, Off];
+        assert_eq!(
+            handle([0xc400_0003, 1, 0x4008_0000, 7], &v, RAM),
+            PsciAction::CpuOn {
+                vcpu: 1,
+                entry: 0x4008_0000,
+                context: 7
+            }
+        );
+        assert_eq!(handle([0xc400_0003, 0, 0x4008_0000, 0], &v, RAM), r(-4));
+        assert_eq!(handle([0xc400_0003, 2, 0x4008_0000, 0], &v, RAM), r(-2));
+        assert_eq!(handle([0xc400_0003, 1, 0x1000, 0], &v, RAM), r(-9));
+        assert_eq!(
+            handle([0xc400_0003, 1 << 8, 0x4008_0000, 0], &v, RAM),
+            r(-2)
+        );
+    }
+
+    #[test]
+    fn affinity_info_reports_states() {
+        let v = [On, Off, OnPending];
+        let q = |c| handle([0xc400_0004, c, 0, 0], &v, RAM);
+        assert_eq!(
+            (q(0), q(1), q(2)),
+            (
+                PsciAction::Return(0),
+                PsciAction::Return(1),
+                PsciAction::Return(2)
+            )
+        );
+        assert_eq!(q(3), r(-2));
+    }
+
+    #[test]
+    fn power_calls() {
+        assert_eq!(
+            handle([0x8400_0008, 0, 0, 0], &[On], RAM),
+            PsciAction::SystemOff
+        );
+        assert_eq!(
+            handle([0x8400_0009, 0, 0, 0], &[On], RAM),
+            PsciAction::SystemReset
+        );
+        assert_eq!(
+            handle([0x8400_0002, 0, 0, 0], &[On], RAM),
+            PsciAction::CpuOff
+        );
+    }
+}

@@ -1,0 +1,828 @@
+//! The VM runtime: builds the VMs a scenario describes, pins each vCPU to
+//! its own physical CPU, and handles every trap from EL1.
+//!
+//! Memory: each VM gets one physically contiguous block of RAM, mapped at
+//! its `ram_base` IPA through a stage-2 table. The CPU and the SMMU share
+//! that table (one VMID, one IPA space per VM): when the machine has an
+//! SMMU the table is an IOMMU domain's, so a device assigned to the VM later
+//! sees exactly the memory the CPU does. Everything else in the guest's
+//! address space is unmapped, so touching it traps here: the emulated
+//! devices (UART, GIC) are decoded, anything else gets an external abort.
+
+use super::mmio::{self, MmioAccess};
+use super::psci::{self, PsciAction, VcpuPower};
+use super::vuart::VirtualUart;
+use crate::arch::exceptions::TrapFrame;
+use crate::arch::{self, guest};
+use crate::gic;
+use crate::guest_fdt::{self, GuestDt};
+use crate::mm::{self, Accounted};
+use crate::platform::Platform;
+use crate::vgic::VGic;
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::ops::Range;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use log::{error, info, warn};
+use scenario::guest_layout as layout;
+use smmu::addr::Ipa;
+use smmu::hw::{PageAllocator, PAGE_SIZE};
+use smmu::stage2::{S2Attrs, Stage2};
+use spin::{Mutex, Once};
+
+/// Guest RAM, accounted for the footprint report.
+pub static GUEST_MEM: Accounted = Accounted::new("guest memory");
+/// Physical CPUs this build supports (entry.S stacks).
+const MAX_CPUS: usize = 8;
+/// IPA size of every VM.
+const IPA_BITS: u32 = 40;
+/// Bad-access reports printed per VM before they are only counted.
+const REPORTS_PER_VM: u32 = 4;
+/// The guest UART's interrupt: SPI 1, as on QEMU's virt.
+const UART_INTID: u32 = 33;
+/// SPIs the virtual GIC implements.
+const NR_SPIS: u32 = 32;
+
+const RUNNING: u8 = 0;
+const POWERED_OFF: u8 = 1;
+const CRASHED: u8 = 2;
+
+/// One virtual machine.
+pub struct Vm {
+    /// Its name from the scenario.
+    pub name: String,
+    ram: Range<u64>,
+    controls: guest::GuestControls,
+    vcpu_pcpu: Vec<usize>,
+    power: Mutex<Vec<VcpuPower>>,
+    uart: Mutex<VirtualUart>,
+    vgic: Mutex<VGic>,
+    state: AtomicU8,
+    reports: AtomicU32,
+    /// The stage-2 table, kept alive for as long as the VM may run.
+    _stage2: Option<Box<Stage2>>,
+}
+
+/// What a physical CPU runs.
+struct Slot {
+    vm: AtomicUsize,
+    vcpu: AtomicUsize,
+    /// A pending start: (entry, x0), set by CPU_ON or at boot.
+    start: Mutex<Option<(u64, u64)>>,
+    /// The frame `guest::run` copies from (static, never on a stack).
+    frame: Mutex<TrapFrame>,
+}
+
+const NONE: usize = usize::MAX;
+
+static VMS: Once<Vec<Vm>> = Once::new();
+static SLOTS: [Slot; MAX_CPUS] = [const {
+    Slot {
+        vm: AtomicUsize::new(NONE),
+        vcpu: AtomicUsize::new(NONE),
+        start: Mutex::new(None),
+        frame: Mutex::new(TrapFrame::zeroed()),
+    }
+}; MAX_CPUS];
+static CPU_MPIDR: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(NONE) }; MAX_CPUS];
+static ALL_OK: AtomicBool = AtomicBool::new(true);
+static VMS_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+fn vms() -> &'static [Vm] {
+    VMS.get().map_or(&[], |v| v.as_slice())
+}
+
+/// Why a scenario could not be started.
+#[derive(Debug)]
+pub enum StartError {
+    /// The bundle or the scenario in it is malformed.
+    Scenario(String),
+    /// The machine cannot hold what the scenario asks for.
+    Resources(String),
+}
+
+impl core::fmt::Display for StartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Scenario(s) => write!(f, "bad scenario: {s}"),
+            Self::Resources(s) => write!(f, "cannot build the VMs: {s}"),
+        }
+    }
+}
+
+fn resources(msg: impl Into<String>) -> StartError {
+    StartError::Resources(msg.into())
+}
+
+/// Builds the VMs of the scenario in the boot bundle. Returns false when
+/// the bundle has no VMs (a machine-only scenario).
+pub fn create(p: &Platform) -> Result<bool, StartError> {
+    let Some(region) = &p.initrd else {
+        return Ok(false);
+    };
+    // SAFETY: the boot loader placed the bundle there (DTB /chosen); it is
+    // RAM mapped by boot::map_everything and excluded from the frame
+    // allocator (boot reserves the initrd range).
+    let blob =
+        unsafe { core::slice::from_raw_parts(region.base as *const u8, region.size as usize) };
+    let (sc, bundle) = scenario::Scenario::from_bundle(blob)
+        .map_err(|e| StartError::Scenario(alloc::format!("{e}")))?;
+    if sc.vms.is_empty() {
+        return Ok(false);
+    }
+    let want: usize = sc.vms.iter().map(|v| v.cpus as usize).sum();
+    let have = p.cpus.len().min(MAX_CPUS);
+    if want > have {
+        return Err(resources(alloc::format!(
+            "{want} vCPUs need {want} physical CPUs, the machine has {have}"
+        )));
+    }
+    for (i, &mpidr) in p.cpus.iter().take(MAX_CPUS).enumerate() {
+        CPU_MPIDR[i].store(mpidr as usize, Ordering::Relaxed);
+    }
+
+    let mut vms = Vec::new();
+    let mut next_pcpu = 0;
+    for (index, spec) in sc.vms.iter().enumerate() {
+        let pcpus: Vec<usize> = (next_pcpu..next_pcpu + spec.cpus as usize).collect();
+        next_pcpu += spec.cpus as usize;
+        let vm = build_vm(index, spec, pcpus, &bundle)?;
+        vms.push(vm);
+    }
+    VMS_RUNNING.store(vms.len(), Ordering::SeqCst);
+    VMS.call_once(|| vms);
+    Ok(true)
+}
+
+fn build_vm(
+    index: usize,
+    spec: &scenario::VmSpec,
+    pcpus: Vec<usize>,
+    bundle: &scenario::bundle::Bundle<'_>,
+) -> Result<Vm, StartError> {
+    let size = spec.memory;
+    let ram = spec.ram_base..spec.ram_base + size;
+    let pages = (size / PAGE_SIZE as u64) as usize;
+    let ram_pa = GUEST_MEM.alloc_pages(pages, 2 << 20).ok_or_else(|| {
+        resources(alloc::format!(
+            "VM {}: no {} MiB of contiguous RAM left",
+            spec.name,
+            size >> 20
+        ))
+    })?;
+
+    // Stage 2: one table for the CPU (and the SMMU when devices come).
+    let pa_bits = arch::pa_bits().min(48);
+    let mut s2 = Stage2::new(&mm::S2_CPU_MEM, IPA_BITS, pa_bits)
+        .map_err(|e| resources(alloc::format!("VM {}: stage 2: {e}", spec.name)))?;
+    s2.map(
+        &mm::S2_CPU_MEM,
+        Ipa(ram.start),
+        ram_pa,
+        size,
+        S2Attrs::NORMAL_RWX,
+    )
+    .map_err(|e| resources(alloc::format!("VM {}: stage 2 map: {e}", spec.name)))?;
+    let cfg = s2.config();
+    let vmid = (index + 1) as u64;
+    let controls = guest::GuestControls {
+        vttbr: cfg.root.raw() | (vmid << 48),
+        vtcr: arch::vtcr(cfg.t0sz, cfg.sl0, cfg.ps),
+        vmpidr: 0,
+    };
+
+    // Images.
+    let kernel = bundle.get(&spec.kernel).ok_or_else(|| {
+        StartError::Scenario(alloc::format!(
+            "VM {}: kernel {} not in the bundle",
+            spec.name,
+            spec.kernel
+        ))
+    })?;
+    let guest_ram = GuestRam {
+        ipa: ram.clone(),
+        pa: ram_pa.raw(),
+    };
+    let (text_offset, image_size) = image_header(kernel);
+    let kernel_ipa = ram.start + text_offset;
+    let dtb_ipa = ram.end - (2 << 20);
+    let mut initrd_range = None;
+    if let Some(name) = &spec.initrd {
+        let data = bundle.get(name).ok_or_else(|| {
+            StartError::Scenario(alloc::format!(
+                "VM {}: initrd {name} not in the bundle",
+                spec.name
+            ))
+        })?;
+        let start = (dtb_ipa - data.len() as u64) & !0xfff;
+        if start < kernel_ipa + image_size.max(kernel.len() as u64) {
+            return Err(resources(alloc::format!(
+                "VM {}: kernel and initrd do not fit in {} MiB",
+                spec.name,
+                size >> 20
+            )));
+        }
+        guest_ram.copy_in(start, data);
+        initrd_range = Some((start, start + data.len() as u64));
+    }
+    if kernel_ipa + image_size.max(kernel.len() as u64) > dtb_ipa {
+        return Err(resources(alloc::format!(
+            "VM {}: kernel does not fit in {} MiB",
+            spec.name,
+            size >> 20
+        )));
+    }
+    guest_ram.copy_in(kernel_ipa, kernel);
+
+    let dt = GuestDt {
+        name: spec.name.clone(),
+        cpus: spec.cpus,
+        ram_base: ram.start,
+        ram_size: size,
+        gic_dist: (layout::GICD_BASE, layout::GICD_SIZE),
+        gic_redist: (
+            layout::GICR_BASE,
+            layout::GICR_STRIDE * u64::from(spec.cpus),
+        ),
+        uart: (layout::UART_BASE, layout::UART_SIZE, UART_INTID - 32),
+        bootargs: spec.cmdline.clone(),
+        initrd: initrd_range,
+    };
+    let blob = guest_fdt::build(&dt)
+        .map_err(|e| resources(alloc::format!("VM {}: device tree: {e}", spec.name)))?;
+    if blob.len() > 2 << 20 {
+        return Err(resources(alloc::format!(
+            "VM {}: device tree too large",
+            spec.name
+        )));
+    }
+    guest_ram.copy_in(dtb_ipa, &blob);
+
+    let mpidrs: Vec<u64> = (0..u64::from(spec.cpus)).collect();
+    let mut vgic = VGic::new(&mpidrs, NR_SPIS)
+        .map_err(|e| resources(alloc::format!("VM {}: virtual GIC: {e:?}", spec.name)))?;
+    for v in 0..spec.cpus as usize {
+        // The virtual timer is forwarded with HW=1: the guest's EOI of the
+        // virtual interrupt deactivates the physical one.
+        vgic.set_hw(gic::PPI_VTIMER, v, gic::PPI_VTIMER)
+            .map_err(|e| resources(alloc::format!("VM {}: virtual timer: {e:?}", spec.name)))?;
+    }
+    let mut power = alloc::vec![VcpuPower::Off; spec.cpus as usize];
+    power[0] = VcpuPower::OnPending;
+    info!(
+        "VM {}: {} vCPU(s) on physical CPU(s) {:?}, {} MiB RAM at IPA {:#x} (PA {}), VMID {vmid}, kernel {} KiB at {kernel_ipa:#x}{}",
+        spec.name,
+        spec.cpus,
+        pcpus,
+        size >> 20,
+        ram.start,
+        ram_pa,
+        kernel.len() / 1024,
+        initrd_range.map_or(String::new(), |(s, e)| alloc::format!(", initrd {} KiB at {s:#x}", (e - s) / 1024)),
+    );
+    // vCPU 0 starts at the kernel entry with x0 = DTB.
+    *SLOTS[pcpus[0]].start.lock() = Some((kernel_ipa, dtb_ipa));
+    for (v, &pc) in pcpus.iter().enumerate() {
+        SLOTS[pc].vm.store(index, Ordering::SeqCst);
+        SLOTS[pc].vcpu.store(v, Ordering::SeqCst);
+    }
+    Ok(Vm {
+        name: spec.name.clone(),
+        ram,
+        controls,
+        vcpu_pcpu: pcpus,
+        power: Mutex::new(power),
+        uart: Mutex::new(VirtualUart::new()),
+        vgic: Mutex::new(vgic),
+        state: AtomicU8::new(RUNNING),
+        reports: AtomicU32::new(0),
+        _stage2: Some(Box::new(s2)),
+    })
+}
+
+/// text_offset and image_size of an arm64 Image header (Linux booting.rst);
+/// (0x80000, 0) when the header is absent or old.
+fn image_header(image: &[u8]) -> (u64, u64) {
+    let word = |o: usize| {
+        image
+            .get(o..o + 8)
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    let magic = image.get(56..60) == Some(b"ARM\x64");
+    if magic && word(16) != 0 {
+        (word(8), word(16))
+    } else {
+        (0x80000, 0)
+    }
+}
+
+/// A VM's RAM as the hypervisor sees it (identity-mapped host memory).
+struct GuestRam {
+    ipa: Range<u64>,
+    pa: u64,
+}
+
+impl GuestRam {
+    fn copy_in(&self, ipa: u64, data: &[u8]) {
+        assert!(
+            ipa >= self.ipa.start && ipa + data.len() as u64 <= self.ipa.end,
+            "copy outside the VM's RAM"
+        );
+        let dst = (self.pa + (ipa - self.ipa.start)) as *mut u8;
+        // SAFETY: inside the VM's RAM block (checked above), which the
+        // hypervisor allocated, identity-mapped, and no guest runs yet.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+    }
+}
+
+/// Starts every physical CPU that hosts a vCPU and enters this CPU's vCPU.
+pub fn start(p: &Platform) -> ! {
+    UART_IRQ.call_once(|| p.uart_irq);
+    // SAFETY: the GIC from the DTB, mapped as a device in map_everything;
+    // only the hypervisor programs it.
+    unsafe { gic::init(&p.gic) };
+    let conduit = p.psci;
+    for pc in 1..MAX_CPUS {
+        if SLOTS[pc].vm.load(Ordering::SeqCst) == NONE {
+            continue;
+        }
+        let mpidr = CPU_MPIDR[pc].load(Ordering::SeqCst) as u64;
+        match conduit {
+            Some(c) => {
+                if let Err(e) = arch::psci::cpu_on(
+                    c,
+                    mpidr,
+                    arch::secondary_entry as *const () as u64,
+                    pc as u64,
+                ) {
+                    error!("physical CPU {pc}: CPU_ON failed: {e:?}");
+                }
+            }
+            None => error!("no PSCI: physical CPU {pc} cannot host its vCPU"),
+        }
+    }
+    cpu_main(0)
+}
+
+/// Runs on a physical CPU that hosts a vCPU (boot CPU or secondary).
+pub fn cpu_main(pc: usize) -> ! {
+    gic::init_cpu(arch::mpidr());
+    if pc == 0 {
+        if let Some(irq) = UART_IRQ.get() {
+            crate::console::enable_input_irq(*irq);
+        }
+    }
+    idle(pc)
+}
+
+/// The physical console's interrupt, from the platform.
+static UART_IRQ: Once<Option<crate::platform::Irq>> = Once::new();
+
+/// Whether this physical CPU hosts a vCPU.
+pub fn hosts_vcpu(pc: usize) -> bool {
+    pc < MAX_CPUS && SLOTS[pc].vm.load(Ordering::SeqCst) != NONE
+}
+
+/// Waits for work on this physical CPU: a vCPU to start, interrupts to
+/// forward. Never returns.
+fn idle(pc: usize) -> ! {
+    loop {
+        if let Some((entry, x0)) = SLOTS[pc].start.lock().take() {
+            enter(pc, entry, x0);
+        }
+        aarch64_cpu::asm::wfi();
+        while handle_irq(pc) {}
+    }
+}
+
+/// Enters this CPU's vCPU at `entry` with `x0`.
+fn enter(pc: usize, entry: u64, x0: u64) -> ! {
+    let (vm_i, vcpu) = (
+        SLOTS[pc].vm.load(Ordering::SeqCst),
+        SLOTS[pc].vcpu.load(Ordering::SeqCst),
+    );
+    let vm = &vms()[vm_i];
+    if vm.state.load(Ordering::SeqCst) != RUNNING {
+        idle_forever();
+    }
+    vm.power.lock()[vcpu] = VcpuPower::On;
+    let mut c = vm.controls;
+    c.vmpidr = (1 << 31) | vcpu as u64;
+    // SAFETY: the VM's stage-2 table maps only its RAM and lives in VMS for
+    // the hypervisor's lifetime.
+    unsafe { guest::configure(&c) };
+    crate::vgic_hw::init_cpu();
+    let frame = {
+        let mut f = SLOTS[pc].frame.lock();
+        *f = TrapFrame::zeroed();
+        f.x[0] = x0;
+        f.elr = entry;
+        f.spsr = guest::SPSR_EL1H;
+        &*f as *const TrapFrame
+    };
+    // SAFETY: the frame is in static memory (SLOTS), written above and not
+    // touched again until this CPU's next vCPU start.
+    unsafe { guest::run(&*frame) }
+}
+
+fn idle_forever() -> ! {
+    loop {
+        aarch64_cpu::asm::wfi();
+        while handle_irq(guest::cpu_index()) {}
+    }
+}
+
+/// Handles a trap from the guest running on this CPU (`vector`: 8 sync,
+/// 9 IRQ, 10 FIQ, 11 SError, from `vectors.S`).
+pub fn handle_trap(frame: &mut TrapFrame, vector: u64) {
+    let pc = guest::cpu_index();
+    let vm_i = SLOTS[pc].vm.load(Ordering::Relaxed);
+    let vcpu = SLOTS[pc].vcpu.load(Ordering::Relaxed);
+    let Some(vm) = vms().get(vm_i) else {
+        panic!("trap from EL1 on CPU {pc}, which runs no vCPU");
+    };
+    match vector {
+        8 => handle_sync(vm, vcpu, frame),
+        9 | 10 => while handle_irq(pc) {},
+        _ => {
+            error!(
+                "VM {}: vCPU {vcpu}: SError (ESR {:#x}): stopping the VM",
+                vm.name,
+                guest::esr()
+            );
+            stop_vm(vm, CRASHED);
+        }
+    }
+    if vm.state.load(Ordering::SeqCst) != RUNNING {
+        vm.power.lock()[vcpu] = VcpuPower::Off;
+        idle_forever();
+    }
+    let fx = crate::vgic_hw::flush(&mut vm.vgic.lock(), vcpu);
+    apply(vm, fx);
+}
+
+fn handle_sync(vm: &Vm, vcpu: usize, frame: &mut TrapFrame) {
+    let esr = guest::esr();
+    match (esr >> 26) & 0x3f {
+        0x01 => {
+            // WFI: sleep until a physical interrupt (the vtimer, a kick),
+            // unless the guest already has an interrupt to take.
+            if !vm.vgic.lock().has_pending(vcpu) {
+                aarch64_cpu::asm::wfi();
+            }
+            guest::skip_instruction(frame);
+        }
+        0x16 => psci_call(vm, vcpu, frame),
+        0x17 => {
+            guest::skip_instruction(frame);
+            psci_call(vm, vcpu, frame);
+        }
+        0x18 => sysreg(vm, vcpu, frame, esr),
+        0x24 => data_abort(vm, vcpu, frame, esr),
+        0x20 => {
+            report(
+                vm,
+                vcpu,
+                frame,
+                alloc::format!(
+                    "instruction fetch from IPA {:#x}",
+                    guest::hpfar() << 8 & !0xfff
+                ),
+            );
+            guest::inject_sync(frame, (0x20 << 26) | (1 << 25) | 0x10, frame.elr);
+        }
+        ec => {
+            if vm.reports.fetch_add(1, Ordering::Relaxed) < REPORTS_PER_VM {
+                warn!("VM {}: vCPU {vcpu}: unhandled trap EC {ec:#x} at pc {:#x}: undefined instruction injected", vm.name, frame.elr);
+            }
+            guest::inject_undef(frame);
+        }
+    }
+}
+
+fn report(vm: &Vm, vcpu: usize, frame: &TrapFrame, what: String) {
+    let n = vm.reports.fetch_add(1, Ordering::Relaxed);
+    if n < REPORTS_PER_VM {
+        warn!(
+            "VM {}: vCPU {vcpu}: {what} outside its memory and devices (pc {:#x}): external abort injected",
+            vm.name, frame.elr
+        );
+    } else if n == REPORTS_PER_VM {
+        warn!(
+            "VM {}: keeps making bad accesses: further ones only counted",
+            vm.name
+        );
+    }
+}
+
+fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64) {
+    let far = arch::far();
+    let access = match mmio::decode(esr, guest::hpfar(), far) {
+        Ok(a) => a,
+        Err(e) => {
+            let ipa = (guest::hpfar() >> 4 << 12) | (far & 0xfff);
+            report(
+                vm,
+                vcpu,
+                frame,
+                alloc::format!("access ({e:?}) at IPA {ipa:#x}"),
+            );
+            guest::inject_data_abort(frame, far);
+            return;
+        }
+    };
+    let value = if access.write {
+        access.store_value(reg(frame, access.reg))
+    } else {
+        0
+    };
+    match emulate(vm, &access, value) {
+        Some(result) => {
+            if !access.write {
+                set_reg(frame, access.reg, access.load_value(result));
+            }
+            guest::skip_instruction(frame);
+        }
+        None => {
+            let rw = if access.write { "write" } else { "read" };
+            report(
+                vm,
+                vcpu,
+                frame,
+                alloc::format!("{}-byte {rw} at IPA {:#x}", access.size, access.ipa),
+            );
+            guest::inject_data_abort(frame, far);
+        }
+    }
+}
+
+/// Emulates one access to a device of the VM; None if nothing is there.
+fn emulate(vm: &Vm, a: &MmioAccess, value: u64) -> Option<u64> {
+    let ipa = a.ipa;
+    let gicr_end = layout::GICR_BASE + layout::GICR_STRIDE * vm.vcpu_pcpu.len() as u64;
+    if (layout::UART_BASE..layout::UART_BASE + layout::UART_SIZE).contains(&ipa) {
+        let off = ipa - layout::UART_BASE;
+        let mut uart = vm.uart.lock();
+        let result = if a.write {
+            if let Some(line) = uart.write(off, a.size, value).line {
+                print_line(vm, &line);
+            }
+            0
+        } else {
+            uart.read(off, a.size)
+        };
+        let level = uart.irq_level();
+        drop(uart);
+        let fx = vm.vgic.lock().set_level(UART_INTID, 0, level);
+        if let Ok(fx) = fx {
+            apply(vm, fx);
+        }
+        Some(result)
+    } else if (layout::GICD_BASE..layout::GICD_BASE + layout::GICD_SIZE).contains(&ipa) {
+        let off = ipa - layout::GICD_BASE;
+        let mut g = vm.vgic.lock();
+        if a.write {
+            let fx = g.dist_write(off, a.size, value);
+            drop(g);
+            apply(vm, fx);
+            Some(0)
+        } else {
+            Some(g.dist_read(off, a.size))
+        }
+    } else if (layout::GICR_BASE..gicr_end).contains(&ipa) {
+        let off = ipa - layout::GICR_BASE;
+        let (target, frame_off) = (
+            (off / layout::GICR_STRIDE) as usize,
+            off % layout::GICR_STRIDE,
+        );
+        let mut g = vm.vgic.lock();
+        if a.write {
+            let fx = g.redist_write(target, frame_off, a.size, value);
+            drop(g);
+            apply(vm, fx);
+            Some(0)
+        } else {
+            Some(g.redist_read(target, frame_off, a.size))
+        }
+    } else {
+        None
+    }
+}
+
+fn print_line(vm: &Vm, line: &[u8]) {
+    let text = core::str::from_utf8(line).unwrap_or("<non-UTF-8 output>");
+    crate::console::write_fmt(format_args!("[{}] {}\n", vm.name, text));
+}
+
+fn reg(frame: &TrapFrame, r: u8) -> u64 {
+    if r == 31 {
+        0
+    } else {
+        frame.x[r as usize]
+    }
+}
+
+fn set_reg(frame: &mut TrapFrame, r: u8, v: u64) {
+    if r != 31 {
+        frame.x[r as usize] = v;
+    }
+}
+
+fn sysreg(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64) {
+    let iss = esr & 0x1ff_ffff;
+    let read = iss & 1 == 1;
+    let rt = ((iss >> 5) & 0x1f) as u8;
+    // Op0, Op2, Op1, CRn, CRm with Rt and direction masked out.
+    let id = iss & !(0x1f << 5) & !1;
+    // ICC_SGI1R_EL1: Op0=3 Op1=0 CRn=12 CRm=11 Op2=5.
+    const ICC_SGI1R: u64 = (3 << 20) | (5 << 17) | (12 << 10) | (11 << 1);
+    if id == ICC_SGI1R && !read {
+        let value = reg(frame, rt);
+        let fx = vm.vgic.lock().send_sgi(vcpu, value);
+        apply(vm, fx);
+    } else {
+        if vm.reports.fetch_add(1, Ordering::Relaxed) < REPORTS_PER_VM {
+            warn!("VM {}: vCPU {vcpu}: trapped system register access (ISS {iss:#x}) at pc {:#x}: read as zero / write ignored", vm.name, frame.elr);
+        }
+        if read {
+            set_reg(frame, rt, 0);
+        }
+    }
+    guest::skip_instruction(frame);
+}
+
+fn psci_call(vm: &Vm, vcpu: usize, frame: &mut TrapFrame) {
+    let x = [frame.x[0], frame.x[1], frame.x[2], frame.x[3]];
+    let action = {
+        let power = vm.power.lock();
+        psci::handle(x, &power, vm.ram.clone())
+    };
+    match action {
+        PsciAction::Return(v) => frame.x[0] = v,
+        PsciAction::CpuOn {
+            vcpu: target,
+            entry,
+            context,
+        } => {
+            vm.power.lock()[target] = VcpuPower::OnPending;
+            let pc = vm.vcpu_pcpu[target];
+            *SLOTS[pc].start.lock() = Some((entry, context));
+            gic::send_sgi(CPU_MPIDR[pc].load(Ordering::SeqCst) as u64, gic::SGI_KICK);
+            frame.x[0] = 0;
+        }
+        PsciAction::CpuOff => {
+            vm.power.lock()[vcpu] = VcpuPower::Off;
+            idle(guest::cpu_index());
+        }
+        PsciAction::Suspend => {
+            aarch64_cpu::asm::wfi();
+            frame.x[0] = 0;
+        }
+        PsciAction::SystemOff => {
+            info!("VM {}: powered off", vm.name);
+            stop_vm(vm, POWERED_OFF);
+        }
+        PsciAction::SystemReset => {
+            info!(
+                "VM {}: reset requested: the VM is stopped (restart is not supported)",
+                vm.name
+            );
+            stop_vm(vm, POWERED_OFF);
+        }
+    }
+}
+
+/// Stops a VM: every vCPU parks at its next trap (kicked now); when it was
+/// the last VM running, the machine stops with the overall result.
+fn stop_vm(vm: &Vm, how: u8) {
+    if vm
+        .state
+        .compare_exchange(RUNNING, how, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        return;
+    }
+    if let Some(line) = vm.uart.lock().take_partial_line() {
+        print_line(vm, &line);
+    }
+    if how != POWERED_OFF {
+        ALL_OK.store(false, Ordering::SeqCst);
+    }
+    let me = guest::cpu_index();
+    for &pc in &vm.vcpu_pcpu {
+        if pc != me {
+            gic::send_sgi(CPU_MPIDR[pc].load(Ordering::SeqCst) as u64, gic::SGI_KICK);
+        }
+    }
+    let bad = vm.reports.load(Ordering::Relaxed);
+    if bad > 0 {
+        info!(
+            "VM {}: {bad} bad accesses or unhandled traps in all",
+            vm.name
+        );
+    }
+    if VMS_RUNNING.fetch_sub(1, Ordering::SeqCst) == 1 {
+        let ok = ALL_OK.load(Ordering::SeqCst);
+        info!(
+            "all VMs have stopped ({})",
+            if ok {
+                "all powered off cleanly"
+            } else {
+                "some failed"
+            }
+        );
+        crate::stop(ok);
+    }
+}
+
+/// Carries out what a vGIC operation asks: kick the vCPUs whose list
+/// registers must be refilled, deactivate physical interrupts the guest
+/// gave up (only possible on the CPU that holds them: this one).
+fn apply(vm: &Vm, fx: crate::vgic::Effects) {
+    let me = guest::cpu_index();
+    for v in fx.kicked() {
+        if let Some(&pc) = vm.vcpu_pcpu.get(v) {
+            if pc != me {
+                gic::send_sgi(CPU_MPIDR[pc].load(Ordering::SeqCst) as u64, gic::SGI_KICK);
+            }
+        }
+    }
+    for d in fx.deactivations() {
+        if vm.vcpu_pcpu.get(d.vcpu) == Some(&me) {
+            gic::deactivate(d.pintid);
+        }
+    }
+}
+
+/// Takes one pending physical interrupt; false when none was pending.
+fn handle_irq(pc: usize) -> bool {
+    let intid = gic::ack();
+    if intid >= gic::SPECIAL {
+        return false;
+    }
+    let vm_i = SLOTS[pc].vm.load(Ordering::Relaxed);
+    let vcpu = SLOTS[pc].vcpu.load(Ordering::Relaxed);
+    match intid {
+        gic::PPI_VTIMER => {
+            // Forwarded with HW=1: the guest's deactivation of the virtual
+            // interrupt deactivates the physical one.
+            gic::eoi(intid);
+            match vms()
+                .get(vm_i)
+                .map(|vm| vm.vgic.lock().set_level(gic::PPI_VTIMER, vcpu, true))
+            {
+                Some(Ok(fx)) => apply(&vms()[vm_i], fx),
+                _ => gic::deactivate(intid),
+            }
+        }
+        _ if Some(intid) == crate::console::input_intid() => {
+            gic::eoi(intid);
+            gic::deactivate(intid);
+            console_input();
+        }
+        _ => {
+            // Kick, maintenance: nothing to do but let the caller re-check
+            // the vCPU's state and refill its list registers.
+            gic::eoi(intid);
+            gic::deactivate(intid);
+        }
+    }
+    true
+}
+
+/// Index of the VM receiving console input.
+static FOCUS: AtomicUsize = AtomicUsize::new(0);
+
+/// Reads the physical UART and feeds the focused VM's virtual UART.
+/// Ctrl-A then a digit switches the focus to that VM.
+fn console_input() {
+    static ESCAPE: AtomicBool = AtomicBool::new(false);
+    while let Some(byte) = crate::console::read_byte() {
+        let vms = vms();
+        if ESCAPE.swap(false, Ordering::SeqCst) {
+            if let Some(d) = (byte as char).to_digit(10) {
+                if let Some(vm) = vms.get(d as usize) {
+                    FOCUS.store(d as usize, Ordering::SeqCst);
+                    crate::console::write_fmt(format_args!(
+                        "[hyp] console input goes to VM {}\n",
+                        vm.name
+                    ));
+                }
+                continue;
+            }
+        } else if byte == 0x01 {
+            ESCAPE.store(true, Ordering::SeqCst);
+            continue;
+        }
+        if let Some(vm) = vms.get(FOCUS.load(Ordering::SeqCst)) {
+            let mut u = vm.uart.lock();
+            u.push_input(byte);
+            let level = u.irq_level();
+            drop(u);
+            if let Ok(fx) = vm.vgic.lock().set_level(UART_INTID, 0, level) {
+                apply(vm, fx);
+            }
+        }
+    }
+}
