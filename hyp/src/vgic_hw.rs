@@ -48,6 +48,12 @@ fn write_hcr(v: u64) {
     unsafe { asm!("msr ich_hcr_el2, {}", "isb", in(reg) v, options(nomem, nostack)) };
 }
 
+/// Whether a list register holds an interrupt the guest has yet to take
+/// (state pending or pending+active: ICH_LR<n>_EL2 bit 62).
+pub fn lr_pending() -> bool {
+    (0..nr_lrs()).any(|i| read_lr(i) & (1 << 62) != 0)
+}
+
 /// Turns the virtual CPU interface on for a vCPU starting on this CPU, with
 /// empty list registers.
 pub fn init_cpu() {

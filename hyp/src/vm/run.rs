@@ -260,14 +260,8 @@ fn build_vm(
     guest_ram.copy_in(dtb_ipa, &blob);
 
     let mpidrs: Vec<u64> = (0..u64::from(spec.cpus)).collect();
-    let mut vgic = VGic::new(&mpidrs, NR_SPIS)
+    let vgic = VGic::new(&mpidrs, NR_SPIS)
         .map_err(|e| resources(alloc::format!("VM {}: virtual GIC: {e:?}", spec.name)))?;
-    for v in 0..spec.cpus as usize {
-        // The virtual timer is forwarded with HW=1: the guest's EOI of the
-        // virtual interrupt deactivates the physical one.
-        vgic.set_hw(gic::PPI_VTIMER, v, gic::PPI_VTIMER)
-            .map_err(|e| resources(alloc::format!("VM {}: virtual timer: {e:?}", spec.name)))?;
-    }
     let mut power = alloc::vec![VcpuPower::Off; spec.cpus as usize];
     power[0] = VcpuPower::OnPending;
     info!(
@@ -467,8 +461,12 @@ fn handle_sync(vm: &Vm, vcpu: usize, frame: &mut TrapFrame) {
     match (esr >> 26) & 0x3f {
         0x01 => {
             // WFI: sleep until a physical interrupt (the vtimer, a kick),
-            // unless the guest already has an interrupt to take.
-            if !vm.vgic.lock().has_pending(vcpu) {
+            // unless the guest already has an interrupt to take: one the
+            // model holds, or one already in a list register (a physical
+            // WFI at EL2 does not wake for those).
+            let fx = crate::vgic_hw::flush(&mut vm.vgic.lock(), vcpu);
+            apply(vm, fx);
+            if !crate::vgic_hw::lr_pending() && !vm.vgic.lock().has_pending(vcpu) {
                 aarch64_cpu::asm::wfi();
             }
             guest::skip_instruction(frame);
@@ -639,6 +637,7 @@ fn sysreg(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64) {
     const ICC_SGI1R: u64 = (3 << 20) | (5 << 17) | (12 << 10) | (11 << 1);
     if id == ICC_SGI1R && !read {
         let value = reg(frame, rt);
+
         let fx = vm.vgic.lock().send_sgi(vcpu, value);
         apply(vm, fx);
     } else {
@@ -765,15 +764,17 @@ fn handle_irq(pc: usize) -> bool {
     let vcpu = SLOTS[pc].vcpu.load(Ordering::Relaxed);
     match intid {
         gic::PPI_VTIMER => {
-            // Forwarded with HW=1: the guest's deactivation of the virtual
-            // interrupt deactivates the physical one.
+            // The guest's virtual timer fired. Mask it at its source (the
+            // guest's timer handler reprograms it, which unmasks it), so the
+            // physical interrupt can be deactivated at once, and give the
+            // guest the virtual interrupt.
+            guest::mask_vtimer();
             gic::eoi(intid);
-            match vms()
-                .get(vm_i)
-                .map(|vm| vm.vgic.lock().set_level(gic::PPI_VTIMER, vcpu, true))
-            {
-                Some(Ok(fx)) => apply(&vms()[vm_i], fx),
-                _ => gic::deactivate(intid),
+            gic::deactivate(intid);
+            if let Some(vm) = vms().get(vm_i) {
+                if let Ok(fx) = vm.vgic.lock().inject_edge(gic::PPI_VTIMER, vcpu) {
+                    apply(vm, fx);
+                }
             }
         }
         _ if Some(intid) == crate::console::input_intid() => {

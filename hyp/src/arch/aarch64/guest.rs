@@ -179,6 +179,24 @@ pub fn hpfar() -> u64 {
     v
 }
 
+/// Masks the guest's EL1 virtual timer interrupt (CNTV_CTL_EL0.IMASK), so
+/// its level drops until the guest reprograms the timer.
+pub fn mask_vtimer() {
+    // SAFETY: only changes the guest's timer control, which the guest's own
+    // handler rewrites; IMASK does not change what the guest reads as
+    // ISTATUS.
+    unsafe {
+        asm!(
+            "mrs {t}, cntv_ctl_el0",
+            "orr {t}, {t}, #2",
+            "msr cntv_ctl_el0, {t}",
+            "isb",
+            t = out(reg) _,
+            options(nostack),
+        );
+    }
+}
+
 /// Skips the trapped instruction (all trapping instructions are 4 bytes in
 /// AArch64).
 pub fn skip_instruction(frame: &mut TrapFrame) {
