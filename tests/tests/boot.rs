@@ -31,11 +31,12 @@ fn boot_reports_footprint() {
 
 #[test]
 fn unexpected_exception_is_decoded_and_stops() {
-    let b = boot("selftest", &["-append", "selftest=fault"], TIMEOUT);
+    let b = boot("fault", &[], TIMEOUT);
     b.expect("FATAL: unexpected exception on CPU 0x0 (synchronous, current EL)");
     b.expect("EC=0x25 (data abort at EL2)");
     b.expect("translation fault");
     b.expect("FAR_EL2=0x0000000000001000");
     b.expect("hyp: stopped after an error");
     b.reject("hyp: all done");
+    assert_eq!(b.status, Some(1), "QEMU's exit status reports the failure");
 }

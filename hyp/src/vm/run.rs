@@ -47,6 +47,7 @@ const NR_SPIS: u32 = 32;
 const RUNNING: u8 = 0;
 const POWERED_OFF: u8 = 1;
 const CRASHED: u8 = 2;
+const RESET: u8 = 3;
 
 /// One virtual machine.
 pub struct Vm {
@@ -683,11 +684,11 @@ fn psci_call(vm: &Vm, vcpu: usize, frame: &mut TrapFrame) {
             stop_vm(vm, POWERED_OFF);
         }
         PsciAction::SystemReset => {
-            info!(
+            warn!(
                 "VM {}: reset requested: the VM is stopped (restart is not supported)",
                 vm.name
             );
-            stop_vm(vm, POWERED_OFF);
+            stop_vm(vm, RESET);
         }
     }
 }

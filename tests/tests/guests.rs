@@ -1,0 +1,60 @@
+//! Step 2: guests under the hypervisor. Each scenario powers itself off;
+//! QEMU's exit status says whether every VM stopped cleanly.
+
+use scenario_tests::{boot, Boot, TIMEOUT};
+
+/// Index of the first console line containing `needle`.
+fn line_of(b: &Boot, needle: &str) -> usize {
+    b.console
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("console has no line with {needle:?}; console was:\n{}", b.console))
+}
+
+#[test]
+fn linux_boot() {
+    let b = boot("linux", &[], TIMEOUT);
+    b.expect("VM linux: 2 vCPU(s) on physical CPU(s) [0, 1], 512 MiB RAM");
+    b.expect("[linux] init: reached on 6.1");
+    b.expect("[linux] init: cpus online: 0-1");
+    b.expect("[linux] init: nproc 2");
+    b.expect("[linux] [");
+    b.expect("reboot: Power down");
+    b.expect("VM linux: powered off");
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    b.reject("Kernel panic");
+    b.reject("WARN");
+    assert_eq!(b.status, Some(0));
+}
+
+#[test]
+fn two_vms() {
+    let b = boot("two-vms", &[], TIMEOUT);
+    // Both run at the same time: each started before the other stopped.
+    let bare_hello = line_of(&b, "[bare] guest: hello from bare");
+    let linux_first = line_of(&b, "[linux] [");
+    let bare_off = line_of(&b, "VM bare: powered off");
+    let linux_off = line_of(&b, "VM linux: powered off");
+    assert!(bare_hello < linux_off && linux_first < bare_off, "the VMs did not overlap:\n{}", b.console);
+    assert_eq!(b.count("[bare] guest: tick"), 30);
+    b.expect("[linux] init: cpus online: 0-1");
+    b.expect("VM bare: 1 vCPU(s) on physical CPU(s) [2]");
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    assert_eq!(b.status, Some(0));
+}
+
+#[test]
+fn guest_bad_access() {
+    let b = boot("bad-access", &[], TIMEOUT);
+    // The guest takes the architected synchronous external abort...
+    b.expect("[intruder] guest: data abort at FAR=0x51000000 ESR=0x96000010");
+    // ...the hypervisor says what happened, once...
+    let report = b.expect("VM intruder: vCPU 0: 4-byte read at IPA 0x51000000 outside its memory and devices");
+    assert!(report.contains("external abort injected"), "{report}");
+    assert_eq!(b.count("VM intruder: vCPU 0:"), 1);
+    // ...and the other VM runs on to its end.
+    assert_eq!(b.count("[bystander] guest: tick"), 3);
+    b.expect("[bystander] guest: done");
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    assert_eq!(b.status, Some(0));
+}
