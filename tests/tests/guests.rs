@@ -8,7 +8,12 @@ fn line_of(b: &Boot, needle: &str) -> usize {
     b.console
         .lines()
         .position(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("console has no line with {needle:?}; console was:\n{}", b.console))
+        .unwrap_or_else(|| {
+            panic!(
+                "console has no line with {needle:?}; console was:\n{}",
+                b.console
+            )
+        })
 }
 
 #[test]
@@ -35,7 +40,11 @@ fn two_vms() {
     let linux_first = line_of(&b, "[linux] [");
     let bare_off = line_of(&b, "VM bare: powered off");
     let linux_off = line_of(&b, "VM linux: powered off");
-    assert!(bare_hello < linux_off && linux_first < bare_off, "the VMs did not overlap:\n{}", b.console);
+    assert!(
+        bare_hello < linux_off && linux_first < bare_off,
+        "the VMs did not overlap:\n{}",
+        b.console
+    );
     assert_eq!(b.count("[bare] guest: tick"), 30);
     b.expect("[linux] init: cpus online: 0-1");
     b.expect("VM bare: 1 vCPU(s) on physical CPU(s) [2]");
@@ -49,7 +58,9 @@ fn guest_bad_access() {
     // The guest takes the architected synchronous external abort...
     b.expect("[intruder] guest: data abort at FAR=0x51000000 ESR=0x96000010");
     // ...the hypervisor says what happened, once...
-    let report = b.expect("VM intruder: vCPU 0: 4-byte read at IPA 0x51000000 outside its memory and devices");
+    let report = b.expect(
+        "VM intruder: vCPU 0: 4-byte read at IPA 0x51000000 outside its memory and devices",
+    );
     assert!(report.contains("external abort injected"), "{report}");
     assert_eq!(b.count("VM intruder: vCPU 0:"), 1);
     // ...and the other VM runs on to its end.

@@ -769,10 +769,10 @@ fn handle_irq(pc: usize) -> bool {
             // guest's timer handler reprograms it, which unmasks it), so the
             // physical interrupt can be deactivated at once, and give the
             // guest the virtual interrupt.
-            guest::mask_vtimer();
+            let fired = guest::take_vtimer();
             gic::eoi(intid);
             gic::deactivate(intid);
-            if let Some(vm) = vms().get(vm_i) {
+            if let Some(vm) = vms().get(vm_i).filter(|_| fired) {
                 if let Ok(fx) = vm.vgic.lock().inject_edge(gic::PPI_VTIMER, vcpu) {
                     apply(vm, fx);
                 }

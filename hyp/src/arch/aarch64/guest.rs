@@ -179,22 +179,25 @@ pub fn hpfar() -> u64 {
     v
 }
 
-/// Masks the guest's EL1 virtual timer interrupt (CNTV_CTL_EL0.IMASK), so
-/// its level drops until the guest reprograms the timer.
-pub fn mask_vtimer() {
-    // SAFETY: only changes the guest's timer control, which the guest's own
-    // handler rewrites; IMASK does not change what the guest reads as
-    // ISTATUS.
-    unsafe {
-        asm!(
-            "mrs {t}, cntv_ctl_el0",
-            "orr {t}, {t}, #2",
-            "msr cntv_ctl_el0, {t}",
-            "isb",
-            t = out(reg) _,
-            options(nostack),
-        );
+/// If the guest's EL1 virtual timer is firing (CNTV_CTL_EL0: ENABLE and
+/// ISTATUS set, IMASK clear), masks it (IMASK) so its level drops until the
+/// guest reprograms the timer, and returns true. False for a stale
+/// interrupt: the guest already reprogrammed or masked the timer.
+pub fn take_vtimer() -> bool {
+    const ENABLE: u64 = 1 << 0;
+    const IMASK: u64 = 1 << 1;
+    const ISTATUS: u64 = 1 << 2;
+    let ctl: u64;
+    // SAFETY: reading the guest's timer control has no side effects.
+    unsafe { asm!("mrs {}, cntv_ctl_el0", out(reg) ctl, options(nomem, nostack)) };
+    if ctl & (ENABLE | IMASK | ISTATUS) != ENABLE | ISTATUS {
+        return false;
     }
+    // SAFETY: only sets IMASK in the guest's timer control, which the
+    // guest's own handler rewrites; IMASK does not change what the guest
+    // reads as ISTATUS.
+    unsafe { asm!("msr cntv_ctl_el0, {}", "isb", in(reg) ctl | IMASK, options(nostack)) };
+    true
 }
 
 /// Skips the trapped instruction (all trapping instructions are 4 bytes in
