@@ -50,13 +50,22 @@ fn time_boot(mut cmd: Command) -> (f64, f64) {
 fn bare_qemu() -> Command {
     let linux = root().join("target/guests/linux");
     let mut c = Command::new("qemu-system-aarch64");
-    c.args(["-M", "virt,gic-version=3", "-cpu", "cortex-a57", "-smp", "2", "-m", "512M"])
-        .args(["-nographic", "-no-reboot", "-nic", "none"])
-        .arg("-kernel")
-        .arg(linux.join("Image"))
-        .arg("-initrd")
-        .arg(linux.join("initramfs.cpio.gz"))
-        .args(["-append", "console=ttyAMA0 nokaslr panic=-1"]);
+    c.args([
+        "-M",
+        "virt,gic-version=3",
+        "-cpu",
+        "cortex-a57",
+        "-smp",
+        "2",
+        "-m",
+        "512M",
+    ])
+    .args(["-nographic", "-no-reboot", "-nic", "none"])
+    .arg("-kernel")
+    .arg(linux.join("Image"))
+    .arg("-initrd")
+    .arg(linux.join("initramfs.cpio.gz"))
+    .args(["-append", "console=ttyAMA0 nokaslr panic=-1"]);
     c
 }
 
@@ -72,7 +81,8 @@ fn median(v: &mut [f64]) -> f64 {
 fn main() {
     let smoke = std::env::args().any(|a| a == "--test");
     let runs = if smoke { 1 } else { 5 };
-    let (mut bare_init, mut bare_total, mut hyp_init, mut hyp_total) = (vec![], vec![], vec![], vec![]);
+    let (mut bare_init, mut bare_total, mut hyp_init, mut hyp_total) =
+        (vec![], vec![], vec![], vec![]);
     for i in 0..runs {
         let (a, b) = time_boot(bare_qemu());
         let (c, d) = time_boot(hypervisor());

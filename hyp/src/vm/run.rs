@@ -4,8 +4,12 @@
 //! Memory: each VM gets one physically contiguous block of RAM, mapped at
 //! its `ram_base` IPA through a stage-2 table. The CPU and the SMMU share
 //! that table (one VMID, one IPA space per VM): when the machine has an
-//! SMMU the table is an IOMMU domain's, so a device assigned to the VM later
-//! sees exactly the memory the CPU does. Everything else in the guest's
+//! SMMU the table is an IOMMU domain's, so a device assigned to the VM sees
+//! exactly the memory the CPU does, one set of tables is kept consistent,
+//! and one VMID tags both TLBs. The VM's map is fixed once built (no
+//! ballooning), so the CPU-side TLB maintenance that sharing would
+//! otherwise require on every change (the SMMU ignores broadcast TLBIs,
+//! CR2.PTM) does not arise; changes later must invalidate both sides. Everything else in the guest's
 //! address space is unmapped, so touching it traps here: the emulated
 //! devices (UART, GIC) are decoded, anything else gets an external abort.
 
@@ -61,8 +65,8 @@ pub struct Vm {
     vgic: Mutex<VGic>,
     state: AtomicU8,
     reports: AtomicU32,
-    /// The stage-2 table, kept alive for as long as the VM may run.
-    _stage2: Option<Box<Stage2>>,
+    /// Owner of the stage-2 table, kept for as long as the VM may run.
+    _space: Space,
 }
 
 /// What a physical CPU runs.
@@ -173,20 +177,8 @@ fn build_vm(
         ))
     })?;
 
-    // Stage 2: one table for the CPU (and the SMMU when devices come).
-    let pa_bits = arch::pa_bits().min(48);
-    let mut s2 = Stage2::new(&mm::S2_CPU_MEM, IPA_BITS, pa_bits)
-        .map_err(|e| resources(alloc::format!("VM {}: stage 2: {e}", spec.name)))?;
-    s2.map(
-        &mm::S2_CPU_MEM,
-        Ipa(ram.start),
-        ram_pa,
-        size,
-        S2Attrs::NORMAL_RWX,
-    )
-    .map_err(|e| resources(alloc::format!("VM {}: stage 2 map: {e}", spec.name)))?;
-    let cfg = s2.config();
-    let vmid = (index + 1) as u64;
+    let (vmid, cfg, space) = address_space(&spec.name, index, ram.start, ram_pa, size)?;
+    let vmid = u64::from(vmid);
     let controls = guest::GuestControls {
         vttbr: cfg.root.raw() | (vmid << 48),
         vtcr: arch::vtcr(cfg.t0sz, cfg.sl0, cfg.ps),
@@ -292,8 +284,56 @@ fn build_vm(
         vgic: Mutex::new(vgic),
         state: AtomicU8::new(RUNNING),
         reports: AtomicU32::new(0),
-        _stage2: Some(Box::new(s2)),
+        _space: space,
     })
+}
+
+/// Who owns a VM's stage-2 table.
+enum Space {
+    /// An IOMMU domain's: the SMMU walks the same table for the VM's
+    /// devices, under the same VMID.
+    Domain(#[allow(dead_code)] smmu::domain::DomainId),
+    /// The VM's own (no SMMU on this machine).
+    Own(#[allow(dead_code)] Box<Stage2>),
+}
+
+/// Builds a VM's IPA space: RAM at `ipa` backed by `pa`. Returns the VMID,
+/// the table's configuration for VTTBR/VTCR, and its owner.
+fn address_space(
+    name: &str,
+    index: usize,
+    ipa: u64,
+    pa: smmu::addr::PhysAddr,
+    size: u64,
+) -> Result<(u16, smmu::stage2::Stage2Config, Space), StartError> {
+    let fail = |what: &str, e: &dyn core::fmt::Display| {
+        resources(alloc::format!("VM {name}: {what}: {e}"))
+    };
+    if let Some(host) = crate::iommu::get() {
+        let mut h = host.lock();
+        let id = h
+            .iommu
+            .create_domain(IPA_BITS)
+            .map_err(|e| fail("IOMMU domain", &e))?;
+        h.iommu
+            .map(id, Ipa(ipa), pa, size, S2Attrs::NORMAL_RWX)
+            .map_err(|e| fail("stage-2 map", &e))?;
+        let d = h.iommu.domain(id).expect("domain just created");
+        let vmid = d.vmid().0;
+        if u32::from(vmid) >> arch::vmid_bits() != 0 {
+            return Err(fail(
+                "VMID",
+                &alloc::format!("{vmid} does not fit the CPU's VMID width"),
+            ));
+        }
+        return Ok((vmid, d.stage2().config(), Space::Domain(id)));
+    }
+    let mut s2 = Stage2::new(&mm::S2_CPU_MEM, IPA_BITS, arch::pa_bits().min(48))
+        .map_err(|e| fail("stage 2", &e))?;
+    s2.map(&mm::S2_CPU_MEM, Ipa(ipa), pa, size, S2Attrs::NORMAL_RWX)
+        .map_err(|e| fail("stage-2 map", &e))?;
+    let cfg = s2.config();
+    Ok(((index + 1) as u16, cfg, Space::Own(Box::new(s2))))
 }
 
 /// text_offset and image_size of an arm64 Image header (Linux booting.rst);

@@ -93,6 +93,16 @@ pub fn vtcr(t0sz: u8, sl0: u8, ps: u8) -> u64 {
     v
 }
 
+/// VMID bits of the CPU's stage 2 (ID_AA64MMFR1_EL1.VMIDBits: 8 or 16).
+pub fn vmid_bits() -> u32 {
+    use aarch64_cpu::registers::ID_AA64MMFR1_EL1;
+    if (ID_AA64MMFR1_EL1.get() >> 4) & 0xf == 2 {
+        16
+    } else {
+        8
+    }
+}
+
 /// FAR_EL2.
 pub fn far() -> u64 {
     use aarch64_cpu::registers::FAR_EL2;
