@@ -31,6 +31,35 @@ pub fn subtract(ranges: &[Range<u64>], holes: &[Range<u64>]) -> alloc::vec::Vec<
     out
 }
 
+/// Zeroes `[pa, pa + len)` (page aligned), with `DC ZVA` where the CPU
+/// allows it: a whole cache block per instruction, much faster than stores
+/// (guest RAM is zeroed before a guest gets it, so nothing leaks into it).
+///
+/// # Safety
+///
+/// The range is identity-mapped Normal memory that nothing else uses.
+unsafe fn zero(pa: u64, len: usize) {
+    #[cfg(target_os = "none")]
+    {
+        let dczid: u64;
+        // SAFETY: reading DCZID_EL0 has no side effects.
+        unsafe { core::arch::asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack)) };
+        let block = 4usize << (dczid & 0xf);
+        if dczid & (1 << 4) == 0 && block <= PAGE_SIZE {
+            let mut p = pa as usize;
+            while p < pa as usize + len {
+                // SAFETY: `p` is inside the range (page aligned, so block
+                // aligned), which the caller vouches for.
+                unsafe { core::arch::asm!("dc zva, {}", in(reg) p, options(nostack)) };
+                p += block;
+            }
+            return;
+        }
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { core::ptr::write_bytes(pa as *mut u8, 0, len) };
+}
+
 /// The page-frame allocator: a buddy allocator over free RAM.
 pub struct Frames {
     inner: Mutex<FramesInner>,
@@ -86,8 +115,8 @@ impl Frames {
         drop(inner);
         let pa = (frame * PAGE_SIZE) as u64;
         // SAFETY: the frames are free RAM handed to us by `add`, identity
-        // mapped read-write, and now exclusively ours.
-        unsafe { core::ptr::write_bytes(pa as *mut u8, 0, pages * PAGE_SIZE) };
+        // mapped read-write (Normal memory), and now exclusively ours.
+        unsafe { zero(pa, pages * PAGE_SIZE) };
         Some(PhysAddr(pa))
     }
 
