@@ -67,43 +67,80 @@ pub fn hyp_bin() -> PathBuf {
 /// Boots `scenario` (a name in `guests/scenarios/` or a path) with extra
 /// QEMU arguments; kills QEMU after `timeout` and fails loudly if it had to.
 pub fn boot(scenario: &str, extra: &[&str], timeout: Duration) -> Boot {
+    boot_typing(scenario, extra, timeout, &[])
+}
+
+/// Like [`boot`], and types on the console: for each `(marker, keys)` in
+/// order, waits until the console shows `marker`, then sends `keys` to the
+/// machine's serial input.
+pub fn boot_typing(
+    scenario: &str,
+    extra: &[&str],
+    timeout: Duration,
+    script: &[(&str, &[u8])],
+) -> Boot {
     // A clear message when the image was not built; prepare finds the same one.
     hyp_bin();
     let extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     let mut cmd = qemu_runner::prepare(&workspace(), scenario, &extra_args)
         .unwrap_or_else(|e| panic!("scenario {scenario}: {e}"));
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if script.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("cannot start qemu-system-aarch64");
+    let mut stdin = child.stdin.take();
     let mut stdout = child.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
     let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = stdout.read_to_end(&mut out);
-        out
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
     });
+    let console_now = || String::from_utf8_lossy(&seen.lock().unwrap()).replace('\r', "");
+    let mut steps = script.iter();
+    let mut next = steps.next();
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s.code();
         }
+        if let (Some((marker, keys)), Some(input)) = (next, stdin.as_mut()) {
+            if console_now().contains(marker) {
+                use std::io::Write;
+                input.write_all(keys).expect("cannot type into QEMU");
+                input.flush().unwrap();
+                next = steps.next();
+            }
+        }
         if start.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
-            let out = String::from_utf8_lossy(&reader.join().unwrap()).replace('\r', "");
+            let _ = reader.join();
             panic!(
-                "scenario {scenario} {extra:?} did not finish within {timeout:?}; console:\n{out}"
+                "scenario {scenario} {extra:?} did not finish within {timeout:?}; console:\n{}",
+                console_now()
             );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    drop(stdin);
+    let _ = reader.join();
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    let mut console = String::from_utf8_lossy(&reader.join().unwrap()).replace('\r', "");
+    let mut console = console_now();
     if !err.is_empty() {
         console.push_str("\n--- qemu stderr ---\n");
         console.push_str(&err);

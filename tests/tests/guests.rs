@@ -69,3 +69,29 @@ fn guest_bad_access() {
     b.expect("all VMs have stopped (all powered off cleanly)");
     assert_eq!(b.status, Some(0));
 }
+
+#[test]
+fn console_input_switches_between_vms() {
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/console-input.toml");
+    let b = scenario_tests::boot_typing(
+        scenario,
+        &[],
+        TIMEOUT,
+        &[
+            // Ctrl-] 1: input to the bare-metal VM; Ctrl-] 0: back to Linux.
+            ("[linux] init: running: head -n1", b"\x1d1"),
+            ("[hyp] console input goes to VM bare", b"\x1d0"),
+            (
+                "[hyp] console input goes to VM linux",
+                b"typed-into-linux\n",
+            ),
+        ],
+    );
+    b.expect("[hyp] console input goes to VM bare");
+    b.expect("[hyp] console input goes to VM linux");
+    // head echoes the line it read (after the terminal's own echo).
+    assert!(b.count("[linux] typed-into-linux") >= 1, "{}", b.console);
+    b.expect("[linux] init: exit status 0");
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    assert_eq!(b.status, Some(0));
+}

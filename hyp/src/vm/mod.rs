@@ -2,6 +2,7 @@
 //! the bare-metal target) the runtime that creates VMs from the scenario and
 //! handles their traps.
 
+pub mod console_mux;
 pub mod mmio;
 pub mod psci;
 pub mod vuart;

@@ -833,37 +833,30 @@ fn handle_irq(pc: usize) -> bool {
     true
 }
 
-/// Index of the VM receiving console input.
-static FOCUS: AtomicUsize = AtomicUsize::new(0);
+/// The console input multiplexer (Ctrl-] then a digit switches VMs).
+static MUX: Mutex<super::console_mux::ConsoleMux> =
+    Mutex::new(super::console_mux::ConsoleMux::new());
 
 /// Reads the physical UART and feeds the focused VM's virtual UART.
-/// Ctrl-A then a digit switches the focus to that VM.
 fn console_input() {
-    static ESCAPE: AtomicBool = AtomicBool::new(false);
+    use super::console_mux::Input;
     while let Some(byte) = crate::console::read_byte() {
         let vms = vms();
-        if ESCAPE.swap(false, Ordering::SeqCst) {
-            if let Some(d) = (byte as char).to_digit(10) {
-                if let Some(vm) = vms.get(d as usize) {
-                    FOCUS.store(d as usize, Ordering::SeqCst);
-                    crate::console::write_fmt(format_args!(
-                        "[hyp] console input goes to VM {}\n",
-                        vm.name
-                    ));
+        match MUX.lock().feed(byte, vms.len()) {
+            Input::Swallowed => {}
+            Input::Switched(v) => crate::console::write_fmt(format_args!(
+                "[hyp] console input goes to VM {}\n",
+                vms[v].name
+            )),
+            Input::Deliver { vm, byte } => {
+                let vm = &vms[vm];
+                let mut u = vm.uart.lock();
+                u.push_input(byte);
+                let level = u.irq_level();
+                drop(u);
+                if let Ok(fx) = vm.vgic.lock().set_level(UART_INTID, 0, level) {
+                    apply(vm, fx);
                 }
-                continue;
-            }
-        } else if byte == 0x01 {
-            ESCAPE.store(true, Ordering::SeqCst);
-            continue;
-        }
-        if let Some(vm) = vms.get(FOCUS.load(Ordering::SeqCst)) {
-            let mut u = vm.uart.lock();
-            u.push_input(byte);
-            let level = u.irq_level();
-            drop(u);
-            if let Ok(fx) = vm.vgic.lock().set_level(UART_INTID, 0, level) {
-                apply(vm, fx);
             }
         }
     }

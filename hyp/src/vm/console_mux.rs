@@ -1,0 +1,109 @@
+//! Which VM gets the keyboard: Ctrl-] then a digit switches the input to
+//! that VM (if it exists); everything else goes to the focused VM.
+//! Output needs no multiplexing here: each VM's lines carry its name.
+//! (Not Ctrl-A: QEMU's `-nographic` console keeps that one for itself.)
+
+/// Ctrl-].
+const ESCAPE: u8 = 0x1d;
+
+/// What to do with one byte of console input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Give `byte` to VM `vm`.
+    Deliver {
+        /// Index of the VM.
+        vm: usize,
+        /// The byte.
+        byte: u8,
+    },
+    /// Input now goes to VM `vm`.
+    Switched(usize),
+    /// Part of an escape sequence: nothing to deliver.
+    Swallowed,
+}
+
+/// The input multiplexer.
+#[derive(Debug, Default)]
+pub struct ConsoleMux {
+    focus: usize,
+    escaped: bool,
+}
+
+impl ConsoleMux {
+    /// Input to VM 0, no escape pending.
+    pub const fn new() -> Self {
+        Self {
+            focus: 0,
+            escaped: false,
+        }
+    }
+
+    /// Handles one byte with `vms` VMs running.
+    pub fn feed(&mut self, byte: u8, vms: usize) -> Input {
+        if core::mem::take(&mut self.escaped) {
+            if let Some(d) = (byte as char).to_digit(10) {
+                if (d as usize) < vms {
+                    self.focus = d as usize;
+                    return Input::Switched(self.focus);
+                }
+                return Input::Swallowed;
+            }
+            if byte != ESCAPE {
+                // Not a switch: the escape was for nobody; deliver the byte.
+                return Input::Deliver {
+                    vm: self.focus,
+                    byte,
+                };
+            }
+            // Ctrl-] Ctrl-] sends one Ctrl-] to the guest.
+            return Input::Deliver {
+                vm: self.focus,
+                byte: ESCAPE,
+            };
+        }
+        if byte == ESCAPE {
+            self.escaped = true;
+            return Input::Swallowed;
+        }
+        Input::Deliver {
+            vm: self.focus,
+            byte,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_goes_to_vm0_until_switched() {
+        let mut m = ConsoleMux::default();
+        assert_eq!(m.feed(b'a', 2), Input::Deliver { vm: 0, byte: b'a' });
+        assert_eq!(m.feed(ESCAPE, 2), Input::Swallowed);
+        assert_eq!(m.feed(b'1', 2), Input::Switched(1));
+        assert_eq!(m.feed(b'b', 2), Input::Deliver { vm: 1, byte: b'b' });
+    }
+
+    #[test]
+    fn switching_to_a_missing_vm_keeps_the_focus() {
+        let mut m = ConsoleMux::default();
+        m.feed(ESCAPE, 2);
+        assert_eq!(m.feed(b'7', 2), Input::Swallowed);
+        assert_eq!(m.feed(b'x', 2), Input::Deliver { vm: 0, byte: b'x' });
+    }
+
+    #[test]
+    fn double_escape_sends_one_escape() {
+        let mut m = ConsoleMux::default();
+        m.feed(ESCAPE, 1);
+        assert_eq!(
+            m.feed(ESCAPE, 1),
+            Input::Deliver {
+                vm: 0,
+                byte: ESCAPE
+            }
+        );
+        assert_eq!(m.feed(b'q', 1), Input::Deliver { vm: 0, byte: b'q' });
+    }
+}
