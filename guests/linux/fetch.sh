@@ -76,7 +76,8 @@ resolve() {
     fi
 }
 resolve
-init_sum=$(sha256sum "$init_src" | cut -d' ' -f1)
+# The init script and the helper scripts in bin/ are part of the initramfs.
+init_sum=$(cat "$init_src" "$here"/bin/* 2>/dev/null | sha256sum | cut -d' ' -f1)
 want="kernel $kpkg $kver
 busybox busybox-static $bver
 init $init_sum"
@@ -130,6 +131,11 @@ rootfs=$work/rootfs
 mkdir -p "$rootfs/bin" "$rootfs/dev" "$rootfs/proc" "$rootfs/sys"
 cp "$work/busybox/bin/busybox" "$rootfs/bin/busybox"
 cp "$init_src" "$rootfs/init"
+for f in "$here"/bin/*; do
+    [ -f "$f" ] || continue
+    cp "$f" "$rootfs/bin/$(basename "$f")"
+    chmod 755 "$rootfs/bin/$(basename "$f")"
+done
 chmod 755 "$rootfs/init" "$rootfs/bin/busybox"
 (cd "$rootfs" && find . -mindepth 1 | LC_ALL=C sort \
     | cpio -o -H newc -R 0:0 --quiet) >"$work/rootfs.cpio"

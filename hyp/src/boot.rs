@@ -131,8 +131,8 @@ extern "C" fn primary_main(dtb: u64) -> ! {
     );
 
     EXIT_SEMIHOSTING.store(platform.has_bootarg("exit=semihosting"), Ordering::SeqCst);
-    let ok = crate::init::run(&platform);
-    match crate::vm::run::create(&platform) {
+    let (ok, functions) = crate::init::run(&platform);
+    match crate::vm::run::create(&platform, &functions) {
         Ok(true) => {
             footprint(&image, HEAP_SIZE);
             if !ok {

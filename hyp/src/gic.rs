@@ -216,6 +216,17 @@ pub fn enable_spi(intid: u32, mpidr: u64, edge: bool) {
     wait_rwp(r.dist);
 }
 
+/// Enables or disables SPI `intid` at the distributor (routing unchanged).
+pub fn set_spi_enabled(intid: u32, on: bool) {
+    let r = regs();
+    let n = intid as usize;
+    let reg = if on { gicd::ISENABLER } else { gicd::ICENABLER };
+    w32(r.dist, reg + n / 32 * 4, 1 << (n % 32));
+    if !on {
+        wait_rwp(r.dist);
+    }
+}
+
 /// Acknowledges the highest-priority pending interrupt (ICC_IAR1_EL1).
 pub fn ack() -> u32 {
     let v: u64;

@@ -4,9 +4,10 @@
 //! `vm-fdt` crate: its CPUs (MPIDR Aff0 = 0..n, started through PSCI), its
 //! RAM, PSCI over HVC, a GICv3 (distributor + one redistributor region), the
 //! architected timer, one PL011 with the fixed 24 MHz clock Linux's
-//! `amba-pl011` driver asks for, and `/chosen` with the command line, the
-//! console and the initrd. The layout follows what QEMU's `virt` machine
-//! generates, so an unmodified Linux `virt` kernel boots with it.
+//! `amba-pl011` driver asks for, optionally a virtual PCI host bridge
+//! ([`PciDt`]), and `/chosen` with the command line, the console and the
+//! initrd. The layout follows what QEMU's `virt` machine generates, so an
+//! unmodified Linux `virt` kernel boots with it.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -44,6 +45,36 @@ const PHANDLE_GIC: u32 = 1;
 /// Phandle of the UART's clock.
 const PHANDLE_CLK: u32 = 2;
 
+/// Bytes of ECAM per bus (32 devices x 8 functions x 4 KiB).
+const ECAM_BUS_SIZE: u64 = 1 << 20;
+/// Buses one ECAM region can cover.
+const MAX_BUSES: u64 = 256;
+/// PCI devices on a bus.
+const PCI_DEVICES: u8 = 32;
+/// `ranges` space code (phys.hi): 32-bit memory, non-prefetchable.
+const PCI_SPACE_MEM32: u32 = 0x0200_0000;
+/// `ranges` space code (phys.hi): 64-bit memory, non-prefetchable.
+const PCI_SPACE_MEM64: u32 = 0x0300_0000;
+/// `interrupt-map-mask`: device number (phys.hi bits 15:11) and INTx pin.
+const PCI_INTX_MAP_MASK: [u32; 4] = [0x1800, 0, 0, 7];
+
+/// A virtual PCI host bridge (generic ECAM, `pci-host-ecam-generic`), bus 0
+/// holding the functions assigned to the VM. Addresses are guest physical;
+/// both memory windows are identity-mapped (PCI address == IPA).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PciDt {
+    /// ECAM: base and size (a multiple of 1 MiB, at most 256 MiB; one MiB
+    /// per bus, buses numbered from 0).
+    pub ecam: (u64, u64),
+    /// 32-bit non-prefetchable memory window: base and size (below 4 GiB).
+    pub mmio: (u64, u64),
+    /// 64-bit non-prefetchable memory window, if any: base and size.
+    pub mmio64: Option<(u64, u64)>,
+    /// Legacy interrupts: (device 0..32 on bus 0, pin 1..=4 for INTA..INTD,
+    /// guest SPI number), one entry per routed pin.
+    pub intx: Vec<(u8, u8, u32)>,
+}
+
 /// Everything a VM's device tree says. Addresses are guest physical (IPA).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestDt {
@@ -65,6 +96,10 @@ pub struct GuestDt {
     pub bootargs: String,
     /// The initrd's guest-physical `[start, end)`, if any.
     pub initrd: Option<(u64, u64)>,
+    /// The virtual PCI host bridge, if the VM has PCI functions. With it,
+    /// `/chosen` also gets `linux,pci-probe-only = <1>`: the BARs are
+    /// placed by the hypervisor and Linux must keep them.
+    pub pci: Option<PciDt>,
 }
 
 /// Why a device tree could not be written.
@@ -83,6 +118,8 @@ pub enum GuestFdtError {
     },
     /// The UART's SPI number is beyond what a GICv3 has.
     BadUartSpi(u32),
+    /// The PCI host bridge cannot be described as given.
+    BadPci(&'static str),
     /// The FDT writer refused (e.g. a NUL byte inside the name or bootargs).
     Writer(vm_fdt::Error),
 }
@@ -96,6 +133,7 @@ impl fmt::Display for GuestFdtError {
                 write!(f, "initrd {start:#x}..{end:#x} is not inside RAM")
             }
             Self::BadUartSpi(spi) => write!(f, "UART SPI {spi} is above {MAX_SPI}"),
+            Self::BadPci(why) => write!(f, "PCI host bridge: {why}"),
             Self::Writer(e) => write!(f, "FDT writer: {e}"),
         }
     }
@@ -136,6 +174,9 @@ impl GuestDt {
         if self.uart.2 > MAX_SPI {
             return Err(GuestFdtError::BadUartSpi(self.uart.2));
         }
+        if let Some(pci) = &self.pci {
+            pci.validate().map_err(GuestFdtError::BadPci)?;
+        }
         Ok(())
     }
 
@@ -143,6 +184,116 @@ impl GuestDt {
     fn uart_path(&self) -> String {
         format!("/pl011@{:x}", self.uart.0)
     }
+}
+
+/// Whether `base + size` neither wraps nor is empty.
+fn is_range(base: u64, size: u64) -> bool {
+    size > 0 && base.checked_add(size).is_some()
+}
+
+impl PciDt {
+    /// Checks what the node would otherwise state wrongly.
+    fn validate(&self) -> Result<(), &'static str> {
+        let (ecam_base, ecam_size) = self.ecam;
+        if !is_range(ecam_base, ecam_size)
+            || ecam_size % ECAM_BUS_SIZE != 0
+            || ecam_size / ECAM_BUS_SIZE > MAX_BUSES
+        {
+            return Err("ECAM size must be 1..=256 MiB in whole MiB");
+        }
+        let (mmio_base, mmio_size) = self.mmio;
+        if !is_range(mmio_base, mmio_size) || mmio_base + mmio_size > 1 << 32 {
+            return Err("32-bit window is empty or not below 4 GiB");
+        }
+        if let Some((base, size)) = self.mmio64 {
+            if !is_range(base, size) {
+                return Err("64-bit window is empty or wraps around");
+            }
+        }
+        for (i, &(device, pin, spi)) in self.intx.iter().enumerate() {
+            if device >= PCI_DEVICES {
+                return Err("INTx device number above 31");
+            }
+            if !(1..=4).contains(&pin) {
+                return Err("INTx pin not 1..=4 (INTA..INTD)");
+            }
+            if spi > MAX_SPI {
+                return Err("INTx SPI above 987");
+            }
+            if self.intx[..i]
+                .iter()
+                .any(|&(d, p, _)| (d, p) == (device, pin))
+            {
+                return Err("INTx pin routed twice");
+            }
+        }
+        Ok(())
+    }
+
+    /// `bus-range`: bus 0 up to what the ECAM covers.
+    fn bus_range(&self) -> [u32; 2] {
+        [0, (self.ecam.1 / ECAM_BUS_SIZE - 1) as u32]
+    }
+
+    /// `ranges`: (phys.hi, phys.mid, phys.lo, CPU address, size) per
+    /// window, identity-mapped.
+    fn ranges(&self) -> Vec<u32> {
+        let windows = [
+            Some((PCI_SPACE_MEM32, self.mmio)),
+            self.mmio64.map(|w| (PCI_SPACE_MEM64, w)),
+        ];
+        windows
+            .into_iter()
+            .flatten()
+            .flat_map(|(space, (base, size))| {
+                let (hi, lo) = ((base >> 32) as u32, base as u32);
+                [space, hi, lo, hi, lo, (size >> 32) as u32, size as u32]
+            })
+            .collect()
+    }
+
+    /// `interrupt-map`: child unit address (device << 11, 0, 0), child pin,
+    /// the GIC (no unit address cells: its #address-cells is 0), and its
+    /// 3-cell specifier.
+    fn interrupt_map(&self) -> Vec<u32> {
+        self.intx
+            .iter()
+            .flat_map(|&(device, pin, spi)| {
+                let unit = u32::from(device) << 11;
+                [
+                    unit,
+                    0,
+                    0,
+                    u32::from(pin),
+                    PHANDLE_GIC,
+                    GIC_SPI,
+                    spi,
+                    IRQ_TYPE_LEVEL_HIGH,
+                ]
+            })
+            .collect()
+    }
+}
+
+/// Writes the `pcie@<ecam>` node of a generic ECAM host bridge, as QEMU's
+/// `virt` does (without MSI: the VM has no ITS).
+fn write_pci(w: &mut FdtWriter, pci: &PciDt) -> Result<(), vm_fdt::Error> {
+    let node = w.begin_node(&format!("pcie@{:x}", pci.ecam.0))?;
+    w.property_string("compatible", "pci-host-ecam-generic")?;
+    w.property_string("device_type", "pci")?;
+    w.property_u32("#address-cells", 3)?;
+    w.property_u32("#size-cells", 2)?;
+    w.property_u32("#interrupt-cells", 1)?;
+    w.property_array_u64("reg", &reg(pci.ecam.0, pci.ecam.1))?;
+    w.property_array_u32("bus-range", &pci.bus_range())?;
+    w.property_u32("linux,pci-domain", 0)?;
+    w.property_array_u32("ranges", &pci.ranges())?;
+    w.property_null("dma-coherent")?;
+    if !pci.intx.is_empty() {
+        w.property_array_u32("interrupt-map-mask", &PCI_INTX_MAP_MASK)?;
+        w.property_array_u32("interrupt-map", &pci.interrupt_map())?;
+    }
+    w.end_node(node)
 }
 
 /// Writes the device tree of the VM `dt` describes.
@@ -220,6 +371,10 @@ pub fn build(dt: &GuestDt) -> Result<Vec<u8>, GuestFdtError> {
     w.property_string_list("clock-names", strings(&["uartclk", "apb_pclk"]))?;
     w.end_node(uart)?;
 
+    if let Some(pci) = &dt.pci {
+        write_pci(&mut w, pci)?;
+    }
+
     let aliases = w.begin_node("aliases")?;
     w.property_string("serial0", &dt.uart_path())?;
     w.end_node(aliases)?;
@@ -230,6 +385,11 @@ pub fn build(dt: &GuestDt) -> Result<Vec<u8>, GuestFdtError> {
     if let Some((start, end)) = dt.initrd {
         w.property_u64("linux,initrd-start", start)?;
         w.property_u64("linux,initrd-end", end)?;
+    }
+    if dt.pci.is_some() {
+        // Linux (`of_pci_check_probe_only`) then claims the BARs as they
+        // are instead of reassigning them: placement is the hypervisor's.
+        w.property_u32("linux,pci-probe-only", 1)?;
     }
     w.end_node(chosen)?;
 
@@ -254,6 +414,19 @@ mod tests {
             uart: (0x900_0000, 0x1000, 1),
             bootargs: "console=ttyAMA0 nokaslr".into(),
             initrd: Some((0x7e00_0000, 0x7e10_0000)),
+            pci: None,
+        }
+    }
+
+    fn with_pci() -> GuestDt {
+        GuestDt {
+            pci: Some(PciDt {
+                ecam: (0x40_1000_0000, 0x100_0000),
+                mmio: (0x1000_0000, 0x2eff_0000),
+                mmio64: Some((0x80_0000_0000, 0x80_0000_0000)),
+                intx: vec![(0, 1, 3), (1, 1, 4), (1, 2, 5)],
+            }),
+            ..example()
         }
     }
 
@@ -447,29 +620,121 @@ mod tests {
         assert_eq!(Fdt::new(&blob).unwrap().cpus().count(), 256);
     }
 
+    #[test]
+    fn pci_host_bridge() {
+        let blob = build(&with_pci()).unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+        let pci = fdt.find_compatible(&["pci-host-ecam-generic"]).unwrap();
+        assert_eq!(pci.name, "pcie@4010000000");
+        assert_eq!(strs(pci, "device_type"), ["pci"]);
+        assert_eq!(cells(pci, "#address-cells"), [3]);
+        assert_eq!(cells(pci, "#size-cells"), [2]);
+        assert_eq!(cells(pci, "#interrupt-cells"), [1]);
+        assert_eq!(u64s(pci, "reg"), [0x40_1000_0000, 0x100_0000]);
+        let region = pci.reg().next().unwrap();
+        assert_eq!(region.starting_address as u64, 0x40_1000_0000);
+        assert_eq!(region.size, Some(0x100_0000));
+        assert_eq!(cells(pci, "bus-range"), [0, 15]);
+        assert_eq!(cells(pci, "linux,pci-domain"), [0]);
+        assert!(pci.property("dma-coherent").is_some());
+        assert_eq!(
+            cells(pci, "ranges"),
+            [
+                0x0200_0000,
+                0,
+                0x1000_0000,
+                0,
+                0x1000_0000,
+                0,
+                0x2eff_0000, //
+                0x0300_0000,
+                0x80,
+                0,
+                0x80,
+                0,
+                0x80,
+                0
+            ]
+        );
+        assert_eq!(cells(pci, "interrupt-map-mask"), [0x1800, 0, 0, 7]);
+        let map = cells(pci, "interrupt-map");
+        let gic = fdt.find_compatible(&["arm,gic-v3"]).unwrap();
+        let gic_phandle = cells(gic, "phandle")[0];
+        // The GIC's #address-cells (0) sizes the parent unit address.
+        assert_eq!(cells(gic, "#address-cells"), [0]);
+        let entries: Vec<&[u32]> = map.chunks(8).collect();
+        assert_eq!(
+            entries,
+            [
+                [0, 0, 0, 1, gic_phandle, 0, 3, 4],
+                [0x800, 0, 0, 1, gic_phandle, 0, 4, 4],
+                [0x800, 0, 0, 2, gic_phandle, 0, 5, 4],
+            ]
+        );
+        let chosen = fdt.find_node("/chosen").unwrap();
+        assert_eq!(cells(chosen, "linux,pci-probe-only"), [1]);
+
+        // Without a 64-bit window or INTx: one range, no interrupt-map.
+        let mut dt = with_pci();
+        let p = dt.pci.as_mut().unwrap();
+        p.mmio64 = None;
+        p.intx.clear();
+        p.ecam.1 = 0x1000_0000;
+        let blob = build(&dt).unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+        let pci = fdt.find_node("/pcie@4010000000").unwrap();
+        assert_eq!(cells(pci, "bus-range"), [0, 255]);
+        assert_eq!(cells(pci, "ranges").len(), 7);
+        assert!(pci.property("interrupt-map").is_none());
+        assert!(pci.property("interrupt-map-mask").is_none());
+
+        // Without PCI: no node, no probe-only.
+        let blob = build(&example()).unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+        assert!(fdt.find_compatible(&["pci-host-ecam-generic"]).is_none());
+        let chosen = fdt.find_node("/chosen").unwrap();
+        assert!(chosen.property("linux,pci-probe-only").is_none());
+    }
+
+    #[test]
+    fn refuses_bad_pci() {
+        let with = |f: fn(&mut PciDt)| {
+            let mut dt = with_pci();
+            f(dt.pci.as_mut().unwrap());
+            build(&dt).unwrap_err()
+        };
+        let bad = |e| matches!(e, GuestFdtError::BadPci(_));
+        assert!(bad(with(|p| p.ecam.1 = 0)));
+        assert!(bad(with(|p| p.ecam.1 = 0x8_0000)));
+        assert!(bad(with(|p| p.ecam.1 = 0x1000_0000 + 0x10_0000)));
+        assert!(bad(with(|p| p.ecam.0 = u64::MAX - 0xf_ffff)));
+        assert!(bad(with(|p| p.mmio.1 = 0)));
+        assert!(bad(with(|p| p.mmio = (0xf000_0000, 0x2000_0000))));
+        assert!(bad(with(|p| p.mmio64 = Some((1 << 40, 0)))));
+        assert!(bad(with(|p| p.intx.push((32, 1, 10)))));
+        assert!(bad(with(|p| p.intx.push((2, 0, 10)))));
+        assert!(bad(with(|p| p.intx.push((2, 5, 10)))));
+        assert!(bad(with(|p| p.intx.push((2, 1, 988)))));
+        assert!(bad(with(|p| p.intx.push((1, 2, 9)))));
+        // The limits themselves are fine.
+        let mut dt = with_pci();
+        let p = dt.pci.as_mut().unwrap();
+        p.mmio = (0xf000_0000, 0x1000_0000);
+        p.intx.push((31, 4, 987));
+        build(&dt).unwrap();
+        assert_eq!(
+            with(|p| p.intx.push((2, 5, 10))).to_string(),
+            "PCI host bridge: INTx pin not 1..=4 (INTA..INTD)"
+        );
+    }
+
     /// `dtc` accepts the blob and decompiles it to what we meant (skipped
     /// when dtc is not installed).
     #[test]
     fn dtc_decompiles_it() {
-        let blob = build(&example()).unwrap();
-        let dir = std::env::temp_dir().join(format!("guest_fdt_{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("guest.dtb");
-        std::fs::write(&path, &blob).unwrap();
-        let out = std::process::Command::new("dtc")
-            .args(["-I", "dtb", "-O", "dts"])
-            .arg(&path)
-            .output();
-        std::fs::remove_dir_all(&dir).unwrap();
-        let Ok(out) = out else {
-            eprintln!("dtc not installed: skipping");
+        let Some(dts) = dtc(&example(), "plain") else {
             return;
         };
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "dtc failed: {stderr}");
-        // No warnings (dtc checks cell sizes, unit addresses, phandles...).
-        assert!(stderr.trim().is_empty(), "dtc warnings: {stderr}");
-        let dts = String::from_utf8(out.stdout).unwrap();
         for line in [
             "compatible = \"arm,gic-v3\";",
             "reg = <0x00 0x8000000 0x00 0x10000 0x00 0x80a0000 0x00 0x40000>;",
@@ -481,5 +746,56 @@ mod tests {
         ] {
             assert!(dts.contains(line), "missing {line:?} in:\n{dts}");
         }
+    }
+
+    /// `dtc` accepts the PCI host bridge without a warning (it checks the
+    /// node name, bus-range, interrupt-map against the cell counts...) and
+    /// decompiles it like QEMU's `virt` node.
+    #[test]
+    fn dtc_decompiles_pci() {
+        let Some(dts) = dtc(&with_pci(), "pci") else {
+            return;
+        };
+        for line in [
+            "pcie@4010000000 {",
+            "compatible = \"pci-host-ecam-generic\";",
+            "device_type = \"pci\";",
+            "reg = <0x40 0x10000000 0x00 0x1000000>;",
+            "bus-range = <0x00 0x0f>;",
+            "ranges = <0x2000000 0x00 0x10000000 0x00 0x10000000 0x00 0x2eff0000 \
+             0x3000000 0x80 0x00 0x80 0x00 0x80 0x00>;",
+            "interrupt-map-mask = <0x1800 0x00 0x00 0x07>;",
+            "interrupt-map = <0x00 0x00 0x00 0x01 0x01 0x00 0x03 0x04 \
+             0x800 0x00 0x00 0x01 0x01 0x00 0x04 0x04 0x800 0x00 0x00 0x02 0x01 0x00 0x05 0x04>;",
+            "dma-coherent;",
+            "linux,pci-domain = <0x00>;",
+            "linux,pci-probe-only = <0x01>;",
+        ] {
+            assert!(dts.contains(line), "missing {line:?} in:\n{dts}");
+        }
+    }
+
+    /// Decompiles `dt`'s blob with `dtc`, asserting it succeeds without
+    /// warnings; None when dtc is not installed.
+    fn dtc(dt: &GuestDt, tag: &str) -> Option<String> {
+        let blob = build(dt).unwrap();
+        let dir = std::env::temp_dir().join(format!("guest_fdt_{}_{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("guest.dtb");
+        std::fs::write(&path, &blob).unwrap();
+        let out = std::process::Command::new("dtc")
+            .args(["-I", "dtb", "-O", "dts"])
+            .arg(&path)
+            .output();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let Ok(out) = out else {
+            eprintln!("dtc not installed: skipping");
+            return None;
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "dtc failed: {stderr}");
+        // No warnings (dtc checks cell sizes, unit addresses, phandles...).
+        assert!(stderr.trim().is_empty(), "dtc warnings: {stderr}");
+        Some(String::from_utf8(out.stdout).unwrap())
     }
 }

@@ -8,8 +8,9 @@ use crate::platform::Platform;
 use crate::selftest;
 use log::{error, info, warn};
 
-/// Runs the init steps; returns whether all went well.
-pub fn run(p: &Platform) -> bool {
+/// Runs the init steps; returns whether all went well, and the PCI
+/// functions found (for device assignment).
+pub fn run(p: &Platform) -> (bool, alloc::vec::Vec<Function>) {
     if p.has_bootarg("selftest=fault") {
         deliberate_fault();
     }
@@ -61,7 +62,7 @@ pub fn run(p: &Platform) -> bool {
             (Some(_), Some(_), None) => unreachable!("a PCI function without a host bridge"),
         }
     }
-    ok
+    (ok, fns)
 }
 
 fn report_function(f: &Function) {

@@ -22,6 +22,7 @@ mod pci;
 mod platform;
 mod vgic;
 mod vm;
+mod vpci;
 
 #[cfg(target_os = "none")]
 #[path = "arch/aarch64/mod.rs"]

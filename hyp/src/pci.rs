@@ -423,6 +423,7 @@ mod tests {
                 },
             ],
             iommu_map: vec![],
+            intx: vec![],
         }
     }
 

@@ -110,6 +110,18 @@ pub struct PciHost {
     pub windows: Vec<PciWindow>,
     /// Requester ID to StreamID translation.
     pub iommu_map: Vec<IommuMapEntry>,
+    /// Legacy INTx wiring from `interrupt-map`: (device, pin 1..4) -> SPI.
+    pub intx: Vec<(u8, u8, Irq)>,
+}
+
+impl PciHost {
+    /// The interrupt of device `dev`'s INTx `pin` (1 = INTA), as wired.
+    pub fn intx_irq(&self, dev: u8, pin: u8) -> Option<Irq> {
+        self.intx
+            .iter()
+            .find(|&&(d, p, _)| d == dev && p == pin)
+            .map(|&(_, _, irq)| irq)
+    }
 }
 
 impl PciHost {
@@ -423,11 +435,35 @@ impl Platform {
                 });
             }
         }
+        // interrupt-map: <child unit address (3 cells), pin (1 cell), parent
+        // phandle, parent unit address (the GIC's #address-cells), GIC
+        // specifier (3 cells)>. The device number is in bits 15:11 of the
+        // first child cell (interrupt-map-mask 0x1800 on virt).
+        let mut intx = Vec::new();
+        if let Some(p) = node.property("interrupt-map") {
+            let parent_addr_cells = fdt
+                .find_compatible(&["arm,gic-v3"])
+                .and_then(|g| g.property("#address-cells"))
+                .and_then(|c| be32(c.value, 0))
+                .unwrap_or(0) as usize;
+            let stride = 3 + 1 + 1 + parent_addr_cells + 3;
+            for i in 0..p.value.len() / 4 / stride {
+                let at = i * stride;
+                let (Some(hi), Some(pin)) = (be32(p.value, at), be32(p.value, at + 3)) else {
+                    continue;
+                };
+                let spec = &p.value[(at + 5 + parent_addr_cells) * 4..(at + stride) * 4];
+                if let Some(irq) = gic_irq(spec, 0) {
+                    intx.push((((hi >> 11) & 0x1f) as u8, pin as u8, irq));
+                }
+            }
+        }
         Ok(PciHost {
             ecam,
             bus_range,
             windows,
             iommu_map,
+            intx,
         })
     }
 
@@ -513,6 +549,29 @@ mod tests {
         // 00:01.0 -> requester ID 8 -> StreamID 8 through the identity iommu-map.
         assert_eq!(pci.stream_id(0x8, smmu.phandle), Some(0x8));
         assert_eq!(pci.stream_id(0x8, Some(0xdead)), None);
+        // QEMU virt swizzles INTx: device d pin p -> SPI 3 + (d + p - 1) % 4.
+        assert_eq!(
+            pci.intx_irq(0, 1),
+            Some(Irq {
+                intid: 32 + 3,
+                edge: false
+            })
+        );
+        assert_eq!(
+            pci.intx_irq(1, 1),
+            Some(Irq {
+                intid: 32 + 4,
+                edge: false
+            })
+        );
+        assert_eq!(
+            pci.intx_irq(3, 2),
+            Some(Irq {
+                intid: 32 + 3,
+                edge: false
+            })
+        );
+        assert_eq!(pci.intx.len(), 16);
     }
 
     #[test]

@@ -11,7 +11,12 @@
 //!   (`guest: data abort at FAR=0x... ESR=0x...`), then powers off;
 //! - `count=N`: prints `guest: tick 1` .. `guest: tick N`, one every
 //!   `tick_ms=` milliseconds (default 100) of the virtual counter, then
-//!   `guest: done` and powers off.
+//!   `guest: done` and powers off;
+//! - `edu_attack=ADDR[,ADDR...]` [`edu_flood=N`]: drives QEMU's `edu` PCI
+//!   device behind the device tree's ECAM host bridge as a DMA attacker
+//!   (see [`edu`] and `README.md`): DMA into its own memory, then a DMA
+//!   read from and N (default 1) DMA writes to each address, then
+//!   `guest: attack done`, `guest: done` and powers off.
 //!
 //! PSCI goes through HVC, or SMC when the device tree's `/psci` says so.
 //!
@@ -23,6 +28,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod edu;
+
+use edu::Targets;
 use flat_device_tree::node::FdtNode;
 use flat_device_tree::Fdt;
 
@@ -34,13 +42,15 @@ const DEFAULT_TICK_MS: u64 = 100;
 
 /// What the command line asks the guest to do after its greeting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Action {
+enum Action<'a> {
     /// Power off at once.
     Done,
     /// Read outside RAM and report the data abort.
     BadAccess,
     /// Print this many ticks, spaced by the virtual timer.
     Count(u64),
+    /// DMA with the `edu` device: own memory, then at these addresses.
+    EduAttack(Targets<'a>),
 }
 
 /// The guest's command line (`/chosen/bootargs`), decoded.
@@ -48,10 +58,13 @@ enum Action {
 struct Args<'a> {
     /// `name=`, for the greeting.
     name: &'a str,
-    /// The last of `bad_access` / `count=N` on the line; [`Action::Done`] without.
-    action: Action,
+    /// The last of `bad_access` / `count=N` / `edu_attack=` on the line;
+    /// [`Action::Done`] without.
+    action: Action<'a>,
     /// `tick_ms=`: milliseconds between ticks.
     tick_ms: u64,
+    /// `edu_flood=N`: how many times each DMA write attack is issued.
+    edu_flood: u64,
 }
 
 impl<'a> Args<'a> {
@@ -62,6 +75,7 @@ impl<'a> Args<'a> {
             name: "unnamed",
             action: Action::Done,
             tick_ms: DEFAULT_TICK_MS,
+            edu_flood: 1,
         };
         for word in bootargs.split_ascii_whitespace() {
             match word.split_once('=') {
@@ -74,6 +88,16 @@ impl<'a> Args<'a> {
                 Some(("tick_ms", v)) => {
                     if let Ok(ms) = v.parse() {
                         args.tick_ms = ms;
+                    }
+                }
+                Some(("edu_attack", v)) => {
+                    if let Some(targets) = Targets::parse(v) {
+                        args.action = Action::EduAttack(targets);
+                    }
+                }
+                Some(("edu_flood", v)) => {
+                    if let Ok(n) = v.parse() {
+                        args.edu_flood = n;
                     }
                 }
                 None if word == "bad_access" => args.action = Action::BadAccess,
@@ -191,9 +215,11 @@ fn is_same_el_data_abort(vector: u64, esr: u64) -> bool {
 mod hw {
     //! Everything that touches the machine: UART, counter, PSCI, the vectors.
 
+    use super::edu::{Edu, EduError, PciHost, ReadOutcome, Targets, DMA_LEN};
     use super::{is_same_el_data_abort, Action, Args, Board, Conduit};
     use aarch64_cpu::asm::barrier;
     use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
+    use core::cell::UnsafeCell;
     use core::fmt::{self, Write};
     use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
     use flat_device_tree::Fdt;
@@ -285,6 +311,126 @@ mod hw {
         }
     }
 
+    /// Test pattern P of the own-memory check.
+    const SEED_OWN: u8 = 0x50;
+    /// Known pattern K the `edu` buffer holds before each read attack.
+    const SEED_KNOWN: u8 = 0x4b;
+
+    /// Two pages of our RAM for DMA: a source and a destination.
+    #[repr(C, align(4096))]
+    struct DmaPages(UnsafeCell<[[u8; DMA_LEN]; 2]>);
+
+    // SAFETY: only the boot CPU runs guest code; the pages are accessed
+    // through volatile raw-pointer accesses only.
+    unsafe impl Sync for DmaPages {}
+
+    static DMA_PAGES: DmaPages = DmaPages(UnsafeCell::new([[0; DMA_LEN]; 2]));
+    /// The page DMA reads from.
+    const SRC: usize = 0;
+    /// The page DMA writes to.
+    const DST: usize = 1;
+
+    /// A DMA page's first byte; its address is its bus address (MMU off,
+    /// identity).
+    fn page(which: usize) -> *mut u8 {
+        DMA_PAGES.0.get().cast::<u8>().wrapping_add(which * DMA_LEN)
+    }
+
+    /// Fills a DMA page with pattern `seed` (or zeros for None).
+    fn fill(which: usize, seed: Option<u8>) {
+        for i in 0..DMA_LEN {
+            let byte = seed.map_or(0, |s| super::edu::pattern(s, i));
+            // SAFETY: `i < DMA_LEN`: inside the page, which nothing else
+            // references; no DMA runs while we write it.
+            unsafe { page(which).add(i).write_volatile(byte) };
+        }
+    }
+
+    /// A DMA page's bytes, read volatile (a device wrote them).
+    fn bytes(which: usize) -> impl Iterator<Item = u8> + Clone {
+        (0..DMA_LEN).map(move |i| {
+            // SAFETY: `i < DMA_LEN`: inside the page; no DMA runs now.
+            unsafe { page(which).add(i).read_volatile() }
+        })
+    }
+
+    /// `edu_attack=`: finds the `edu`, checks DMA into our own memory, then
+    /// attacks each target by DMA read and write.
+    fn edu_attack(fdt: &Fdt<'_>, targets: Targets<'_>, flood: u64) {
+        let Some(host) = PciHost::from_fdt(fdt) else {
+            say!("guest: no PCI host bridge (pci-host-ecam-generic) in the device tree");
+            return;
+        };
+        let edu = match Edu::probe(&host) {
+            Ok(edu) => edu,
+            Err(e) => return report(e),
+        };
+        if edu.placed {
+            say!(
+                "guest: edu BAR0 was unassigned: placed it at {:#x}",
+                edu.bar0
+            );
+        }
+        say!("guest: edu at 00:{:02x}.0 BAR0 {:#x}", edu.device, edu.bar0);
+        if let Err(e) = attack(&edu, targets, flood) {
+            report(e);
+        }
+    }
+
+    fn attack(edu: &Edu, targets: Targets<'_>, flood: u64) -> Result<(), EduError> {
+        let src = page(SRC) as u64;
+        let dst = page(DST) as u64;
+        fill(SRC, Some(SEED_OWN));
+        fill(DST, None);
+        edu.dma_into_buffer(src)?;
+        edu.dma_from_buffer(dst)?;
+        let ok = ReadOutcome::judge(bytes(DST), SEED_OWN) == ReadOutcome::Intact;
+        say!(
+            "guest: dma own memory: {}",
+            if ok { "ok" } else { "FAILED" }
+        );
+
+        fill(SRC, Some(SEED_KNOWN));
+        for target in targets.iter() {
+            // Read: K into the buffer, then the target over it, then back.
+            edu.dma_into_buffer(src)?;
+            edu.dma_into_buffer(target)?;
+            fill(DST, None);
+            edu.dma_from_buffer(dst)?;
+            let verdict = match ReadOutcome::judge(bytes(DST), SEED_KNOWN) {
+                ReadOutcome::Intact => "blocked",
+                ReadOutcome::Zeroed => "blocked (read as zeros)",
+                ReadOutcome::Leaked => "LEAKED",
+            };
+            say!("guest: dma read from {:#x}: {}", target, verdict);
+
+            // Write: K (reloaded) from the buffer to the target.
+            edu.dma_into_buffer(src)?;
+            for _ in 0..flood {
+                edu.dma_from_buffer(target)?;
+            }
+            if flood == 1 {
+                say!("guest: dma write to {:#x}: issued", target);
+            } else {
+                say!("guest: dma write to {:#x}: issued {} times", target, flood);
+            }
+        }
+        say!("guest: attack done");
+        Ok(())
+    }
+
+    fn report(e: EduError) {
+        match e {
+            EduError::NotFound => say!("guest: no edu device (1234:11e8) on bus 0"),
+            EduError::NoRoom => {
+                say!("guest: edu BAR0 is unassigned and fits no 32-bit window")
+            }
+            EduError::BarRefused(at) => say!("guest: edu BAR0 refused address {:#x}", at),
+            EduError::BadId(id) => say!("guest: edu ID register reads {:#x}", id),
+            EduError::Timeout(cmd) => say!("guest: edu DMA timed out (command {:#x})", cmd),
+        }
+    }
+
     /// Rust entry, called by `entry.S` with the DTB address.
     #[no_mangle]
     extern "C" fn guest_main(dtb: usize) -> ! {
@@ -329,6 +475,7 @@ mod hw {
                     say!("guest: tick {}", i);
                 }
             }
+            Action::EduAttack(targets) => edu_attack(&fdt, targets, args.edu_flood),
         }
         say!("guest: done");
         power_off()
@@ -389,6 +536,28 @@ mod tests {
         assert_eq!(b.action, Action::Done);
         assert_eq!(b.tick_ms, DEFAULT_TICK_MS);
         assert_eq!(b.name, "unnamed");
+    }
+
+    #[test]
+    fn args_edu_attack() {
+        let a = Args::parse("name=b edu_attack=0x90000000,8000000");
+        let Action::EduAttack(targets) = a.action else {
+            panic!("{:?}", a.action);
+        };
+        assert_eq!(
+            targets.iter().collect::<Vec<_>>(),
+            [0x9000_0000, 0x800_0000]
+        );
+        assert_eq!(a.edu_flood, 1);
+        let a = Args::parse("edu_flood=50 edu_attack=0x1");
+        assert_eq!(a.edu_flood, 50);
+        assert!(matches!(a.action, Action::EduAttack(t) if t.iter().eq([1])));
+        // Only the own-memory check.
+        let a = Args::parse("edu_attack=");
+        assert!(matches!(a.action, Action::EduAttack(t) if t.iter().count() == 0));
+        // A malformed list is ignored as a whole.
+        assert_eq!(Args::parse("edu_attack=0x1,zz").action, Action::Done);
+        assert_eq!(Args::parse("edu_flood=x").edu_flood, 1);
     }
 
     #[test]

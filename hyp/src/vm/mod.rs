@@ -8,4 +8,6 @@ pub mod psci;
 pub mod vuart;
 
 #[cfg(target_os = "none")]
+pub mod assign;
+#[cfg(target_os = "none")]
 pub mod run;

@@ -65,6 +65,8 @@ pub struct Vm {
     vgic: Mutex<VGic>,
     state: AtomicU8,
     reports: AtomicU32,
+    /// Assigned PCI functions and the guest's virtual PCI bus.
+    pci: Option<Mutex<super::assign::Assignment>>,
     /// Owner of the stage-2 table, kept for as long as the VM may run.
     _space: Space,
 }
@@ -122,7 +124,7 @@ fn resources(msg: impl Into<String>) -> StartError {
 
 /// Builds the VMs of the scenario in the boot bundle. Returns false when
 /// the bundle has no VMs (a machine-only scenario).
-pub fn create(p: &Platform) -> Result<bool, StartError> {
+pub fn create(p: &Platform, functions: &[crate::pci::Function]) -> Result<bool, StartError> {
     let Some(region) = &p.initrd else {
         return Ok(false);
     };
@@ -152,7 +154,7 @@ pub fn create(p: &Platform) -> Result<bool, StartError> {
     for (index, spec) in sc.vms.iter().enumerate() {
         let pcpus: Vec<usize> = (next_pcpu..next_pcpu + spec.cpus as usize).collect();
         next_pcpu += spec.cpus as usize;
-        let vm = build_vm(index, spec, pcpus, &bundle)?;
+        let vm = build_vm(index, spec, pcpus, &bundle, p, functions)?;
         vms.push(vm);
     }
     VMS_RUNNING.store(vms.len(), Ordering::SeqCst);
@@ -165,6 +167,8 @@ fn build_vm(
     spec: &scenario::VmSpec,
     pcpus: Vec<usize>,
     bundle: &scenario::bundle::Bundle<'_>,
+    p: &Platform,
+    functions: &[crate::pci::Function],
 ) -> Result<Vm, StartError> {
     let size = spec.memory;
     let ram = spec.ram_base..spec.ram_base + size;
@@ -179,6 +183,18 @@ fn build_vm(
 
     let (vmid, cfg, space) = address_space(&spec.name, index, ram.start, ram_pa, size)?;
     let vmid = u64::from(vmid);
+    let assignment = if spec.devices.is_empty() {
+        None
+    } else {
+        let domain = match &space {
+            Space::Domain(id) => Some(*id),
+            Space::Own(_) => None,
+        };
+        Some(
+            super::assign::assign(&spec.name, index, &spec.devices, functions, p, domain)
+                .map_err(|e| resources(alloc::format!("VM {}: {e}", spec.name)))?,
+        )
+    };
     let controls = guest::GuestControls {
         vttbr: cfg.root.raw() | (vmid << 48),
         vtcr: arch::vtcr(cfg.t0sz, cfg.sl0, cfg.ps),
@@ -241,6 +257,7 @@ fn build_vm(
         uart: (layout::UART_BASE, layout::UART_SIZE, UART_INTID - 32),
         bootargs: spec.cmdline.clone(),
         initrd: initrd_range,
+        pci: assignment.as_ref().map(|a| a.dt.clone()),
     };
     let blob = guest_fdt::build(&dt)
         .map_err(|e| resources(alloc::format!("VM {}: device tree: {e}", spec.name)))?;
@@ -284,6 +301,7 @@ fn build_vm(
         vgic: Mutex::new(vgic),
         state: AtomicU8::new(RUNNING),
         reports: AtomicU32::new(0),
+        pci: assignment.map(Mutex::new),
         _space: space,
     })
 }
@@ -292,7 +310,7 @@ fn build_vm(
 enum Space {
     /// An IOMMU domain's: the SMMU walks the same table for the VM's
     /// devices, under the same VMID.
-    Domain(#[allow(dead_code)] smmu::domain::DomainId),
+    Domain(smmu::domain::DomainId),
     /// The VM's own (no SMMU on this machine).
     Own(#[allow(dead_code)] Box<Stage2>),
 }
@@ -377,6 +395,11 @@ pub fn start(p: &Platform) -> ! {
     // SAFETY: the GIC from the DTB, mapped as a device in map_everything;
     // only the hypervisor programs it.
     unsafe { gic::init(&p.gic) };
+    // Assigned INTx lines go to the physical CPU of their VM's vCPU 0.
+    for (&pintid, &(vm_i, _)) in super::assign::LINE_OWNERS.lock().iter() {
+        let pc = vms()[vm_i].vcpu_pcpu[0];
+        gic::enable_spi(pintid, CPU_MPIDR[pc].load(Ordering::SeqCst) as u64, false);
+    }
     let conduit = p.psci;
     for pc in 1..MAX_CPUS {
         if SLOTS[pc].vm.load(Ordering::SeqCst) == NONE {
@@ -495,6 +518,7 @@ pub fn handle_trap(frame: &mut TrapFrame, vector: u64) {
     }
     let fx = crate::vgic_hw::flush(&mut vm.vgic.lock(), vcpu);
     apply(vm, fx);
+    resample_lines(vm_i, vm);
 }
 
 fn handle_sync(vm: &Vm, vcpu: usize, frame: &mut TrapFrame) {
@@ -644,6 +668,20 @@ fn emulate(vm: &Vm, a: &MmioAccess, value: u64) -> Option<u64> {
         } else {
             Some(g.redist_read(target, frame_off, a.size))
         }
+    } else if (layout::PCI_ECAM_BASE..layout::PCI_ECAM_BASE + layout::PCI_ECAM_SIZE).contains(&ipa)
+    {
+        let off = ipa - layout::PCI_ECAM_BASE;
+        let (Some(pci), Some(cfg)) = (&vm.pci, super::assign::config()) else {
+            // No devices: an empty bus (all-ones reads, writes ignored).
+            return Some(if a.write { 0 } else { u64::MAX });
+        };
+        let mut pci = pci.lock();
+        Some(if a.write {
+            pci.bus.write(cfg, off, a.size, value);
+            0
+        } else {
+            pci.bus.read(cfg, off, a.size)
+        })
     } else {
         None
     }
@@ -749,6 +787,14 @@ fn stop_vm(vm: &Vm, how: u8) {
     if how != POWERED_OFF {
         ALL_OK.store(false, Ordering::SeqCst);
     }
+    if let Some(pci) = &vm.pci {
+        // Bus mastering off and streams aborting before anything else.
+        super::assign::release(&pci.lock().devices);
+        info!(
+            "VM {}: its devices are stopped: bus mastering off, streams abort",
+            vm.name
+        );
+    }
     let me = guest::cpu_index();
     for &pc in &vm.vcpu_pcpu {
         if pc != me {
@@ -818,6 +864,9 @@ fn handle_irq(pc: usize) -> bool {
                 }
             }
         }
+        _ if intid >= 32 && super::assign::LINE_OWNERS.lock().contains_key(&intid) => {
+            forward_line(intid);
+        }
         _ if Some(intid) == crate::console::input_intid() => {
             gic::eoi(intid);
             gic::deactivate(intid);
@@ -831,6 +880,62 @@ fn handle_irq(pc: usize) -> bool {
         }
     }
     true
+}
+
+/// Physical INTx lines masked while their guest handles them.
+static MASKED_LINES: Mutex<alloc::collections::BTreeSet<u32>> =
+    Mutex::new(alloc::collections::BTreeSet::new());
+
+/// A passed-through device's level-triggered INTx fired: mask it at the
+/// distributor (so it cannot storm while the guest runs its handler),
+/// finish it physically, and raise the guest's virtual line.
+fn forward_line(pintid: u32) {
+    gic::eoi(pintid);
+    gic::set_spi_enabled(pintid, false);
+    gic::deactivate(pintid);
+    MASKED_LINES.lock().insert(pintid);
+    let owner = super::assign::LINE_OWNERS.lock().get(&pintid).copied();
+    if let Some((vm_i, vintid)) = owner {
+        let vm = &vms()[vm_i];
+        if let Ok(fx) = vm.vgic.lock().set_level(vintid, 0, true) {
+            apply(vm, fx);
+        }
+    }
+}
+
+/// Unmasks the VM's masked INTx lines whose virtual interrupt the guest
+/// has finished with (neither pending nor active): if the device still
+/// asserts the line, it fires again.
+fn resample_lines(vm_i: usize, vm: &Vm) {
+    let mut masked = MASKED_LINES.lock();
+    if masked.is_empty() {
+        return;
+    }
+    let owners = super::assign::LINE_OWNERS.lock();
+    let mut done = Vec::new();
+    for &pintid in masked.iter() {
+        let Some(&(owner, vintid)) = owners.get(&pintid) else {
+            continue;
+        };
+        if owner != vm_i {
+            continue;
+        }
+        let mut g = vm.vgic.lock();
+        let word = u64::from(vintid / 32 * 4);
+        let bit = 1u64 << (vintid % 32);
+        let busy = (g.dist_read(0x200 + word, 4) | g.dist_read(0x300 + word, 4)) & bit != 0;
+        if !busy {
+            if let Ok(fx) = g.set_level(vintid, 0, false) {
+                drop(g);
+                apply(vm, fx);
+            }
+            done.push(pintid);
+        }
+    }
+    for pintid in done {
+        masked.remove(&pintid);
+        gic::set_spi_enabled(pintid, true);
+    }
 }
 
 /// The console input multiplexer (Ctrl-] then a digit switches VMs).

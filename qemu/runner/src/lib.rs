@@ -272,5 +272,8 @@ pub fn prepare_with(
     let bundle = write_bundle(root, &scenario_name(arg), &s, &text)?;
     let mut cmd = Command::new(QEMU);
     cmd.args(qemu_args(&s.machine, hyp, &bundle, extra));
+    // Relative paths in a scenario's QEMU arguments (disk images) are
+    // relative to the repository root, like its image paths.
+    cmd.current_dir(root);
     Ok(cmd)
 }

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Creates target/disks/nvme.img (16 MiB): 4 MiB of deterministic text at the
+# start, zeros after. The linux-nvme scenario passes the sha256 of those
+# 4 MiB to the guest as nvme.expect=; the guest checks what it reads.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+mkdir -p target/disks
+img=target/disks/nvme.img
+head -c 4194304 < <(yes "smmuhyp: data prepared on the host for the passed-through NVMe disk") >"$img.new"
+truncate -s 16M "$img.new"
+mv "$img.new" "$img"
+echo "nvme disk: $img, first 4 MiB sha256 $(head -c 4194304 "$img" | sha256sum | cut -d' ' -f1)"

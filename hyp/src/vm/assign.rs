@@ -1,0 +1,216 @@
+//! Device assignment: PCI functions a scenario gives to a VM.
+//!
+//! For each function: it must exist and be an endpoint; its BARs get guest
+//! addresses in the VM's PCI MMIO window and are mapped into the VM's
+//! stage 2 as device memory; its stream is attached to the VM's IOMMU
+//! domain (the VM's own stage-2 table, see `run`) before the guest starts;
+//! its INTx line becomes a virtual SPI of the VM. A line can have one owner:
+//! a scenario that gives one interrupt line to two VMs is refused.
+
+use crate::guest_fdt::PciDt;
+use crate::pci::{self, BarKind, Bdf, ConfigAccess, Function};
+use crate::platform::{Irq, Platform};
+use crate::vpci::{VirtualBar, VirtualFunction, VirtualPciBus};
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use log::info;
+use scenario::guest_layout as layout;
+use smmu::addr::{Ipa, PhysAddr, StreamId};
+use smmu::domain::DomainId;
+use smmu::stage2::S2Attrs;
+use spin::{Mutex, Once};
+
+/// First virtual SPI (INTID 32 + n) given to assigned functions' INTx.
+const FIRST_VSPI: u32 = 8;
+
+/// One assigned function.
+#[derive(Debug, Clone)]
+pub struct AssignedDevice {
+    /// Its physical address.
+    pub phys: Bdf,
+    /// Its StreamID.
+    pub sid: StreamId,
+    /// The physical SPI of its INTx, if it has one.
+    pub pirq: Option<Irq>,
+    /// The guest INTID it appears as.
+    pub vintid: Option<u32>,
+}
+
+/// A VM's devices.
+pub struct Assignment {
+    /// The guest's virtual PCI bus.
+    pub bus: VirtualPciBus,
+    /// The functions.
+    pub devices: Vec<AssignedDevice>,
+    /// Its device tree node.
+    pub dt: PciDt,
+}
+
+/// Physical SPI -> (VM index, guest INTID): who owns each INTx line.
+pub static LINE_OWNERS: Mutex<BTreeMap<u32, (usize, u32)>> = Mutex::new(BTreeMap::new());
+
+static HOST_CFG: Once<pci::Ecam> = Once::new();
+
+/// ECAM access to the host bridge (identity-mapped by boot).
+pub fn host_config(p: &Platform) -> Option<&'static pci::Ecam> {
+    let host = p.pci.as_ref()?;
+    Some(HOST_CFG.call_once(|| {
+        // SAFETY: the ECAM region from the DTB was mapped as a device by
+        // boot::map_everything and stays mapped.
+        unsafe { pci::Ecam::new(host.ecam.base, host.ecam.size, host.bus_range.0) }
+    }))
+}
+
+/// The host bridge's config space, once `host_config` ran.
+pub fn config() -> Option<&'static pci::Ecam> {
+    HOST_CFG.get()
+}
+
+/// Assigns `names` (PCI addresses) to VM `vm_index` (`vm`), whose stage-2
+/// table is IOMMU domain `domain`.
+pub fn assign(
+    vm: &str,
+    vm_index: usize,
+    names: &[String],
+    functions: &[Function],
+    p: &Platform,
+    domain: Option<DomainId>,
+) -> Result<Assignment, String> {
+    let host = p.pci.as_ref().ok_or("no PCI host bridge on this machine")?;
+    let cfg = host_config(p).ok_or("no PCI host bridge on this machine")?;
+    let iommu = crate::iommu::get().ok_or(
+        "device assignment refused: DMA cannot be confined on this machine (no usable SMMU)",
+    )?;
+    let domain = domain.ok_or("device assignment refused: the VM has no IOMMU domain")?;
+    let mut next_mmio = layout::PCI_MMIO_BASE;
+    let mmio_end = layout::PCI_MMIO_BASE + layout::PCI_MMIO_SIZE;
+    let mut vfs = Vec::new();
+    let mut devices = Vec::new();
+    let mut intx = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let a = scenario::PciAddr::parse(name)
+            .ok_or_else(|| format!("{name:?} is not a PCI address"))?;
+        let bdf = Bdf {
+            bus: a.bus,
+            dev: a.device,
+            func: a.function,
+        };
+        let f = functions
+            .iter()
+            .find(|f| f.bdf == bdf)
+            .ok_or_else(|| format!("PCI {bdf}: no such function on this machine"))?;
+        let header = cfg.read32(bdf, pci::reg::HEADER) >> 16 & 0x7f;
+        if header != 0 {
+            return Err(format!("PCI {bdf}: a bridge cannot be assigned"));
+        }
+        let sid = {
+            let h = iommu.lock();
+            h.stream_of(bdf)
+                .ok_or_else(|| format!("PCI {bdf}: no StreamID in the iommu-map"))?
+        };
+        // BARs at guest addresses, mapped as device memory.
+        let mut bars: [Option<VirtualBar>; 6] = [None; 6];
+        for bar in &f.bars {
+            let Some(pa) = bar.cpu_addr else { continue };
+            let guest = (next_mmio + bar.size - 1) & !(bar.size - 1);
+            if guest + bar.size > mmio_end {
+                return Err(format!(
+                    "PCI {bdf}: BAR{} does not fit the guest's MMIO window",
+                    bar.index
+                ));
+            }
+            next_mmio = guest + bar.size;
+            let map_len = bar.size.max(smmu::hw::PAGE_SIZE as u64);
+            iommu
+                .lock()
+                .iommu
+                .map(
+                    domain,
+                    Ipa(guest),
+                    PhysAddr(pa),
+                    map_len,
+                    S2Attrs::DEVICE_RW,
+                )
+                .map_err(|e| format!("PCI {bdf}: BAR{} map: {e}", bar.index))?;
+            bars[bar.index as usize] = Some(VirtualBar {
+                guest_addr: guest,
+                size: bar.size,
+                kind: bar.kind,
+                prefetchable: bar.prefetchable,
+            });
+            debug_assert!(bar.kind != BarKind::Io);
+        }
+        // INTx.
+        let vdev = (i + 1) as u8;
+        let pin = (cfg.read32(bdf, 0x3c) >> 8 & 0xff) as u8;
+        let (pirq, vintid) = if (1..=4).contains(&pin) {
+            let irq = host
+                .intx_irq(bdf.dev, pin)
+                .ok_or_else(|| format!("PCI {bdf}: INTx pin {pin} has no interrupt-map entry"))?;
+            let vspi = FIRST_VSPI + i as u32;
+            let mut owners = LINE_OWNERS.lock();
+            if let Some(&(other, _)) = owners.get(&irq.intid) {
+                if other != vm_index {
+                    return Err(format!(
+                        "PCI {bdf}: its INTx line (INTID {}) is already given to another VM (VM #{other}); one interrupt line cannot belong to two VMs",
+                        irq.intid
+                    ));
+                }
+                return Err(format!(
+                    "PCI {bdf}: shares INTID {} with another function of this VM, not supported",
+                    irq.intid
+                ));
+            }
+            owners.insert(irq.intid, (vm_index, 32 + vspi));
+            intx.push((vdev, 1u8, vspi));
+            (Some(irq), Some(32 + vspi))
+        } else {
+            (None, None)
+        };
+        // The stream, last: the device can reach the VM's memory from now on.
+        iommu
+            .lock()
+            .iommu
+            .attach(domain, sid)
+            .map_err(|e| format!("PCI {bdf}: attach stream {sid}: {e}"))?;
+        iommu.lock().set_owner(sid, vm);
+        info!(
+            "VM {vm}: PCI {bdf} (sid {sid}) assigned as 00:{vdev:02x}.0{}",
+            vintid.map_or(String::new(), |v| format!(", INTx -> guest INTID {v}"))
+        );
+        vfs.push(VirtualFunction { phys: bdf, bars });
+        devices.push(AssignedDevice {
+            phys: bdf,
+            sid,
+            pirq,
+            vintid,
+        });
+    }
+    Ok(Assignment {
+        bus: VirtualPciBus::new(vfs),
+        devices,
+        dt: PciDt {
+            ecam: (layout::PCI_ECAM_BASE, 1 << 20),
+            mmio: (layout::PCI_MMIO_BASE, layout::PCI_MMIO_SIZE),
+            mmio64: None,
+            intx,
+        },
+    })
+}
+
+/// Stops an assigned function's DMA: bus mastering off, then its stream
+/// aborts (STE abort, CFGI_STE + SYNC), before the VM's memory can be reused.
+pub fn release(devices: &[AssignedDevice]) {
+    let Some(cfg) = config() else { return };
+    for d in devices {
+        let cmd = cfg.read32(d.phys, pci::reg::COMMAND) & 0xffff;
+        cfg.write32(d.phys, pci::reg::COMMAND, cmd & !pci::reg::CMD_MASTER);
+        if let Some(h) = crate::iommu::get() {
+            let mut h = h.lock();
+            let _ = h.iommu.detach(d.sid);
+            h.set_owner(d.sid, "nobody");
+        }
+    }
+}
