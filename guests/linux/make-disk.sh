@@ -5,8 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p target/disks
-img=target/disks/nvme.img
-head -c 4194304 < <(yes "smmuhyp: data prepared on the host for the passed-through NVMe disk") >"$img.new"
-truncate -s 16M "$img.new"
-mv "$img.new" "$img"
-echo "nvme disk: $img, first 4 MiB sha256 $(head -c 4194304 "$img" | sha256sum | cut -d' ' -f1)"
+# One image per scenario that uses one, so scenarios can run side by side.
+for name in nvme isolation; do
+    img=target/disks/$name.img
+    head -c 4194304 < <(yes "smmuhyp: data prepared on the host for the passed-through NVMe disk") >"$img.new"
+    truncate -s 16M "$img.new"
+    mv "$img.new" "$img"
+done
+echo "nvme disks: target/disks/{nvme,isolation}.img, first 4 MiB sha256 $(head -c 4194304 "$img" | sha256sum | cut -d' ' -f1)"
