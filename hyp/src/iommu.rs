@@ -9,7 +9,7 @@ use crate::mm;
 use crate::pci::{Bdf, Function};
 use crate::platform::Platform;
 use crate::smmu_hw::SmmuMmio;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use log::{error, info, warn};
 use smmu::addr::StreamId;
@@ -19,7 +19,9 @@ use smmu::event::Event;
 use spin::{Mutex, Once};
 
 /// Printed fault reports per stream before the rest are only counted.
-const REPORTS_PER_STREAM: u32 = 4;
+const REPORTS_PER_STREAM: u32 = 16;
+/// Distinct faults remembered to report each one once (bounded memory).
+const SEEN_MAX: usize = 256;
 /// Events drained per batch, and batches per call: bounded work.
 const DRAIN_BATCH: usize = 64;
 const DRAIN_BATCHES: usize = 16;
@@ -33,6 +35,8 @@ pub struct StreamInfo {
     pub owner: String,
     /// Faults seen.
     pub faults: u32,
+    /// Faults reported.
+    pub reported: u32,
 }
 
 /// State of DMA protection on this machine.
@@ -41,6 +45,11 @@ pub struct HostIommu {
     pub iommu: Iommu<'static, SmmuMmio>,
     streams: BTreeMap<StreamId, StreamInfo>,
     phandle: Option<u32>,
+    /// Faults already reported: (StreamID, page, write).
+    seen: BTreeSet<(StreamId, u64, bool)>,
+    /// The event queue's wired interrupt.
+    pub eventq_irq: Option<crate::platform::Irq>,
+    overflows_reported: u64,
 }
 
 static IOMMU: Once<Mutex<HostIommu>> = Once::new();
@@ -60,7 +69,13 @@ pub fn init(p: &Platform) -> bool {
     // SAFETY: the register frame comes from the DTB and was mapped as a
     // device by boot::map_everything; nothing else programs the SMMU.
     let mmio = unsafe { SmmuMmio::new(node.regs.base, node.regs.size) };
-    let smmu = match Smmu::new(mmio, &mm::SMMU_MEM, SmmuOptions::default()) {
+    // Wired event-queue and global-error interrupts, when the DTB has them.
+    let irqs = node.irqs.iter().any(|(n, _)| n == "eventq");
+    let opts = SmmuOptions {
+        irqs,
+        ..SmmuOptions::default()
+    };
+    let smmu = match Smmu::new(mmio, &mm::SMMU_MEM, opts) {
         Ok(s) => s,
         Err(e) => {
             error!(
@@ -80,11 +95,15 @@ pub fn init(p: &Platform) -> bool {
         "SMMU: enabled, every stream aborts until assigned (GBPA abort, all STEs abort); irqs {}",
         irqs.join(" ")
     );
+    let irq = |name: &str| node.irqs.iter().find(|(n, _)| n == name).map(|(_, i)| *i);
     IOMMU.call_once(|| {
         Mutex::new(HostIommu {
             iommu: Iommu::new(smmu),
             streams: BTreeMap::new(),
             phandle: node.phandle,
+            seen: BTreeSet::new(),
+            eventq_irq: irq("eventq"),
+            overflows_reported: 0,
         })
     });
     true
@@ -103,6 +122,7 @@ impl HostIommu {
                             bdf: f.bdf,
                             owner: String::from("nobody"),
                             faults: 0,
+                            reported: 0,
                         },
                     );
                 }
@@ -127,6 +147,7 @@ impl HostIommu {
         if let Some(s) = self.streams.get_mut(&sid) {
             s.owner = String::from(owner);
             s.faults = 0;
+            s.reported = 0;
         }
     }
 
@@ -145,26 +166,50 @@ impl HostIommu {
             }
         }
         for e in &seen {
-            let info = self.streams.get_mut(&e.sid());
-            match info {
+            // A device's burst of accesses to one page raises many events:
+            // report each (stream, page, direction) once.
+            let key = match e {
+                Event::Fault { info, .. } => {
+                    (e.sid(), info.input_addr.raw() >> 12, !info.access.rnw)
+                }
+                _ => (e.sid(), u64::from(e.id()), false),
+            };
+            let new = !self.seen.contains(&key);
+            if new && self.seen.len() < SEEN_MAX {
+                self.seen.insert(key);
+            }
+            match self.streams.get_mut(&e.sid()) {
                 Some(info) => {
                     info.faults += 1;
-                    if info.faults <= REPORTS_PER_STREAM {
+                    if !new {
+                        continue;
+                    }
+                    info.reported += 1;
+                    if info.reported <= REPORTS_PER_STREAM {
                         warn!("SMMU event: {e} [PCI {} owner {}]", info.bdf, info.owner);
-                    } else if info.faults == REPORTS_PER_STREAM + 1 {
+                    } else if info.reported == REPORTS_PER_STREAM + 1 {
                         warn!(
-                            "SMMU: PCI {} keeps faulting: further events only counted",
-                            info.bdf
+                            "SMMU: PCI {} (owner {}) keeps faulting: further faults only counted",
+                            info.bdf, info.owner
                         );
                     }
                 }
-                None => warn!("SMMU event: {e} [no known device]"),
+                None if new => warn!("SMMU event: {e} [no known device]"),
+                None => {}
             }
         }
         let overflows = self.iommu.smmu_ref().event_overflows();
-        if overflows > 0 {
-            warn!("SMMU: event queue overflowed {overflows} times: some faults were lost");
+        if overflows > self.overflows_reported {
+            self.overflows_reported = overflows;
+            warn!(
+                "SMMU: event queue overflowed ({overflows} in all): some faults were not recorded"
+            );
         }
         seen
+    }
+
+    /// Faults counted for `sid` since it was last given an owner.
+    pub fn faults_of(&self, sid: StreamId) -> u32 {
+        self.streams.get(&sid).map_or(0, |s| s.faults)
     }
 }

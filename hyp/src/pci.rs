@@ -424,6 +424,7 @@ mod tests {
             ],
             iommu_map: vec![],
             intx: vec![],
+            intx_dev_mask: 0x1f,
         }
     }
 

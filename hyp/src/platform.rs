@@ -112,11 +112,14 @@ pub struct PciHost {
     pub iommu_map: Vec<IommuMapEntry>,
     /// Legacy INTx wiring from `interrupt-map`: (device, pin 1..4) -> SPI.
     pub intx: Vec<(u8, u8, Irq)>,
+    /// The device-number bits `interrupt-map-mask` keeps (0x1f: all).
+    pub intx_dev_mask: u8,
 }
 
 impl PciHost {
     /// The interrupt of device `dev`'s INTx `pin` (1 = INTA), as wired.
     pub fn intx_irq(&self, dev: u8, pin: u8) -> Option<Irq> {
+        let dev = dev & self.intx_dev_mask;
         self.intx
             .iter()
             .find(|&&(d, p, _)| d == dev && p == pin)
@@ -458,12 +461,17 @@ impl Platform {
                 }
             }
         }
+        let intx_dev_mask = node
+            .property("interrupt-map-mask")
+            .and_then(|p| be32(p.value, 0))
+            .map_or(0x1f, |m| ((m >> 11) & 0x1f) as u8);
         Ok(PciHost {
             ecam,
             bus_range,
             windows,
             iommu_map,
             intx,
+            intx_dev_mask,
         })
     }
 
@@ -572,6 +580,8 @@ mod tests {
             })
         );
         assert_eq!(pci.intx.len(), 16);
+        // interrupt-map-mask 0x1800: device 5 is wired like device 1.
+        assert_eq!(pci.intx_irq(5, 1), pci.intx_irq(1, 1));
     }
 
     #[test]

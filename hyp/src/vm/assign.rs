@@ -9,7 +9,7 @@
 
 use crate::guest_fdt::PciDt;
 use crate::pci::{self, BarKind, Bdf, ConfigAccess, Function};
-use crate::platform::{Irq, Platform};
+use crate::platform::Platform;
 use crate::vpci::{VirtualBar, VirtualFunction, VirtualPciBus};
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -32,10 +32,6 @@ pub struct AssignedDevice {
     pub phys: Bdf,
     /// Its StreamID.
     pub sid: StreamId,
-    /// The physical SPI of its INTx, if it has one.
-    pub pirq: Option<Irq>,
-    /// The guest INTID it appears as.
-    pub vintid: Option<u32>,
 }
 
 /// A VM's devices.
@@ -86,10 +82,10 @@ pub fn assign(
     let domain = domain.ok_or("device assignment refused: the VM has no IOMMU domain")?;
     let mut next_mmio = layout::PCI_MMIO_BASE;
     let mmio_end = layout::PCI_MMIO_BASE + layout::PCI_MMIO_SIZE;
+    // First the functions and their BARs: the virtual bus.
     let mut vfs = Vec::new();
-    let mut devices = Vec::new();
-    let mut intx = Vec::new();
-    for (i, name) in names.iter().enumerate() {
+    let mut sids = Vec::new();
+    for name in names {
         let a = scenario::PciAddr::parse(name)
             .ok_or_else(|| format!("{name:?} is not a PCI address"))?;
         let bdf = Bdf {
@@ -101,15 +97,13 @@ pub fn assign(
             .iter()
             .find(|f| f.bdf == bdf)
             .ok_or_else(|| format!("PCI {bdf}: no such function on this machine"))?;
-        let header = cfg.read32(bdf, pci::reg::HEADER) >> 16 & 0x7f;
-        if header != 0 {
+        if cfg.read32(bdf, pci::reg::HEADER) >> 16 & 0x7f != 0 {
             return Err(format!("PCI {bdf}: a bridge cannot be assigned"));
         }
-        let sid = {
-            let h = iommu.lock();
-            h.stream_of(bdf)
-                .ok_or_else(|| format!("PCI {bdf}: no StreamID in the iommu-map"))?
-        };
+        let sid = iommu
+            .lock()
+            .stream_of(bdf)
+            .ok_or_else(|| format!("PCI {bdf}: no StreamID in the iommu-map"))?;
         // BARs at guest addresses, mapped as device memory.
         let mut bars: [Option<VirtualBar>; 6] = [None; 6];
         for bar in &f.bars {
@@ -142,33 +136,37 @@ pub fn assign(
             });
             debug_assert!(bar.kind != BarKind::Io);
         }
-        // INTx.
-        let vdev = (i + 1) as u8;
-        let pin = (cfg.read32(bdf, 0x3c) >> 8 & 0xff) as u8;
-        let (pirq, vintid) = if (1..=4).contains(&pin) {
+        vfs.push(VirtualFunction { phys: bdf, bars });
+        sids.push((bdf, sid));
+    }
+    let bus = VirtualPciBus::new(vfs);
+
+    // Then interrupts and streams.
+    let mut devices = Vec::new();
+    let mut intx = Vec::new();
+    for (i, &(bdf, sid)) in sids.iter().enumerate() {
+        let vdev = bus.guest_dev(bdf).expect("function on the virtual bus");
+        let mut vintid = None;
+        if let Some(pin) = bus.intx_pin(cfg, i) {
             let irq = host
                 .intx_irq(bdf.dev, pin)
                 .ok_or_else(|| format!("PCI {bdf}: INTx pin {pin} has no interrupt-map entry"))?;
             let vspi = FIRST_VSPI + i as u32;
             let mut owners = LINE_OWNERS.lock();
             if let Some(&(other, _)) = owners.get(&irq.intid) {
-                if other != vm_index {
-                    return Err(format!(
+                return Err(if other != vm_index {
+                    format!(
                         "PCI {bdf}: its INTx line (INTID {}) is already given to another VM (VM #{other}); one interrupt line cannot belong to two VMs",
                         irq.intid
-                    ));
-                }
-                return Err(format!(
-                    "PCI {bdf}: shares INTID {} with another function of this VM, not supported",
-                    irq.intid
-                ));
+                    )
+                } else {
+                    format!("PCI {bdf}: shares INTID {} with another function of this VM, not supported", irq.intid)
+                });
             }
             owners.insert(irq.intid, (vm_index, 32 + vspi));
             intx.push((vdev, 1u8, vspi));
-            (Some(irq), Some(32 + vspi))
-        } else {
-            (None, None)
-        };
+            vintid = Some(32 + vspi);
+        }
         // The stream, last: the device can reach the VM's memory from now on.
         iommu
             .lock()
@@ -180,16 +178,10 @@ pub fn assign(
             "VM {vm}: PCI {bdf} (sid {sid}) assigned as 00:{vdev:02x}.0{}",
             vintid.map_or(String::new(), |v| format!(", INTx -> guest INTID {v}"))
         );
-        vfs.push(VirtualFunction { phys: bdf, bars });
-        devices.push(AssignedDevice {
-            phys: bdf,
-            sid,
-            pirq,
-            vintid,
-        });
+        devices.push(AssignedDevice { phys: bdf, sid });
     }
     Ok(Assignment {
-        bus: VirtualPciBus::new(vfs),
+        bus,
         devices,
         dt: PciDt {
             ecam: (layout::PCI_ECAM_BASE, 1 << 20),

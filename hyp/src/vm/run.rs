@@ -94,6 +94,7 @@ static SLOTS: [Slot; MAX_CPUS] = [const {
 }; MAX_CPUS];
 static CPU_MPIDR: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(NONE) }; MAX_CPUS];
 static ALL_OK: AtomicBool = AtomicBool::new(true);
+static SMMU_EVENTQ_IRQ: AtomicUsize = AtomicUsize::new(NONE);
 static VMS_RUNNING: AtomicUsize = AtomicUsize::new(0);
 
 fn vms() -> &'static [Vm] {
@@ -395,6 +396,15 @@ pub fn start(p: &Platform) -> ! {
     // SAFETY: the GIC from the DTB, mapped as a device in map_everything;
     // only the hypervisor programs it.
     unsafe { gic::init(&p.gic) };
+    // SMMU faults are reported as they come, by the boot CPU.
+    if let Some(irq) = crate::iommu::get().and_then(|h| h.lock().eventq_irq) {
+        gic::enable_spi(
+            irq.intid,
+            CPU_MPIDR[0].load(Ordering::SeqCst) as u64,
+            irq.edge,
+        );
+        SMMU_EVENTQ_IRQ.store(irq.intid as usize, Ordering::SeqCst);
+    }
     // Assigned INTx lines go to the physical CPU of their VM's vCPU 0.
     for (&pintid, &(vm_i, _)) in super::assign::LINE_OWNERS.lock().iter() {
         let pc = vms()[vm_i].vcpu_pcpu[0];
@@ -789,7 +799,21 @@ fn stop_vm(vm: &Vm, how: u8) {
     }
     if let Some(pci) = &vm.pci {
         // Bus mastering off and streams aborting before anything else.
-        super::assign::release(&pci.lock().devices);
+        let devices = &pci.lock().devices;
+        if let Some(h) = crate::iommu::get() {
+            let mut h = h.lock();
+            h.report_events();
+            for d in devices.iter() {
+                let n = h.faults_of(d.sid);
+                if n > 0 {
+                    warn!(
+                        "VM {}: PCI {} (sid {}) made {n} faulting DMA accesses in all",
+                        vm.name, d.phys, d.sid
+                    );
+                }
+            }
+        }
+        super::assign::release(devices);
         info!(
             "VM {}: its devices are stopped: bus mastering off, streams abort",
             vm.name
@@ -862,6 +886,13 @@ fn handle_irq(pc: usize) -> bool {
                 if let Ok(fx) = vm.vgic.lock().inject_edge(gic::PPI_VTIMER, vcpu) {
                     apply(vm, fx);
                 }
+            }
+        }
+        _ if intid as usize == SMMU_EVENTQ_IRQ.load(Ordering::Relaxed) => {
+            gic::eoi(intid);
+            gic::deactivate(intid);
+            if let Some(h) = crate::iommu::get() {
+                h.lock().report_events();
             }
         }
         _ if intid >= 32 && super::assign::LINE_OWNERS.lock().contains_key(&intid) => {
