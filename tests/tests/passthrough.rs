@@ -34,7 +34,9 @@ fn linux_nvme_passthrough() {
     b.expect("[linux] nvme-check: write and read back: ok");
     assert_eq!(host_sha256("target/disks/nvme.img", 8, 4), guest_sha);
     // At power-off the device is stopped before anything else.
-    b.expect("VM linux: its devices are stopped: bus mastering off, streams abort");
+    b.expect(
+        "VM linux: its devices are stopped: bus mastering off, streams abort, TLBs invalidated",
+    );
     b.expect("all VMs have stopped (all powered off cleanly)");
     b.reject("SMMU event");
     assert_eq!(b.status, Some(0));

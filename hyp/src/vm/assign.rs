@@ -192,17 +192,27 @@ pub fn assign(
     })
 }
 
-/// Stops an assigned function's DMA: bus mastering off, then its stream
-/// aborts (STE abort, CFGI_STE + SYNC), before the VM's memory can be reused.
-pub fn release(devices: &[AssignedDevice]) {
+/// Stops a VM's assigned functions: bus mastering off, then their streams
+/// abort (STE abort, CFGI_STE + SYNC), then the SMMU's TLB entries of the
+/// VM's VMID are invalidated (TLBI_S12_VMALL + SYNC), all before the VM's
+/// memory could be reused.
+pub fn release(devices: &[AssignedDevice], vmid: smmu::addr::Vmid) {
     let Some(cfg) = config() else { return };
     for d in devices {
         let cmd = cfg.read32(d.phys, pci::reg::COMMAND) & 0xffff;
         cfg.write32(d.phys, pci::reg::COMMAND, cmd & !pci::reg::CMD_MASTER);
         if let Some(h) = crate::iommu::get() {
             let mut h = h.lock();
-            let _ = h.iommu.detach(d.sid);
+            if let Err(e) = h.iommu.detach(d.sid) {
+                log::error!("PCI {}: cannot make stream {} abort: {e}", d.phys, d.sid);
+            }
             h.set_owner(d.sid, "nobody");
+        }
+    }
+    if let Some(h) = crate::iommu::get() {
+        let cmd = smmu::cmd::Command::TlbiS12Vmall { vmid };
+        if let Err(e) = h.lock().iommu.smmu().submit_sync(&[cmd]) {
+            log::error!("SMMU: TLBI_S12_VMALL({vmid}) failed: {e}");
         }
     }
 }

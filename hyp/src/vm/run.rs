@@ -813,9 +813,9 @@ fn stop_vm(vm: &Vm, how: u8) {
                 }
             }
         }
-        super::assign::release(devices);
+        super::assign::release(devices, smmu::addr::Vmid((vm.controls.vttbr >> 48) as u16));
         info!(
-            "VM {}: its devices are stopped: bus mastering off, streams abort",
+            "VM {}: its devices are stopped: bus mastering off, streams abort, TLBs invalidated",
             vm.name
         );
     }
