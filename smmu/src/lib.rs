@@ -26,6 +26,7 @@ pub mod regs;
 pub mod stage2;
 pub mod ste;
 pub mod strtab;
+pub mod vsmmu;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
