@@ -461,10 +461,9 @@ mod hw {
             Action::BadAccess => {
                 let addr = board.bad_address();
                 say!("guest: reading {:#x}, outside RAM", addr);
-                // SAFETY: deliberately reads an address outside our RAM to
-                // provoke a synchronous data abort; `guest_exception` reports
-                // it and never returns here. If the read completes it has no
-                // effect on our memory.
+                // SAFETY: a deliberate read outside our RAM to provoke an
+                // abort (`guest_exception` reports it, never returns here);
+                // a completed read would not touch our memory.
                 let value = unsafe { (addr as *const u32).read_volatile() };
                 say!("guest: no abort: read {:#x} from {:#x}", value, addr);
                 power_off();

@@ -129,11 +129,10 @@ pub fn create(p: &Platform, functions: &[crate::pci::Function]) -> Result<bool, 
     let Some(region) = &p.initrd else {
         return Ok(false);
     };
-    // SAFETY: the boot loader placed the bundle there (DTB /chosen); it is
-    // RAM mapped by boot::map_everything and excluded from the frame
-    // allocator (boot reserves the initrd range).
-    let blob =
-        unsafe { core::slice::from_raw_parts(region.base as *const u8, region.size as usize) };
+    let (base, len) = (region.base as *const u8, region.size as usize);
+    // SAFETY: the boot loader put the bundle there (DTB /chosen): RAM mapped
+    // by map_everything, reserved from the frame allocator by boot.
+    let blob = unsafe { core::slice::from_raw_parts(base, len) };
     let (sc, bundle) = scenario::Scenario::from_bundle(blob)
         .map_err(|e| StartError::Scenario(alloc::format!("{e}")))?;
     if sc.vms.is_empty() {
