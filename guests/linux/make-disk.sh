@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p target/disks
 # One image per scenario that uses one, so scenarios can run side by side.
-for name in nvme isolation; do
+for name in nvme isolation vsmmu-strict vsmmu-lazy; do
     img=target/disks/$name.img
     head -c 4194304 < <(yes "smmuhyp: data prepared on the host for the passed-through NVMe disk") >"$img.new"
     truncate -s 16M "$img.new"

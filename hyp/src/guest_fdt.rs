@@ -44,6 +44,10 @@ const IRQ_TYPE_LEVEL_HIGH: u32 = 4;
 const PHANDLE_GIC: u32 = 1;
 /// Phandle of the UART's clock.
 const PHANDLE_CLK: u32 = 2;
+/// Interrupt specifier flag: rising edge.
+const IRQ_TYPE_EDGE_RISING: u32 = 1;
+/// Phandle of the virtual SMMUv3 node.
+const PHANDLE_VSMMU: u32 = 3;
 
 /// Bytes of ECAM per bus (32 devices x 8 functions x 4 KiB).
 const ECAM_BUS_SIZE: u64 = 1 << 20;
@@ -100,6 +104,10 @@ pub struct GuestDt {
     /// `/chosen` also gets `linux,pci-probe-only = <1>`: the BARs are
     /// placed by the hypervisor and Linux must keep them.
     pub pci: Option<PciDt>,
+    /// The virtual SMMUv3 in front of the PCI bus, if the VM has one:
+    /// base, size, event-queue SPI, global-error SPI (edge). With it the
+    /// PCI node gets `iommu-map` (StreamID = requester ID).
+    pub vsmmu: Option<(u64, u64, u32, u32)>,
 }
 
 /// Why a device tree could not be written.
@@ -277,7 +285,7 @@ impl PciDt {
 
 /// Writes the `pcie@<ecam>` node of a generic ECAM host bridge, as QEMU's
 /// `virt` does (without MSI: the VM has no ITS).
-fn write_pci(w: &mut FdtWriter, pci: &PciDt) -> Result<(), vm_fdt::Error> {
+fn write_pci(w: &mut FdtWriter, pci: &PciDt, iommu: bool) -> Result<(), vm_fdt::Error> {
     let node = w.begin_node(&format!("pcie@{:x}", pci.ecam.0))?;
     w.property_string("compatible", "pci-host-ecam-generic")?;
     w.property_string("device_type", "pci")?;
@@ -289,6 +297,9 @@ fn write_pci(w: &mut FdtWriter, pci: &PciDt) -> Result<(), vm_fdt::Error> {
     w.property_u32("linux,pci-domain", 0)?;
     w.property_array_u32("ranges", &pci.ranges())?;
     w.property_null("dma-coherent")?;
+    if iommu {
+        w.property_array_u32("iommu-map", &[0, PHANDLE_VSMMU, 0, 0x1_0000])?;
+    }
     if !pci.intx.is_empty() {
         w.property_array_u32("interrupt-map-mask", &PCI_INTX_MAP_MASK)?;
         w.property_array_u32("interrupt-map", &pci.interrupt_map())?;
@@ -371,8 +382,29 @@ pub fn build(dt: &GuestDt) -> Result<Vec<u8>, GuestFdtError> {
     w.property_string_list("clock-names", strings(&["uartclk", "apb_pclk"]))?;
     w.end_node(uart)?;
 
+    if let Some((base, size, eventq, gerror)) = dt.vsmmu {
+        let smmu = w.begin_node(&format!("iommu@{base:x}"))?;
+        w.property_string("compatible", "arm,smmu-v3")?;
+        w.property_array_u64("reg", &reg(base, size))?;
+        w.property_array_u32(
+            "interrupts",
+            &[
+                GIC_SPI,
+                eventq,
+                IRQ_TYPE_EDGE_RISING,
+                GIC_SPI,
+                gerror,
+                IRQ_TYPE_EDGE_RISING,
+            ],
+        )?;
+        w.property_string_list("interrupt-names", strings(&["eventq", "gerror"]))?;
+        w.property_null("dma-coherent")?;
+        w.property_u32("#iommu-cells", 1)?;
+        w.property_phandle(PHANDLE_VSMMU)?;
+        w.end_node(smmu)?;
+    }
     if let Some(pci) = &dt.pci {
-        write_pci(&mut w, pci)?;
+        write_pci(&mut w, pci, dt.vsmmu.is_some())?;
     }
 
     let aliases = w.begin_node("aliases")?;
@@ -415,6 +447,7 @@ mod tests {
             bootargs: "console=ttyAMA0 nokaslr".into(),
             initrd: Some((0x7e00_0000, 0x7e10_0000)),
             pci: None,
+            vsmmu: None,
         }
     }
 

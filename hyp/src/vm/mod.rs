@@ -11,3 +11,5 @@ pub mod vuart;
 pub mod assign;
 #[cfg(target_os = "none")]
 pub mod run;
+#[cfg(target_os = "none")]
+pub mod vsmmu;

@@ -67,6 +67,8 @@ pub struct Vm {
     reports: AtomicU32,
     /// Assigned PCI functions and the guest's virtual PCI bus.
     pci: Option<Mutex<super::assign::Assignment>>,
+    /// The guest's virtual SMMUv3, if the scenario gives it one.
+    vsmmu: Option<Mutex<super::vsmmu::VmVsmmu>>,
     /// Owner of the stage-2 table, kept for as long as the VM may run.
     _space: Space,
 }
@@ -209,6 +211,18 @@ fn build_vm(
             spec.kernel
         ))
     })?;
+    let vsmmu = if spec.vsmmu {
+        Some(vsmmu_for(
+            &spec.name,
+            &space,
+            assignment.as_ref(),
+            &ram,
+            ram_pa.raw(),
+            vmid,
+        )?)
+    } else {
+        None
+    };
     let guest_ram = GuestRam {
         ipa: ram.clone(),
         pa: ram_pa.raw(),
@@ -258,6 +272,14 @@ fn build_vm(
         bootargs: spec.cmdline.clone(),
         initrd: initrd_range,
         pci: assignment.as_ref().map(|a| a.dt.clone()),
+        vsmmu: vsmmu.as_ref().map(|v| {
+            (
+                layout::VSMMU_BASE,
+                layout::VSMMU_SIZE,
+                v.irqs.0 - 32,
+                v.irqs.1 - 32,
+            )
+        }),
     };
     let blob = guest_fdt::build(&dt)
         .map_err(|e| resources(alloc::format!("VM {}: device tree: {e}", spec.name)))?;
@@ -302,8 +324,57 @@ fn build_vm(
         state: AtomicU8::new(RUNNING),
         reports: AtomicU32::new(0),
         pci: assignment.map(Mutex::new),
+        vsmmu: vsmmu.map(Mutex::new),
         _space: space,
     })
+}
+
+/// Guest INTIDs of the vSMMU's event-queue and global-error interrupts.
+const VSMMU_IRQS: (u32, u32) = (48, 49);
+
+/// Builds the vSMMU of a VM: it advertises stage 1 only, with what the
+/// physical SMMU supports, in front of the VM's assigned functions.
+fn vsmmu_for(
+    name: &str,
+    space: &Space,
+    assignment: Option<&super::assign::Assignment>,
+    ram: &Range<u64>,
+    ram_pa: u64,
+    vmid: u64,
+) -> Result<super::vsmmu::VmVsmmu, StartError> {
+    let fail = |what: &str| resources(alloc::format!("VM {name}: vSMMU: {what}"));
+    let Space::Domain(domain) = space else {
+        return Err(fail("needs a physical SMMU with stage 2"));
+    };
+    let host = crate::iommu::get().ok_or_else(|| fail("no SMMU"))?;
+    let h = host.lock();
+    let features = *h.iommu.smmu_ref().features();
+    if !features.s1p {
+        return Err(fail("the physical SMMU has no stage 1 to nest"));
+    }
+    let d = h.iommu.domain(*domain).ok_or_else(|| fail("no domain"))?;
+    let s2 = smmu::domain::s2_config(d, features.cohacc);
+    let policy = smmu::vsmmu::VsmmuPolicy::from_physical(&features, IPA_BITS as u8, 0);
+    let mut map = alloc::collections::BTreeMap::new();
+    if let Some(a) = assignment {
+        for (i, dev) in a.devices.iter().enumerate() {
+            // Guest requester ID of virtual 00:(i+1).0 = its StreamID.
+            map.insert(((i as u32) + 1) << 3, dev.sid);
+        }
+    }
+    let mem = GuestRam {
+        ipa: ram.clone(),
+        pa: ram_pa,
+    };
+    Ok(super::vsmmu::VmVsmmu::new(
+        policy,
+        map,
+        mem,
+        *domain,
+        smmu::addr::Vmid(vmid as u16),
+        s2,
+        VSMMU_IRQS,
+    ))
 }
 
 /// Who owns a VM's stage-2 table.
@@ -371,12 +442,19 @@ fn image_header(image: &[u8]) -> (u64, u64) {
 }
 
 /// A VM's RAM as the hypervisor sees it (identity-mapped host memory).
-struct GuestRam {
+#[derive(Clone, Debug)]
+pub struct GuestRam {
     ipa: Range<u64>,
     pa: u64,
 }
 
 impl GuestRam {
+    /// The host address of `[ipa, ipa + len)`, if it lies in the VM's RAM.
+    pub fn host_addr(&self, ipa: u64, len: usize) -> Option<u64> {
+        let end = ipa.checked_add(len as u64)?;
+        (ipa >= self.ipa.start && end <= self.ipa.end).then(|| self.pa + (ipa - self.ipa.start))
+    }
+
     fn copy_in(&self, ipa: u64, data: &[u8]) {
         assert!(
             ipa >= self.ipa.start && ipa + data.len() as u64 <= self.ipa.end,
@@ -677,6 +755,20 @@ fn emulate(vm: &Vm, a: &MmioAccess, value: u64) -> Option<u64> {
         } else {
             Some(g.redist_read(target, frame_off, a.size))
         }
+    } else if let Some(v) = vm
+        .vsmmu
+        .as_ref()
+        .filter(|_| (layout::VSMMU_BASE..layout::VSMMU_BASE + layout::VSMMU_SIZE).contains(&ipa))
+    {
+        let (result, irqs) = v
+            .lock()
+            .access(ipa - layout::VSMMU_BASE, a.size, a.write, value);
+        for intid in irqs {
+            if let Ok(fx) = vm.vgic.lock().inject_edge(intid, 0) {
+                apply(vm, fx);
+            }
+        }
+        Some(result)
     } else if (layout::PCI_ECAM_BASE..layout::PCI_ECAM_BASE + layout::PCI_ECAM_SIZE).contains(&ipa)
     {
         let off = ipa - layout::PCI_ECAM_BASE;

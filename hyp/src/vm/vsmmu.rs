@@ -1,0 +1,215 @@
+//! A VM's virtual SMMUv3, wired to the physical one.
+//!
+//! The emulation itself (`smmu::vsmmu`) is pure; this module gives it the
+//! VM's memory, the virtual-to-physical StreamID map, and carries out its
+//! work: guest commands translated and submitted to the physical SMMU (a
+//! bounded budget per trap), guest STEs re-read, validated, composed and
+//! installed (abort, stage-2 only, or nested with the guest's CD table),
+//! and the guest's CMD_SYNC completed only after the physical one.
+
+use crate::vm::run::GuestRam;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+use log::warn;
+use smmu::addr::{Ipa, StreamId, Vmid};
+use smmu::domain::DomainId;
+use smmu::ste::{S2Config, Ste};
+use smmu::vsmmu::regs::{CmdqWork, VsmmuAction};
+use smmu::vsmmu::ste::{compose, read_guest_ste};
+use smmu::vsmmu::{GuestMemError, GuestMemory, StreamMap, StreamRange, VSmmu, VsmmuPolicy};
+
+/// Guest commands handled per round, and rounds per trap: bounded work, so
+/// a guest flooding its queue cannot stall the physical CPU (the rest is
+/// handled at the guest's next access, e.g. its poll of CMDQ_CONS).
+const BUDGET: usize = 64;
+const ROUNDS: usize = 4;
+
+impl GuestMemory for GuestRam {
+    fn read(&self, ipa: Ipa, buf: &mut [u8]) -> Result<(), GuestMemError> {
+        let pa = self
+            .host_addr(ipa.0, buf.len())
+            .ok_or(GuestMemError::OutOfRange(ipa))?;
+        // SAFETY: inside the VM's RAM block (checked by host_addr), which is
+        // identity-mapped host memory that lives as long as the VM.
+        unsafe { core::ptr::copy_nonoverlapping(pa as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    fn write(&self, ipa: Ipa, buf: &[u8]) -> Result<(), GuestMemError> {
+        let pa = self
+            .host_addr(ipa.0, buf.len())
+            .ok_or(GuestMemError::OutOfRange(ipa))?;
+        // SAFETY: as in `read`.
+        unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), pa as *mut u8, buf.len()) };
+        Ok(())
+    }
+}
+
+/// Virtual StreamID (the guest's requester ID) -> physical StreamID.
+struct SidMap(BTreeMap<u32, StreamId>);
+
+impl StreamMap for SidMap {
+    fn physical(&self, vsid: StreamId) -> Option<StreamId> {
+        self.0.get(&vsid.0).copied()
+    }
+}
+
+/// The vSMMU of one VM.
+pub struct VmVsmmu {
+    dev: VSmmu,
+    map: SidMap,
+    mem: GuestRam,
+    domain: DomainId,
+    vmid: Vmid,
+    s2: S2Config,
+    /// Guest INTIDs of the event-queue and global-error interrupts.
+    pub irqs: (u32, u32),
+}
+
+impl VmVsmmu {
+    /// A vSMMU for a VM whose devices are `map` (virtual -> physical
+    /// StreamID) in IOMMU domain `domain`.
+    pub fn new(
+        policy: VsmmuPolicy,
+        map: BTreeMap<u32, StreamId>,
+        mem: GuestRam,
+        domain: DomainId,
+        vmid: Vmid,
+        s2: S2Config,
+        irqs: (u32, u32),
+    ) -> Self {
+        Self {
+            dev: VSmmu::new(policy),
+            map: SidMap(map),
+            mem,
+            domain,
+            vmid,
+            s2,
+            irqs,
+        }
+    }
+
+    /// A guest access at `offset`; returns the value read and the guest
+    /// interrupts to raise.
+    pub fn access(&mut self, offset: u64, size: u8, write: bool, value: u64) -> (u64, Vec<u32>) {
+        let (off, size) = (offset as usize, usize::from(size));
+        let mut todo: VecDeque<VsmmuAction> = VecDeque::new();
+        let result = if write {
+            todo.extend(self.dev.write(off, size, value));
+            0
+        } else {
+            // A guest polling CMDQ_CONS makes progress on its queue.
+            if off == smmu::regs::offset::CMDQ_CONS && self.dev.cmdq_enabled() {
+                todo.push_back(VsmmuAction::ProcessCommands);
+            }
+            0
+        };
+        let irqs = self.run(todo);
+        let result = if write {
+            result
+        } else {
+            self.dev.read(off, size)
+        };
+        (result, irqs)
+    }
+
+    fn run(&mut self, mut todo: VecDeque<VsmmuAction>) -> Vec<u32> {
+        let mut irqs = Vec::new();
+        let mut rounds = 0;
+        while let Some(action) = todo.pop_front() {
+            match action {
+                VsmmuAction::ProcessCommands => {
+                    if rounds == ROUNDS {
+                        continue;
+                    }
+                    rounds += 1;
+                    let out = self
+                        .dev
+                        .process_commands(&self.mem, self.vmid, &self.map, BUDGET);
+                    for work in &out.work {
+                        match work {
+                            CmdqWork::Submit(cmd) => self.submit(cmd),
+                            CmdqWork::Reinstall(range) => self.reinstall(range),
+                        }
+                    }
+                    todo.extend(out.actions.iter().cloned());
+                    if out.sync {
+                        if let Some(h) = crate::iommu::get() {
+                            if let Err(e) = h.lock().iommu.smmu().sync() {
+                                warn!("vSMMU: physical CMD_SYNC failed: {e}");
+                            }
+                        }
+                        todo.extend(self.dev.complete_sync());
+                    }
+                    if out.more {
+                        todo.push_back(VsmmuAction::ProcessCommands);
+                    }
+                }
+                VsmmuAction::StreamTableChanged => self.reinstall(&StreamRange::All),
+                VsmmuAction::RaiseEventIrq => irqs.push(self.irqs.0),
+                VsmmuAction::RaiseGerrorIrq => irqs.push(self.irqs.1),
+            }
+        }
+        irqs
+    }
+
+    fn submit(&self, cmd: &smmu::cmd::Command) {
+        if let Some(h) = crate::iommu::get() {
+            if let Err(e) = h.lock().iommu.smmu().submit(core::slice::from_ref(cmd)) {
+                warn!("vSMMU: physical submit of {cmd:?} failed: {e}");
+            }
+        }
+    }
+
+    /// Re-reads the guest's STEs in `range` and installs what they mean.
+    fn reinstall(&self, range: &StreamRange) {
+        let Some(h) = crate::iommu::get() else { return };
+        let sids: Vec<(u32, StreamId)> = self
+            .map
+            .0
+            .iter()
+            .filter(|(v, _)| range.contains(StreamId(**v)))
+            .map(|(v, p)| (*v, *p))
+            .collect();
+        for (vsid, psid) in sids {
+            let ste = if !self.dev.smmu_enabled() {
+                // vSMMU off: GBPA decides (abort, or bypass = stage 2 only).
+                if self.dev.gbpa_abort() {
+                    Ste::abort()
+                } else {
+                    Ste::stage2(&self.s2)
+                }
+            } else {
+                match read_guest_ste(&self.mem, &self.dev.guest_strtab(), StreamId(vsid))
+                    .and_then(|g| compose(&g, self.dev.policy(), &self.s2))
+                {
+                    Ok(ste) => ste,
+                    Err(e) => {
+                        warn!("vSMMU: guest STE of vsid {vsid:#x} refused ({e:?}): stream aborts");
+                        Ste::abort()
+                    }
+                }
+            };
+            let mut h = h.lock();
+            let r = if ste == Ste::abort() {
+                if h.iommu.owner(psid).is_none() {
+                    continue; // already aborting
+                }
+                h.iommu.detach(psid).map(|_| ())
+            } else if ste == Ste::stage2(&self.s2) {
+                h.iommu.attach(self.domain, psid)
+            } else {
+                let s1 = ste.s1_config();
+                log::info!(
+                    "vSMMU: vsid {vsid:#x} -> sid {psid}: nested (guest CD table at IPA {:#x}, stage 2 of VMID {})",
+                    s1.ctx_ptr.0,
+                    self.vmid
+                );
+                h.iommu.attach_nested(self.domain, psid, &s1)
+            };
+            if let Err(e) = r {
+                warn!("vSMMU: installing the STE of vsid {vsid:#x} (sid {psid}) failed: {e}");
+            }
+        }
+    }
+}
