@@ -154,6 +154,13 @@ impl HostIommu {
     /// Drains the event queue (bounded) and reports each fault, attributed
     /// and rate-limited. Returns the events seen.
     pub fn report_events(&mut self) -> alloc::vec::Vec<Event> {
+        let seen = self.drain_events();
+        self.report(&seen);
+        seen
+    }
+
+    /// Takes the pending events off the queue (bounded), without reporting.
+    pub fn drain_events(&mut self) -> alloc::vec::Vec<Event> {
         let mut seen = alloc::vec::Vec::new();
         for _ in 0..DRAIN_BATCHES {
             if self
@@ -165,7 +172,13 @@ impl HostIommu {
                 break;
             }
         }
-        for e in &seen {
+        seen
+    }
+
+    /// Reports events: decoded, attributed, once per (stream, page,
+    /// direction), rate-limited per stream.
+    pub fn report(&mut self, seen: &[Event]) {
+        for e in seen {
             // A device's burst of accesses to one page raises many events:
             // report each (stream, page, direction) once.
             let key = match e {
@@ -205,7 +218,6 @@ impl HostIommu {
                 "SMMU: event queue overflowed ({overflows} in all): some faults were not recorded"
             );
         }
-        seen
     }
 
     /// Faults counted for `sid` since it was last given an owner.

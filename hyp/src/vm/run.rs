@@ -983,7 +983,15 @@ fn handle_irq(pc: usize) -> bool {
             gic::eoi(intid);
             gic::deactivate(intid);
             if let Some(h) = crate::iommu::get() {
-                h.lock().report_events();
+                // Drain first, then hand stage-1 faults of nested streams to
+                // their guest (without holding the IOMMU lock, which the
+                // vSMMU takes), then report the rest as the hypervisor's.
+                let events = h.lock().drain_events();
+                let rest: Vec<_> = events
+                    .into_iter()
+                    .filter(|e| !forward_to_guest(e))
+                    .collect();
+                h.lock().report(&rest);
             }
         }
         _ if intid >= 32 && super::assign::LINE_OWNERS.lock().contains_key(&intid) => {
@@ -1002,6 +1010,27 @@ fn handle_irq(pc: usize) -> bool {
         }
     }
     true
+}
+
+/// Gives a physical SMMU event to the VM whose vSMMU owns it (stage-1
+/// faults of its nested streams); false when it is the hypervisor's.
+fn forward_to_guest(e: &smmu::event::Event) -> bool {
+    for vm in vms() {
+        let Some(v) = &vm.vsmmu else { continue };
+        let mut v = v.lock();
+        if !v.owns_event(e) {
+            continue;
+        }
+        let irq = v.inject_fault(e);
+        drop(v);
+        if let Some(intid) = irq {
+            if let Ok(fx) = vm.vgic.lock().inject_edge(intid, 0) {
+                apply(vm, fx);
+            }
+        }
+        return true;
+    }
+    false
 }
 
 /// Physical INTx lines masked while their guest handles them.

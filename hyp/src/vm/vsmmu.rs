@@ -13,6 +13,7 @@ use alloc::vec::Vec;
 use log::warn;
 use smmu::addr::{Ipa, StreamId, Vmid};
 use smmu::domain::DomainId;
+use smmu::event::Event;
 use smmu::ste::{S2Config, Ste};
 use smmu::vsmmu::regs::{CmdqWork, VsmmuAction};
 use smmu::vsmmu::ste::{compose, read_guest_ste};
@@ -151,6 +152,34 @@ impl VmVsmmu {
             }
         }
         irqs
+    }
+
+    /// Whether `e` is the guest's business: a stage-1 fault, or a problem
+    /// with its CD table, on one of this VM's streams.
+    pub fn owns_event(&self, e: &Event) -> bool {
+        let stage1 = match e {
+            Event::Fault { info, .. } => !info.s2,
+            Event::BadCd { .. } | Event::CdFetch { .. } | Event::BadSubstreamId { .. } => true,
+            _ => false,
+        };
+        stage1 && self.map.0.values().any(|&p| p == e.sid())
+    }
+
+    /// Delivers a physical event on one of this VM's streams into the
+    /// guest's event queue, with the guest's StreamID. Returns the guest
+    /// interrupt to raise, if any.
+    pub fn inject_fault(&mut self, e: &Event) -> Option<u32> {
+        let vsid = self
+            .map
+            .0
+            .iter()
+            .find(|(_, &p)| p == e.sid())
+            .map(|(&v, _)| v)?;
+        let mut words = e.encode().ok()?;
+        // StreamID: bits [63:32] of every event record (IHI 0070 §7.3).
+        words[0] = (words[0] & 0xffff_ffff) | (u64::from(vsid) << 32);
+        let out = self.dev.inject(&self.mem, &Event::decode(words));
+        out.raise_event_irq.then_some(self.irqs.0)
     }
 
     fn submit(&self, cmd: &smmu::cmd::Command) {
