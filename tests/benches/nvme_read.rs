@@ -14,8 +14,20 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// MiB/s the guest's nvme-bench script printed.
-fn throughput(mut cmd: Command) -> f64 {
+/// What one run printed: MiB/s, and for runs under the hypervisor the
+/// VM's traps and its vSMMU's guest and physical commands.
+struct Run {
+    mib_s: f64,
+    traps: f64,
+    commands: Option<(f64, f64)>,
+}
+
+fn number_before(line: &str, word: &str) -> Option<f64> {
+    let i = line.find(word)?;
+    line[..i].split_whitespace().last()?.parse().ok()
+}
+
+fn run(mut cmd: Command) -> Run {
     let out = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -26,13 +38,28 @@ fn throughput(mut cmd: Command) -> f64 {
         .lines()
         .find(|l| l.contains("nvme-bench: read"))
         .unwrap_or_else(|| panic!("no nvme-bench result; console:\n{text}"));
-    line.rsplit(", ")
+    let mib_s = line
+        .rsplit(", ")
         .next()
         .and_then(|s| s.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("cannot parse {line:?}"))
+        .unwrap_or_else(|| panic!("cannot parse {line:?}"));
+    let stats = text.lines().find(|l| l.contains(" traps"));
+    let traps = stats
+        .and_then(|l| number_before(l, " traps"))
+        .unwrap_or(0.0);
+    let commands = stats.and_then(|l| {
+        Some((
+            number_before(l, " guest commands")?,
+            number_before(l, " physical commands")?,
+        ))
+    });
+    Run {
+        mib_s,
+        traps,
+        commands,
+    }
 }
-
 fn bare_qemu() -> Command {
     let linux = root().join("target/guests/linux");
     let mut c = Command::new("qemu-system-aarch64");
@@ -72,22 +99,40 @@ fn median(v: &mut [f64]) -> f64 {
 fn main() {
     let smoke = std::env::args().any(|a| a == "--test");
     let runs = if smoke { 1 } else { 5 };
-    let (mut bare, mut hyp) = (vec![], vec![]);
+    let configs: [(&str, Option<&str>); 4] = [
+        ("bare QEMU", None),
+        ("stage-2-only passthrough", Some("nvme-bench")),
+        ("nested, strict", Some("nvme-bench-vsmmu-strict")),
+        ("nested, lazy", Some("nvme-bench-vsmmu-lazy")),
+    ];
+    let mut results: Vec<Vec<Run>> = configs.iter().map(|_| Vec::new()).collect();
     for i in 0..runs {
-        let b = throughput(bare_qemu());
-        let h = throughput(
-            qemu_runner::prepare(&root(), "nvme-bench", &[]).expect("scenario nvme-bench"),
-        );
-        println!(
-            "run {}: bare QEMU {b:.1} MiB/s, passthrough under the hypervisor {h:.1} MiB/s",
-            i + 1
-        );
-        bare.push(b);
-        hyp.push(h);
+        for (c, (name, scenario)) in configs.iter().enumerate() {
+            let cmd = match scenario {
+                None => bare_qemu(),
+                Some(s) => qemu_runner::prepare(&root(), s, &[]).expect("scenario"),
+            };
+            let r = run(cmd);
+            println!("run {}: {name}: {:.1} MiB/s", i + 1, r.mib_s);
+            results[c].push(r);
+        }
     }
-    let (b, h) = (median(&mut bare), median(&mut hyp));
-    println!(
-        "nvme O_DIRECT read, 256 MiB, bs 1M (median of {runs}): bare QEMU {b:.1} MiB/s, passthrough {h:.1} MiB/s, ratio {:.2}",
-        h / b
-    );
+    let base = median(&mut results[0].iter().map(|r| r.mib_s).collect::<Vec<_>>());
+    println!("nvme O_DIRECT read, 256 MiB, bs 1M, median of {runs}, side by side:");
+    for (c, (name, _)) in configs.iter().enumerate() {
+        let rs = &results[c];
+        let m = median(&mut rs.iter().map(|r| r.mib_s).collect::<Vec<_>>());
+        let mut line = format!("  {name}: {m:.1} MiB/s, ratio to bare {:.2}", m / base);
+        if c > 0 {
+            let traps = median(&mut rs.iter().map(|r| r.traps).collect::<Vec<_>>());
+            line += &format!(", {:.0} traps per MiB read (whole run)", traps / 256.0);
+        }
+        if let Some((g, p)) = rs.last().and_then(|r| r.commands) {
+            line += &format!(
+                ", vSMMU {g:.0} guest -> {p:.0} physical commands ({:.2} per guest command)",
+                p / g.max(1.0)
+            );
+        }
+        println!("{line}");
+    }
 }

@@ -27,7 +27,7 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::Range;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use log::{error, info, warn};
 use scenario::guest_layout as layout;
 use smmu::addr::Ipa;
@@ -65,6 +65,8 @@ pub struct Vm {
     vgic: Mutex<VGic>,
     state: AtomicU8,
     reports: AtomicU32,
+    /// Traps taken from this VM's vCPUs.
+    traps: AtomicU64,
     /// Assigned PCI functions and the guest's virtual PCI bus.
     pci: Option<Mutex<super::assign::Assignment>>,
     /// The guest's virtual SMMUv3, if the scenario gives it one.
@@ -323,6 +325,7 @@ fn build_vm(
         vgic: Mutex::new(vgic),
         state: AtomicU8::new(RUNNING),
         reports: AtomicU32::new(0),
+        traps: AtomicU64::new(0),
         pci: assignment.map(Mutex::new),
         vsmmu: vsmmu.map(Mutex::new),
         _space: space,
@@ -587,6 +590,7 @@ pub fn handle_trap(frame: &mut TrapFrame, vector: u64) {
     let Some(vm) = vms().get(vm_i) else {
         panic!("trap from EL1 on CPU {pc}, which runs no vCPU");
     };
+    vm.traps.fetch_add(1, Ordering::Relaxed);
     match vector {
         8 => handle_sync(vm, vcpu, frame),
         9 | 10 => while handle_irq(pc) {},
@@ -915,6 +919,17 @@ fn stop_vm(vm: &Vm, how: u8) {
         if pc != me {
             gic::send_sgi(CPU_MPIDR[pc].load(Ordering::SeqCst) as u64, gic::SGI_KICK);
         }
+    }
+    let traps = vm.traps.load(Ordering::Relaxed);
+    match &vm.vsmmu {
+        Some(v) => {
+            let (guest, phys) = v.lock().stats;
+            info!(
+                "VM {}: {traps} traps; vSMMU: {guest} guest commands -> {phys} physical commands",
+                vm.name
+            );
+        }
+        None => info!("VM {}: {traps} traps", vm.name),
     }
     let bad = vm.reports.load(Ordering::Relaxed);
     if bad > 0 {

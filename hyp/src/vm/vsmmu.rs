@@ -65,6 +65,9 @@ pub struct VmVsmmu {
     s2: S2Config,
     /// Guest INTIDs of the event-queue and global-error interrupts.
     pub irqs: (u32, u32),
+    /// Guest commands consumed, and physical commands they became
+    /// (including the SYNCs and the STE installs' CFGI + SYNC).
+    pub stats: (u64, u64),
 }
 
 impl VmVsmmu {
@@ -87,6 +90,7 @@ impl VmVsmmu {
             vmid,
             s2,
             irqs,
+            stats: (0, 0),
         }
     }
 
@@ -127,6 +131,7 @@ impl VmVsmmu {
                     let out = self
                         .dev
                         .process_commands(&self.mem, self.vmid, &self.map, BUDGET);
+                    self.stats.0 += out.consumed as u64;
                     for work in &out.work {
                         match work {
                             CmdqWork::Submit(cmd) => self.submit(cmd),
@@ -135,6 +140,7 @@ impl VmVsmmu {
                     }
                     todo.extend(out.actions.iter().cloned());
                     if out.sync {
+                        self.stats.1 += 1;
                         if let Some(h) = crate::iommu::get() {
                             if let Err(e) = h.lock().iommu.smmu().sync() {
                                 warn!("vSMMU: physical CMD_SYNC failed: {e}");
@@ -182,7 +188,8 @@ impl VmVsmmu {
         out.raise_event_irq.then_some(self.irqs.0)
     }
 
-    fn submit(&self, cmd: &smmu::cmd::Command) {
+    fn submit(&mut self, cmd: &smmu::cmd::Command) {
+        self.stats.1 += 1;
         if let Some(h) = crate::iommu::get() {
             if let Err(e) = h.lock().iommu.smmu().submit(core::slice::from_ref(cmd)) {
                 warn!("vSMMU: physical submit of {cmd:?} failed: {e}");
@@ -191,7 +198,7 @@ impl VmVsmmu {
     }
 
     /// Re-reads the guest's STEs in `range` and installs what they mean.
-    fn reinstall(&self, range: &StreamRange) {
+    fn reinstall(&mut self, range: &StreamRange) {
         let Some(h) = crate::iommu::get() else { return };
         let sids: Vec<(u32, StreamId)> = self
             .map
@@ -236,6 +243,8 @@ impl VmVsmmu {
                 );
                 h.iommu.attach_nested(self.domain, psid, &s1)
             };
+            // Each install is one CFGI_STE + CMD_SYNC on the physical SMMU.
+            self.stats.1 += 2;
             if let Err(e) = r {
                 warn!("vSMMU: installing the STE of vsid {vsid:#x} (sid {psid}) failed: {e}");
             }
