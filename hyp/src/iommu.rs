@@ -45,8 +45,8 @@ pub struct HostIommu {
     pub iommu: Iommu<'static, SmmuMmio>,
     streams: BTreeMap<StreamId, StreamInfo>,
     phandle: Option<u32>,
-    /// Faults already reported: (StreamID, page, write).
-    seen: BTreeSet<(StreamId, u64, bool)>,
+    /// Faults already reported: (StreamID, page, write, what for).
+    seen: BTreeSet<(StreamId, u64, bool, u8)>,
     /// The event queue's wired interrupt.
     pub eventq_irq: Option<crate::platform::Irq>,
     overflows_reported: u64,
@@ -180,12 +180,20 @@ impl HostIommu {
     pub fn report(&mut self, seen: &[Event]) {
         for e in seen {
             // A device's burst of accesses to one page raises many events:
-            // report each (stream, page, direction) once.
+            // report each (stream, page, direction, class) once. The page
+            // of a stage-2 fault is the IPA's (for a nested stream the
+            // input address is the guest's IOVA), and a CD fetch, a table
+            // walk and the access itself faulting there are told apart.
             let key = match e {
-                Event::Fault { info, .. } => {
-                    (e.sid(), info.input_addr.raw() >> 12, !info.access.rnw)
+                Event::Fault { info, ipa, .. } => {
+                    let page = if info.s2 {
+                        ipa.0 >> 12
+                    } else {
+                        info.input_addr.raw() >> 12
+                    };
+                    (e.sid(), page, !info.access.rnw, info.class as u8)
                 }
-                _ => (e.sid(), u64::from(e.id()), false),
+                _ => (e.sid(), u64::from(e.id()), false, 0xff),
             };
             let new = !self.seen.contains(&key);
             if new && self.seen.len() < SEEN_MAX {

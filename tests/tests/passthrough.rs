@@ -140,3 +140,82 @@ fn vsmmu_linux_nvme_strict() {
 fn vsmmu_linux_nvme_lazy() {
     vsmmu_linux_nvme("lazy");
 }
+
+/// A bare-metal guest programs its own vSMMU (stream table, CD, stage-1
+/// tables, queues) for its `edu`: nested translation, precise TLBI_NH_VA,
+/// stage-1 faults in its event queue with its virtual StreamID and its
+/// interrupt, nothing reachable through memory outside the VM, and an
+/// illegal command reported as hardware would, then recovered from.
+#[test]
+fn vsmmu_edu_nested() {
+    let b = boot("vsmmu-edu", &[], TIMEOUT);
+    // Physical 00:02.0 (StreamID 0x10) is the guest's 00:01.0 (vSID 0x8).
+    b.expect("VM nested: PCI 00:02.0 (sid 0x10) assigned as 00:01.0");
+    b.expect("[nested] guest: edu at 00:01.0: vsid 0x8");
+    b.expect("vSMMU: vsid 0x8 -> sid 0x10: nested (guest CD table at IPA 0x80");
+    b.expect("[nested] guest: check dma through iova: ok");
+    // With stage 1 on, the bare IPA is not a valid IOVA: the fault is the
+    // guest's, with its own StreamID, and raises its eventq interrupt.
+    b.expect("[nested] guest: check dma by ipa with stage 1 on: blocked");
+    // The guest's RAM is at 0x80000000 (16 MiB): its IPAs are 0x80xxxxxx.
+    let ev = "[nested] guest: event queue: F_TRANSLATION for vsid 0x8 at ";
+    assert!(b.expect(ev).contains(" at 0x80"), "{}", b.console);
+    assert_eq!(b.count(ev), 3, "{}", b.console);
+    assert_eq!(b.count("eventq irq: yes"), 3, "{}", b.console);
+    b.reject("event F_TRANSLATION vsid 0x10");
+    // Stage-1 faults are the guest's only: the hypervisor reports none.
+    b.reject("stage=1");
+    // The SMMU keeps translations cached: without invalidation the
+    // unmapped page still works (so the next checks can fail)...
+    b.expect(
+        "[nested] guest: unmapped, not invalidated: dma write through the stale entry went through",
+    );
+    // ...TLBI_NH_VA + CMD_SYNC removes exactly that page...
+    b.expect("[nested] guest: check unmap + TLBI_NH_VA + CMD_SYNC: dma write blocked");
+    b.expect("[nested] guest: event queue: F_TRANSLATION for vsid 0x8 at 0x420001000: yes; eventq irq: yes");
+    // ...and nothing more: the other page's stale entry survives.
+    b.expect(
+        "[nested] guest: check other page's entry after TLBI_NH_VA: still cached (not widened)",
+    );
+    b.expect("[nested] guest: check second TLBI_NH_VA: blocked");
+    b.expect("[nested] guest: event queue: F_TRANSLATION for vsid 0x8 at 0x420000000: yes; eventq irq: yes");
+    // Outside the VM: a stage-1 mapping to it, a CD table there, a TTB0
+    // there. Nothing leaks; the stage-2 faults are the hypervisor's,
+    // attributed to the VM, each (page, direction, class) once.
+    b.expect("[nested] guest: check iova mapped to an ipa outside the VM: blocked");
+    for (dir, class) in [
+        ("read", "IN"),
+        ("write", "IN"),
+        ("read", "CD"),
+        ("read", "TT"),
+    ] {
+        let n = b.count(&format!(
+            "{dir} stage=2 class={class} ipa=0x40200000 [PCI 00:02.0 owner nested]"
+        ));
+        assert_eq!(n, 1, "{dir} {class}: {n} reports:\n{}", b.console);
+    }
+    b.expect("[nested] guest: check CD table at an ipa outside the VM: blocked");
+    b.expect("[nested] guest: check TTB0 at an ipa outside the VM: blocked");
+    assert_eq!(
+        b.count("[nested] guest: check restored, dma through iova: ok"),
+        2,
+        "{}",
+        b.console
+    );
+    // An illegal (stage-2) command stops the queue at it with CERROR_ILL
+    // and the gerror interrupt; the guest recovers as Linux would.
+    b.expect("GERROR.CMDQ_ERR set, CMDQ_CONS.ERR 1, at index");
+    let line = b.expect("[nested] guest: illegal command at index ");
+    let at = |key: &str| line.split(key).nth(1).and_then(|s| s.split(',').next());
+    assert_eq!(at("illegal command at index "), at(" at index "), "{line}");
+    assert!(line.ends_with("gerror irq yes"), "{line}");
+    b.expect("[nested] guest: check command queue after GERRORN: runs again");
+    b.expect("[nested] guest: check dma after recovery: ok");
+    b.reject("LEAKED");
+    b.reject("FAILED");
+    b.expect("[nested] guest: vsmmu checks: 16 passed, 0 failed");
+    b.reject(" ERROR ");
+    b.expect("VM nested: its devices are stopped");
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    assert_eq!(b.status, Some(0));
+}

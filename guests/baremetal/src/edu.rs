@@ -149,6 +149,15 @@ impl ReadOutcome {
             Self::Leaked
         }
     }
+
+    /// How a read attack's outcome is reported.
+    pub fn verdict(self) -> &'static str {
+        match self {
+            Self::Intact => "blocked",
+            Self::Zeroed => "blocked (read as zeros)",
+            Self::Leaked => "LEAKED",
+        }
+    }
 }
 
 #[cfg(target_os = "none")]
@@ -161,6 +170,7 @@ mod hw {
     //! address under the hypervisor, PA on bare QEMU).
 
     use super::*;
+    use crate::mmio;
     use aarch64_cpu::asm::barrier;
     use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
 
@@ -207,18 +217,16 @@ mod hw {
     }
 
     fn config_read(host: &PciHost, device: u8, reg: u16) -> u32 {
-        let p = host.config_address(device, reg) as *const u32;
-        // SAFETY: `p` is a 32-bit register in bus 0's ECAM of the host
-        // bridge our device tree describes (Device memory, MMU off); a
-        // missing function reads as all ones.
-        unsafe { p.read_volatile() }
+        // SAFETY: a 32-bit register in bus 0's ECAM of the host bridge our
+        // device tree describes (Device memory, MMU off); a missing
+        // function reads as all ones.
+        unsafe { mmio::read32(host.config_address(device, reg)) }
     }
 
     fn config_write(host: &PciHost, device: u8, reg: u16, value: u32) {
-        let p = host.config_address(device, reg) as *mut u32;
         // SAFETY: as in `config_read`; we only write the command register
         // and BARs of the `edu` we found.
-        unsafe { p.write_volatile(value) }
+        unsafe { mmio::write32(host.config_address(device, reg), value) }
     }
 
     fn counter() -> u64 {
@@ -290,22 +298,19 @@ mod hw {
         }
 
         fn read32(&self, reg: u64) -> u32 {
-            let p = (self.bar0 + reg) as *const u32;
             // SAFETY: `reg` is a register of the `edu`'s 1 MiB BAR0, which
             // decodes memory (enabled in `probe`); Device memory.
-            unsafe { p.read_volatile() }
+            unsafe { mmio::read32(self.bar0 + reg) }
         }
 
         fn read64(&self, reg: u64) -> u64 {
-            let p = (self.bar0 + reg) as *const u64;
             // SAFETY: as in `read32`; the DMA registers take 64-bit accesses.
-            unsafe { p.read_volatile() }
+            unsafe { mmio::read64(self.bar0 + reg) }
         }
 
         fn write64(&self, reg: u64, value: u64) {
-            let p = (self.bar0 + reg) as *mut u64;
             // SAFETY: as in `read64`.
-            unsafe { p.write_volatile(value) }
+            unsafe { mmio::write64(self.bar0 + reg, value) }
         }
 
         /// Runs one DMA of `DMA_LEN` bytes from bus address `src` to `dst`

@@ -16,7 +16,10 @@
 //!   device behind the device tree's ECAM host bridge as a DMA attacker
 //!   (see [`edu`] and `README.md`): DMA into its own memory, then a DMA
 //!   read from and N (default 1) DMA writes to each address, then
-//!   `guest: attack done`, `guest: done` and powers off.
+//!   `guest: attack done`, `guest: done` and powers off;
+//! - `vsmmu_edu`: programs its own virtual SMMUv3 (stream table, CD,
+//!   stage-1 tables, queues) for the `edu` and checks nested translation,
+//!   invalidation, isolation and command errors (see [`nested`]).
 //!
 //! PSCI goes through HVC, or SMC when the device tree's `/psci` says so.
 //!
@@ -28,7 +31,13 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(target_os = "none")]
+#[macro_use]
+mod console;
 mod edu;
+#[cfg(target_os = "none")]
+mod mmio;
+mod nested;
 
 use edu::Targets;
 use flat_device_tree::node::FdtNode;
@@ -51,6 +60,8 @@ enum Action<'a> {
     Count(u64),
     /// DMA with the `edu` device: own memory, then at these addresses.
     EduAttack(Targets<'a>),
+    /// Program the vSMMU for the `edu` and check nested translation.
+    VsmmuEdu,
 }
 
 /// The guest's command line (`/chosen/bootargs`), decoded.
@@ -101,6 +112,7 @@ impl<'a> Args<'a> {
                     }
                 }
                 None if word == "bad_access" => args.action = Action::BadAccess,
+                None if word == "vsmmu_edu" => args.action = Action::VsmmuEdu,
                 _ => {}
             }
         }
@@ -215,72 +227,20 @@ fn is_same_el_data_abort(vector: u64, esr: u64) -> bool {
 mod hw {
     //! Everything that touches the machine: UART, counter, PSCI, the vectors.
 
+    use super::console::UART;
     use super::edu::{Edu, EduError, PciHost, ReadOutcome, Targets, DMA_LEN};
     use super::{is_same_el_data_abort, Action, Args, Board, Conduit};
     use aarch64_cpu::asm::barrier;
     use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
     use core::cell::UnsafeCell;
-    use core::fmt::{self, Write};
-    use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+    use core::sync::atomic::{AtomicU8, Ordering};
     use flat_device_tree::Fdt;
 
     core::arch::global_asm!(include_str!("entry.S"));
     core::arch::global_asm!(include_str!("vectors.S"));
 
-    /// Base of the console PL011, 0 until the device tree was read. Only
-    /// plain loads and stores (the MMU is off: no exclusives on this memory).
-    static UART: AtomicU64 = AtomicU64::new(0);
     /// The PSCI conduit: 0 = HVC, 1 = SMC.
     static CONDUIT: AtomicU8 = AtomicU8::new(0);
-
-    /// PL011 data register offset.
-    const UARTDR: u64 = 0x00;
-    /// PL011 flag register offset.
-    const UARTFR: u64 = 0x18;
-    /// UARTFR.TXFF: transmit FIFO full.
-    const FR_TXFF: u32 = 1 << 5;
-
-    /// Writes to the PL011 found in the device tree (polled, no setup: the
-    /// boot loader or hypervisor leaves it enabled).
-    struct Console;
-
-    impl Console {
-        fn put(byte: u8) {
-            let base = UART.load(Ordering::Relaxed);
-            if base == 0 {
-                return;
-            }
-            let fr = (base + UARTFR) as *const u32;
-            let dr = (base + UARTDR) as *mut u32;
-            // SAFETY: `base` is the PL011 named by our device tree (set in
-            // `guest_main`); with the MMU off it is accessed as Device memory.
-            // UARTFR and UARTDR are 32-bit registers of that device.
-            unsafe {
-                while fr.read_volatile() & FR_TXFF != 0 {
-                    core::hint::spin_loop();
-                }
-                dr.write_volatile(u32::from(byte));
-            }
-        }
-    }
-
-    impl Write for Console {
-        fn write_str(&mut self, s: &str) -> fmt::Result {
-            for b in s.bytes() {
-                if b == b'\n' {
-                    Self::put(b'\r');
-                }
-                Self::put(b);
-            }
-            Ok(())
-        }
-    }
-
-    macro_rules! say {
-        ($($arg:tt)*) => {{
-            let _ = writeln!(Console, $($arg)*);
-        }};
-    }
 
     /// PSCI SYSTEM_OFF; parks the CPU if the call returns.
     fn power_off() -> ! {
@@ -397,11 +357,7 @@ mod hw {
             edu.dma_into_buffer(target)?;
             fill(DST, None);
             edu.dma_from_buffer(dst)?;
-            let verdict = match ReadOutcome::judge(bytes(DST), SEED_KNOWN) {
-                ReadOutcome::Intact => "blocked",
-                ReadOutcome::Zeroed => "blocked (read as zeros)",
-                ReadOutcome::Leaked => "LEAKED",
-            };
+            let verdict = ReadOutcome::judge(bytes(DST), SEED_KNOWN).verdict();
             say!("guest: dma read from {:#x}: {}", target, verdict);
 
             // Write: K (reloaded) from the buffer to the target.
@@ -475,6 +431,7 @@ mod hw {
                 }
             }
             Action::EduAttack(targets) => edu_attack(&fdt, targets, args.edu_flood),
+            Action::VsmmuEdu => super::nested::run(&fdt),
         }
         say!("guest: done");
         power_off()
@@ -531,6 +488,7 @@ mod tests {
         assert_eq!(Args::parse("name=x bad_access").action, Action::BadAccess);
         // The last action wins; malformed numbers and unknown words are ignored.
         assert_eq!(Args::parse("count=3 bad_access").action, Action::BadAccess);
+        assert_eq!(Args::parse("name=n vsmmu_edu").action, Action::VsmmuEdu);
         let b = Args::parse("count=x tick_ms=-1 bad_access=1 name=");
         assert_eq!(b.action, Action::Done);
         assert_eq!(b.tick_ms, DEFAULT_TICK_MS);

@@ -203,6 +203,12 @@ pub fn release(devices: &[AssignedDevice], vmid: smmu::addr::Vmid) {
         cfg.write32(d.phys, pci::reg::COMMAND, cmd & !pci::reg::CMD_MASTER);
         if let Some(h) = crate::iommu::get() {
             let mut h = h.lock();
+            // A stream its guest already made abort (through its vSMMU)
+            // is not attached: nothing to undo.
+            if h.iommu.owner(d.sid).is_none() {
+                h.set_owner(d.sid, "nobody");
+                continue;
+            }
             if let Err(e) = h.iommu.detach(d.sid) {
                 log::error!("PCI {}: cannot make stream {} abort: {e}", d.phys, d.sid);
             }

@@ -1,0 +1,58 @@
+//! The guest's console: the PL011 its device tree names, polled.
+
+use crate::mmio;
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Base of the console PL011, 0 until the device tree was read. Only
+/// plain loads and stores (the MMU is off: no exclusives on this memory).
+pub static UART: AtomicU64 = AtomicU64::new(0);
+
+/// PL011 data register offset.
+const UARTDR: u64 = 0x00;
+/// PL011 flag register offset.
+const UARTFR: u64 = 0x18;
+/// UARTFR.TXFF: transmit FIFO full.
+const FR_TXFF: u32 = 1 << 5;
+
+/// Writes to the PL011 found in the device tree (polled, no setup: the
+/// boot loader or hypervisor leaves it enabled).
+pub struct Console;
+
+impl Console {
+    fn put(byte: u8) {
+        let base = UART.load(Ordering::Relaxed);
+        if base == 0 {
+            return;
+        }
+        // SAFETY: `base` is the PL011 named by our device tree (set in
+        // `guest_main`); with the MMU off it is accessed as Device memory.
+        // UARTFR and UARTDR are 32-bit registers of that device.
+        unsafe {
+            while mmio::read32(base + UARTFR) & FR_TXFF != 0 {
+                core::hint::spin_loop();
+            }
+            mmio::write32(base + UARTDR, u32::from(byte));
+        }
+    }
+}
+
+impl Write for Console {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for b in s.bytes() {
+            if b == b'\n' {
+                Self::put(b'\r');
+            }
+            Self::put(b);
+        }
+        Ok(())
+    }
+}
+
+/// Prints one line on the console (`println!` for the guest).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use core::fmt::Write as _;
+        let _ = writeln!($crate::console::Console, $($arg)*);
+    }};
+}

@@ -1,0 +1,785 @@
+//! `vsmmu_edu`: the guest programs its own (virtual) SMMUv3 for its `edu`
+//! and checks what a user of nested translation relies on, printing one
+//! `guest: check ...` line per check and a final count:
+//!
+//! 1. DMA through an IOVA its stage-1 tables map works, and DMA to the
+//!    bare IPA (unmapped at stage 1) is stopped, with an F_TRANSLATION
+//!    event carrying its virtual StreamID in its event queue and its
+//!    event-queue interrupt pending at its GIC.
+//! 2. Invalidation is precise: after unmapping two warm pages, the SMMU
+//!    still uses its cached entries (so the check below can fail); after
+//!    TLBI_NH_VA + CMD_SYNC for one page that page faults (an event again),
+//!    while the other page's stale entry survives (the invalidation was not
+//!    widened), until its own TLBI_NH_VA.
+//! 3. Nothing leaks through memory outside the VM: a stage-1 mapping to an
+//!    IPA outside its RAM, a CD table outside its RAM and a TTB0 outside its
+//!    RAM all stop the DMA (the hypervisor reports the stage-2 faults); with
+//!    the STE and CD restored, DMA works again.
+//! 4. An illegal command (the stage-2 TLBI_S12_VMALL) stops the command
+//!    queue with CMDQ_CONS.ERR = CERROR_ILL at that command, GERROR.CMDQ_ERR
+//!    and the gerror interrupt; the guest replaces it with a CMD_SYNC,
+//!    acknowledges GERRORN, and the queue and DMA work again.
+//!
+//! The MMU stays off: every access is to Device memory at its IPA, so all
+//! table and queue accesses below are aligned volatile 32/64-bit ones.
+
+use super::{
+    cd, ste_abort, ste_stage1, CERROR_ILL, CMD_BYTES, CONS_ERR_SHIFT, CR0_CMDQEN, CR0_EVENTQEN,
+    CR0_SMMUEN, CR1_WB_ISH, CR2_RECINVSID_PTM, EVT_BYTES, F_TRANSLATION, GERROR_CMDQ_ERR,
+    IRQ_EVENTQ, IRQ_GERROR, Q_BASE_RWA, STE_BYTES,
+};
+use super::{cmd, pte, reg, EventRecord, VSmmuDt};
+use crate::edu::{pattern, Edu, EduError, PciHost, ReadOutcome, DMA_LEN};
+use crate::mmio;
+use aarch64_cpu::asm::barrier;
+use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
+use core::cell::UnsafeCell;
+use flat_device_tree::Fdt;
+
+/// The guest memory the checks use, one page each.
+#[repr(usize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Page {
+    /// Linear stream table (up to 64 STEs).
+    Strtab,
+    /// The single CD.
+    Cd,
+    /// Command queue (up to 256 commands).
+    Cmdq,
+    /// Event queue (up to 128 records).
+    Evtq,
+    /// Stage-1 tables, levels 1 to 3.
+    L1,
+    L2,
+    L3,
+    /// DMA source and destination.
+    Src,
+    Dst,
+}
+
+const PAGES: usize = 9;
+
+#[repr(C, align(4096))]
+struct Arena(UnsafeCell<[[u8; 4096]; PAGES]>);
+
+// SAFETY: only the boot CPU runs guest code, and every access goes through
+// volatile raw-pointer accesses.
+unsafe impl Sync for Arena {}
+
+static ARENA: Arena = Arena(UnsafeCell::new([[0; 4096]; PAGES]));
+
+/// A page's IPA (the MMU is off: addresses are IPAs).
+fn ipa(page: Page) -> u64 {
+    ARENA.0.get() as u64 + page as u64 * 4096
+}
+
+/// Writes `v` at byte `offset` of `page`.
+fn store(page: Page, offset: u64, v: u64) {
+    assert!(offset.is_multiple_of(8) && offset < 4096);
+    // SAFETY: an aligned u64 inside one of our arena's pages.
+    unsafe { ((ipa(page) + offset) as *mut u64).write_volatile(v) }
+}
+
+fn load(page: Page, offset: u64) -> u64 {
+    assert!(offset.is_multiple_of(8) && offset < 4096);
+    // SAFETY: as in `store`.
+    unsafe { ((ipa(page) + offset) as *const u64).read_volatile() }
+}
+
+/// Fills a DMA page with pattern `seed`, or zeros.
+fn fill(page: Page, seed: Option<u8>) {
+    for i in (0..DMA_LEN).step_by(8) {
+        let mut w = [0u8; 8];
+        for (j, b) in w.iter_mut().enumerate() {
+            *b = seed.map_or(0, |s| pattern(s, i + j));
+        }
+        store(page, i as u64, u64::from_le_bytes(w));
+    }
+}
+
+/// A DMA page's bytes.
+fn bytes(page: Page) -> impl Iterator<Item = u8> + Clone {
+    (0..DMA_LEN as u64)
+        .step_by(8)
+        .flat_map(move |o| load(page, o).to_le_bytes())
+}
+
+fn counter() -> u64 {
+    barrier::isb(barrier::SY);
+    CNTVCT_EL0.get()
+}
+
+fn ms_to_ticks(ms: u64) -> u64 {
+    CNTFRQ_EL0.get() * ms / 1000
+}
+
+/// EVENTQ_PROD.OVFLG / EVENTQ_CONS.OVACKFLG, bit 31 (§6.3.29).
+const OVFLG: u32 = 1 << 31;
+
+/// How long the SMMU may take for anything (ms of the virtual counter).
+const TIMEOUT_MS: u64 = 2000;
+
+/// IOVAs of the checks: far from the RAM's IPAs, so that a stream that
+/// bypassed stage 1 would miss.
+const IOVA_SRC: u64 = 0x4_2000_0000;
+const IOVA_DST: u64 = 0x4_2000_1000;
+const IOVA_FOREIGN: u64 = 0x4_2000_2000;
+/// The ASID of the guest's context.
+const ASID: u16 = 7;
+/// An IPA outside the VM's RAM (where the hypervisor's own image is in
+/// physical memory: a stage 2 that let it through would be a disaster).
+const OUTSIDE: u64 = 0x4020_0000;
+
+/// Test patterns.
+const SEED_A: u8 = 0x11;
+const SEED_B: u8 = 0x22;
+const SEED_C: u8 = 0x33;
+const SEED_D: u8 = 0x44;
+
+/// Why the checks could not run at all.
+#[derive(Debug)]
+enum Setup {
+    NoPci,
+    NoVsmmu,
+    NoStream,
+    Edu(EduError),
+    Timeout(&'static str),
+    BadIdr(u32),
+}
+
+/// The guest's driver for its vSMMU.
+struct Smmu {
+    base: u64,
+    dt: VSmmuDt,
+    /// log2 of the command and event queue sizes.
+    cmdq_log2: u32,
+    evtq_log2: u32,
+    /// Our CMDQ_PROD and EVENTQ_CONS (index and wrap bit).
+    prod: u32,
+    evt_cons: u32,
+}
+
+impl Smmu {
+    fn read(&self, off: u64) -> u32 {
+        // SAFETY: a 32-bit register of the vSMMU's frame our device tree
+        // names; Device memory.
+        unsafe { mmio::read32(self.base + off) }
+    }
+
+    fn write(&self, off: u64, v: u32) {
+        // SAFETY: as in `read`.
+        unsafe { mmio::write32(self.base + off, v) }
+    }
+
+    fn write64(&self, off: u64, v: u64) {
+        // SAFETY: as in `read`; the base registers take 64-bit accesses.
+        unsafe { mmio::write64(self.base + off, v) }
+    }
+
+    /// Polls until `done` or the timeout.
+    fn wait(&self, what: &'static str, mut done: impl FnMut(&Self) -> bool) -> Result<(), Setup> {
+        let start = counter();
+        while !done(self) {
+            if counter().wrapping_sub(start) > ms_to_ticks(TIMEOUT_MS) {
+                return Err(Setup::Timeout(what));
+            }
+            core::hint::spin_loop();
+        }
+        Ok(())
+    }
+
+    fn set_cr0(&self, v: u32) -> Result<(), Setup> {
+        self.write(reg::CR0, v);
+        self.wait("CR0ACK", |s| s.read(reg::CR0ACK) == v)
+    }
+
+    /// Resets and enables the queues (SMMUEN stays 0) with an empty linear
+    /// stream table covering `vsid`.
+    fn init(dt: VSmmuDt, vsid: u32) -> Result<Self, Setup> {
+        let mut s = Smmu {
+            base: dt.base,
+            dt,
+            cmdq_log2: 0,
+            evtq_log2: 0,
+            prod: 0,
+            evt_cons: 0,
+        };
+        let idr0 = s.read(reg::IDR0);
+        let idr1 = s.read(reg::IDR1);
+        let idr5 = s.read(reg::IDR5);
+        say!(
+            "guest: vsmmu at {:#x}: IDR0 {:#x} IDR1 {:#x} IDR5 {:#x}, eventq irq {}, gerror irq {}",
+            s.base,
+            idr0,
+            idr1,
+            idr5,
+            dt.eventq,
+            dt.gerror
+        );
+        // Stage 1 (S1P, bit 1) with AArch64 tables (TTF bit 3), 4K granule.
+        if idr0 & 0b10 == 0 || idr0 >> 2 & 0b10 == 0 || idr5 >> 4 & 1 == 0 {
+            return Err(Setup::BadIdr(idr0));
+        }
+        s.cmdq_log2 = (idr1 >> 21 & 0x1f).min(8);
+        s.evtq_log2 = (idr1 >> 16 & 0x1f).min(7);
+        s.set_cr0(0)?;
+        s.write(reg::CR1, CR1_WB_ISH);
+        s.write(reg::CR2, CR2_RECINVSID_PTM);
+        for i in 0..64 {
+            for w in 0..8 {
+                store(Page::Strtab, i * STE_BYTES + w * 8, 0);
+            }
+        }
+        let log2size = 32 - vsid.leading_zeros();
+        s.write64(reg::STRTAB_BASE, ipa(Page::Strtab) | Q_BASE_RWA);
+        s.write(reg::STRTAB_BASE_CFG, log2size.max(1));
+        s.write64(
+            reg::CMDQ_BASE,
+            ipa(Page::Cmdq) | Q_BASE_RWA | u64::from(s.cmdq_log2),
+        );
+        s.write(reg::CMDQ_PROD, 0);
+        s.write(reg::CMDQ_CONS, 0);
+        s.write64(
+            reg::EVENTQ_BASE,
+            ipa(Page::Evtq) | Q_BASE_RWA | u64::from(s.evtq_log2),
+        );
+        s.write(reg::EVENTQ_PROD, 0);
+        s.write(reg::EVENTQ_CONS, 0);
+        s.write(reg::IRQ_CTRL, IRQ_GERROR | IRQ_EVENTQ);
+        s.wait("IRQ_CTRLACK", |s| {
+            s.read(reg::IRQ_CTRLACK) == IRQ_GERROR | IRQ_EVENTQ
+        })?;
+        s.set_cr0(CR0_CMDQEN | CR0_EVENTQEN)?;
+        // As a driver does at reset: no stale configuration or TLB entries.
+        s.submit(&[cmd::cfgi_all(), cmd::tlbi_nh_all()])?;
+        Ok(s)
+    }
+
+    /// Queues one command; returns its queue index.
+    fn push(&mut self, c: [u64; 2]) -> u32 {
+        let mask = (1 << self.cmdq_log2) - 1;
+        let index = self.prod & mask;
+        store(Page::Cmdq, u64::from(index) * CMD_BYTES, c[0]);
+        store(Page::Cmdq, u64::from(index) * CMD_BYTES + 8, c[1]);
+        // Index and wrap bit advance together.
+        self.prod = (self.prod + 1) & ((mask << 1) | 1);
+        index
+    }
+
+    /// Whether the SMMU consumed everything we queued.
+    fn drained(&self) -> bool {
+        self.read(reg::CMDQ_CONS) & 0xf_ffff == self.prod
+    }
+
+    /// Submits `cmds` and a CMD_SYNC, and waits for the SYNC's completion.
+    fn submit(&mut self, cmds: &[[u64; 2]]) -> Result<(), Setup> {
+        for &c in cmds {
+            self.push(c);
+        }
+        self.push(cmd::sync());
+        barrier::dsb(barrier::SY);
+        self.write(reg::CMDQ_PROD, self.prod);
+        self.wait("CMD_SYNC", Self::drained)
+    }
+
+    /// Writes STE `vsid`.
+    fn write_ste(&self, vsid: u32, ste: [u64; 8]) {
+        // Word 0 (with V) last, as a driver updating a live STE would.
+        for (w, v) in ste.iter().enumerate().rev() {
+            store(Page::Strtab, u64::from(vsid) * STE_BYTES + w as u64 * 8, *v);
+        }
+    }
+
+    fn write_cd(&self, ttb0: u64, ips: u8) {
+        let c = cd(ttb0, ASID, ips);
+        for (w, v) in c.iter().enumerate().rev() {
+            store(Page::Cd, w as u64 * 8, *v);
+        }
+    }
+
+    /// The records that arrived since the last call, at most `out.len()`
+    /// of them kept. Each is printed unless it repeats the previous one's
+    /// type, stream, page and direction (a faulting 4 KiB DMA yields one
+    /// record per access); repeats are counted in one line. An overflow
+    /// (EVENTQ_PROD.OVFLG) is reported and acknowledged.
+    fn events(&mut self, out: &mut [Option<EventRecord>; 4]) -> usize {
+        let mask = (1u32 << self.evtq_log2) - 1;
+        let mut n = 0;
+        let mut last: Option<EventRecord> = None;
+        let mut repeats = 0u32;
+        loop {
+            let prod_reg = self.read(reg::EVENTQ_PROD);
+            if (prod_reg ^ self.evt_cons) & OVFLG != 0 {
+                say!("guest: event queue overflowed (EVENTQ_PROD.OVFLG): acknowledged");
+                self.evt_cons ^= OVFLG;
+                self.write(reg::EVENTQ_CONS, self.evt_cons);
+            }
+            let prod = prod_reg & 0xf_ffff;
+            if prod == self.evt_cons & 0xf_ffff {
+                break;
+            }
+            let i = u64::from(self.evt_cons & mask);
+            let w = [0, 1, 2, 3].map(|k| load(Page::Evtq, i * EVT_BYTES + k * 8));
+            let e = EventRecord::decode(w);
+            let same = last.is_some_and(|l| {
+                (l.kind, l.sid, l.addr >> 12, l.read) == (e.kind, e.sid, e.addr >> 12, e.read)
+            });
+            if same {
+                repeats += 1;
+            } else {
+                if repeats > 0 {
+                    say!("guest: ... and {} more like it", repeats);
+                    repeats = 0;
+                }
+                say!(
+                    "guest: event {} vsid {:#x} input {:#x} {}{}",
+                    e.name(),
+                    e.sid,
+                    e.addr,
+                    if e.read { "read" } else { "write" },
+                    if e.s2 { " (stage 2)" } else { "" }
+                );
+                last = Some(e);
+                if n < out.len() {
+                    out[n] = Some(e);
+                    n += 1;
+                }
+            }
+            let wrap_idx = (mask << 1) | 1;
+            self.evt_cons = (self.evt_cons & OVFLG) | ((self.evt_cons + 1) & wrap_idx);
+            self.write(reg::EVENTQ_CONS, self.evt_cons);
+        }
+        if repeats > 0 {
+            say!("guest: ... and {} more like it", repeats);
+        }
+        n
+    }
+
+    /// Waits for an F_TRANSLATION at stage 1 for `vsid` at `addr` in the
+    /// event queue, and for the event-queue interrupt.
+    fn expect_fault(&mut self, vsid: u32, addr: u64, read: bool) -> bool {
+        let start = counter();
+        let mut found = false;
+        while !found && counter().wrapping_sub(start) < ms_to_ticks(TIMEOUT_MS) {
+            let mut got = [None; 4];
+            self.events(&mut got);
+            found = got.iter().flatten().any(|e| {
+                e.kind == F_TRANSLATION
+                    && e.sid == vsid
+                    && e.addr == addr
+                    && e.read == read
+                    && !e.s2
+            });
+        }
+        let irq = gic::take(self.dt.eventq);
+        say!(
+            "guest: event queue: F_TRANSLATION for vsid {:#x} at {:#x}: {}; eventq irq: {}",
+            vsid,
+            addr,
+            if found { "yes" } else { "NO" },
+            if irq { "yes" } else { "NO" }
+        );
+        found && irq
+    }
+}
+
+/// Counts the checks.
+struct Checks {
+    passed: u32,
+    failed: u32,
+}
+
+impl Checks {
+    fn check(&mut self, ok: bool, what: &str, verdict: &str) {
+        if ok {
+            self.passed += 1;
+            say!("guest: check {}: {}", what, verdict);
+        } else {
+            self.failed += 1;
+            say!("guest: check {}: FAILED ({})", what, verdict);
+        }
+    }
+}
+
+/// The guest's GICv3: just enough to see its vSMMU's interrupts arrive.
+mod gic {
+    use crate::mmio;
+    use core::arch::asm;
+
+    const GICD_CTLR: u64 = 0x0;
+    const GICD_IGROUPR: u64 = 0x80;
+    const GICD_ISENABLER: u64 = 0x100;
+    const GICD_IPRIORITYR: u64 = 0x400;
+    const GICD_IROUTER: u64 = 0x6000;
+    /// GICD_CTLR.EnableGrp1 (single Security state) and ARE.
+    const CTLR_GRP1_ARE: u32 = 1 << 1 | 1 << 4;
+    /// INTID read from ICC_IAR1_EL1 when nothing is pending.
+    const SPURIOUS: u64 = 1023;
+
+    fn w32(addr: u64, v: u32) {
+        // SAFETY: a 32-bit register of the distributor our device tree
+        // names; Device memory.
+        unsafe { mmio::write32(addr, v) }
+    }
+
+    fn r32(addr: u64) -> u32 {
+        // SAFETY: as in `w32`.
+        unsafe { mmio::read32(addr) }
+    }
+
+    /// Enables the distributor and `intids` (group 1, routed to us), and
+    /// our CPU interface, leaving PSTATE.I masked: interrupts are observed
+    /// by acknowledging them in [`take`], never taken.
+    pub fn init(gicd: u64, intids: &[u32]) {
+        w32(gicd + GICD_CTLR, CTLR_GRP1_ARE);
+        for &i in intids {
+            let word = u64::from(i / 32) * 4;
+            let bit = 1 << (i % 32);
+            w32(
+                gicd + GICD_IGROUPR + word,
+                r32(gicd + GICD_IGROUPR + word) | bit,
+            );
+            let prio = gicd + GICD_IPRIORITYR + u64::from(i);
+            // SAFETY: GICD_IPRIORITYR is byte-accessible (IHI 0069 §12.9.22).
+            unsafe { mmio::write8(prio, 0x80) };
+            let mpidr: u64;
+            // SAFETY: reading our own MPIDR_EL1 has no side effect.
+            unsafe { asm!("mrs {}, mpidr_el1", out(reg) mpidr) };
+            let router = gicd + GICD_IROUTER + 8 * u64::from(i);
+            // SAFETY: a 64-bit GICD_IROUTER<n> of the distributor.
+            unsafe { mmio::write64(router, mpidr & 0xff_00ff_ffff) };
+            w32(gicd + GICD_ISENABLER + word, bit);
+        }
+        // SAFETY: system-register setup of our own CPU interface: system
+        // register access, priority mask, group 1 enabled.
+        unsafe {
+            asm!(
+                "mrs {t}, icc_sre_el1",
+                "orr {t}, {t}, #1",
+                "msr icc_sre_el1, {t}",
+                "isb",
+                "mov {t}, #0xff",
+                "msr icc_pmr_el1, {t}",
+                "mov {t}, #1",
+                "msr icc_igrpen1_el1, {t}",
+                "isb",
+                t = out(reg) _,
+            )
+        };
+    }
+
+    /// Acknowledges and ends every pending interrupt; whether `intid` was
+    /// among them.
+    pub fn take(intid: u32) -> bool {
+        let mut seen = false;
+        for _ in 0..16 {
+            let iar: u64;
+            // SAFETY: acknowledging an interrupt at our CPU interface.
+            unsafe { asm!("mrs {}, icc_iar1_el1", "dsb sy", out(reg) iar) };
+            let got = iar & 0xff_ffff;
+            if got == SPURIOUS {
+                break;
+            }
+            seen |= got == u64::from(intid);
+            // SAFETY: ends the interrupt just acknowledged (EOImode 0 also
+            // deactivates it).
+            unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) iar) };
+        }
+        seen
+    }
+}
+
+/// A DMA read from `from` into the `edu`'s buffer, which holds `seed`'s
+/// pattern, then the buffer written to our DST page through IOVA_DST:
+/// what the read left in the buffer.
+fn dma_read(edu: &Edu, from: u64, seed: u8) -> Result<ReadOutcome, EduError> {
+    // The caller left the buffer holding `seed`'s pattern.
+    edu.dma_into_buffer(from)?;
+    fill(Page::Dst, None);
+    edu.dma_from_buffer(IOVA_DST)?;
+    Ok(ReadOutcome::judge(bytes(Page::Dst), seed))
+}
+
+/// `vsmmu_edu`: runs the checks; prints `guest: vsmmu checks: P passed, F
+/// failed`.
+pub fn run(fdt: &Fdt<'_>) {
+    match checks(fdt) {
+        Ok(c) => say!(
+            "guest: vsmmu checks: {} passed, {} failed",
+            c.passed,
+            c.failed
+        ),
+        Err(Setup::NoPci) => say!("guest: vsmmu checks could not run: no PCI host bridge"),
+        Err(Setup::NoVsmmu) => say!("guest: vsmmu checks could not run: no arm,smmu-v3 node"),
+        Err(Setup::NoStream) => {
+            say!("guest: vsmmu checks could not run: no StreamID below 64 in iommu-map")
+        }
+        Err(Setup::Edu(e)) => say!("guest: vsmmu checks could not run: edu: {:?}", e),
+        Err(Setup::Timeout(what)) => {
+            say!(
+                "guest: vsmmu checks could not run: timed out waiting for {}",
+                what
+            )
+        }
+        Err(Setup::BadIdr(idr0)) => say!(
+            "guest: vsmmu checks could not run: IDR0 {:#x} lacks AArch64 stage 1 with 4K pages",
+            idr0
+        ),
+    }
+}
+
+fn checks(fdt: &Fdt<'_>) -> Result<Checks, Setup> {
+    let host = PciHost::from_fdt(fdt).ok_or(Setup::NoPci)?;
+    let dt = VSmmuDt::from_fdt(fdt).ok_or(Setup::NoVsmmu)?;
+    let edu = Edu::probe(&host).map_err(Setup::Edu)?;
+    let vsid = VSmmuDt::stream_of(fdt, edu.device).ok_or(Setup::NoStream)?;
+    if vsid >= 64 {
+        return Err(Setup::NoStream);
+    }
+    say!("guest: edu at 00:{:02x}.0: vsid {:#x}", edu.device, vsid);
+    gic::init(dt.gicd, &[dt.eventq, dt.gerror]);
+    let mut s = Smmu::init(dt, vsid)?;
+    let ips = (s.read(reg::IDR5) & 7) as u8;
+
+    // Stage-1 tables: IOVA_SRC -> SRC, IOVA_DST -> DST.
+    for p in [Page::L1, Page::L2, Page::L3] {
+        fill(p, None);
+    }
+    store(
+        Page::L1,
+        pte::index(IOVA_SRC, 1) as u64 * 8,
+        pte::table(ipa(Page::L2)),
+    );
+    store(
+        Page::L2,
+        pte::index(IOVA_SRC, 2) as u64 * 8,
+        pte::table(ipa(Page::L3)),
+    );
+    let l3 = |va: u64| pte::index(va, 3) as u64 * 8;
+    store(Page::L3, l3(IOVA_SRC), pte::page(ipa(Page::Src)));
+    store(Page::L3, l3(IOVA_DST), pte::page(ipa(Page::Dst)));
+    s.write_cd(ipa(Page::L1), ips);
+    s.write_ste(vsid, ste_stage1(ipa(Page::Cd)));
+    barrier::dsb(barrier::SY);
+    s.set_cr0(CR0_CMDQEN | CR0_EVENTQEN | CR0_SMMUEN)?;
+    let mut c = Checks {
+        passed: 0,
+        failed: 0,
+    };
+    let e = Setup::Edu;
+
+    // 1. Translation through the guest's stage 1.
+    fill(Page::Src, Some(SEED_A));
+    fill(Page::Dst, None);
+    edu.dma_into_buffer(IOVA_SRC).map_err(e)?;
+    edu.dma_from_buffer(IOVA_DST).map_err(e)?;
+    let ok = ReadOutcome::judge(bytes(Page::Dst), SEED_A) == ReadOutcome::Intact;
+    c.check(ok, "dma through iova", if ok { "ok" } else { "data wrong" });
+
+    // The buffer holds A; a DMA read from the bare IPA of SRC (holding B)
+    // must not replace it.
+    fill(Page::Src, Some(SEED_B));
+    let got = dma_read(&edu, ipa(Page::Src), SEED_A).map_err(e)?;
+    c.check(
+        got != ReadOutcome::Leaked,
+        "dma by ipa with stage 1 on",
+        got.verdict(),
+    );
+    let ok = s.expect_fault(vsid, ipa(Page::Src), true);
+    c.check(ok, "fault in event queue", if ok { "yes" } else { "no" });
+
+    // 2. Precise invalidation. Both pages are warm (SRC read, DST written
+    // just now through their IOVAs); unmap both.
+    fill(Page::Src, Some(SEED_C));
+    edu.dma_into_buffer(IOVA_SRC).map_err(e)?;
+    edu.dma_from_buffer(IOVA_DST).map_err(e)?;
+    store(Page::L3, l3(IOVA_SRC), 0);
+    store(Page::L3, l3(IOVA_DST), 0);
+    barrier::dsb(barrier::SY);
+    // Without invalidation the SMMU may still use its TLB: this is what
+    // the checks below must see disappear.
+    fill(Page::Dst, None);
+    edu.dma_from_buffer(IOVA_DST).map_err(e)?;
+    let stale = ReadOutcome::judge(bytes(Page::Dst), SEED_C) == ReadOutcome::Intact;
+    say!(
+        "guest: unmapped, not invalidated: dma write through the stale entry {}",
+        if stale { "went through" } else { "was blocked" }
+    );
+    s.submit(&[cmd::tlbi_nh_va(ASID, IOVA_DST)])?;
+    fill(Page::Src, Some(SEED_D));
+    fill(Page::Dst, None);
+    // D into the buffer by the bare IPA would fault; write C (still in the
+    // buffer) to the unmapped DST.
+    edu.dma_from_buffer(IOVA_DST).map_err(e)?;
+    let blocked = bytes(Page::Dst).all(|b| b == 0);
+    c.check(
+        blocked,
+        "unmap + TLBI_NH_VA + CMD_SYNC",
+        if blocked {
+            "dma write blocked"
+        } else {
+            "dma write LANDED"
+        },
+    );
+    let ok = s.expect_fault(vsid, IOVA_DST, false);
+    c.check(ok, "fault in event queue", if ok { "yes" } else { "no" });
+    // SRC's entry was not invalidated: a stale hit proves TLBI_NH_VA was
+    // not widened to the ASID or the VM.
+    edu.dma_into_buffer(IOVA_SRC).map_err(e)?;
+    fill(Page::Dst, None);
+    let survived = {
+        // Map DST again to look at the buffer.
+        store(Page::L3, l3(IOVA_DST), pte::page(ipa(Page::Dst)));
+        barrier::dsb(barrier::SY);
+        edu.dma_from_buffer(IOVA_DST).map_err(e)?;
+        ReadOutcome::judge(bytes(Page::Dst), SEED_D) == ReadOutcome::Intact
+    };
+    c.check(
+        stale == survived,
+        "other page's entry after TLBI_NH_VA",
+        if survived {
+            "still cached (not widened)"
+        } else if stale {
+            "gone: the invalidation was widened"
+        } else {
+            "gone (nothing was cached before either)"
+        },
+    );
+    s.submit(&[cmd::tlbi_nh_va(ASID, IOVA_SRC)])?;
+    fill(Page::Src, Some(SEED_B));
+    fill(Page::Dst, None);
+    // The buffer holds D; after the TLBI a read of SRC must not load B.
+    edu.dma_into_buffer(IOVA_SRC).map_err(e)?;
+    edu.dma_from_buffer(IOVA_DST).map_err(e)?;
+    let out = ReadOutcome::judge(bytes(Page::Dst), SEED_D);
+    c.check(
+        out == ReadOutcome::Intact || out == ReadOutcome::Zeroed,
+        "second TLBI_NH_VA",
+        out.verdict(),
+    );
+    let ok = s.expect_fault(vsid, IOVA_SRC, true);
+    c.check(ok, "fault in event queue", if ok { "yes" } else { "no" });
+    store(Page::L3, l3(IOVA_SRC), pte::page(ipa(Page::Src)));
+    barrier::dsb(barrier::SY);
+
+    // 3. Memory outside the VM. A stage-1 mapping to it:
+    store(Page::L3, l3(IOVA_FOREIGN), pte::page(OUTSIDE));
+    barrier::dsb(barrier::SY);
+    fill(Page::Src, Some(SEED_A));
+    edu.dma_into_buffer(IOVA_SRC).map_err(e)?;
+    let out = dma_read(&edu, IOVA_FOREIGN, SEED_A).map_err(e)?;
+    c.check(
+        out != ReadOutcome::Leaked,
+        "iova mapped to an ipa outside the VM",
+        out.verdict(),
+    );
+    edu.dma_into_buffer(IOVA_SRC).map_err(e)?;
+    edu.dma_from_buffer(IOVA_FOREIGN).map_err(e)?;
+    say!("guest: dma write to iova -> ipa {:#x}: issued", OUTSIDE);
+
+    // A CD table outside the VM, then a TTB0 outside the VM; each then
+    // restored, and DMA must work again.
+    for case in ["CD table", "TTB0"] {
+        if case == "CD table" {
+            s.write_ste(vsid, ste_stage1(OUTSIDE));
+            s.submit(&[cmd::cfgi_ste(vsid), cmd::tlbi_nh_asid(ASID)])?;
+        } else {
+            s.write_cd(OUTSIDE, ips);
+            s.submit(&[cmd::cfgi_cd(vsid, 0), cmd::tlbi_nh_asid(ASID)])?;
+        }
+        // SRC holds B now: it must reach neither the buffer nor DST.
+        fill(Page::Src, Some(SEED_B));
+        fill(Page::Dst, None);
+        edu.dma_into_buffer(IOVA_SRC).map_err(e)?;
+        edu.dma_from_buffer(IOVA_DST).map_err(e)?;
+        let out = ReadOutcome::judge(bytes(Page::Dst), SEED_B);
+        // B must not reach DST (DST is unreachable too: it stays zero).
+        let what = if case == "CD table" {
+            "CD table at an ipa outside the VM"
+        } else {
+            "TTB0 at an ipa outside the VM"
+        };
+        let leaked = out == ReadOutcome::Intact;
+        c.check(
+            !leaked,
+            what,
+            if leaked {
+                "dma went through"
+            } else {
+                "blocked"
+            },
+        );
+        if case == "CD table" {
+            s.write_ste(vsid, ste_stage1(ipa(Page::Cd)));
+            s.submit(&[cmd::cfgi_ste(vsid)])?;
+        } else {
+            s.write_cd(ipa(Page::L1), ips);
+            s.submit(&[cmd::cfgi_cd(vsid, 0)])?;
+        }
+        fill(Page::Src, Some(SEED_A));
+        fill(Page::Dst, None);
+        edu.dma_into_buffer(IOVA_SRC).map_err(e)?;
+        edu.dma_from_buffer(IOVA_DST).map_err(e)?;
+        let ok = ReadOutcome::judge(bytes(Page::Dst), SEED_A) == ReadOutcome::Intact;
+        c.check(
+            ok,
+            "restored, dma through iova",
+            if ok { "ok" } else { "broken" },
+        );
+    }
+
+    // 4. An illegal command, and recovery.
+    let mut evs = [None; 4];
+    s.events(&mut evs);
+    gic::take(dt.gerror);
+    let bad = s.push(cmd::tlbi_s12_vmall(1));
+    s.push(cmd::sync());
+    barrier::dsb(barrier::SY);
+    s.write(reg::CMDQ_PROD, s.prod);
+    let stopped = s
+        .wait("CMDQ_ERR", |s| {
+            (s.read(reg::GERROR) ^ s.read(reg::GERRORN)) & GERROR_CMDQ_ERR != 0
+        })
+        .is_ok();
+    let cons = s.read(reg::CMDQ_CONS);
+    let err = cons >> CONS_ERR_SHIFT & 0x7f;
+    let at = cons & ((1 << s.cmdq_log2) - 1);
+    let irq = gic::take(dt.gerror);
+    say!(
+        "guest: illegal command at index {}: GERROR.CMDQ_ERR {}, CMDQ_CONS.ERR {}, at index {}, gerror irq {}",
+        bad,
+        if stopped { "set" } else { "NOT set" },
+        err,
+        at,
+        if irq { "yes" } else { "NO" }
+    );
+    c.check(
+        stopped && err == CERROR_ILL && at == bad && irq,
+        "illegal command",
+        "CMDQ_ERR with CERROR_ILL at it",
+    );
+    // Recover as Linux does: replace it with a CMD_SYNC, acknowledge.
+    let sync = cmd::sync();
+    store(Page::Cmdq, u64::from(bad) * CMD_BYTES, sync[0]);
+    store(Page::Cmdq, u64::from(bad) * CMD_BYTES + 8, sync[1]);
+    barrier::dsb(barrier::SY);
+    s.write(reg::GERRORN, s.read(reg::GERROR));
+    let resumed = s.wait("CMDQ after recovery", Smmu::drained).is_ok();
+    c.check(
+        resumed,
+        "command queue after GERRORN",
+        if resumed { "runs again" } else { "stuck" },
+    );
+    s.submit(&[cmd::tlbi_nh_asid(ASID)])?;
+    fill(Page::Src, Some(SEED_C));
+    fill(Page::Dst, None);
+    edu.dma_into_buffer(IOVA_SRC).map_err(e)?;
+    edu.dma_from_buffer(IOVA_DST).map_err(e)?;
+    let ok = ReadOutcome::judge(bytes(Page::Dst), SEED_C) == ReadOutcome::Intact;
+    c.check(ok, "dma after recovery", if ok { "ok" } else { "broken" });
+
+    // Leave the device quiet: abort its stream.
+    s.write_ste(vsid, ste_abort());
+    s.submit(&[cmd::cfgi_ste(vsid)])?;
+    Ok(c)
+}
