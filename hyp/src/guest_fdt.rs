@@ -108,6 +108,9 @@ pub struct GuestDt {
     /// base, size, event-queue SPI, global-error SPI (edge). With it the
     /// PCI node gets `iommu-map` (StreamID = requester ID).
     pub vsmmu: Option<(u64, u64, u32, u32)>,
+    /// The VM's read-only counters page (`smmuhyp,vm-counters`): base,
+    /// size.
+    pub counters: Option<(u64, u64)>,
 }
 
 /// Why a device tree could not be written.
@@ -403,6 +406,12 @@ pub fn build(dt: &GuestDt) -> Result<Vec<u8>, GuestFdtError> {
         w.property_phandle(PHANDLE_VSMMU)?;
         w.end_node(smmu)?;
     }
+    if let Some((base, size)) = dt.counters {
+        let node = w.begin_node(&format!("counters@{base:x}"))?;
+        w.property_string("compatible", "smmuhyp,vm-counters")?;
+        w.property_array_u64("reg", &reg(base, size))?;
+        w.end_node(node)?;
+    }
     if let Some(pci) = &dt.pci {
         write_pci(&mut w, pci, dt.vsmmu.is_some())?;
     }
@@ -448,6 +457,7 @@ mod tests {
             initrd: Some((0x7e00_0000, 0x7e10_0000)),
             pci: None,
             vsmmu: None,
+            counters: Some((0x908_0000, 0x1000)),
         }
     }
 
@@ -592,6 +602,12 @@ mod tests {
         assert_eq!(fdt.cpus().count(), 1);
         let chosen = fdt.find_node("/chosen").unwrap();
         assert!(chosen.property("linux,initrd-start").is_none());
+        let counters = fdt.find_compatible(&["smmuhyp,vm-counters"]).unwrap();
+        let r = counters.reg().next().unwrap();
+        assert_eq!(
+            (r.starting_address as u64, r.size),
+            (0x908_0000, Some(0x1000))
+        );
         let mut names: Vec<&str> = fdt
             .find_node("/")
             .unwrap()
@@ -605,6 +621,7 @@ mod tests {
                 "aliases",
                 "apb-pclk",
                 "chosen",
+                "counters@9080000",
                 "cpus",
                 "intc@8000000",
                 "memory@40000000",

@@ -54,6 +54,14 @@ pub const VSMMU: Region = Region {
     size: 0x2_0000,
 };
 
+/// The VM's own counters (traps, vSMMU commands): a read-only page the
+/// hypervisor emulates, so a guest can measure a phase of its own work.
+pub const COUNTERS: Region = Region {
+    name: "hypervisor counters",
+    base: 0x0908_0000,
+    size: 0x1000,
+};
+
 /// PCI memory window for assigned functions' BARs (step 3).
 pub const PCI_MMIO: Region = Region {
     name: "PCI MMIO window",
@@ -80,6 +88,10 @@ pub const UART_SIZE: u64 = UART.size;
 pub const VSMMU_BASE: u64 = VSMMU.base;
 /// Virtual SMMU size.
 pub const VSMMU_SIZE: u64 = VSMMU.size;
+/// Counters page base (= `COUNTERS.base`).
+pub const COUNTERS_BASE: u64 = COUNTERS.base;
+/// Counters page size.
+pub const COUNTERS_SIZE: u64 = COUNTERS.size;
 /// PCI MMIO window base (= `PCI_MMIO.base`).
 pub const PCI_MMIO_BASE: u64 = PCI_MMIO.base;
 /// PCI MMIO window size.
@@ -108,8 +120,8 @@ pub const fn gicr(vcpus: u32) -> Region {
 }
 
 /// Every device region of a VM with `vcpus` vCPUs, in address order.
-pub const fn devices(vcpus: u32) -> [Region; 6] {
-    [GICD, gicr(vcpus), UART, VSMMU, PCI_MMIO, PCI_ECAM]
+pub const fn devices(vcpus: u32) -> [Region; 7] {
+    [GICD, gicr(vcpus), UART, VSMMU, COUNTERS, PCI_MMIO, PCI_ECAM]
 }
 
 #[cfg(test)]

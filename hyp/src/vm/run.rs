@@ -282,6 +282,7 @@ fn build_vm(
                 v.irqs.1 - 32,
             )
         }),
+        counters: Some((layout::COUNTERS_BASE, layout::COUNTERS_SIZE)),
     };
     let blob = guest_fdt::build(&dt)
         .map_err(|e| resources(alloc::format!("VM {}: device tree: {e}", spec.name)))?;
@@ -773,6 +774,14 @@ fn emulate(vm: &Vm, a: &MmioAccess, value: u64) -> Option<u64> {
             }
         }
         Some(result)
+    } else if (layout::COUNTERS_BASE..layout::COUNTERS_BASE + layout::COUNTERS_SIZE).contains(&ipa)
+    {
+        // Read-only: writes are ignored.
+        Some(if a.write {
+            0
+        } else {
+            counters_read(vm, ipa - layout::COUNTERS_BASE, a.size)
+        })
     } else if (layout::PCI_ECAM_BASE..layout::PCI_ECAM_BASE + layout::PCI_ECAM_SIZE).contains(&ipa)
     {
         let off = ipa - layout::PCI_ECAM_BASE;
@@ -789,6 +798,34 @@ fn emulate(vm: &Vm, a: &MmioAccess, value: u64) -> Option<u64> {
         })
     } else {
         None
+    }
+}
+
+/// The VM's counters page (`smmuhyp,vm-counters` in its device tree): 64-bit
+/// little-endian registers, read-only, also readable as 32-bit halves.
+///
+/// | offset | value |
+/// |---|---|
+/// | 0x00 | traps taken from the VM so far (all vCPUs) |
+/// | 0x08 | vSMMU: guest commands consumed (0 without a vSMMU) |
+/// | 0x10 | vSMMU: physical commands they became |
+///
+/// Anything else, and misaligned or odd-sized accesses, read as zero.
+fn counters_read(vm: &Vm, offset: u64, size: u8) -> u64 {
+    let (guest, phys) = vm.vsmmu.as_ref().map_or((0, 0), |v| v.lock().stats);
+    let values = [vm.traps.load(Ordering::Relaxed), guest, phys];
+    let word = |i: u64| values.get(i as usize).copied().unwrap_or(0);
+    match size {
+        8 if offset % 8 == 0 => word(offset / 8),
+        4 if offset % 4 == 0 => {
+            let v = word(offset / 8);
+            if offset % 8 == 0 {
+                v & 0xffff_ffff
+            } else {
+                v >> 32
+            }
+        }
+        _ => 0,
     }
 }
 
