@@ -528,6 +528,22 @@ impl<'a, M: Mmio> Iommu<'a, M> {
         Ok(id)
     }
 
+    /// Makes `sid`'s STE invalid (V == 0; written, then CMD_CFGI_STE +
+    /// CMD_SYNC) and forgets its owner, if any: its transactions still
+    /// abort, and each is recorded as C_BAD_STE (§7.3.5), as an SMMU
+    /// reports an ILLEGAL STE. For a stream whose configuration, given by a
+    /// guest, was refused: the event tells the guest so. Returns the domain
+    /// it was attached to.
+    pub fn refuse(&mut self, sid: StreamId) -> Result<Option<DomainId>, DomainError> {
+        self.smmu.write_ste(sid, &Ste::invalid())?;
+        let id = self.streams.remove(&sid);
+        if let Some(d) = id.and_then(|id| self.domains.get_mut(&id)) {
+            d.streams.remove(&sid);
+        }
+        info!("iommu: sid {sid} refused: invalid STE, transactions abort with C_BAD_STE");
+        Ok(id)
+    }
+
     /// Destroys domain `id`: every attached stream is made to abort, then
     /// CMD_TLBI_S12_VMALL(vmid) + CMD_SYNC, then the tables are freed, then
     /// the VMID is released. On an SMMU failure the domain stays (its

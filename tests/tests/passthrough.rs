@@ -161,7 +161,8 @@ fn vsmmu_edu_nested() {
     let ev = "[nested] guest: event queue: F_TRANSLATION for vsid 0x8 at ";
     assert!(b.expect(ev).contains(" at 0x80"), "{}", b.console);
     assert_eq!(b.count(ev), 3, "{}", b.console);
-    assert_eq!(b.count("eventq irq: yes"), 3, "{}", b.console);
+    // Three faults, and the C_BAD_STE below, each with its interrupt.
+    assert_eq!(b.count("eventq irq: yes"), 4, "{}", b.console);
     b.reject("event F_TRANSLATION vsid 0x10");
     // Stage-1 faults are the guest's only: the hypervisor reports none.
     b.reject("stage=1");
@@ -202,6 +203,14 @@ fn vsmmu_edu_nested() {
         "{}",
         b.console
     );
+    // An STE the vSMMU cannot honour (stage 2): refused, the stream's
+    // transactions abort with C_BAD_STE in the guest's event queue (with
+    // its StreamID); a valid STE again and DMA works.
+    b.expect("vSMMU: guest STE of vsid 0x8 refused (illegal guest STE: stage 2");
+    b.expect("[nested] guest: event C_BAD_STE vsid 0x8");
+    b.expect("[nested] guest: event queue: C_BAD_STE for vsid 0x8: yes; eventq irq: yes");
+    b.expect("[nested] guest: check valid STE again, dma through iova: ok");
+    b.reject("SMMU event: C_BAD_STE");
     // An illegal (stage-2) command stops the queue at it with CERROR_ILL
     // and the gerror interrupt; the guest recovers as Linux would.
     b.expect("GERROR.CMDQ_ERR set, CMDQ_CONS.ERR 1, at index");
@@ -213,7 +222,7 @@ fn vsmmu_edu_nested() {
     b.expect("[nested] guest: check dma after recovery: ok");
     b.reject("LEAKED");
     b.reject("FAILED");
-    b.expect("[nested] guest: vsmmu checks: 16 passed, 0 failed");
+    b.expect("[nested] guest: vsmmu checks: 18 passed, 0 failed");
     b.reject(" ERROR ");
     b.expect("VM nested: its devices are stopped");
     b.expect("all VMs have stopped (all powered off cleanly)");

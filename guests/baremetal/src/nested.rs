@@ -68,6 +68,12 @@ pub fn ste_abort() -> [u64; 8] {
     [1, 0, 0, 0, 0, 0, 0, 0]
 }
 
+/// An STE with V = 1 and Config = 0b110 (stage 2 translate): ILLEGAL on
+/// an SMMU without stage 2 (§5.2).
+pub fn ste_illegal() -> [u64; 8] {
+    [1 | 0b110 << 1, 0, 0, 0, 0, 0, 0, 0]
+}
+
 /// An STE translating at stage 1 with a single CD (S1CDMax = 0) at
 /// `cd_table`: V, Config = 0b101 (stage 1 translate, stage 2 bypass as the
 /// guest sees it), S1ContextPtr; S1CIR/S1COR write-back, S1CSH inner
@@ -164,6 +170,9 @@ pub mod pte {
 
 /// Event types the checks expect (§7.3).
 pub const F_TRANSLATION: u8 = 0x10;
+pub const C_BAD_STE: u8 = 0x04;
+/// The last of the four translation-fault types (F_TRANSLATION..).
+pub const F_PERMISSION: u8 = 0x13;
 
 /// The fields of an event record the checks look at (§7.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -354,6 +363,7 @@ mod tests {
     #[test]
     fn ste_encodings() {
         assert_eq!(ste_abort()[0], 1, "V = 1, Config = 0b000 abort");
+        assert_eq!(ste_illegal()[0] >> 1 & 7, 0b110, "Config: stage 2");
         let s = ste_stage1(0x8000_1000);
         assert_eq!(s[0] & 1, 1, "V");
         assert_eq!(s[0] >> 1 & 7, 0b101, "Config: stage 1 translate");

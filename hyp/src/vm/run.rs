@@ -816,10 +816,10 @@ fn counters_read(vm: &Vm, offset: u64, size: u8) -> u64 {
     let values = [vm.traps.load(Ordering::Relaxed), guest, phys];
     let word = |i: u64| values.get(i as usize).copied().unwrap_or(0);
     match size {
-        8 if offset % 8 == 0 => word(offset / 8),
-        4 if offset % 4 == 0 => {
+        8 if offset.is_multiple_of(8) => word(offset / 8),
+        4 if offset.is_multiple_of(4) => {
             let v = word(offset / 8);
-            if offset % 8 == 0 {
+            if offset.is_multiple_of(8) {
                 v & 0xffff_ffff
             } else {
                 v >> 32

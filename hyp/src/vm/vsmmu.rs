@@ -16,7 +16,7 @@ use smmu::domain::DomainId;
 use smmu::event::Event;
 use smmu::ste::{S2Config, Ste};
 use smmu::vsmmu::regs::{CmdqWork, VsmmuAction};
-use smmu::vsmmu::ste::{compose, read_guest_ste};
+use smmu::vsmmu::ste::{compose, read_guest_ste, refusal_event, VsteError};
 use smmu::vsmmu::{GuestMemError, GuestMemory, StreamMap, StreamRange, VSmmu, VsmmuPolicy};
 
 /// Guest commands handled per round, and rounds per trap: bounded work, so
@@ -68,6 +68,10 @@ pub struct VmVsmmu {
     /// Guest commands consumed, and physical commands they became
     /// (including the SYNCs and the STE installs' CFGI + SYNC).
     pub stats: (u64, u64),
+    /// Virtual StreamIDs whose guest STE was refused, and why: their
+    /// physical STE is invalid, and the C_BAD_STE events the SMMU records
+    /// for them are the guest's.
+    refused: BTreeMap<u32, VsteError>,
 }
 
 impl VmVsmmu {
@@ -91,6 +95,7 @@ impl VmVsmmu {
             s2,
             irqs,
             stats: (0, 0),
+            refused: BTreeMap::new(),
         }
     }
 
@@ -160,31 +165,43 @@ impl VmVsmmu {
         irqs
     }
 
-    /// Whether `e` is the guest's business: a stage-1 fault, or a problem
-    /// with its CD table, on one of this VM's streams.
+    /// The virtual StreamID of physical StreamID `psid`, if it is one of
+    /// this VM's.
+    fn vsid_of(&self, psid: StreamId) -> Option<u32> {
+        self.map.0.iter().find(|(_, &p)| p == psid).map(|(&v, _)| v)
+    }
+
+    /// Whether `e` is the guest's business: on one of this VM's streams, a
+    /// stage-1 fault, a problem with its CD table, or C_BAD_STE for a
+    /// stream whose STE it configured and the vSMMU refused.
     pub fn owns_event(&self, e: &Event) -> bool {
-        let stage1 = match e {
+        let Some(vsid) = self.vsid_of(e.sid()) else {
+            return false;
+        };
+        match e {
             Event::Fault { info, .. } => !info.s2,
             Event::BadCd { .. } | Event::CdFetch { .. } | Event::BadSubstreamId { .. } => true,
+            Event::BadSte { .. } => self.refused.contains_key(&vsid),
             _ => false,
-        };
-        stage1 && self.map.0.values().any(|&p| p == e.sid())
+        }
     }
 
     /// Delivers a physical event on one of this VM's streams into the
-    /// guest's event queue, with the guest's StreamID. Returns the guest
+    /// guest's event queue, with the guest's StreamID (C_BAD_STE of a
+    /// refused STE as the event the refusal stands for). Returns the guest
     /// interrupt to raise, if any.
     pub fn inject_fault(&mut self, e: &Event) -> Option<u32> {
-        let vsid = self
-            .map
-            .0
-            .iter()
-            .find(|(_, &p)| p == e.sid())
-            .map(|(&v, _)| v)?;
-        let mut words = e.encode().ok()?;
-        // StreamID: bits [63:32] of every event record (IHI 0070 §7.3).
-        words[0] = (words[0] & 0xffff_ffff) | (u64::from(vsid) << 32);
-        let out = self.dev.inject(&self.mem, &Event::decode(words));
+        let vsid = self.vsid_of(e.sid())?;
+        let guest_event = match (e, self.refused.get(&vsid)) {
+            (Event::BadSte { ssid, .. }, Some(why)) => refusal_event(why, StreamId(vsid), *ssid),
+            _ => {
+                let mut words = e.encode().ok()?;
+                // StreamID: bits [63:32] of every event record (§7.3).
+                words[0] = (words[0] & 0xffff_ffff) | (u64::from(vsid) << 32);
+                Event::decode(words)
+            }
+        };
+        let out = self.dev.inject(&self.mem, &guest_event);
         out.raise_event_irq.then_some(self.irqs.0)
     }
 
@@ -211,37 +228,51 @@ impl VmVsmmu {
             let ste = if !self.dev.smmu_enabled() {
                 // vSMMU off: GBPA decides (abort, or bypass = stage 2 only).
                 if self.dev.gbpa_abort() {
-                    Ste::abort()
+                    Ok(Ste::abort())
                 } else {
-                    Ste::stage2(&self.s2)
+                    Ok(Ste::stage2(&self.s2))
                 }
             } else {
-                match read_guest_ste(&self.mem, &self.dev.guest_strtab(), StreamId(vsid))
+                read_guest_ste(&self.mem, &self.dev.guest_strtab(), StreamId(vsid))
                     .and_then(|g| compose(&g, self.dev.policy(), &self.s2))
-                {
-                    Ok(ste) => ste,
-                    Err(e) => {
-                        warn!("vSMMU: guest STE of vsid {vsid:#x} refused ({e:?}): stream aborts");
-                        Ste::abort()
-                    }
-                }
             };
             let mut h = h.lock();
-            let r = if ste == Ste::abort() {
-                if h.iommu.owner(psid).is_none() {
-                    continue; // already aborting
+            let r = match ste {
+                Err(e) => {
+                    if self.refused.insert(vsid, e) == Some(e) {
+                        continue; // already refused for that reason
+                    }
+                    warn!("vSMMU: guest STE of vsid {vsid:#x} refused ({e}): its transactions abort, C_BAD_STE");
+                    h.iommu.refuse(psid).map(|_| ())
                 }
-                h.iommu.detach(psid).map(|_| ())
-            } else if ste == Ste::stage2(&self.s2) {
-                h.iommu.attach(self.domain, psid)
-            } else {
-                let s1 = ste.s1_config();
-                log::info!(
-                    "vSMMU: vsid {vsid:#x} -> sid {psid}: nested (guest CD table at IPA {:#x}, stage 2 of VMID {})",
-                    s1.ctx_ptr.0,
-                    self.vmid
-                );
-                h.iommu.attach_nested(self.domain, psid, &s1)
+                Ok(ste) if ste == Ste::abort() => {
+                    let was_refused = self.refused.remove(&vsid).is_some();
+                    if h.iommu.owner(psid).is_none() && !was_refused {
+                        continue; // already aborting
+                    }
+                    match h.iommu.owner(psid) {
+                        Some(_) => h.iommu.detach(psid).map(|_| ()),
+                        None => h
+                            .iommu
+                            .smmu()
+                            .write_ste(psid, &Ste::abort())
+                            .map_err(Into::into),
+                    }
+                }
+                Ok(ste) if ste == Ste::stage2(&self.s2) => {
+                    self.refused.remove(&vsid);
+                    h.iommu.attach(self.domain, psid)
+                }
+                Ok(ste) => {
+                    self.refused.remove(&vsid);
+                    let s1 = ste.s1_config();
+                    log::info!(
+                        "vSMMU: vsid {vsid:#x} -> sid {psid}: nested (guest CD table at IPA {:#x}, stage 2 of VMID {})",
+                        s1.ctx_ptr.0,
+                        self.vmid
+                    );
+                    h.iommu.attach_nested(self.domain, psid, &s1)
+                }
             };
             // Each install is one CFGI_STE + CMD_SYNC on the physical SMMU.
             self.stats.1 += 2;

@@ -93,6 +93,39 @@ fn a_stream_belongs_to_one_domain() {
     );
 }
 
+#[test]
+fn a_refused_stream_gets_an_invalid_ste_and_can_be_attached_again() {
+    let (mem, fake) = fake_with(QEMU_IDR0, QEMU_IDR3);
+    let mut iommu = boot(&fake, &mem);
+    let d = iommu.create_domain(40).unwrap();
+    let sid = StreamId(0x10);
+    iommu.attach(d, sid).unwrap();
+    fake.clear_commands();
+    assert_eq!(iommu.refuse(sid), Ok(Some(d)));
+    assert_eq!(fake.ste(sid), Some(Ste::invalid()), "V == 0: C_BAD_STE");
+    let c = fake.consumed();
+    let cfgi = c
+        .iter()
+        .position(|c| c.cmd == Command::CfgiSte { sid, leaf: true })
+        .expect("CMD_CFGI_STE");
+    // V == 0 is what the SMMU sees from the first CMD_CFGI_STE on.
+    for c in c[cfgi..]
+        .iter()
+        .filter(|c| matches!(c.cmd, Command::CfgiSte { .. }))
+    {
+        assert_eq!(c.ste.map(|s| s.0[0] & 1), Some(0), "V == 0");
+    }
+    assert_eq!(c[cfgi + 1].cmd, SYNC);
+    assert_eq!(iommu.owner(sid), None);
+    assert_eq!(iommu.domain(d).unwrap().streams().count(), 0);
+    // Refusing a stream nobody owns also works (it was aborting).
+    assert_eq!(iommu.refuse(StreamId(0x11)), Ok(None));
+    assert_eq!(fake.ste(StreamId(0x11)), Some(Ste::invalid()));
+    iommu.attach(d, sid).unwrap();
+    assert_eq!(fake.ste(sid), Some(expected_ste(&iommu, d)));
+    assert!(fake.violations().is_empty());
+}
+
 /// Maps a 2 MiB block, unmaps 4 pages inside it, returns the commands.
 fn unmap_four_pages(idr3: u32) -> (Vec<Command>, Vmid) {
     let (mem, fake) = fake_with(QEMU_IDR0, idr3);

@@ -12,7 +12,8 @@
 //! StreamWorld and the attribute overrides is the hypervisor's.
 
 use super::{GuestMemError, GuestMemory, VsmmuPolicy};
-use crate::addr::{Ipa, StreamId};
+use crate::addr::{Ipa, PhysAddr, Ssid, StreamId};
+use crate::event::Event;
 use crate::ste::{
     fits, Eats, S1Config, S1Dss, S1Fmt, S2Config, StallModel, Ste, SteError, SteKind, STE_WORDS,
 };
@@ -42,9 +43,10 @@ pub struct GuestStrtab {
     pub split: u8,
 }
 
-/// Why a guest STE cannot be installed. The caller reports C_BAD_STE (or
-/// F_STE_FETCH for [`VsteError::Fetch`]) to the guest and installs an
-/// aborting physical STE.
+/// Why a guest STE cannot be installed. The caller installs an invalid
+/// physical STE, so the stream's transactions abort and are recorded as
+/// C_BAD_STE, which reaches the guest as [`refusal_event`] makes it
+/// (F_STE_FETCH for [`VsteError::Fetch`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VsteError {
     /// The guest's stream table (an L1STD or the STE) is not readable guest
@@ -241,10 +243,29 @@ fn guest_s1(
     })
 }
 
+/// The event a guest sees for a transaction on a stream whose STE it
+/// configured and the vSMMU refused (the physical stream is made invalid,
+/// so the SMMU records C_BAD_STE with the physical StreamID): an
+/// unreadable stream table is F_STE_FETCH at the guest's address (§7.3.4),
+/// an ILLEGAL STE is C_BAD_STE (§7.3.5), both with the virtual StreamID
+/// `vsid` and the transaction's SubstreamID `ssid`.
+pub fn refusal_event(refusal: &VsteError, vsid: StreamId, ssid: Option<Ssid>) -> Event {
+    match *refusal {
+        VsteError::Fetch { addr, .. } => Event::SteFetch {
+            sid: vsid,
+            ssid,
+            reason: 0,
+            gpcf: false,
+            fetch_addr: PhysAddr(addr.0),
+        },
+        VsteError::Illegal(_) => Event::BadSte { sid: vsid, ssid },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::{PhysAddr, Vmid};
+    use crate::addr::Vmid;
     use crate::fake::FakeGuestMemory;
     use crate::ste::{output_size_encoding, Config, Granule, Httu, StePolicy, Strw, TtEndian};
     use proptest::prelude::*;
@@ -735,5 +756,36 @@ mod tests {
             let t = GuestStrtab { base: Ipa(base), two_level, log2size, split };
             let _ = read_guest_ste(&m, &t, StreamId(sid));
         }
+    }
+
+    #[test]
+    fn refusals_become_the_architected_events() {
+        let fetch = VsteError::Fetch {
+            addr: Ipa(0x4020_0040),
+            err: GuestMemError::OutOfRange(Ipa(0x4020_0040)),
+        };
+        assert_eq!(
+            refusal_event(&fetch, StreamId(8), None),
+            Event::SteFetch {
+                sid: StreamId(8),
+                ssid: None,
+                reason: 0,
+                gpcf: false,
+                fetch_addr: PhysAddr(0x4020_0040),
+            }
+        );
+        let illegal = VsteError::Illegal(SteError::Stage2NotImplemented);
+        let e = refusal_event(&illegal, StreamId(8), Some(Ssid(3)));
+        assert_eq!(
+            e,
+            Event::BadSte {
+                sid: StreamId(8),
+                ssid: Some(Ssid(3))
+            }
+        );
+        // Both survive the trip through an event queue record.
+        assert_eq!(Event::decode(e.encode().unwrap()), e);
+        let f = refusal_event(&fetch, StreamId(8), None);
+        assert_eq!(Event::decode(f.encode().unwrap()), f);
     }
 }

@@ -15,7 +15,9 @@
 //!    IPA outside its RAM, a CD table outside its RAM and a TTB0 outside its
 //!    RAM all stop the DMA (the hypervisor reports the stage-2 faults); with
 //!    the STE and CD restored, DMA works again.
-//! 4. An illegal command (the stage-2 TLBI_S12_VMALL) stops the command
+//! 4. An STE the vSMMU cannot honour (stage 2) makes the DMA abort with
+//!    C_BAD_STE in the event queue; a valid STE again, and DMA works.
+//! 5. An illegal command (the stage-2 TLBI_S12_VMALL) stops the command
 //!    queue with CMDQ_CONS.ERR = CERROR_ILL at that command, GERROR.CMDQ_ERR
 //!    and the gerror interrupt; the guest replaces it with a CMD_SYNC,
 //!    acknowledges GERRORN, and the queue and DMA work again.
@@ -24,9 +26,9 @@
 //! table and queue accesses below are aligned volatile 32/64-bit ones.
 
 use super::{
-    cd, ste_abort, ste_stage1, CERROR_ILL, CMD_BYTES, CONS_ERR_SHIFT, CR0_CMDQEN, CR0_EVENTQEN,
-    CR0_SMMUEN, CR1_WB_ISH, CR2_RECINVSID_PTM, EVT_BYTES, F_TRANSLATION, GERROR_CMDQ_ERR,
-    IRQ_EVENTQ, IRQ_GERROR, Q_BASE_RWA, STE_BYTES,
+    cd, ste_abort, ste_illegal, ste_stage1, CERROR_ILL, CMD_BYTES, CONS_ERR_SHIFT, CR0_CMDQEN,
+    CR0_EVENTQEN, CR0_SMMUEN, CR1_WB_ISH, CR2_RECINVSID_PTM, C_BAD_STE, EVT_BYTES, F_PERMISSION,
+    F_TRANSLATION, GERROR_CMDQ_ERR, IRQ_EVENTQ, IRQ_GERROR, Q_BASE_RWA, STE_BYTES,
 };
 use super::{cmd, pte, reg, EventRecord, VSmmuDt};
 use crate::edu::{pattern, Edu, EduError, PciHost, ReadOutcome, DMA_LEN};
@@ -331,14 +333,18 @@ impl Smmu {
                     say!("guest: ... and {} more like it", repeats);
                     repeats = 0;
                 }
-                say!(
-                    "guest: event {} vsid {:#x} input {:#x} {}{}",
-                    e.name(),
-                    e.sid,
-                    e.addr,
-                    if e.read { "read" } else { "write" },
-                    if e.s2 { " (stage 2)" } else { "" }
-                );
+                if (F_TRANSLATION..=F_PERMISSION).contains(&e.kind) {
+                    say!(
+                        "guest: event {} vsid {:#x} input {:#x} {}{}",
+                        e.name(),
+                        e.sid,
+                        e.addr,
+                        if e.read { "read" } else { "write" },
+                        if e.s2 { " (stage 2)" } else { "" }
+                    );
+                } else {
+                    say!("guest: event {} vsid {:#x}", e.name(), e.sid);
+                }
                 last = Some(e);
                 if n < out.len() {
                     out[n] = Some(e);
@@ -358,28 +364,51 @@ impl Smmu {
     /// Waits for an F_TRANSLATION at stage 1 for `vsid` at `addr` in the
     /// event queue, and for the event-queue interrupt.
     fn expect_fault(&mut self, vsid: u32, addr: u64, read: bool) -> bool {
+        self.expect_event(F_TRANSLATION, vsid, Some((addr, read)))
+    }
+
+    /// Waits for an event of type `kind` for `vsid` (at stage 1, at `addr`
+    /// in direction `read` when given) in the event queue, and for the
+    /// event-queue interrupt.
+    fn expect_event(&mut self, kind: u8, vsid: u32, at: Option<(u64, bool)>) -> bool {
         let start = counter();
-        let mut found = false;
-        while !found && counter().wrapping_sub(start) < ms_to_ticks(TIMEOUT_MS) {
+        let mut found = None;
+        while found.is_none() && counter().wrapping_sub(start) < ms_to_ticks(TIMEOUT_MS) {
             let mut got = [None; 4];
             self.events(&mut got);
-            found = got.iter().flatten().any(|e| {
-                e.kind == F_TRANSLATION
+            found = got.into_iter().flatten().find(|e| {
+                e.kind == kind
                     && e.sid == vsid
-                    && e.addr == addr
-                    && e.read == read
-                    && !e.s2
+                    && at.is_none_or(|(addr, read)| e.addr == addr && e.read == read && !e.s2)
             });
         }
         let irq = gic::take(self.dt.eventq);
-        say!(
-            "guest: event queue: F_TRANSLATION for vsid {:#x} at {:#x}: {}; eventq irq: {}",
-            vsid,
-            addr,
-            if found { "yes" } else { "NO" },
-            if irq { "yes" } else { "NO" }
-        );
-        found && irq
+        let name = EventRecord {
+            kind,
+            sid: vsid,
+            read: false,
+            s2: false,
+            addr: 0,
+        }
+        .name();
+        match at {
+            Some((addr, _)) => say!(
+                "guest: event queue: {} for vsid {:#x} at {:#x}: {}; eventq irq: {}",
+                name,
+                vsid,
+                addr,
+                if found.is_some() { "yes" } else { "NO" },
+                if irq { "yes" } else { "NO" }
+            ),
+            None => say!(
+                "guest: event queue: {} for vsid {:#x}: {}; eventq irq: {}",
+                name,
+                vsid,
+                if found.is_some() { "yes" } else { "NO" },
+                if irq { "yes" } else { "NO" }
+            ),
+        }
+        found.is_some() && irq
     }
 }
 
@@ -727,6 +756,36 @@ fn checks(fdt: &Fdt<'_>) -> Result<Checks, Setup> {
             if ok { "ok" } else { "broken" },
         );
     }
+
+    // An STE the vSMMU cannot honour (stage 2 translation, which it does
+    // not advertise): the device's DMA aborts with C_BAD_STE, as on
+    // hardware; a valid STE again, and DMA works.
+    s.write_ste(vsid, ste_illegal());
+    s.submit(&[cmd::cfgi_ste(vsid)])?;
+    fill(Page::Src, Some(SEED_B));
+    edu.dma_into_buffer(IOVA_SRC).map_err(e)?;
+    let ok = s.expect_event(C_BAD_STE, vsid, None);
+    c.check(
+        ok,
+        "illegal STE",
+        if ok {
+            "C_BAD_STE in event queue"
+        } else {
+            "no C_BAD_STE"
+        },
+    );
+    s.write_ste(vsid, ste_stage1(ipa(Page::Cd)));
+    s.submit(&[cmd::cfgi_ste(vsid)])?;
+    fill(Page::Src, Some(SEED_A));
+    fill(Page::Dst, None);
+    edu.dma_into_buffer(IOVA_SRC).map_err(e)?;
+    edu.dma_from_buffer(IOVA_DST).map_err(e)?;
+    let ok = ReadOutcome::judge(bytes(Page::Dst), SEED_A) == ReadOutcome::Intact;
+    c.check(
+        ok,
+        "valid STE again, dma through iova",
+        if ok { "ok" } else { "broken" },
+    );
 
     // 4. An illegal command, and recovery.
     let mut evs = [None; 4];
