@@ -228,3 +228,47 @@ fn vsmmu_edu_nested() {
     b.expect("all VMs have stopped (all powered off cleanly)");
     assert_eq!(b.status, Some(0));
 }
+
+/// One VM floods its vSMMU's command queue with valid invalidations while
+/// another does checked NVMe I/O through its own vSMMU (strict, so every
+/// unmap is a guest invalidation + CMD_SYNC): the hypervisor's bounded
+/// work per trap keeps the second VM going; its I/O completes, and checks
+/// out, while the flood is still running.
+#[test]
+fn vsmmu_flood_does_not_stall_another_vm() {
+    let b = boot("vsmmu-flood", &[], TIMEOUT);
+    b.expect("[linux] nvme-check: host data: ok");
+    let line = b.expect("[linux] nvme-check: wrote sha256 ");
+    let guest_sha = line.rsplit(' ').next().unwrap();
+    b.expect("[linux] nvme-check: write and read back: ok");
+    assert_eq!(host_sha256("target/disks/vsmmu-flood.img", 8, 4), guest_sha);
+    let flood = b.expect("[flooder] guest: vsmmu flood: ");
+    let commands: u64 = flood
+        .split("flood: ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse {flood:?}"));
+    assert!(commands > 100_000, "hardly a flood: {flood}");
+    // The Linux VM was done before the flood ended.
+    let pos = |needle: &str| b.console.find(needle).unwrap();
+    assert!(
+        pos("VM linux: powered off") < pos("[flooder] guest: vsmmu flood: "),
+        "{}",
+        b.console
+    );
+    // Every flooded command was consumed (plus the 3 of the guest's
+    // reset: CFGI_ALL, TLBI_NH_ALL, CMD_SYNC).
+    let stats = b
+        .console
+        .lines()
+        .find(|l| l.contains("VM flooder: ") && l.contains(" traps"))
+        .unwrap_or_else(|| panic!("no stats:\n{}", b.console));
+    assert!(
+        stats.contains(&format!("vSMMU: {} guest commands", commands + 3)),
+        "{stats}"
+    );
+    b.reject("SMMU event");
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    assert_eq!(b.status, Some(0));
+}

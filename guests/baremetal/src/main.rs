@@ -19,7 +19,9 @@
 //!   `guest: attack done`, `guest: done` and powers off;
 //! - `vsmmu_edu`: programs its own virtual SMMUv3 (stream table, CD,
 //!   stage-1 tables, queues) for the `edu` and checks nested translation,
-//!   invalidation, isolation and command errors (see [`nested`]).
+//!   invalidation, isolation and command errors (see [`nested`]);
+//! - `vsmmu_flood=MS`: keeps its vSMMU's command queue full of
+//!   invalidations for MS milliseconds and prints how many went through.
 //!
 //! PSCI goes through HVC, or SMC when the device tree's `/psci` says so.
 //!
@@ -62,6 +64,8 @@ enum Action<'a> {
     EduAttack(Targets<'a>),
     /// Program the vSMMU for the `edu` and check nested translation.
     VsmmuEdu,
+    /// Keep the vSMMU's command queue full for this many milliseconds.
+    VsmmuFlood(u64),
 }
 
 /// The guest's command line (`/chosen/bootargs`), decoded.
@@ -104,6 +108,11 @@ impl<'a> Args<'a> {
                 Some(("edu_attack", v)) => {
                     if let Some(targets) = Targets::parse(v) {
                         args.action = Action::EduAttack(targets);
+                    }
+                }
+                Some(("vsmmu_flood", v)) => {
+                    if let Ok(ms) = v.parse() {
+                        args.action = Action::VsmmuFlood(ms);
                     }
                 }
                 Some(("edu_flood", v)) => {
@@ -432,6 +441,7 @@ mod hw {
             }
             Action::EduAttack(targets) => edu_attack(&fdt, targets, args.edu_flood),
             Action::VsmmuEdu => super::nested::run(&fdt),
+            Action::VsmmuFlood(ms) => super::nested::flood(&fdt, ms),
         }
         say!("guest: done");
         power_off()
@@ -489,6 +499,10 @@ mod tests {
         // The last action wins; malformed numbers and unknown words are ignored.
         assert_eq!(Args::parse("count=3 bad_access").action, Action::BadAccess);
         assert_eq!(Args::parse("name=n vsmmu_edu").action, Action::VsmmuEdu);
+        assert_eq!(
+            Args::parse("vsmmu_flood=3000").action,
+            Action::VsmmuFlood(3000)
+        );
         let b = Args::parse("count=x tick_ms=-1 bad_access=1 name=");
         assert_eq!(b.action, Action::Done);
         assert_eq!(b.tick_ms, DEFAULT_TICK_MS);

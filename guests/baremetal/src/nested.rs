@@ -350,7 +350,7 @@ impl FromIterator<u32> for Triples {
 }
 
 #[cfg(target_os = "none")]
-pub use hw::run;
+pub use hw::{flood, run};
 
 #[cfg(target_os = "none")]
 mod hw;

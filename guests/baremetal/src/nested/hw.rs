@@ -557,6 +557,47 @@ pub fn run(fdt: &Fdt<'_>) {
     }
 }
 
+/// `vsmmu_flood=MS`: keeps the vSMMU's command queue full of valid
+/// invalidations (TLBI_NH_VA and TLBI_NH_ASID, a CMD_SYNC closing each
+/// batch) for MS milliseconds, then prints how many commands went through.
+/// Another VM's work must go on meanwhile: the hypervisor handles a bounded
+/// number of commands per trap.
+pub fn flood(fdt: &Fdt<'_>, ms: u64) {
+    let Some(dt) = VSmmuDt::from_fdt(fdt) else {
+        return say!("guest: vsmmu flood could not run: no arm,smmu-v3 node");
+    };
+    let mut s = match Smmu::init(dt, 0) {
+        Ok(s) => s,
+        Err(e) => return say!("guest: vsmmu flood could not run: {:?}", e),
+    };
+    // Fill the queue but one entry (and the SYNC).
+    let batch = (1u64 << s.cmdq_log2) - 2;
+    let start = counter();
+    let (mut commands, mut batches) = (0u64, 0u64);
+    while counter().wrapping_sub(start) < ms_to_ticks(ms) {
+        for i in 0..batch {
+            let asid = (i % 64) as u16;
+            s.push(if i % 16 == 15 {
+                cmd::tlbi_nh_asid(asid)
+            } else {
+                cmd::tlbi_nh_va(asid, IOVA_SRC + (i << 12))
+            });
+        }
+        if let Err(e) = s.submit(&[]) {
+            return say!("guest: vsmmu flood stopped: {:?}", e);
+        }
+        commands += batch + 1;
+        batches += 1;
+    }
+    let elapsed_ms = counter().wrapping_sub(start) * 1000 / CNTFRQ_EL0.get();
+    say!(
+        "guest: vsmmu flood: {} commands in {} batches, {} ms",
+        commands,
+        batches,
+        elapsed_ms
+    );
+}
+
 fn checks(fdt: &Fdt<'_>) -> Result<Checks, Setup> {
     let host = PciHost::from_fdt(fdt).ok_or(Setup::NoPci)?;
     let dt = VSmmuDt::from_fdt(fdt).ok_or(Setup::NoVsmmu)?;
