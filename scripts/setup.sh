@@ -13,8 +13,9 @@ need_root() {
 }
 
 missing=()
+# g++: libfuzzer-sys builds libFuzzer (C++) for scripts/fuzz.sh.
 for pkg in rustc-web cargo-web rust-web-src rust-web-clippy rustfmt-web lld \
-           device-tree-compiler binutils-aarch64-linux-gnu; do
+           device-tree-compiler binutils-aarch64-linux-gnu g++; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
         || missing+=("$pkg")
 done

@@ -96,9 +96,9 @@ fn sid_in_range(sid: StreamId, bits: u8) -> bool {
 ///   is the invalid STE (V == 0), which [`compose`] turns into abort.
 /// - Guest memory that cannot be read is [`VsteError::Fetch`].
 ///
-/// An L2Ptr that is not aligned to the size of its array is used as is
-/// (one of the CONSTRAINED UNPREDICTABLE behaviours of §5.1); it can only
-/// ever reach the VM's own memory.
+/// L2Ptr bits below the size of its array are taken as zero, as §5.1 says
+/// the SMMU treats them: the level 2 array is aligned to its size, so
+/// every STE address fits in the 56 bits F_STE_FETCH can report.
 pub fn read_guest_ste(
     mem: &dyn GuestMemory,
     t: &GuestStrtab,
@@ -127,7 +127,8 @@ pub fn read_guest_ste(
         if !sid_in_range(StreamId(l2_index), span - 1) {
             return Ok(Ste::invalid());
         }
-        entry_addr(Ipa(desc.l2ptr().raw()), u64::from(l2_index), STE_BYTES)?
+        let l2 = Ipa(desc.l2ptr().raw()).align_down(STE_BYTES << (span - 1));
+        entry_addr(l2, u64::from(l2_index), STE_BYTES)?
     } else {
         entry_addr(t.base, u64::from(vsid.0), STE_BYTES)?
     };
@@ -438,11 +439,11 @@ mod tests {
         assert_eq!(read_guest_ste(&m, &t, StreamId(0x0105)), Ok(Ste::invalid()));
 
         // An L2Ptr outside the VM: a fetch error.
-        m.write_u64(Ipa(l1 + 5 * 8), L1Std::new(PhysAddr(0x1000), 9).0);
+        m.write_u64(Ipa(l1 + 5 * 8), L1Std::new(PhysAddr(0x4000), 9).0);
         assert!(matches!(
             read_guest_ste(&m, &t, StreamId(0x0500)),
             Err(VsteError::Fetch {
-                addr: Ipa(0x1000),
+                addr: Ipa(0x4000),
                 ..
             })
         ));
@@ -451,6 +452,39 @@ mod tests {
             read_guest_ste(&m, &t, StreamId(0x1_0000)),
             Ok(Ste::invalid())
         );
+    }
+
+    #[test]
+    fn unaligned_l2ptr_is_aligned_to_its_array() {
+        // Found by fuzz/ (target vsmmu): an L2Ptr at the top of the address
+        // space, not aligned to its 256-STE array, made the STE address
+        // 2^56 + 0x100, which F_STE_FETCH cannot report: the guest saw a
+        // fetch fault at 0x100. §5.1: L2Ptr[13:0] are treated as 0.
+        let m = mem();
+        let t = GuestStrtab {
+            base: Ipa(RAM),
+            two_level: true,
+            log2size: 16,
+            split: 8,
+        };
+        m.write_u64(Ipa(RAM), L1Std::new(PhysAddr((1 << 56) - 64), 9).0);
+        let top = (1u64 << 56) - 0x4000;
+        let err = read_guest_ste(&m, &t, StreamId(5)).unwrap_err();
+        assert_eq!(
+            err,
+            VsteError::Fetch {
+                addr: Ipa(top + 5 * 64),
+                err: GuestMemError::OutOfRange(Ipa(top + 5 * 64)),
+            }
+        );
+        let e = refusal_event(&err, StreamId(5), None);
+        assert_eq!(Event::decode(e.encode().unwrap()), e);
+        // Inside the VM: the STE is read from the aligned array.
+        let l2 = RAM + 0x10_0000;
+        m.write_u64(Ipa(RAM + 8), L1Std::new(PhysAddr(l2 + 0x1C0), 9).0);
+        let ste = guest_s1(RAM + 0x3_0000, S1Fmt::Linear, 0);
+        write_ste(&m, l2 + 5 * 64, &ste);
+        assert_eq!(read_guest_ste(&m, &t, StreamId(0x105)), Ok(ste));
     }
 
     #[test]

@@ -1,0 +1,655 @@
+//! The committed seeds (`fuzz/seeds/<target>/`): realistic sequences a
+//! guest's `arm-smmu-v3` driver and the hypervisor go through, from which
+//! the fuzzer starts mutating.
+//!
+//! `cargo test` checks that the files are exactly what this module builds
+//! (after a change of the input format, rewrite them with
+//! `FUZZ_WRITE_SEEDS=1 cargo test`), that each seed reaches the states it
+//! is meant to, and replays every file in `fuzz/seeds/` (including crash
+//! inputs kept there as regressions) through its target.
+
+use std::vec::Vec;
+
+use smmu::addr::{Asid, Iova, Ipa, PhysAddr, Ssid, StreamId, Vmid};
+use smmu::cd::{ContextDescriptor, L1Cd};
+use smmu::cmd::{Command, Granule as TlbiGranule, Sync, TlbiRange, TlbiScope};
+use smmu::regs::offset as o;
+use smmu::ste::{Config, Granule, S1Dss, S1Fmt, StallModel, Ste};
+use smmu::strtab::L1Std;
+use smmu::vsmmu::{StreamRange, VsmmuPolicy};
+
+use crate::bytes::Writer;
+use crate::harness::Stats;
+use crate::ops::{Op, Setup};
+use crate::vm::{s2, CDS, CMDQ, EVTQ, L2, RAM, STRTAB};
+
+/// A seed of the `vsmmu` target.
+#[derive(Debug)]
+pub struct VsmmuSeed {
+    /// File name under `fuzz/seeds/vsmmu/`.
+    pub name: &'static str,
+    /// What the vSMMU advertises.
+    pub setup: Setup,
+    /// The sequence.
+    pub ops: Vec<Op>,
+    /// What running it must have exercised.
+    pub reaches: fn(&Stats) -> bool,
+}
+
+/// Builds a guest's sequence of operations.
+struct Guest {
+    ops: Vec<Op>,
+    /// Commands pushed so far (the guest's CMDQ_PROD, before wrapping).
+    pushed: u64,
+}
+
+impl Guest {
+    fn new() -> Self {
+        Self {
+            ops: Vec::new(),
+            pushed: 0,
+        }
+    }
+
+    fn op(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    fn read(&mut self, offset: usize) {
+        self.op(Op::Read { offset, size: 4 });
+    }
+
+    fn write(&mut self, offset: usize, value: u64) {
+        self.op(Op::Write {
+            offset,
+            size: 4,
+            value,
+        });
+    }
+
+    fn write64(&mut self, offset: usize, value: u64) {
+        self.op(Op::Write {
+            offset,
+            size: 8,
+            value,
+        });
+    }
+
+    fn cmd(&mut self, c: Command) {
+        self.op(Op::PushCommand(c.encode()));
+        self.pushed += 1;
+    }
+
+    /// CMD_SYNC, then polling CMDQ_CONS as Linux does.
+    fn sync(&mut self) {
+        self.cmd(Command::Sync(Sync::none()));
+        self.read(o::CMDQ_CONS);
+    }
+
+    fn poke(&mut self, ipa: u64, words: &[u64]) {
+        let bytes = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        self.op(Op::Poke { ipa, bytes });
+    }
+
+    fn ste(&mut self, vsid: u32, ste: Ste) {
+        self.op(Op::WriteSte { vsid, ste });
+    }
+
+    fn fault(&mut self, vsid: u32, iova: u64) {
+        // F_TRANSLATION (§7.3.12) at `iova`, a read, stage 1.
+        self.op(Op::Inject {
+            vsid,
+            words: [0x10, 0, iova, 0],
+        });
+    }
+
+    /// `arm_smmu_device_reset`: everything off, tables and queues
+    /// programmed, CMDQEN, CFGI_ALL + TLBI_NSNH_ALL, EVENTQEN, interrupts,
+    /// SMMUEN.
+    fn linux_reset(&mut self, strtab_cfg: u64, cmdq_log2: u64, evtq_log2: u64) {
+        for idr in [o::IDR0, o::IDR1, o::IDR3, o::IDR5] {
+            self.read(idr);
+        }
+        self.write(o::CR0, 0);
+        self.read(o::CR0ACK);
+        self.write(o::CR1, 0xD75);
+        self.write(o::CR2, 0b110);
+        self.write64(o::STRTAB_BASE, (1 << 62) | STRTAB);
+        self.write(o::STRTAB_BASE_CFG, strtab_cfg);
+        self.write64(o::CMDQ_BASE, (1 << 62) | CMDQ | cmdq_log2);
+        self.write(o::CMDQ_PROD, 0);
+        self.write(o::CMDQ_CONS, 0);
+        self.write(o::CR0, 0b1000);
+        self.read(o::CR0ACK);
+        self.cmd(Command::CfgiAll);
+        self.sync();
+        self.cmd(Command::TlbiNsnhAll);
+        self.sync();
+        self.write64(o::EVENTQ_BASE, (1 << 62) | EVTQ | evtq_log2);
+        self.write(o::EVENTQ_PROD, 0);
+        self.write(o::EVENTQ_CONS, 0);
+        self.write(o::CR0, 0b1100);
+        self.write(o::IRQ_CTRL, 0);
+        self.write(o::IRQ_CTRL, 0b101);
+        self.read(o::IRQ_CTRLACK);
+        self.write(o::CR0, 0b1101);
+        self.read(o::CR0ACK);
+    }
+}
+
+/// The CD Linux writes: 48-bit VA, 4K granule, TTB1 disabled, 40-bit IPS.
+fn linux_cd(asid: u16, ttb0: u64) -> Vec<u64> {
+    let mut cd = ContextDescriptor::default();
+    cd.set_t0sz(16);
+    cd.set_tg0(Granule::Size4K);
+    cd.set_ir0(1);
+    cd.set_or0(1);
+    cd.set_sh0(3);
+    cd.set_epd1(true);
+    cd.set_v(true);
+    cd.set_ips(2);
+    cd.set_aa64(true);
+    cd.set_r(true);
+    cd.set_a(true);
+    cd.set_aset(true);
+    cd.set_asid(Asid(asid));
+    cd.set_ttb0(Ipa(ttb0));
+    cd.set_mair(0x0000_0000_0044_ff04);
+    cd.0.to_vec()
+}
+
+/// A stage 1 STE as Linux writes it.
+fn s1_ste(ctx: u64, fmt: S1Fmt, cdmax: u8) -> Ste {
+    let mut ste = Ste::invalid();
+    ste.set_v(true);
+    ste.set_config(Config::S1Translate);
+    ste.set_s1_context_ptr(Ipa(ctx));
+    ste.set_s1fmt(fmt);
+    ste.set_s1cdmax(cdmax);
+    ste.set_s1dss(if cdmax == 0 {
+        S1Dss::Terminate
+    } else {
+        S1Dss::Ssid0
+    });
+    ste.set_s1cir(1);
+    ste.set_s1cor(1);
+    ste.set_s1csh(3);
+    ste
+}
+
+fn bypass_ste() -> Ste {
+    let mut ste = Ste::invalid();
+    ste.set_v(true);
+    ste.set_config(Config::Bypass);
+    ste
+}
+
+fn leaf() -> TlbiScope {
+    TlbiScope {
+        leaf: true,
+        range: None,
+    }
+}
+
+/// Linux with a 2-level stream table and substreams: one device with a
+/// single CD, one with a 2-level CD table, one in bypass; DMA-map churn
+/// (CD and TLB invalidations), a fault reported to the guest, a stage 2
+/// command rejected and recovered from as Linux does, a detach.
+fn linux_two_level() -> VsmmuSeed {
+    let mut g = Guest::new();
+    g.linux_reset((1 << 16) | (8 << 6) | 16, 8, 8);
+    g.poke(CDS, &linux_cd(1, RAM + 0x7_0000));
+    g.ste(0x8, s1_ste(CDS, S1Fmt::Linear, 0));
+    g.cmd(Command::CfgiSte {
+        sid: StreamId(0x8),
+        leaf: true,
+    });
+    g.sync();
+    g.poke(CDS + 0x1000, &[L1Cd::new(Ipa(CDS + 0x2000)).0]);
+    g.poke(CDS + 0x2000, &linux_cd(2, RAM + 0x7_1000));
+    g.ste(0x310, s1_ste(CDS + 0x1000, S1Fmt::TwoLevel4K, 8));
+    g.cmd(Command::CfgiSte {
+        sid: StreamId(0x310),
+        leaf: true,
+    });
+    g.sync();
+    g.ste(0x0, bypass_ste());
+    g.cmd(Command::CfgiSteRange {
+        sid: StreamId(0),
+        range: 3,
+    });
+    g.sync();
+    g.cmd(Command::CfgiCd {
+        sid: StreamId(0x310),
+        ssid: Ssid(0),
+        leaf: true,
+    });
+    g.cmd(Command::TlbiNhAsid {
+        vmid: Vmid(0),
+        asid: Asid(2),
+    });
+    g.cmd(Command::TlbiNhVa {
+        vmid: Vmid(0),
+        asid: Asid(1),
+        addr: Iova(0x1_0000),
+        scope: leaf(),
+    });
+    g.cmd(Command::TlbiNhVaa {
+        vmid: Vmid(0),
+        addr: Iova(0x2_0000),
+        scope: leaf(),
+    });
+    g.cmd(Command::CfgiCdAll { sid: StreamId(0x8) });
+    g.sync();
+    g.fault(0x8, 0xffff_8000_0000_1000);
+    g.read(o::EVENTQ_PROD);
+    g.write(o::EVENTQ_CONS, 1);
+    // A stage 2 command: CERROR_ILL. Linux replaces it with a CMD_SYNC
+    // and acknowledges the error.
+    g.cmd(Command::TlbiS12Vmall { vmid: Vmid(0) });
+    g.read(o::CMDQ_CONS);
+    g.read(o::GERROR);
+    let bad = CMDQ + (g.pushed - 1) % 256 * 16;
+    let sync = Command::Sync(Sync::none()).encode();
+    g.poke(bad, &sync);
+    g.write(o::GERRORN, 1);
+    g.read(o::CMDQ_CONS);
+    // Detach the first device, then turn translation off.
+    g.ste(0x8, Ste::abort());
+    g.cmd(Command::CfgiAll);
+    g.sync();
+    g.write(o::CR0, 0b1100);
+    VsmmuSeed {
+        name: "linux-two-level",
+        setup: Setup {
+            policy: VsmmuPolicy::default(),
+            phys_stall: StallModel::TerminateOnly,
+            auto_sync: true,
+        },
+        ops: g.ops,
+        reaches: |s| {
+            s.nested >= 2
+                && s.stage2_only >= 1
+                && s.valid_cds >= 2
+                && s.physical_commands >= 6
+                && s.syncs >= 6
+                && s.events == 1
+                && s.cmdq_errors == 1
+        },
+    }
+}
+
+/// Linux on a QEMU-like vSMMU (no substreams, range invalidation): a
+/// linear stream table, range TLB invalidations, a 2-entry event queue
+/// that overflows and is acknowledged.
+fn linux_linear_ril() -> VsmmuSeed {
+    let mut g = Guest::new();
+    g.linux_reset(10, 8, 1);
+    g.poke(CDS, &linux_cd(5, RAM + 0x7_0000));
+    g.poke(CDS + 0x40, &linux_cd(6, RAM + 0x7_1000));
+    g.ste(0x0, s1_ste(CDS, S1Fmt::Linear, 0));
+    g.ste(0x8, s1_ste(CDS + 0x40, S1Fmt::Linear, 0));
+    g.ste(0x310, bypass_ste());
+    g.cmd(Command::CfgiSteRange {
+        sid: StreamId(0),
+        range: 9,
+    });
+    g.sync();
+    let range = |scale, num| TlbiScope {
+        leaf: true,
+        range: Some(TlbiRange {
+            tg: TlbiGranule::Size4K,
+            ttl: 3,
+            scale,
+            num,
+        }),
+    };
+    g.cmd(Command::TlbiNhVa {
+        vmid: Vmid(0),
+        asid: Asid(5),
+        addr: Iova(0x4000_0000),
+        scope: range(1, 7),
+    });
+    g.cmd(Command::TlbiNhVaa {
+        vmid: Vmid(0),
+        addr: Iova(0x8000_0000),
+        scope: range(5, 31),
+    });
+    g.sync();
+    for iova in [0x1000, 0x2000, 0x3000] {
+        g.fault(0x0, iova);
+    }
+    g.read(o::EVENTQ_PROD);
+    g.write(o::EVENTQ_CONS, (1 << 31) | 2);
+    g.fault(0x8, 0x4000);
+    g.cmd(Command::CfgiAll);
+    g.sync();
+    VsmmuSeed {
+        name: "linux-linear-ril",
+        setup: Setup {
+            policy: VsmmuPolicy {
+                ssid_bits: 0,
+                ril: true,
+                oas_bits: 44,
+                gran16k: true,
+                ..VsmmuPolicy::default()
+            },
+            phys_stall: StallModel::StallAndTerminate,
+            auto_sync: true,
+        },
+        ops: g.ops,
+        reaches: |s| s.nested >= 2 && s.stage2_only >= 1 && s.overflows == 1 && s.events == 3,
+    }
+}
+
+/// A hostile guest: odd accesses, a queue outside its memory, a SYNC the
+/// hypervisor completes late while commands pile up, an event queue
+/// outside its memory, a stream table outside its memory, illegal STEs.
+fn hostile() -> VsmmuSeed {
+    let mut g = Guest::new();
+    g.op(Op::Read {
+        offset: o::IDR0,
+        size: 2,
+    });
+    g.op(Op::Read {
+        offset: o::CR0 + 1,
+        size: 4,
+    });
+    g.op(Op::Read {
+        offset: usize::MAX - 7,
+        size: 8,
+    });
+    g.op(Op::Write {
+        offset: o::CR0 + 2,
+        size: 4,
+        value: 1,
+    });
+    g.write(o::IDR0, 0);
+    g.write(o::GERROR, 5);
+    // GBPA decides while SMMUEN == 0: abort, then bypass.
+    g.write(o::GBPA, (1 << 31) | (1 << 20));
+    g.write(o::GBPA, 1 << 31);
+    // A command queue outside the VM: CERROR_ABT.
+    g.write(o::IRQ_CTRL, 0b101);
+    g.write64(o::CMDQ_BASE, 0x10_0000_0000 | 2);
+    g.write(o::CR0, 0b1000);
+    g.write(o::CMDQ_PROD, 1);
+    g.read(o::GERROR);
+    // Fixed while disabled: a 4-entry queue in the VM; then acknowledged.
+    g.write(o::CR0, 0);
+    g.write64(o::CMDQ_BASE, CMDQ | 2);
+    g.write(o::CMDQ_CONS, 0);
+    g.write(o::CMDQ_PROD, 0);
+    g.write(o::GERRORN, 1);
+    g.write(o::CR0, 0b1000);
+    // A SYNC in the middle, completed late, while commands pile up.
+    g.cmd(Command::TlbiNhAll { vmid: Vmid(3) });
+    g.cmd(Command::Sync(Sync::none()));
+    g.cmd(Command::TlbiNhAsid {
+        vmid: Vmid(0),
+        asid: Asid(0x1ff),
+    });
+    g.op(Op::Process { budget: 1 });
+    g.op(Op::Process { budget: 255 });
+    g.cmd(Command::CfgiCdAll {
+        sid: StreamId(0x10),
+    });
+    g.op(Op::CompleteSync);
+    g.op(Op::CompleteSync);
+    g.read(o::CMDQ_CONS);
+    // An event queue outside the VM: EVENTQ_ABT_ERR.
+    g.write64(o::EVENTQ_BASE, 0x1000 | 1);
+    g.write(o::CR0, 0b1100);
+    g.fault(0x310, 0x1000);
+    g.read(o::GERROR);
+    // A stream table outside the VM, then in it with illegal STEs.
+    g.write64(o::STRTAB_BASE, 0x10_0000_0000);
+    g.write(o::STRTAB_BASE_CFG, (1 << 16) | (6 << 6) | 12);
+    g.write(o::CR0, 0b1101);
+    g.write(o::CR0, 0b1100);
+    g.write64(o::STRTAB_BASE, STRTAB);
+    g.poke(STRTAB, &[L1Std::new(PhysAddr(L2), 7).0]);
+    let mut nested = s1_ste(CDS, S1Fmt::Linear, 0);
+    nested.set_config(Config::Nested);
+    g.ste(0x0, nested);
+    let mut stalls = s1_ste(CDS, S1Fmt::Linear, 0);
+    stalls.set_s1stalld(true);
+    g.ste(0x8, stalls);
+    g.write(o::CR0, 0b1101);
+    // Transactions of the refused streams: C_BAD_STE, reported to the
+    // guest (through an event queue in its memory this time).
+    g.write(o::CR0, 0b1001);
+    g.write64(o::EVENTQ_BASE, EVTQ | 1);
+    g.write(o::CR0, 0b1101);
+    g.op(Op::Inject {
+        vsid: 0x0,
+        words: [0x04, 0, 0, 0],
+    });
+    g.op(Op::Inject {
+        vsid: 0x8,
+        words: [0x04 | (1 << 11) | (3 << 12), 0, 0, 0],
+    });
+    g.op(Op::Compose(0xFFFF));
+    g.op(Op::Reinstall(StreamRange::Range {
+        base: StreamId(0x300),
+        log2: 4,
+    }));
+    VsmmuSeed {
+        name: "hostile",
+        setup: Setup {
+            policy: VsmmuPolicy {
+                cmdqs: 2,
+                evtqs: 1,
+                ..VsmmuPolicy::default()
+            },
+            phys_stall: StallModel::StallForced,
+            auto_sync: false,
+        },
+        ops: g.ops,
+        reaches: |s| {
+            s.cmdq_errors == 1
+                && s.syncs == 1
+                && s.physical_commands == 2
+                && s.fetch_errors >= 1
+                && s.refused >= 2
+                && s.refusals_reported == 2
+                && s.events == 2
+        },
+    }
+}
+
+/// A guest that fills its queue before enabling it: the hypervisor works
+/// through it in bounded rounds, stops at a SYNC it completes late, and
+/// takes the rest with a small budget.
+fn flood() -> VsmmuSeed {
+    let mut g = Guest::new();
+    g.write64(o::CMDQ_BASE, CMDQ | 8);
+    let cmd = |i: u16| match i % 4 {
+        _ if i == 70 => Command::Sync(Sync::none()),
+        0 => Command::TlbiNhVa {
+            vmid: Vmid(0),
+            asid: Asid(i),
+            addr: Iova(u64::from(i) << 12),
+            scope: leaf(),
+        },
+        1 => Command::CfgiCd {
+            sid: StreamId(0x8),
+            ssid: Ssid(u32::from(i) % 256),
+            leaf: true,
+        },
+        2 => Command::PrefetchConfig {
+            sid: StreamId(0x310),
+            ssid: None,
+        },
+        _ => Command::CfgiSte {
+            sid: StreamId(0x8),
+            leaf: true,
+        },
+    };
+    for first in (0..80u16).step_by(4) {
+        let words: Vec<u64> = (first..first + 4).flat_map(|i| cmd(i).encode()).collect();
+        g.poke(CMDQ + u64::from(first) * 16, &words);
+    }
+    g.write(o::CMDQ_PROD, 80);
+    g.write(o::CR0, 0b1000);
+    g.op(Op::Process { budget: 3 });
+    g.op(Op::CompleteSync);
+    g.read(o::CMDQ_CONS);
+    VsmmuSeed {
+        name: "flood",
+        setup: Setup {
+            policy: VsmmuPolicy::default(),
+            phys_stall: StallModel::TerminateOnly,
+            auto_sync: false,
+        },
+        ops: g.ops,
+        reaches: |s| s.guest_commands == 80 && s.syncs == 1 && s.physical_commands == 40,
+    }
+}
+
+/// The seeds of the `vsmmu` target.
+pub fn vsmmu() -> Vec<VsmmuSeed> {
+    Vec::from([linux_two_level(), linux_linear_ril(), hostile(), flood()])
+}
+
+/// The seeds of the `decoders` target: (file name, bytes).
+pub fn decoders() -> Vec<(&'static str, Vec<u8>)> {
+    let mut w = Writer::new();
+    // Commands (raw form), each translated with RIL, ASID16, 8 SSID bits.
+    let mut all = linux_two_level().ops;
+    all.extend(linux_linear_ril().ops);
+    for op in &all {
+        if let Op::PushCommand(words) = op {
+            w.u8(0);
+            w.u8(0);
+            w.u64(words[0]);
+            w.u64(words[1]);
+            w.u8(0b11 | (8 << 2));
+        }
+    }
+    // An event record.
+    w.u8(1);
+    for word in [0x10 | (0x8u64 << 32), 0, 0xffff_8000_0000_1000, 0x4000_1000] {
+        w.u64(word);
+    }
+    // A nested STE on a nested-capable SMMU.
+    let s1 = s1_ste(CDS, S1Fmt::TwoLevel4K, 8).s1_config();
+    let nested = Ste::nested(&s2(), &s1);
+    w.u8(2);
+    w.u8(0);
+    for word in nested.0 {
+        w.u64(word);
+    }
+    w.u32(0b101_0110_0111);
+    for bits in [20, 44, 44] {
+        w.u8(bits);
+    }
+    // Linux's CD, and a CD table lookup.
+    w.u8(3);
+    w.u8(0);
+    for word in linux_cd(1, RAM) {
+        w.u64(word);
+    }
+    w.u16((1 << 7) | (1 << 10) | (1 << 12));
+    w.u8(40);
+    for b in [1, 8, 8] {
+        w.u8(b);
+    }
+    w.u32(5);
+    w.u8(4 | 2);
+    // An update from abort to nested.
+    w.u8(4);
+    w.u8(0);
+    for word in Ste::abort().0 {
+        w.u64(word);
+    }
+    w.u8(0);
+    w.u8(0);
+    for word in nested.0 {
+        w.u64(word);
+    }
+    w.u8(0);
+    // Level 1 descriptors.
+    w.u8(5);
+    w.u64(L1Std::new(PhysAddr(L2), 9).0);
+    w.u64(L1Cd::new(Ipa(CDS)).0);
+    Vec::from([("structures", w.finish())])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{decode_all, encode_all};
+    use crate::{decoders, harness};
+    use std::path::{Path, PathBuf};
+    use std::{env, fs};
+
+    fn dir(target: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("seeds")
+            .join(target)
+    }
+
+    /// The committed file is `bytes`, or becomes it with FUZZ_WRITE_SEEDS.
+    fn check_file(path: &Path, bytes: &[u8]) {
+        if env::var_os("FUZZ_WRITE_SEEDS").is_some() {
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, bytes).unwrap();
+        }
+        let file = fs::read(path).unwrap_or_default();
+        assert!(
+            file == bytes,
+            "{} is stale: rewrite it with FUZZ_WRITE_SEEDS=1 cargo test",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn vsmmu_seeds_are_current_and_reach_their_states() {
+        for seed in vsmmu() {
+            let data = encode_all(&seed.setup, &seed.ops);
+            let (setup, ops) = decode_all(&data, usize::MAX);
+            assert_eq!((setup, &ops), (seed.setup, &seed.ops), "{}", seed.name);
+            assert!(ops.len() <= harness::MAX_OPS, "{} is too long", seed.name);
+            check_file(&dir("vsmmu").join(seed.name), &data);
+            let stats = harness::run(&data);
+            assert!((seed.reaches)(&stats), "{}: {stats:?}", seed.name);
+        }
+    }
+
+    #[test]
+    fn decoder_seeds_are_current() {
+        for (name, data) in decoders() {
+            check_file(&dir("decoders").join(name), &data);
+            decoders::run(&data);
+        }
+    }
+
+    /// Every file in `fuzz/seeds/<target>/`, generated or a kept crash.
+    #[test]
+    fn committed_seeds_pass() {
+        for target in ["vsmmu", "decoders"] {
+            for entry in fs::read_dir(dir(target)).unwrap() {
+                let data = fs::read(entry.unwrap().path()).unwrap();
+                if target == "vsmmu" {
+                    harness::run(&data);
+                } else {
+                    decoders::run(&data);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_and_tiny_inputs_are_fine() {
+        for data in [
+            &[][..],
+            &[0],
+            &[0xFF; 7],
+            &[1, 2, 3, 4, 5, 6, 1, 0x17, 0, 0xFF],
+        ] {
+            harness::run(data);
+            decoders::run(data);
+        }
+    }
+}
