@@ -66,6 +66,16 @@ pub fn init_cpu() {
     write_hcr(HCR_EN);
 }
 
+/// Turns the virtual CPU interface off on this CPU (no vCPU runs here any
+/// more): empty list registers, ICH_HCR_EL2.En = 0, so no maintenance
+/// interrupt can be raised for what they held.
+pub fn off() {
+    for i in 0..nr_lrs() {
+        write_lr(i, 0);
+    }
+    write_hcr(0);
+}
+
 /// Before returning to the guest: folds what the guest did with the listed
 /// interrupts back into `vgic`, lists the highest-priority pending ones, and
 /// asks for a maintenance interrupt when more wait.

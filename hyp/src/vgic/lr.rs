@@ -330,7 +330,7 @@ impl VGic {
             regs[slot] = Some(ListRegister {
                 vintid: intid,
                 pintid: hw.map(|p| p as u16),
-                eoi: linked,
+                eoi: linked || (irq.resample && hw.is_none()),
                 group1: irq.group1,
                 priority: irq.priority,
                 state: LrState::from_bits(pending, active),
@@ -470,6 +470,33 @@ mod tests {
         assert_eq!(ids, [37, 39, 34, 36]);
         assert!(lrs.iter().all(|&x| !ListRegister::decode(x).eoi));
         assert_eq!(r.ich_hcr(4), ICH_HCR_EN);
+    }
+
+    #[test]
+    fn a_resampled_line_is_presented_once_and_its_deactivation_exits() {
+        let mut g = booted();
+        // SPI 40 level-triggered (ICFGR2 bit 17 clear), enabled.
+        let _ = g.dist_write(0xc08, 4, 0);
+        let _ = g.dist_write(0x104, 4, 1 << 8);
+        g.set_resample(40, true).unwrap();
+        assert_eq!(
+            g.set_resample(27, true),
+            Err(super::super::VgicError::InvalidIntid)
+        );
+        // One physical assertion: one presentation.
+        let _ = g.inject_edge(40, 0).unwrap();
+        let mut lrs = [0u64; 4];
+        let l = listed(&mut g, 0, &mut lrs);
+        assert_eq!(l.len(), 1);
+        assert!(l[0].eoi, "deactivation must exit to EL2 for the resample");
+        ack(&mut lrs, 0);
+        deactivate(&mut lrs, 0);
+        let _ = g.sync_from_lrs(0, &lrs);
+        // Done: neither pending nor active (so the line can be unmasked),
+        // and nothing is presented again.
+        assert_eq!(g.dist_read(0x204, 4) & (1 << 8), 0, "ISPENDR");
+        assert_eq!(g.dist_read(0x304, 4) & (1 << 8), 0, "ISACTIVER");
+        assert_eq!(g.fill_lrs(0, &mut lrs).used, 0);
     }
 
     #[test]

@@ -181,6 +181,10 @@ struct Irq {
     /// The linked physical interrupt is active on our behalf: it was taken
     /// at EL2 and is waiting for the guest's deactivation.
     phys_active: bool,
+    /// A forwarded level-triggered line the hypervisor resamples when the
+    /// guest deactivates it ([`VGic::set_resample`]): listed with
+    /// ICH_LR.EOI = 1, so that deactivation exits to EL2.
+    resample: bool,
     /// In the list registers of this vCPU.
     owner: Option<u8>,
     /// When listed: the LR was filled with the pending state.
@@ -201,6 +205,7 @@ impl Irq {
             priority: 0,
             hw: None,
             phys_active: false,
+            resample: false,
             owner: None,
             lr_pending: false,
             lr_pending_cleared: false,
@@ -503,6 +508,25 @@ impl VGic {
         }
         self.note_change(vcpu, intid, &mut fx);
         Ok(fx)
+    }
+
+    /// Marks SPI `intid` as a forwarded level-triggered line that the
+    /// hypervisor resamples itself: raise it with [`VGic::inject_edge`]
+    /// once per physical assertion (the physical line stays masked until
+    /// the guest is done), and its list register entries ask for a
+    /// maintenance interrupt at deactivation (ICH_LR.EOI), so the
+    /// hypervisor learns at once that the guest is done and can unmask
+    /// the physical line. Holding the virtual line high instead would
+    /// present the interrupt again after every EOI while the physical
+    /// line is masked: an interrupt storm the guest cannot clear.
+    pub fn set_resample(&mut self, intid: u32, on: bool) -> Result<(), VgicError> {
+        if intid < NR_PRIVATE {
+            return Err(VgicError::InvalidIntid);
+        }
+        self.check(intid, 0)?;
+        let irq = self.irq_mut(0, intid).ok_or(VgicError::InvalidIntid)?;
+        irq.resample = on;
+        Ok(())
     }
 
     /// Links virtual `intid` (a PPI of `vcpu`, or an SPI) to physical

@@ -487,8 +487,11 @@ pub fn start(p: &Platform) -> ! {
         SMMU_EVENTQ_IRQ.store(irq.intid as usize, Ordering::SeqCst);
     }
     // Assigned INTx lines go to the physical CPU of their VM's vCPU 0.
-    for (&pintid, &(vm_i, _)) in super::assign::LINE_OWNERS.lock().iter() {
+    for (&pintid, &(vm_i, vintid)) in super::assign::LINE_OWNERS.lock().iter() {
         let pc = vms()[vm_i].vcpu_pcpu[0];
+        if let Err(e) = vms()[vm_i].vgic.lock().set_resample(vintid, true) {
+            warn!("VM {}: INTx INTID {vintid}: {e:?}", vms()[vm_i].name);
+        }
         gic::enable_spi(pintid, CPU_MPIDR[pc].load(Ordering::SeqCst) as u64, false);
     }
     let conduit = p.psci;
@@ -576,6 +579,8 @@ fn enter(pc: usize, entry: u64, x0: u64) -> ! {
 }
 
 fn idle_forever() -> ! {
+    // No vCPU here any more: no maintenance interrupts for its leftovers.
+    crate::vgic_hw::off();
     loop {
         aarch64_cpu::asm::wfi();
         while handle_irq(guest::cpu_index()) {}
@@ -1014,6 +1019,16 @@ fn handle_irq(pc: usize) -> bool {
     if intid >= gic::SPECIAL {
         return false;
     }
+    if intid == gic::PPI_MAINTENANCE {
+        // List-register underflow, or a deactivation the hypervisor asked
+        // to hear about (ICH_LR.EOI). Its condition holds until the list
+        // registers are rewritten on the way back to the guest, so it is
+        // pending again at once: stop the caller's loop here, or it would
+        // take it forever.
+        gic::eoi(intid);
+        gic::deactivate(intid);
+        return false;
+    }
     let vm_i = SLOTS[pc].vm.load(Ordering::Relaxed);
     let vcpu = SLOTS[pc].vcpu.load(Ordering::Relaxed);
     match intid {
@@ -1055,8 +1070,8 @@ fn handle_irq(pc: usize) -> bool {
             console_input();
         }
         _ => {
-            // Kick, maintenance: nothing to do but let the caller re-check
-            // the vCPU's state and refill its list registers.
+            // A kick: nothing to do but let the caller re-check the
+            // vCPU's state and refill its list registers.
             gic::eoi(intid);
             gic::deactivate(intid);
         }
@@ -1091,7 +1106,11 @@ static MASKED_LINES: Mutex<alloc::collections::BTreeSet<u32>> =
 
 /// A passed-through device's level-triggered INTx fired: mask it at the
 /// distributor (so it cannot storm while the guest runs its handler),
-/// finish it physically, and raise the guest's virtual line.
+/// finish it physically, and make the guest's virtual interrupt pending
+/// once. The virtual line is not held high: the device's line is masked,
+/// so its level is unknown until the guest is done and it is resampled
+/// (a line held high would be presented again after each of the guest's
+/// EOIs: a storm of interrupts its handler finds nothing for).
 fn forward_line(pintid: u32) {
     gic::eoi(pintid);
     gic::set_spi_enabled(pintid, false);
@@ -1100,7 +1119,7 @@ fn forward_line(pintid: u32) {
     let owner = super::assign::LINE_OWNERS.lock().get(&pintid).copied();
     if let Some((vm_i, vintid)) = owner {
         let vm = &vms()[vm_i];
-        if let Ok(fx) = vm.vgic.lock().set_level(vintid, 0, true) {
+        if let Ok(fx) = vm.vgic.lock().inject_edge(vintid, 0) {
             apply(vm, fx);
         }
     }
@@ -1108,7 +1127,9 @@ fn forward_line(pintid: u32) {
 
 /// Unmasks the VM's masked INTx lines whose virtual interrupt the guest
 /// has finished with (neither pending nor active): if the device still
-/// asserts the line, it fires again.
+/// asserts the line, it fires again. Runs at every exit; the guest's
+/// deactivation of such an interrupt exits at once (ICH_LR.EOI, see
+/// `VGic::set_resample`).
 fn resample_lines(vm_i: usize, vm: &Vm) {
     let mut masked = MASKED_LINES.lock();
     if masked.is_empty() {
@@ -1123,15 +1144,11 @@ fn resample_lines(vm_i: usize, vm: &Vm) {
         if owner != vm_i {
             continue;
         }
-        let mut g = vm.vgic.lock();
+        let g = vm.vgic.lock();
         let word = u64::from(vintid / 32 * 4);
         let bit = 1u64 << (vintid % 32);
         let busy = (g.dist_read(0x200 + word, 4) | g.dist_read(0x300 + word, 4)) & bit != 0;
         if !busy {
-            if let Ok(fx) = g.set_level(vintid, 0, false) {
-                drop(g);
-                apply(vm, fx);
-            }
             done.push(pintid);
         }
     }
