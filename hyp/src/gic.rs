@@ -27,6 +27,7 @@ mod gicd {
     pub const IGROUPR: usize = 0x0080;
     pub const ISENABLER: usize = 0x0100;
     pub const ICENABLER: usize = 0x0180;
+    pub const ISPENDR: usize = 0x0200;
     pub const IPRIORITYR: usize = 0x0400;
     pub const ICFGR: usize = 0x0c00;
     pub const IROUTER: usize = 0x6100;
@@ -225,6 +226,14 @@ pub fn set_spi_enabled(intid: u32, on: bool) {
     if !on {
         wait_rwp(r.dist);
     }
+}
+
+/// Whether SPI `intid` is pending at the distributor (GICD_ISPENDR): for a
+/// level-sensitive SPI, whether its line is asserted, also while it is
+/// disabled (IHI 0069 §4.1.2).
+pub fn spi_pending(intid: u32) -> bool {
+    let n = intid as usize;
+    r32(regs().dist, gicd::ISPENDR + n / 32 * 4) & (1 << (n % 32)) != 0
 }
 
 /// Acknowledges the highest-priority pending interrupt (ICC_IAR1_EL1).

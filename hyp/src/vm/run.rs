@@ -24,6 +24,7 @@ use crate::mm::{self, Accounted};
 use crate::platform::Platform;
 use crate::vgic::VGic;
 use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::Range;
@@ -359,7 +360,7 @@ fn vsmmu_for(
     let d = h.iommu.domain(*domain).ok_or_else(|| fail("no domain"))?;
     let s2 = smmu::domain::s2_config(d, features.cohacc);
     let policy = smmu::vsmmu::VsmmuPolicy::from_physical(&features, IPA_BITS as u8, 0);
-    let mut map = alloc::collections::BTreeMap::new();
+    let mut map = BTreeMap::new();
     if let Some(a) = assignment {
         for (i, dev) in a.devices.iter().enumerate() {
             // Guest requester ID of virtual 00:(i+1).0 = its StreamID.
@@ -628,7 +629,10 @@ fn handle_sync(vm: &Vm, vcpu: usize, frame: &mut TrapFrame) {
             // WFI at EL2 does not wake for those).
             let fx = crate::vgic_hw::flush(&mut vm.vgic.lock(), vcpu);
             apply(vm, fx);
-            if !crate::vgic_hw::lr_pending() && !vm.vgic.lock().has_pending(vcpu) {
+            if !crate::vgic_hw::lr_pending()
+                && !vm.vgic.lock().has_pending(vcpu)
+                && !lines_waiting(SLOTS[guest::cpu_index()].vm.load(Ordering::Relaxed))
+            {
                 aarch64_cpu::asm::wfi();
             }
             guest::skip_instruction(frame);
@@ -1100,9 +1104,19 @@ fn forward_to_guest(e: &smmu::event::Event) -> bool {
     false
 }
 
-/// Physical INTx lines masked while their guest handles them.
-static MASKED_LINES: Mutex<alloc::collections::BTreeSet<u32>> =
-    Mutex::new(alloc::collections::BTreeSet::new());
+/// Physical INTx lines masked while their guest handles them, each with
+/// the counter value before which it stays masked although its guest is
+/// done (set when the line was found still asserted then).
+static MASKED_LINES: Mutex<BTreeMap<u32, Option<u64>>> = Mutex::new(BTreeMap::new());
+
+/// How long a line stays masked when its guest has finished with it but
+/// the device still asserts it, in microseconds. A level line should
+/// interrupt again at once; but a device can hold its line after the guest
+/// found nothing to do (QEMU's NVMe with shadow doorbells does: it learns
+/// of the guest's completion-queue head late), and re-presenting at once
+/// makes an interrupt storm that starves the guest. A line the guest's
+/// handler deasserts, the usual case, is unmasked at once.
+const STILL_ASSERTED_BACKOFF_US: u64 = 200;
 
 /// A passed-through device's level-triggered INTx fired: mask it at the
 /// distributor (so it cannot storm while the guest runs its handler),
@@ -1115,7 +1129,7 @@ fn forward_line(pintid: u32) {
     gic::eoi(pintid);
     gic::set_spi_enabled(pintid, false);
     gic::deactivate(pintid);
-    MASKED_LINES.lock().insert(pintid);
+    MASKED_LINES.lock().insert(pintid, None);
     let owner = super::assign::LINE_OWNERS.lock().get(&pintid).copied();
     if let Some((vm_i, vintid)) = owner {
         let vm = &vms()[vm_i];
@@ -1126,18 +1140,19 @@ fn forward_line(pintid: u32) {
 }
 
 /// Unmasks the VM's masked INTx lines whose virtual interrupt the guest
-/// has finished with (neither pending nor active): if the device still
-/// asserts the line, it fires again. Runs at every exit; the guest's
-/// deactivation of such an interrupt exits at once (ICH_LR.EOI, see
-/// `VGic::set_resample`).
+/// has finished with (neither pending nor active): at once if the device
+/// no longer asserts the line, else after [`STILL_ASSERTED_BACKOFF_US`]
+/// (then it fires again). Runs at every exit; the guest's deactivation of
+/// such an interrupt exits at once (ICH_LR.EOI, see `VGic::set_resample`).
 fn resample_lines(vm_i: usize, vm: &Vm) {
     let mut masked = MASKED_LINES.lock();
     if masked.is_empty() {
         return;
     }
     let owners = super::assign::LINE_OWNERS.lock();
+    let now = arch::counter();
     let mut done = Vec::new();
-    for &pintid in masked.iter() {
+    for (&pintid, deadline) in masked.iter_mut() {
         let Some(&(owner, vintid)) = owners.get(&pintid) else {
             continue;
         };
@@ -1148,14 +1163,38 @@ fn resample_lines(vm_i: usize, vm: &Vm) {
         let word = u64::from(vintid / 32 * 4);
         let bit = 1u64 << (vintid % 32);
         let busy = (g.dist_read(0x200 + word, 4) | g.dist_read(0x300 + word, 4)) & bit != 0;
-        if !busy {
-            done.push(pintid);
+        drop(g);
+        if busy {
+            continue;
+        }
+        match *deadline {
+            _ if !gic::spi_pending(pintid) => done.push(pintid),
+            None => {
+                *deadline =
+                    Some(now + STILL_ASSERTED_BACKOFF_US * arch::counter_freq() / 1_000_000);
+            }
+            Some(d) if now >= d => done.push(pintid),
+            Some(_) => {}
         }
     }
     for pintid in done {
         masked.remove(&pintid);
         gic::set_spi_enabled(pintid, true);
     }
+}
+
+/// Whether one of VM `vm_i`'s lines waits out [`STILL_ASSERTED_BACKOFF_US`]:
+/// its vCPUs must not sleep in WFI meanwhile (nothing would wake them to
+/// unmask it).
+fn lines_waiting(vm_i: usize) -> bool {
+    let masked = MASKED_LINES.lock();
+    if masked.values().all(Option::is_none) {
+        return false;
+    }
+    let owners = super::assign::LINE_OWNERS.lock();
+    masked
+        .iter()
+        .any(|(p, d)| d.is_some() && owners.get(p).is_some_and(|&(o, _)| o == vm_i))
 }
 
 /// The console input multiplexer (Ctrl-] then a digit switches VMs).
