@@ -1116,7 +1116,7 @@ static MASKED_LINES: Mutex<BTreeMap<u32, Option<u64>>> = Mutex::new(BTreeMap::ne
 /// of the guest's completion-queue head late), and re-presenting at once
 /// makes an interrupt storm that starves the guest. A line the guest's
 /// handler deasserts, the usual case, is unmasked at once.
-const STILL_ASSERTED_BACKOFF_US: u64 = 200;
+const STILL_ASSERTED_BACKOFF_US: u64 = 50;
 
 /// A passed-through device's level-triggered INTx fired: mask it at the
 /// distributor (so it cannot storm while the guest runs its handler),
