@@ -518,6 +518,17 @@ mod gic {
     }
 }
 
+/// DMA through the IOVAs: SRC filled with `seed`'s pattern, read into the
+/// `edu`'s buffer through IOVA_SRC, written back through IOVA_DST into a
+/// zeroed DST; whether DST then holds the pattern.
+fn iova_round_trip(edu: &Edu, seed: u8) -> Result<bool, EduError> {
+    fill(Page::Src, Some(seed));
+    fill(Page::Dst, None);
+    edu.dma_into_buffer(IOVA_SRC)?;
+    edu.dma_from_buffer(IOVA_DST)?;
+    Ok(ReadOutcome::judge(bytes(Page::Dst), seed) == ReadOutcome::Intact)
+}
+
 /// A DMA read from `from` into the `edu`'s buffer, which holds `seed`'s
 /// pattern, then the buffer written to our DST page through IOVA_DST:
 /// what the read left in the buffer.
@@ -639,11 +650,7 @@ fn checks(fdt: &Fdt<'_>) -> Result<Checks, Setup> {
     let e = Setup::Edu;
 
     // 1. Translation through the guest's stage 1.
-    fill(Page::Src, Some(SEED_A));
-    fill(Page::Dst, None);
-    edu.dma_into_buffer(IOVA_SRC).map_err(e)?;
-    edu.dma_from_buffer(IOVA_DST).map_err(e)?;
-    let ok = ReadOutcome::judge(bytes(Page::Dst), SEED_A) == ReadOutcome::Intact;
+    let ok = iova_round_trip(&edu, SEED_A).map_err(e)?;
     c.check(ok, "dma through iova", if ok { "ok" } else { "data wrong" });
 
     // The buffer holds A; a DMA read from the bare IPA of SRC (holding B)
@@ -786,11 +793,7 @@ fn checks(fdt: &Fdt<'_>) -> Result<Checks, Setup> {
             s.write_cd(ipa(Page::L1), ips);
             s.submit(&[cmd::cfgi_cd(vsid, 0)])?;
         }
-        fill(Page::Src, Some(SEED_A));
-        fill(Page::Dst, None);
-        edu.dma_into_buffer(IOVA_SRC).map_err(e)?;
-        edu.dma_from_buffer(IOVA_DST).map_err(e)?;
-        let ok = ReadOutcome::judge(bytes(Page::Dst), SEED_A) == ReadOutcome::Intact;
+        let ok = iova_round_trip(&edu, SEED_A).map_err(e)?;
         c.check(
             ok,
             "restored, dma through iova",
@@ -817,11 +820,7 @@ fn checks(fdt: &Fdt<'_>) -> Result<Checks, Setup> {
     );
     s.write_ste(vsid, ste_stage1(ipa(Page::Cd)));
     s.submit(&[cmd::cfgi_ste(vsid)])?;
-    fill(Page::Src, Some(SEED_A));
-    fill(Page::Dst, None);
-    edu.dma_into_buffer(IOVA_SRC).map_err(e)?;
-    edu.dma_from_buffer(IOVA_DST).map_err(e)?;
-    let ok = ReadOutcome::judge(bytes(Page::Dst), SEED_A) == ReadOutcome::Intact;
+    let ok = iova_round_trip(&edu, SEED_A).map_err(e)?;
     c.check(
         ok,
         "valid STE again, dma through iova",
@@ -871,11 +870,7 @@ fn checks(fdt: &Fdt<'_>) -> Result<Checks, Setup> {
         if resumed { "runs again" } else { "stuck" },
     );
     s.submit(&[cmd::tlbi_nh_asid(ASID)])?;
-    fill(Page::Src, Some(SEED_C));
-    fill(Page::Dst, None);
-    edu.dma_into_buffer(IOVA_SRC).map_err(e)?;
-    edu.dma_from_buffer(IOVA_DST).map_err(e)?;
-    let ok = ReadOutcome::judge(bytes(Page::Dst), SEED_C) == ReadOutcome::Intact;
+    let ok = iova_round_trip(&edu, SEED_C).map_err(e)?;
     c.check(ok, "dma after recovery", if ok { "ok" } else { "broken" });
 
     // Leave the device quiet: abort its stream.
