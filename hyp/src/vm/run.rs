@@ -359,7 +359,11 @@ fn vsmmu_for(
     }
     let d = h.iommu.domain(*domain).ok_or_else(|| fail("no domain"))?;
     let s2 = smmu::domain::s2_config(d, features.cohacc);
-    let policy = smmu::vsmmu::VsmmuPolicy::from_physical(&features, IPA_BITS as u8, 0);
+    // SubstreamIDs as the physical SMMU allows them (the architectural
+    // maximum is 20 bits): guest multi-PASID CD tables are nested as they
+    // are, so the physical SMMU is what bounds them.
+    const MAX_SSID_BITS: u8 = 20;
+    let policy = smmu::vsmmu::VsmmuPolicy::from_physical(&features, IPA_BITS as u8, MAX_SSID_BITS);
     let mut map = BTreeMap::new();
     if let Some(a) = assignment {
         for (i, dev) in a.devices.iter().enumerate() {
