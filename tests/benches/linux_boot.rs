@@ -8,6 +8,7 @@
 //! and `guests/linux/fetch.sh` first; `./hv bench` does all of it).
 //! `-- --test` boots each once, as a smoke test.
 
+use scenario_tests::median;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -55,34 +56,11 @@ fn time_boot(mut cmd: Command) -> (f64, f64, f64) {
 }
 
 fn bare_qemu() -> Command {
-    let linux = root().join("target/guests/linux");
-    let mut c = Command::new("qemu-system-aarch64");
-    c.args([
-        "-M",
-        "virt,gic-version=3",
-        "-cpu",
-        "cortex-a57",
-        "-smp",
-        "2",
-        "-m",
-        "512M",
-    ])
-    .args(["-nographic", "-no-reboot", "-nic", "none"])
-    .arg("-kernel")
-    .arg(linux.join("Image"))
-    .arg("-initrd")
-    .arg(linux.join("initramfs.cpio.gz"))
-    .args(["-append", "console=ttyAMA0 nokaslr panic=-1"]);
-    c
+    scenario_tests::bare_linux_qemu(&[], "console=ttyAMA0 nokaslr panic=-1")
 }
 
 fn hypervisor() -> Command {
     qemu_runner::prepare(&root(), "linux", &[]).expect("scenario linux")
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -11,6 +11,7 @@
 //! `cargo bench -p scenario-tests --bench nvme_read` after `./hv build` and
 //! the guest fetch (`./hv bench` does it all); `-- --test` runs once.
 
+use scenario_tests::median;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -71,39 +72,15 @@ fn run(mut cmd: Command) -> Run {
     }
 }
 fn bare_qemu() -> Command {
-    let linux = root().join("target/guests/linux");
-    let mut c = Command::new("qemu-system-aarch64");
-    c.current_dir(root())
-        .args([
-            "-M",
-            "virt,gic-version=3",
-            "-cpu",
-            "cortex-a57",
-            "-smp",
-            "2",
-            "-m",
-            "512M",
-        ])
-        .args(["-nographic", "-no-reboot", "-nic", "none"])
-        .args([
+    scenario_tests::bare_linux_qemu(
+        &[
             "-drive",
             "file=target/disks/bench.img,if=none,id=nvme0,format=raw",
-        ])
-        .args(["-device", "nvme,drive=nvme0,serial=smmuhyp-nvme"])
-        .arg("-kernel")
-        .arg(linux.join("Image"))
-        .arg("-initrd")
-        .arg(linux.join("initramfs.cpio.gz"))
-        .args([
-            "-append",
-            "console=ttyAMA0 nokaslr panic=-1 init.run=nvme-bench nvme.bench_mib=256",
-        ]);
-    c
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+            "-device",
+            "nvme,drive=nvme0,serial=smmuhyp-nvme",
+        ],
+        "console=ttyAMA0 nokaslr panic=-1 init.run=nvme-bench nvme.bench_mib=256",
+    )
 }
 
 fn main() {

@@ -151,3 +151,29 @@ pub fn boot_typing(
 /// The timeout every scenario test uses: generous for a loaded CI machine,
 /// but a hang still fails the run.
 pub const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The same Debian guest as the hypervisor's Linux scenarios, on bare QEMU
+/// (`virt`, GICv3, 2 cortex-a57 CPUs, 512 MiB), with `extra` QEMU arguments
+/// and the kernel command line `append`: what the benchmarks compare with.
+/// Run from the repository root, so relative image paths work.
+pub fn bare_linux_qemu(extra: &[&str], append: &str) -> std::process::Command {
+    let linux = workspace().join("target/guests/linux");
+    let mut c = std::process::Command::new("qemu-system-aarch64");
+    c.current_dir(workspace())
+        .args(["-M", "virt,gic-version=3", "-cpu", "cortex-a57"])
+        .args(["-smp", "2", "-m", "512M"])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .args(extra)
+        .arg("-kernel")
+        .arg(linux.join("Image"))
+        .arg("-initrd")
+        .arg(linux.join("initramfs.cpio.gz"))
+        .args(["-append", append]);
+    c
+}
+
+/// The median of `v` (sorted in place); `v` must not be empty.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
