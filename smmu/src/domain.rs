@@ -519,12 +519,19 @@ impl<'a, M: Mmio> Iommu<'a, M> {
     /// forgets its owner. Returns the domain it was attached to.
     pub fn detach(&mut self, sid: StreamId) -> Result<DomainId, DomainError> {
         let id = self.owner(sid).ok_or(DomainError::NotAttached(sid))?;
-        self.smmu.write_ste(sid, &Ste::abort())?;
-        self.streams.remove(&sid);
-        if let Some(d) = self.domains.get_mut(&id) {
-            d.streams.remove(&sid);
-        }
+        self.release_stream(sid, &Ste::abort())?;
         info!("iommu: sid {sid} detached from domain {id}, aborts");
+        Ok(id)
+    }
+
+    /// Makes `sid` abort (STE abort + CMD_CFGI_STE + CMD_SYNC) and forgets
+    /// its owner, whether or not it is attached: unlike
+    /// [`detach`](Self::detach), also for a stream whose STE is the invalid
+    /// one of [`refuse`](Self::refuse). Returns the domain it was attached
+    /// to, if any.
+    pub fn block(&mut self, sid: StreamId) -> Result<Option<DomainId>, DomainError> {
+        let id = self.release_stream(sid, &Ste::abort())?;
+        info!("iommu: sid {sid} aborts");
         Ok(id)
     }
 
@@ -535,12 +542,23 @@ impl<'a, M: Mmio> Iommu<'a, M> {
     /// guest, was refused: the event tells the guest so. Returns the domain
     /// it was attached to.
     pub fn refuse(&mut self, sid: StreamId) -> Result<Option<DomainId>, DomainError> {
-        self.smmu.write_ste(sid, &Ste::invalid())?;
+        let id = self.release_stream(sid, &Ste::invalid())?;
+        info!("iommu: sid {sid} refused: invalid STE, transactions abort with C_BAD_STE");
+        Ok(id)
+    }
+
+    /// Installs `ste` (one that lets nothing through) for `sid` and forgets
+    /// the stream's owner, if any.
+    fn release_stream(
+        &mut self,
+        sid: StreamId,
+        ste: &Ste,
+    ) -> Result<Option<DomainId>, DomainError> {
+        self.smmu.write_ste(sid, ste)?;
         let id = self.streams.remove(&sid);
         if let Some(d) = id.and_then(|id| self.domains.get_mut(&id)) {
             d.streams.remove(&sid);
         }
-        info!("iommu: sid {sid} refused: invalid STE, transactions abort with C_BAD_STE");
         Ok(id)
     }
 

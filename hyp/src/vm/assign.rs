@@ -203,17 +203,10 @@ pub fn release(devices: &[AssignedDevice], vmid: smmu::addr::Vmid) {
         cfg.write32(d.phys, pci::reg::COMMAND, cmd & !pci::reg::CMD_MASTER);
         if let Some(h) = crate::iommu::get() {
             let mut h = h.lock();
-            // A stream its guest detached through its vSMMU is attached
-            // to nothing, but its STE may be the invalid one of a refused
-            // guest STE: make it abort all the same.
-            let r = match h.iommu.owner(d.sid) {
-                Some(_) => h.iommu.detach(d.sid).map(|_| ()),
-                None => h
-                    .iommu
-                    .smmu()
-                    .write_ste(d.sid, &smmu::ste::Ste::abort())
-                    .map_err(Into::into),
-            };
+            // Whether attached or not: a stream its guest configured
+            // through its vSMMU may be attached to nothing yet not abort
+            // (the invalid STE of a refused guest STE).
+            let r = h.iommu.block(d.sid);
             if let Err(e) = r {
                 log::error!("PCI {}: cannot make stream {} abort: {e}", d.phys, d.sid);
             }

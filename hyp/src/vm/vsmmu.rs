@@ -250,14 +250,7 @@ impl VmVsmmu {
                     if h.iommu.owner(psid).is_none() && !was_refused {
                         continue; // already aborting
                     }
-                    match h.iommu.owner(psid) {
-                        Some(_) => h.iommu.detach(psid).map(|_| ()),
-                        None => h
-                            .iommu
-                            .smmu()
-                            .write_ste(psid, &Ste::abort())
-                            .map_err(Into::into),
-                    }
+                    h.iommu.block(psid).map(|_| ())
                 }
                 Ok(ste) if ste == Ste::stage2(&self.s2) => {
                     self.refused.remove(&vsid);

@@ -94,7 +94,7 @@ fn a_stream_belongs_to_one_domain() {
 }
 
 #[test]
-fn a_refused_stream_gets_an_invalid_ste_and_can_be_attached_again() {
+fn refused_and_blocked_streams_abort_and_can_be_attached_again() {
     let (mem, fake) = fake_with(QEMU_IDR0, QEMU_IDR3);
     let mut iommu = boot(&fake, &mem);
     let d = iommu.create_domain(40).unwrap();
@@ -121,8 +121,19 @@ fn a_refused_stream_gets_an_invalid_ste_and_can_be_attached_again() {
     // Refusing a stream nobody owns also works (it was aborting).
     assert_eq!(iommu.refuse(StreamId(0x11)), Ok(None));
     assert_eq!(fake.ste(StreamId(0x11)), Some(Ste::invalid()));
+    // block: abort again, attached or not (detach refuses the latter).
+    assert_eq!(
+        iommu.detach(StreamId(0x11)),
+        Err(DomainError::NotAttached(StreamId(0x11)))
+    );
+    assert_eq!(iommu.block(StreamId(0x11)), Ok(None));
+    assert_eq!(fake.ste(StreamId(0x11)), Some(Ste::abort()));
     iommu.attach(d, sid).unwrap();
     assert_eq!(fake.ste(sid), Some(expected_ste(&iommu, d)));
+    assert_eq!(iommu.block(sid), Ok(Some(d)));
+    assert_eq!(fake.ste(sid), Some(Ste::abort()));
+    assert_eq!(iommu.owner(sid), None);
+    iommu.attach(d, sid).unwrap();
     assert!(fake.violations().is_empty());
 }
 
