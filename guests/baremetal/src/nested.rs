@@ -203,22 +203,27 @@ impl EventRecord {
 
     /// The event's name, for the log.
     pub fn name(&self) -> &'static str {
-        match self.kind {
-            0x01 => "F_UUT",
-            0x02 => "C_BAD_STREAMID",
-            0x03 => "F_STE_FETCH",
-            0x04 => "C_BAD_STE",
-            0x07 => "F_STREAM_DISABLED",
-            0x09 => "C_BAD_SUBSTREAMID",
-            0x0a => "F_CD_FETCH",
-            0x0b => "C_BAD_CD",
-            0x0c => "F_WALK_EABT",
-            0x10 => "F_TRANSLATION",
-            0x11 => "F_ADDR_SIZE",
-            0x12 => "F_ACCESS",
-            0x13 => "F_PERMISSION",
-            _ => "event",
-        }
+        event_name(self.kind)
+    }
+}
+
+/// The name of event type `kind` (§7.3).
+pub fn event_name(kind: u8) -> &'static str {
+    match kind {
+        0x01 => "F_UUT",
+        0x02 => "C_BAD_STREAMID",
+        0x03 => "F_STE_FETCH",
+        0x04 => "C_BAD_STE",
+        0x07 => "F_STREAM_DISABLED",
+        0x09 => "C_BAD_SUBSTREAMID",
+        0x0a => "F_CD_FETCH",
+        0x0b => "C_BAD_CD",
+        0x0c => "F_WALK_EABT",
+        0x10 => "F_TRANSLATION",
+        0x11 => "F_ADDR_SIZE",
+        0x12 => "F_ACCESS",
+        0x13 => "F_PERMISSION",
+        _ => "event",
     }
 }
 

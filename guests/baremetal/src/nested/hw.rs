@@ -30,7 +30,7 @@ use super::{
     CR0_EVENTQEN, CR0_SMMUEN, CR1_WB_ISH, CR2_RECINVSID_PTM, C_BAD_STE, EVT_BYTES, F_PERMISSION,
     F_TRANSLATION, GERROR_CMDQ_ERR, IRQ_EVENTQ, IRQ_GERROR, Q_BASE_RWA, STE_BYTES,
 };
-use super::{cmd, pte, reg, EventRecord, VSmmuDt};
+use super::{cmd, event_name, pte, reg, EventRecord, VSmmuDt};
 use crate::edu::{pattern, Edu, EduError, PciHost, ReadOutcome, DMA_LEN};
 use crate::mmio;
 use aarch64_cpu::asm::barrier;
@@ -383,14 +383,7 @@ impl Smmu {
             });
         }
         let irq = gic::take(self.dt.eventq);
-        let name = EventRecord {
-            kind,
-            sid: vsid,
-            read: false,
-            s2: false,
-            addr: 0,
-        }
-        .name();
+        let name = event_name(kind);
         match at {
             Some((addr, _)) => say!(
                 "guest: event queue: {} for vsid {:#x} at {:#x}: {}; eventq irq: {}",
