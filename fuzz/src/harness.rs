@@ -14,9 +14,9 @@ use std::{format, vec};
 use smmu::addr::{Ipa, PhysAddr, StreamId};
 use smmu::cd::{CdLocation, CdLookup, CdPolicy, CdTable, ContextDescriptor, L1Cd};
 use smmu::event::Event;
-use smmu::fake::FakeGuestMemory;
+use smmu::fake::{nested_ste_policy, FakeGuestMemory};
 use smmu::regs::{offset as o, Features};
-use smmu::ste::{Config, Eats, Httu, StallModel, Ste, SteKind, StePolicy, TtEndian};
+use smmu::ste::{Config, Eats, Httu, StallModel, Ste, SteKind, TtEndian};
 use smmu::strtab::L1Std;
 use smmu::vsmmu::regs::CmdqWork;
 use smmu::vsmmu::ste::{compose, compose_with_stall, read_guest_ste, refusal_event, VsteError};
@@ -126,30 +126,6 @@ macro_rules! ensure {
             $world.fail(format_args!($($msg)+))
         }
     };
-}
-
-/// The physical SMMU the composed STEs must be legal for: nested, 20-bit
-/// SubstreamIDs, 44-bit addresses, with stall model `stall`.
-fn phys_policy(stall: StallModel) -> StePolicy {
-    StePolicy {
-        s1p: true,
-        s2p: true,
-        hyp: true,
-        ats: false,
-        ns1ats: false,
-        cd2l: true,
-        vmid16: true,
-        ttendian: TtEndian::Little,
-        stall_model: stall,
-        httu: Httu::None,
-        ssid_bits: 20,
-        stt: false,
-        gran4k: true,
-        gran16k: true,
-        gran64k: true,
-        ias_bits: 44,
-        oas_bits: 44,
-    }
 }
 
 /// One VM with a vSMMU, and what the hypervisor installed for its devices.
@@ -676,7 +652,7 @@ impl World {
                 && s1.s1cdmax <= policy.ssid_bits,
             "{guest:?} composed to stage 1 {s1:?}"
         );
-        let kind = ste.validate(&phys_policy(self.setup.phys_stall));
+        let kind = ste.validate(&nested_ste_policy(self.setup.phys_stall));
         ensure!(
             self,
             kind == Ok(SteKind::Nested),

@@ -12,3 +12,31 @@ pub use guest_mem::FakeGuestMemory;
 pub use mem::FakeMemory;
 pub use smmu::FakeSmmu;
 pub use smmu::{reg_name, ConsumedCommand, RegWrite, QEMU_IDR0, QEMU_IDR1, QEMU_IDR3, QEMU_IDR5};
+
+use crate::ste::{Httu, StallModel, StePolicy, TtEndian};
+
+/// A physical SMMU that nests (both stages, Hyp, 16-bit VMIDs, 2-level CD
+/// tables), with 20-bit SubstreamIDs, all three granules and 44-bit
+/// addresses, little-endian, no ATS, with stall model `stall`: what
+/// composed nested STEs are checked against in tests and fuzzing.
+pub fn nested_ste_policy(stall: StallModel) -> StePolicy {
+    StePolicy {
+        s1p: true,
+        s2p: true,
+        hyp: true,
+        ats: false,
+        ns1ats: false,
+        cd2l: true,
+        vmid16: true,
+        ttendian: TtEndian::Little,
+        stall_model: stall,
+        httu: Httu::None,
+        ssid_bits: 20,
+        stt: false,
+        gran4k: true,
+        gran16k: true,
+        gran64k: true,
+        ias_bits: 44,
+        oas_bits: 44,
+    }
+}

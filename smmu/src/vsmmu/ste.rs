@@ -267,8 +267,8 @@ pub fn refusal_event(refusal: &VsteError, vsid: StreamId, ssid: Option<Ssid>) ->
 mod tests {
     use super::*;
     use crate::addr::Vmid;
-    use crate::fake::FakeGuestMemory;
-    use crate::ste::{output_size_encoding, Config, Granule, Httu, StePolicy, Strw, TtEndian};
+    use crate::fake::{nested_ste_policy, FakeGuestMemory};
+    use crate::ste::{output_size_encoding, Config, Granule, StePolicy, Strw};
     use proptest::prelude::*;
 
     const RAM: u64 = 0x4000_0000;
@@ -297,29 +297,6 @@ mod tests {
             or0: 1,
             sh0: 3,
             affd: true,
-        }
-    }
-
-    /// The physical SMMU: nested, 20 SSID bits, 44-bit addresses.
-    fn phys_policy(stall_model: StallModel) -> StePolicy {
-        StePolicy {
-            s1p: true,
-            s2p: true,
-            hyp: true,
-            ats: false,
-            ns1ats: false,
-            cd2l: true,
-            vmid16: true,
-            ttendian: TtEndian::Little,
-            stall_model,
-            httu: Httu::None,
-            ssid_bits: 20,
-            stt: false,
-            gran4k: true,
-            gran16k: false,
-            gran64k: true,
-            ias_bits: 44,
-            oas_bits: 44,
         }
     }
 
@@ -531,7 +508,7 @@ mod tests {
         let out = compose(&ste, &vpolicy(), &s2(5)).unwrap();
         assert_eq!(out, Ste::stage2(&s2(5)));
         assert_eq!(
-            out.validate(&phys_policy(StallModel::TerminateOnly)),
+            out.validate(&nested_ste_policy(StallModel::TerminateOnly)),
             Ok(SteKind::Stage2)
         );
     }
@@ -574,7 +551,7 @@ mod tests {
         assert_eq!(out, Ste::nested(&s2(5), &s1));
         assert_eq!(out.s2vmid(), Vmid(5));
         assert_eq!(
-            out.validate(&phys_policy(StallModel::TerminateOnly)),
+            out.validate(&nested_ste_policy(StallModel::TerminateOnly)),
             Ok(SteKind::Nested)
         );
     }
@@ -589,7 +566,7 @@ mod tests {
         ] {
             let out = compose_with_stall(&ste, &vpolicy(), &s2(1), model).unwrap();
             assert_eq!(out.s1stalld(), stalld, "{model:?}");
-            assert_eq!(out.validate(&phys_policy(model)), Ok(SteKind::Nested));
+            assert_eq!(out.validate(&nested_ste_policy(model)), Ok(SteKind::Nested));
         }
         // The guest was not offered stalls: its S1STALLD is ILLEGAL.
         let mut ste = ste;
@@ -655,7 +632,7 @@ mod tests {
             assert_eq!(out.s1dss(), S1Dss::Ssid0);
             assert_eq!(out.s1_context_ptr(), Ipa(RAM + 0x4_0000));
             assert_eq!(
-                out.validate(&phys_policy(StallModel::TerminateOnly)),
+                out.validate(&nested_ste_policy(StallModel::TerminateOnly)),
                 Ok(SteKind::Nested)
             );
         }
@@ -761,7 +738,7 @@ mod tests {
                         prop_assert_eq!(out.eats(), Eats::Abort);
                         prop_assert!(out.s1cdmax() <= ssid_bits);
                         prop_assert!(fits(out.s1_context_ptr().raw(), 40));
-                        let phys = StePolicy { ssid_bits: 20, ..phys_policy(stall) };
+                        let phys = StePolicy { ssid_bits: 20, ..nested_ste_policy(stall) };
                         prop_assert!(out.validate(&phys).is_ok(), "{:?}", out);
                     }
                     prop_assert_eq!(out == Ste::abort(), !guest.is_live());
