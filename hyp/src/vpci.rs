@@ -14,7 +14,7 @@
 //! - Only the command bits that concern the function itself reach the device
 //!   (memory decode, bus mastering, error reporting, INTx disable); the SMMU
 //!   confines what bus mastering can reach.
-//! - MSI and MSI-X are hidden (INTx only in this step), the expansion ROM and
+//! - MSI and MSI-X are hidden (INTx only), the expansion ROM and
 //!   the extended configuration space are absent.
 //!
 //! Everything here is driven by a hostile guest: no access panics, and no

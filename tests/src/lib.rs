@@ -2,22 +2,57 @@
 //! `./hv test` in a scenario from `guests/scenarios/`, with a hard timeout,
 //! and hand back what the serial console printed. QEMU is started exactly as
 //! `./hv run` starts it (`qemu_runner::prepare`).
+//!
+//! Guests run under TCG, one host thread per emulated CPU. So that a loaded
+//! 2-core machine is not asked to run more emulated CPUs than it has cores
+//! (which made guests miss their own deadlines), every boot first takes as
+//! many slots of one shared budget ([`cpu_budget`]) as its machine has CPUs.
 
+use std::cell::Cell;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// What one boot printed.
+///
+/// A test must look at QEMU's exit status ([`Boot::assert_exit`]): a boot
+/// whose status nobody checked fails the test when it is dropped.
 #[derive(Debug)]
 pub struct Boot {
     /// Everything on the serial console (carriage returns removed).
     pub console: String,
-    /// QEMU's exit status (None: killed at the timeout).
-    pub status: Option<i32>,
+    status: Option<i32>,
+    status_checked: Cell<bool>,
+}
+
+impl Drop for Boot {
+    fn drop(&mut self) {
+        if !self.status_checked.get() && !std::thread::panicking() {
+            panic!(
+                "the test never checked QEMU's exit status ({:?}); console was:\n{}",
+                self.status, self.console
+            );
+        }
+    }
 }
 
 impl Boot {
+    /// Asserts that QEMU exited with `code` (0: every VM powered off
+    /// cleanly, or the machine-only run finished; 1: a VM or the
+    /// hypervisor failed), showing the console otherwise.
+    #[track_caller]
+    pub fn assert_exit(&self, code: i32) {
+        self.status_checked.set(true);
+        assert_eq!(
+            self.status,
+            Some(code),
+            "QEMU's exit status; console was:\n{}",
+            self.console
+        );
+    }
+
     /// Asserts that some console line contains `needle`, showing the whole
     /// console otherwise.
     #[track_caller]
@@ -82,6 +117,8 @@ pub fn boot_typing(
     // A clear message when the image was not built; prepare finds the same one.
     hyp_bin();
     let extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let cpus = emulated_cpus(scenario, &extra_args);
+    let _slots = CpuSlots::take(cpus);
     let mut cmd = qemu_runner::prepare(&workspace(), scenario, &extra_args)
         .unwrap_or_else(|e| panic!("scenario {scenario}: {e}"));
     let mut child = cmd
@@ -145,12 +182,63 @@ pub fn boot_typing(
         console.push_str("\n--- qemu stderr ---\n");
         console.push_str(&err);
     }
-    Boot { console, status }
+    Boot {
+        console,
+        status,
+        status_checked: Cell::new(false),
+    }
 }
 
-/// The timeout every scenario test uses: generous for a loaded CI machine,
-/// but a hang still fails the run.
-pub const TIMEOUT: Duration = Duration::from_secs(90);
+/// The timeout every scenario test uses. It is not a performance bound:
+/// it only turns a hang into a failure, so it is generous enough for a
+/// machine that also runs a second test suite beside this one.
+pub const TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How many emulated CPUs may run at once: the host's cores.
+pub fn cpu_budget() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Emulated CPUs of a boot: the scenario machine's, or the last `-smp` in
+/// the extra QEMU arguments (which override it).
+fn emulated_cpus(scenario: &str, extra: &[String]) -> usize {
+    let from_extra = extra
+        .windows(2)
+        .filter(|w| w[0] == "-smp")
+        .filter_map(|w| w[1].split(',').next()?.parse().ok())
+        .next_back();
+    from_extra.unwrap_or_else(|| {
+        qemu_runner::load(&workspace(), scenario)
+            .map_or(1, |(s, _)| s.machine.cpus as usize)
+    })
+}
+
+/// Emulated CPUs in use by this test process's running boots.
+static IN_USE: Mutex<usize> = Mutex::new(0);
+static RELEASED: Condvar = Condvar::new();
+
+/// Slots of the CPU budget held by one boot; given back when dropped.
+struct CpuSlots(usize);
+
+impl CpuSlots {
+    /// Waits until `cpus` slots (at most the whole budget) are free.
+    fn take(cpus: usize) -> Self {
+        let want = cpus.clamp(1, cpu_budget());
+        let mut used = IN_USE.lock().unwrap_or_else(|e| e.into_inner());
+        while *used + want > cpu_budget() {
+            used = RELEASED.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += want;
+        Self(want)
+    }
+}
+
+impl Drop for CpuSlots {
+    fn drop(&mut self) {
+        *IN_USE.lock().unwrap_or_else(|e| e.into_inner()) -= self.0;
+        RELEASED.notify_all();
+    }
+}
 
 /// The same Debian guest as the hypervisor's Linux scenarios, on bare QEMU
 /// (`virt`, GICv3, 2 cortex-a57 CPUs, 512 MiB), with `extra` QEMU arguments

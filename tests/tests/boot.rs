@@ -1,4 +1,4 @@
-//! Boot scenarios of step 1: the hypervisor comes up at EL2 on QEMU's `virt`
+//! Boot scenarios: the hypervisor comes up at EL2 on QEMU's `virt`
 //! with various CPUs and SMMU configurations.
 
 use scenario_tests::{boot, TIMEOUT};
@@ -11,7 +11,7 @@ fn boot_cortex_a57_4cpus() {
     b.expect("CPUs: 4 of 4 online (3 secondaries started through PSCI and parked)");
     assert_eq!(b.count("online, parked"), 3);
     b.expect("hyp: all done");
-    assert_eq!(b.status, Some(0));
+    b.assert_exit(0);
 }
 
 #[test]
@@ -19,6 +19,7 @@ fn boot_max_1cpu() {
     let b = boot("selftest", &["-cpu", "max", "-smp", "1"], TIMEOUT);
     b.expect("CPUs: 1 of 1 online");
     b.expect("hyp: all done");
+    b.assert_exit(0);
 }
 
 #[test]
@@ -27,6 +28,7 @@ fn boot_reports_footprint() {
     let line = b.expect("footprint: image");
     assert!(line.contains("SMMU tables and queues"), "{line}");
     b.expect("hyp: all done");
+    b.assert_exit(0);
 }
 
 #[test]
@@ -38,5 +40,5 @@ fn unexpected_exception_is_decoded_and_stops() {
     b.expect("FAR_EL2=0x0000000000001000");
     b.expect("hyp: stopped after an error");
     b.reject("hyp: all done");
-    assert_eq!(b.status, Some(1), "QEMU's exit status reports the failure");
+    b.assert_exit(1);
 }

@@ -1,4 +1,4 @@
-//! Step 2: guests under the hypervisor. Each scenario powers itself off;
+//! Guests under the hypervisor. Each scenario powers itself off;
 //! QEMU's exit status says whether every VM stopped cleanly.
 
 use scenario_tests::{boot, Boot, TIMEOUT};
@@ -29,7 +29,7 @@ fn linux_boot() {
     b.expect("all VMs have stopped (all powered off cleanly)");
     b.reject("Kernel panic");
     b.reject("WARN");
-    assert_eq!(b.status, Some(0));
+    b.assert_exit(0);
 }
 
 #[test]
@@ -49,7 +49,7 @@ fn two_vms() {
     b.expect("[linux] init: cpus online: 0-1");
     b.expect("VM bare: 1 vCPU(s) on physical CPU(s) [2]");
     b.expect("all VMs have stopped (all powered off cleanly)");
-    assert_eq!(b.status, Some(0));
+    b.assert_exit(0);
 }
 
 #[test]
@@ -67,7 +67,7 @@ fn guest_bad_access() {
     assert_eq!(b.count("[bystander] guest: tick"), 3);
     b.expect("[bystander] guest: done");
     b.expect("all VMs have stopped (all powered off cleanly)");
-    assert_eq!(b.status, Some(0));
+    b.assert_exit(0);
 }
 
 #[test]
@@ -93,5 +93,5 @@ fn console_input_switches_between_vms() {
     assert!(b.count("[linux] typed-into-linux") >= 1, "{}", b.console);
     b.expect("[linux] init: exit status 0");
     b.expect("all VMs have stopped (all powered off cleanly)");
-    assert_eq!(b.status, Some(0));
+    b.assert_exit(0);
 }

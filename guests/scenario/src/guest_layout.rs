@@ -47,7 +47,7 @@ pub const UART: Region = Region {
     size: 0x1000,
 };
 
-/// Virtual SMMUv3 (step 4), only in VMs with `vsmmu = true`.
+/// Virtual SMMUv3, only in VMs with `vsmmu = true`.
 pub const VSMMU: Region = Region {
     name: "virtual SMMU",
     base: 0x0905_0000,
@@ -62,14 +62,14 @@ pub const COUNTERS: Region = Region {
     size: 0x1000,
 };
 
-/// PCI memory window for assigned functions' BARs (step 3).
+/// PCI memory window for assigned functions' BARs.
 pub const PCI_MMIO: Region = Region {
     name: "PCI MMIO window",
     base: 0x1000_0000,
     size: 0x1000_0000,
 };
 
-/// PCI ECAM of the virtual host bridge (step 3).
+/// PCI ECAM of the virtual host bridge.
 pub const PCI_ECAM: Region = Region {
     name: "PCI ECAM",
     base: 0x3000_0000,

@@ -122,9 +122,9 @@ pub struct VmSpec {
     pub initrd: Option<String>,
     /// `cmdline`: the guest kernel's command line; default empty.
     pub cmdline: String,
-    /// `devices`: PCI functions assigned to the VM (step 3), e.g. `"00:02.0"`.
+    /// `devices`: PCI functions assigned to the VM, e.g. `"00:02.0"`.
     pub devices: Vec<String>,
-    /// `vsmmu`: give the VM a virtual SMMUv3 (step 4); default false.
+    /// `vsmmu`: give the VM a virtual SMMUv3; default false.
     pub vsmmu: bool,
     /// Line of the VM's `[[vm]]` header (0 when not parsed from text);
     /// validation errors cite it.

@@ -242,8 +242,8 @@ memory = "512M"
 kernel = "target/guests/linux/Image"          # paths relative to the repo root
 initrd = "target/guests/linux/initramfs.cpio.gz"
 cmdline = "console=ttyAMA0 nokaslr"
-devices = []        # PCI functions assigned (step 3), e.g. ["00:02.0"]
-vsmmu = false       # virtual SMMU (step 4)
+devices = []        # PCI functions assigned, e.g. ["00:02.0"]
+vsmmu = false       # virtual SMMU
 "#;
 
     fn error(text: &str) -> String {

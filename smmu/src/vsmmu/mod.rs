@@ -1,4 +1,4 @@
-//! A virtual SMMUv3 for guests (issue 5, step 4).
+//! A virtual SMMUv3 for guests.
 //!
 //! An unmodified guest runs its own `arm-smmu-v3` driver against an emulated
 //! SMMUv3 register file (IHI 0070 chapter 6) that advertises stage 1 only.
