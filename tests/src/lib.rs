@@ -208,8 +208,7 @@ fn emulated_cpus(scenario: &str, extra: &[String]) -> usize {
         .filter_map(|w| w[1].split(',').next()?.parse().ok())
         .next_back();
     from_extra.unwrap_or_else(|| {
-        qemu_runner::load(&workspace(), scenario)
-            .map_or(1, |(s, _)| s.machine.cpus as usize)
+        qemu_runner::load(&workspace(), scenario).map_or(1, |(s, _)| s.machine.cpus as usize)
     })
 }
 
