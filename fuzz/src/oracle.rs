@@ -1,5 +1,5 @@
 //! What must hold whatever the guest does, written down independently of
-//! the code under test (from IHI 0070 and DESIGN.md's rules), so that the
+//! the code under test (from IHI 0070 and the rules in docs/ARCHITECTURE.md), so that the
 //! fuzz targets can check it after every step:
 //!
 //! - [`register_bits`]: the bits each guest-visible register may ever hold;
@@ -215,7 +215,7 @@ pub fn same_scope(guest: &Command, phys: &Command) -> Result<(), String> {
     Ok(())
 }
 
-/// What a guest command must become (DESIGN.md's rules, §4): the kind of
+/// What a guest command must become (docs/ARCHITECTURE.md, "Virtual SMMU"): the kind of
 /// [`Translated`] the vSMMU must produce, decided here without the code
 /// under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! The EL2 hypervisor.
 //!
-//! Boot flow (see shared/DESIGN.md): `entry.S` -> [`boot::primary_main`]:
+//! Boot flow (see docs/ARCHITECTURE.md): `entry.S` -> [`boot::primary_main`]:
 //! heap, DTB, console, EL2 MMU, page frames, SMMU (fail-closed), PCI,
 //! secondary CPUs, self-tests, footprint report.
 //!

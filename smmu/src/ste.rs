@@ -654,7 +654,7 @@ pub struct S2Config {
 }
 
 /// The stage 1 half of a nested STE: what a guest's STE may choose (and
-/// only that, see DESIGN.md). `ctx_ptr` is a guest IPA.
+/// only that, see docs/ARCHITECTURE.md). `ctx_ptr` is a guest IPA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct S1Config {
     /// The guest's CD table (S1ContextPtr), an IPA.

@@ -5,6 +5,7 @@
 pub mod console_mux;
 pub mod mmio;
 pub mod psci;
+pub mod ram;
 pub mod vuart;
 
 #[cfg(target_os = "none")]

@@ -15,6 +15,7 @@
 
 use super::mmio::{self, MmioAccess};
 use super::psci::{self, PsciAction, VcpuPower};
+use super::ram::GuestRam;
 use super::vuart::VirtualUart;
 use crate::arch::exceptions::TrapFrame;
 use crate::arch::{self, guest};
@@ -226,9 +227,13 @@ fn build_vm(
     } else {
         None
     };
-    let guest_ram = GuestRam {
-        ipa: ram.clone(),
-        pa: ram_pa.raw(),
+    // SAFETY: the VM's RAM block was just allocated for it alone, and the
+    // EL2 identity map covers all RAM for the hypervisor's lifetime.
+    let guest_ram = unsafe { GuestRam::new(ram.clone(), ram_pa.raw() as usize) };
+    let load = |ipa: u64, data: &[u8], what: &str| {
+        guest_ram
+            .write(ipa, data)
+            .map_err(|e| resources(alloc::format!("VM {}: {what}: {e}", spec.name)))
     };
     let (text_offset, image_size) = image_header(kernel);
     let kernel_ipa = ram.start + text_offset;
@@ -249,7 +254,7 @@ fn build_vm(
                 size >> 20
             )));
         }
-        guest_ram.copy_in(start, data);
+        load(start, data, "initrd")?;
         initrd_range = Some((start, start + data.len() as u64));
     }
     if kernel_ipa + image_size.max(kernel.len() as u64) > dtb_ipa {
@@ -259,7 +264,7 @@ fn build_vm(
             size >> 20
         )));
     }
-    guest_ram.copy_in(kernel_ipa, kernel);
+    load(kernel_ipa, kernel, "kernel")?;
 
     let dt = GuestDt {
         name: spec.name.clone(),
@@ -293,7 +298,7 @@ fn build_vm(
             spec.name
         )));
     }
-    guest_ram.copy_in(dtb_ipa, &blob);
+    load(dtb_ipa, &blob, "device tree")?;
 
     let mpidrs: Vec<u64> = (0..u64::from(spec.cpus)).collect();
     let vgic = VGic::new(&mpidrs, NR_SPIS)
@@ -371,10 +376,9 @@ fn vsmmu_for(
             map.insert(((i as u32) + 1) << 3, dev.sid);
         }
     }
-    let mem = GuestRam {
-        ipa: ram.clone(),
-        pa: ram_pa,
-    };
+    // SAFETY: as for the images: the VM's own block, identity-mapped for
+    // the hypervisor's lifetime.
+    let mem = unsafe { GuestRam::new(ram.clone(), ram_pa as usize) };
     Ok(super::vsmmu::VmVsmmu::new(
         policy,
         map,
@@ -447,32 +451,6 @@ fn image_header(image: &[u8]) -> (u64, u64) {
         (word(8), word(16))
     } else {
         (0x80000, 0)
-    }
-}
-
-/// A VM's RAM as the hypervisor sees it (identity-mapped host memory).
-#[derive(Clone, Debug)]
-pub struct GuestRam {
-    ipa: Range<u64>,
-    pa: u64,
-}
-
-impl GuestRam {
-    /// The host address of `[ipa, ipa + len)`, if it lies in the VM's RAM.
-    pub fn host_addr(&self, ipa: u64, len: usize) -> Option<u64> {
-        let end = ipa.checked_add(len as u64)?;
-        (ipa >= self.ipa.start && end <= self.ipa.end).then(|| self.pa + (ipa - self.ipa.start))
-    }
-
-    fn copy_in(&self, ipa: u64, data: &[u8]) {
-        assert!(
-            ipa >= self.ipa.start && ipa + data.len() as u64 <= self.ipa.end,
-            "copy outside the VM's RAM"
-        );
-        let dst = (self.pa + (ipa - self.ipa.start)) as *mut u8;
-        // SAFETY: inside the VM's RAM block (checked above), which the
-        // hypervisor allocated, identity-mapped, and no guest runs yet.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
     }
 }
 

@@ -7,44 +7,23 @@
 //! installed (abort, stage-2 only, or nested with the guest's CD table),
 //! and the guest's CMD_SYNC completed only after the physical one.
 
-use crate::vm::run::GuestRam;
+use super::ram::GuestRam;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 use log::warn;
-use smmu::addr::{Ipa, StreamId, Vmid};
+use smmu::addr::{StreamId, Vmid};
 use smmu::domain::DomainId;
 use smmu::event::Event;
 use smmu::ste::{S2Config, Ste};
 use smmu::vsmmu::regs::{CmdqWork, VsmmuAction};
 use smmu::vsmmu::ste::{compose, read_guest_ste, refusal_event, VsteError};
-use smmu::vsmmu::{GuestMemError, GuestMemory, StreamMap, StreamRange, VSmmu, VsmmuPolicy};
+use smmu::vsmmu::{StreamMap, StreamRange, VSmmu, VsmmuPolicy};
 
 /// Guest commands handled per round, and rounds per trap: bounded work, so
 /// a guest flooding its queue cannot stall the physical CPU (the rest is
 /// handled at the guest's next access, e.g. its poll of CMDQ_CONS).
 const BUDGET: usize = 64;
 const ROUNDS: usize = 4;
-
-impl GuestMemory for GuestRam {
-    fn read(&self, ipa: Ipa, buf: &mut [u8]) -> Result<(), GuestMemError> {
-        let pa = self
-            .host_addr(ipa.0, buf.len())
-            .ok_or(GuestMemError::OutOfRange(ipa))?;
-        // SAFETY: inside the VM's RAM block (checked by host_addr), which is
-        // identity-mapped host memory that lives as long as the VM.
-        unsafe { core::ptr::copy_nonoverlapping(pa as *const u8, buf.as_mut_ptr(), buf.len()) };
-        Ok(())
-    }
-
-    fn write(&self, ipa: Ipa, buf: &[u8]) -> Result<(), GuestMemError> {
-        let pa = self
-            .host_addr(ipa.0, buf.len())
-            .ok_or(GuestMemError::OutOfRange(ipa))?;
-        // SAFETY: as in `read`.
-        unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), pa as *mut u8, buf.len()) };
-        Ok(())
-    }
-}
 
 /// Virtual StreamID (the guest's requester ID) -> physical StreamID.
 struct SidMap(BTreeMap<u32, StreamId>);

@@ -2,7 +2,7 @@
 //! writes into its virtual command queue becomes on the physical SMMU.
 //!
 //! The register emulation decodes each guest entry with
-//! [`Command::decode`] and hands it to [`translate`]. The rules (DESIGN.md,
+//! [`Command::decode`] and hands it to [`translate`]. The rules (docs/ARCHITECTURE.md,
 //! "SMMU rules that are easy to get wrong"):
 //! - stage 1 TLB invalidations are forwarded with the VM's VMID, their
 //!   address ranges kept exactly (never widened to a full flush);

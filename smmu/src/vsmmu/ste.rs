@@ -7,7 +7,7 @@
 //! walk the table (linear, or 2-level through an L1STD, §3.3.1, §5.1) and
 //! [`compose`]s the physical STE: guest abort becomes abort, guest bypass
 //! becomes the VM's stage 2 alone, guest stage 1 becomes nested, with only
-//! the stage 1 fields the guest may choose copied (DESIGN.md, "SMMU rules
+//! the stage 1 fields the guest may choose copied (docs/ARCHITECTURE.md, "SMMU rules
 //! that are easy to get wrong"). Everything about stage 2, the VMID, the
 //! StreamWorld and the attribute overrides is the hypervisor's.
 

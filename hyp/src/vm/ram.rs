@@ -1,0 +1,150 @@
+//! A VM's RAM as the hypervisor reaches it: one block of host memory
+//! identity-mapped at EL2, seen by the guest at an IPA range.
+//!
+//! The guest's vCPUs and its devices write that memory while the hypervisor
+//! reads it (the vSMMU's queues and tables, images at load), so it is never
+//! handed out as a Rust slice, which would promise that nobody else writes
+//! it: every access is a volatile copy through [`GuestRam::read`] and
+//! [`GuestRam::write`] (the model is rust-vmm's `VolatileSlice`), bounds
+//! checked against the VM's RAM. What a guest wrote meanwhile is only ever
+//! seen as bytes, never as a broken Rust invariant.
+
+use core::ops::Range;
+use smmu::addr::Ipa;
+use smmu::vsmmu::{GuestMemError, GuestMemory};
+
+/// A VM's RAM: `[ipa.start, ipa.end)` backed by host memory at `host`.
+#[derive(Clone, Debug)]
+pub struct GuestRam {
+    ipa: Range<u64>,
+    host: usize,
+}
+
+impl GuestRam {
+    /// The RAM of a VM that sees `ipa`, backed by host memory at `host`.
+    ///
+    /// # Safety
+    ///
+    /// `host .. host + (ipa.end - ipa.start)` is memory mapped read-write at
+    /// EL2 that the VM owns (no hypervisor object lives in it) and that stays
+    /// mapped for as long as this value or a clone of it exists.
+    pub unsafe fn new(ipa: Range<u64>, host: usize) -> Self {
+        assert!(
+            ipa.start <= ipa.end,
+            "guest RAM range {ipa:#x?} is reversed"
+        );
+        Self { ipa, host }
+    }
+
+    /// The host address of `[ipa, ipa + len)`, if it lies in the VM's RAM.
+    pub fn host_addr(&self, ipa: u64, len: usize) -> Option<usize> {
+        let end = ipa.checked_add(len as u64)?;
+        (ipa >= self.ipa.start && end <= self.ipa.end)
+            .then(|| self.host + (ipa - self.ipa.start) as usize)
+    }
+
+    /// Copies `buf.len()` bytes of the guest's memory at `ipa` into `buf`.
+    pub fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), GuestMemError> {
+        let src = self
+            .host_addr(ipa, buf.len())
+            .ok_or(GuestMemError::OutOfRange(Ipa(ipa)))?;
+        let mut chunks = buf.chunks_exact_mut(8);
+        let mut at = src;
+        if src.is_multiple_of(8) {
+            for chunk in &mut chunks {
+                // SAFETY: `at..at + 8` lies in the VM's RAM (host_addr checked
+                // the whole range), which `new`'s caller vouched is mapped for
+                // as long as `self` lives; aligned to 8 (checked above).
+                let word = unsafe { core::ptr::read_volatile(at as *const u64) };
+                chunk.copy_from_slice(&word.to_ne_bytes());
+                at += 8;
+            }
+        }
+        let done = at - src;
+        for byte in &mut buf[done..] {
+            // SAFETY: as above, one byte inside the checked range.
+            *byte = unsafe { core::ptr::read_volatile(at as *const u8) };
+            at += 1;
+        }
+        Ok(())
+    }
+
+    /// Copies `data` into the guest's memory at `ipa`.
+    pub fn write(&self, ipa: u64, data: &[u8]) -> Result<(), GuestMemError> {
+        let dst = self
+            .host_addr(ipa, data.len())
+            .ok_or(GuestMemError::OutOfRange(Ipa(ipa)))?;
+        let mut at = dst;
+        let mut chunks = data.chunks_exact(8);
+        if dst.is_multiple_of(8) {
+            for chunk in &mut chunks {
+                let word = u64::from_ne_bytes(chunk.try_into().expect("8-byte chunk"));
+                // SAFETY: `at..at + 8` lies in the VM's RAM (host_addr checked
+                // the whole range), mapped read-write as `new`'s caller
+                // vouched, and holds no hypervisor object; aligned to 8.
+                unsafe { core::ptr::write_volatile(at as *mut u64, word) };
+                at += 8;
+            }
+        }
+        let done = at - dst;
+        for &byte in &data[done..] {
+            // SAFETY: as above, one byte inside the checked range.
+            unsafe { core::ptr::write_volatile(at as *mut u8, byte) };
+            at += 1;
+        }
+        Ok(())
+    }
+}
+
+impl GuestMemory for GuestRam {
+    fn read(&self, ipa: Ipa, buf: &mut [u8]) -> Result<(), GuestMemError> {
+        GuestRam::read(self, ipa.0, buf)
+    }
+
+    fn write(&self, ipa: Ipa, buf: &[u8]) -> Result<(), GuestMemError> {
+        GuestRam::write(self, ipa.0, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    /// Guest RAM over a host buffer, seen at IPA 0x4000_0000.
+    fn ram(backing: &mut [u64]) -> GuestRam {
+        let len = (backing.len() * 8) as u64;
+        // SAFETY: the buffer outlives every use in the test that made it.
+        unsafe {
+            GuestRam::new(
+                0x4000_0000..0x4000_0000 + len,
+                backing.as_mut_ptr() as usize,
+            )
+        }
+    }
+
+    #[test]
+    fn reads_back_what_was_written_at_any_alignment() {
+        let mut backing = vec![0u64; 8];
+        let r = ram(&mut backing);
+        let data: alloc::vec::Vec<u8> = (0..37u8).collect();
+        for offset in 0..8 {
+            r.write(0x4000_0000 + offset, &data).unwrap();
+            let mut back = vec![0u8; data.len()];
+            r.read(0x4000_0000 + offset, &mut back).unwrap();
+            assert_eq!(back, data, "offset {offset}");
+        }
+    }
+
+    #[test]
+    fn refuses_anything_not_entirely_inside() {
+        let mut backing = vec![0u64; 4];
+        let r = ram(&mut backing);
+        let mut buf = [0u8; 8];
+        assert!(r.read(0x4000_0000 + 25, &mut buf).is_err());
+        assert!(r.read(0x3fff_fff8, &mut buf).is_err());
+        assert!(r.write(u64::MAX - 3, &buf).is_err());
+        assert!(r.read(0x4000_0000 + 24, &mut buf).is_ok());
+        assert_eq!(r.host_addr(0x4000_0020, 1), None);
+    }
+}
