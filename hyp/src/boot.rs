@@ -3,11 +3,10 @@
 use crate::arch::{self, mmu, psci};
 use crate::console;
 use crate::mm::{self, FRAMES};
-use crate::pci;
 use crate::platform::{Platform, PsciConduit};
 use alloc::vec::Vec;
 use buddy_system_allocator::LockedHeap;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use log::{error, info, warn};
 use spin::Once;
 
@@ -102,7 +101,7 @@ extern "C" fn primary_main(dtb: u64) -> ! {
     let heap = heap_start..heap_start + HEAP_SIZE;
     if let Err(e) = map_everything(&platform, &image, &heap) {
         error!("cannot build the EL2 page tables: {e}");
-        stop(false);
+        crate::power::stop(false);
     }
     // SAFETY: map_everything mapped the image, heap, RAM and every device in use.
     unsafe { mmu::enable_primary() };
@@ -130,32 +129,28 @@ extern "C" fn primary_main(dtb: u64) -> ! {
         HEAP_SIZE / MIB
     );
 
-    EXIT_SEMIHOSTING.store(platform.has_bootarg("exit=semihosting"), Ordering::SeqCst);
+    crate::power::configure(platform.has_bootarg("exit=semihosting"), platform.psci);
+    arch::set_fatal_stop(crate::power::stop);
     let (ok, functions) = crate::init::run(&platform);
     match crate::vm::run::create(&platform, &functions) {
         Ok(true) => {
             footprint(&image, HEAP_SIZE);
             if !ok {
-                stop(false);
+                crate::power::stop(false);
             }
             crate::vm::run::start(&platform);
         }
         Ok(false) => {
             start_secondaries(&platform);
             footprint(&image, HEAP_SIZE);
-            stop(ok);
+            crate::power::stop(ok);
         }
         Err(e) => {
             error!("{e}: no guest is started");
-            stop(false);
+            crate::power::stop(false);
         }
     }
 }
-
-/// Whether to end the run with a semihosting exit (the runner enables
-/// semihosting and says so with `exit=semihosting`), so QEMU's exit status
-/// tells whether all went well.
-static EXIT_SEMIHOSTING: AtomicBool = AtomicBool::new(false);
 
 fn map_everything(
     p: &Platform,
@@ -192,11 +187,6 @@ fn map_everything(
         )?;
     }
     Ok(())
-}
-
-/// Maps a device range discovered after boot (e.g. a PCI BAR).
-pub fn map_device(base: u64, size: u64) -> Result<(), mmu::MapError> {
-    mmu::map(base, base + size, mmu::Mapping::Device)
 }
 
 fn start_secondaries(p: &Platform) {
@@ -260,44 +250,13 @@ fn footprint(image: &core::ops::Range<u64>, heap: u64) {
         mm::S2_CPU_MEM.bytes() / 1024,
         mm::TEST_MEM.name(),
         mm::TEST_MEM.bytes() / 1024,
-        crate::vm::run::GUEST_MEM.name(),
-        crate::vm::run::GUEST_MEM.bytes() >> 20,
+        mm::GUEST_MEM.name(),
+        mm::GUEST_MEM.bytes() >> 20,
     );
-}
-
-/// Ends the run: reports, then powers the machine off through PSCI.
-pub fn stop(ok: bool) -> ! {
-    if ok {
-        info!("hyp: all done, powering off");
-    } else {
-        console::emergency_write_fmt(format_args!("hyp: stopped after an error, powering off\n"));
-    }
-    if EXIT_SEMIHOSTING.load(Ordering::SeqCst) {
-        arch::semihosting_exit(if ok { 0 } else { 1 });
-    }
-    if let Some(&conduit) = PSCI.get() {
-        let _ = psci::system_off(conduit);
-    }
-    arch::halt();
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     console::emergency_write_fmt(format_args!("\nFATAL: hypervisor panic: {info}\n"));
-    stop(false);
-}
-
-/// Enumerates PCI on `p` (shared by the init steps).
-pub fn enumerate_pci(p: &Platform) -> Option<Vec<pci::Function>> {
-    let host = p.pci.as_ref()?;
-    // SAFETY: the ECAM region from the DTB was mapped as a device in
-    // map_everything.
-    let ecam = unsafe { pci::Ecam::new(host.ecam.base, host.ecam.size, host.bus_range.0) };
-    match pci::enumerate(&ecam, host) {
-        Ok(fns) => Some(fns),
-        Err(e) => {
-            error!("PCI: {e}");
-            None
-        }
-    }
+    crate::power::stop(false);
 }

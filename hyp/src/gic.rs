@@ -7,7 +7,6 @@
 //! (ICV_* registers, filled through the ICH_LR<n>_EL2 list registers).
 
 use crate::platform::Gic;
-use core::arch::asm;
 use core::ptr::NonNull;
 use log::warn;
 use spin::Once;
@@ -177,29 +176,7 @@ pub fn init_cpu(mpidr: u64) {
         gicr::ISENABLER0,
         (1 << SGI_KICK) | (1 << PPI_MAINTENANCE) | (1 << PPI_VTIMER),
     );
-    // SAFETY: GIC CPU interface system registers of this CPU at EL2.
-    unsafe {
-        asm!(
-            // ICC_SRE_EL2: SRE | Enable (EL1 may use the system registers).
-            "mrs {t}, icc_sre_el2",
-            "orr {t}, {t}, #0x1",
-            "orr {t}, {t}, #0x8",
-            "msr icc_sre_el2, {t}",
-            "isb",
-            "mov {t}, #0xff",
-            "msr icc_pmr_el1, {t}",
-            "msr icc_bpr1_el1, xzr",
-            // ICC_CTLR_EL1.EOImode = 1.
-            "mrs {t}, icc_ctlr_el1",
-            "orr {t}, {t}, #0x2",
-            "msr icc_ctlr_el1, {t}",
-            "mov {t}, #1",
-            "msr icc_igrpen1_el1, {t}",
-            "isb",
-            t = out(reg) _,
-            options(nostack),
-        );
-    }
+    crate::arch::gicv3::init_cpu_interface();
 }
 
 /// Routes SPI `intid` to the CPU with affinity `mpidr`, level or edge, and
@@ -236,27 +213,6 @@ pub fn spi_pending(intid: u32) -> bool {
     r32(regs().dist, gicd::ISPENDR + n / 32 * 4) & (1 << (n % 32)) != 0
 }
 
-/// Acknowledges the highest-priority pending interrupt (ICC_IAR1_EL1).
-pub fn ack() -> u32 {
-    let v: u64;
-    // SAFETY: reading IAR acknowledges an interrupt; the caller EOIs it.
-    unsafe { asm!("mrs {}, icc_iar1_el1", out(reg) v, options(nostack)) };
-    v as u32 & 0xff_ffff
-}
-
-/// Drops the running priority for `intid` (ICC_EOIR1_EL1; EOImode=1, so it
-/// stays active until `deactivate`).
-pub fn eoi(intid: u32) {
-    // SAFETY: EOI of an interrupt this CPU acknowledged.
-    unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) u64::from(intid), options(nostack)) };
-}
-
-/// Deactivates `intid` (ICC_DIR_EL1).
-pub fn deactivate(intid: u32) {
-    // SAFETY: deactivation of an interrupt this CPU acknowledged.
-    unsafe { asm!("msr icc_dir_el1, {}", "isb", in(reg) u64::from(intid), options(nostack)) };
-}
-
 /// Sends SGI `sgi` to the CPU with affinity `mpidr`.
 pub fn send_sgi(mpidr: u64, sgi: u32) {
     let aff1 = (mpidr >> 8) & 0xff;
@@ -264,6 +220,5 @@ pub fn send_sgi(mpidr: u64, sgi: u32) {
     let aff3 = (mpidr >> 32) & 0xff;
     let aff0 = mpidr & 0xf;
     let v = (aff3 << 48) | (aff2 << 32) | (u64::from(sgi) << 24) | (aff1 << 16) | (1 << aff0);
-    // SAFETY: generating an SGI has no memory effects.
-    unsafe { asm!("msr icc_sgi1r_el1, {}", "isb", in(reg) v, options(nostack)) };
+    crate::arch::gicv3::write_sgi1r(v);
 }

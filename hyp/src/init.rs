@@ -1,11 +1,11 @@
 //! What the hypervisor sets up once it has memory and a console: the SMMU
 //! (before any device can DMA), PCI, and the boot self-tests.
 
-use crate::boot;
 use crate::iommu;
 use crate::pci::{self, Function};
 use crate::platform::Platform;
 use crate::selftest;
+use alloc::vec::Vec;
 use log::{error, info, warn};
 
 /// Runs the init steps; returns whether all went well, and the PCI
@@ -19,7 +19,7 @@ pub fn run(p: &Platform) -> (bool, alloc::vec::Vec<Function>) {
         warn!("PCI: bus mastering stays off on every function: nothing can DMA");
     }
 
-    let fns = match boot::enumerate_pci(p) {
+    let fns = match enumerate_pci(p) {
         None => {
             warn!("PCI: no host bridge");
             alloc::vec::Vec::new()
@@ -81,7 +81,9 @@ fn report_function(f: &Function) {
                     "  BAR{} {:?} {:#x} bytes at {a:#x}",
                     b.index, b.kind, b.size
                 );
-                if let Err(e) = boot::map_device(a, b.size) {
+                if let Err(e) =
+                    crate::arch::mmu::map(a, a + b.size, crate::arch::mmu::Mapping::Device)
+                {
                     warn!("  BAR{} cannot be mapped: {e}", b.index);
                 }
             }
@@ -102,4 +104,19 @@ fn deliberate_fault() {
     // stops the machine; nothing observes a value.
     let v = unsafe { core::ptr::read_volatile(UNMAPPED as *const u64) };
     warn!("read {v:#x} from an unmapped address: the EL2 map is wrong");
+}
+
+/// Enumerates PCI on `p`.
+fn enumerate_pci(p: &Platform) -> Option<Vec<pci::Function>> {
+    let host = p.pci.as_ref()?;
+    // SAFETY: the ECAM region from the DTB was mapped as a device in
+    // map_everything.
+    let ecam = unsafe { pci::Ecam::new(host.ecam.base, host.ecam.size, host.bus_range.0) };
+    match pci::enumerate(&ecam, host) {
+        Ok(fns) => Some(fns),
+        Err(e) => {
+            error!("PCI: {e}");
+            None
+        }
+    }
 }

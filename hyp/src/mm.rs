@@ -41,18 +41,8 @@ pub fn subtract(ranges: &[Range<u64>], holes: &[Range<u64>]) -> alloc::vec::Vec<
 unsafe fn zero(pa: u64, len: usize) {
     #[cfg(target_os = "none")]
     {
-        let dczid: u64;
-        // SAFETY: reading DCZID_EL0 has no side effects.
-        unsafe { core::arch::asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack)) };
-        let block = 4usize << (dczid & 0xf);
-        if dczid & (1 << 4) == 0 && block <= PAGE_SIZE {
-            let mut p = pa as usize;
-            while p < pa as usize + len {
-                // SAFETY: `p` is inside the range (page aligned, so block
-                // aligned), which the caller vouches for.
-                unsafe { core::arch::asm!("dc zva, {}", in(reg) p, options(nostack)) };
-                p += block;
-            }
+        // SAFETY: forwarded from the caller; the range is page aligned.
+        if unsafe { crate::arch::zero_by_blocks(pa as usize, len, PAGE_SIZE) } {
             return;
         }
     }
@@ -195,6 +185,8 @@ pub static SMMU_MEM: Accounted = Accounted::new("SMMU tables and queues");
 pub static S2_CPU_MEM: Accounted = Accounted::new("VM stage-2 tables");
 /// Buffers of the boot self-tests.
 pub static TEST_MEM: Accounted = Accounted::new("self-test buffers");
+/// Guest RAM.
+pub static GUEST_MEM: Accounted = Accounted::new("guest memory");
 
 #[cfg(test)]
 mod tests {

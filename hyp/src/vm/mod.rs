@@ -1,16 +1,47 @@
-//! Virtual machines: what the hypervisor emulates for each guest, and (on
-//! the bare-metal target) the runtime that creates VMs from the scenario and
-//! handles their traps.
+//! The VMM: virtual machines, their vCPUs' traps, and the devices they see.
+//!
+//! Host-tested (they run against `arch::fake` and a recording [`Machine`]):
+//! - [`vm`]: one VM's state, its [`Machine`] interface to the hardware,
+//!   and stop ordering;
+//! - [`trap`]: the synchronous trap dispatcher ([`exit`] decodes ESR_EL2,
+//!   [`mmio`] a data abort's access, [`exception`] injects exceptions);
+//! - [`bus`]: the MMIO bus that routes a guest access to one emulated
+//!   device ([`devices`]: UART, GIC distributor/redistributors, counters
+//!   page, PCI host bridge, vSMMU registers), refusing overlaps;
+//! - [`psci`]: PSCI 1.1 / SMCCC 1.1 as a pure function;
+//! - [`intx`]: forwarded INTx lines, masked while their guest handles them
+//!   and resampled at its deactivation;
+//! - [`ram`], [`vuart`], [`console_mux`].
+//!
+//! Bare-metal only: [`run`] (the runtime: physical CPUs, interrupts, the
+//! real [`Machine`]), [`build`] (VMs from the scenario), [`assign`] (PCI
+//! functions), [`vsmmu`] (the vSMMU wired to the physical SMMU).
+//!
+//! [`Machine`]: vm::Machine
 
+pub mod bus;
 pub mod console_mux;
+pub mod devices;
+pub mod exception;
+pub mod exit;
+pub mod image;
+pub mod intx;
 pub mod mmio;
 pub mod psci;
 pub mod ram;
+pub mod trap;
+#[allow(clippy::module_inception)]
+pub mod vm;
 pub mod vuart;
 
 #[cfg(target_os = "none")]
 pub mod assign;
 #[cfg(target_os = "none")]
+pub mod build;
+#[cfg(target_os = "none")]
 pub mod run;
 #[cfg(target_os = "none")]
 pub mod vsmmu;
+
+#[cfg(test)]
+mod tests;

@@ -36,6 +36,11 @@ impl GuestRam {
         Self { ipa, host }
     }
 
+    /// The IPA range of the VM's RAM.
+    pub fn ipa_range(&self) -> Range<u64> {
+        self.ipa.clone()
+    }
+
     /// The host address of `[ipa, ipa + len)`, if it lies in the VM's RAM.
     pub fn host_addr(&self, ipa: u64, len: usize) -> Option<usize> {
         let end = ipa.checked_add(len as u64)?;

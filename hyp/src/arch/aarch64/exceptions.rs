@@ -1,25 +1,14 @@
 //! Rust side of the EL2 exception vectors.
 //!
-//! The hypervisor runs no guests yet, so every exception that reaches EL2 is
-//! unexpected: it is reported with a decoded syndrome and the machine stops.
+//! Traps from a guest (lower EL, AArch64) go to the handler the VM runtime
+//! registered with [`set_guest_trap_handler`]; anything else that reaches
+//! EL2 is a hypervisor bug: it is reported with a decoded syndrome and the
+//! machine stops.
 
+use super::super::TrapFrame;
 use crate::esr::Syndrome;
 use aarch64_cpu::registers::{Readable, ESR_EL2, FAR_EL2};
-
-/// Registers saved by `vectors.S`; the layout is fixed by that file.
-#[repr(C)]
-#[derive(Debug)]
-pub struct TrapFrame {
-    /// x0 to x30.
-    pub x: [u64; 31],
-    /// ELR_EL2: the return address.
-    pub elr: u64,
-    /// SPSR_EL2: the saved state.
-    pub spsr: u64,
-    _pad: u64,
-}
-
-const _: () = assert!(core::mem::size_of::<TrapFrame>() == 272);
+use spin::Once;
 
 const VECTOR_NAMES: [&str; 16] = [
     "synchronous, current EL with SP_EL0",
@@ -40,23 +29,31 @@ const VECTOR_NAMES: [&str; 16] = [
     "SError, lower EL (AArch32)",
 ];
 
-impl TrapFrame {
-    /// All registers zero.
-    pub const fn zeroed() -> Self {
-        Self {
-            x: [0; 31],
-            elr: 0,
-            spsr: 0,
-            _pad: 0,
-        }
-    }
+/// Handles a trap from a guest: the frame and the vector index (8
+/// synchronous, 9 IRQ, 10 FIQ, 11 SError).
+pub type GuestTrapHandler = fn(&mut TrapFrame, u64);
+
+static GUEST_TRAP: Once<GuestTrapHandler> = Once::new();
+static STOP: Once<fn(bool) -> !> = Once::new();
+
+/// Sets the handler of traps from guests (once, before any guest runs).
+pub fn set_guest_trap_handler(handler: GuestTrapHandler) {
+    GUEST_TRAP.call_once(|| handler);
+}
+
+/// Sets how the machine stops after an unexpected exception (the boot
+/// code's power-off with a failure status); until then the CPU halts.
+pub fn set_fatal_stop(stop: fn(bool) -> !) {
+    STOP.call_once(|| stop);
 }
 
 #[unsafe(no_mangle)]
 extern "C" fn exception_entry(frame: &mut TrapFrame, vector: u64) {
     if (8..12).contains(&vector) {
-        crate::vm::run::handle_trap(frame, vector);
-        return;
+        if let Some(handler) = GUEST_TRAP.get() {
+            handler(frame, vector);
+            return;
+        }
     }
     let esr = Syndrome(ESR_EL2.get());
     let far = FAR_EL2.get();
@@ -71,5 +68,8 @@ extern "C" fn exception_entry(frame: &mut TrapFrame, vector: u64) {
         frame.x[2],
         frame.x[30],
     ));
-    crate::stop(false);
+    match STOP.get() {
+        Some(stop) => stop(false),
+        None => super::halt(),
+    }
 }

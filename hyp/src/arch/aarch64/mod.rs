@@ -1,13 +1,18 @@
 //! AArch64-specific code: boot assembly, exception vectors, the EL2 MMU,
-//! timers and PSCI. Compiled only for the bare-metal target.
+//! timers, the GIC CPU interface and PSCI. Compiled only for the
+//! bare-metal target; `super::fake` mirrors what the rest of the hypervisor
+//! uses of it.
 
 pub mod exceptions;
+pub mod gicv3;
 pub mod guest;
 pub mod mmu;
 pub mod psci;
 
-use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTPCT_EL0, MPIDR_EL1};
+use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTPCT_EL0, MPIDR_EL1, TPIDR_EL2};
 use core::arch::global_asm;
+
+pub use exceptions::{set_fatal_stop, set_guest_trap_handler};
 
 global_asm!(include_str!("entry.S"));
 global_asm!(include_str!("vectors.S"));
@@ -103,10 +108,40 @@ pub fn vmid_bits() -> u32 {
     }
 }
 
-/// FAR_EL2.
-pub fn far() -> u64 {
-    use aarch64_cpu::registers::FAR_EL2;
-    FAR_EL2.get()
+/// This physical CPU's index (TPIDR_EL2, set at boot).
+pub fn cpu_index() -> usize {
+    TPIDR_EL2.get() as usize
+}
+
+/// Waits for an interrupt (WFI).
+pub fn wait_for_interrupt() {
+    aarch64_cpu::asm::wfi();
+}
+
+/// Zeroes `[pa, pa + len)` with `DC ZVA` when the CPU allows it and its
+/// block size divides `align`; returns false (nothing done) otherwise.
+///
+/// # Safety
+///
+/// The range is identity-mapped Normal memory that nothing else uses, and
+/// `pa` and `len` are multiples of `align`.
+pub unsafe fn zero_by_blocks(pa: usize, len: usize, align: usize) -> bool {
+    let dczid: u64;
+    // SAFETY: reading DCZID_EL0 has no side effects.
+    unsafe { core::arch::asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack)) };
+    let block = 4usize << (dczid & 0xf);
+    if dczid & (1 << 4) != 0 || block > align {
+        return false;
+    }
+    let mut p = pa;
+    while p < pa + len {
+        // SAFETY: `p` is inside the range and block aligned (the range is
+        // `align` aligned and block divides align), which the caller vouches
+        // for.
+        unsafe { core::arch::asm!("dc zva, {}", in(reg) p, options(nostack)) };
+        p += block;
+    }
+    true
 }
 
 /// Ends the run through Arm semihosting SYS_EXIT with `code` as QEMU's

@@ -1,0 +1,58 @@
+//! The EL2 hypervisor.
+//!
+//! Boot flow (see docs/ARCHITECTURE.md): `entry.S` -> [`boot::primary_main`]:
+//! heap, DTB, console, EL2 MMU, page frames, SMMU (fail-closed), PCI,
+//! secondary CPUs, self-tests, footprint report.
+//!
+//! Built for `aarch64-unknown-none` by `./hv build` (the `hyp` binary is
+//! this library linked with `linker/hyp.ld`). On the host the modules that
+//! do not touch the hardware are compiled, for their unit tests and for the
+//! fuzz targets.
+
+#![cfg_attr(target_os = "none", no_std)]
+#![cfg_attr(not(target_os = "none"), allow(dead_code))]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+extern crate alloc;
+
+mod arch;
+mod console;
+mod esr;
+mod guest_fdt;
+mod mm;
+mod pci;
+mod platform;
+mod vgic;
+mod vgic_hw;
+mod vm;
+mod vpci;
+
+#[cfg(target_os = "none")]
+mod boot;
+#[cfg(target_os = "none")]
+mod edu;
+#[cfg(target_os = "none")]
+mod gic;
+#[cfg(target_os = "none")]
+mod init;
+#[cfg(target_os = "none")]
+mod iommu;
+#[cfg(target_os = "none")]
+mod power;
+#[cfg(target_os = "none")]
+mod selftest;
+#[cfg(target_os = "none")]
+mod smmu_hw;
+
+/// Microseconds since reset, for log timestamps.
+pub fn now_us() -> u64 {
+    #[cfg(target_os = "none")]
+    {
+        arch::uptime_us()
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        0
+    }
+}

@@ -1,0 +1,423 @@
+//! Building the VMs a scenario describes: RAM, the stage-2 address space
+//! (an IOMMU domain's table when the machine has an SMMU), assigned PCI
+//! functions, the vSMMU, images loaded as a boot loader would, the guest's
+//! device tree, and the emulated devices on its MMIO bus.
+//!
+//! The CPU and the SMMU share each VM's stage-2 table (one VMID, one IPA
+//! space per VM): a device assigned to the VM sees exactly the memory the
+//! CPU does, one set of tables is kept consistent, and one VMID tags both
+//! TLBs. The VM's map is fixed once built (no ballooning), so the CPU-side
+//! TLB maintenance that sharing would otherwise require on every change
+//! (the SMMU ignores broadcast TLBIs, CR2.PTM) does not arise; changes
+//! later must invalidate both sides. Everything else in the guest's address
+//! space is unmapped, so touching it traps: the bus's devices answer,
+//! anything else gets an external abort.
+
+use super::assign::{self, AssignedDevice};
+use super::devices::{
+    CountersPage, GicDistributor, GicRedistributors, PciHostBridge, Uart, VsmmuRegisters,
+};
+use super::ram::GuestRam;
+use super::vm::{VirtualIommu, Vm, UART_INTID};
+use super::vsmmu::VmVsmmu;
+use crate::arch::{self, guest};
+use crate::guest_fdt::{self, GuestDt};
+use crate::mm::{self, GUEST_MEM};
+use crate::platform::Platform;
+use crate::vgic::VGic;
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use log::info;
+use scenario::guest_layout as layout;
+use smmu::addr::{Ipa, StreamId, Vmid};
+use smmu::event::Event;
+use smmu::hw::{PageAllocator, PAGE_SIZE};
+use smmu::stage2::{S2Attrs, Stage2};
+
+/// IPA size of every VM.
+const IPA_BITS: u32 = 40;
+/// SPIs the virtual GIC implements.
+const NR_SPIS: u32 = 32;
+/// Guest INTIDs of the vSMMU's event-queue and global-error interrupts.
+const VSMMU_IRQS: (u32, u32) = (48, 49);
+
+/// Why a scenario could not be started.
+#[derive(Debug)]
+pub enum StartError {
+    /// The bundle or the scenario in it is malformed.
+    Scenario(String),
+    /// The machine cannot hold what the scenario asks for.
+    Resources(String),
+}
+
+impl core::fmt::Display for StartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Scenario(s) => write!(f, "bad scenario: {s}"),
+            Self::Resources(s) => write!(f, "cannot build the VMs: {s}"),
+        }
+    }
+}
+
+fn resources(msg: impl Into<String>) -> StartError {
+    StartError::Resources(msg.into())
+}
+
+/// What the runtime keeps of a VM beside the VM itself: the hardware it
+/// holds and where its first vCPU starts.
+#[derive(Debug)]
+pub struct Built {
+    /// The VM.
+    pub vm: Vm,
+    /// Its assigned PCI functions.
+    pub devices: Vec<AssignedDevice>,
+    /// Its VMID.
+    pub vmid: Vmid,
+    /// vCPU 0's entry point and x0 (the device tree).
+    pub start: (u64, u64),
+    /// Owner of the stage-2 table, kept for as long as the VM may run.
+    pub space: Space,
+}
+
+/// Who owns a VM's stage-2 table.
+#[derive(Debug)]
+pub enum Space {
+    /// An IOMMU domain's: the SMMU walks the same table for the VM's
+    /// devices, under the same VMID.
+    Domain(smmu::domain::DomainId),
+    /// The VM's own (no SMMU on this machine).
+    Own(#[allow(dead_code)] Box<Stage2>),
+}
+
+impl VirtualIommu for VmVsmmu {
+    fn mmio(&mut self, offset: u64, size: u8, write: bool, value: u64) -> (u64, Vec<u32>) {
+        self.access(offset, size, write, value)
+    }
+
+    fn owns_event(&self, e: &Event) -> bool {
+        VmVsmmu::owns_event(self, e)
+    }
+
+    fn inject_fault(&mut self, e: &Event) -> Option<u32> {
+        VmVsmmu::inject_fault(self, e)
+    }
+
+    fn stats(&self) -> (u64, u64) {
+        self.stats
+    }
+}
+
+/// Builds the VMs of the scenario in the boot bundle, giving them physical
+/// CPUs from 0 in order (`cpus` is how many the machine has). Returns no
+/// VMs when the bundle has none (a machine-only scenario).
+pub fn create(
+    p: &Platform,
+    functions: &[crate::pci::Function],
+    cpus: usize,
+) -> Result<Vec<Built>, StartError> {
+    let Some(region) = &p.initrd else {
+        return Ok(Vec::new());
+    };
+    let (base, len) = (region.base as *const u8, region.size as usize);
+    // SAFETY: the boot loader put the bundle there (DTB /chosen): RAM mapped
+    // by map_everything, reserved from the frame allocator by boot, never
+    // written after boot.
+    let blob = unsafe { core::slice::from_raw_parts(base, len) };
+    let (sc, bundle) = scenario::Scenario::from_bundle(blob)
+        .map_err(|e| StartError::Scenario(alloc::format!("{e}")))?;
+    let want: usize = sc.vms.iter().map(|v| v.cpus as usize).sum();
+    if want > cpus {
+        return Err(resources(alloc::format!(
+            "{want} vCPUs need {want} physical CPUs, the machine has {cpus}"
+        )));
+    }
+    let mut vms = Vec::new();
+    let mut next_pcpu = 0;
+    for (index, spec) in sc.vms.iter().enumerate() {
+        let pcpus: Vec<usize> = (next_pcpu..next_pcpu + spec.cpus as usize).collect();
+        next_pcpu += spec.cpus as usize;
+        vms.push(build_vm(index, spec, pcpus, &bundle, p, functions)?);
+    }
+    Ok(vms)
+}
+
+fn build_vm(
+    index: usize,
+    spec: &scenario::VmSpec,
+    pcpus: Vec<usize>,
+    bundle: &scenario::bundle::Bundle<'_>,
+    p: &Platform,
+    functions: &[crate::pci::Function],
+) -> Result<Built, StartError> {
+    let size = spec.memory;
+    let ram = spec.ram_base..spec.ram_base + size;
+    let pages = (size / PAGE_SIZE as u64) as usize;
+    let ram_pa = GUEST_MEM.alloc_pages(pages, 2 << 20).ok_or_else(|| {
+        resources(alloc::format!(
+            "VM {}: no {} MiB of contiguous RAM left",
+            spec.name,
+            size >> 20
+        ))
+    })?;
+    // SAFETY: the VM's RAM block was just allocated for it alone, and the
+    // EL2 identity map covers all RAM for the hypervisor's lifetime.
+    let guest_ram = unsafe { GuestRam::new(ram.clone(), ram_pa.raw() as usize) };
+
+    let (vmid, cfg, space) = address_space(&spec.name, index, ram.start, ram_pa, size)?;
+    let assignment = if spec.devices.is_empty() {
+        None
+    } else {
+        let domain = match &space {
+            Space::Domain(id) => Some(*id),
+            Space::Own(_) => None,
+        };
+        Some(
+            assign::assign(&spec.name, index, &spec.devices, functions, p, domain)
+                .map_err(|e| resources(alloc::format!("VM {}: {e}", spec.name)))?,
+        )
+    };
+    let controls = guest::GuestControls {
+        vttbr: cfg.root.raw() | (u64::from(vmid.0) << 48),
+        vtcr: arch::vtcr(cfg.t0sz, cfg.sl0, cfg.ps),
+        vmpidr: 0,
+    };
+
+    let vsmmu = if spec.vsmmu {
+        Some(vsmmu_for(
+            &spec.name,
+            &space,
+            assignment.as_ref(),
+            guest_ram.clone(),
+            vmid,
+        )?)
+    } else {
+        None
+    };
+
+    // Images, as a boot loader would place them (Linux booting.rst).
+    let load = |ipa: u64, data: &[u8], what: &str| {
+        guest_ram
+            .write(ipa, data)
+            .map_err(|e| resources(alloc::format!("VM {}: {what}: {e}", spec.name)))
+    };
+    let kernel = bundle.get(&spec.kernel).ok_or_else(|| {
+        StartError::Scenario(alloc::format!(
+            "VM {}: kernel {} not in the bundle",
+            spec.name,
+            spec.kernel
+        ))
+    })?;
+    let (text_offset, image_size) = super::image::header(kernel);
+    let kernel_ipa = ram.start + text_offset;
+    let kernel_end = kernel_ipa + image_size.max(kernel.len() as u64);
+    let dtb_ipa = ram.end - (2 << 20);
+    let mut initrd_range = None;
+    if let Some(name) = &spec.initrd {
+        let data = bundle.get(name).ok_or_else(|| {
+            StartError::Scenario(alloc::format!(
+                "VM {}: initrd {name} not in the bundle",
+                spec.name
+            ))
+        })?;
+        let start = dtb_ipa.saturating_sub(data.len() as u64) & !0xfff;
+        if start < kernel_end {
+            return Err(resources(alloc::format!(
+                "VM {}: kernel and initrd do not fit in {} MiB",
+                spec.name,
+                size >> 20
+            )));
+        }
+        load(start, data, "initrd")?;
+        initrd_range = Some((start, start + data.len() as u64));
+    }
+    if kernel_end > dtb_ipa {
+        return Err(resources(alloc::format!(
+            "VM {}: kernel does not fit in {} MiB",
+            spec.name,
+            size >> 20
+        )));
+    }
+    load(kernel_ipa, kernel, "kernel")?;
+
+    let dt = GuestDt {
+        name: spec.name.clone(),
+        cpus: spec.cpus,
+        ram_base: ram.start,
+        ram_size: size,
+        gic_dist: (layout::GICD_BASE, layout::GICD_SIZE),
+        gic_redist: (
+            layout::GICR_BASE,
+            layout::GICR_STRIDE * u64::from(spec.cpus),
+        ),
+        uart: (layout::UART_BASE, layout::UART_SIZE, UART_INTID - 32),
+        bootargs: spec.cmdline.clone(),
+        initrd: initrd_range,
+        pci: assignment.as_ref().map(|a| a.dt.clone()),
+        vsmmu: vsmmu.as_ref().map(|_| {
+            (
+                layout::VSMMU_BASE,
+                layout::VSMMU_SIZE,
+                VSMMU_IRQS.0 - 32,
+                VSMMU_IRQS.1 - 32,
+            )
+        }),
+        counters: Some((layout::COUNTERS_BASE, layout::COUNTERS_SIZE)),
+    };
+    let blob = guest_fdt::build(&dt)
+        .map_err(|e| resources(alloc::format!("VM {}: device tree: {e}", spec.name)))?;
+    if blob.len() > 2 << 20 {
+        return Err(resources(alloc::format!(
+            "VM {}: device tree too large",
+            spec.name
+        )));
+    }
+    load(dtb_ipa, &blob, "device tree")?;
+
+    let mpidrs: Vec<u64> = (0..u64::from(spec.cpus)).collect();
+    let vgic = VGic::new(&mpidrs, NR_SPIS)
+        .map_err(|e| resources(alloc::format!("VM {}: virtual GIC: {e:?}", spec.name)))?;
+    info!(
+        "VM {}: {} vCPU(s) on physical CPU(s) {:?}, {} MiB RAM at IPA {:#x} (PA {}), VMID {}, kernel {} KiB at {kernel_ipa:#x}{}",
+        spec.name,
+        spec.cpus,
+        pcpus,
+        size >> 20,
+        ram.start,
+        ram_pa,
+        vmid.0,
+        kernel.len() / 1024,
+        initrd_range.map_or(String::new(), |(s, e)| alloc::format!(", initrd {} KiB at {s:#x}", (e - s) / 1024)),
+    );
+
+    let mut vm = Vm::new(spec.name.clone(), index, guest_ram, controls, pcpus, vgic);
+    let (pci, assigned) = match assignment {
+        Some(assign::Assignment { bus, devices, .. }) => match assign::config() {
+            Some(cfg) => (PciHostBridge::new(bus, cfg), devices),
+            None => (PciHostBridge::empty(), devices),
+        },
+        None => (PciHostBridge::empty(), Vec::new()),
+    };
+    let gicr_size = layout::GICR_STRIDE * u64::from(spec.cpus);
+    let devices: [(u64, u64, Box<dyn super::bus::MmioDevice>); 5] = [
+        (layout::UART_BASE, layout::UART_SIZE, Box::new(Uart)),
+        (
+            layout::GICD_BASE,
+            layout::GICD_SIZE,
+            Box::new(GicDistributor),
+        ),
+        (
+            layout::GICR_BASE,
+            gicr_size,
+            Box::new(GicRedistributors {
+                stride: layout::GICR_STRIDE,
+            }),
+        ),
+        (
+            layout::COUNTERS_BASE,
+            layout::COUNTERS_SIZE,
+            Box::new(CountersPage),
+        ),
+        (layout::PCI_ECAM_BASE, layout::PCI_ECAM_SIZE, Box::new(pci)),
+    ];
+    for (base, size, device) in devices {
+        vm.bus
+            .insert(base, size, device)
+            .map_err(|e| resources(alloc::format!("VM {}: device map: {e}", spec.name)))?;
+    }
+    if let Some(v) = vsmmu {
+        vm.bus
+            .insert(
+                layout::VSMMU_BASE,
+                layout::VSMMU_SIZE,
+                Box::new(VsmmuRegisters),
+            )
+            .map_err(|e| resources(alloc::format!("VM {}: device map: {e}", spec.name)))?;
+        vm.vsmmu = Some(spin::Mutex::new(Box::new(v)));
+    }
+    Ok(Built {
+        vm,
+        devices: assigned,
+        vmid,
+        start: (kernel_ipa, dtb_ipa),
+        space,
+    })
+}
+
+/// Builds the vSMMU of a VM: it advertises stage 1 only, with what the
+/// physical SMMU supports, in front of the VM's assigned functions.
+fn vsmmu_for(
+    name: &str,
+    space: &Space,
+    assignment: Option<&assign::Assignment>,
+    mem: GuestRam,
+    vmid: Vmid,
+) -> Result<VmVsmmu, StartError> {
+    let fail = |what: &str| resources(alloc::format!("VM {name}: vSMMU: {what}"));
+    let Space::Domain(domain) = space else {
+        return Err(fail("needs a physical SMMU with stage 2"));
+    };
+    let host = crate::iommu::get().ok_or_else(|| fail("no SMMU"))?;
+    let h = host.lock();
+    let features = *h.iommu.smmu_ref().features();
+    if !features.s1p {
+        return Err(fail("the physical SMMU has no stage 1 to nest"));
+    }
+    let d = h.iommu.domain(*domain).ok_or_else(|| fail("no domain"))?;
+    let s2 = smmu::domain::s2_config(d, features.cohacc);
+    // SubstreamIDs as the physical SMMU allows them (the architectural
+    // maximum is 20 bits): guest multi-PASID CD tables are nested as they
+    // are, so the physical SMMU is what bounds them.
+    const MAX_SSID_BITS: u8 = 20;
+    let policy = smmu::vsmmu::VsmmuPolicy::from_physical(&features, IPA_BITS as u8, MAX_SSID_BITS);
+    let mut map: BTreeMap<u32, StreamId> = BTreeMap::new();
+    if let Some(a) = assignment {
+        for (i, dev) in a.devices.iter().enumerate() {
+            // Guest requester ID of virtual 00:(i+1).0 = its StreamID.
+            map.insert(((i as u32) + 1) << 3, dev.sid);
+        }
+    }
+    Ok(VmVsmmu::new(
+        policy, map, mem, *domain, vmid, s2, VSMMU_IRQS,
+    ))
+}
+
+/// Builds a VM's IPA space: RAM at `ipa` backed by `pa`. Returns the VMID,
+/// the table's configuration for VTTBR/VTCR, and its owner.
+fn address_space(
+    name: &str,
+    index: usize,
+    ipa: u64,
+    pa: smmu::addr::PhysAddr,
+    size: u64,
+) -> Result<(Vmid, smmu::stage2::Stage2Config, Space), StartError> {
+    let fail = |what: &str, e: &dyn core::fmt::Display| {
+        resources(alloc::format!("VM {name}: {what}: {e}"))
+    };
+    if let Some(host) = crate::iommu::get() {
+        let mut h = host.lock();
+        let id = h
+            .iommu
+            .create_domain(IPA_BITS)
+            .map_err(|e| fail("IOMMU domain", &e))?;
+        h.iommu
+            .map(id, Ipa(ipa), pa, size, S2Attrs::NORMAL_RWX)
+            .map_err(|e| fail("stage-2 map", &e))?;
+        let d = h.iommu.domain(id).expect("domain just created");
+        let vmid = d.vmid();
+        if u32::from(vmid.0) >> arch::vmid_bits() != 0 {
+            return Err(fail(
+                "VMID",
+                &alloc::format!("{} does not fit the CPU's VMID width", vmid.0),
+            ));
+        }
+        return Ok((vmid, d.stage2().config(), Space::Domain(id)));
+    }
+    let mut s2 = Stage2::new(&mm::S2_CPU_MEM, IPA_BITS, arch::pa_bits().min(48))
+        .map_err(|e| fail("stage 2", &e))?;
+    s2.map(&mm::S2_CPU_MEM, Ipa(ipa), pa, size, S2Attrs::NORMAL_RWX)
+        .map_err(|e| fail("stage-2 map", &e))?;
+    let cfg = s2.config();
+    Ok((Vmid((index + 1) as u16), cfg, Space::Own(Box::new(s2))))
+}

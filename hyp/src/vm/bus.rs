@@ -1,0 +1,238 @@
+//! The MMIO bus of one VM: which emulated device answers a guest access to
+//! an address that its stage 2 leaves unmapped.
+//!
+//! Every emulated device implements [`MmioDevice`] and is registered for
+//! one address range; [`MmioBus::insert`] refuses a range that overlaps one
+//! already registered, so no address can reach two devices. An access no
+//! range claims gets the architected external abort from the trap handler.
+//! (cloud-hypervisor's `vm-device` `Bus`/`BusDevice` is the model.)
+
+use super::vm::{Machine, Vm};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+
+/// What a device's access handler may use: its VM, the trapping vCPU, and
+/// the machine (to kick vCPUs, print console lines).
+pub struct MmioContext<'a> {
+    /// The VM the access came from.
+    pub vm: &'a Vm,
+    /// The vCPU that made it.
+    pub vcpu: usize,
+    /// The physical side.
+    pub machine: &'a dyn Machine,
+}
+
+impl fmt::Debug for MmioContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MmioContext")
+            .field("vm", &self.vm.name)
+            .field("vcpu", &self.vcpu)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One access, after decoding: the offset inside the device's range, its
+/// size in bytes (1, 2, 4 or 8) and, for a write, the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// Offset from the start of the device's range.
+    pub offset: u64,
+    /// Bytes: 1, 2, 4 or 8.
+    pub size: u8,
+}
+
+/// A device a guest reaches through MMIO traps.
+///
+/// Devices keep their own state behind their own locks (the bus is shared
+/// by the VM's vCPUs); an access a device does not implement reads as zero
+/// and ignores writes unless the device's architecture says otherwise.
+pub trait MmioDevice: Send + Sync {
+    /// A short name for reports ("vUART", "GIC distributor").
+    fn name(&self) -> &'static str;
+    /// A guest read; returns the value (the low `size` bytes count).
+    fn read(&self, ctx: &MmioContext<'_>, access: Access) -> u64;
+    /// A guest write of `value` (its low `size` bytes).
+    fn write(&self, ctx: &MmioContext<'_>, access: Access, value: u64);
+}
+
+/// Why a device could not be registered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusError {
+    /// The range is empty or wraps around the address space.
+    BadRange(Range<u64>),
+    /// The range overlaps a device already on the bus.
+    Overlap {
+        /// The device being added.
+        new: &'static str,
+        /// The device already there.
+        existing: &'static str,
+        /// Where they overlap.
+        at: Range<u64>,
+    },
+}
+
+impl fmt::Display for BusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadRange(r) => write!(f, "empty MMIO range {:#x}..{:#x}", r.start, r.end),
+            Self::Overlap { new, existing, at } => write!(
+                f,
+                "{new} overlaps {existing} at {:#x}..{:#x}",
+                at.start, at.end
+            ),
+        }
+    }
+}
+
+struct Entry {
+    range: Range<u64>,
+    device: Box<dyn MmioDevice>,
+}
+
+/// Address ranges and the devices behind them, sorted by address.
+#[derive(Default)]
+pub struct MmioBus {
+    entries: Vec<Entry>,
+}
+
+impl fmt::Debug for MmioBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        for e in &self.entries {
+            m.entry(&e.range, &e.device.name());
+        }
+        m.finish()
+    }
+}
+
+impl MmioBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `device` for `[base, base + size)`.
+    pub fn insert(
+        &mut self,
+        base: u64,
+        size: u64,
+        device: Box<dyn MmioDevice>,
+    ) -> Result<(), BusError> {
+        let range = match base.checked_add(size) {
+            Some(end) if size > 0 => base..end,
+            _ => return Err(BusError::BadRange(base..base.wrapping_add(size))),
+        };
+        let at = self
+            .entries
+            .partition_point(|e| e.range.start < range.start);
+        for neighbour in [at.checked_sub(1), Some(at)].into_iter().flatten() {
+            if let Some(e) = self.entries.get(neighbour) {
+                if e.range.start < range.end && range.start < e.range.end {
+                    return Err(BusError::Overlap {
+                        new: device.name(),
+                        existing: e.device.name(),
+                        at: range.start.max(e.range.start)..range.end.min(e.range.end),
+                    });
+                }
+            }
+        }
+        self.entries.insert(at, Entry { range, device });
+        Ok(())
+    }
+
+    /// The device claiming the whole access `[addr, addr + size)` and the
+    /// offset of `addr` in its range; None when no device does (also for an
+    /// access that straddles the end of a range).
+    pub fn find(&self, addr: u64, size: u8) -> Option<(&dyn MmioDevice, u64)> {
+        let end = addr.checked_add(u64::from(size))?;
+        let at = self.entries.partition_point(|e| e.range.start <= addr);
+        let e = self.entries.get(at.checked_sub(1)?)?;
+        (end <= e.range.end).then(|| (e.device.as_ref(), addr - e.range.start))
+    }
+
+    /// The registered ranges and device names, in address order.
+    #[cfg(test)]
+    pub fn ranges(&self) -> impl Iterator<Item = (Range<u64>, &'static str)> + '_ {
+        self.entries
+            .iter()
+            .map(|e| (e.range.clone(), e.device.name()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Named(&'static str);
+
+    impl MmioDevice for Named {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn read(&self, _: &MmioContext<'_>, _: Access) -> u64 {
+            0
+        }
+        fn write(&self, _: &MmioContext<'_>, _: Access, _: u64) {}
+    }
+
+    fn bus() -> MmioBus {
+        let mut b = MmioBus::new();
+        b.insert(0x0900_0000, 0x1000, Box::new(Named("uart")))
+            .unwrap();
+        b.insert(0x0800_0000, 0x1_0000, Box::new(Named("gicd")))
+            .unwrap();
+        b.insert(0x080a_0000, 0x4_0000, Box::new(Named("gicr")))
+            .unwrap();
+        b
+    }
+
+    #[test]
+    fn routes_each_address_to_its_device_with_the_offset() {
+        let b = bus();
+        let (d, off) = b.find(0x0900_0018, 4).unwrap();
+        assert_eq!((d.name(), off), ("uart", 0x18));
+        let (d, off) = b.find(0x080b_0004, 4).unwrap();
+        assert_eq!((d.name(), off), ("gicr", 0x1_0004));
+        assert_eq!(b.find(0x0800_0000, 8).unwrap().0.name(), "gicd");
+    }
+
+    #[test]
+    fn gaps_and_straddling_accesses_reach_nothing() {
+        let b = bus();
+        assert!(b.find(0x0801_0000, 4).is_none(), "between gicd and gicr");
+        assert!(b.find(0x0900_0ffe, 4).is_none(), "straddles the uart's end");
+        assert!(b.find(0x07ff_fffc, 4).is_none(), "below everything");
+        assert!(b.find(u64::MAX - 1, 8).is_none(), "wraps");
+    }
+
+    #[test]
+    fn refuses_overlaps_on_either_side_and_empty_ranges() {
+        let mut b = bus();
+        let e = b
+            .insert(0x0900_0800, 0x1000, Box::new(Named("late")))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            BusError::Overlap {
+                new: "late",
+                existing: "uart",
+                at: 0x0900_0800..0x0900_1000
+            }
+        );
+        assert!(b
+            .insert(0x08ff_f000, 0x2000, Box::new(Named("under")))
+            .is_err());
+        assert!(b
+            .insert(0x0700_0000, 0x2000_0000, Box::new(Named("all")))
+            .is_err());
+        assert!(b.insert(0x0a00_0000, 0, Box::new(Named("empty"))).is_err());
+        assert!(b.insert(u64::MAX, 2, Box::new(Named("wrap"))).is_err());
+        // Adjacent is fine.
+        b.insert(0x0900_1000, 0x1000, Box::new(Named("next")))
+            .unwrap();
+        let names: Vec<_> = b.ranges().map(|(_, n)| n).collect();
+        assert_eq!(names, ["gicd", "gicr", "uart", "next"]);
+    }
+}

@@ -1,0 +1,198 @@
+//! The emulated devices on a VM's MMIO bus, each an [`MmioDevice`]: the
+//! console UART, the GIC distributor and redistributors, the counters page,
+//! the PCI host bridge's configuration space and the virtual SMMU's
+//! registers. Their models (`vuart`, `vgic`, `vpci`, `smmu::vsmmu`) are
+//! pure; these adapters give each its VM's state and carry out what an
+//! access causes (interrupts, console lines).
+
+use super::bus::{Access, MmioContext, MmioDevice};
+use crate::pci::ConfigAccess;
+use crate::vpci::VirtualPciBus;
+use spin::Mutex;
+
+/// The VM's PL011 console UART (`vuart`).
+#[derive(Debug)]
+pub struct Uart;
+
+impl MmioDevice for Uart {
+    fn name(&self) -> &'static str {
+        "vUART"
+    }
+
+    fn read(&self, ctx: &MmioContext<'_>, a: Access) -> u64 {
+        let v = ctx.vm.uart.lock().read(a.offset, a.size);
+        ctx.vm.update_uart_irq(ctx.machine);
+        v
+    }
+
+    fn write(&self, ctx: &MmioContext<'_>, a: Access, value: u64) {
+        let line = ctx.vm.uart.lock().write(a.offset, a.size, value).line;
+        if let Some(line) = line {
+            ctx.machine.console_line(ctx.vm, &line);
+        }
+        ctx.vm.update_uart_irq(ctx.machine);
+    }
+}
+
+/// The GIC distributor (`vgic`).
+#[derive(Debug)]
+pub struct GicDistributor;
+
+impl MmioDevice for GicDistributor {
+    fn name(&self) -> &'static str {
+        "GIC distributor"
+    }
+
+    fn read(&self, ctx: &MmioContext<'_>, a: Access) -> u64 {
+        ctx.vm.vgic.lock().dist_read(a.offset, a.size)
+    }
+
+    fn write(&self, ctx: &MmioContext<'_>, a: Access, value: u64) {
+        let fx = ctx.vm.vgic.lock().dist_write(a.offset, a.size, value);
+        ctx.vm.apply(fx, ctx.machine);
+    }
+}
+
+/// The GIC redistributors, one frame of `stride` bytes per vCPU.
+#[derive(Debug)]
+pub struct GicRedistributors {
+    /// Bytes per redistributor (RD_base + SGI_base frames).
+    pub stride: u64,
+}
+
+impl MmioDevice for GicRedistributors {
+    fn name(&self) -> &'static str {
+        "GIC redistributors"
+    }
+
+    fn read(&self, ctx: &MmioContext<'_>, a: Access) -> u64 {
+        let (target, off) = ((a.offset / self.stride) as usize, a.offset % self.stride);
+        ctx.vm.vgic.lock().redist_read(target, off, a.size)
+    }
+
+    fn write(&self, ctx: &MmioContext<'_>, a: Access, value: u64) {
+        let (target, off) = ((a.offset / self.stride) as usize, a.offset % self.stride);
+        let fx = ctx.vm.vgic.lock().redist_write(target, off, a.size, value);
+        ctx.vm.apply(fx, ctx.machine);
+    }
+}
+
+/// The VM's counters page (`smmuhyp,vm-counters` in its device tree):
+/// 64-bit little-endian registers, read-only, also readable as 32-bit
+/// halves.
+///
+/// | offset | value |
+/// |---|---|
+/// | 0x00 | traps taken from the VM so far (all vCPUs) |
+/// | 0x08 | vSMMU: guest commands consumed (0 without a vSMMU) |
+/// | 0x10 | vSMMU: physical commands they became |
+///
+/// Anything else, and misaligned or odd-sized accesses, read as zero;
+/// writes are ignored.
+#[derive(Debug)]
+pub struct CountersPage;
+
+impl MmioDevice for CountersPage {
+    fn name(&self) -> &'static str {
+        "counters page"
+    }
+
+    fn read(&self, ctx: &MmioContext<'_>, a: Access) -> u64 {
+        let (guest, phys) = ctx.vm.vsmmu_stats();
+        let values = [ctx.vm.traps(), guest, phys];
+        let word = |i: u64| values.get(i as usize).copied().unwrap_or(0);
+        let offset = a.offset;
+        match a.size {
+            8 if offset.is_multiple_of(8) => word(offset / 8),
+            4 if offset.is_multiple_of(4) => {
+                let v = word(offset / 8);
+                if offset.is_multiple_of(8) {
+                    v & 0xffff_ffff
+                } else {
+                    v >> 32
+                }
+            }
+            _ => 0,
+        }
+    }
+
+    fn write(&self, _: &MmioContext<'_>, _: Access, _: u64) {}
+}
+
+/// The configuration space (ECAM) of the VM's PCI host bridge (`vpci`):
+/// its assigned functions, filtered. Without functions, an empty bus
+/// (all-ones reads, writes ignored).
+pub struct PciHostBridge {
+    bus: Option<(Mutex<VirtualPciBus>, &'static (dyn ConfigAccess + Sync))>,
+}
+
+impl core::fmt::Debug for PciHostBridge {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PciHostBridge")
+            .field("functions", &self.bus.is_some())
+            .finish()
+    }
+}
+
+impl PciHostBridge {
+    /// A bridge over `bus`, whose functions' real configuration space is
+    /// reached through `cfg`.
+    pub fn new(bus: VirtualPciBus, cfg: &'static (dyn ConfigAccess + Sync)) -> Self {
+        Self {
+            bus: Some((Mutex::new(bus), cfg)),
+        }
+    }
+
+    /// A bridge with no functions.
+    pub fn empty() -> Self {
+        Self { bus: None }
+    }
+}
+
+impl MmioDevice for PciHostBridge {
+    fn name(&self) -> &'static str {
+        "PCI host bridge"
+    }
+
+    fn read(&self, _: &MmioContext<'_>, a: Access) -> u64 {
+        match &self.bus {
+            Some((bus, cfg)) => bus.lock().read(*cfg, a.offset, a.size),
+            None => u64::MAX,
+        }
+    }
+
+    fn write(&self, _: &MmioContext<'_>, a: Access, value: u64) {
+        if let Some((bus, cfg)) = &self.bus {
+            bus.lock().write(*cfg, a.offset, a.size, value);
+        }
+    }
+}
+
+/// The virtual SMMU's registers (the VM's [`super::vm::VirtualIommu`]).
+#[derive(Debug)]
+pub struct VsmmuRegisters;
+
+impl VsmmuRegisters {
+    fn access(ctx: &MmioContext<'_>, a: Access, write: bool, value: u64) -> u64 {
+        let Some(v) = &ctx.vm.vsmmu else { return 0 };
+        let (result, irqs) = v.lock().mmio(a.offset, a.size, write, value);
+        for intid in irqs {
+            ctx.vm.raise_edge(intid, ctx.machine);
+        }
+        result
+    }
+}
+
+impl MmioDevice for VsmmuRegisters {
+    fn name(&self) -> &'static str {
+        "vSMMU"
+    }
+
+    fn read(&self, ctx: &MmioContext<'_>, a: Access) -> u64 {
+        Self::access(ctx, a, false, 0)
+    }
+
+    fn write(&self, ctx: &MmioContext<'_>, a: Access, value: u64) {
+        Self::access(ctx, a, true, value);
+    }
+}

@@ -1,0 +1,221 @@
+//! The synchronous trap handler: what a vCPU's exit means and what the
+//! hypervisor does about it. WFI sleeps, HVC/SMC go to PSCI/SMCCC, a
+//! trapped system register is emulated or read-as-zero, a data abort is
+//! routed by the VM's MMIO bus to the device that claims its address (or
+//! gets an external abort), anything else an undefined-instruction
+//! exception.
+
+use super::bus::{Access, MmioContext};
+use super::exception::{
+    inject_data_abort, inject_instruction_abort, inject_undef, skip_instruction,
+};
+use super::exit::{self, Exit, SysReg, SysRegAccess};
+use super::mmio::MmioAccess;
+use super::psci::{self, PsciAction, VcpuPower};
+use super::vm::{Machine, Vm, VmState};
+use crate::arch::{self, TrapFrame};
+
+/// What the vCPU does after its trap was handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Return to the guest (after its list registers are refilled).
+    Resume,
+    /// This vCPU is off (CPU_OFF) or its VM stopped: the physical CPU
+    /// parks until it is given a vCPU to start.
+    Park,
+}
+
+/// Handles a synchronous trap of `vm`'s vCPU `vcpu`, whose registers are in
+/// `frame`; the syndrome is read from the architecture's registers.
+pub fn handle_sync(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, m: &dyn Machine) -> Flow {
+    let far = arch::guest::far();
+    let flow = match exit::decode(arch::guest::esr(), arch::guest::hpfar(), far) {
+        Exit::WaitForInterrupt => {
+            wait_for_interrupt(vm, vcpu, m);
+            skip_instruction(frame);
+            Flow::Resume
+        }
+        Exit::Hvc { .. } => hypercall(vm, vcpu, frame, m),
+        Exit::Smc { .. } => {
+            // Trapped by TSC: ELR is the SMC itself. SMCCC over SMC is
+            // answered like HVC.
+            skip_instruction(frame);
+            hypercall(vm, vcpu, frame, m)
+        }
+        Exit::SysReg(access) => {
+            system_register(vm, vcpu, frame, access, m);
+            skip_instruction(frame);
+            Flow::Resume
+        }
+        Exit::DataAbort(Ok(access)) => {
+            data_abort(vm, vcpu, frame, &access, far, m);
+            Flow::Resume
+        }
+        Exit::DataAbort(Err(why)) => {
+            let ipa = (arch::guest::hpfar() >> 4 << 12) | (far & 0xfff);
+            vm.report(
+                vcpu,
+                frame.elr,
+                format_args!(
+                    "access ({why:?}) at IPA {ipa:#x} outside its memory and devices: external abort injected"
+                ),
+            );
+            let write = arch::guest::esr() & (1 << 6) != 0;
+            inject_data_abort(frame, far, write);
+            Flow::Resume
+        }
+        Exit::InstructionAbort { ipa_page } => {
+            vm.report(
+                vcpu,
+                frame.elr,
+                format_args!(
+                    "instruction fetch from IPA {ipa_page:#x} outside its memory and devices: external abort injected"
+                ),
+            );
+            inject_instruction_abort(frame, far);
+            Flow::Resume
+        }
+        Exit::Unknown { ec } => {
+            vm.report(
+                vcpu,
+                frame.elr,
+                format_args!("unhandled trap EC {ec:#x}: undefined instruction injected"),
+            );
+            inject_undef(frame);
+            Flow::Resume
+        }
+    };
+    if vm.is_running() {
+        flow
+    } else {
+        Flow::Park
+    }
+}
+
+/// WFI: sleep until a physical interrupt (the vtimer, a kick), unless the
+/// guest already has an interrupt to take: one the model holds, or one
+/// already in a list register (a physical WFI at EL2 does not wake for
+/// those), or a forwarded line is waiting to be unmasked.
+fn wait_for_interrupt(vm: &Vm, vcpu: usize, m: &dyn Machine) {
+    let fx = crate::vgic_hw::flush(&mut vm.vgic.lock(), vcpu);
+    vm.apply(fx, m);
+    if !crate::vgic_hw::lr_pending() && !vm.vgic.lock().has_pending(vcpu) && !m.lines_waiting(vm) {
+        arch::wait_for_interrupt();
+    }
+}
+
+/// A data access to an address the VM's stage 2 does not map: the device
+/// on its bus that claims the whole access emulates it, else the guest gets
+/// a synchronous external abort.
+fn data_abort(
+    vm: &Vm,
+    vcpu: usize,
+    frame: &mut TrapFrame,
+    a: &MmioAccess,
+    far: u64,
+    m: &dyn Machine,
+) {
+    let Some((device, offset)) = vm.bus.find(a.ipa, a.size) else {
+        let rw = if a.write { "write" } else { "read" };
+        vm.report(
+            vcpu,
+            frame.elr,
+            format_args!(
+                "{}-byte {rw} at IPA {:#x} outside its memory and devices: external abort injected",
+                a.size, a.ipa
+            ),
+        );
+        inject_data_abort(frame, far, a.write);
+        return;
+    };
+    let ctx = MmioContext {
+        vm,
+        vcpu,
+        machine: m,
+    };
+    let access = Access {
+        offset,
+        size: a.size,
+    };
+    if a.write {
+        device.write(&ctx, access, a.store_value(frame.reg(a.reg)));
+    } else {
+        let raw = device.read(&ctx, access);
+        frame.set_reg(a.reg, a.load_value(raw));
+    }
+    skip_instruction(frame);
+}
+
+/// A trapped MSR/MRS: ICC_SGI1R_EL1 writes send SGIs through the vGIC;
+/// anything else reads as zero and ignores writes (reported).
+fn system_register(
+    vm: &Vm,
+    vcpu: usize,
+    frame: &mut TrapFrame,
+    access: SysRegAccess,
+    m: &dyn Machine,
+) {
+    if access.reg == SysReg::ICC_SGI1R_EL1 && !access.read {
+        let fx = vm.vgic.lock().send_sgi(vcpu, frame.reg(access.rt));
+        vm.apply(fx, m);
+        return;
+    }
+    let SysReg {
+        op0,
+        op1,
+        crn,
+        crm,
+        op2,
+    } = access.reg;
+    vm.report(
+        vcpu,
+        frame.elr,
+        format_args!(
+            "trapped system register access S{op0}_{op1}_C{crn}_C{crm}_{op2}: read as zero / write ignored"
+        ),
+    );
+    if access.read {
+        frame.set_reg(access.rt, 0);
+    }
+}
+
+/// An HVC (or trapped SMC): PSCI and SMCCC, the only hypercalls there are.
+fn hypercall(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, m: &dyn Machine) -> Flow {
+    let x = [frame.x[0], frame.x[1], frame.x[2], frame.x[3]];
+    let action = {
+        let power = vm.power.lock();
+        psci::handle(x, &power, vm.ram.ipa_range())
+    };
+    match action {
+        PsciAction::Return(v) => frame.x[0] = v,
+        PsciAction::CpuOn {
+            vcpu: target,
+            entry,
+            context,
+        } => {
+            vm.power.lock()[target] = VcpuPower::OnPending;
+            m.start_vcpu(vm, target, entry, context);
+            frame.x[0] = 0;
+        }
+        PsciAction::CpuOff => {
+            vm.power.lock()[vcpu] = VcpuPower::Off;
+            return Flow::Park;
+        }
+        PsciAction::Suspend => {
+            arch::wait_for_interrupt();
+            frame.x[0] = 0;
+        }
+        PsciAction::SystemOff => {
+            log::info!("VM {}: powered off", vm.name);
+            vm.stop(VmState::PoweredOff, m);
+        }
+        PsciAction::SystemReset => {
+            log::warn!(
+                "VM {}: reset requested: the VM is stopped (restart is not supported)",
+                vm.name
+            );
+            vm.stop(VmState::ResetRequested, m);
+        }
+    }
+    Flow::Resume
+}

@@ -1,0 +1,292 @@
+//! One virtual machine as the trap handlers see it: its RAM, vCPUs, the
+//! emulated devices on its MMIO bus, its state, and what it has cost.
+//!
+//! Everything that touches physical hardware on the VM's behalf (kicking
+//! another physical CPU, stopping assigned devices, the console, the
+//! machine's power) goes through the [`Machine`] the caller passes in: the
+//! bare-metal runtime implements it over the real GIC, SMMU and PCI
+//! (`run.rs`), tests with a recorder.
+
+use super::bus::MmioBus;
+use super::psci::VcpuPower;
+use super::ram::GuestRam;
+use super::vuart::VirtualUart;
+use crate::arch;
+use crate::vgic::{Effects, VGic};
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use log::{info, warn};
+use smmu::event::Event;
+use spin::Mutex;
+
+/// Bad-access reports printed per VM before they are only counted.
+pub const REPORTS_PER_VM: u32 = 4;
+/// The guest UART's interrupt: SPI 1, as on QEMU's virt.
+pub const UART_INTID: u32 = 33;
+
+/// Where a VM is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum VmState {
+    /// Its vCPUs run.
+    Running = 0,
+    /// The guest powered it off (PSCI SYSTEM_OFF).
+    PoweredOff = 1,
+    /// The hypervisor stopped it after an error it cannot recover from.
+    Crashed = 2,
+    /// The guest asked for a reset (PSCI SYSTEM_RESET); restart is not
+    /// supported, so the VM is stopped.
+    ResetRequested = 3,
+}
+
+impl VmState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Running,
+            1 => Self::PoweredOff,
+            2 => Self::Crashed,
+            _ => Self::ResetRequested,
+        }
+    }
+
+    /// Whether the VM ended as its guest wanted (a clean power-off).
+    pub fn is_clean(self) -> bool {
+        self == Self::PoweredOff
+    }
+}
+
+/// A VM's virtual SMMU as the VMM drives it (implemented by the hypervisor's
+/// vSMMU, which nests the guest's stage 1 over the VM's stage 2).
+pub trait VirtualIommu: Send {
+    /// A guest register access at `offset`; returns the value read (0 for a
+    /// write) and the guest INTIDs to raise.
+    fn mmio(&mut self, offset: u64, size: u8, write: bool, value: u64) -> (u64, Vec<u32>);
+    /// Whether a physical SMMU event is this guest's to see.
+    fn owns_event(&self, e: &Event) -> bool;
+    /// Puts an event this guest owns into its event queue; returns the
+    /// guest INTID to raise, if any.
+    fn inject_fault(&mut self, e: &Event) -> Option<u32>;
+    /// Guest commands consumed, and the physical commands they became.
+    fn stats(&self) -> (u64, u64);
+}
+
+/// What the VMM asks of the physical machine.
+pub trait Machine {
+    /// Makes the physical CPU of `vm`'s vCPU `vcpu` re-check that vCPU (an
+    /// SGI), unless that CPU is the caller's.
+    fn kick(&self, vm: &Vm, vcpu: usize);
+    /// Starts `vm`'s vCPU `vcpu` at `entry` with x0 = `x0` on its physical
+    /// CPU.
+    fn start_vcpu(&self, vm: &Vm, vcpu: usize, entry: u64, x0: u64);
+    /// Prints one line the guest wrote to its UART.
+    fn console_line(&self, vm: &Vm, line: &[u8]);
+    /// Stops the VM's assigned devices: bus mastering off, streams abort,
+    /// the SMMU's TLB entries of its VMID invalidated.
+    fn stop_devices(&self, vm: &Vm);
+    /// The VM has stopped for good (`how`); the machine ends when the last
+    /// one has.
+    fn vm_stopped(&self, vm: &Vm, how: VmState);
+    /// Whether one of the VM's forwarded interrupt lines waits for a timer
+    /// to be unmasked: its vCPUs must not sleep in WFI meanwhile.
+    fn lines_waiting(&self, vm: &Vm) -> bool;
+}
+
+/// One virtual machine.
+pub struct Vm {
+    /// Its name from the scenario.
+    pub name: String,
+    /// Its index in the scenario (and the machine's VM table).
+    pub index: usize,
+    /// Its RAM.
+    pub ram: GuestRam,
+    /// The EL2 controls its vCPUs run under.
+    pub controls: arch::guest::GuestControls,
+    /// The physical CPU of each vCPU.
+    pub vcpu_pcpu: Vec<usize>,
+    /// Each vCPU's PSCI power state.
+    pub power: Mutex<Vec<VcpuPower>>,
+    /// Its console UART's state.
+    pub uart: Mutex<VirtualUart>,
+    /// Its virtual GIC.
+    pub vgic: Mutex<VGic>,
+    /// Its emulated devices, by guest physical address.
+    pub bus: MmioBus,
+    /// Its virtual SMMU, if the scenario gives it one.
+    pub vsmmu: Option<Mutex<Box<dyn VirtualIommu>>>,
+    state: AtomicU8,
+    reports: AtomicU32,
+    traps: AtomicU64,
+}
+
+impl fmt::Debug for Vm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vm")
+            .field("name", &self.name)
+            .field("index", &self.index)
+            .field("state", &self.state())
+            .field("bus", &self.bus)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vm {
+    /// A running VM with no devices on its bus yet; vCPU 0 starts
+    /// (on-pending), the others are off until PSCI CPU_ON.
+    pub fn new(
+        name: String,
+        index: usize,
+        ram: GuestRam,
+        controls: arch::guest::GuestControls,
+        vcpu_pcpu: Vec<usize>,
+        vgic: VGic,
+    ) -> Self {
+        let mut power = alloc::vec![VcpuPower::Off; vcpu_pcpu.len()];
+        if let Some(first) = power.first_mut() {
+            *first = VcpuPower::OnPending;
+        }
+        Self {
+            name,
+            index,
+            ram,
+            controls,
+            vcpu_pcpu,
+            power: Mutex::new(power),
+            uart: Mutex::new(VirtualUart::new()),
+            vgic: Mutex::new(vgic),
+            bus: MmioBus::new(),
+            vsmmu: None,
+            state: AtomicU8::new(VmState::Running as u8),
+            reports: AtomicU32::new(0),
+            traps: AtomicU64::new(0),
+        }
+    }
+
+    /// Where the VM is in its life.
+    pub fn state(&self) -> VmState {
+        VmState::from_u8(self.state.load(Ordering::SeqCst))
+    }
+
+    /// Whether its vCPUs may run.
+    pub fn is_running(&self) -> bool {
+        self.state() == VmState::Running
+    }
+
+    /// Counts a trap from one of its vCPUs.
+    pub fn count_trap(&self) {
+        self.traps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Traps taken from its vCPUs so far.
+    pub fn traps(&self) -> u64 {
+        self.traps.load(Ordering::Relaxed)
+    }
+
+    /// Bad accesses and unhandled traps so far.
+    pub fn bad_accesses(&self) -> u32 {
+        self.reports.load(Ordering::Relaxed)
+    }
+
+    /// Its vSMMU's guest and physical command counts (0 without one).
+    pub fn vsmmu_stats(&self) -> (u64, u64) {
+        self.vsmmu.as_ref().map_or((0, 0), |v| v.lock().stats())
+    }
+
+    /// Reports a guest misbehaviour (`what`, at `pc` on `vcpu`): the first
+    /// [`REPORTS_PER_VM`] are printed, one more line says the rest are only
+    /// counted. A guest cannot make the hypervisor print without bound.
+    pub fn report(&self, vcpu: usize, pc: u64, what: fmt::Arguments<'_>) {
+        let n = self.reports.fetch_add(1, Ordering::Relaxed);
+        if n < REPORTS_PER_VM {
+            warn!("VM {}: vCPU {vcpu}: {what} (pc {pc:#x})", self.name);
+        } else if n == REPORTS_PER_VM {
+            warn!(
+                "VM {}: keeps making bad accesses: further ones only counted",
+                self.name
+            );
+        }
+    }
+
+    /// Carries out what a vGIC operation asks: kick the vCPUs whose list
+    /// registers must be refilled; deactivate physical interrupts the guest
+    /// gave up (only possible on the CPU that holds them: this one).
+    pub fn apply(&self, fx: Effects, m: &dyn Machine) {
+        for v in fx.kicked() {
+            m.kick(self, v);
+        }
+        let me = arch::cpu_index();
+        for d in fx.deactivations() {
+            if self.vcpu_pcpu.get(d.vcpu) == Some(&me) {
+                arch::gicv3::deactivate(d.pintid);
+            }
+        }
+    }
+
+    /// Raises edge interrupt `intid` (an SPI, or a PPI of vCPU 0) in the
+    /// VM's vGIC.
+    pub fn raise_edge(&self, intid: u32, m: &dyn Machine) {
+        let fx = self.vgic.lock().inject_edge(intid, 0);
+        if let Ok(fx) = fx {
+            self.apply(fx, m);
+        }
+    }
+
+    /// Sets the level of the guest UART's interrupt from its state.
+    pub fn update_uart_irq(&self, m: &dyn Machine) {
+        let level = self.uart.lock().irq_level();
+        let fx = self.vgic.lock().set_level(UART_INTID, 0, level);
+        if let Ok(fx) = fx {
+            self.apply(fx, m);
+        }
+    }
+
+    /// Stops the VM: first its devices (bus mastering off, streams abort,
+    /// before any of its memory could be reused), then its partial console
+    /// line is flushed, its other vCPUs are kicked (each parks at its next
+    /// trap), its figures reported, and the machine told. Only the first
+    /// call for a VM does anything.
+    pub fn stop(&self, how: VmState, m: &dyn Machine) {
+        debug_assert!(how != VmState::Running, "stopping into Running");
+        if self
+            .state
+            .compare_exchange(
+                VmState::Running as u8,
+                how as u8,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_err()
+        {
+            return;
+        }
+        m.stop_devices(self);
+        let partial = self.uart.lock().take_partial_line();
+        if let Some(line) = partial {
+            m.console_line(self, &line);
+        }
+        for v in 0..self.vcpu_pcpu.len() {
+            m.kick(self, v);
+        }
+        let traps = self.traps();
+        match &self.vsmmu {
+            Some(_) => {
+                let (guest, phys) = self.vsmmu_stats();
+                info!(
+                    "VM {}: {traps} traps; vSMMU: {guest} guest commands -> {phys} physical commands",
+                    self.name
+                );
+            }
+            None => info!("VM {}: {traps} traps", self.name),
+        }
+        let bad = self.bad_accesses();
+        if bad > 0 {
+            info!(
+                "VM {}: {bad} bad accesses or unhandled traps in all",
+                self.name
+            );
+        }
+        m.vm_stopped(self, how);
+    }
+}
