@@ -102,18 +102,26 @@ pub enum ErrorKind {
         /// The limit.
         max: usize,
     },
-    /// A string has no closing quote on its line.
-    #[error("string has no closing quote on this line")]
-    UnterminatedString,
-    /// An array has no closing `]`.
-    #[error("array has no closing ']'")]
-    UnterminatedArray,
-    /// A backslash escape this format does not know.
-    #[error("unknown escape \\{0} in string (known: \\\" \\\\ \\n \\t \\r \\uXXXX)")]
-    BadEscape(char),
-    /// A control character inside a string.
-    #[error("control character in string")]
-    ControlCharacter,
+    /// Text that is not TOML, as the TOML parser describes it.
+    #[error("{0}")]
+    Syntax(String),
+    /// `key =` with nothing after it.
+    #[error("key {0:?} has no value")]
+    MissingValue(String),
+    /// A bare word where a value goes (a value that is none of string,
+    /// number, boolean, array or table).
+    #[error("bad value {0}: strings need double quotes, e.g. \"2G\"")]
+    BadValue(String),
+    /// An integer with no digits.
+    #[error("bad integer {0}")]
+    BadInteger(String),
+    /// An integer that does not fit the setting (64 bits; 32 for CPU
+    /// counts).
+    #[error("integer {0} is too large")]
+    IntegerTooLarge(String),
+    /// A negative integer: no setting takes one.
+    #[error("negative number {0}: no setting takes one")]
+    Negative(String),
     /// A string longer than any setting needs.
     #[error("string longer than {max} bytes")]
     StringTooLong {
@@ -126,42 +134,12 @@ pub enum ErrorKind {
         /// The limit.
         max: usize,
     },
-    /// A key that is not a bare key (quoted or dotted keys are not supported).
-    #[error("bad key {0:?}: keys are plain words like memory or ram_base")]
-    BadKey(String),
-    /// `key` not followed by `=`.
-    #[error("expected '=' after key {0:?}")]
-    ExpectedEquals(String),
-    /// `key =` with nothing after it.
-    #[error("key {0:?} has no value")]
-    MissingValue(String),
-    /// A value that is none of string, integer, boolean or array of strings.
-    #[error("bad value {0}: strings need double quotes, e.g. \"2G\"")]
-    BadValue(String),
-    /// TOML features this subset leaves out.
-    #[error("{0} are not supported in scenario files")]
-    Unsupported(&'static str),
-    /// An integer with bad digits or underscores.
-    #[error("bad integer {0}")]
-    BadInteger(String),
-    /// An integer that does not fit 64 bits.
-    #[error("integer {0} is too large")]
-    IntegerTooLarge(String),
-    /// A negative integer: no setting takes one.
-    #[error("negative number {0}: no setting takes one")]
-    Negative(String),
     /// An array element that is not a string.
     #[error("arrays hold only strings, e.g. [\"00:02.0\"]")]
     NonStringInArray,
-    /// Something after the value on the same line.
-    #[error("unexpected text after the value: {0:?}")]
-    TrailingText(String),
     /// A `[section]` this format does not have.
     #[error("unknown section [{0}] (sections are [machine] and [[vm]])")]
     UnknownSection(String),
-    /// A section header without its closing bracket(s).
-    #[error("section header has no closing ']'")]
-    UnclosedHeader,
     /// `[vm]` written as a single table.
     #[error("write [[vm]] (one table per VM), not [vm]")]
     VmNotArray,

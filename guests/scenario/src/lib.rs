@@ -9,6 +9,11 @@
 //! the same text again with this crate before any guest runs, and lays guests
 //! out by [`guest_layout`].
 //!
+//! The text is parsed by the `toml` crate, built `no_std` like this crate,
+//! so the runner and the hypervisor read it with the same code; this crate
+//! maps the document to [`Scenario`] and says every problem as a
+//! [`ScenarioError`] (line, section, problem).
+//!
 //! `no_std` + `alloc`; the `std` feature adds [`bundle::pack`].
 
 #![no_std]
@@ -24,7 +29,7 @@ mod error;
 pub mod guest_layout;
 mod pci;
 mod spec;
-mod toml;
+mod syntax;
 mod validate;
 
 use alloc::string::String;
@@ -32,7 +37,8 @@ use alloc::vec::Vec;
 
 pub use error::{ErrorKind, ScenarioError, Section, Size};
 pub use pci::PciAddr;
-pub use toml::{MAX_ARRAY, MAX_INPUT, MAX_STRING, MAX_VMS};
+pub use spec::{MAX_ARRAY, MAX_STRING, MAX_VMS};
+pub use syntax::MAX_INPUT;
 
 /// Machine memory the hypervisor keeps for itself (image, heap, page tables,
 /// SMMU tables); VM memory must fit in the rest.
@@ -155,7 +161,8 @@ impl Scenario {
     /// Parses scenario text (syntax, sections, keys, types). Does not apply
     /// the rules of [`Scenario::validate`].
     pub fn parse(text: &str) -> Result<Self, ScenarioError> {
-        spec::from_document(toml::parse(text)?)
+        let doc = syntax::parse(text)?;
+        spec::from_document(text, &doc)
     }
 
     /// [`Scenario::parse`], then [`Scenario::validate`].

@@ -1,12 +1,22 @@
-//! From parsed tables to [`Scenario`]: which keys each section has, their
-//! types and defaults, and sizes like `"512M"`.
+//! From the parsed TOML document to [`Scenario`]: which sections and keys
+//! there are, their types, defaults and limits, and sizes like `"512M"`.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+use toml::de::{DeInteger, DeTable, DeValue};
+use toml::Spanned;
+
 use crate::error::{ErrorKind, ScenarioError, Section};
-use crate::toml::{parse_int, Document, Kind, Table, Value, MAX_VMS};
+use crate::syntax::{line_of, vm_name};
 use crate::{guest_layout, Machine, Scenario, VmSpec};
+
+/// Longest string value.
+pub const MAX_STRING: usize = 4096;
+/// Most elements in one array.
+pub const MAX_ARRAY: usize = 256;
+/// Most `[[vm]]` tables.
+pub const MAX_VMS: usize = 64;
 
 const MACHINE_KEYS: &[&str] = &[
     "cpus",
@@ -23,79 +33,143 @@ const VM_KEYS: &[&str] = &[
     "name", "cpus", "memory", "ram_base", "kernel", "initrd", "cmdline", "devices", "vsmmu",
 ];
 
-/// One table's entries, checked for unknown and duplicate keys.
-struct Fields<'a> {
-    table: &'a Table,
+/// At most 40 characters of what the file writes, for a message.
+fn shown(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+/// How error messages name a value's type.
+fn type_name(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+/// A TOML integer as a `u64`: scenario numbers are sizes, counts and
+/// addresses, never negative, and may use all 64 bits (`0xffff_ffff_ffff_ffff`).
+/// `raw` is the integer as the file writes it, for messages.
+fn to_u64(i: &DeInteger<'_>, raw: &str) -> Result<u64, ErrorKind> {
+    let digits = i.as_str();
+    if digits.starts_with('-') {
+        return Err(ErrorKind::Negative(raw.into()));
+    }
+    u64::from_str_radix(digits, i.radix()).map_err(|e| match e.kind() {
+        core::num::IntErrorKind::PosOverflow => ErrorKind::IntegerTooLarge(raw.into()),
+        _ => ErrorKind::BadInteger(raw.into()),
+    })
+}
+
+/// One key of a table, where the file writes it.
+struct Entry<'t, 'i> {
+    key: &'t str,
+    line: usize,
+    value: &'t Spanned<DeValue<'i>>,
+}
+
+/// One table's entries, checked for unknown keys. (`toml` has already
+/// refused a key given twice.)
+struct Fields<'t, 'i> {
+    text: &'t str,
+    entries: Vec<Entry<'t, 'i>>,
+    /// Line of the table's header.
+    line: usize,
     section: Section,
 }
 
-impl<'a> Fields<'a> {
-    fn new(table: &'a Table, section: Section, known: &[&str]) -> Result<Self, ScenarioError> {
-        let f = Self { table, section };
-        for (i, e) in table.entries.iter().enumerate() {
-            if !known.contains(&e.key.as_str()) {
-                return Err(f.err(e.line, ErrorKind::UnknownKey(e.key.clone())));
-            }
-            if let Some(first) = table.entries[..i].iter().find(|p| p.key == e.key) {
-                let kind = ErrorKind::DuplicateKey {
-                    key: e.key.clone(),
-                    first_line: first.line,
-                };
-                return Err(f.err(e.line, kind));
-            }
+impl<'t, 'i> Fields<'t, 'i> {
+    fn new(
+        text: &'t str,
+        table: &'t DeTable<'i>,
+        line: usize,
+        section: Section,
+        known: &[&str],
+    ) -> Result<Self, ScenarioError> {
+        // The first unknown key in file order (`toml` keeps keys sorted).
+        let unknown = table
+            .iter()
+            .filter(|(k, _)| !known.contains(&k.get_ref().as_ref()))
+            .min_by_key(|(k, _)| k.span().start);
+        if let Some((k, _)) = unknown {
+            let kind = ErrorKind::UnknownKey(shown(k.get_ref()));
+            return Err(ScenarioError::new(
+                line_of(text, k.span().start),
+                Some(section),
+                kind,
+            ));
         }
-        // Only reachable with more entries than known keys, which the loop
-        // above has already reported; kept so that dropping is never silent.
-        if table.overflow {
-            return Err(f.err(table.line, ErrorKind::UnknownKey("(too many keys)".into())));
-        }
-        Ok(f)
+        let entries = table
+            .iter()
+            .map(|(k, v)| Entry {
+                key: k.get_ref().as_ref(),
+                line: line_of(text, k.span().start),
+                value: v,
+            })
+            .collect();
+        Ok(Self {
+            text,
+            entries,
+            line,
+            section,
+        })
     }
 
     fn err(&self, line: usize, kind: ErrorKind) -> ScenarioError {
         ScenarioError::new(line, Some(self.section.clone()), kind)
     }
 
-    fn get(&self, key: &str) -> Option<(&'a Value, usize)> {
-        self.table
-            .entries
-            .iter()
-            .find(|e| e.key == key)
-            .map(|e| (&e.value, e.line))
+    fn get(&self, key: &str) -> Option<&Entry<'t, 'i>> {
+        self.entries.iter().find(|e| e.key == key)
     }
 
     fn required<T>(&self, key: &'static str, v: Option<T>) -> Result<T, ScenarioError> {
-        v.ok_or_else(|| self.err(self.table.line, ErrorKind::MissingKey(key)))
+        v.ok_or_else(|| self.err(self.line, ErrorKind::MissingKey(key)))
     }
 
-    fn wrong(
-        &self,
-        key: &'static str,
-        expected: &'static str,
-        v: &Value,
-        line: usize,
-    ) -> ScenarioError {
+    fn wrong(&self, key: &'static str, expected: &'static str, e: &Entry<'_, '_>) -> ScenarioError {
         let kind = ErrorKind::WrongType {
             key,
             expected,
-            found: v.type_name(),
+            found: type_name(e.value.get_ref()),
         };
-        self.err(line, kind)
+        self.err(e.line, kind)
+    }
+
+    /// A string of at most [`MAX_STRING`] bytes.
+    fn checked(&self, s: &str, line: usize) -> Result<String, ScenarioError> {
+        if s.len() > MAX_STRING {
+            return Err(self.err(line, ErrorKind::StringTooLong { max: MAX_STRING }));
+        }
+        Ok(s.into())
     }
 
     fn string(&self, key: &'static str) -> Result<Option<String>, ScenarioError> {
         match self.get(key) {
             None => Ok(None),
-            Some((Value::Str(s), _)) => Ok(Some(s.clone())),
-            Some((v, line)) => Err(self.wrong(key, "a string", v, line)),
+            Some(e) => match e.value.get_ref() {
+                DeValue::String(s) => self.checked(s, e.line).map(Some),
+                _ => Err(self.wrong(key, "a string", e)),
+            },
         }
+    }
+
+    fn integer(&self, e: &Entry<'_, '_>, i: &DeInteger<'_>) -> Result<u64, ScenarioError> {
+        let raw = self.text.get(e.value.span()).unwrap_or(i.as_str()).trim();
+        to_u64(i, &shown(raw)).map_err(|kind| self.err(e.line, kind))
     }
 
     fn int(&self, key: &'static str) -> Result<Option<u64>, ScenarioError> {
         match self.get(key) {
             None => Ok(None),
-            Some((Value::Int(n), _)) => Ok(Some(*n)),
-            Some((v, line)) => Err(self.wrong(key, "an integer", v, line)),
+            Some(e) => match e.value.get_ref() {
+                DeValue::Integer(i) => self.integer(e, i).map(Some),
+                _ => Err(self.wrong(key, "an integer", e)),
+            },
         }
     }
 
@@ -106,7 +180,7 @@ impl<'a> Fields<'a> {
         match u32::try_from(n) {
             Ok(n) => Ok(Some(n)),
             Err(_) => {
-                let line = self.get(key).map_or(self.table.line, |(_, l)| l);
+                let line = self.get(key).map_or(self.line, |e| e.line);
                 Err(self.err(line, ErrorKind::IntegerTooLarge(n.to_string())))
             }
         }
@@ -115,33 +189,79 @@ impl<'a> Fields<'a> {
     fn boolean(&self, key: &'static str) -> Result<Option<bool>, ScenarioError> {
         match self.get(key) {
             None => Ok(None),
-            Some((Value::Bool(b), _)) => Ok(Some(*b)),
-            Some((v, line)) => Err(self.wrong(key, "true or false", v, line)),
+            Some(e) => match e.value.get_ref() {
+                DeValue::Boolean(b) => Ok(Some(*b)),
+                _ => Err(self.wrong(key, "true or false", e)),
+            },
         }
     }
 
+    /// An array of at most [`MAX_ARRAY`] strings.
     fn strings(&self, key: &'static str) -> Result<Vec<String>, ScenarioError> {
-        match self.get(key) {
-            None => Ok(Vec::new()),
-            Some((Value::Array(a), _)) => Ok(a.clone()),
-            Some((v, line)) => Err(self.wrong(key, "an array of strings", v, line)),
+        let Some(e) = self.get(key) else {
+            return Ok(Vec::new());
+        };
+        let DeValue::Array(a) = e.value.get_ref() else {
+            return Err(self.wrong(key, "an array of strings", e));
+        };
+        if a.len() > MAX_ARRAY {
+            return Err(self.err(e.line, ErrorKind::ArrayTooLong { max: MAX_ARRAY }));
         }
+        a.iter()
+            .map(|v| match v.get_ref() {
+                DeValue::String(s) => self.checked(s, line_of(self.text, v.span().start)),
+                _ => Err(self.err(
+                    line_of(self.text, v.span().start),
+                    ErrorKind::NonStringInArray,
+                )),
+            })
+            .collect()
     }
 
     fn size(&self, key: &'static str) -> Result<Option<u64>, ScenarioError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some((Value::Int(n), _)) => Ok(Some(*n)),
-            Some((Value::Str(s), line)) => parse_size(s).map(Some).ok_or_else(|| {
+        let Some(e) = self.get(key) else {
+            return Ok(None);
+        };
+        match e.value.get_ref() {
+            DeValue::Integer(i) => self.integer(e, i).map(Some),
+            DeValue::String(s) => parse_size(s).map(Some).ok_or_else(|| {
                 let kind = ErrorKind::BadSize {
                     key,
-                    value: s.clone(),
+                    value: shown(s),
                 };
-                self.err(line, kind)
+                self.err(e.line, kind)
             }),
-            Some((v, line)) => Err(self.wrong(key, "a size like \"512M\"", v, line)),
+            _ => Err(self.wrong(key, "a size like \"512M\"", e)),
         }
     }
+}
+
+/// `123`, `1_000`, `0x4000_0000`, `0o17`, `0b101`: an integer the way TOML
+/// writes one, without sign.
+fn parse_int(s: &str) -> Option<u64> {
+    let (radix, digits) = if let Some(d) = s.strip_prefix("0x") {
+        (16, d)
+    } else if let Some(d) = s.strip_prefix("0o") {
+        (8, d)
+    } else if let Some(d) = s.strip_prefix("0b") {
+        (2, d)
+    } else {
+        (10, s)
+    };
+    // Underscores only between digits.
+    if digits.is_empty()
+        || digits.starts_with('_')
+        || digits.ends_with('_')
+        || digits.contains("__")
+    {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for c in digits.chars().filter(|&c| c != '_') {
+        let d = c.to_digit(radix)?;
+        v = v.checked_mul(u64::from(radix))?.checked_add(u64::from(d))?;
+    }
+    Some(v)
 }
 
 /// `"512M"`, `"2G"`, `"64K"`, `"1T"` (optionally `MB`/`MiB`, any case, a
@@ -149,7 +269,7 @@ impl<'a> Fields<'a> {
 pub(crate) fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     if s.starts_with("0x") {
-        return parse_int(s).ok();
+        return parse_int(s);
     }
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '_'))
@@ -163,12 +283,12 @@ pub(crate) fn parse_size(s: &str) -> Option<u64> {
         "T" | "TB" | "TIB" => 40,
         _ => return None,
     };
-    let n = parse_int(num).ok()?;
+    let n = parse_int(num)?;
     n.checked_mul(1u64 << shift)
 }
 
-fn machine(t: &Table) -> Result<Machine, ScenarioError> {
-    let f = Fields::new(t, Section::Machine, MACHINE_KEYS)?;
+fn machine(text: &str, t: &DeTable<'_>, line: usize) -> Result<Machine, ScenarioError> {
+    let f = Fields::new(text, t, line, Section::Machine, MACHINE_KEYS)?;
     Ok(Machine {
         cpus: f.required("cpus", f.count("cpus")?)?,
         memory: f.required("memory", f.size("memory")?)?,
@@ -181,12 +301,9 @@ fn machine(t: &Table) -> Result<Machine, ScenarioError> {
     })
 }
 
-fn vm(t: &Table, index: usize) -> Result<VmSpec, ScenarioError> {
-    let name = t.entries.iter().find_map(|e| match (&*e.key, &e.value) {
-        ("name", Value::Str(s)) => Some(s.clone()),
-        _ => None,
-    });
-    let f = Fields::new(t, Section::Vm { name, index }, VM_KEYS)?;
+fn vm(text: &str, t: &DeTable<'_>, line: usize, index: usize) -> Result<VmSpec, ScenarioError> {
+    let name = vm_name(t);
+    let f = Fields::new(text, t, line, Section::Vm { name, index }, VM_KEYS)?;
     Ok(VmSpec {
         name: f.required("name", f.string("name")?)?,
         cpus: f.required("cpus", f.count("cpus")?)?,
@@ -197,25 +314,98 @@ fn vm(t: &Table, index: usize) -> Result<VmSpec, ScenarioError> {
         cmdline: f.string("cmdline")?.unwrap_or_default(),
         devices: f.strings("devices")?,
         vsmmu: f.boolean("vsmmu")?.unwrap_or(false),
-        line: t.line,
+        line,
     })
 }
 
-pub(crate) fn from_document(doc: Document) -> Result<Scenario, ScenarioError> {
-    let mut m = None;
-    let mut vms = Vec::new();
-    for t in &doc.tables {
-        match t.kind {
-            Kind::Machine => m = Some(machine(t)?),
-            Kind::Vm => vms.push(vm(t, vms.len() + 1)?),
+/// What the top level of a scenario holds, in file order.
+enum Part<'t, 'i> {
+    Machine(&'t DeTable<'i>, usize),
+    Vms(&'t [Spanned<DeValue<'i>>]),
+}
+
+impl Part<'_, '_> {
+    fn line(&self, text: &str) -> usize {
+        match self {
+            Part::Machine(_, line) => *line,
+            Part::Vms(v) => v.first().map_or(0, |v| line_of(text, v.span().start)),
         }
     }
-    if let Some(line) = doc.too_many_vms {
-        return Err(ScenarioError::new(
-            line,
-            None,
-            ErrorKind::TooManyVms { max: MAX_VMS },
-        ));
+}
+
+/// The scenario in the parsed document `doc` of `text`.
+pub(crate) fn from_document(text: &str, doc: &DeTable<'_>) -> Result<Scenario, ScenarioError> {
+    let mut top: Vec<_> = doc.iter().collect();
+    top.sort_by_key(|(k, _)| k.span().start);
+    let mut parts = Vec::new();
+    for (k, v) in top {
+        let err = |kind| {
+            Err(ScenarioError::new(
+                line_of(text, k.span().start),
+                None,
+                kind,
+            ))
+        };
+        let key = shown(k.get_ref());
+        match (k.get_ref().as_ref(), v.get_ref()) {
+            ("machine", DeValue::Table(t)) => {
+                parts.push(Part::Machine(t, line_of(text, v.span().start)))
+            }
+            ("machine", DeValue::Array(_)) => return err(ErrorKind::MachineIsArray),
+            ("vm", DeValue::Array(a)) => parts.push(Part::Vms(a)),
+            ("vm", DeValue::Table(_)) => return err(ErrorKind::VmNotArray),
+            ("machine", other) => {
+                return err(ErrorKind::WrongType {
+                    key: "machine",
+                    expected: "a table ([machine])",
+                    found: type_name(other),
+                })
+            }
+            ("vm", other) => {
+                return err(ErrorKind::WrongType {
+                    key: "vm",
+                    expected: "an array of tables ([[vm]])",
+                    found: type_name(other),
+                })
+            }
+            (_, DeValue::Table(_)) => return err(ErrorKind::UnknownSection(key)),
+            (_, DeValue::Array(a))
+                if !a.is_empty() && a.iter().all(|v| matches!(v.get_ref(), DeValue::Table(_))) =>
+            {
+                return err(ErrorKind::UnknownSection(key))
+            }
+            _ => return err(ErrorKind::KeyOutsideSection(key)),
+        }
+    }
+    parts.sort_by_key(|p| p.line(text));
+
+    let mut m = None;
+    let mut vms = Vec::new();
+    for p in parts {
+        match p {
+            Part::Machine(t, line) => m = Some(machine(text, t, line)?),
+            Part::Vms(list) => {
+                if let Some(extra) = list.get(MAX_VMS) {
+                    return Err(ScenarioError::new(
+                        line_of(text, extra.span().start),
+                        None,
+                        ErrorKind::TooManyVms { max: MAX_VMS },
+                    ));
+                }
+                for (i, v) in list.iter().enumerate() {
+                    let line = line_of(text, v.span().start);
+                    let DeValue::Table(t) = v.get_ref() else {
+                        let kind = ErrorKind::WrongType {
+                            key: "vm",
+                            expected: "a table ([[vm]])",
+                            found: type_name(v.get_ref()),
+                        };
+                        return Err(ScenarioError::new(line, None, kind));
+                    };
+                    vms.push(vm(text, t, line, i + 1)?);
+                }
+            }
+        }
     }
     let machine = m.ok_or_else(|| ScenarioError::new(0, None, ErrorKind::MissingMachine))?;
     Ok(Scenario { machine, vms })
