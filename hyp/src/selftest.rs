@@ -8,6 +8,14 @@
 //!    attributed translation fault.
 //! 4. Detached: the same mapped IPA aborts again.
 //! 5. The domain is destroyed and its memory returned.
+//!
+//! Each check is one log line in the check-line format every guest uses
+//! (`guests/README.md`): `check NAME: pass DETAIL` or `check NAME: FAIL
+//! DETAIL`, and each entry point closes its run with
+//! `checks: N run, M failed`.
+
+use alloc::format;
+use alloc::string::String;
 
 use crate::edu::{Direction, Edu};
 use crate::iommu::HostIommu;
@@ -45,8 +53,72 @@ fn matches(page: &DmaRegion, range: core::ops::Range<usize>, f: impl Fn(usize) -
     })
 }
 
+/// Counts a run's checks and prints their lines.
+#[derive(Default)]
+struct Tally {
+    run: u32,
+    failed: u32,
+}
+
+impl Tally {
+    /// Reports check `name` (lowercase words joined by `-`): passed with
+    /// `shown` as its detail when `failure` is None, else failed with the
+    /// failure as its detail. Returns whether it passed.
+    fn check(&mut self, name: &str, shown: &str, failure: Option<String>) -> bool {
+        self.run += 1;
+        match failure {
+            None => {
+                info!("check {name}: pass {shown}");
+                true
+            }
+            Some(why) => {
+                self.failed += 1;
+                error!("check {name}: FAIL {why}");
+                false
+            }
+        }
+    }
+
+    /// Prints the run's summary line.
+    fn close(self) {
+        if self.failed == 0 {
+            info!("checks: {} run, 0 failed", self.run);
+        } else {
+            error!("checks: {} run, {} failed", self.run, self.failed);
+        }
+    }
+}
+
+/// What went wrong with a DMA that must complete and leave `page`
+/// holding `f`'s bytes, None if nothing did.
+fn dma_left(
+    dma: Result<(), crate::edu::EduError>,
+    page: &DmaRegion,
+    what: &str,
+    f: impl Fn(usize) -> u8,
+) -> Option<String> {
+    match dma {
+        Err(e) => Some(format!("the DMA failed: {e}")),
+        Ok(()) if !matches(page, 0..PAGE_SIZE, f) => Some(format!("{what} changed")),
+        Ok(()) => None,
+    }
+}
+
 /// Runs the self-test on `edu`; returns whether every check passed.
 pub fn run(host: &mut HostIommu, cfg: &dyn ConfigAccess, edu_fn: &Function) -> bool {
+    let mut tally = Tally::default();
+    let ok = run_checks(host, cfg, edu_fn, &mut tally);
+    tally.close();
+    ok
+}
+
+/// The body of [`run`], reporting its checks to `tally`.
+fn run_checks(
+    host: &mut HostIommu,
+    cfg: &dyn ConfigAccess,
+    edu_fn: &Function,
+    tally: &mut Tally,
+) -> bool {
     let bdf = edu_fn.bdf;
     let Some(sid) = host.stream_of(bdf) else {
         error!("self-test: edu {bdf} has no StreamID");
@@ -77,7 +149,7 @@ pub fn run(host: &mut HostIommu, cfg: &dyn ConfigAccess, edu_fn: &Function) -> b
         canary.pa()
     );
     set_bus_master(cfg, bdf, true);
-    let ok = checks(host, &edu, sid, &page, &canary);
+    let ok = checks(host, &edu, sid, &page, &canary, tally);
     set_bus_master(cfg, bdf, false);
     // SAFETY: the device's stream aborts (detached or never attached) and its
     // bus mastering is off: nothing can reach these pages any more.
@@ -98,21 +170,13 @@ fn set_bus_master(cfg: &dyn ConfigAccess, bdf: Bdf, on: bool) {
     cfg.write32(bdf, pci::reg::COMMAND, cmd);
 }
 
-fn verdict(name: &str, ok: bool) -> bool {
-    if ok {
-        info!("self-test: {name}: PASS");
-    } else {
-        error!("self-test: {name}: FAIL");
-    }
-    ok
-}
-
 fn checks(
     host: &mut HostIommu,
     edu: &Edu,
     sid: smmu::addr::StreamId,
     page: &DmaRegion,
     canary: &DmaRegion,
+    t: &mut Tally,
 ) -> bool {
     let mut all = true;
     let canary_byte = |_| 0x5a;
@@ -123,9 +187,10 @@ fn checks(
     //    must leave it intact.
     let dma = edu.dma(Direction::ToMemory, canary.pa().raw(), 0, PROBE);
     host.report_events();
-    all &= verdict(
-        "unowned device aborts from power-on",
-        dma.is_ok() && matches(canary, 0..PAGE_SIZE, canary_byte),
+    all &= t.check(
+        "unowned-device-aborts",
+        "from power-on: a DMA write to the canary's PA left it intact",
+        dma_left(dma, canary, "the canary", canary_byte),
     );
 
     // 2. A domain with one page mapped at TEST_IPA.
@@ -163,9 +228,17 @@ fn checks(
         .dma(Direction::FromMemory, TEST_IPA, 0, HALF)
         .and_then(|()| edu.dma(Direction::ToMemory, TEST_IPA + HALF, 0, HALF));
     let back = |i: usize| pattern(i - HALF as usize);
-    all &= verdict(
-        "DMA through the domain reads back the expected bytes",
-        copied.is_ok() && matches(page, HALF as usize..PAGE_SIZE, back),
+    let failure = match copied {
+        Err(e) => Some(format!("the DMA failed: {e}")),
+        Ok(()) if !matches(page, HALF as usize..PAGE_SIZE, back) => {
+            Some("the page does not hold the bytes copied through the domain".into())
+        }
+        Ok(()) => None,
+    };
+    all &= t.check(
+        "dma-through-domain",
+        "the bytes read back through the domain are the expected ones",
+        failure,
     );
 
     // 3. Unmapped IPA: the canary's PA used as an IPA. Nothing may land
@@ -175,9 +248,12 @@ fn checks(
     let fault = events
         .iter()
         .any(|e| is_s2_write_fault(e, sid, canary.pa()));
-    all &= verdict(
-        "DMA to an unmapped IPA writes nothing and raises a stage-2 fault",
-        dma.is_ok() && fault && matches(canary, 0..PAGE_SIZE, canary_byte),
+    let failure = dma_left(dma, canary, "the canary", canary_byte)
+        .or_else(|| (!fault).then(|| format!("no stage-2 write fault for sid {sid} at that IPA")));
+    all &= t.check(
+        "unmapped-ipa-faults",
+        "a DMA write to an unmapped IPA wrote nothing and raised a stage-2 fault",
+        failure,
     );
 
     // 4. Detach: the mapped IPA aborts again.
@@ -186,16 +262,22 @@ fn checks(
     fill(page, 0..PAGE_SIZE, |_| 0);
     let dma = edu.dma(Direction::ToMemory, TEST_IPA, 0, PROBE);
     host.report_events();
-    all &= verdict(
-        "after detach the device's DMA aborts",
-        detached.is_ok() && dma.is_ok() && matches(page, 0..PAGE_SIZE, |_| 0),
+    let failure = match detached {
+        Err(e) => Some(format!("detach failed: {e}")),
+        Ok(_) => dma_left(dma, page, "the formerly mapped page", |_| 0),
+    };
+    all &= t.check(
+        "dma-aborts-after-detach",
+        "a DMA write to the formerly mapped IPA wrote nothing",
+        failure,
     );
 
     // 5. Tear down.
     let destroyed = host.iommu.destroy(id);
-    all &= verdict(
-        "domain destroyed (TLBI_S12_VMALL, tables freed)",
-        destroyed.is_ok(),
+    all &= t.check(
+        "domain-destroyed",
+        "TLBI_S12_VMALL, tables freed",
+        destroyed.err().map(|e| format!("{e}")),
     );
     all
 }
@@ -213,28 +295,42 @@ fn is_s2_write_fault(e: &Event, sid: smmu::addr::StreamId, ipa: PhysAddr) -> boo
 }
 
 /// Checks that a device nobody owns cannot DMA: a write aimed at a canary's
-/// physical address leaves it intact. Returns whether it held.
+/// physical address leaves it intact (check `unowned-edu-BB-DD-F-aborts`,
+/// a run of its own). Returns whether it held.
 pub fn probe_unowned(host: &mut HostIommu, cfg: &dyn ConfigAccess, f: &Function) -> bool {
+    let mut tally = Tally::default();
+    let b = f.bdf;
+    let name = format!("unowned-edu-{:02x}-{:02x}-{}-aborts", b.bus, b.dev, b.func);
+    let failure = probe(host, cfg, f);
+    let ok = tally.check(
+        &name,
+        "a DMA write to a canary's PA left it intact",
+        failure,
+    );
+    tally.close();
+    ok
+}
+
+/// The DMA of [`probe_unowned`]: what went wrong, None if nothing did.
+fn probe(host: &mut HostIommu, cfg: &dyn ConfigAccess, f: &Function) -> Option<String> {
     let Some(bar0) = f.bars.first().and_then(|b| b.cpu_addr) else {
-        return false;
+        return Some(format!("edu {} has no BAR0", f.bdf));
     };
     // SAFETY: BAR0 was placed by pci::enumerate and mapped as a device.
-    let Ok(edu) = (unsafe { Edu::new(bar0) }) else {
-        return false;
+    let edu = match unsafe { Edu::new(bar0) } {
+        Ok(edu) => edu,
+        Err(e) => return Some(format!("edu {}: {e}", f.bdf)),
     };
     let Ok(canary) = DmaRegion::alloc(&mm::TEST_MEM, PAGE_SIZE, PAGE_SIZE) else {
-        return false;
+        return Some("out of memory".into());
     };
     fill(&canary, 0..PAGE_SIZE, |_| 0xa5);
     set_bus_master(cfg, f.bdf, true);
     let dma = edu.dma(Direction::ToMemory, canary.pa().raw(), 0, PROBE);
     set_bus_master(cfg, f.bdf, false);
     host.report_events();
-    let ok = verdict(
-        &alloc::format!("unowned edu {} aborts", f.bdf),
-        dma.is_ok() && matches(&canary, 0..PAGE_SIZE, |_| 0xa5),
-    );
+    let failure = dma_left(dma, &canary, "the canary", |_| 0xa5);
     // SAFETY: the stream aborts and bus mastering is off again.
     unsafe { canary.free(&mm::TEST_MEM) };
-    ok
+    failure
 }

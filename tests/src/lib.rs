@@ -7,6 +7,29 @@
 //! 2-core machine is not asked to run more emulated CPUs than it has cores
 //! (which made guests miss their own deadlines), every boot first takes as
 //! many slots of one shared budget ([`cpu_budget`]) as its machine has CPUs.
+//!
+//! # Check lines
+//!
+//! What a guest (or the hypervisor's boot self-test) judges itself, it
+//! reports in one format (`guests/README.md`), which [`Boot::checks`] and
+//! [`Boot::hyp_checks`] parse:
+//!
+//! ```text
+//! check NAME: pass            check NAME: pass DETAIL
+//! check NAME: FAIL DETAIL     checks: N run, M failed
+//! ```
+//!
+//! NAME is lowercase letters and digits in words joined by `-`, unique in
+//! its source. The summary line closes a run: it counts the check lines
+//! since the previous summary of the same source. A VM's lines arrive
+//! prefixed `[NAME] ` by the hypervisor; the hypervisor's own are log lines
+//! (`[   0.512345] INFO  check ...`). A test names every check it expects
+//! ([`Checks::assert_all_passed`]), so a check that stops running, one
+//! nobody expected, a failure, a malformed line or a run without its
+//! summary all fail the test, whatever the rest of the wording says.
+//! Plain needles ([`Boot::expect`], [`Boot::reject`]) are for what the
+//! hypervisor and Linux log, and for facts a test compares with its own
+//! (a checksum, a line's position).
 
 use std::cell::Cell;
 use std::io::Read;
@@ -80,6 +103,243 @@ impl Boot {
     /// Number of console lines containing `needle`.
     pub fn count(&self, needle: &str) -> usize {
         self.console.lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// The check lines VM `vm` printed (see the crate documentation).
+    pub fn checks(&self, vm: &str) -> Checks<'_> {
+        let prefix = format!("[{vm}] ");
+        Checks::parse(&self.console, format!("VM {vm}"), |line| {
+            line.strip_prefix(prefix.as_str())
+        })
+    }
+
+    /// The check lines of the hypervisor's boot self-test: its log lines
+    /// (`[   0.512345] INFO  check ...`).
+    pub fn hyp_checks(&self) -> Checks<'_> {
+        Checks::parse(&self.console, "the hypervisor".into(), hyp_log_text)
+    }
+
+    /// Asserts that VM `vm` printed nothing at all (it never started).
+    #[track_caller]
+    pub fn assert_silent(&self, vm: &str) {
+        let prefix = format!("[{vm}] ");
+        if let Some(line) = self.console.lines().find(|l| l.starts_with(&prefix)) {
+            panic!("VM {vm} printed {line:?}; console was:\n{}", self.console);
+        }
+    }
+}
+
+/// The text of a hypervisor log line (`[   0.512345] INFO  text`, see
+/// `hyp/src/console.rs`), None for any other line.
+fn hyp_log_text(line: &str) -> Option<&str> {
+    let (stamp, rest) = line.strip_prefix('[')?.split_once("] ")?;
+    let (secs, micros) = stamp.trim_start().split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(secs) || !digits(micros) {
+        return None;
+    }
+    let (level, text) = rest.split_once(' ')?;
+    ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"]
+        .contains(&level)
+        .then_some(text.trim_start())
+}
+
+/// One check line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// Its name.
+    pub name: String,
+    /// `pass` (true) or `FAIL` (false).
+    pub passed: bool,
+    /// What follows the outcome, empty without.
+    pub detail: String,
+    /// Its index in `Boot::console.lines()`.
+    pub line: usize,
+}
+
+/// The check lines of one source (a VM or the hypervisor), parsed from a
+/// console; what was wrong with them is kept until an `assert_*`.
+#[derive(Debug)]
+pub struct Checks<'a> {
+    /// "VM NAME" or "the hypervisor", for messages.
+    source: String,
+    console: &'a str,
+    checks: Vec<Check>,
+    /// Summary lines seen.
+    summaries: usize,
+    /// Malformed lines, duplicate names, summaries that do not match,
+    /// checks after the last summary.
+    problems: Vec<String>,
+}
+
+/// Whether `name` is lowercase letters and digits in words joined by `-`.
+fn valid_name(name: &str) -> bool {
+    name.split('-').all(|w| {
+        !w.is_empty()
+            && w.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    })
+}
+
+/// Parses `check NAME: pass[ DETAIL]` / `check NAME: FAIL[ DETAIL]`.
+fn parse_check(rest: &str) -> Option<(&str, bool, &str)> {
+    let (name, outcome) = rest.split_once(": ")?;
+    let (word, detail) = outcome.split_once(' ').unwrap_or((outcome, ""));
+    let passed = match word {
+        "pass" => true,
+        "FAIL" => false,
+        _ => return None,
+    };
+    valid_name(name).then_some((name, passed, detail))
+}
+
+/// Parses `N run, M failed`.
+fn parse_summary(rest: &str) -> Option<(usize, usize)> {
+    let (run, failed) = rest.split_once(" run, ")?;
+    let failed = failed.strip_suffix(" failed")?;
+    let number = |s: &str| {
+        s.parse::<usize>()
+            .ok()
+            .filter(|_| s.bytes().all(|b| b.is_ascii_digit()))
+    };
+    Some((number(run)?, number(failed)?))
+}
+
+impl<'a> Checks<'a> {
+    /// The check and summary lines among those `text_of` gives text for.
+    fn parse(console: &'a str, source: String, text_of: impl Fn(&str) -> Option<&str>) -> Self {
+        let mut c = Checks {
+            source,
+            console,
+            checks: Vec::new(),
+            summaries: 0,
+            problems: Vec::new(),
+        };
+        // Checks since the last summary line.
+        let mut open = 0;
+        for (index, line) in console.lines().enumerate() {
+            let Some(text) = text_of(line) else {
+                continue;
+            };
+            if let Some(rest) = text.strip_prefix("checks: ") {
+                let Some((run, failed)) = parse_summary(rest) else {
+                    c.problems.push(format!("malformed summary line {line:?}"));
+                    continue;
+                };
+                let group = &c.checks[c.checks.len() - open..];
+                let group_failed = group.iter().filter(|k| !k.passed).count();
+                if (run, failed) != (group.len(), group_failed) {
+                    c.problems.push(format!(
+                        "{line:?} does not match the {} check(s), {group_failed} failed, before it",
+                        group.len()
+                    ));
+                }
+                c.summaries += 1;
+                open = 0;
+            } else if let Some(rest) = text.strip_prefix("check ") {
+                let Some((name, passed, detail)) = parse_check(rest) else {
+                    c.problems.push(format!("malformed check line {line:?}"));
+                    continue;
+                };
+                if c.checks.iter().any(|k| k.name == name) {
+                    c.problems.push(format!("check {name} reported twice"));
+                }
+                c.checks.push(Check {
+                    name: name.to_string(),
+                    passed,
+                    detail: detail.to_string(),
+                    line: index,
+                });
+                open += 1;
+            }
+        }
+        if open > 0 {
+            c.problems.push(format!(
+                "{open} check(s) after the last summary line: the run did not finish"
+            ));
+        }
+        c
+    }
+
+    /// Every check, in console order.
+    pub fn all(&self) -> &[Check] {
+        &self.checks
+    }
+
+    /// The check called `name`; fails the test if there is none.
+    #[track_caller]
+    pub fn get(&self, name: &str) -> &Check {
+        self.checks
+            .iter()
+            .find(|k| k.name == name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} reported no check {name}; console was:\n{}",
+                    self.source, self.console
+                )
+            })
+    }
+
+    /// The detail of check `name` (what follows `pass` or `FAIL`).
+    #[track_caller]
+    pub fn detail(&self, name: &str) -> &str {
+        &self.get(name).detail
+    }
+
+    /// Asserts that exactly the checks `expected` ran, in any order, and
+    /// passed, every run closed with a summary line that counts them, and
+    /// at least one summary line came (with no names: a run that closed
+    /// without checks). Anything else fails the test with every problem
+    /// listed and the console shown.
+    #[track_caller]
+    pub fn assert_all_passed(&self, expected: &[&str]) {
+        for (i, name) in expected.iter().enumerate() {
+            assert!(
+                !expected[..i].contains(name),
+                "{name} is listed twice in the expected checks"
+            );
+        }
+        let mut problems = self.problems.clone();
+        if self.summaries == 0 {
+            problems.push("no summary line (`checks: N run, M failed`)".into());
+        }
+        for name in expected {
+            if !self.checks.iter().any(|k| k.name == *name) {
+                problems.push(format!("missing check {name}"));
+            }
+        }
+        for k in &self.checks {
+            if !expected.contains(&k.name.as_str()) {
+                problems.push(format!("unexpected check {}", k.name));
+            }
+            if !k.passed {
+                problems.push(format!("check {} failed: {}", k.name, k.detail));
+            }
+        }
+        self.fail_if(problems);
+    }
+
+    /// Asserts that no check or summary line came at all (no run started).
+    #[track_caller]
+    pub fn assert_none(&self) {
+        let mut problems = self.problems.clone();
+        problems.extend(self.checks.iter().map(|k| format!("check {} ran", k.name)));
+        if self.summaries > 0 {
+            problems.push(format!("{} summary line(s)", self.summaries));
+        }
+        self.fail_if(problems);
+    }
+
+    #[track_caller]
+    fn fail_if(&self, problems: Vec<String>) {
+        if !problems.is_empty() {
+            panic!(
+                "{} checks:\n  {}\nconsole was:\n{}",
+                self.source,
+                problems.join("\n  "),
+                self.console
+            );
+        }
     }
 }
 
@@ -263,4 +523,129 @@ pub fn bare_linux_qemu(extra: &[&str], append: &str) -> std::process::Command {
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The checks of VM `vm` in `console`.
+    fn vm<'a>(console: &'a str, vm: &str) -> Checks<'a> {
+        let prefix = format!("[{vm}] ");
+        Checks::parse(console, format!("VM {vm}"), |l| {
+            l.strip_prefix(prefix.as_str())
+        })
+    }
+
+    fn problems(console: &str) -> Vec<String> {
+        vm(console, "a").problems
+    }
+
+    const GOOD: &str = "\
+[a] guest: hello
+[b] check one: FAIL elsewhere
+[a] check dma-read-0x60000000: pass blocked (read as zeros)
+[   0.000100] INFO  check one: pass
+[a] check two: pass
+[a] checks: 2 run, 0 failed
+";
+
+    #[test]
+    fn a_vm_s_checks() {
+        let c = vm(GOOD, "a");
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        assert_eq!(c.summaries, 1);
+        assert_eq!(c.detail("dma-read-0x60000000"), "blocked (read as zeros)");
+        assert_eq!(c.get("two").detail, "");
+        assert_eq!(c.get("two").line, 4);
+        c.assert_all_passed(&["two", "dma-read-0x60000000"]);
+        // Another VM's and the hypervisor's lines are theirs.
+        let b = vm(GOOD, "b");
+        assert!(!b.get("one").passed);
+        assert_eq!(b.problems.len(), 1, "{:?}", b.problems);
+        let hyp = Checks::parse(GOOD, "the hypervisor".into(), hyp_log_text);
+        assert_eq!(hyp.all().len(), 1);
+        assert!(hyp.get("one").passed);
+    }
+
+    #[test]
+    #[should_panic(expected = "missing check three")]
+    fn a_missing_check_fails() {
+        vm(GOOD, "a").assert_all_passed(&["two", "dma-read-0x60000000", "three"]);
+    }
+
+    #[test]
+    #[should_panic(expected = "unexpected check two")]
+    fn an_unexpected_check_fails() {
+        vm(GOOD, "a").assert_all_passed(&["dma-read-0x60000000"]);
+    }
+
+    #[test]
+    #[should_panic(expected = "check one failed: elsewhere")]
+    fn a_failed_check_fails() {
+        vm(
+            "[b] check one: FAIL elsewhere\n[b] checks: 1 run, 1 failed\n",
+            "b",
+        )
+        .assert_all_passed(&["one"]);
+    }
+
+    #[test]
+    #[should_panic(expected = "no summary line")]
+    fn a_run_without_summary_fails() {
+        vm("[a] guest: hello\n", "a").assert_all_passed(&[]);
+    }
+
+    #[test]
+    fn runs_close_with_matching_summaries() {
+        // Two runs, each closed.
+        let two = "[a] check x: pass\n[a] checks: 1 run, 0 failed\n\
+                   [a] check y: FAIL no\n[a] checks: 1 run, 1 failed\n";
+        assert!(problems(two).is_empty(), "{:?}", problems(two));
+        for (console, problem) in [
+            ("[a] check x: pass\n", "after the last summary line"),
+            (
+                "[a] check x: pass\n[a] checks: 2 run, 0 failed\n",
+                "does not match",
+            ),
+            (
+                "[a] check x: FAIL\n[a] checks: 1 run, 0 failed\n",
+                "does not match",
+            ),
+            (
+                "[a] check x: pass\n[a] check x: pass\n[a] checks: 2 run, 0 failed\n",
+                "reported twice",
+            ),
+            ("[a] checks: 1 passed, 0 failed\n", "malformed summary"),
+            ("[a] check Bad_Name: pass\n", "malformed check"),
+            ("[a] check x: ok\n", "malformed check"),
+            ("[a] check x--y: pass\n", "malformed check"),
+            ("[a] check x: passed\n", "malformed check"),
+        ] {
+            let p = problems(console);
+            assert!(p.iter().any(|m| m.contains(problem)), "{console:?}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn none_ran() {
+        vm("[a] guest: hello\n", "a").assert_none();
+        let r = std::panic::catch_unwind(|| vm("[a] checks: 0 run, 0 failed\n", "a").assert_none());
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn hypervisor_log_lines() {
+        assert_eq!(
+            hyp_log_text("[   0.512345] INFO  check x: pass"),
+            Some("check x: pass")
+        );
+        assert_eq!(
+            hyp_log_text("[  12.000001] ERROR check x: FAIL y"),
+            Some("check x: FAIL y")
+        );
+        assert_eq!(hyp_log_text("[linux] check x: pass"), None);
+        assert_eq!(hyp_log_text("[linux] [    0.000000] Booting Linux"), None);
+        assert_eq!(hyp_log_text("[   0.5] NOTE check x: pass"), None);
+    }
 }

@@ -1,5 +1,6 @@
 //! Guests under the hypervisor. Each scenario powers itself off;
-//! QEMU's exit status says whether every VM stopped cleanly.
+//! QEMU's exit status says whether every VM stopped cleanly. What a guest
+//! judges itself comes as check lines ([`Boot::checks`]).
 
 use scenario_tests::{boot, Boot, TIMEOUT};
 
@@ -21,8 +22,9 @@ fn linux_boot() {
     let b = boot("linux", &[], TIMEOUT);
     b.expect("VM linux: 2 vCPU(s) on physical CPU(s) [0, 1], 512 MiB RAM");
     b.expect("[linux] init: reached on 6.1");
-    b.expect("[linux] init: cpus online: 0-1");
-    b.expect("[linux] init: nproc 2");
+    let linux = b.checks("linux");
+    linux.assert_all_passed(&["all-cpus-online"]);
+    assert_eq!(linux.detail("all-cpus-online"), "online 0-1, nproc 2");
     b.expect("[linux] [");
     b.expect("reboot: Power down");
     b.expect("VM linux: powered off");
@@ -50,7 +52,10 @@ fn two_vms() {
         b.console
     );
     assert_eq!(b.count("[bare] guest: tick"), 30);
-    b.expect("[linux] init: cpus online: 0-1");
+    b.checks("bare").assert_all_passed(&[]);
+    let linux = b.checks("linux");
+    linux.assert_all_passed(&["all-cpus-online"]);
+    assert_eq!(linux.detail("all-cpus-online"), "online 0-1, nproc 2");
     b.expect("VM bare: 1 vCPU(s) on physical CPU(s) [2]");
     b.expect("all VMs have stopped (all powered off cleanly)");
     b.assert_exit(0);
@@ -60,7 +65,12 @@ fn two_vms() {
 fn guest_bad_access() {
     let b = boot("bad-access", &[], TIMEOUT);
     // The guest takes the architected synchronous external abort...
-    b.expect("[intruder] guest: data abort at FAR=0x51000000 ESR=0x96000010");
+    let intruder = b.checks("intruder");
+    intruder.assert_all_passed(&["bad-access-aborts"]);
+    assert_eq!(
+        intruder.detail("bad-access-aborts"),
+        "FAR=0x51000000 ESR=0x96000010"
+    );
     // ...the hypervisor says what happened, once...
     let report = b.expect(
         "VM intruder: vCPU 0: 4-byte read at IPA 0x51000000 outside its memory and devices",
@@ -69,7 +79,7 @@ fn guest_bad_access() {
     assert_eq!(b.count("VM intruder: vCPU 0:"), 1);
     // ...and the other VM runs on to its end.
     assert_eq!(b.count("[bystander] guest: tick"), 3);
-    b.expect("[bystander] guest: done");
+    b.checks("bystander").assert_all_passed(&[]);
     b.expect("all VMs have stopped (all powered off cleanly)");
     b.assert_exit(0);
 }
@@ -95,7 +105,9 @@ fn console_input_switches_between_vms() {
     b.expect("[hyp] console input goes to VM linux");
     // head echoes the line it read (after the terminal's own echo).
     assert!(b.count("[linux] typed-into-linux") >= 1, "{}", b.console);
-    b.expect("[linux] init: exit status 0");
+    b.checks("linux")
+        .assert_all_passed(&["all-cpus-online", "init-run-exit-status"]);
+    b.checks("bare").assert_all_passed(&[]);
     b.expect("all VMs have stopped (all powered off cleanly)");
     b.assert_exit(0);
 }

@@ -206,6 +206,18 @@ mod hw {
         Timeout(u64),
     }
 
+    impl core::fmt::Display for EduError {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            match self {
+                Self::NotFound => write!(f, "no edu device (1234:11e8) on bus 0"),
+                Self::NoRoom => write!(f, "edu BAR0 is unassigned and fits no 32-bit window"),
+                Self::BarRefused(at) => write!(f, "edu BAR0 refused address {at:#x}"),
+                Self::BadId(id) => write!(f, "edu ID register reads {id:#x}"),
+                Self::Timeout(cmd) => write!(f, "edu DMA timed out (command {cmd:#x})"),
+            }
+        }
+    }
+
     /// An `edu` function on bus 0 with its BAR0 mapped and bus mastering on.
     pub struct Edu {
         /// Its device number on bus 0.

@@ -3,25 +3,30 @@
 //! Booted like a Linux arm64 `Image` (see `entry.S`): EL1, MMU off, x0 = DTB.
 //! It finds its PL011 and memory in the device tree, prints
 //! `guest: hello from <name>` (`name=` on `/chosen/bootargs`) and its CPU
-//! count, then does what the command line asks:
+//! count, then does what the command line asks, reporting what it judges
+//! in check lines (`check NAME: pass` / `check NAME: FAIL DETAIL`, see
+//! `guests/README.md`):
 //!
-//! - nothing: prints `guest: done` and powers off (PSCI `SYSTEM_OFF`);
-//! - `bad_access`: reads 256 MiB past the end of its RAM and reports the
-//!   synchronous data abort from its EL1 vectors
-//!   (`guest: data abort at FAR=0x... ESR=0x...`), then powers off;
+//! - nothing: no checks;
+//! - `bad_access`: reads 256 MiB past the end of its RAM; its EL1 vectors
+//!   check that the read took a synchronous external abort there
+//!   (`check bad-access-aborts: pass FAR=0x... ESR=0x...`);
 //! - `count=N`: prints `guest: tick 1` .. `guest: tick N`, one every
-//!   `tick_ms=` milliseconds (default 100) of the virtual counter, then
-//!   `guest: done` and powers off;
+//!   `tick_ms=` milliseconds (default 100) of the virtual counter;
 //! - `edu_attack=ADDR[,ADDR...]` [`edu_flood=N`]: drives QEMU's `edu` PCI
 //!   device behind the device tree's ECAM host bridge as a DMA attacker
 //!   (see [`edu`] and `README.md`): DMA into its own memory, then a DMA
 //!   read from and N (default 1) DMA writes to each address, then
-//!   `guest: attack done`, `guest: done` and powers off;
+//!   `guest: attack done`;
 //! - `vsmmu_edu`: programs its own virtual SMMUv3 (stream table, CD,
 //!   stage-1 tables, queues) for the `edu` and checks nested translation,
 //!   invalidation, isolation and command errors (see [`nested`]);
 //! - `vsmmu_flood=MS`: keeps its vSMMU's command queue full of
-//!   invalidations for MS milliseconds and prints how many went through.
+//!   invalidations for MS milliseconds and reports how many went through.
+//!
+//! Every run ends with the summary line `checks: N run, M failed` (also
+//! after an unexpected exception or a panic, each a failed check), then
+//! `guest: done` (except after an exception) and PSCI `SYSTEM_OFF`.
 //!
 //! PSCI goes through HVC, or SMC when the device tree's `/psci` says so.
 //!
@@ -36,6 +41,8 @@
 #[cfg(target_os = "none")]
 #[macro_use]
 mod console;
+#[cfg(target_os = "none")]
+mod checks;
 mod edu;
 #[cfg(target_os = "none")]
 mod mmio;
@@ -227,22 +234,33 @@ const EC_DATA_ABORT_SAME_EL: u64 = 0x25;
 /// Index of the "current EL with SP_ELx, synchronous" vector.
 const VECTOR_CURRENT_SPX_SYNC: u64 = 4;
 
-/// Whether an exception is the data abort `bad_access` provokes.
+/// ESR_EL1.ISS.DFSC of a synchronous external abort (not on a table walk).
+const DFSC_SYNC_EXTERNAL_ABORT: u64 = 0x10;
+
+/// Whether an exception is a data abort taken without a change in
+/// exception level.
 fn is_same_el_data_abort(vector: u64, esr: u64) -> bool {
     vector == VECTOR_CURRENT_SPX_SYNC && (esr >> 26) & 0x3f == EC_DATA_ABORT_SAME_EL
+}
+
+/// Whether a data abort's syndrome says synchronous external abort: what
+/// the hypervisor injects for an access outside the VM's memory.
+fn is_sync_external_abort(esr: u64) -> bool {
+    esr & 0x3f == DFSC_SYNC_EXTERNAL_ABORT
 }
 
 #[cfg(target_os = "none")]
 mod hw {
     //! Everything that touches the machine: UART, counter, PSCI, the vectors.
 
+    use super::checks::{self, check};
     use super::console::UART;
     use super::edu::{Edu, EduError, PciHost, ReadOutcome, Targets, DMA_LEN};
-    use super::{is_same_el_data_abort, Action, Args, Board, Conduit};
+    use super::{is_same_el_data_abort, is_sync_external_abort, Action, Args, Board, Conduit};
     use aarch64_cpu::asm::barrier;
     use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
     use core::cell::UnsafeCell;
-    use core::sync::atomic::{AtomicU8, Ordering};
+    use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
     use flat_device_tree::Fdt;
 
     core::arch::global_asm!(include_str!("entry.S"));
@@ -250,6 +268,10 @@ mod hw {
 
     /// The PSCI conduit: 0 = HVC, 1 = SMC.
     static CONDUIT: AtomicU8 = AtomicU8::new(0);
+
+    /// The address `bad_access` reads, once it is about to (0 before): the
+    /// data abort there is the expected one.
+    static BAD_ADDRESS: AtomicU64 = AtomicU64::new(0);
 
     /// PSCI SYSTEM_OFF; parks the CPU if the call returns.
     fn power_off() -> ! {
@@ -324,10 +346,15 @@ mod hw {
     }
 
     /// `edu_attack=`: finds the `edu`, checks DMA into our own memory, then
-    /// attacks each target by DMA read and write.
+    /// attacks each target by DMA read and write. What stops the attack is
+    /// a failed check `edu-attack-ran`.
     fn edu_attack(fdt: &Fdt<'_>, targets: Targets<'_>, flood: u64) {
         let Some(host) = PciHost::from_fdt(fdt) else {
-            say!("guest: no PCI host bridge (pci-host-ecam-generic) in the device tree");
+            check(
+                "edu-attack-ran",
+                false,
+                "no PCI host bridge (pci-host-ecam-generic) in the device tree",
+            );
             return;
         };
         let edu = match Edu::probe(&host) {
@@ -354,9 +381,10 @@ mod hw {
         edu.dma_into_buffer(src)?;
         edu.dma_from_buffer(dst)?;
         let ok = ReadOutcome::judge(bytes(DST), SEED_OWN) == ReadOutcome::Intact;
-        say!(
-            "guest: dma own memory: {}",
-            if ok { "ok" } else { "FAILED" }
+        check(
+            "dma-own-memory",
+            ok,
+            if ok { "" } else { "the page read back wrong" },
         );
 
         fill(SRC, Some(SEED_KNOWN));
@@ -366,18 +394,25 @@ mod hw {
             edu.dma_into_buffer(target)?;
             fill(DST, None);
             edu.dma_from_buffer(dst)?;
-            let verdict = ReadOutcome::judge(bytes(DST), SEED_KNOWN).verdict();
-            say!("guest: dma read from {:#x}: {}", target, verdict);
+            let outcome = ReadOutcome::judge(bytes(DST), SEED_KNOWN);
+            check(
+                format_args!("dma-read-{:#x}", target),
+                outcome != ReadOutcome::Leaked,
+                outcome.verdict(),
+            );
 
             // Write: K (reloaded) from the buffer to the target.
             edu.dma_into_buffer(src)?;
             for _ in 0..flood {
                 edu.dma_from_buffer(target)?;
             }
+            // Whether anything landed is for the victim and the hypervisor
+            // to judge; this says the write(s) ran to completion.
+            let name = format_args!("dma-write-{:#x}", target);
             if flood == 1 {
-                say!("guest: dma write to {:#x}: issued", target);
+                check(name, true, "issued");
             } else {
-                say!("guest: dma write to {:#x}: issued {} times", target, flood);
+                check(name, true, format_args!("issued {} times", flood));
             }
         }
         say!("guest: attack done");
@@ -385,15 +420,7 @@ mod hw {
     }
 
     fn report(e: EduError) {
-        match e {
-            EduError::NotFound => say!("guest: no edu device (1234:11e8) on bus 0"),
-            EduError::NoRoom => {
-                say!("guest: edu BAR0 is unassigned and fits no 32-bit window")
-            }
-            EduError::BarRefused(at) => say!("guest: edu BAR0 refused address {:#x}", at),
-            EduError::BadId(id) => say!("guest: edu ID register reads {:#x}", id),
-            EduError::Timeout(cmd) => say!("guest: edu DMA timed out (command {:#x})", cmd),
-        }
+        check("edu-attack-ran", false, e);
     }
 
     /// Rust entry, called by `entry.S` with the DTB address.
@@ -426,12 +453,16 @@ mod hw {
             Action::BadAccess => {
                 let addr = board.bad_address();
                 say!("guest: reading {:#x}, outside RAM", addr);
+                BAD_ADDRESS.store(addr, Ordering::Relaxed);
                 // SAFETY: a deliberate read outside our RAM to provoke an
                 // abort (`guest_exception` reports it, never returns here);
                 // a completed read would not touch our memory.
                 let value = unsafe { (addr as *const u32).read_volatile() };
-                say!("guest: no abort: read {:#x} from {:#x}", value, addr);
-                power_off();
+                check(
+                    "bad-access-aborts",
+                    false,
+                    format_args!("no abort: read {:#x} from {:#x}", value, addr),
+                );
             }
             Action::Count(n) => {
                 for i in 1..=n {
@@ -443,30 +474,41 @@ mod hw {
             Action::VsmmuEdu => super::nested::run(&fdt),
             Action::VsmmuFlood(ms) => super::nested::flood(&fdt, ms),
         }
+        checks::close();
         say!("guest: done");
         power_off()
     }
 
-    /// Every EL1 exception ends here (`vectors.S`): reports and powers off.
+    /// Every EL1 exception ends here (`vectors.S`): checks that it is the
+    /// abort `bad_access` expects (anything else is a failed check
+    /// `unexpected-exception`), closes the run and powers off.
     #[no_mangle]
     extern "C" fn guest_exception(vector: u64, esr: u64, far: u64, elr: u64) -> ! {
-        if is_same_el_data_abort(vector, esr) {
-            say!("guest: data abort at FAR={:#x} ESR={:#x}", far, esr);
+        let expected = BAD_ADDRESS.load(Ordering::Relaxed);
+        if expected != 0 && is_same_el_data_abort(vector, esr) {
+            check(
+                "bad-access-aborts",
+                far == expected && is_sync_external_abort(esr),
+                format_args!("FAR={:#x} ESR={:#x}", far, esr),
+            );
         } else {
-            say!(
-                "guest: unexpected exception: vector {} ESR={:#x} FAR={:#x} ELR={:#x}",
-                vector,
-                esr,
-                far,
-                elr
+            check(
+                "unexpected-exception",
+                false,
+                format_args!(
+                    "vector {} ESR={:#x} FAR={:#x} ELR={:#x}",
+                    vector, esr, far, elr
+                ),
             );
         }
+        checks::close();
         power_off()
     }
 
     #[panic_handler]
     fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-        say!("guest: panic: {}", info);
+        check("guest-panic", false, info);
+        checks::close();
         power_off()
     }
 }
@@ -540,6 +582,9 @@ mod tests {
         assert!(!is_same_el_data_abort(5, 0x9600_0010));
         // SVC (EC 0x15).
         assert!(!is_same_el_data_abort(4, 0x5600_0000));
+        // What the hypervisor injects; a translation fault (DFSC 0x07) is not.
+        assert!(is_sync_external_abort(0x9600_0010));
+        assert!(!is_sync_external_abort(0x9600_0007));
     }
 
     /// A device tree like the one QEMU's `virt` or the hypervisor gives.
