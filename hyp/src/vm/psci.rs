@@ -1,32 +1,15 @@
 //! PSCI 1.1 and SMCCC 1.1 for guests, as a pure function of the call and the
 //! VM's vCPU states (DEN 0022, DEN 0028). The caller carries the action out.
 
-/// PSCI and SMCCC function IDs we implement.
-pub mod fid {
-    pub const SMCCC_VERSION: u32 = 0x8000_0000;
-    pub const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
-    pub const PSCI_VERSION: u32 = 0x8400_0000;
-    pub const CPU_SUSPEND_32: u32 = 0x8400_0001;
-    pub const CPU_SUSPEND_64: u32 = 0xc400_0001;
-    pub const CPU_OFF: u32 = 0x8400_0002;
-    pub const CPU_ON_32: u32 = 0x8400_0003;
-    pub const CPU_ON_64: u32 = 0xc400_0003;
-    pub const AFFINITY_INFO_32: u32 = 0x8400_0004;
-    pub const AFFINITY_INFO_64: u32 = 0xc400_0004;
-    pub const MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
-    pub const SYSTEM_OFF: u32 = 0x8400_0008;
-    pub const SYSTEM_RESET: u32 = 0x8400_0009;
-    pub const PSCI_FEATURES: u32 = 0x8400_000a;
-}
-
-/// PSCI return codes.
-pub mod ret {
-    pub const SUCCESS: i64 = 0;
-    pub const NOT_SUPPORTED: i64 = -1;
-    pub const INVALID_PARAMETERS: i64 = -2;
-    pub const ALREADY_ON: i64 = -4;
-    pub const INVALID_ADDRESS: i64 = -9;
-}
+use smccc::arch::{SMCCC_ARCH_FEATURES, SMCCC_VERSION};
+use smccc::psci::error::{
+    ALREADY_ON, INVALID_ADDRESS, INVALID_PARAMETERS, NOT_SUPPORTED, ON_PENDING, SUCCESS,
+};
+use smccc::psci::{
+    PSCI_AFFINITY_INFO_32, PSCI_AFFINITY_INFO_64, PSCI_CPU_OFF, PSCI_CPU_ON_32, PSCI_CPU_ON_64,
+    PSCI_CPU_SUSPEND_32, PSCI_CPU_SUSPEND_64, PSCI_FEATURES, PSCI_MIGRATE_INFO_TYPE,
+    PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, PSCI_VERSION,
+};
 
 /// PSCI 1.1 / SMCCC 1.1 version words.
 const VERSION_1_1: u64 = 0x0001_0001;
@@ -68,8 +51,8 @@ pub enum PsciAction {
     Suspend,
 }
 
-fn r(code: i64) -> PsciAction {
-    PsciAction::Return(code as u64)
+fn r(code: i32) -> PsciAction {
+    PsciAction::Return(i64::from(code) as u64)
 }
 
 /// Handles a call with function ID `x[0]` and arguments `x[1..4]` from a VM
@@ -80,33 +63,33 @@ pub fn handle(x: [u64; 4], vcpus: &[VcpuPower], ram: core::ops::Range<u64>) -> P
     let is32 = fid & 0x4000_0000 == 0;
     let arg = |i: usize| if is32 { x[i] & 0xffff_ffff } else { x[i] };
     match fid {
-        fid::SMCCC_VERSION | fid::PSCI_VERSION => PsciAction::Return(VERSION_1_1),
-        fid::SMCCC_ARCH_FEATURES => r(ret::NOT_SUPPORTED),
-        fid::PSCI_FEATURES => match arg(1) as u32 {
-            fid::PSCI_VERSION
-            | fid::CPU_SUSPEND_32
-            | fid::CPU_SUSPEND_64
-            | fid::CPU_OFF
-            | fid::CPU_ON_32
-            | fid::CPU_ON_64
-            | fid::AFFINITY_INFO_32
-            | fid::AFFINITY_INFO_64
-            | fid::MIGRATE_INFO_TYPE
-            | fid::SYSTEM_OFF
-            | fid::SYSTEM_RESET
-            | fid::PSCI_FEATURES
-            | fid::SMCCC_VERSION => r(ret::SUCCESS),
-            _ => r(ret::NOT_SUPPORTED),
+        SMCCC_VERSION | PSCI_VERSION => PsciAction::Return(VERSION_1_1),
+        SMCCC_ARCH_FEATURES => r(NOT_SUPPORTED),
+        PSCI_FEATURES => match arg(1) as u32 {
+            PSCI_VERSION
+            | PSCI_CPU_SUSPEND_32
+            | PSCI_CPU_SUSPEND_64
+            | PSCI_CPU_OFF
+            | PSCI_CPU_ON_32
+            | PSCI_CPU_ON_64
+            | PSCI_AFFINITY_INFO_32
+            | PSCI_AFFINITY_INFO_64
+            | PSCI_MIGRATE_INFO_TYPE
+            | PSCI_SYSTEM_OFF
+            | PSCI_SYSTEM_RESET
+            | PSCI_FEATURES
+            | SMCCC_VERSION => r(SUCCESS),
+            _ => r(NOT_SUPPORTED),
         },
-        fid::CPU_SUSPEND_32 | fid::CPU_SUSPEND_64 => PsciAction::Suspend,
-        fid::CPU_OFF => PsciAction::CpuOff,
-        fid::CPU_ON_32 | fid::CPU_ON_64 => {
+        PSCI_CPU_SUSPEND_32 | PSCI_CPU_SUSPEND_64 => PsciAction::Suspend,
+        PSCI_CPU_OFF => PsciAction::CpuOff,
+        PSCI_CPU_ON_32 | PSCI_CPU_ON_64 => {
             let Some(vcpu) = vcpu_of(arg(1), vcpus.len()) else {
-                return r(ret::INVALID_PARAMETERS);
+                return r(INVALID_PARAMETERS);
             };
             let entry = arg(2);
             if !ram.contains(&entry) || entry % 4 != 0 {
-                return r(ret::INVALID_ADDRESS);
+                return r(INVALID_ADDRESS);
             }
             match vcpus[vcpu] {
                 VcpuPower::Off => PsciAction::CpuOn {
@@ -114,16 +97,16 @@ pub fn handle(x: [u64; 4], vcpus: &[VcpuPower], ram: core::ops::Range<u64>) -> P
                     entry,
                     context: arg(3),
                 },
-                VcpuPower::On => r(ret::ALREADY_ON),
-                VcpuPower::OnPending => r(-5),
+                VcpuPower::On => r(ALREADY_ON),
+                VcpuPower::OnPending => r(ON_PENDING),
             }
         }
-        fid::AFFINITY_INFO_32 | fid::AFFINITY_INFO_64 => {
+        PSCI_AFFINITY_INFO_32 | PSCI_AFFINITY_INFO_64 => {
             if arg(2) != 0 {
-                return r(ret::INVALID_PARAMETERS);
+                return r(INVALID_PARAMETERS);
             }
             match vcpu_of(arg(1), vcpus.len()) {
-                None => r(ret::INVALID_PARAMETERS),
+                None => r(INVALID_PARAMETERS),
                 Some(v) => PsciAction::Return(match vcpus[v] {
                     VcpuPower::On => 0,
                     VcpuPower::Off => 1,
@@ -131,10 +114,10 @@ pub fn handle(x: [u64; 4], vcpus: &[VcpuPower], ram: core::ops::Range<u64>) -> P
                 }),
             }
         }
-        fid::MIGRATE_INFO_TYPE => PsciAction::Return(NO_TRUSTED_OS),
-        fid::SYSTEM_OFF => PsciAction::SystemOff,
-        fid::SYSTEM_RESET => PsciAction::SystemReset,
-        _ => r(ret::NOT_SUPPORTED),
+        PSCI_MIGRATE_INFO_TYPE => PsciAction::Return(NO_TRUSTED_OS),
+        PSCI_SYSTEM_OFF => PsciAction::SystemOff,
+        PSCI_SYSTEM_RESET => PsciAction::SystemReset,
+        _ => r(NOT_SUPPORTED),
     }
 }
 
