@@ -19,7 +19,7 @@ root=$PWD
 secs=${1:-20}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(vsmmu decoders)
+[ ${#targets[@]} -gt 0 ] || targets=(vsmmu decoders guest)
 case $secs in '' | *[!0-9]*) echo "fuzz: seconds must be a number: $secs" >&2; exit 2 ;; esac
 
 out=$root/target/fuzz

@@ -10,13 +10,17 @@
 //!   fuzzer's bytes ([`bytes`]) and run against one vSMMU in a VM ([`vm`]);
 //! - [`decoders`] (target `decoders`): commands, events, STEs, CDs and
 //!   descriptors from arbitrary bits;
-//! - [`oracle`]: the invariants both check.
+//! - [`oracle`]: the invariants both check;
+//! - [`guest`] (target `guest`): every trap a guest's vCPU can cause, run
+//!   through the hypervisor's own trap dispatcher and emulated devices
+//!   (`hyp::harness`), which check the architecture's rules after each.
 //!
 //! `scripts/fuzz.sh` builds and runs the targets; `fuzz/README.md` says
 //! how to run them longer and how to replay a crash.
 
 pub mod bytes;
 pub mod decoders;
+pub mod guest;
 pub mod harness;
 pub mod ops;
 pub mod oracle;

@@ -28,6 +28,9 @@ mod vgic_hw;
 mod vm;
 mod vpci;
 
+#[cfg(not(target_os = "none"))]
+pub mod harness;
+
 #[cfg(target_os = "none")]
 mod boot;
 #[cfg(target_os = "none")]

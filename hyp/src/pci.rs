@@ -41,6 +41,16 @@ pub trait ConfigAccess {
     fn write32(&self, bdf: Bdf, offset: u16, value: u32);
 }
 
+impl<T: ConfigAccess + ?Sized> ConfigAccess for &T {
+    fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
+        (**self).read32(bdf, offset)
+    }
+
+    fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
+        (**self).write32(bdf, offset, value)
+    }
+}
+
 /// Configuration header offsets (PCI Local Bus 3.0, §6.1).
 pub mod reg {
     /// Vendor ID (15:0), Device ID (31:16).

@@ -294,7 +294,7 @@ fn build_vm(
     let mut vm = Vm::new(spec.name.clone(), index, guest_ram, controls, pcpus, vgic);
     let (pci, assigned) = match assignment {
         Some(assign::Assignment { bus, devices, .. }) => match assign::config() {
-            Some(cfg) => (PciHostBridge::new(bus, cfg), devices),
+            Some(cfg) => (PciHostBridge::new(bus, Box::new(cfg)), devices),
             None => (PciHostBridge::empty(), devices),
         },
         None => (PciHostBridge::empty(), Vec::new()),

@@ -8,6 +8,7 @@
 use super::bus::{Access, MmioContext, MmioDevice};
 use crate::pci::ConfigAccess;
 use crate::vpci::VirtualPciBus;
+use alloc::boxed::Box;
 use spin::Mutex;
 
 /// The VM's PL011 console UART (`vuart`).
@@ -123,7 +124,7 @@ impl MmioDevice for CountersPage {
 /// its assigned functions, filtered. Without functions, an empty bus
 /// (all-ones reads, writes ignored).
 pub struct PciHostBridge {
-    bus: Option<(Mutex<VirtualPciBus>, &'static (dyn ConfigAccess + Sync))>,
+    bus: Option<(Mutex<VirtualPciBus>, Box<dyn ConfigAccess + Send + Sync>)>,
 }
 
 impl core::fmt::Debug for PciHostBridge {
@@ -137,7 +138,7 @@ impl core::fmt::Debug for PciHostBridge {
 impl PciHostBridge {
     /// A bridge over `bus`, whose functions' real configuration space is
     /// reached through `cfg`.
-    pub fn new(bus: VirtualPciBus, cfg: &'static (dyn ConfigAccess + Sync)) -> Self {
+    pub fn new(bus: VirtualPciBus, cfg: Box<dyn ConfigAccess + Send + Sync>) -> Self {
         Self {
             bus: Some((Mutex::new(bus), cfg)),
         }
@@ -156,14 +157,14 @@ impl MmioDevice for PciHostBridge {
 
     fn read(&self, _: &MmioContext<'_>, a: Access) -> u64 {
         match &self.bus {
-            Some((bus, cfg)) => bus.lock().read(*cfg, a.offset, a.size),
+            Some((bus, cfg)) => bus.lock().read(cfg.as_ref(), a.offset, a.size),
             None => u64::MAX,
         }
     }
 
     fn write(&self, _: &MmioContext<'_>, a: Access, value: u64) {
         if let Some((bus, cfg)) = &self.bus {
-            bus.lock().write(*cfg, a.offset, a.size, value);
+            bus.lock().write(cfg.as_ref(), a.offset, a.size, value);
         }
     }
 }

@@ -3,107 +3,13 @@
 //! `trap::handle_sync` with syndromes set in `arch::fake`, and a machine
 //! that records what the VMM asked of it.
 
-use super::bus::MmioBus;
-use super::devices::{CountersPage, GicDistributor, GicRedistributors, PciHostBridge, Uart};
 use super::psci::VcpuPower;
-use super::ram::GuestRam;
 use super::trap::{handle_sync, Flow};
-use super::vm::{Machine, Vm, VmState};
-use crate::arch::{fake, guest::GuestControls, TrapFrame};
-use crate::vgic::VGic;
-use alloc::boxed::Box;
+use super::vm::{Vm, VmState};
+use crate::arch::{fake, TrapFrame};
+use crate::harness::{capture_log, log_lines, Call, GuestHarness, Recorder, RAM_BASE};
 use alloc::string::String;
-use alloc::vec::Vec;
-use core::cell::RefCell;
 use scenario::guest_layout as layout;
-
-/// What the VMM asked of the machine, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Call {
-    Kick(usize),
-    Start { vcpu: usize, entry: u64, x0: u64 },
-    Line(String),
-    StopDevices,
-    Stopped(VmState),
-}
-
-#[derive(Default)]
-struct Recorder(RefCell<Vec<Call>>);
-
-impl Recorder {
-    fn calls(&self) -> Vec<Call> {
-        self.0.borrow().clone()
-    }
-}
-
-impl Machine for Recorder {
-    fn kick(&self, _vm: &Vm, vcpu: usize) {
-        self.0.borrow_mut().push(Call::Kick(vcpu));
-    }
-    fn start_vcpu(&self, _vm: &Vm, vcpu: usize, entry: u64, x0: u64) {
-        self.0.borrow_mut().push(Call::Start { vcpu, entry, x0 });
-    }
-    fn console_line(&self, _vm: &Vm, line: &[u8]) {
-        let text = String::from_utf8_lossy(line).into_owned();
-        self.0.borrow_mut().push(Call::Line(text));
-    }
-    fn stop_devices(&self, _vm: &Vm) {
-        self.0.borrow_mut().push(Call::StopDevices);
-    }
-    fn vm_stopped(&self, _vm: &Vm, how: VmState) {
-        self.0.borrow_mut().push(Call::Stopped(how));
-    }
-    fn lines_waiting(&self, _vm: &Vm) -> bool {
-        false
-    }
-}
-
-const RAM_BASE: u64 = 0x4000_0000;
-
-/// A 2-vCPU VM with 64 KiB of RAM and the runtime's device map.
-fn vm(backing: &mut [u64]) -> Vm {
-    let len = (backing.len() * 8) as u64;
-    // SAFETY: the backing outlives the VM in every test.
-    let ram = unsafe { GuestRam::new(RAM_BASE..RAM_BASE + len, backing.as_mut_ptr() as usize) };
-    let controls = GuestControls {
-        vttbr: 0,
-        vtcr: 0,
-        vmpidr: 0,
-    };
-    let vgic = VGic::new(&[0, 1], 32).unwrap();
-    let mut vm = Vm::new(String::from("t"), 0, ram, controls, alloc::vec![0, 1], vgic);
-    let mut bus = MmioBus::new();
-    bus.insert(layout::UART_BASE, layout::UART_SIZE, Box::new(Uart))
-        .unwrap();
-    bus.insert(
-        layout::GICD_BASE,
-        layout::GICD_SIZE,
-        Box::new(GicDistributor),
-    )
-    .unwrap();
-    bus.insert(
-        layout::GICR_BASE,
-        layout::GICR_STRIDE * 2,
-        Box::new(GicRedistributors {
-            stride: layout::GICR_STRIDE,
-        }),
-    )
-    .unwrap();
-    bus.insert(
-        layout::COUNTERS_BASE,
-        layout::COUNTERS_SIZE,
-        Box::new(CountersPage),
-    )
-    .unwrap();
-    bus.insert(
-        layout::PCI_ECAM_BASE,
-        layout::PCI_ECAM_SIZE,
-        Box::new(PciHostBridge::empty()),
-    )
-    .unwrap();
-    vm.bus = bus;
-    vm
-}
 
 /// ESR_EL2 of a data abort with a valid syndrome: `size` bytes, register
 /// `reg`, 64-bit register, `write`.
@@ -139,15 +45,14 @@ fn frame(pc: u64) -> TrapFrame {
 
 #[test]
 fn a_store_to_the_vuart_reaches_it_with_its_size_and_register() {
-    let mut backing = alloc::vec![0u64; 8192];
-    let vm = vm(&mut backing);
-    let m = Recorder::default();
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
     // `strb w5, [UARTDR]` for each byte of "hi\n".
     for b in *b"hi\n" {
         trap_at(layout::UART_BASE, dabt(1, 5, true));
         let mut f = frame(0x4000_1000);
         f.x[5] = 0xffff_ff00 | u64::from(b);
-        assert_eq!(handle_sync(&vm, 0, &mut f, &m), Flow::Resume);
+        assert_eq!(handle_sync(vm, 0, &mut f, m), Flow::Resume);
         assert_eq!(f.elr, 0x4000_1004, "the store is skipped");
     }
     assert_eq!(m.calls(), [Call::Line(String::from("hi"))]);
@@ -156,14 +61,13 @@ fn a_store_to_the_vuart_reaches_it_with_its_size_and_register() {
 
 #[test]
 fn a_load_from_the_vuart_lands_in_its_register_zero_extended() {
-    let mut backing = alloc::vec![0u64; 8192];
-    let vm = vm(&mut backing);
-    let m = Recorder::default();
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
     // `ldr w7, [UARTFR]` (flag register, offset 0x18): RX empty is bit 4.
     trap_at(layout::UART_BASE + 0x18, dabt(4, 7, false));
     let mut f = frame(0x4000_2000);
     f.x[7] = u64::MAX;
-    handle_sync(&vm, 0, &mut f, &m);
+    handle_sync(vm, 0, &mut f, m);
     assert_eq!(f.x[7] & !0xffff_ffff, 0, "32-bit load zero-extends");
     assert_ne!(f.x[7] & (1 << 4), 0, "RXFE: nothing typed");
     assert_eq!(f.elr, 0x4000_2004);
@@ -171,13 +75,12 @@ fn a_load_from_the_vuart_lands_in_its_register_zero_extended() {
 
 #[test]
 fn an_access_between_devices_gets_a_synchronous_external_abort() {
-    let mut backing = alloc::vec![0u64; 8192];
-    let vm = vm(&mut backing);
-    let m = Recorder::default();
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
     let hole = layout::UART_BASE + layout::UART_SIZE + 0x100;
     trap_at(hole, dabt(4, 1, false));
     let mut f = frame(0x4000_3000);
-    handle_sync(&vm, 1, &mut f, &m);
+    handle_sync(vm, 1, &mut f, m);
     let [esr, far, elr, spsr] = fake::with(|c| c.el1_exception).expect("injected");
     assert_eq!(esr >> 26, 0x25, "data abort, same EL");
     assert_eq!(esr & 0x3f, 0x10, "synchronous external abort");
@@ -192,43 +95,41 @@ fn an_access_between_devices_gets_a_synchronous_external_abort() {
 
 #[test]
 fn an_access_straddling_a_device_end_is_refused_too() {
-    let mut backing = alloc::vec![0u64; 8192];
-    let vm = vm(&mut backing);
-    let m = Recorder::default();
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
     trap_at(layout::UART_BASE + layout::UART_SIZE - 4, dabt(8, 0, true));
     let mut f = frame(0x4000_3000);
-    handle_sync(&vm, 0, &mut f, &m);
+    handle_sync(vm, 0, &mut f, m);
     assert_eq!(fake::with(|c| c.el1_exception).unwrap()[0] >> 26, 0x25);
 }
 
 #[test]
 fn the_counters_page_counts_nothing_it_is_not_told() {
-    let mut backing = alloc::vec![0u64; 8192];
-    let vm = vm(&mut backing);
-    let m = Recorder::default();
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
     for _ in 0..3 {
         vm.count_trap();
     }
     trap_at(layout::COUNTERS_BASE, dabt(8, 2, false));
     let mut f = frame(0);
-    handle_sync(&vm, 0, &mut f, &m);
+    handle_sync(vm, 0, &mut f, m);
     assert_eq!(f.x[2], 3);
     // Writes are ignored, and the page stays as it was.
     trap_at(layout::COUNTERS_BASE, dabt(8, 2, true));
-    handle_sync(&vm, 0, &mut frame(0), &m);
+    handle_sync(vm, 0, &mut frame(0), m);
     trap_at(layout::COUNTERS_BASE + 8, dabt(8, 2, false));
     let mut f = frame(0);
-    handle_sync(&vm, 0, &mut f, &m);
+    handle_sync(vm, 0, &mut f, m);
     assert_eq!(f.x[2], 0, "no vSMMU");
 }
 
 #[test]
 fn an_empty_pci_bus_reads_all_ones() {
-    let mut backing = alloc::vec![0u64; 8192];
-    let vm = vm(&mut backing);
+    let h = GuestHarness::new(&[]);
+    let vm = &h.vm;
     trap_at(layout::PCI_ECAM_BASE, dabt(4, 9, false));
     let mut f = frame(0);
-    handle_sync(&vm, 0, &mut f, &Recorder::default());
+    handle_sync(vm, 0, &mut f, &Recorder::default());
     assert_eq!(f.x[9], 0xffff_ffff);
 }
 
@@ -246,10 +147,9 @@ fn hvc(vm: &Vm, vcpu: usize, x: [u64; 4], m: &Recorder) -> (Flow, TrapFrame) {
 
 #[test]
 fn psci_cpu_on_starts_the_target_through_the_machine() {
-    let mut backing = alloc::vec![0u64; 8192];
-    let vm = vm(&mut backing);
-    let m = Recorder::default();
-    let (flow, f) = hvc(&vm, 0, [0xc400_0003, 1, RAM_BASE + 0x100, 0x77], &m);
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
+    let (flow, f) = hvc(vm, 0, [0xc400_0003, 1, RAM_BASE + 0x100, 0x77], m);
     assert_eq!((flow, f.x[0]), (Flow::Resume, 0));
     assert_eq!(f.elr, 0x4000_0100, "HVC's ELR is already past it");
     assert_eq!(
@@ -264,17 +164,17 @@ fn psci_cpu_on_starts_the_target_through_the_machine() {
     // An entry point outside the VM's RAM: INVALID_ADDRESS, nothing started.
     let m = Recorder::default();
     vm.power.lock()[1] = VcpuPower::Off;
-    let (_, f) = hvc(&vm, 0, [0xc400_0003, 1, 0x1000, 0], &m);
+    let (_, f) = hvc(vm, 0, [0xc400_0003, 1, 0x1000, 0], &m);
     assert_eq!(f.x[0] as i64, -9);
     assert!(m.calls().is_empty());
 }
 
 #[test]
 fn cpu_off_parks_the_caller() {
-    let mut backing = alloc::vec![0u64; 8192];
-    let vm = vm(&mut backing);
+    let h = GuestHarness::new(&[]);
+    let vm = &h.vm;
     vm.power.lock()[1] = VcpuPower::On;
-    let (flow, _) = hvc(&vm, 1, [0x8400_0002, 0, 0, 0], &Recorder::default());
+    let (flow, _) = hvc(vm, 1, [0x8400_0002, 0, 0, 0], &Recorder::default());
     assert_eq!(flow, Flow::Park);
     assert_eq!(vm.power.lock()[1], VcpuPower::Off);
     assert!(vm.is_running(), "the VM runs on");
@@ -282,12 +182,11 @@ fn cpu_off_parks_the_caller() {
 
 #[test]
 fn system_off_stops_the_devices_before_anything_else() {
-    let mut backing = alloc::vec![0u64; 8192];
-    let vm = vm(&mut backing);
-    let m = Recorder::default();
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
     // A partial console line is still printed, after the devices stopped.
     vm.uart.lock().write(0, 1, u64::from(b'x'));
-    let (flow, _) = hvc(&vm, 0, [0x8400_0008, 0, 0, 0], &m);
+    let (flow, _) = hvc(vm, 0, [0x8400_0008, 0, 0, 0], m);
     assert_eq!(flow, Flow::Park);
     assert_eq!(vm.state(), VmState::PoweredOff);
     assert_eq!(
@@ -309,10 +208,9 @@ fn system_off_stops_the_devices_before_anything_else() {
 
 #[test]
 fn system_reset_stops_the_vm_as_not_clean() {
-    let mut backing = alloc::vec![0u64; 8192];
-    let vm = vm(&mut backing);
-    let m = Recorder::default();
-    hvc(&vm, 0, [0x8400_0009, 0, 0, 0], &m);
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
+    hvc(vm, 0, [0x8400_0009, 0, 0, 0], m);
     assert_eq!(vm.state(), VmState::ResetRequested);
     assert!(!vm.state().is_clean());
     assert_eq!(m.calls().first(), Some(&Call::StopDevices));
@@ -320,14 +218,13 @@ fn system_reset_stops_the_vm_as_not_clean() {
 
 #[test]
 fn unknown_traps_get_undef_and_unknown_sysregs_read_as_zero() {
-    let mut backing = alloc::vec![0u64; 8192];
-    let vm = vm(&mut backing);
-    let m = Recorder::default();
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
     // EC 0x07 (FP access; never trapped, so unknown here).
     fake::reset();
     fake::with(|c| c.esr_el2 = 0x07 << 26);
     let mut f = frame(0x4000_0000);
-    handle_sync(&vm, 0, &mut f, &m);
+    handle_sync(vm, 0, &mut f, m);
     assert_eq!(fake::with(|c| c.el1_exception).unwrap()[0] >> 26, 0);
     // MRS x4, S3_0_C15_C2_0 (implementation defined).
     fake::reset();
@@ -335,45 +232,21 @@ fn unknown_traps_get_undef_and_unknown_sysregs_read_as_zero() {
     fake::with(|c| c.esr_el2 = (0x18 << 26) | (1 << 25) | iss);
     let mut f = frame(0x4000_0000);
     f.x[4] = 0xdead;
-    handle_sync(&vm, 0, &mut f, &m);
+    handle_sync(vm, 0, &mut f, m);
     assert_eq!((f.x[4], f.elr), (0, 0x4000_0004));
     assert_eq!(fake::with(|c| c.el1_exception), None);
 }
 
-/// Log lines of this thread while `f` runs.
-fn logged(f: impl FnOnce()) -> Vec<String> {
-    struct ThreadLog;
-    std::thread_local! {
-        static LINES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
-    }
-    impl log::Log for ThreadLog {
-        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-            true
-        }
-        fn log(&self, r: &log::Record<'_>) {
-            LINES.with(|l| l.borrow_mut().push(alloc::format!("{}", r.args())));
-        }
-        fn flush(&self) {}
-    }
-    static LOGGER: ThreadLog = ThreadLog;
-    let _ = log::set_logger(&LOGGER);
-    log::set_max_level(log::LevelFilter::Trace);
-    LINES.with(|l| l.borrow_mut().clear());
-    f();
-    LINES.with(|l| l.borrow_mut().drain(..).collect())
-}
-
 #[test]
 fn a_guest_cannot_make_the_hypervisor_report_without_bound() {
-    let mut backing = alloc::vec![0u64; 8192];
-    let vm = vm(&mut backing);
-    let m = Recorder::default();
-    let lines = logged(|| {
-        for _ in 0..1000 {
-            trap_at(0x1000_0000, dabt(4, 0, false));
-            handle_sync(&vm, 0, &mut frame(0x4000_0000), &m);
-        }
-    });
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
+    capture_log();
+    for _ in 0..1000 {
+        trap_at(0x1000_0000, dabt(4, 0, false));
+        handle_sync(vm, 0, &mut frame(0x4000_0000), m);
+    }
+    let lines = log_lines();
     assert_eq!(vm.bad_accesses(), 1000);
     assert_eq!(
         lines.len(),

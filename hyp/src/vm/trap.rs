@@ -205,17 +205,8 @@ fn hypercall(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, m: &dyn Machine) -> Fl
             arch::wait_for_interrupt();
             frame.x[0] = 0;
         }
-        PsciAction::SystemOff => {
-            log::info!("VM {}: powered off", vm.name);
-            vm.stop(VmState::PoweredOff, m);
-        }
-        PsciAction::SystemReset => {
-            log::warn!(
-                "VM {}: reset requested: the VM is stopped (restart is not supported)",
-                vm.name
-            );
-            vm.stop(VmState::ResetRequested, m);
-        }
+        PsciAction::SystemOff => vm.stop(VmState::PoweredOff, m),
+        PsciAction::SystemReset => vm.stop(VmState::ResetRequested, m),
     }
     Flow::Resume
 }

@@ -261,6 +261,14 @@ impl Vm {
         {
             return;
         }
+        match how {
+            VmState::PoweredOff => info!("VM {}: powered off", self.name),
+            VmState::ResetRequested => warn!(
+                "VM {}: reset requested: the VM is stopped (restart is not supported)",
+                self.name
+            ),
+            VmState::Running | VmState::Crashed => {}
+        }
         m.stop_devices(self);
         let partial = self.uart.lock().take_partial_line();
         if let Some(line) = partial {
