@@ -92,7 +92,7 @@ pub fn enable_input_irq(irq: Option<crate::platform::Irq>) {
     };
     uart.lock().regs().imsc.set(RX_INTS);
     INPUT_INTID.call_once(|| irq.intid);
-    crate::gic::enable_spi(irq.intid, crate::arch::mpidr(), irq.edge);
+    crate::drivers::gic::enable_spi(irq.intid, crate::arch::mpidr(), irq.edge);
 }
 
 /// The interrupt of console input, once enabled.

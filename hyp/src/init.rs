@@ -1,8 +1,8 @@
 //! What the hypervisor sets up once it has memory and a console: the SMMU
 //! (before any device can DMA), PCI, and the boot self-tests.
 
-use crate::iommu;
-use crate::pci::{self, Function};
+use crate::drivers::iommu;
+use crate::drivers::pci::{self, Function};
 use crate::platform::Platform;
 use crate::selftest;
 use alloc::vec::Vec;

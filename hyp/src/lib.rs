@@ -18,15 +18,13 @@ extern crate alloc;
 
 mod arch;
 mod console;
+mod drivers;
 mod esr;
 mod guest_fdt;
 mod mm;
-mod pci;
 mod platform;
-mod vgic;
-mod vgic_hw;
+mod vdev;
 mod vm;
-mod vpci;
 
 #[cfg(not(target_os = "none"))]
 pub mod harness;
@@ -34,19 +32,11 @@ pub mod harness;
 #[cfg(target_os = "none")]
 mod boot;
 #[cfg(target_os = "none")]
-mod edu;
-#[cfg(target_os = "none")]
-mod gic;
-#[cfg(target_os = "none")]
 mod init;
-#[cfg(target_os = "none")]
-mod iommu;
 #[cfg(target_os = "none")]
 mod power;
 #[cfg(target_os = "none")]
 mod selftest;
-#[cfg(target_os = "none")]
-mod smmu_hw;
 
 /// Microseconds since reset, for log timestamps.
 pub fn now_us() -> u64 {

@@ -17,10 +17,10 @@
 use alloc::format;
 use alloc::string::String;
 
-use crate::edu::{Direction, Edu};
-use crate::iommu::HostIommu;
+use crate::drivers::edu::{Direction, Edu};
+use crate::drivers::iommu::HostIommu;
+use crate::drivers::pci::{self, Bdf, ConfigAccess, Function};
 use crate::mm;
-use crate::pci::{self, Bdf, ConfigAccess, Function};
 use log::{error, info};
 use smmu::addr::{Ipa, PhysAddr};
 use smmu::event::Event;
@@ -92,7 +92,7 @@ impl Tally {
 /// What went wrong with a DMA that must complete and leave `page`
 /// holding `f`'s bytes, None if nothing did.
 fn dma_left(
-    dma: Result<(), crate::edu::EduError>,
+    dma: Result<(), crate::drivers::edu::EduError>,
     page: &DmaRegion,
     what: &str,
     f: impl Fn(usize) -> u8,

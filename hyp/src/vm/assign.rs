@@ -7,10 +7,10 @@
 //! its INTx line becomes a virtual SPI of the VM. A line can have one owner:
 //! a scenario that gives one interrupt line to two VMs is refused.
 
+use crate::drivers::pci::{self, BarKind, Bdf, ConfigAccess, Function};
 use crate::guest_fdt::PciDt;
-use crate::pci::{self, BarKind, Bdf, ConfigAccess, Function};
 use crate::platform::Platform;
-use crate::vpci::{VirtualBar, VirtualFunction, VirtualPciBus};
+use crate::vdev::vpci::{VirtualBar, VirtualFunction, VirtualPciBus};
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
@@ -76,7 +76,7 @@ pub fn assign(
 ) -> Result<Assignment, String> {
     let host = p.pci.as_ref().ok_or("no PCI host bridge on this machine")?;
     let cfg = host_config(p).ok_or("no PCI host bridge on this machine")?;
-    let iommu = crate::iommu::get().ok_or(
+    let iommu = crate::drivers::iommu::get().ok_or(
         "device assignment refused: DMA cannot be confined on this machine (no usable SMMU)",
     )?;
     let domain = domain.ok_or("device assignment refused: the VM has no IOMMU domain")?;
@@ -201,7 +201,7 @@ pub fn release(devices: &[AssignedDevice], vmid: smmu::addr::Vmid) {
     for d in devices {
         let cmd = cfg.read32(d.phys, pci::reg::COMMAND) & 0xffff;
         cfg.write32(d.phys, pci::reg::COMMAND, cmd & !pci::reg::CMD_MASTER);
-        if let Some(h) = crate::iommu::get() {
+        if let Some(h) = crate::drivers::iommu::get() {
             let mut h = h.lock();
             // Whether attached or not: a stream its guest configured
             // through its vSMMU may be attached to nothing yet not abort
@@ -213,7 +213,7 @@ pub fn release(devices: &[AssignedDevice], vmid: smmu::addr::Vmid) {
             h.set_owner(d.sid, "nobody");
         }
     }
-    if let Some(h) = crate::iommu::get() {
+    if let Some(h) = crate::drivers::iommu::get() {
         let cmd = smmu::cmd::Command::TlbiS12Vmall { vmid };
         if let Err(e) = h.lock().iommu.smmu().submit_sync(&[cmd]) {
             log::error!("SMMU: TLBI_S12_VMALL({vmid}) failed: {e}");

@@ -14,9 +14,6 @@
 //! anything else gets an external abort.
 
 use super::assign::{self, AssignedDevice};
-use super::devices::{
-    CountersPage, GicDistributor, GicRedistributors, PciHostBridge, Uart, VsmmuRegisters,
-};
 use super::ram::GuestRam;
 use super::vm::{VirtualIommu, Vm, UART_INTID};
 use super::vsmmu::VmVsmmu;
@@ -24,7 +21,10 @@ use crate::arch::{self, guest};
 use crate::guest_fdt::{self, GuestDt};
 use crate::mm::{self, GUEST_MEM};
 use crate::platform::Platform;
-use crate::vgic::VGic;
+use crate::vdev::devices::{
+    CountersPage, GicDistributor, GicRedistributors, PciHostBridge, Uart, VsmmuRegisters,
+};
+use crate::vdev::vgic::VGic;
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -114,7 +114,7 @@ impl VirtualIommu for VmVsmmu {
 /// VMs when the bundle has none (a machine-only scenario).
 pub fn create(
     p: &Platform,
-    functions: &[crate::pci::Function],
+    functions: &[crate::drivers::pci::Function],
     cpus: usize,
 ) -> Result<Vec<Built>, StartError> {
     let Some(region) = &p.initrd else {
@@ -149,7 +149,7 @@ fn build_vm(
     pcpus: Vec<usize>,
     bundle: &scenario::bundle::Bundle<'_>,
     p: &Platform,
-    functions: &[crate::pci::Function],
+    functions: &[crate::drivers::pci::Function],
 ) -> Result<Built, StartError> {
     let size = spec.memory;
     let ram = spec.ram_base..spec.ram_base + size;
@@ -300,7 +300,7 @@ fn build_vm(
         None => (PciHostBridge::empty(), Vec::new()),
     };
     let gicr_size = layout::GICR_STRIDE * u64::from(spec.cpus);
-    let devices: [(u64, u64, Box<dyn super::bus::MmioDevice>); 5] = [
+    let devices: [(u64, u64, Box<dyn crate::vdev::bus::MmioDevice>); 5] = [
         (layout::UART_BASE, layout::UART_SIZE, Box::new(Uart)),
         (
             layout::GICD_BASE,
@@ -358,7 +358,7 @@ fn vsmmu_for(
     let Space::Domain(domain) = space else {
         return Err(fail("needs a physical SMMU with stage 2"));
     };
-    let host = crate::iommu::get().ok_or_else(|| fail("no SMMU"))?;
+    let host = crate::drivers::iommu::get().ok_or_else(|| fail("no SMMU"))?;
     let h = host.lock();
     let features = *h.iommu.smmu_ref().features();
     if !features.s1p {
@@ -395,7 +395,7 @@ fn address_space(
     let fail = |what: &str, e: &dyn core::fmt::Display| {
         resources(alloc::format!("VM {name}: {what}: {e}"))
     };
-    if let Some(host) = crate::iommu::get() {
+    if let Some(host) = crate::drivers::iommu::get() {
         let mut h = host.lock();
         let id = h
             .iommu

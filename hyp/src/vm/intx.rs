@@ -13,7 +13,7 @@
 //! at once if the device has let it go, else after
 //! [`STILL_ASSERTED_BACKOFF_US`] (then it fires again).
 
-use crate::vgic::VGic;
+use crate::vdev::vgic::VGic;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 

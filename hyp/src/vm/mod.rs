@@ -4,14 +4,12 @@
 //! - [`vm`]: one VM's state, its [`Machine`] interface to the hardware,
 //!   and stop ordering;
 //! - [`trap`]: the synchronous trap dispatcher ([`exit`] decodes ESR_EL2,
-//!   [`mmio`] a data abort's access, [`exception`] injects exceptions);
-//! - [`bus`]: the MMIO bus that routes a guest access to one emulated
-//!   device ([`devices`]: UART, GIC distributor/redistributors, counters
-//!   page, PCI host bridge, vSMMU registers), refusing overlaps;
-//! - [`psci`]: PSCI 1.1 / SMCCC 1.1 as a pure function;
+//!   [`mmio`] a data abort's access, [`exception`] injects exceptions),
+//!   handing MMIO to the VM's bus of emulated devices (`crate::vdev`) and
+//!   hypercalls to PSCI;
 //! - [`intx`]: forwarded INTx lines, masked while their guest handles them
 //!   and resampled at its deactivation;
-//! - [`ram`], [`vuart`], [`console_mux`].
+//! - [`ram`], [`image`], [`console_mux`].
 //!
 //! Bare-metal only: [`run`] (the runtime: physical CPUs, interrupts, the
 //! real [`Machine`]), [`build`] (VMs from the scenario), [`assign`] (PCI
@@ -19,20 +17,16 @@
 //!
 //! [`Machine`]: vm::Machine
 
-pub mod bus;
 pub mod console_mux;
-pub mod devices;
 pub mod exception;
 pub mod exit;
 pub mod image;
 pub mod intx;
 pub mod mmio;
-pub mod psci;
 pub mod ram;
 pub mod trap;
 #[allow(clippy::module_inception)]
 pub mod vm;
-pub mod vuart;
 
 #[cfg(target_os = "none")]
 pub mod assign;

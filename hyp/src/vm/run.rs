@@ -9,12 +9,12 @@ use super::build::{self, Built, Space, StartError};
 use super::console_mux::{ConsoleMux, Input};
 use super::exception::{take_vtimer, SPSR_EL1H};
 use super::intx::{IntxForwarding, LineControl, STILL_ASSERTED_BACKOFF_US};
-use super::psci::VcpuPower;
 use super::trap::{self, Flow};
 use super::vm::{Machine, Vm, VmState};
 use crate::arch::{self, guest, TrapFrame};
-use crate::gic;
+use crate::drivers::gic;
 use crate::platform::{Irq, Platform};
+use crate::vdev::psci::VcpuPower;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use log::{error, info, warn};
@@ -67,7 +67,10 @@ static RUNTIME: Once<Runtime> = Once::new();
 
 /// Builds the VMs of the scenario in the boot bundle. Returns false when
 /// the bundle has no VMs (a machine-only scenario).
-pub fn create(p: &Platform, functions: &[crate::pci::Function]) -> Result<bool, StartError> {
+pub fn create(
+    p: &Platform,
+    functions: &[crate::drivers::pci::Function],
+) -> Result<bool, StartError> {
     let cpus = p.cpus.len().min(MAX_CPUS);
     let built = build::create(p, functions, cpus)?;
     if built.is_empty() {
@@ -114,7 +117,7 @@ pub fn create(p: &Platform, functions: &[crate::pci::Function]) -> Result<bool, 
         cpu_mpidr: p.cpus.iter().take(MAX_CPUS).copied().collect(),
         all_ok: AtomicBool::new(true),
         running: AtomicUsize::new(running),
-        smmu_eventq_irq: crate::iommu::get()
+        smmu_eventq_irq: crate::drivers::iommu::get()
             .and_then(|h| h.lock().eventq_irq)
             .map(|irq| irq.intid),
         console_irq: p.uart_irq,
@@ -146,7 +149,7 @@ pub fn start(p: &Platform) -> ! {
     // only the hypervisor programs it.
     unsafe { gic::init(&p.gic) };
     // SMMU faults are reported as they come, by the boot CPU.
-    if let Some(irq) = crate::iommu::get().and_then(|h| h.lock().eventq_irq) {
+    if let Some(irq) = crate::drivers::iommu::get().and_then(|h| h.lock().eventq_irq) {
         gic::enable_spi(irq.intid, r.cpu_mpidr[0], irq.edge);
     }
     // Assigned INTx lines go to the physical CPU of their VM's vCPU 0.
@@ -218,7 +221,7 @@ fn enter(pc: usize, entry: u64, x0: u64) -> ! {
     // SAFETY: the VM's stage-2 table maps only its RAM and lives in the
     // runtime for the hypervisor's lifetime.
     unsafe { guest::configure(&c) };
-    crate::vgic_hw::init_cpu();
+    crate::vdev::vgic::hw::init_cpu();
     let frame = {
         let mut f = r.slots[pc].frame.lock();
         *f = TrapFrame::zeroed();
@@ -234,7 +237,7 @@ fn enter(pc: usize, entry: u64, x0: u64) -> ! {
 
 fn idle_forever() -> ! {
     // No vCPU here any more: no maintenance interrupts for its leftovers.
-    crate::vgic_hw::off();
+    crate::vdev::vgic::hw::off();
     loop {
         arch::wait_for_interrupt();
         while handle_irq(arch::cpu_index()) {}
@@ -271,12 +274,12 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
         vm.power.lock()[vcpu] = VcpuPower::Off;
         if vm.is_running() {
             // CPU_OFF: this CPU waits for the vCPU's next CPU_ON.
-            crate::vgic_hw::off();
+            crate::vdev::vgic::hw::off();
             idle(pc);
         }
         idle_forever();
     }
-    let fx = crate::vgic_hw::flush(&mut vm.vgic.lock(), vcpu);
+    let fx = crate::vdev::vgic::hw::flush(&mut vm.vgic.lock(), vcpu);
     vm.apply(fx, r);
     r.resample_lines(vm);
 }
@@ -376,7 +379,9 @@ impl Runtime {
     /// to their guest (without holding the IOMMU lock, which the vSMMU
     /// takes), the rest are reported as the hypervisor's.
     fn smmu_events(&self) {
-        let Some(h) = crate::iommu::get() else { return };
+        let Some(h) = crate::drivers::iommu::get() else {
+            return;
+        };
         let events = h.lock().drain_events();
         let rest: Vec<_> = events
             .into_iter()
@@ -450,7 +455,7 @@ impl Machine for Runtime {
         if hw.devices.is_empty() {
             return;
         }
-        if let Some(h) = crate::iommu::get() {
+        if let Some(h) = crate::drivers::iommu::get() {
             let mut h = h.lock();
             h.report_events();
             for d in &hw.devices {

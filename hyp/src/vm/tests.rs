@@ -3,11 +3,11 @@
 //! `trap::handle_sync` with syndromes set in `arch::fake`, and a machine
 //! that records what the VMM asked of it.
 
-use super::psci::VcpuPower;
 use super::trap::{handle_sync, Flow};
 use super::vm::{Vm, VmState};
 use crate::arch::{fake, TrapFrame};
 use crate::harness::{capture_log, log_lines, Call, GuestHarness, Recorder, RAM_BASE};
+use crate::vdev::psci::VcpuPower;
 use alloc::string::String;
 use scenario::guest_layout as layout;
 

@@ -5,15 +5,15 @@
 //! gets an external abort), anything else an undefined-instruction
 //! exception.
 
-use super::bus::{Access, MmioContext};
 use super::exception::{
     inject_data_abort, inject_instruction_abort, inject_undef, skip_instruction,
 };
 use super::exit::{self, Exit, SysReg, SysRegAccess};
 use super::mmio::MmioAccess;
-use super::psci::{self, PsciAction, VcpuPower};
 use super::vm::{Machine, Vm, VmState};
 use crate::arch::{self, TrapFrame};
+use crate::vdev::bus::{Access, MmioContext};
+use crate::vdev::psci::{self, PsciAction, VcpuPower};
 
 /// What the vCPU does after its trap was handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,9 +97,12 @@ pub fn handle_sync(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, m: &dyn Machine)
 /// already in a list register (a physical WFI at EL2 does not wake for
 /// those), or a forwarded line is waiting to be unmasked.
 fn wait_for_interrupt(vm: &Vm, vcpu: usize, m: &dyn Machine) {
-    let fx = crate::vgic_hw::flush(&mut vm.vgic.lock(), vcpu);
+    let fx = crate::vdev::vgic::hw::flush(&mut vm.vgic.lock(), vcpu);
     vm.apply(fx, m);
-    if !crate::vgic_hw::lr_pending() && !vm.vgic.lock().has_pending(vcpu) && !m.lines_waiting(vm) {
+    if !crate::vdev::vgic::hw::lr_pending()
+        && !vm.vgic.lock().has_pending(vcpu)
+        && !m.lines_waiting(vm)
+    {
         arch::wait_for_interrupt();
     }
 }

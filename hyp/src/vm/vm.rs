@@ -7,12 +7,12 @@
 //! bare-metal runtime implements it over the real GIC, SMMU and PCI
 //! (`run.rs`), tests with a recorder.
 
-use super::bus::MmioBus;
-use super::psci::VcpuPower;
 use super::ram::GuestRam;
-use super::vuart::VirtualUart;
 use crate::arch;
-use crate::vgic::{Effects, VGic};
+use crate::vdev::bus::MmioBus;
+use crate::vdev::psci::VcpuPower;
+use crate::vdev::vgic::{Effects, VGic};
+use crate::vdev::vuart::VirtualUart;
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;

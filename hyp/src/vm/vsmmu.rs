@@ -125,7 +125,7 @@ impl VmVsmmu {
                     todo.extend(out.actions.iter().cloned());
                     if out.sync {
                         self.stats.1 += 1;
-                        if let Some(h) = crate::iommu::get() {
+                        if let Some(h) = crate::drivers::iommu::get() {
                             if let Err(e) = h.lock().iommu.smmu().sync() {
                                 warn!("vSMMU: physical CMD_SYNC failed: {e}");
                             }
@@ -186,7 +186,7 @@ impl VmVsmmu {
 
     fn submit(&mut self, cmd: &smmu::cmd::Command) {
         self.stats.1 += 1;
-        if let Some(h) = crate::iommu::get() {
+        if let Some(h) = crate::drivers::iommu::get() {
             if let Err(e) = h.lock().iommu.smmu().submit(core::slice::from_ref(cmd)) {
                 warn!("vSMMU: physical submit of {cmd:?} failed: {e}");
             }
@@ -195,7 +195,9 @@ impl VmVsmmu {
 
     /// Re-reads the guest's STEs in `range` and installs what they mean.
     fn reinstall(&mut self, range: &StreamRange) {
-        let Some(h) = crate::iommu::get() else { return };
+        let Some(h) = crate::drivers::iommu::get() else {
+            return;
+        };
         let sids: Vec<(u32, StreamId)> = self
             .map
             .0

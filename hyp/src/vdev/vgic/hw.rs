@@ -2,8 +2,8 @@
 //! (ICH_LR<n>_EL2) and hypervisor control (ICH_HCR_EL2), synchronised with
 //! the emulated state in `vgic` around every entry into the guest.
 
+use super::{Effects, VGic};
 use crate::arch::gicv3;
-use crate::vgic::{Effects, VGic};
 
 /// ICH_HCR_EL2.En: virtual CPU interface on.
 const HCR_EN: u64 = 1 << 0;

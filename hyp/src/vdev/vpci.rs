@@ -20,7 +20,7 @@
 //! Everything here is driven by a hostile guest: no access panics, and no
 //! access reaches any function other than the one it addresses.
 
-use crate::pci::{BarKind, Bdf, ConfigAccess};
+use crate::drivers::pci::{BarKind, Bdf, ConfigAccess};
 use alloc::vec::Vec;
 
 /// Most functions a virtual bus holds: devices 1..=31 of bus 0.

@@ -6,8 +6,8 @@
 //! access causes (interrupts, console lines).
 
 use super::bus::{Access, MmioContext, MmioDevice};
-use crate::pci::ConfigAccess;
-use crate::vpci::VirtualPciBus;
+use crate::drivers::pci::ConfigAccess;
+use crate::vdev::vpci::VirtualPciBus;
 use alloc::boxed::Box;
 use spin::Mutex;
 
@@ -169,7 +169,7 @@ impl MmioDevice for PciHostBridge {
     }
 }
 
-/// The virtual SMMU's registers (the VM's [`super::vm::VirtualIommu`]).
+/// The virtual SMMU's registers (the VM's [`crate::vm::vm::VirtualIommu`]).
 #[derive(Debug)]
 pub struct VsmmuRegisters;
 

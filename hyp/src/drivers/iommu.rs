@@ -5,10 +5,10 @@
 //! owner) and rate-limited per stream, so a device that floods faults costs
 //! a counter, not a log line each.
 
+use crate::drivers::pci::{Bdf, Function};
+use crate::drivers::smmu_mmio::SmmuMmio;
 use crate::mm;
-use crate::pci::{Bdf, Function};
 use crate::platform::Platform;
-use crate::smmu_hw::SmmuMmio;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use log::{error, info, warn};

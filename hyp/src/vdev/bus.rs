@@ -7,7 +7,7 @@
 //! range claims gets the architected external abort from the trap handler.
 //! (cloud-hypervisor's `vm-device` `Bus`/`BusDevice` is the model.)
 
-use super::vm::{Machine, Vm};
+use crate::vm::vm::{Machine, Vm};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;

@@ -33,6 +33,7 @@
 #![cfg_attr(target_os = "none", allow(dead_code))]
 
 mod dist;
+pub mod hw;
 pub mod lr;
 pub mod redist;
 
@@ -883,14 +884,14 @@ pub(super) mod tests {
     use super::*;
 
     /// QEMU `virt`-style MPIDRs (bit 31 is RES1 in MPIDR_EL1).
-    pub(in crate::vgic) const MPIDRS: [u64; 2] = [0x8000_0000, 0x8000_0001];
+    pub(in crate::vdev::vgic) const MPIDRS: [u64; 2] = [0x8000_0000, 0x8000_0001];
 
-    pub(in crate::vgic) fn two_vcpus() -> VGic {
+    pub(in crate::vdev::vgic) fn two_vcpus() -> VGic {
         VGic::new(&MPIDRS, 64).unwrap()
     }
 
     /// A small deterministic generator for the property tests.
-    pub(in crate::vgic) struct Rng(pub u64);
+    pub(in crate::vdev::vgic) struct Rng(pub u64);
 
     impl Rng {
         pub fn next(&mut self) -> u64 {
@@ -912,7 +913,7 @@ pub(super) mod tests {
 
     /// What Linux 6.1 `gic_dist_init` (and `gic_dist_config`) does, with
     /// the boot CPU's MPIDR.
-    pub(in crate::vgic) fn linux_dist_init(g: &mut VGic, boot_mpidr: u64) {
+    pub(in crate::vdev::vgic) fn linux_dist_init(g: &mut VGic, boot_mpidr: u64) {
         assert_eq!(g.dist_read(0xffe8, 4) & 0xf0, 0x30, "GICD_PIDR2.ArchRev");
         let typer = g.dist_read(0x4, 4);
         let lines = (((typer & 0x1f) + 1) * 32).min(1020);
@@ -942,7 +943,7 @@ pub(super) mod tests {
 
     /// What Linux 6.1 does for a CPU's redistributor (`gic_populate_rdist`,
     /// `gic_enable_redist`, `gic_cpu_init`); returns the redistributor index.
-    pub(in crate::vgic) fn linux_cpu_init(g: &mut VGic, mpidr: u64) -> usize {
+    pub(in crate::vdev::vgic) fn linux_cpu_init(g: &mut VGic, mpidr: u64) -> usize {
         let aff = u64::from(mpidr_to_aff(mpidr));
         let mut region = 0u64;
         let vcpu = loop {
@@ -971,7 +972,7 @@ pub(super) mod tests {
         vcpu
     }
 
-    pub(in crate::vgic) fn booted() -> VGic {
+    pub(in crate::vdev::vgic) fn booted() -> VGic {
         let mut g = two_vcpus();
         linux_dist_init(&mut g, MPIDRS[0]);
         for m in MPIDRS {
@@ -981,7 +982,7 @@ pub(super) mod tests {
     }
 
     /// Fills 4 LRs (QEMU's count) and decodes the valid ones.
-    pub(in crate::vgic) fn listed(
+    pub(in crate::vdev::vgic) fn listed(
         g: &mut VGic,
         vcpu: usize,
         hw: &mut [u64; 4],
@@ -998,7 +999,7 @@ pub(super) mod tests {
     }
 
     /// The guest acknowledges the interrupt in LR `i` (pending -> active).
-    pub(in crate::vgic) fn ack(lrs: &mut [u64], i: usize) {
+    pub(in crate::vdev::vgic) fn ack(lrs: &mut [u64], i: usize) {
         let mut l = ListRegister::decode(lrs[i]);
         assert_eq!(l.state, LrState::Pending, "ack of a non-pending LR");
         l.state = LrState::Active;
@@ -1006,7 +1007,7 @@ pub(super) mod tests {
     }
 
     /// The guest deactivates the interrupt in LR `i`.
-    pub(in crate::vgic) fn deactivate(lrs: &mut [u64], i: usize) {
+    pub(in crate::vdev::vgic) fn deactivate(lrs: &mut [u64], i: usize) {
         let mut l = ListRegister::decode(lrs[i]);
         l.state = match l.state {
             LrState::Active => LrState::Invalid,

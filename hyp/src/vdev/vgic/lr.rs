@@ -540,7 +540,7 @@ mod tests {
         let fx = g.sync_from_lrs(0, &lrs);
         assert_eq!(
             fx.deactivations(),
-            [crate::vgic::HwDeactivate {
+            [crate::vdev::vgic::HwDeactivate {
                 vcpu: 0,
                 pintid: 27
             }]
