@@ -13,10 +13,10 @@
 
 use crate::arch::{fake, guest::GuestControls, TrapFrame};
 use crate::drivers::pci::{BarKind, Bdf, ConfigAccess};
-use crate::vdev::bus::MmioBus;
-use crate::vdev::devices::{CountersPage, GicDistributor, GicRedistributors, PciHostBridge, Uart};
 use crate::vdev::vgic::VGic;
 use crate::vdev::vpci::{VirtualBar, VirtualFunction, VirtualPciBus};
+use crate::vm::bus::MmioBus;
+use crate::vm::devices::{CountersPage, GicDistributor, GicRedistributors, PciHostBridge, Uart};
 use crate::vm::ram::GuestRam;
 use crate::vm::trap::{handle_sync, Flow};
 use crate::vm::vm::{Machine, Vm, VmState, REPORTS_PER_VM};
@@ -222,7 +222,7 @@ impl GuestHarness {
             bars,
         }]);
         let mut bus = MmioBus::new();
-        let devices: [(u64, u64, Box<dyn crate::vdev::bus::MmioDevice>); 5] = [
+        let devices: [(u64, u64, Box<dyn crate::vm::bus::MmioDevice>); 5] = [
             (layout::UART_BASE, layout::UART_SIZE, Box::new(Uart)),
             (
                 layout::GICD_BASE,

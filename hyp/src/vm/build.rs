@@ -21,10 +21,10 @@ use crate::arch::{self, guest};
 use crate::guest_fdt::{self, GuestDt};
 use crate::mm::{self, GUEST_MEM};
 use crate::platform::Platform;
-use crate::vdev::devices::{
+use crate::vdev::vgic::VGic;
+use crate::vm::devices::{
     CountersPage, GicDistributor, GicRedistributors, PciHostBridge, Uart, VsmmuRegisters,
 };
-use crate::vdev::vgic::VGic;
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -300,7 +300,7 @@ fn build_vm(
         None => (PciHostBridge::empty(), Vec::new()),
     };
     let gicr_size = layout::GICR_STRIDE * u64::from(spec.cpus);
-    let devices: [(u64, u64, Box<dyn crate::vdev::bus::MmioDevice>); 5] = [
+    let devices: [(u64, u64, Box<dyn crate::vm::bus::MmioDevice>); 5] = [
         (layout::UART_BASE, layout::UART_SIZE, Box::new(Uart)),
         (
             layout::GICD_BASE,

@@ -5,8 +5,11 @@
 //!   and stop ordering;
 //! - [`trap`]: the synchronous trap dispatcher ([`exit`] decodes ESR_EL2,
 //!   [`mmio`] a data abort's access, [`exception`] injects exceptions),
-//!   handing MMIO to the VM's bus of emulated devices (`crate::vdev`) and
-//!   hypercalls to PSCI;
+//!   handing MMIO to the VM's [`bus`], which routes it to one emulated
+//!   device and refuses overlapping ranges ([`devices`]: the adapters that
+//!   give each `crate::vdev` model its VM's state: UART, GIC distributor
+//!   and redistributors, counters page, PCI host bridge, vSMMU registers),
+//!   and hypercalls to PSCI;
 //! - [`intx`]: forwarded INTx lines, masked while their guest handles them
 //!   and resampled at its deactivation;
 //! - [`ram`], [`image`], [`console_mux`].
@@ -17,7 +20,9 @@
 //!
 //! [`Machine`]: vm::Machine
 
+pub mod bus;
 pub mod console_mux;
+pub mod devices;
 pub mod exception;
 pub mod exit;
 pub mod image;

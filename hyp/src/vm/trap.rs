@@ -5,14 +5,14 @@
 //! gets an external abort), anything else an undefined-instruction
 //! exception.
 
+use super::bus::Access;
 use super::exception::{
     inject_data_abort, inject_instruction_abort, inject_undef, skip_instruction,
 };
 use super::exit::{self, Exit, SysReg, SysRegAccess};
 use super::mmio::MmioAccess;
-use super::vm::{Machine, Vm, VmState};
+use super::vm::{AccessContext, Machine, Vm, VmState};
 use crate::arch::{self, TrapFrame};
-use crate::vdev::bus::{Access, MmioContext};
 use crate::vdev::psci::{self, PsciAction, VcpuPower};
 
 /// What the vCPU does after its trap was handled.
@@ -131,7 +131,7 @@ fn data_abort(
         inject_data_abort(frame, far, a.write);
         return;
     };
-    let ctx = MmioContext {
+    let ctx = AccessContext {
         vm,
         vcpu,
         machine: m,

@@ -7,9 +7,9 @@
 //! bare-metal runtime implements it over the real GIC, SMMU and PCI
 //! (`run.rs`), tests with a recorder.
 
+use super::bus::{MmioBus, MmioContext};
 use super::ram::GuestRam;
 use crate::arch;
-use crate::vdev::bus::MmioBus;
 use crate::vdev::psci::VcpuPower;
 use crate::vdev::vgic::{Effects, VGic};
 use crate::vdev::vuart::VirtualUart;
@@ -296,5 +296,71 @@ impl Vm {
             );
         }
         m.vm_stopped(self, how);
+    }
+}
+
+/// One access's view of a VM for its devices: the VM, the trapping vCPU
+/// and the machine.
+pub struct AccessContext<'a> {
+    /// The VM.
+    pub vm: &'a Vm,
+    /// The vCPU that trapped.
+    pub vcpu: usize,
+    /// The physical side.
+    pub machine: &'a dyn Machine,
+}
+
+impl fmt::Debug for AccessContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessContext")
+            .field("vm", &self.vm.name)
+            .field("vcpu", &self.vcpu)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MmioContext for AccessContext<'_> {
+    fn uart(&self) -> &Mutex<VirtualUart> {
+        &self.vm.uart
+    }
+
+    fn vgic(&self) -> &Mutex<VGic> {
+        &self.vm.vgic
+    }
+
+    fn apply(&self, fx: Effects) {
+        self.vm.apply(fx, self.machine);
+    }
+
+    fn raise_edge(&self, intid: u32) {
+        self.vm.raise_edge(intid, self.machine);
+    }
+
+    fn update_uart_irq(&self) {
+        self.vm.update_uart_irq(self.machine);
+    }
+
+    fn console_line(&self, line: &[u8]) {
+        self.machine.console_line(self.vm, line);
+    }
+
+    fn traps(&self) -> u64 {
+        self.vm.traps()
+    }
+
+    fn vsmmu_stats(&self) -> (u64, u64) {
+        self.vm.vsmmu_stats()
+    }
+
+    fn vsmmu_mmio(
+        &self,
+        offset: u64,
+        size: u8,
+        write: bool,
+        value: u64,
+    ) -> Option<(u64, Vec<u32>)> {
+        let v = self.vm.vsmmu.as_ref()?;
+        let out = v.lock().mmio(offset, size, write, value);
+        Some(out)
     }
 }

@@ -20,18 +20,18 @@ impl MmioDevice for Uart {
         "vUART"
     }
 
-    fn read(&self, ctx: &MmioContext<'_>, a: Access) -> u64 {
-        let v = ctx.vm.uart.lock().read(a.offset, a.size);
-        ctx.vm.update_uart_irq(ctx.machine);
+    fn read(&self, ctx: &dyn MmioContext, a: Access) -> u64 {
+        let v = ctx.uart().lock().read(a.offset, a.size);
+        ctx.update_uart_irq();
         v
     }
 
-    fn write(&self, ctx: &MmioContext<'_>, a: Access, value: u64) {
-        let line = ctx.vm.uart.lock().write(a.offset, a.size, value).line;
+    fn write(&self, ctx: &dyn MmioContext, a: Access, value: u64) {
+        let line = ctx.uart().lock().write(a.offset, a.size, value).line;
         if let Some(line) = line {
-            ctx.machine.console_line(ctx.vm, &line);
+            ctx.console_line(&line);
         }
-        ctx.vm.update_uart_irq(ctx.machine);
+        ctx.update_uart_irq();
     }
 }
 
@@ -44,13 +44,13 @@ impl MmioDevice for GicDistributor {
         "GIC distributor"
     }
 
-    fn read(&self, ctx: &MmioContext<'_>, a: Access) -> u64 {
-        ctx.vm.vgic.lock().dist_read(a.offset, a.size)
+    fn read(&self, ctx: &dyn MmioContext, a: Access) -> u64 {
+        ctx.vgic().lock().dist_read(a.offset, a.size)
     }
 
-    fn write(&self, ctx: &MmioContext<'_>, a: Access, value: u64) {
-        let fx = ctx.vm.vgic.lock().dist_write(a.offset, a.size, value);
-        ctx.vm.apply(fx, ctx.machine);
+    fn write(&self, ctx: &dyn MmioContext, a: Access, value: u64) {
+        let fx = ctx.vgic().lock().dist_write(a.offset, a.size, value);
+        ctx.apply(fx);
     }
 }
 
@@ -66,15 +66,15 @@ impl MmioDevice for GicRedistributors {
         "GIC redistributors"
     }
 
-    fn read(&self, ctx: &MmioContext<'_>, a: Access) -> u64 {
+    fn read(&self, ctx: &dyn MmioContext, a: Access) -> u64 {
         let (target, off) = ((a.offset / self.stride) as usize, a.offset % self.stride);
-        ctx.vm.vgic.lock().redist_read(target, off, a.size)
+        ctx.vgic().lock().redist_read(target, off, a.size)
     }
 
-    fn write(&self, ctx: &MmioContext<'_>, a: Access, value: u64) {
+    fn write(&self, ctx: &dyn MmioContext, a: Access, value: u64) {
         let (target, off) = ((a.offset / self.stride) as usize, a.offset % self.stride);
-        let fx = ctx.vm.vgic.lock().redist_write(target, off, a.size, value);
-        ctx.vm.apply(fx, ctx.machine);
+        let fx = ctx.vgic().lock().redist_write(target, off, a.size, value);
+        ctx.apply(fx);
     }
 }
 
@@ -98,9 +98,9 @@ impl MmioDevice for CountersPage {
         "counters page"
     }
 
-    fn read(&self, ctx: &MmioContext<'_>, a: Access) -> u64 {
-        let (guest, phys) = ctx.vm.vsmmu_stats();
-        let values = [ctx.vm.traps(), guest, phys];
+    fn read(&self, ctx: &dyn MmioContext, a: Access) -> u64 {
+        let (guest, phys) = ctx.vsmmu_stats();
+        let values = [ctx.traps(), guest, phys];
         let word = |i: u64| values.get(i as usize).copied().unwrap_or(0);
         let offset = a.offset;
         match a.size {
@@ -117,7 +117,7 @@ impl MmioDevice for CountersPage {
         }
     }
 
-    fn write(&self, _: &MmioContext<'_>, _: Access, _: u64) {}
+    fn write(&self, _: &dyn MmioContext, _: Access, _: u64) {}
 }
 
 /// The configuration space (ECAM) of the VM's PCI host bridge (`vpci`):
@@ -155,14 +155,14 @@ impl MmioDevice for PciHostBridge {
         "PCI host bridge"
     }
 
-    fn read(&self, _: &MmioContext<'_>, a: Access) -> u64 {
+    fn read(&self, _: &dyn MmioContext, a: Access) -> u64 {
         match &self.bus {
             Some((bus, cfg)) => bus.lock().read(cfg.as_ref(), a.offset, a.size),
             None => u64::MAX,
         }
     }
 
-    fn write(&self, _: &MmioContext<'_>, a: Access, value: u64) {
+    fn write(&self, _: &dyn MmioContext, a: Access, value: u64) {
         if let Some((bus, cfg)) = &self.bus {
             bus.lock().write(cfg.as_ref(), a.offset, a.size, value);
         }
@@ -174,11 +174,12 @@ impl MmioDevice for PciHostBridge {
 pub struct VsmmuRegisters;
 
 impl VsmmuRegisters {
-    fn access(ctx: &MmioContext<'_>, a: Access, write: bool, value: u64) -> u64 {
-        let Some(v) = &ctx.vm.vsmmu else { return 0 };
-        let (result, irqs) = v.lock().mmio(a.offset, a.size, write, value);
+    fn access(ctx: &dyn MmioContext, a: Access, write: bool, value: u64) -> u64 {
+        let Some((result, irqs)) = ctx.vsmmu_mmio(a.offset, a.size, write, value) else {
+            return 0;
+        };
         for intid in irqs {
-            ctx.vm.raise_edge(intid, ctx.machine);
+            ctx.raise_edge(intid);
         }
         result
     }
@@ -189,11 +190,11 @@ impl MmioDevice for VsmmuRegisters {
         "vSMMU"
     }
 
-    fn read(&self, ctx: &MmioContext<'_>, a: Access) -> u64 {
+    fn read(&self, ctx: &dyn MmioContext, a: Access) -> u64 {
         Self::access(ctx, a, false, 0)
     }
 
-    fn write(&self, ctx: &MmioContext<'_>, a: Access, value: u64) {
+    fn write(&self, ctx: &dyn MmioContext, a: Access, value: u64) {
         Self::access(ctx, a, true, value);
     }
 }

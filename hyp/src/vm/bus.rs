@@ -7,30 +7,38 @@
 //! range claims gets the architected external abort from the trap handler.
 //! (cloud-hypervisor's `vm-device` `Bus`/`BusDevice` is the model.)
 
-use crate::vm::vm::{Machine, Vm};
+use crate::vdev::vgic::{Effects, VGic};
+use crate::vdev::vuart::VirtualUart;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
+use spin::Mutex;
 
-/// What a device's access handler may use: its VM, the trapping vCPU, and
-/// the machine (to kick vCPUs, print console lines).
-pub struct MmioContext<'a> {
-    /// The VM the access came from.
-    pub vm: &'a Vm,
-    /// The vCPU that made it.
-    pub vcpu: usize,
-    /// The physical side.
-    pub machine: &'a dyn Machine,
-}
-
-impl fmt::Debug for MmioContext<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MmioContext")
-            .field("vm", &self.vm.name)
-            .field("vcpu", &self.vcpu)
-            .finish_non_exhaustive()
-    }
+/// What a device's access handler may use of the VM it belongs to (the
+/// VM implements it, with the trapping vCPU and the machine, for the time
+/// of one access): its models' state, and what an access may cause.
+pub trait MmioContext {
+    /// The VM's UART.
+    fn uart(&self) -> &Mutex<VirtualUart>;
+    /// The VM's vGIC.
+    fn vgic(&self) -> &Mutex<VGic>;
+    /// Carries out what a vGIC operation asks (kicks, deactivations).
+    fn apply(&self, fx: Effects);
+    /// Raises edge interrupt `intid` in the VM's vGIC.
+    fn raise_edge(&self, intid: u32);
+    /// Sets the UART interrupt's level from the UART's state.
+    fn update_uart_irq(&self);
+    /// Prints a line the guest wrote to its console.
+    fn console_line(&self, line: &[u8]);
+    /// Traps taken from the VM so far.
+    fn traps(&self) -> u64;
+    /// The vSMMU's guest and physical command counts (0 without one).
+    fn vsmmu_stats(&self) -> (u64, u64);
+    /// A register access to the VM's vSMMU: the value read (0 for a write)
+    /// and the guest INTIDs to raise; None without a vSMMU.
+    fn vsmmu_mmio(&self, offset: u64, size: u8, write: bool, value: u64)
+        -> Option<(u64, Vec<u32>)>;
 }
 
 /// One access, after decoding: the offset inside the device's range, its
@@ -52,9 +60,9 @@ pub trait MmioDevice: Send + Sync {
     /// A short name for reports ("vUART", "GIC distributor").
     fn name(&self) -> &'static str;
     /// A guest read; returns the value (the low `size` bytes count).
-    fn read(&self, ctx: &MmioContext<'_>, access: Access) -> u64;
+    fn read(&self, ctx: &dyn MmioContext, access: Access) -> u64;
     /// A guest write of `value` (its low `size` bytes).
-    fn write(&self, ctx: &MmioContext<'_>, access: Access, value: u64);
+    fn write(&self, ctx: &dyn MmioContext, access: Access, value: u64);
 }
 
 /// Why a device could not be registered.
@@ -171,10 +179,10 @@ mod tests {
         fn name(&self) -> &'static str {
             self.0
         }
-        fn read(&self, _: &MmioContext<'_>, _: Access) -> u64 {
+        fn read(&self, _: &dyn MmioContext, _: Access) -> u64 {
             0
         }
-        fn write(&self, _: &MmioContext<'_>, _: Access, _: u64) {}
+        fn write(&self, _: &dyn MmioContext, _: Access, _: u64) {}
     }
 
     fn bus() -> MmioBus {
