@@ -15,8 +15,7 @@ use crate::arch::{fake, guest::GuestControls, TrapFrame};
 use crate::drivers::pci::{BarKind, Bdf, ConfigAccess};
 use crate::vdev::vgic::VGic;
 use crate::vdev::vpci::{VirtualBar, VirtualFunction, VirtualPciBus};
-use crate::vm::bus::MmioBus;
-use crate::vm::devices::{CountersPage, GicDistributor, GicRedistributors, PciHostBridge, Uart};
+use crate::vm::devices::{standard_bus, PciHostBridge};
 use crate::vm::ram::GuestRam;
 use crate::vm::trap::{handle_sync, Flow};
 use crate::vm::vm::{Machine, Vm, VmState, REPORTS_PER_VM};
@@ -221,37 +220,8 @@ impl GuestHarness {
             phys: FUNCTION,
             bars,
         }]);
-        let mut bus = MmioBus::new();
-        let devices: [(u64, u64, Box<dyn crate::vm::bus::MmioDevice>); 5] = [
-            (layout::UART_BASE, layout::UART_SIZE, Box::new(Uart)),
-            (
-                layout::GICD_BASE,
-                layout::GICD_SIZE,
-                Box::new(GicDistributor),
-            ),
-            (
-                layout::GICR_BASE,
-                layout::GICR_STRIDE * VCPUS as u64,
-                Box::new(GicRedistributors {
-                    stride: layout::GICR_STRIDE,
-                }),
-            ),
-            (
-                layout::COUNTERS_BASE,
-                layout::COUNTERS_SIZE,
-                Box::new(CountersPage),
-            ),
-            (
-                layout::PCI_ECAM_BASE,
-                layout::PCI_ECAM_SIZE,
-                Box::new(PciHostBridge::new(pci, Box::new(FakeFunction::new(config)))),
-            ),
-        ];
-        for (base, size, device) in devices {
-            bus.insert(base, size, device)
-                .expect("the guest layout has no overlaps");
-        }
-        vm.bus = bus;
+        let pci = PciHostBridge::new(pci, Box::new(FakeFunction::new(config)));
+        vm.bus = standard_bus(VCPUS as u32, pci, false).expect("the guest layout has no overlaps");
         Self {
             vm,
             machine: Recorder::default(),

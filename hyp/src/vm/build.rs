@@ -22,9 +22,7 @@ use crate::guest_fdt::{self, GuestDt};
 use crate::mm::{self, GUEST_MEM};
 use crate::platform::Platform;
 use crate::vdev::vgic::VGic;
-use crate::vm::devices::{
-    CountersPage, GicDistributor, GicRedistributors, PciHostBridge, Uart, VsmmuRegisters,
-};
+use crate::vm::devices::{standard_bus, PciHostBridge};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -299,41 +297,9 @@ fn build_vm(
         },
         None => (PciHostBridge::empty(), Vec::new()),
     };
-    let gicr_size = layout::GICR_STRIDE * u64::from(spec.cpus);
-    let devices: [(u64, u64, Box<dyn crate::vm::bus::MmioDevice>); 5] = [
-        (layout::UART_BASE, layout::UART_SIZE, Box::new(Uart)),
-        (
-            layout::GICD_BASE,
-            layout::GICD_SIZE,
-            Box::new(GicDistributor),
-        ),
-        (
-            layout::GICR_BASE,
-            gicr_size,
-            Box::new(GicRedistributors {
-                stride: layout::GICR_STRIDE,
-            }),
-        ),
-        (
-            layout::COUNTERS_BASE,
-            layout::COUNTERS_SIZE,
-            Box::new(CountersPage),
-        ),
-        (layout::PCI_ECAM_BASE, layout::PCI_ECAM_SIZE, Box::new(pci)),
-    ];
-    for (base, size, device) in devices {
-        vm.bus
-            .insert(base, size, device)
-            .map_err(|e| resources(alloc::format!("VM {}: device map: {e}", spec.name)))?;
-    }
+    vm.bus = standard_bus(spec.cpus, pci, vsmmu.is_some())
+        .map_err(|e| resources(alloc::format!("VM {}: device map: {e}", spec.name)))?;
     if let Some(v) = vsmmu {
-        vm.bus
-            .insert(
-                layout::VSMMU_BASE,
-                layout::VSMMU_SIZE,
-                Box::new(VsmmuRegisters),
-            )
-            .map_err(|e| resources(alloc::format!("VM {}: device map: {e}", spec.name)))?;
         vm.vsmmu = Some(spin::Mutex::new(Box::new(v)));
     }
     Ok(Built {
