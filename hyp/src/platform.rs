@@ -484,30 +484,15 @@ impl Platform {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
 
-    /// Asks QEMU for the device tree of a machine configuration.
-    fn qemu_dtb(machine: &str, extra: &[&str]) -> Vec<u8> {
-        let dir = std::env::temp_dir().join(format!("hyp-dtb-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{}.dtb", machine.replace([',', '='], "_")));
-        let status = Command::new("qemu-system-aarch64")
-            .arg("-M")
-            .arg(format!("{machine},dumpdtb={}", path.display()))
-            .args(["-cpu", "max", "-m", "1G", "-nographic"])
-            .args(extra)
-            .status()
-            .expect("qemu-system-aarch64 not found: run ./hv test, which installs it");
-        assert!(status.success(), "qemu dumpdtb failed");
-        std::fs::read(&path).unwrap()
-    }
+    /// QEMU 10's `virt` with an SMMUv3 and 4 CPUs (`hyp/testdata/README.md`).
+    const VIRT_SMMUV3_SMP4: &[u8] = include_bytes!("../testdata/virt-smmuv3-smp4.dtb");
+    /// QEMU 10's `virt` without an IOMMU.
+    const VIRT_NO_SMMU: &[u8] = include_bytes!("../testdata/virt-no-smmu.dtb");
 
     #[test]
     fn parses_qemu_virt_with_smmu() {
-        let dtb = qemu_dtb(
-            "virt,virtualization=on,gic-version=3,iommu=smmuv3",
-            &["-smp", "4"],
-        );
+        let dtb = VIRT_SMMUV3_SMP4.to_vec();
         let mut p = Platform::parse(&dtb).unwrap();
         assert_eq!(
             p.memory,
@@ -586,7 +571,7 @@ mod tests {
 
     #[test]
     fn machine_without_smmu() {
-        let dtb = qemu_dtb("virt,virtualization=on,gic-version=3", &[]);
+        let dtb = VIRT_NO_SMMU.to_vec();
         let p = Platform::parse(&dtb).unwrap();
         assert!(p.smmu.is_none());
         assert!(p.pci.as_ref().unwrap().iommu_map.is_empty());
