@@ -20,6 +20,7 @@ mod arch;
 mod console;
 mod drivers;
 mod esr;
+mod gicv3;
 mod guest_fdt;
 mod mm;
 mod platform;

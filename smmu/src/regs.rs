@@ -688,16 +688,7 @@ pub struct Features {
 
 /// Decodes IDR5.OAS (§6.3.6) into a number of physical address bits.
 pub fn oas_to_bits(oas: u32) -> u8 {
-    match oas & 7 {
-        0 => 32,
-        1 => 36,
-        2 => 40,
-        3 => 42,
-        4 => 44,
-        5 => 48,
-        6 => 52,
-        _ => 56,
-    }
+    crate::addr::pa_size_bits(oas)
 }
 
 impl Features {

@@ -20,34 +20,36 @@ pub const PPI_VTIMER: u32 = 27;
 /// Interrupt IDs >= this are special (1020..1023: spurious).
 pub const SPECIAL: u32 = 1020;
 
+/// The register map as `usize` offsets for this driver's pointer maths.
 mod gicd {
-    pub const CTLR: usize = 0x0000;
-    pub const TYPER: usize = 0x0004;
-    pub const IGROUPR: usize = 0x0080;
-    pub const ISENABLER: usize = 0x0100;
-    pub const ICENABLER: usize = 0x0180;
-    pub const ISPENDR: usize = 0x0200;
-    pub const IPRIORITYR: usize = 0x0400;
-    pub const ICFGR: usize = 0x0c00;
-    pub const IROUTER: usize = 0x6100;
-    /// RWP: register write pending.
-    pub const CTLR_RWP: u32 = 1 << 31;
+    use crate::gicv3::gicd as map;
+    pub const CTLR: usize = map::CTLR as usize;
+    pub const TYPER: usize = map::TYPER as usize;
+    pub const IGROUPR: usize = map::IGROUPR as usize;
+    pub const ISENABLER: usize = map::ISENABLER as usize;
+    pub const ICENABLER: usize = map::ICENABLER as usize;
+    pub const ISPENDR: usize = map::ISPENDR as usize;
+    pub const IPRIORITYR: usize = map::IPRIORITYR as usize;
+    pub const ICFGR: usize = map::ICFGR as usize;
+    /// GICD_IROUTER<32>: the first SPI's.
+    pub const IROUTER: usize = map::IROUTER as usize + 32 * 8;
+    pub const CTLR_RWP: u32 = map::CTLR_RWP;
     /// ARE_NS | EnableGrp1NS (non-secure view).
-    pub const CTLR_ARE_GRP1: u32 = (1 << 4) | (1 << 1);
+    pub const CTLR_ARE_GRP1: u32 = map::CTLR_ARE | map::CTLR_ENABLE_GRP1;
 }
 
 mod gicr {
-    pub const TYPER: usize = 0x0008;
-    pub const WAKER: usize = 0x0014;
-    pub const SGI: usize = 0x1_0000;
-    pub const IGROUPR0: usize = SGI + 0x0080;
-    pub const ISENABLER0: usize = SGI + 0x0100;
-    pub const ICENABLER0: usize = SGI + 0x0180;
-    pub const IPRIORITYR: usize = SGI + 0x0400;
-    pub const FRAME: usize = 0x2_0000;
-    pub const WAKER_PSLEEP: u32 = 1 << 1;
-    pub const WAKER_CASLEEP: u32 = 1 << 2;
-    pub const TYPER_LAST: u64 = 1 << 4;
+    use crate::gicv3::gicr as map;
+    pub const TYPER: usize = map::TYPER as usize;
+    pub const WAKER: usize = map::WAKER as usize;
+    pub const IGROUPR0: usize = map::IGROUPR0 as usize;
+    pub const ISENABLER0: usize = map::ISENABLER0 as usize;
+    pub const ICENABLER0: usize = map::ICENABLER0 as usize;
+    pub const IPRIORITYR: usize = map::IPRIORITYR as usize;
+    pub const FRAME: usize = map::STRIDE as usize;
+    pub const WAKER_PSLEEP: u32 = map::WAKER_PROCESSOR_SLEEP;
+    pub const WAKER_CASLEEP: u32 = map::WAKER_CHILDREN_ASLEEP;
+    pub const TYPER_LAST: u64 = map::TYPER_LAST;
 }
 
 struct Regs {

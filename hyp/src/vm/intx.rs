@@ -129,9 +129,10 @@ impl IntxForwarding {
 /// Whether guest INTID `vintid` is pending or active in `vgic`
 /// (GICD_ISPENDR / GICD_ISACTIVER).
 fn guest_busy(vgic: &VGic, vintid: u32) -> bool {
-    let word = u64::from(vintid / 32 * 4);
-    let bit = 1u64 << (vintid % 32);
-    (vgic.dist_read(0x200 + word, 4) | vgic.dist_read(0x300 + word, 4)) & bit != 0
+    use crate::gicv3::gicd::{bit, ISACTIVER, ISPENDR};
+    let (pend, mask) = bit(ISPENDR, vintid);
+    let (active, _) = bit(ISACTIVER, vintid);
+    (vgic.dist_read(pend, 4) | vgic.dist_read(active, 4)) & u64::from(mask) != 0
 }
 
 #[cfg(test)]

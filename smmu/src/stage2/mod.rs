@@ -184,15 +184,8 @@ fn start_level(ipa_bits: u32) -> (u8, usize) {
 
 /// PS/S2PS encoding of an output size (Arm ARM VTCR_EL2.PS).
 fn ps_encoding(pa_bits: u32) -> Option<u8> {
-    Some(match pa_bits {
-        32 => 0b000,
-        36 => 0b001,
-        40 => 0b010,
-        42 => 0b011,
-        44 => 0b100,
-        48 => 0b101,
-        _ => return None,
-    })
+    // 4 KiB granule without 52-bit output (FEAT_LPA2): at most 48 bits.
+    crate::addr::pa_size_encoding(pa_bits).filter(|&e| e <= 0b101)
 }
 
 /// One translation table (or the concatenated root) and its software shadow.

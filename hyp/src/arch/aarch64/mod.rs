@@ -68,15 +68,10 @@ pub fn dsb_ld() {
 /// Physical address bits this CPU implements (ID_AA64MMFR0_EL1.PARange).
 pub fn pa_bits() -> u32 {
     use aarch64_cpu::registers::ID_AA64MMFR0_EL1;
-    match ID_AA64MMFR0_EL1.get() & 0xf {
-        0 => 32,
-        1 => 36,
-        2 => 40,
-        3 => 42,
-        4 => 44,
-        5 => 48,
-        _ => 52,
-    }
+    // Encodings above 52 bits are reserved or need 128-bit descriptors the
+    // hypervisor does not use.
+    let parange = (ID_AA64MMFR0_EL1.get() & 0xf).min(6) as u32;
+    u32::from(smmu::addr::pa_size_bits(parange))
 }
 
 /// VTCR_EL2 for a stage-2 table with the given T0SZ, SL0 and PS encodings:

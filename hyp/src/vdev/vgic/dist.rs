@@ -17,35 +17,10 @@ use super::{
     aligned, id_register, size_mask, Effects, VGic, BIT_BANKS, IIDR, MAX_SPI_INTID, NR_PRIVATE,
 };
 
-/// GICD_CTLR (§8.9.4).
-const CTLR: u64 = 0x0000;
-/// GICD_TYPER (§8.9).
-const TYPER: u64 = 0x0004;
-/// GICD_IIDR (§8.9).
-const IIDR_OFF: u64 = 0x0008;
-/// GICD_TYPER2 (IHI 0069G onwards): RES0 here.
-const TYPER2: u64 = 0x000c;
-/// GICD_STATUSR (§8.9): no error reporting, RAZ/WI.
-const STATUSR: u64 = 0x0010;
-/// GICD_IGROUPR<n>: the first of the bit-per-interrupt banks.
-const BANKS: u64 = 0x0080;
-/// Bytes of each bit-per-interrupt bank (32 registers).
-const BANK_BYTES: u64 = 0x80;
-/// GICD_IPRIORITYR<n> (§8.9).
-const IPRIORITYR: u64 = 0x0400;
-/// GICD_ICFGR<n> (§8.9.7).
-const ICFGR: u64 = 0x0c00;
-/// GICD_IROUTER<n> (§8.9) for n = 0; n < 32 is reserved.
-const IROUTER: u64 = 0x6000;
-
-/// GICD_CTLR.EnableGrp0, bit \[0\] (single Security state layout).
-const CTLR_ENABLE_GRP0: u32 = 1 << 0;
-/// GICD_CTLR.EnableGrp1, bit \[1\].
-const CTLR_ENABLE_GRP1: u32 = 1 << 1;
-/// GICD_CTLR.ARE, bit \[4\]: RAO/WI, affinity routing cannot be disabled.
-const CTLR_ARE: u32 = 1 << 4;
-/// GICD_CTLR.DS, bit \[6\]: RAO/WI, a single Security state.
-const CTLR_DS: u32 = 1 << 6;
+use crate::gicv3::gicd::{
+    BANK_BYTES, CTLR, CTLR_ARE, CTLR_DS, CTLR_ENABLE_GRP0, CTLR_ENABLE_GRP1, ICFGR,
+    IGROUPR as BANKS, IIDR as IIDR_OFF, IPRIORITYR, IROUTER, STATUSR, TYPER, TYPER2,
+};
 
 /// GICD_TYPER.IDbits \[23:19\]: INTID bits minus one (10 bits: SPIs and
 /// the special INTIDs only).

@@ -2,16 +2,9 @@
 //! (ICH_LR<n>_EL2) and hypervisor control (ICH_HCR_EL2), synchronised with
 //! the emulated state in `vgic` around every entry into the guest.
 
+use super::lr::{ListRegister, ICH_HCR_EN as HCR_EN, MAX_LRS};
 use super::{Effects, VGic};
 use crate::arch::gicv3;
-
-/// ICH_HCR_EL2.En: virtual CPU interface on.
-const HCR_EN: u64 = 1 << 0;
-/// The most list registers GICv3 defines.
-const MAX_LRS: usize = 16;
-/// ICH_LR<n>_EL2.State bit 0 (pending): set for pending and
-/// pending+active.
-const LR_PENDING: u64 = 1 << 62;
 
 fn nr_lrs() -> usize {
     gicv3::nr_lrs().min(MAX_LRS)
@@ -19,7 +12,7 @@ fn nr_lrs() -> usize {
 
 /// Whether a list register holds an interrupt the guest has yet to take.
 pub fn lr_pending() -> bool {
-    (0..nr_lrs()).any(|i| gicv3::read_lr(i) & LR_PENDING != 0)
+    (0..nr_lrs()).any(|i| ListRegister::decode(gicv3::read_lr(i)).state.pending())
 }
 
 /// Turns the virtual CPU interface on for a vCPU starting on this CPU, with
@@ -78,7 +71,7 @@ mod tests {
         let listed: alloc::vec::Vec<u64> = fake::with(|c| c.lrs.clone());
         let lr = listed.iter().find(|&&lr| lr & 0xffff_ffff == 40).copied();
         let lr = lr.expect("INTID 40 in a list register");
-        assert_ne!(lr & LR_PENDING, 0, "listed pending");
+        assert!(ListRegister::decode(lr).state.pending(), "listed pending");
         assert!(lr_pending());
         assert_ne!(fake::with(|c| c.ich_hcr) & HCR_EN, 0);
         // The guest acknowledged and deactivated it: the hardware set the

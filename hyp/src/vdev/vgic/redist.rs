@@ -11,41 +11,17 @@
 
 use super::{aligned, id_register, size_mask, Bank, Effects, VGic, BIT_BANKS, IIDR, NR_PRIVATE};
 
-/// One redistributor frame (RD_base or SGI_base).
-pub const REDIST_FRAME_SIZE: u64 = 0x1_0000;
-/// Distance between two vCPUs' redistributors: RD_base + SGI_base.
-pub const REDIST_STRIDE: u64 = 2 * REDIST_FRAME_SIZE;
+use crate::gicv3::gicd::BANK_BYTES;
+use crate::gicv3::gicr::{
+    CTLR, ICFGR, IGROUPR0 as SGI_BANKS, IIDR as IIDR_OFF, IPRIORITYR, TYPER, TYPER_LAST, WAKER,
+    WAKER_CHILDREN_ASLEEP, WAKER_PROCESSOR_SLEEP,
+};
+pub use crate::gicv3::gicr::{FRAME_SIZE as REDIST_FRAME_SIZE, STRIDE as REDIST_STRIDE};
 
-/// GICR_CTLR (§8.11): EnableLPIs RAZ/WI (no LPIs), RWP/UWP = 0, no DPG.
-const CTLR: u64 = 0x0000;
-/// GICR_IIDR (§8.11).
-const IIDR_OFF: u64 = 0x0004;
-/// GICR_TYPER (§8.11), 64-bit.
-const TYPER: u64 = 0x0008;
-/// GICR_WAKER (§8.11.26).
-const WAKER: u64 = 0x0014;
-
-/// SGI_base: the first bit-per-interrupt bank, GICR_IGROUPR0.
-const SGI_BANKS: u64 = REDIST_FRAME_SIZE + 0x0080;
-/// Bytes between two banks (GICR_IGROUPR0 to GICR_ISENABLER0, ...); only
-/// the first register of each is implemented (no extended PPIs).
-const BANK_BYTES: u64 = 0x80;
-/// GICR_IPRIORITYR0-7.
-const IPRIORITYR: u64 = REDIST_FRAME_SIZE + 0x0400;
-/// GICR_ICFGR0 (SGIs) and GICR_ICFGR1 (PPIs).
-const ICFGR: u64 = REDIST_FRAME_SIZE + 0x0c00;
-
-/// GICR_TYPER.Last, bit \[4\]: the last redistributor of the region.
-const TYPER_LAST: u64 = 1 << 4;
 /// GICR_TYPER.Processor_Number \[23:8\].
 const TYPER_PROC_SHIFT: u32 = 8;
 /// GICR_TYPER.Affinity_Value \[63:32\].
 const TYPER_AFF_SHIFT: u32 = 32;
-
-/// GICR_WAKER.ProcessorSleep, bit \[1\].
-const WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
-/// GICR_WAKER.ChildrenAsleep, bit \[2\], read-only.
-const WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
 
 impl VGic {
     /// GICR_TYPER of `vcpu` (§8.11): Affinity_Value from its MPIDR,
