@@ -1,41 +1,38 @@
-//! The `vsmmu` target: one VM's vSMMU driven by [`Op`]s the way the
-//! hypervisor drives it (`hyp/src/vm/vsmmu.rs`: register accesses, command
-//! rounds with a budget, SYNC completion, STE reinstalls, event injection),
-//! with the [`oracle`](crate::oracle) checked after every step. A broken
-//! invariant panics with the step, the operation and the setup.
+//! The `vsmmu` target: one VM's vSMMU, the hypervisor's own engine
+//! (`smmu::vsmmu::VsmmuEngine`) over the fake physical SMMU
+//! (`smmu::fake::FakePhysicalSmmu`) and fake guest RAM, driven by [`Op`]s:
+//! guest register accesses and memory writes, physical events, failures
+//! of the physical SMMU. After every step the [`oracle`](crate::oracle)
+//! checks what the guest sees and what the physical side received. A
+//! broken rule panics with the step, the operation and the setup.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::string::String;
 use std::vec::Vec;
 use std::{format, vec};
 
-use smmu::addr::{Ipa, PhysAddr, StreamId};
+use smmu::addr::{Ipa, PhysAddr, Ssid, StreamId};
 use smmu::cd::{CdLocation, CdLookup, CdPolicy, CdTable, ContextDescriptor, L1Cd};
 use smmu::event::Event;
-use smmu::fake::{nested_ste_policy, FakeGuestMemory};
-use smmu::regs::{offset as o, Features};
-use smmu::ste::{Config, Eats, Httu, StallModel, Ste, SteKind, TtEndian};
-use smmu::strtab::L1Std;
-use smmu::vsmmu::regs::CmdqWork;
-use smmu::vsmmu::ste::{compose, compose_with_stall, read_guest_ste, refusal_event, VsteError};
-use smmu::vsmmu::{
-    GuestMemError, GuestMemory, InjectOutcome, StreamRange, VSmmu, VsmmuAction, VsmmuPolicy,
+use smmu::fake::{
+    nested_ste_policy, FakeGuestMemory, FakePhysicalSmmu, LoggedOp, PhysicalOp, StreamState,
 };
+use smmu::regs::{offset as o, Features};
+use smmu::ste::{Httu, Ste, SteKind, TtEndian};
+use smmu::strtab::L1Std;
+use smmu::vsmmu::{GuestIrq, GuestMemError, GuestMemory, VSmmu, VsmmuEngine, VsmmuPolicy};
 
 use crate::ops::{decode_all, Op, Setup};
 use crate::oracle::{
-    check_update_plan, fits, physical_command, register_bits, register_name, same_scope, CmdqModel,
-    REGISTERS, WRITABLE,
+    check_queue, check_update_plan, fits, guest_event, guest_owns, register_bits, register_name,
+    want, AccessFacts, CmdqRegs, Refusal, Want, REGISTERS, WRITABLE,
 };
-use crate::vm::{s2, Devices, DEVICES, L2, L2_SLOT, L2_SLOTS, RAM, RAM_SIZE, VMID, VM_IPA_BITS};
+use crate::vm::{s2, DEVICES, L2, L2_SLOT, L2_SLOTS, RAM, RAM_SIZE, VMID, VM_IPA_BITS};
 
 /// Most operations taken from one input.
 pub const MAX_OPS: usize = 512;
-/// Guest commands per round and rounds per trap, as in the hypervisor.
-const BUDGET: usize = 64;
-const ROUNDS: usize = 4;
 
 /// EVENTQ_PROD.OVFLG / EVENTQ_CONS.OVACKFLG (§6.3.95, §6.3.96).
 const OVFLG: u32 = 1 << 31;
@@ -45,34 +42,36 @@ const OVFLG: u32 = 1 << 31;
 pub struct Stats {
     /// Guest register accesses.
     pub mmio: usize,
-    /// Guest commands consumed.
+    /// Guest commands fetched.
     pub guest_commands: usize,
-    /// Physical commands the guest's became.
+    /// Physical commands the guest's became (CMD_SYNCs aside).
     pub physical_commands: usize,
-    /// Guest CMD_SYNCs completed.
+    /// Physical CMD_SYNCs for guest CMD_SYNCs.
     pub syncs: usize,
     /// Command-queue errors (CERROR_ILL, CERROR_ABT).
     pub cmdq_errors: usize,
     /// Physical STEs installed for the VM's devices.
     pub installs: usize,
-    /// Guest STEs composed into nested STEs.
+    /// Nested STEs installed.
     pub nested: usize,
-    /// Guest STEs (bypass) composed into the VM's stage 2 alone.
+    /// Stage-2-only STEs installed.
     pub stage2_only: usize,
-    /// Guest STEs composed into abort.
+    /// Aborting STEs installed.
     pub aborts: usize,
-    /// Guest STEs refused as ILLEGAL.
+    /// Invalid STEs installed for refused guest STEs.
     pub refused: usize,
-    /// C_BAD_STE events of refused STEs reported to the guest.
-    pub refusals_reported: usize,
-    /// Guest stream tables that could not be read.
+    /// Of those, for guest stream tables that could not be read.
     pub fetch_errors: usize,
     /// Valid CDs found behind nested STEs.
     pub valid_cds: usize,
+    /// C_BAD_STE events of refused STEs reported to the guest.
+    pub refusals_reported: usize,
     /// Event records written to the guest's queue.
     pub events: usize,
     /// Events lost to a full queue.
     pub overflows: usize,
+    /// Physical operations that failed.
+    pub physical_failures: usize,
 }
 
 /// Runs one input: the `vsmmu` fuzz target.
@@ -84,29 +83,30 @@ pub fn run(data: &[u8]) -> Stats {
         world.op = Some(op.clone());
         world.apply(op);
         world.check_registers();
+        world.check_streams();
     }
     world.stats
 }
 
-/// Guest memory that records each access the code under test makes.
-struct Recorder<'a> {
-    mem: &'a FakeGuestMemory,
+/// Guest RAM that records each access the engine makes.
+#[derive(Debug)]
+struct Recorder {
+    mem: FakeGuestMemory,
     reads: RefCell<Vec<(u64, usize)>>,
     /// Address, length, whether it succeeded.
     writes: RefCell<Vec<(u64, usize, bool)>>,
 }
 
-impl<'a> Recorder<'a> {
-    fn new(mem: &'a FakeGuestMemory) -> Self {
-        Self {
-            mem,
-            reads: RefCell::new(Vec::new()),
-            writes: RefCell::new(Vec::new()),
-        }
+type Accesses = (Vec<(u64, usize)>, Vec<(u64, usize, bool)>);
+
+impl Recorder {
+    /// The accesses since the last call.
+    fn take(&self) -> Accesses {
+        (self.reads.take(), self.writes.take())
     }
 }
 
-impl GuestMemory for Recorder<'_> {
+impl GuestMemory for Recorder {
     fn read(&self, ipa: Ipa, buf: &mut [u8]) -> Result<(), GuestMemError> {
         self.reads.borrow_mut().push((ipa.0, buf.len()));
         self.mem.read(ipa, buf)
@@ -128,16 +128,19 @@ macro_rules! ensure {
     };
 }
 
-/// One VM with a vSMMU, and what the hypervisor installed for its devices.
+/// One VM with a vSMMU.
 struct World {
-    vsmmu: VSmmu,
-    mem: FakeGuestMemory,
+    engine: VsmmuEngine<FakePhysicalSmmu, Recorder>,
     setup: Setup,
     idrs: [u32; 6],
-    /// The physical STE of each of [`DEVICES`].
+    /// The physical STE of each of [`DEVICES`], as last installed.
     installed: [Ste; DEVICES.len()],
-    /// Why the guest STE of each of [`DEVICES`] was refused, if it was.
-    refused: [Option<VsteError>; DEVICES.len()],
+    /// Why the stream of each of [`DEVICES`] is refused, by the oracle's
+    /// reading of its guest STE when it was last named.
+    refusals: [Option<Refusal>; DEVICES.len()],
+    /// The last install for each of [`DEVICES`] failed: its physical STE
+    /// is an older one.
+    stale: [bool; DEVICES.len()],
     stats: Stats,
     step: usize,
     /// The operation being checked, for messages.
@@ -146,14 +149,24 @@ struct World {
 
 impl World {
     fn new(setup: Setup) -> Self {
-        let vsmmu = VSmmu::new(setup.policy);
-        let world = Self {
-            idrs: vsmmu.idrs(),
-            vsmmu,
+        let streams: BTreeMap<StreamId, StreamId> = DEVICES
+            .iter()
+            .map(|&(v, p)| (StreamId(v), StreamId(p)))
+            .collect();
+        let mem = Recorder {
             mem: FakeGuestMemory::new(Ipa(RAM), RAM_SIZE),
+            reads: RefCell::new(Vec::new()),
+            writes: RefCell::new(Vec::new()),
+        };
+        let phys = FakePhysicalSmmu::new(s2(), setup.phys_stall, streams.values().copied());
+        let engine = VsmmuEngine::new(setup.policy, VMID, s2(), streams, mem, phys);
+        let world = Self {
+            idrs: engine.vsmmu().idrs(),
+            engine,
             setup,
-            installed: [Ste::abort(); DEVICES.len()],
-            refused: [None; DEVICES.len()],
+            installed: [Ste::stage2(&s2()); DEVICES.len()],
+            refusals: [None; DEVICES.len()],
+            stale: [false; DEVICES.len()],
             stats: Stats::default(),
             step: 0,
             op: None,
@@ -162,8 +175,16 @@ impl World {
         world
     }
 
+    fn v(&self) -> &VSmmu {
+        self.engine.vsmmu()
+    }
+
+    fn mem(&self) -> &FakeGuestMemory {
+        &self.engine.memory().mem
+    }
+
     fn policy(&self) -> VsmmuPolicy {
-        *self.vsmmu.policy()
+        *self.v().policy()
     }
 
     #[track_caller]
@@ -176,100 +197,225 @@ impl World {
 
     fn apply(&mut self, op: &Op) {
         match op {
-            Op::Read { offset, size } => self.mmio_read(*offset, *size),
+            Op::Read { offset, size } => {
+                self.access(*offset, *size, None);
+            }
             Op::Write {
                 offset,
                 size,
                 value,
-            } => self.mmio_write(*offset, *size, *value),
+            } => {
+                self.access(*offset, *size, Some(*value));
+            }
             Op::PushCommand(words) => self.push_command(*words),
-            Op::Process { budget } => {
-                let next = self.process(*budget);
-                self.run(next);
+            Op::Poll => {
+                self.access(o::CMDQ_CONS, 4, None);
             }
-            Op::CompleteSync => {
-                let next = self.complete_sync();
-                self.run(next);
-            }
+            Op::PhysicalFailures(n) => self.engine.physical_mut().fail_next(u32::from(*n)),
             Op::Poke { ipa, bytes } => {
-                let _ = self.mem.write(Ipa(*ipa), bytes);
+                let _ = self.mem().write(Ipa(*ipa), bytes);
             }
             Op::WriteSte { vsid, ste } => self.write_guest_ste(*vsid, ste),
-            Op::Reinstall(range) => self.reinstall(range),
-            Op::Compose(vsid) => {
-                let _ = self.compose(*vsid);
+            Op::Event { sid, words } => {
+                let mut words = *words;
+                words[0] = (words[0] & 0xFFFF_FFFF) | (u64::from(*sid) << 32);
+                self.offer(words);
             }
-            Op::Inject { vsid, words } => self.inject(*vsid, *words),
-        }
-    }
-
-    // ---- what the hypervisor does (hyp/src/vm/vsmmu.rs) ----
-
-    /// Carries out register-write and command-round actions, at most
-    /// `ROUNDS` command rounds of `BUDGET`, as `VmVsmmu::run`.
-    fn run(&mut self, actions: Vec<VsmmuAction>) {
-        let mut todo: VecDeque<VsmmuAction> = actions.into();
-        let mut rounds = 0;
-        while let Some(action) = todo.pop_front() {
-            match action {
-                VsmmuAction::ProcessCommands => {
-                    if rounds < ROUNDS {
-                        rounds += 1;
-                        let next = self.process(BUDGET);
-                        todo.extend(next);
+            Op::Transaction { vsid, ssid, addr } => {
+                let &(_, psid) = DEVICES
+                    .iter()
+                    .find(|&&(v, _)| v == *vsid)
+                    .expect("a transaction is by one of the VM's devices");
+                let event =
+                    self.engine
+                        .physical()
+                        .transaction(StreamId(psid), ssid.map(Ssid), *addr);
+                if let Some(e) = event {
+                    match e.encode() {
+                        Ok(words) => self.offer(words),
+                        Err(err) => self.fail(format_args!("the fake SMMU recorded {e:?}: {err}")),
                     }
                 }
-                VsmmuAction::StreamTableChanged => self.reinstall(&StreamRange::All),
-                VsmmuAction::RaiseEventIrq => ensure!(
-                    self,
-                    self.vsmmu.evtq_irq_enabled(),
-                    "event interrupt raised while EVENTQ_IRQEN == 0"
-                ),
-                VsmmuAction::RaiseGerrorIrq => ensure!(
-                    self,
-                    self.vsmmu.gerror_irq_enabled(),
-                    "global-error interrupt raised while GERROR_IRQEN == 0"
-                ),
             }
-        }
-    }
-
-    /// Reinstalls the STEs of the VM's devices in `range`, as
-    /// `VmVsmmu::reinstall` (a refused guest STE becomes an invalid
-    /// physical one), checking each update's plan.
-    fn reinstall(&mut self, range: &StreamRange) {
-        for (i, &(vsid, _)) in DEVICES.iter().enumerate() {
-            if !range.contains(StreamId(vsid)) {
-                continue;
-            }
-            let composed = if !self.vsmmu.smmu_enabled() {
-                if self.vsmmu.gbpa_abort() {
-                    Ok(Ste::abort())
-                } else {
-                    Ok(Ste::stage2(&s2()))
-                }
-            } else {
-                self.compose(vsid)
-            };
-            self.refused[i] = composed.err();
-            let new = composed.unwrap_or(Ste::invalid());
-            if let Err(e) = check_update_plan(&self.installed[i], &new) {
-                self.fail(format_args!("installing the STE of vSID {vsid:#x}: {e}"));
-            }
-            self.installed[i] = new;
-            self.stats.installs += 1;
         }
     }
 
     // ---- the guest ----
 
-    fn mmio_read(&mut self, offset: usize, size: usize) {
-        self.stats.mmio += 1;
-        // A guest polling CMDQ_CONS makes progress on its queue.
-        if offset == o::CMDQ_CONS && self.vsmmu.cmdq_enabled() {
-            self.run(vec![VsmmuAction::ProcessCommands]);
+    /// What the guest's driver does to issue a command.
+    fn push_command(&mut self, words: [u64; 2]) {
+        let (log2, base) = self.v().cmdq_geometry();
+        let wrap_mask = (2u32 << log2) - 1;
+        let prod = self.v().read(o::CMDQ_PROD, 4) as u32 & wrap_mask;
+        let slot = base.0 + u64::from(prod & (wrap_mask >> 1)) * 16;
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&words[0].to_le_bytes());
+        bytes[8..].copy_from_slice(&words[1].to_le_bytes());
+        let _ = self.mem().write(Ipa(slot), &bytes);
+        let next = (prod + 1) & wrap_mask;
+        self.access(o::CMDQ_PROD, 4, Some(u64::from(next)));
+    }
+
+    /// Where the STE of `vsid` lives in the guest's stream table, creating
+    /// the level 1 descriptor of a 2-level table if it has none.
+    fn ste_slot(&self, vsid: u32) -> Option<u64> {
+        let t = self.v().guest_strtab();
+        if !t.two_level {
+            return t.base.0.checked_add(u64::from(vsid) * 64);
         }
-        let value = self.vsmmu.read(offset, size);
+        let split = t.split;
+        let l1_index = u64::from(vsid >> split);
+        let l1_addr = t.base.0.checked_add(l1_index * 8)?;
+        let mut raw = [0u8; 8];
+        let mut desc = match self.mem().read(Ipa(l1_addr), &mut raw) {
+            Ok(()) => L1Std(u64::from_le_bytes(raw)),
+            Err(_) => L1Std::invalid(),
+        };
+        if !desc.valid() {
+            let l2 = L2 + (l1_index % L2_SLOTS) * L2_SLOT;
+            desc = L1Std::new(PhysAddr(l2), split + 1);
+            let _ = self.mem().write(Ipa(l1_addr), &desc.0.to_le_bytes());
+        }
+        let l2_index = u64::from(vsid & ((1u32 << split) - 1));
+        desc.l2ptr().0.checked_add(l2_index * 64)
+    }
+
+    fn write_guest_ste(&mut self, vsid: u32, ste: &Ste) {
+        if let Some(addr) = self.ste_slot(vsid) {
+            let mut bytes = [0u8; 64];
+            for (chunk, w) in bytes.chunks_exact_mut(8).zip(ste.0) {
+                chunk.copy_from_slice(&w.to_le_bytes());
+            }
+            let _ = self.mem().write(Ipa(addr), &bytes);
+        }
+    }
+
+    // ---- the code under test, checked ----
+
+    /// A guest access of `size` bytes at `offset` (a write of `value`, or a
+    /// read), through the engine, checked.
+    fn access(&mut self, offset: usize, size: usize, value: Option<u64>) {
+        self.stats.mmio += 1;
+        let write = value.is_some();
+        let before = self.v().clone();
+        let _ = self.engine.memory().take();
+        let (read, irqs) = self
+            .engine
+            .access(offset as u64, size as u8, write, value.unwrap_or(0));
+        let log = self.engine.physical_mut().take_log();
+        let (reads, writes) = self.engine.memory().take();
+        // The 32-bit registers the access reached.
+        let words: Vec<usize> = match size {
+            4 if offset.is_multiple_of(4) => vec![offset],
+            8 if offset.is_multiple_of(8) => vec![offset, offset.wrapping_add(4)],
+            _ => vec![],
+        };
+        let touches = |regs: &[usize]| write && words.iter().any(|w| regs.contains(w));
+        // The accesses the hypervisor runs the queue on.
+        let kick = if write {
+            touches(&[o::CR0, o::CMDQ_PROD, o::GERRORN])
+        } else {
+            offset == o::CMDQ_CONS
+        };
+        if write {
+            let w = Written {
+                offset,
+                size,
+                value: value.unwrap_or(0),
+                words: &words,
+                kick,
+            };
+            self.check_write(&before, &w, &log, &irqs);
+        } else {
+            self.check_read(offset, size, read);
+        }
+        ensure!(
+            self,
+            writes.is_empty(),
+            "a register access wrote guest memory: {writes:x?}"
+        );
+        ensure!(
+            self,
+            !self.v().sync_pending(),
+            "a guest CMD_SYNC left waiting after the access"
+        );
+        // The command queue and what reached the physical side.
+        let policy = self.policy();
+        let stream_registers = touches(&[
+            o::CR0,
+            o::GBPA,
+            o::STRTAB_BASE,
+            o::STRTAB_BASE + 4,
+            o::STRTAB_BASE_CFG,
+        ]);
+        let facts = AccessFacts {
+            before: CmdqRegs::of(&before, policy.oas_bits),
+            after: CmdqRegs::of(self.v(), policy.oas_bits),
+            kick,
+            stream_registers,
+            mem: self.mem(),
+            policy: &policy,
+            log: &log,
+            irqs: &irqs,
+        };
+        let queue = match check_queue(&facts) {
+            Ok(q) => q,
+            Err(e) => {
+                let shown = &log[..log.len().min(16)];
+                self.fail(format_args!(
+                    "{e}\n  physical operations ({} in all): {shown:?}",
+                    log.len()
+                ))
+            }
+        };
+        let fetched: Vec<u64> = reads
+            .iter()
+            .filter(|&&(_, len)| len == 16)
+            .map(|&(addr, _)| addr)
+            .collect();
+        ensure!(
+            self,
+            fetched == queue.fetched,
+            "the vSMMU fetched commands at {fetched:x?}, the queue says {:x?}",
+            queue.fetched
+        );
+        self.stats.guest_commands += queue.fetched.len();
+        self.stats.physical_commands += queue.submitted;
+        self.stats.syncs += queue.syncs;
+        self.stats.cmdq_errors += usize::from(queue.error.is_some());
+        for l in &log {
+            if !l.ok {
+                self.stats.physical_failures += 1;
+            }
+            if let PhysicalOp::Install { sid, state } = l.op {
+                self.installed_one(sid, state, l.ok);
+            }
+        }
+        // Streams whose guest configuration the access made the vSMMU
+        // re-read: SMMUEN toggled, GBPA changed while it decides, or named
+        // by a CMD_CFGI_STE(_RANGE)/CMD_CFGI_ALL.
+        let smmuen = |v: &VSmmu| v.read(o::CR0, 4) & 1 != 0;
+        let gbpa_abort = |v: &VSmmu| v.read(o::GBPA, 4) & (1 << 20) != 0;
+        let changed = smmuen(&before) != smmuen(self.v())
+            || (!smmuen(self.v()) && gbpa_abort(&before) != gbpa_abort(self.v()));
+        let mut named = queue.named;
+        if changed {
+            named.extend(0..DEVICES.len());
+        }
+        let mut walks = Vec::new();
+        for dev in named {
+            walks.extend(self.check_stream(dev));
+        }
+        for &(addr, len) in reads.iter().filter(|&&(_, len)| len != 16) {
+            ensure!(
+                self,
+                walks.contains(&(addr, len)),
+                "the vSMMU read {len} bytes at {addr:#x}, not a command or an STE it had to read ({walks:x?})"
+            );
+        }
+    }
+
+    fn check_read(&self, offset: usize, size: usize, value: u64) {
         let hi = offset.wrapping_add(4);
         let allowed = match size {
             4 if offset.is_multiple_of(4) => u64::from(register_bits(offset)),
@@ -284,46 +430,41 @@ impl World {
             "{size}-byte read at {offset:#x} ({}) = {value:#x}, beyond the architected {allowed:#x}",
             register_name(offset)
         );
-        if size == 8 && offset.is_multiple_of(8) {
-            let halves = self.vsmmu.read(offset, 4) | (self.vsmmu.read(hi, 4) << 32);
-            ensure!(
-                self,
-                value == halves,
-                "64-bit read at {offset:#x} = {value:#x}, its halves {halves:#x}"
-            );
-        }
+        let v = self.v();
+        let now = match size {
+            4 if offset.is_multiple_of(4) => v.read(offset, 4),
+            8 if offset.is_multiple_of(8) => v.read(offset, 4) | (v.read(hi, 4) << 32),
+            _ => 0,
+        };
+        ensure!(
+            self,
+            value == now,
+            "{size}-byte read at {offset:#x} = {value:#x}, the register holds {now:#x}"
+        );
     }
 
-    fn mmio_write(&mut self, offset: usize, size: usize, value: u64) {
-        self.stats.mmio += 1;
-        let before = self.vsmmu.clone();
-        let actions = self.vsmmu.write(offset, size, value);
-        let words: Vec<usize> = match size {
-            4 if offset.is_multiple_of(4) => vec![offset],
-            8 if offset.is_multiple_of(8) => vec![offset, offset.wrapping_add(4)],
-            _ => vec![],
-        };
+    fn check_write(&self, before: &VSmmu, w: &Written<'_>, log: &[LoggedOp], irqs: &[GuestIrq]) {
+        let (offset, size, value, words) = (w.offset, w.size, w.value, w.words);
+        let v = self.v();
         if !words.iter().any(|w| WRITABLE.contains(w)) {
             ensure!(
                 self,
-                actions.is_empty() && dump(&before) == dump(&self.vsmmu),
-                "{size}-byte write of {value:#x} at {offset:#x} ({}) is not ignored",
+                log.is_empty() && irqs.is_empty() && dump(before) == dump(v),
+                "{size}-byte write of {value:#x} at {offset:#x} ({}) is not ignored: {log:?} {irqs:?}",
                 register_name(offset)
             );
         }
-        for (i, a) in actions.iter().enumerate() {
-            ensure!(self, !actions[..i].contains(a), "action {a:?} twice");
-        }
         // Fields that are read-only while what uses them is enabled
         // (§6.3.9-§6.3.12, §6.3.24-§6.3.29).
-        let v = &self.vsmmu;
         let locks: [(bool, usize, usize, &str); 8] = [
             (before.smmu_enabled(), o::STRTAB_BASE, 8, "SMMUEN"),
             (before.smmu_enabled(), o::STRTAB_BASE_CFG, 4, "SMMUEN"),
             (before.smmu_enabled(), o::CR2, 4, "SMMUEN"),
             (before.read(o::CR0, 4) != 0, o::CR1, 4, "CR0 != 0"),
             (before.cmdq_enabled(), o::CMDQ_BASE, 8, "CMDQEN"),
-            (before.cmdq_enabled(), o::CMDQ_CONS, 4, "CMDQEN"),
+            // CONS otherwise moves as commands are consumed (checked
+            // with the queue).
+            (before.cmdq_enabled() && !w.kick, o::CMDQ_CONS, 4, "CMDQEN"),
             (before.evtq_enabled(), o::EVENTQ_BASE, 8, "EVENTQEN"),
             (before.evtq_enabled(), o::EVENTQ_PROD, 4, "EVENTQEN"),
         ];
@@ -335,331 +476,94 @@ impl World {
                 register_name(reg)
             );
         }
-        // SMMUEN toggled, or GBPA.ABORT changed while it decides: every
-        // stream of the VM must be reinstalled.
-        let must_reinstall = before.smmu_enabled() != v.smmu_enabled()
-            || (!v.smmu_enabled() && before.gbpa_abort() != v.gbpa_abort());
-        ensure!(
-            self,
-            !must_reinstall || actions.contains(&VsmmuAction::StreamTableChanged),
-            "stream configuration changed without StreamTableChanged: {actions:?}"
-        );
-        let kicks = [o::CR0, o::CMDQ_PROD, o::GERRORN];
-        if words.iter().any(|w| kicks.contains(w)) && cmdq_runnable(v) {
-            ensure!(
-                self,
-                actions.contains(&VsmmuAction::ProcessCommands),
-                "queue runnable after a write without ProcessCommands: {actions:?}"
-            );
-        }
-        self.run(actions);
     }
 
-    /// What the guest's driver does to issue a command.
-    fn push_command(&mut self, words: [u64; 2]) {
-        let (log2, base) = self.vsmmu.cmdq_geometry();
-        let wrap_mask = (2u32 << log2) - 1;
-        let prod = self.vsmmu.read(o::CMDQ_PROD, 4) as u32 & wrap_mask;
-        let slot = base.0 + u64::from(prod & (wrap_mask >> 1)) * 16;
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&words[0].to_le_bytes());
-        bytes[8..].copy_from_slice(&words[1].to_le_bytes());
-        let _ = self.mem.write(Ipa(slot), &bytes);
-        let next = (prod + 1) & wrap_mask;
-        self.mmio_write(o::CMDQ_PROD, 4, u64::from(next));
-    }
-
-    /// Where the STE of `vsid` lives in the guest's stream table, creating
-    /// the level 1 descriptor of a 2-level table if it has none.
-    fn ste_slot(&mut self, vsid: u32) -> Option<u64> {
-        let t = self.vsmmu.guest_strtab();
-        if !t.two_level {
-            return t.base.0.checked_add(u64::from(vsid) * 64);
-        }
-        let split = t.split;
-        let l1_index = u64::from(vsid >> split);
-        let l1_addr = t.base.0.checked_add(l1_index * 8)?;
-        let mut raw = [0u8; 8];
-        let mut desc = match self.mem.read(Ipa(l1_addr), &mut raw) {
-            Ok(()) => L1Std(u64::from_le_bytes(raw)),
-            Err(_) => L1Std::invalid(),
+    /// Bookkeeping of one install the physical side received: the STE it
+    /// stands for never exposes a torn entry on its way (§3.21.3), is
+    /// legal on the physical SMMU, and its CD table can be walked.
+    fn installed_one(&mut self, sid: StreamId, state: StreamState, ok: bool) {
+        let Some(dev) = DEVICES.iter().position(|&(_, p)| p == sid.0) else {
+            self.fail(format_args!("STE installed for sid {sid}, not the VM's"));
         };
-        if !desc.valid() {
-            let l2 = L2 + (l1_index % L2_SLOTS) * L2_SLOT;
-            desc = L1Std::new(PhysAddr(l2), split + 1);
-            let _ = self.mem.write(Ipa(l1_addr), &desc.0.to_le_bytes());
+        if !ok {
+            self.stale[dev] = true;
+            return;
         }
-        let l2_index = u64::from(vsid & ((1u32 << split) - 1));
-        desc.l2ptr().0.checked_add(l2_index * 64)
-    }
-
-    fn write_guest_ste(&mut self, vsid: u32, ste: &Ste) {
-        if let Some(addr) = self.ste_slot(vsid) {
-            let mut bytes = [0u8; 64];
-            for (chunk, w) in bytes.chunks_exact_mut(8).zip(ste.0) {
-                chunk.copy_from_slice(&w.to_le_bytes());
+        self.stale[dev] = false;
+        self.stats.installs += 1;
+        let new = state.ste(&s2());
+        if let Err(e) = check_update_plan(&self.installed[dev], &new) {
+            self.fail(format_args!("installing the STE of sid {sid}: {e}"));
+        }
+        self.installed[dev] = new;
+        let kind = new.validate(&nested_ste_policy(self.setup.phys_stall));
+        let legal = match state {
+            StreamState::Abort => {
+                self.stats.aborts += 1;
+                kind == Ok(SteKind::Abort)
             }
-            let _ = self.mem.write(Ipa(addr), &bytes);
-        }
-    }
-
-    // ---- the code under test, checked ----
-
-    /// One command round (`VSmmu::process_commands`) against the reference
-    /// model, then its work done as the hypervisor does it. Returns the
-    /// actions to carry out next.
-    fn process(&mut self, budget: usize) -> Vec<VsmmuAction> {
-        let before = self.vsmmu.clone();
-        let model = CmdqModel::run(&before, &self.mem, budget);
-        let rec = Recorder::new(&self.mem);
-        let out = self.vsmmu.process_commands(&rec, VMID, &Devices, budget);
-        ensure!(
-            self,
-            out.work == model.work
-                && (out.sync, out.more, out.error, out.consumed)
-                    == (model.sync, model.more, model.error, model.consumed),
-            "process_commands({budget}) gave {out:?}, the queue model {model:?}"
-        );
-        let (log2, base) = before.cmdq_geometry();
-        let wrap_mask = (2u32 << log2) - 1;
-        let cons = self.vsmmu.read(o::CMDQ_CONS, 4) as u32;
-        let err = |cons: u32| (cons >> 24) & 0x7F;
-        ensure!(
-            self,
-            cons & wrap_mask == model.rd,
-            "CMDQ_CONS {cons:#x} after the round, the queue model has RD {:#x}",
-            model.rd
-        );
-        let old_err = err(before.read(o::CMDQ_CONS, 4) as u32);
-        let want_err = model.error.map_or(old_err, u32::from);
-        ensure!(
-            self,
-            err(cons) == want_err,
-            "CMDQ_CONS.ERR {} after the round, expected {want_err}",
-            err(cons)
-        );
-        if model.error.is_some() {
-            let active = (self.vsmmu.read(o::GERROR, 4) ^ self.vsmmu.read(o::GERRORN, 4)) & 1;
-            ensure!(self, active == 1, "command error without GERROR.CMDQ_ERR");
-            self.stats.cmdq_errors += 1;
-        }
-        let irq = model.error.is_some() && self.vsmmu.gerror_irq_enabled();
-        ensure!(
-            self,
-            out.actions
-                == if irq {
-                    vec![VsmmuAction::RaiseGerrorIrq]
-                } else {
-                    vec![]
-                },
-            "round actions {:?} (error {:?}, GERROR_IRQEN {})",
-            out.actions,
-            out.error,
-            self.vsmmu.gerror_irq_enabled()
-        );
-        ensure!(
-            self,
-            self.vsmmu.sync_pending() == (before.sync_pending() || out.sync),
-            "sync_pending {} after a round that {} at a SYNC",
-            self.vsmmu.sync_pending(),
-            if out.sync { "stopped" } else { "did not stop" }
-        );
-        // Bounded, in-queue, read-only guest memory accesses.
-        let reads = rec.reads.borrow().clone();
-        let queue_end = base.0 + (16u64 << log2);
-        ensure!(
-            self,
-            rec.writes.borrow().is_empty() && reads.len() <= budget,
-            "a round of budget {budget} read {} entries and wrote {:?}",
-            reads.len(),
-            rec.writes.borrow()
-        );
-        for &(addr, len) in &reads {
-            ensure!(
-                self,
-                len == 16 && addr.is_multiple_of(16) && addr >= base.0 && addr < queue_end,
-                "command fetch of {len} bytes at {addr:#x}, outside the queue {:#x}..{queue_end:#x}",
-                base.0
-            );
-        }
-        // What reaches the physical SMMU.
-        let policy = self.policy();
-        for c in out.commands() {
-            if let Err(e) = physical_command(c, &policy) {
-                self.fail(format_args!("{e}"));
-            }
-        }
-        if let Some(v) = model.violations.first() {
-            self.fail(format_args!("{v}"));
-        }
-        for (guest, cmds) in &model.forwarded {
-            for c in cmds {
-                if let Err(e) = same_scope(guest, c) {
-                    self.fail(format_args!("{e}"));
-                }
-            }
-        }
-        self.stats.guest_commands += out.consumed;
-        self.stats.physical_commands += out.commands().count();
-        for work in &out.work {
-            if let CmdqWork::Reinstall(range) = work {
-                self.reinstall(range);
-            }
-        }
-        let mut next = out.actions.clone();
-        if out.sync && self.setup.auto_sync {
-            next.extend(self.complete_sync());
-        }
-        if out.more {
-            next.push(VsmmuAction::ProcessCommands);
-        }
-        next
-    }
-
-    /// `VSmmu::complete_sync`: CONS moves past the SYNC, once.
-    fn complete_sync(&mut self) -> Vec<VsmmuAction> {
-        let pending = self.vsmmu.sync_pending();
-        let (log2, _) = self.vsmmu.cmdq_geometry();
-        let wrap_mask = (2u32 << log2) - 1;
-        let cons = self.vsmmu.read(o::CMDQ_CONS, 4) as u32;
-        let actions = self.vsmmu.complete_sync();
-        let after = self.vsmmu.read(o::CMDQ_CONS, 4) as u32;
-        if !pending {
-            ensure!(
-                self,
-                actions.is_empty() && after == cons,
-                "complete_sync without a pending SYNC changed CONS {cons:#x} -> {after:#x} or gave {actions:?}"
-            );
-            return actions;
-        }
-        ensure!(
-            self,
-            !self.vsmmu.sync_pending()
-                && after & wrap_mask == (cons + 1) & wrap_mask
-                && after >> 24 == cons >> 24,
-            "complete_sync moved CONS {cons:#x} -> {after:#x}"
-        );
-        if cmdq_runnable(&self.vsmmu) {
-            ensure!(
-                self,
-                actions.contains(&VsmmuAction::ProcessCommands),
-                "commands wait after the SYNC but complete_sync gave {actions:?}"
-            );
-        }
-        self.stats.syncs += 1;
-        actions
-    }
-
-    /// `read_guest_ste` + `compose_with_stall` for `vsid`, checked.
-    fn compose(&mut self, vsid: u32) -> Result<Ste, VsteError> {
-        let t = self.vsmmu.guest_strtab();
-        let rec = Recorder::new(&self.mem);
-        let guest = read_guest_ste(&rec, &t, StreamId(vsid));
-        let reads = rec.reads.borrow().clone();
-        ensure!(
-            self,
-            rec.writes.borrow().is_empty() && reads.len() <= 2,
-            "reading the STE of {vsid:#x} from {t:?} wrote guest memory or read {reads:x?}"
-        );
-        if !fits(u64::from(vsid), t.log2size) {
-            ensure!(
-                self,
-                guest == Ok(Ste::invalid()) && reads.is_empty(),
-                "StreamID {vsid:#x} is beyond {t:?} but gave {guest:?} after reading {reads:x?}"
-            );
-        } else {
-            let first = if t.two_level {
-                (t.base.0 + u64::from(vsid >> t.split) * 8, 8)
-            } else {
-                (t.base.0 + u64::from(vsid) * 64, 64)
-            };
-            ensure!(
-                self,
-                reads.first() == Some(&first),
-                "the STE of {vsid:#x} in {t:?} was fetched with {reads:x?}"
-            );
-        }
-        let guest = match guest {
-            Ok(g) => g,
-            Err(e) => {
-                ensure!(
-                    self,
-                    matches!(e, VsteError::Fetch { .. }),
-                    "reading an STE gave {e:?}"
-                );
-                self.stats.fetch_errors += 1;
-                return Err(e);
-            }
-        };
-        let out = match self.setup.phys_stall {
-            // What the hypervisor calls (QEMU's SMMU is terminate-only).
-            StallModel::TerminateOnly => compose(&guest, self.vsmmu.policy(), &s2()),
-            stall => compose_with_stall(&guest, self.vsmmu.policy(), &s2(), stall),
-        };
-        self.check_composed(&guest, &out);
-        out
-    }
-
-    /// A composed STE is abort, the VM's stage 2 alone, or nested over
-    /// exactly the VM's stage 2 with only the guest's allowed stage 1
-    /// fields, and legal on the physical SMMU.
-    fn check_composed(&mut self, guest: &Ste, out: &Result<Ste, VsteError>) {
-        let s2 = s2();
-        let policy = self.policy();
-        let ste = match out {
-            Ok(ste) => ste,
-            Err(VsteError::Illegal(_)) => {
-                ensure!(self, guest.v(), "an invalid STE refused as ILLEGAL");
+            StreamState::Invalid => {
                 self.stats.refused += 1;
-                return;
+                kind == Ok(SteKind::Invalid)
             }
-            Err(e) => self.fail(format_args!("compose gave {e:?}")),
+            StreamState::Stage2 => {
+                self.stats.stage2_only += 1;
+                kind == Ok(SteKind::Stage2)
+            }
+            StreamState::Nested(_) => {
+                self.stats.nested += 1;
+                self.walk_cd(&new);
+                kind == Ok(SteKind::Nested)
+            }
         };
         ensure!(
             self,
-            (*ste == Ste::abort()) != guest.is_live(),
-            "guest {guest:?} (live: {}) composed to {ste:?}",
-            guest.is_live()
+            legal,
+            "installed {new:?} for {state:?} is {kind:?} on the physical SMMU"
         );
-        if *ste == Ste::abort() {
-            self.stats.aborts += 1;
-            return;
+    }
+
+    /// The physical stream of device `dev` is what its guest STE says
+    /// ([`want`]), unless its last install failed. Returns the reads the
+    /// vSMMU may have made to find out.
+    fn check_stream(&mut self, dev: usize) -> Vec<(u64, usize)> {
+        let (vsid, psid) = DEVICES[dev];
+        let (want, reads) = want(
+            self.v(),
+            self.mem(),
+            vsid,
+            VM_IPA_BITS,
+            self.setup.phys_stall,
+        );
+        if self.stale[dev] {
+            return reads;
         }
-        let stage2 = Ste::stage2(&s2);
+        let state = self.engine.physical().state(StreamId(psid));
         ensure!(
             self,
-            ste.0[2..] == stage2.0[2..] && ste.s2vmid() == VMID,
-            "composed {ste:?} from {guest:?}: stage 2 is not the hypervisor's {stage2:?}"
+            state.is_some_and(|s| want.is(s)),
+            "vSID {vsid:#x} must be {want:?}, its physical stream is {state:?}"
         );
-        if guest.config() == Config::Bypass {
-            ensure!(self, *ste == stage2, "bypass {guest:?} composed to {ste:?}");
-            self.stats.stage2_only += 1;
-            return;
+        self.refusals[dev] = match want {
+            Want::Refused(why) => {
+                if matches!(why, Refusal::Fetch(_)) {
+                    self.stats.fetch_errors += 1;
+                }
+                Some(why)
+            }
+            _ => None,
+        };
+        reads
+    }
+
+    /// While SMMUEN == 0, every stream follows GBPA (§6.3.14): abort, or
+    /// the VM's stage 2.
+    fn check_streams(&mut self) {
+        if self.v().read(o::CR0, 4) & 1 == 0 {
+            for dev in 0..DEVICES.len() {
+                self.check_stream(dev);
+            }
         }
-        let s1 = ste.s1_config();
-        ensure!(
-            self,
-            guest.config() == Config::S1Translate && *ste == Ste::nested(&s2, &s1),
-            "{guest:?} composed to {ste:?}, not nested over the VM's stage 2"
-        );
-        ensure!(
-            self,
-            s1.ctx_ptr == guest.s1_context_ptr()
-                && fits(s1.ctx_ptr.0, VM_IPA_BITS.min(policy.oas_bits))
-                && s1.eats == Eats::Abort
-                && s1.s1stalld == (self.setup.phys_stall == StallModel::StallAndTerminate)
-                && (s1.s1cir, s1.s1cor, s1.s1csh) == (guest.s1cir(), guest.s1cor(), guest.s1csh())
-                && s1.s1cdmax <= policy.ssid_bits,
-            "{guest:?} composed to stage 1 {s1:?}"
-        );
-        let kind = ste.validate(&nested_ste_policy(self.setup.phys_stall));
-        ensure!(
-            self,
-            kind == Ok(SteKind::Nested),
-            "composed {ste:?} is {kind:?} on the physical SMMU"
-        );
-        self.stats.nested += 1;
-        self.walk_cd(ste);
     }
 
     /// What the physical SMMU does next with a nested STE: find the CD of
@@ -680,7 +584,7 @@ impl World {
             CdLocation::TwoLevel { l1_index, l2_index } => {
                 let mut raw = [0u8; 8];
                 if self
-                    .mem
+                    .mem()
                     .read(Ipa(ctx + u64::from(l1_index) * 8), &mut raw)
                     .is_err()
                 {
@@ -694,7 +598,7 @@ impl World {
             }
         };
         let mut raw = [0u8; 64];
-        if self.mem.read(Ipa(addr), &mut raw).is_err() {
+        if self.mem().read(Ipa(addr), &mut raw).is_err() {
             return;
         }
         let mut cd = ContextDescriptor([0; 8]);
@@ -725,64 +629,68 @@ impl World {
         }
     }
 
-    /// A physical event record `words` of device `vsid` delivered to the
-    /// guest, as `VmVsmmu::inject_fault`: with the virtual StreamID, or as
-    /// the refusal it stands for (C_BAD_STE of a refused guest STE).
-    fn inject(&mut self, vsid: u32, mut words: [u64; 4]) {
-        let dev = DEVICES
-            .iter()
-            .position(|&(v, _)| v == vsid)
-            .expect("Inject is for the VM's devices");
-        words[0] = (words[0] & 0xFFFF_FFFF) | (u64::from(DEVICES[dev].1) << 32);
+    /// A physical event record offered to the vSMMU, as the hypervisor
+    /// offers each one: the guest's ones ([`guest_owns`]) land in its event
+    /// queue as [`guest_event`] says, with the interrupt its registers ask
+    /// for; a full queue overflows as §7.4 says; a queue the write to which
+    /// aborts raises EVENTQ_ABT_ERR (§7.5).
+    fn offer(&mut self, words: [u64; 4]) {
         let physical = Event::decode(words);
-        let event = match (&physical, self.refused[dev]) {
-            (Event::BadSte { ssid, .. }, Some(why)) => {
-                let e = refusal_event(&why, StreamId(vsid), *ssid);
-                ensure!(
-                    self,
-                    e.encode().is_ok(),
-                    "refusal {why:?} of vSID {vsid:#x} cannot be reported: {e:?}"
-                );
-                self.stats.refusals_reported += 1;
-                e
-            }
-            _ => {
-                let Ok(mut w) = physical.encode() else {
-                    return;
-                };
-                // StreamID: bits [63:32] of every event record (§7.3).
-                w[0] = (w[0] & 0xFFFF_FFFF) | (u64::from(vsid) << 32);
-                Event::decode(w)
-            }
+        let psid = physical.sid();
+        let dev = DEVICES.iter().position(|&(_, p)| p == psid.0);
+        let state = dev.and_then(|_| self.engine.physical().state(psid));
+        if matches!(physical, Event::BadSte { .. }) && dev.is_some_and(|d| self.stale[d]) {
+            // After a failed install the vSMMU no longer knows what the
+            // stream's STE is: whose its C_BAD_STE is is not specified.
+            return;
+        }
+        let owned = guest_owns(&physical, state);
+        ensure!(
+            self,
+            self.engine.owns_event(&physical) == owned,
+            "{physical:?} (stream {state:?}) is {}the guest's",
+            if owned { "" } else { "not " }
+        );
+        let Some(dev) = dev.filter(|_| owned) else {
+            return;
         };
+        let vsid = DEVICES[dev].0;
+        let refusal = match physical {
+            Event::BadSte { .. } => match self.refusals[dev] {
+                Some(r) => Some(r),
+                None => self.fail(format_args!("sid {psid} is invalid without a refusal")),
+            },
+            _ => None,
+        };
+        let event = guest_event(words, vsid, refusal);
+        let before = self.v().clone();
+        let _ = self.engine.memory().take();
+        let irq = self.engine.inject_fault(&physical);
+        let (reads, writes) = self.engine.memory().take();
+        ensure!(self, reads.is_empty(), "injection read guest memory");
         ensure!(
             self,
-            event.sid() == StreamId(vsid),
-            "{physical:?} reached the guest as {event:?}, not with vSID {vsid:#x}"
+            self.engine.physical().log().is_empty(),
+            "injection reached the physical SMMU"
         );
-        let before = self.vsmmu.clone();
-        let rec = Recorder::new(&self.mem);
-        let out = self.vsmmu.inject(&rec, &event);
-        let writes = rec.writes.borrow().clone();
-        ensure!(
-            self,
-            rec.reads.borrow().is_empty(),
-            "injection read guest memory"
-        );
+        let v = self.v();
         let prod = before.read(o::EVENTQ_PROD, 4) as u32;
         let cons = before.read(o::EVENTQ_CONS, 4) as u32;
-        let after = self.vsmmu.read(o::EVENTQ_PROD, 4) as u32;
-        let unchanged = out == InjectOutcome::default() && writes.is_empty() && after == prod;
-        if !before.evtq_enabled() {
+        let after = v.read(o::EVENTQ_PROD, 4) as u32;
+        let unchanged = irq.is_none() && writes.is_empty() && after == prod;
+        if before.read(o::CR0, 4) & 4 == 0 {
             ensure!(
                 self,
                 unchanged,
-                "injection with EVENTQEN == 0: {out:?} {writes:x?}"
+                "injection with EVENTQEN == 0: {irq:?} {writes:x?}"
             );
             return;
         }
-        let (log2, base) = before.evtq_geometry();
+        let base_reg = before.read(o::EVENTQ_BASE, 8);
+        let log2 = (base_reg & 0x1F) as u32;
         let cap = 1u32 << log2;
+        let base = base_reg & 0x00FF_FFFF_FFFF_FFE0 & ((1u64 << before.policy().oas_bits) - 1);
+        let base = base & !((32u64 << log2) - 1);
         let wrap_mask = 2 * cap - 1;
         let p = prod & wrap_mask;
         if p.wrapping_sub(cons & wrap_mask) & wrap_mask >= cap {
@@ -791,55 +699,57 @@ impl World {
             let want = if toggle { prod ^ OVFLG } else { prod };
             ensure!(
                 self,
-                out.overflowed && !out.written && writes.is_empty() && after == want,
-                "injection into a full queue: {out:?}, PROD {prod:#x} -> {after:#x}"
+                irq.is_none() && writes.is_empty() && after == want,
+                "injection into a full queue: {irq:?}, PROD {prod:#x} -> {after:#x}"
             );
             self.stats.overflows += 1;
             return;
         }
-        if event.encode().is_err() {
-            ensure!(self, unchanged, "unencodable {event:?} injected: {out:?}");
+        let Some(event) = event else {
+            ensure!(
+                self,
+                unchanged,
+                "unencodable {physical:?} injected: {irq:?}"
+            );
             return;
-        }
-        let slot = base.0 + u64::from(p & (cap - 1)) * 32;
+        };
+        let slot = base + u64::from(p & (cap - 1)) * 32;
         ensure!(
             self,
-            !out.overflowed && writes.len() == 1 && writes[0].0 == slot && writes[0].1 == 32,
-            "injection wrote {writes:x?}, expected one record at {slot:#x} ({out:?})"
+            writes.len() == 1 && writes[0].0 == slot && writes[0].1 == 32,
+            "injection wrote {writes:x?}, expected one record at {slot:#x}"
         );
+        let evtq_irqen = v.read(o::IRQ_CTRL, 4) & 4 != 0;
         if writes[0].2 {
             let mut raw = [0u8; 32];
-            let read_back = self.mem.read(Ipa(slot), &mut raw);
-            let mut rec_words = [0u64; 4];
-            for (w, chunk) in rec_words.iter_mut().zip(raw.chunks_exact(8)) {
+            let read_back = self.mem().read(Ipa(slot), &mut raw);
+            let mut rec = [0u64; 4];
+            for (w, chunk) in rec.iter_mut().zip(raw.chunks_exact(8)) {
                 *w = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
             }
             ensure!(
                 self,
-                read_back.is_ok() && Event::decode(rec_words) == event,
-                "record {rec_words:x?} at {slot:#x} is not {event:?}"
+                read_back.is_ok() && Event::decode(rec) == event && rec[0] >> 32 == u64::from(vsid),
+                "record {rec:x?} at {slot:#x} is not {event:?} (from {physical:?})"
             );
             ensure!(
                 self,
-                out.written
-                    && out.raise_event_irq == self.vsmmu.evtq_irq_enabled()
-                    && !out.raise_gerror_irq
+                irq == evtq_irqen.then_some(GuestIrq::Event)
                     && after == (prod & OVFLG) | ((p + 1) & wrap_mask),
-                "record written: {out:?}, PROD {prod:#x} -> {after:#x}"
+                "record written: {irq:?}, PROD {prod:#x} -> {after:#x}"
             );
+            if matches!(physical, Event::BadSte { .. }) {
+                self.stats.refusals_reported += 1;
+            }
             self.stats.events += 1;
         } else {
             let active = |v: &VSmmu| (v.read(o::GERROR, 4) ^ v.read(o::GERRORN, 4)) & 4 != 0;
-            let irq = !active(&before) && self.vsmmu.gerror_irq_enabled();
+            let raise = !active(&before) && v.read(o::IRQ_CTRL, 4) & 1 != 0;
             ensure!(
                 self,
-                !out.written
-                    && !out.raise_event_irq
-                    && out.raise_gerror_irq == irq
-                    && after == prod
-                    && active(&self.vsmmu),
-                "record write aborted: {out:?}, PROD {prod:#x} -> {after:#x}, GERROR {:#x}",
-                self.vsmmu.read(o::GERROR, 4)
+                irq == raise.then_some(GuestIrq::GlobalError) && after == prod && active(v),
+                "record write aborted: {irq:?}, PROD {prod:#x} -> {after:#x}, GERROR {:#x}",
+                v.read(o::GERROR, 4)
             );
         }
     }
@@ -883,7 +793,7 @@ impl World {
     /// constant, the ACK registers equal to what they acknowledge, and the
     /// effective queue and table geometry within what is advertised.
     fn check_registers(&self) {
-        let v = &self.vsmmu;
+        let v = self.v();
         let r = |off: usize| v.read(off, 4) as u32;
         for &(off, bits, name) in REGISTERS {
             let val = r(off);
@@ -962,6 +872,17 @@ impl World {
     }
 }
 
+/// A guest register write.
+struct Written<'a> {
+    offset: usize,
+    size: usize,
+    value: u64,
+    /// The 32-bit registers it reached.
+    words: &'a [usize],
+    /// The hypervisor runs the queue on it.
+    kick: bool,
+}
+
 /// Every register as the guest reads it, and the SYNC state.
 fn dump(v: &VSmmu) -> (Vec<u64>, bool) {
     let regs = REGISTERS
@@ -969,18 +890,6 @@ fn dump(v: &VSmmu) -> (Vec<u64>, bool) {
         .map(|&(off, _, _)| v.read(off, 4))
         .collect();
     (regs, v.sync_pending())
-}
-
-/// Whether the command queue has entries the vSMMU may consume (CMDQEN,
-/// no SYNC outstanding, no unacknowledged CMDQ_ERR, PROD != CONS).
-fn cmdq_runnable(v: &VSmmu) -> bool {
-    let (log2, _) = v.cmdq_geometry();
-    let wrap_mask = (2u32 << log2) - 1;
-    let gerror = (v.read(o::GERROR, 4) ^ v.read(o::GERRORN, 4)) & 1;
-    v.cmdq_enabled()
-        && !v.sync_pending()
-        && gerror == 0
-        && (v.read(o::CMDQ_PROD, 4) as u32 ^ v.read(o::CMDQ_CONS, 4) as u32) & wrap_mask != 0
 }
 
 /// An input decoded, one operation per line: what a crashing input did.

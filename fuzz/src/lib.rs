@@ -4,13 +4,15 @@
 //! The fuzz targets in `fuzz_targets/` are one line each; the work is here,
 //! so that the committed seeds can be built, checked and replayed by plain
 //! `cargo test` without libFuzzer:
-//! - [`harness`] (target `vsmmu`): a guest's register accesses, queue and
-//!   table contents, and the hypervisor's command rounds, SYNC completions,
-//!   STE reinstalls and event injections, decoded by [`ops`] from the
-//!   fuzzer's bytes ([`bytes`]) and run against one vSMMU in a VM ([`vm`]);
+//! - [`harness`] (target `vsmmu`): the hypervisor's vSMMU engine
+//!   (`smmu::vsmmu::VsmmuEngine`) over the fake physical SMMU, driven by a
+//!   guest's register accesses, queue and table contents, physical events
+//!   and physical failures, decoded by [`ops`] from the fuzzer's bytes
+//!   ([`bytes`]), for one VM ([`vm`]);
 //! - [`decoders`] (target `decoders`): commands, events, STEs, CDs and
 //!   descriptors from arbitrary bits;
-//! - [`oracle`]: the invariants both check;
+//! - [`oracle`]: the rules both check, stated independently of the code
+//!   under test;
 //! - [`guest`] (target `guest`): every trap a guest's vCPU can cause, run
 //!   through the hypervisor's own trap dispatcher and emulated devices
 //!   (`hyp::harness`), which check the architecture's rules after each.

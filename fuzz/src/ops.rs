@@ -1,8 +1,9 @@
-//! The guest's (and the hypervisor's) actions against one vSMMU, decoded
-//! from the fuzzer's bytes.
+//! What happens to one vSMMU, decoded from the fuzzer's bytes: the guest's
+//! register accesses and memory writes, its devices' transactions and
+//! other physical events, and failures of the physical SMMU.
 //!
-//! An input is a [`Setup`] (what the vSMMU advertises) followed by
-//! [`Op`]s until the bytes run out. Each field has a biased encoding: a
+//! An input is a [`Setup`] (what the vSMMU advertises, the physical stall
+//! model) followed by [`Op`]s until the bytes run out. Each field has a biased encoding: a
 //! selector byte usually picks a meaningful value (a real register, a
 //! StreamID of the VM, a well-formed command or STE) and otherwise reads a
 //! raw value, so the fuzzer reaches deep states quickly and still tries
@@ -11,24 +12,21 @@
 
 use std::vec::Vec;
 
-use smmu::addr::{Ipa, StreamId};
+use smmu::addr::Ipa;
 use smmu::ste::{Config, S1Dss, S1Fmt, StallModel, Ste, STE_WORDS};
-use smmu::vsmmu::{StreamRange, VsmmuPolicy};
+use smmu::vsmmu::VsmmuPolicy;
 
 use crate::bytes::{Reader, Writer};
 use crate::oracle::REGISTERS;
 use crate::vm::{CDS, CMDQ, DEVICES, EVTQ, L2, STRTAB};
 
-/// What the vSMMU advertises, and how the hypervisor runs it.
+/// What the vSMMU advertises, and the physical SMMU under it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Setup {
     /// The vSMMU's ID registers.
     pub policy: VsmmuPolicy,
     /// The physical SMMU's stall model (decides S1STALLD of nested STEs).
     pub phys_stall: StallModel,
-    /// Complete each guest CMD_SYNC as soon as it is reached, as the
-    /// hypervisor does; otherwise only [`Op::CompleteSync`] completes it.
-    pub auto_sync: bool,
 }
 
 const OAS: [u8; 7] = [40, 32, 36, 42, 44, 48, 52];
@@ -70,7 +68,6 @@ impl Setup {
                 2 => StallModel::StallForced,
                 _ => StallModel::TerminateOnly,
             },
-            auto_sync: !bit(f, 5),
         }
     }
 
@@ -88,7 +85,6 @@ impl Setup {
             | u8::from(!p.cd2l) << 2
             | u8::from(p.gran16k) << 3
             | u8::from(!p.gran64k) << 4
-            | u8::from(!self.auto_sync) << 5
             | stall << 6);
         let oas = OAS.iter().position(|&b| b == p.oas_bits).expect("OAS") as u8;
         w.u8(u8::from(!p.gran4k) | u8::from(!p.cohacc) << 1 | oas << 2);
@@ -102,8 +98,7 @@ impl Setup {
 /// One step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// The guest reads `size` bytes at `offset` of the register frame
-    /// (reading CMDQ_CONS first runs the queue, as the hypervisor does).
+    /// The guest reads `size` bytes at `offset` of the register frame.
     Read {
         /// Byte offset in the 128 KiB frame (or anywhere).
         offset: usize,
@@ -122,13 +117,12 @@ pub enum Op {
     /// The guest writes a 16-byte entry at CMDQ_PROD of its queue and
     /// moves CMDQ_PROD on by one (as its driver does).
     PushCommand([u64; 2]),
-    /// The hypervisor runs the command queue with `budget`.
-    Process {
-        /// Most commands to consume.
-        budget: usize,
-    },
-    /// The physical CMD_SYNC standing for the guest's has completed.
-    CompleteSync,
+    /// The guest polls CMDQ_CONS (a 4-byte read), as its driver does while
+    /// it waits for a CMD_SYNC.
+    Poll,
+    /// The physical SMMU fails the next `n` operations it is asked for
+    /// (a timeout, a rejected command).
+    PhysicalFailures(u8),
     /// The guest CPU writes `bytes` at `ipa` (queues, tables, STEs, CDs).
     Poke {
         /// Where.
@@ -144,20 +138,26 @@ pub enum Op {
         /// The 64 bytes.
         ste: Ste,
     },
-    /// The hypervisor re-reads and reinstalls the STEs of the VM's devices
-    /// in a range (as after CMD_CFGI_STE(_RANGE) or CMD_CFGI_ALL).
-    Reinstall(StreamRange),
-    /// The hypervisor reads and composes the guest STE of any StreamID,
-    /// with or without a device behind it.
-    Compose(u32),
-    /// A stage 1 fault of device `vsid` is injected into the guest's event
-    /// queue: `words` is the physical record, whose StreamID the
-    /// hypervisor replaces with `vsid`.
-    Inject {
-        /// A virtual StreamID of one of the VM's devices.
-        vsid: u32,
+    /// The physical SMMU records event `words` with StreamID `sid` (bits
+    /// [63:32] of `words` are replaced): offered to the vSMMU as the
+    /// hypervisor offers every event.
+    Event {
+        /// Any StreamID: mostly one of the VM's physical ones.
+        sid: u32,
         /// The record.
         words: [u64; 4],
+    },
+    /// Device `vsid` of the VM reads `addr` with SubstreamID `ssid`; the
+    /// physical SMMU records what its STE makes of it (C_BAD_STE when
+    /// refused, a stage 1 fault when nested, ...), which is offered to the
+    /// vSMMU.
+    Transaction {
+        /// A virtual StreamID of one of the VM's devices.
+        vsid: u32,
+        /// The SubstreamID, if any.
+        ssid: Option<u32>,
+        /// The address.
+        addr: u64,
     },
 }
 
@@ -191,7 +191,7 @@ const REGIONS: [u64; 5] = [CMDQ, EVTQ, STRTAB, L2, CDS];
 impl Op {
     /// Reads the next operation.
     pub fn decode(r: &mut Reader<'_>) -> Self {
-        match r.u8() % 10 {
+        match r.u8() % 9 {
             0 => Op::Read {
                 offset: offset(r),
                 size: size(r),
@@ -202,10 +202,8 @@ impl Op {
                 value: r.u64(),
             },
             2 => Op::PushCommand(command(r)),
-            3 => Op::Process {
-                budget: usize::from(r.u8()),
-            },
-            4 => Op::CompleteSync,
+            3 => Op::Poll,
+            4 => Op::PhysicalFailures(r.u8() % 4),
             5 => {
                 let region = usize::from(r.u8());
                 let ipa = match REGIONS.get(region % 8) {
@@ -221,18 +219,17 @@ impl Op {
                 vsid: sid(r),
                 ste: ste(r),
             },
-            7 => Op::Reinstall(match r.u8() % 3 {
-                0 => StreamRange::One(StreamId(sid(r))),
-                1 => StreamRange::Range {
-                    base: StreamId(sid(r)),
-                    log2: r.u8() % 33,
-                },
-                _ => StreamRange::All,
-            }),
-            8 => Op::Compose(sid(r)),
-            _ => Op::Inject {
-                vsid: DEVICES[usize::from(r.u8()) % DEVICES.len()].0,
+            7 => Op::Event {
+                sid: sid(r),
                 words: [r.u64(), r.u64(), r.u64(), r.u64()],
+            },
+            _ => Op::Transaction {
+                vsid: DEVICES[usize::from(r.u8()) % DEVICES.len()].0,
+                ssid: match r.u8() {
+                    n if n < 0x80 => None,
+                    n => Some(u32::from(n & 0x7F)),
+                },
+                addr: u64::from(r.u16()) << 12,
             },
         }
     }
@@ -261,11 +258,12 @@ impl Op {
                 w.u64(words[0]);
                 w.u64(words[1]);
             }
-            Op::Process { budget } => {
-                w.u8(3);
-                w.u8(u8::try_from(*budget).expect("budget up to 255"));
+            Op::Poll => w.u8(3),
+            Op::PhysicalFailures(n) => {
+                w.u8(4);
+                assert!(*n < 4, "at most 3 failures in a row");
+                w.u8(*n);
             }
-            Op::CompleteSync => w.u8(4),
             Op::Poke { ipa, bytes } => {
                 w.u8(5);
                 w.u8(7);
@@ -280,32 +278,28 @@ impl Op {
                     w.u64(word);
                 }
             }
-            Op::Reinstall(range) => {
+            Op::Event { sid, words } => {
                 w.u8(7);
-                match *range {
-                    StreamRange::One(sid) => {
-                        w.u8(0);
-                        encode_sid(w, sid.0);
-                    }
-                    StreamRange::Range { base, log2 } => {
-                        w.u8(1);
-                        encode_sid(w, base.0);
-                        w.u8(log2);
-                    }
-                    StreamRange::All => w.u8(2),
-                }
-            }
-            Op::Compose(vsid) => {
-                w.u8(8);
-                encode_sid(w, *vsid);
-            }
-            Op::Inject { vsid, words } => {
-                w.u8(9);
-                let dev = DEVICES.iter().position(|&(v, _)| v == *vsid);
-                w.u8(dev.expect("Inject is for the VM's devices") as u8);
+                encode_sid(w, *sid);
                 for word in words {
                     w.u64(*word);
                 }
+            }
+            Op::Transaction { vsid, ssid, addr } => {
+                w.u8(8);
+                let dev = DEVICES.iter().position(|&(v, _)| v == *vsid);
+                w.u8(dev.expect("a transaction is by one of the VM's devices") as u8);
+                w.u8(match ssid {
+                    None => 0,
+                    Some(s) => {
+                        0x80 | u8::try_from(*s)
+                            .ok()
+                            .filter(|s| *s < 0x80)
+                            .expect("SSID < 128")
+                    }
+                });
+                assert!(addr & 0xFFF == 0 && addr >> 28 == 0, "address {addr:#x}");
+                w.u16((addr >> 12) as u16);
             }
         }
     }

@@ -1,28 +1,45 @@
-//! What must hold whatever the guest does, written down independently of
-//! the code under test (from IHI 0070 and the rules in docs/ARCHITECTURE.md), so that the
-//! fuzz targets can check it after every step:
+//! What must hold whatever the guest does, stated from IHI 0070 and the
+//! rules in docs/ARCHITECTURE.md, independently of the code under test:
+//! the oracle never calls the vSMMU's translation, STE composition or event
+//! routing, it states what their results must be and checks what the
+//! (fake) physical SMMU received.
 //!
 //! - [`register_bits`]: the bits each guest-visible register may ever hold;
-//! - [`physical_command`] and [`same_scope`]: what a guest command may
-//!   become on the physical queue;
-//! - [`expected`] and [`reinstall_scope`]: what each guest command must
-//!   become;
-//! - [`CmdqModel`]: a plain reference model of command-queue consumption;
+//! - [`expected`], [`forwarded`], [`ste_invalidation`]: what each guest
+//!   command must become (CERROR_ILL, forwarded with only the VMID or
+//!   StreamID replaced, an STE reinstall, a SYNC, nothing);
+//! - [`check_queue`]: consumption, errors, SYNC completion and the budget,
+//!   against the physical operations of one access;
+//! - [`want`]: what a device's physical stream must be, from its guest STE;
+//! - [`guest_owns`] and [`guest_event`]: which physical events are the
+//!   guest's and what it must see;
+//! - [`physical_command`], [`same_scope`]: what a guest command may become
+//!   at all (for the decoders target);
 //! - [`check_update_plan`]: a live STE is never seen torn.
 
+use std::collections::BTreeSet;
 use std::format;
 use std::string::String;
 use std::vec::Vec;
 
-use smmu::addr::{Ipa, StreamId};
+use smmu::addr::{Ipa, PhysAddr, StreamId};
 use smmu::cmd::Command;
+use smmu::event::Event;
+use smmu::fake::{LoggedOp, PhysicalOp, StreamState};
 use smmu::regs::offset as o;
-use smmu::ste::{update_plan, used_bits, Ste, UpdateStep, STE_WORDS};
-use smmu::vsmmu::cmd::{translate_checked, Translated};
-use smmu::vsmmu::regs::{CmdqWork, CERROR_ABT, CERROR_ILL};
-use smmu::vsmmu::{GuestMemory, StreamMap, StreamRange, VSmmu, VsmmuPolicy};
+use smmu::ste::{
+    update_plan, used_bits, Eats, S1Config, S1Dss, S1Fmt, StallModel, Ste, UpdateStep, STE_WORDS,
+};
+use smmu::vsmmu::cmd::Translated;
+use smmu::vsmmu::{GuestIrq, GuestMemory, StreamMap, StreamRange, VSmmu, VsmmuPolicy};
 
 use crate::vm::{is_vm_stream, Devices, DEVICES, VMID};
+
+/// CMDQ_CONS.ERR of a command the SMMU does not implement or cannot
+/// decode (§4.5).
+const CERROR_ILL: u8 = 1;
+/// CMDQ_CONS.ERR of a command the SMMU could not fetch (§4.5).
+const CERROR_ABT: u8 = 2;
 
 /// Bits [55:32] and bit 62 of a 64-bit base register, seen in its upper
 /// half (ADDR's top and RA/WA, §6.3.24, §6.3.26).
@@ -297,18 +314,33 @@ pub fn kind_of(t: &Result<Translated, smmu::cmd::CmdError>) -> Expected {
     }
 }
 
+/// The StreamIDs STE invalidation `guest` names, as (a StreamID, log2 of
+/// the aligned block around it; 32 for all): §4.3.1 CMD_CFGI_STE one,
+/// §4.3.2 CMD_CFGI_STE_RANGE the 2^(Range+1) StreamIDs aligned around its
+/// StreamID, §4.3.6 CMD_CFGI_ALL all. `None` for other commands.
+pub fn ste_invalidation(guest: &Command) -> Option<(u32, u32)> {
+    match *guest {
+        Command::CfgiSte { sid, .. } => Some((sid.0, 0)),
+        Command::CfgiSteRange { sid, range } => Some((sid.0, u32::from(range) + 1)),
+        Command::CfgiAll => Some((0, 32)),
+        _ => None,
+    }
+}
+
+/// Whether StreamID `x` is in the block [`ste_invalidation`] returned.
+pub fn names(block: (u32, u32), x: u32) -> bool {
+    let (sid, log2) = block;
+    log2 >= 32 || x >> log2 == sid >> log2
+}
+
 /// Whether `range` is exactly the StreamIDs STE invalidation `guest`
-/// names (§4.3.1, §4.3.2: CMD_CFGI_STE_RANGE covers the 2^(Range+1)
-/// StreamIDs aligned around its StreamID; §4.3.6: CMD_CFGI_ALL, all),
-/// probed at the VM's devices, the command's StreamID and the block edges.
+/// names ([`ste_invalidation`]), probed at the VM's devices, the command's
+/// StreamID and the block edges.
 pub fn reinstall_scope(guest: &Command, range: &StreamRange) -> Result<(), String> {
-    let (sid, log2) = match *guest {
-        Command::CfgiSte { sid, .. } => (sid.0, 0u32),
-        Command::CfgiSteRange { sid, range } => (sid.0, u32::from(range) + 1),
-        Command::CfgiAll => (0, 32),
-        _ => return Err(format!("{guest} reinstalled {range:?}")),
+    let Some(block) = ste_invalidation(guest) else {
+        return Err(format!("{guest} reinstalled {range:?}"));
     };
-    let named = |x: u32| log2 >= 32 || x >> log2 == sid >> log2;
+    let (sid, log2) = block;
     let base = if log2 >= 32 {
         0
     } else {
@@ -325,10 +357,14 @@ pub fn reinstall_scope(guest: &Command, range: &StreamRange) -> Result<(), Strin
         u32::MAX,
     ]);
     for x in probes {
-        if range.contains(StreamId(x)) != named(x) {
+        if range.contains(StreamId(x)) != names(block, x) {
             return Err(format!(
                 "{guest} reinstalls {range:?}, which {} StreamID {x:#x}",
-                if named(x) { "misses" } else { "includes" }
+                if names(block, x) {
+                    "misses"
+                } else {
+                    "includes"
+                }
             ));
         }
     }
@@ -344,95 +380,628 @@ fn sid_of(c: &Command) -> Option<StreamId> {
     }
 }
 
-/// What [`VSmmu::process_commands`] must do, computed by a plain model of
-/// the queue (§3.5: index and wrap bits, entries of 16 bytes at CMDQ_BASE;
-/// §4.5: stop at the first error with CONS at it; §4.7.3: stop at a SYNC
-/// with CONS at it).
-#[derive(Debug, Default)]
-pub struct CmdqModel {
-    /// The physical work, in order.
-    pub work: Vec<CmdqWork>,
-    /// Each guest command with what it became, for [`same_scope`].
-    pub forwarded: Vec<(Command, Vec<Command>)>,
-    /// Translations that break [`expected`] or [`reinstall_scope`].
-    pub violations: Vec<String>,
-    /// Stopped at a CMD_SYNC.
-    pub sync: bool,
-    /// Stopped at the budget with entries left.
-    pub more: bool,
-    /// Stopped at an error (CMDQ_CONS.ERR).
-    pub error: Option<u8>,
-    /// Entries consumed (the SYNC and the failing one included).
-    pub consumed: usize,
-    /// CMDQ_CONS.RD_WRAP/RD afterwards (index and wrap bits only).
-    pub rd: u32,
+/// The physical command(s) a forwarded guest command must become, built
+/// from the guest's own encoding: a stage 1 TLB invalidation with the VMID
+/// field (bits [47:32]) replaced by the VM's and every other bit kept (the
+/// address, TG/TTL/SCALE/NUM, leaf, ASID: never widened), CMD_TLBI_NSNH_ALL
+/// as CMD_TLBI_NH_ALL of the VM (§4.4.4), a CD invalidation with the
+/// StreamID field (bits [63:32]) replaced by the device's physical one.
+pub fn forwarded(guest: &Command) -> Vec<Command> {
+    let [w0, w1] = guest.encode();
+    let with_high = |high: u64| [(w0 & 0xFFFF_FFFF) | (high << 32), w1];
+    let words = match *guest {
+        Command::TlbiNsnhAll => {
+            // CMD_TLBI_NH_ALL (opcode 0x10), VMID in bits [47:32].
+            [0x10 | (u64::from(VMID.0) << 32), 0]
+        }
+        Command::TlbiNhAll { .. }
+        | Command::TlbiNhAsid { .. }
+        | Command::TlbiNhVa { .. }
+        | Command::TlbiNhVaa { .. } => [(w0 & !(0xFFFFu64 << 32)) | (u64::from(VMID.0) << 32), w1],
+        Command::CfgiCd { sid, .. } | Command::CfgiCdAll { sid } => {
+            match DEVICES.iter().find(|&&(v, _)| v == sid.0) {
+                Some(&(_, p)) => with_high(u64::from(p)),
+                None => return Vec::new(),
+            }
+        }
+        _ => return Vec::new(),
+    };
+    match Command::decode(words) {
+        Ok(c) => Vec::from([c]),
+        Err(e) => panic!("oracle: {guest} forwarded as {words:x?} does not decode: {e}"),
+    }
 }
 
-impl CmdqModel {
-    /// Runs the model on the state of `v` (before the call under test).
-    pub fn run(v: &VSmmu, mem: &dyn GuestMemory, budget: usize) -> Self {
-        let (log2, base) = v.cmdq_geometry();
-        let wrap_mask = (2u32 << log2) - 1;
-        let index_mask = (1u32 << log2) - 1;
-        let prod = v.read(o::CMDQ_PROD, 4) as u32 & wrap_mask;
-        let mut m = Self {
-            rd: v.read(o::CMDQ_CONS, 4) as u32 & wrap_mask,
-            ..Self::default()
-        };
-        let gerror = v.read(o::GERROR, 4) ^ v.read(o::GERRORN, 4);
-        if !v.cmdq_enabled() || v.sync_pending() || gerror & 1 != 0 {
-            return m;
+/// Guest commands per round and rounds per access the hypervisor allows
+/// itself (docs/ARCHITECTURE.md, "Completion and budget"); a round also
+/// ends at a guest CMD_SYNC.
+pub const ROUND: usize = 64;
+/// See [`ROUND`].
+pub const ROUNDS: usize = 4;
+
+/// The command queue and global errors as the guest's registers show them
+/// (§6.3.9, §6.3.16, §6.3.18, §6.3.26-§6.3.28).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CmdqRegs {
+    /// CR0.CMDQEN.
+    pub cmdqen: bool,
+    /// CMDQ_BASE.LOG2SIZE.
+    pub log2: u8,
+    /// CMDQ_BASE.ADDR, within the OAS, aligned to the queue's size.
+    pub base: u64,
+    /// CMDQ_PROD.
+    pub prod: u32,
+    /// CMDQ_CONS (RD, RD_WRAP, ERR).
+    pub cons: u32,
+    /// SMMU_GERROR.
+    pub gerror: u32,
+    /// SMMU_GERRORN.
+    pub gerrorn: u32,
+    /// IRQ_CTRL.GERROR_IRQEN.
+    pub gerror_irqen: bool,
+}
+
+impl CmdqRegs {
+    /// Reads them from `v` (without side effects), for a vSMMU with an
+    /// output address size of `oas_bits`.
+    pub fn of(v: &VSmmu, oas_bits: u8) -> Self {
+        let r = |off: usize| v.read(off, 4) as u32;
+        let base_reg = v.read(o::CMDQ_BASE, 8);
+        let log2 = (base_reg & 0x1F) as u8;
+        let addr = base_reg & 0x00FF_FFFF_FFFF_FFE0 & mask(oas_bits);
+        Self {
+            cmdqen: r(o::CR0) & 8 != 0,
+            log2,
+            base: addr & !((16u64 << log2) - 1),
+            prod: r(o::CMDQ_PROD),
+            cons: r(o::CMDQ_CONS),
+            gerror: r(o::GERROR),
+            gerrorn: r(o::GERRORN),
+            gerror_irqen: r(o::IRQ_CTRL) & 1 != 0,
         }
-        while m.rd != prod {
-            if m.consumed == budget {
-                m.more = true;
-                break;
+    }
+
+    fn wrap_mask(&self) -> u32 {
+        (2u32 << self.log2) - 1
+    }
+
+    /// CMDQ_CONS.ERR.
+    pub fn err(&self) -> u32 {
+        (self.cons >> 24) & 0x7F
+    }
+
+    /// GERROR.CMDQ_ERR is active (GERROR != GERRORN in bit 0, §7.5).
+    pub fn cmdq_err_active(&self) -> bool {
+        (self.gerror ^ self.gerrorn) & 1 != 0
+    }
+
+    /// The SMMU may consume commands: CMDQEN, no active CMDQ_ERR, and
+    /// PROD != CONS in index and wrap bits (§3.5.1).
+    pub fn runnable(&self) -> bool {
+        self.cmdqen && !self.cmdq_err_active() && (self.prod ^ self.cons) & self.wrap_mask() != 0
+    }
+}
+
+/// `2^bits - 1`.
+fn mask(bits: u8) -> u64 {
+    if bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    }
+}
+
+/// One guest access, what it changed and what the physical side received.
+pub struct AccessFacts<'a> {
+    /// The queue registers before the access.
+    pub before: CmdqRegs,
+    /// The queue registers after it.
+    pub after: CmdqRegs,
+    /// The access is one the hypervisor runs the queue on: a write of
+    /// CMDQ_PROD, CR0 or GERRORN, a read of CMDQ_CONS.
+    pub kick: bool,
+    /// The access wrote a register the stream configuration depends on
+    /// (CR0, GBPA, STRTAB_BASE, STRTAB_BASE_CFG): the vSMMU may reinstall
+    /// every stream first.
+    pub stream_registers: bool,
+    /// The guest's memory.
+    pub mem: &'a dyn GuestMemory,
+    /// What the vSMMU advertises.
+    pub policy: &'a VsmmuPolicy,
+    /// What the physical side was asked for during the access, in order.
+    pub log: &'a [LoggedOp],
+    /// The guest interrupts the access raised.
+    pub irqs: &'a [GuestIrq],
+}
+
+impl core::fmt::Debug for AccessFacts<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("AccessFacts")
+            .field("before", &self.before)
+            .field("after", &self.after)
+            .field("kick", &self.kick)
+            .field("stream_registers", &self.stream_registers)
+            .field("log", &self.log)
+            .field("irqs", &self.irqs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an access did to the command queue, once [`check_queue`] found it
+/// within the rules.
+#[derive(Debug, Default)]
+pub struct QueueStep {
+    /// Guest entries fetched: those CONS passed, and the one that stopped
+    /// the queue.
+    pub fetched: Vec<u64>,
+    /// Physical commands submitted.
+    pub submitted: usize,
+    /// Physical CMD_SYNCs.
+    pub syncs: usize,
+    /// The error that stopped the queue (CMDQ_CONS.ERR), if a new one did.
+    pub error: Option<u32>,
+    /// Indices in [`DEVICES`] of the devices a consumed CMD_CFGI_STE,
+    /// CMD_CFGI_STE_RANGE or CMD_CFGI_ALL named.
+    pub named: BTreeSet<usize>,
+}
+
+/// Checks an access against the command-queue rules, stated from IHI 0070
+/// and the hypervisor's documented choices, on what the physical side
+/// received (`facts.log`):
+///
+/// - entries are consumed in queue order from CONS (§3.5.1); an entry that
+///   cannot be fetched stops the queue with CERROR_ABT, one that does not
+///   decode or that the vSMMU does not implement (see [`expected`]) with
+///   CERROR_ILL, CONS at it, GERROR.CMDQ_ERR activated and its interrupt
+///   raised when enabled (§4.5, §7.1); nothing of it reaches the physical
+///   queue;
+/// - each forwarded command reaches the physical queue as [`forwarded`]
+///   says, in guest order, nothing else does;
+/// - STE invalidations install STEs only for the VM's devices they name;
+/// - CONS passes a guest CMD_SYNC only after one physical CMD_SYNC was
+///   issued for it, after everything before it (§4.7.3);
+/// - at most [`ROUND`] commands per round, a round ending at a CMD_SYNC,
+///   at most [`ROUNDS`] rounds per access; an access the hypervisor runs
+///   the queue on leaves it runnable only with the budget used up (so a
+///   guest polling CMDQ_CONS always makes progress); other accesses
+///   consume nothing.
+pub fn check_queue(f: &AccessFacts<'_>) -> Result<QueueStep, String> {
+    let (before, after) = (&f.before, &f.after);
+    let mut step = QueueStep::default();
+    let mut log = f.log.iter().peekable();
+    if f.stream_registers {
+        while let Some(LoggedOp {
+            op: PhysicalOp::Install { sid, .. },
+            ..
+        }) = log.peek()
+        {
+            if !is_vm_stream(*sid) {
+                return Err(format!("STE installed for sid {sid}, not the VM's"));
             }
-            let addr = base.0 + u64::from(m.rd & index_mask) * 16;
-            let mut bytes = [0u8; 16];
-            if mem.read(Ipa(addr), &mut bytes).is_err() {
-                m.error = Some(CERROR_ABT);
-                break;
-            }
-            m.consumed += 1;
-            let mut words = [0u64; 2];
-            for (w, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
-                *w = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
-            }
-            let Ok(guest) = Command::decode(words) else {
-                m.error = Some(CERROR_ILL);
-                break;
+            log.next();
+        }
+    }
+    // Processing starts from the registers as the access left them but
+    // for CONS: it cannot be written while CMDQEN, and without CMDQEN
+    // nothing is consumed.
+    let err_at_start = (before.gerror ^ after.gerrorn) & 1 != 0;
+    let wrap = after.wrap_mask();
+    let index_mask = wrap >> 1;
+    let rd0 = before.cons & wrap;
+    let prod = after.prod & wrap;
+    let new_error = after.cmdq_err_active() && !err_at_start;
+    let passed = if after.cmdqen && !err_at_start {
+        (after.cons & wrap).wrapping_sub(rd0) & wrap
+    } else {
+        0
+    };
+    if passed > prod.wrapping_sub(rd0) & wrap {
+        return Err(format!(
+            "CONS moved {:#x} -> {:#x}, past PROD {:#x}",
+            before.cons, after.cons, after.prod
+        ));
+    }
+    if (passed > 0 || new_error) && !f.kick {
+        return Err(format!(
+            "an access that does not run the queue consumed {passed} entries (error: {new_error})"
+        ));
+    }
+    let mut round_len = 0;
+    let mut rounds = 0;
+    for k in 0..passed + u32::from(new_error) {
+        let addr = after.base + u64::from((rd0 + k) & index_mask) * 16;
+        step.fetched.push(addr);
+        let stops = k == passed;
+        let mut bytes = [0u8; 16];
+        let guest = if f.mem.read(Ipa(addr), &mut bytes).is_err() {
+            None
+        } else {
+            let lo = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+            let hi = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
+            Some(Command::decode([lo, hi]))
+        };
+        let expect_error = match &guest {
+            None => Some(CERROR_ABT),
+            Some(Err(_)) => Some(CERROR_ILL),
+            Some(Ok(c)) if expected(c, f.policy) == Expected::Illegal => Some(CERROR_ILL),
+            Some(Ok(_)) => None,
+        };
+        if stops {
+            let Some(code) = expect_error else {
+                return Err(format!(
+                    "the queue stopped with ERR {} at {guest:?} (entry at {addr:#x})",
+                    after.err()
+                ));
             };
-            let translated = translate_checked(&guest, VMID, &Devices, v.policy());
-            let want = expected(&guest, v.policy());
-            if kind_of(&translated) != want {
-                m.violations.push(format!(
-                    "guest {guest} became {translated:?}, expected {want:?}"
+            if after.err() != u32::from(code) {
+                return Err(format!(
+                    "{guest:?} at {addr:#x} stopped the queue with ERR {}, not {code}",
+                    after.err()
                 ));
             }
-            if let Ok(Translated::ReinstallStes(range)) = &translated {
-                m.violations.extend(reinstall_scope(&guest, range).err());
-            }
-            match translated {
-                Err(_) => {
-                    m.error = Some(CERROR_ILL);
-                    break;
-                }
-                Ok(Translated::Forward(cmds)) => {
-                    m.work.extend(cmds.iter().copied().map(CmdqWork::Submit));
-                    m.forwarded.push((guest, cmds));
-                }
-                Ok(Translated::ReinstallStes(range)) => m.work.push(CmdqWork::Reinstall(range)),
-                Ok(Translated::Drop) => {}
-                Ok(Translated::Sync) => {
-                    m.sync = true;
-                    break;
-                }
-            }
-            m.rd = (m.rd + 1) & wrap_mask;
+            step.error = Some(u32::from(code));
+            break;
         }
-        m
+        let Some(Ok(guest)) = guest else {
+            return Err(format!("CONS passed the bad entry {guest:?} at {addr:#x}"));
+        };
+        match expected(&guest, f.policy) {
+            Expected::Illegal => {
+                return Err(format!("CONS passed {guest}, which is CERROR_ILL"));
+            }
+            Expected::Forward => {
+                for want in forwarded(&guest) {
+                    match log.next() {
+                        Some(LoggedOp {
+                            op: PhysicalOp::Submit(c),
+                            ..
+                        }) if c.encode() == want.encode() => step.submitted += 1,
+                        other => {
+                            return Err(format!(
+                                "guest {guest} must become physical {want}, the SMMU got {other:?}"
+                            ))
+                        }
+                    }
+                }
+            }
+            Expected::Reinstall => {
+                let block = ste_invalidation(&guest).expect("an STE invalidation");
+                for (i, &(v, _)) in DEVICES.iter().enumerate() {
+                    if names(block, v) {
+                        step.named.insert(i);
+                    }
+                }
+                // Its installs, if any (none when a stream already has
+                // what its guest STE says); one not named here may belong
+                // to the next command, else it is left over below.
+                while let Some(LoggedOp {
+                    op: PhysicalOp::Install { sid, .. },
+                    ..
+                }) = log.peek()
+                {
+                    if !DEVICES.iter().any(|&(v, p)| p == sid.0 && names(block, v)) {
+                        break;
+                    }
+                    log.next();
+                }
+            }
+            Expected::Sync => match log.next() {
+                Some(LoggedOp {
+                    op: PhysicalOp::Sync,
+                    ..
+                }) => step.syncs += 1,
+                other => {
+                    return Err(format!(
+                        "CONS passed a guest CMD_SYNC, the SMMU got {other:?} instead of CMD_SYNC"
+                    ))
+                }
+            },
+            Expected::Drop => {}
+        }
+        round_len += 1;
+        if guest.opcode() == 0x46 || round_len == ROUND {
+            rounds += 1;
+            round_len = 0;
+        }
     }
+    if let Some(op) = log.next() {
+        return Err(format!(
+            "the SMMU got {op:?}, which no guest command of this access asked for"
+        ));
+    }
+    let complete_rounds = rounds;
+    let rounds = rounds + usize::from(round_len > 0);
+    if rounds > ROUNDS {
+        return Err(format!("{rounds} rounds in one access"));
+    }
+    if f.kick && after.runnable() && (complete_rounds < ROUNDS || round_len > 0) {
+        return Err(format!(
+            "the queue was left runnable (CONS {:#x}, PROD {:#x}) after {passed} commands in {rounds} rounds",
+            after.cons, after.prod
+        ));
+    }
+    if !new_error && after.cmdqen && after.err() != before.err() {
+        return Err(format!(
+            "CMDQ_CONS.ERR {} -> {} without an error",
+            before.err(),
+            after.err()
+        ));
+    }
+    let gerror_irq = f.irqs.contains(&GuestIrq::GlobalError);
+    if f.irqs.contains(&GuestIrq::Event) {
+        return Err("a register access raised the event-queue interrupt".into());
+    }
+    if gerror_irq && !after.gerror_irqen {
+        return Err("global-error interrupt raised while GERROR_IRQEN == 0".into());
+    }
+    if new_error && after.gerror_irqen && !gerror_irq {
+        return Err("a command error without the global-error interrupt".into());
+    }
+    Ok(step)
+}
+
+/// Guest memory reads: (address, length).
+pub type Reads = Vec<(u64, usize)>;
+
+/// Why a stream's guest STE must be refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The guest's stream table cannot be read at this IPA: the guest sees
+    /// F_STE_FETCH there (§7.3.4).
+    Fetch(Ipa),
+    /// The STE is ILLEGAL for what the vSMMU advertises: C_BAD_STE
+    /// (§7.3.5).
+    Illegal,
+}
+
+/// What the physical stream of a device must be configured to, given its
+/// guest STE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// Abort (no event).
+    Abort,
+    /// The VM's stage 2 alone.
+    Stage2,
+    /// Nested: exactly this stage 1 over the VM's stage 2.
+    Nested(S1Config),
+    /// Invalid, so that transactions are recorded as C_BAD_STE.
+    Refused(Refusal),
+}
+
+impl Want {
+    /// Whether the physical stream's state is this.
+    pub fn is(&self, state: StreamState) -> bool {
+        match (self, state) {
+            (Want::Abort, StreamState::Abort) | (Want::Stage2, StreamState::Stage2) => true,
+            (Want::Nested(a), StreamState::Nested(b)) => *a == b,
+            (Want::Refused(_), StreamState::Invalid) => true,
+            _ => false,
+        }
+    }
+}
+
+/// The guest's stream table as SMMU_STRTAB_BASE and SMMU_STRTAB_BASE_CFG
+/// describe it (§6.3.24, §6.3.25, §3.4), with the vSMMU's documented
+/// choices for out-of-range values: LOG2SIZE at most SIDSIZE, FMT other
+/// than 2-level is linear, a reserved SPLIT is the next lower of 6, 8, 10,
+/// the base within OAS and aligned to the (level 1) table's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamTable {
+    /// Effective base.
+    pub base: u64,
+    /// 2-level.
+    pub two_level: bool,
+    /// Effective LOG2SIZE.
+    pub log2size: u32,
+    /// Effective SPLIT.
+    pub split: u32,
+}
+
+impl StreamTable {
+    /// From the register file (without side effects), for a vSMMU
+    /// advertising `policy`.
+    pub fn of(v: &VSmmu, policy: &VsmmuPolicy) -> Self {
+        let cfg = v.read(o::STRTAB_BASE_CFG, 4) as u32;
+        let log2size = (cfg & 0x3F).min(u32::from(policy.sid_bits));
+        let two_level = (cfg >> 16) & 3 == 1;
+        let split = match (cfg >> 6) & 0x1F {
+            s if s >= 10 => 10,
+            s if s >= 8 => 8,
+            _ => 6,
+        };
+        let table_log2 = if two_level {
+            log2size.saturating_sub(split) + 3
+        } else {
+            log2size + 6
+        };
+        let base = v.read(o::STRTAB_BASE, 8) & 0x00FF_FFFF_FFFF_FFC0 & mask(policy.oas_bits);
+        Self {
+            base: base & !((1u64 << table_log2.max(6)) - 1),
+            two_level,
+            log2size,
+            split,
+        }
+    }
+
+    /// Finds the STE of `vsid` as the SMMU walks the table (§3.3.1, §5.1):
+    /// `Ok(None)` when there is none (beyond LOG2SIZE, an L1 descriptor
+    /// with Span 0 or beyond SPLIT + 1, a StreamID beyond its Span), the
+    /// STE's words, or the address that could not be read. Also returns
+    /// the reads it made (address, length).
+    pub fn walk(&self, mem: &dyn GuestMemory, vsid: u32) -> (Result<Option<[u64; 8]>, Ipa>, Reads) {
+        let mut reads = Vec::new();
+        let mut read = |addr: u64, buf: &mut [u8]| {
+            reads.push((addr, buf.len()));
+            mem.read(Ipa(addr), buf).map_err(|_| Ipa(addr))
+        };
+        if self.log2size < 32 && vsid >> self.log2size != 0 {
+            return (Ok(None), reads);
+        }
+        let ste_addr = if self.two_level {
+            let l1 = self.base + u64::from(vsid >> self.split) * 8;
+            let mut raw = [0u8; 8];
+            if let Err(a) = read(l1, &mut raw) {
+                return (Err(a), reads);
+            }
+            let desc = u64::from_le_bytes(raw);
+            // L1STD (§5.1): Span [4:0], L2Ptr [55:6], whose bits below the
+            // size of the level 2 array are treated as 0.
+            let span = (desc & 0x1F) as u32;
+            let index = vsid & ((1 << self.split) - 1);
+            if span == 0 || span > self.split + 1 || index >> (span - 1) != 0 {
+                return (Ok(None), reads);
+            }
+            let l2 = desc & 0x00FF_FFFF_FFFF_FFC0 & !((64u64 << (span - 1)) - 1);
+            l2 + u64::from(index) * 64
+        } else {
+            self.base + u64::from(vsid) * 64
+        };
+        let mut raw = [0u8; 64];
+        if let Err(a) = read(ste_addr, &mut raw) {
+            return (Err(a), reads);
+        }
+        let mut words = [0u64; 8];
+        for (w, chunk) in words.iter_mut().zip(raw.chunks_exact(8)) {
+            *w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        }
+        (Ok(Some(words)), reads)
+    }
+}
+
+/// What the physical stream of guest StreamID `vsid` must be, from the
+/// guest's registers and memory, the VM's IPA size and the physical stall
+/// model (docs/ARCHITECTURE.md, "What is taken from the guest STE"; the
+/// fields and their bits from §5.2):
+///
+/// - SMMUEN == 0: GBPA.ABORT aborts, otherwise the VM's stage 2 (bypass);
+/// - an unreadable stream table: refused, reported as F_STE_FETCH;
+/// - no STE, V == 0, Config abort or reserved: abort;
+/// - Config bypass: the VM's stage 2;
+/// - Config stage 2 or nested (stage 2 is not advertised): refused;
+/// - Config stage 1: refused when ILLEGAL for a stage-1-only,
+///   terminate-only SMMU (S1STALLD set; S1CDMax above SSIDSIZE; a 2-level
+///   S1Fmt with substreams and without CD2L) or when S1ContextPtr is
+///   outside the VM; otherwise nested with S1ContextPtr, S1Fmt, S1CDMax,
+///   S1DSS, S1CIR, S1COR and S1CSH from the guest (normalised where the
+///   SMMU ignores them: no substreams without SSIDSIZE, linear and
+///   terminate without substreams, reserved encodings as what they behave
+///   as), S1STALLD set only on a stall-capable physical SMMU (the guest is
+///   offered no stall), EATS 0 (no ATS), nothing else.
+pub fn want(
+    v: &VSmmu,
+    mem: &dyn GuestMemory,
+    vsid: u32,
+    ipa_bits: u8,
+    stall: StallModel,
+) -> (Want, Reads) {
+    let policy = v.policy();
+    let cr0 = v.read(o::CR0, 4);
+    if cr0 & 1 == 0 {
+        let abort = v.read(o::GBPA, 4) & (1 << 20) != 0;
+        return (if abort { Want::Abort } else { Want::Stage2 }, Vec::new());
+    }
+    let (ste, reads) = StreamTable::of(v, policy).walk(mem, vsid);
+    let w = match ste {
+        Err(addr) => return (Want::Refused(Refusal::Fetch(addr)), reads),
+        Ok(None) => return (Want::Abort, reads),
+        Ok(Some(w)) => w,
+    };
+    let field = |word: usize, lo: u32, bits: u32| (w[word] >> lo) & ((1 << bits) - 1);
+    let (valid, config) = (field(0, 0, 1) == 1, field(0, 1, 3));
+    let want = match (valid, config) {
+        (false, _) | (true, 0b000..=0b011) => Want::Abort,
+        (true, 0b100) => Want::Stage2,
+        (true, 0b110 | 0b111) => Want::Refused(Refusal::Illegal),
+        (true, _) => {
+            let ctx = w[0] & 0x00FF_FFFF_FFFF_FFC0;
+            let s1fmt = field(0, 4, 2) as u8;
+            let cdmax = field(0, 59, 5) as u8;
+            let s1stalld = field(1, 27, 1) == 1;
+            let ssid = policy.ssid_bits;
+            let illegal = s1stalld
+                || (ssid != 0 && cdmax > ssid)
+                || (ssid != 0 && cdmax != 0 && !policy.cd2l && matches!(s1fmt, 1 | 2))
+                || !fits(ctx, policy.oas_bits.min(ipa_bits));
+            if illegal {
+                Want::Refused(Refusal::Illegal)
+            } else {
+                let s1cdmax = if ssid == 0 { 0 } else { cdmax };
+                let (s1fmt, s1dss) = if s1cdmax == 0 {
+                    (S1Fmt::Linear, S1Dss::Terminate)
+                } else {
+                    let fmt = match s1fmt {
+                        1 => S1Fmt::TwoLevel4K,
+                        2 => S1Fmt::TwoLevel64K,
+                        _ => S1Fmt::Linear,
+                    };
+                    let dss = match field(1, 0, 2) {
+                        1 => S1Dss::Bypass,
+                        2 => S1Dss::Ssid0,
+                        _ => S1Dss::Terminate,
+                    };
+                    (fmt, dss)
+                };
+                Want::Nested(S1Config {
+                    ctx_ptr: Ipa(ctx),
+                    s1fmt,
+                    s1cdmax,
+                    s1dss,
+                    s1cir: field(1, 2, 2) as u8,
+                    s1cor: field(1, 4, 2) as u8,
+                    s1csh: field(1, 6, 2) as u8,
+                    s1stalld: stall == StallModel::StallAndTerminate,
+                    eats: Eats::Abort,
+                })
+            }
+        }
+    };
+    (want, reads)
+}
+
+/// Whether physical event `e` is the guest's (docs/ARCHITECTURE.md, "Event
+/// routing"), for a stream whose physical state is `state` (`None`: not
+/// one of the VM's): stage-1 faults (S2 == 0), C_BAD_CD, F_CD_FETCH,
+/// C_BAD_SUBSTREAMID, and C_BAD_STE of a stream the vSMMU refused. Stage-2
+/// faults, of CD fetches and walks too, are the hypervisor's.
+pub fn guest_owns(e: &Event, state: Option<StreamState>) -> bool {
+    let Some(state) = state else {
+        return false;
+    };
+    match e {
+        Event::Fault { info, .. } => !info.s2,
+        Event::BadCd { .. } | Event::CdFetch { .. } | Event::BadSubstreamId { .. } => true,
+        Event::BadSte { .. } => state == StreamState::Invalid,
+        _ => false,
+    }
+}
+
+/// The record the guest must find for physical record `words` of its
+/// device `vsid` (`None`: nothing, the record cannot be written): the same
+/// event with the guest's StreamID in bits [63:32] (§7.3), or for
+/// C_BAD_STE of a refused stream the event the refusal stands for, with
+/// the transaction's SubstreamID.
+pub fn guest_event(words: [u64; 4], vsid: u32, refusal: Option<Refusal>) -> Option<Event> {
+    let physical = Event::decode(words);
+    if let (Event::BadSte { ssid, .. }, Some(why)) = (physical, refusal) {
+        let sid = StreamId(vsid);
+        return Some(match why {
+            Refusal::Illegal => Event::BadSte { sid, ssid },
+            Refusal::Fetch(addr) => Event::SteFetch {
+                sid,
+                ssid,
+                reason: 0,
+                gpcf: false,
+                fetch_addr: PhysAddr(addr.0),
+            },
+        });
+    }
+    physical.encode().ok()?;
+    Some(Event::decode([
+        (words[0] & 0xFFFF_FFFF) | (u64::from(vsid) << 32),
+        words[1],
+        words[2],
+        words[3],
+    ]))
 }
 
 /// Whether two STEs configure the same thing (equal in the bits each uses).

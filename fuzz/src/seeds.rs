@@ -1,6 +1,6 @@
 //! The committed seeds (`fuzz/seeds/<target>/`): realistic sequences a
-//! guest's `arm-smmu-v3` driver and the hypervisor go through, from which
-//! the fuzzer starts mutating.
+//! guest's `arm-smmu-v3` driver and its devices go through, a hostile
+//! guest, and a regression, from which the fuzzer starts mutating.
 //!
 //! `cargo test` checks that the files are exactly what this module builds
 //! (after a change of the input format, rewrite them with
@@ -16,12 +16,12 @@ use smmu::cmd::{Command, Granule as TlbiGranule, Sync, TlbiRange, TlbiScope};
 use smmu::regs::offset as o;
 use smmu::ste::{Config, Granule, S1Dss, S1Fmt, StallModel, Ste};
 use smmu::strtab::L1Std;
-use smmu::vsmmu::{StreamRange, VsmmuPolicy};
+use smmu::vsmmu::VsmmuPolicy;
 
 use crate::bytes::Writer;
 use crate::harness::Stats;
 use crate::ops::{Op, Setup};
-use crate::vm::{s2, CDS, CMDQ, EVTQ, L2, RAM, STRTAB};
+use crate::vm::{s2, CDS, CMDQ, DEVICES, EVTQ, L2, RAM, STRTAB};
 
 /// A seed of the `vsmmu` target.
 #[derive(Debug)]
@@ -83,7 +83,7 @@ impl Guest {
     /// CMD_SYNC, then polling CMDQ_CONS as Linux does.
     fn sync(&mut self) {
         self.cmd(Command::Sync(Sync::none()));
-        self.read(o::CMDQ_CONS);
+        self.op(Op::Poll);
     }
 
     fn poke(&mut self, ipa: u64, words: &[u64]) {
@@ -95,12 +95,19 @@ impl Guest {
         self.op(Op::WriteSte { vsid, ste });
     }
 
+    /// The physical SMMU records a stage 1 F_TRANSLATION (§7.3.12) of
+    /// device `vsid` at `iova`, a read.
     fn fault(&mut self, vsid: u32, iova: u64) {
-        // F_TRANSLATION (§7.3.12) at `iova`, a read, stage 1.
-        self.op(Op::Inject {
-            vsid,
-            words: [0x10, 0, iova, 0],
+        let &(_, sid) = DEVICES.iter().find(|&&(v, _)| v == vsid).expect("a device");
+        self.op(Op::Event {
+            sid,
+            words: [0x10, 1 << 35, iova, 0],
         });
+    }
+
+    /// Device `vsid` reads `addr`.
+    fn dma(&mut self, vsid: u32, ssid: Option<u32>, addr: u64) {
+        self.op(Op::Transaction { vsid, ssid, addr });
     }
 
     /// `arm_smmu_device_reset`: everything off, tables and queues
@@ -264,7 +271,6 @@ fn linux_two_level() -> VsmmuSeed {
         setup: Setup {
             policy: VsmmuPolicy::default(),
             phys_stall: StallModel::TerminateOnly,
-            auto_sync: true,
         },
         ops: g.ops,
         reaches: |s| {
@@ -335,16 +341,16 @@ fn linux_linear_ril() -> VsmmuSeed {
                 ..VsmmuPolicy::default()
             },
             phys_stall: StallModel::StallAndTerminate,
-            auto_sync: true,
         },
         ops: g.ops,
         reaches: |s| s.nested >= 2 && s.stage2_only >= 1 && s.overflows == 1 && s.events == 3,
     }
 }
 
-/// A hostile guest: odd accesses, a queue outside its memory, a SYNC the
-/// hypervisor completes late while commands pile up, an event queue
-/// outside its memory, a stream table outside its memory, illegal STEs.
+/// A hostile guest: odd accesses, a queue outside its memory, a physical
+/// SMMU failing while commands and SYNCs pile up, an event queue outside
+/// its memory, a stream table outside its memory, illegal STEs and the
+/// C_BAD_STE of their streams' transactions.
 fn hostile() -> VsmmuSeed {
     let mut g = Guest::new();
     g.op(Op::Read {
@@ -382,21 +388,18 @@ fn hostile() -> VsmmuSeed {
     g.write(o::CMDQ_PROD, 0);
     g.write(o::GERRORN, 1);
     g.write(o::CR0, 0b1000);
-    // A SYNC in the middle, completed late, while commands pile up.
+    // The physical SMMU fails while commands and SYNCs go by.
+    g.op(Op::PhysicalFailures(2));
     g.cmd(Command::TlbiNhAll { vmid: Vmid(3) });
     g.cmd(Command::Sync(Sync::none()));
     g.cmd(Command::TlbiNhAsid {
         vmid: Vmid(0),
         asid: Asid(0x1ff),
     });
-    g.op(Op::Process { budget: 1 });
-    g.op(Op::Process { budget: 255 });
     g.cmd(Command::CfgiCdAll {
         sid: StreamId(0x10),
     });
-    g.op(Op::CompleteSync);
-    g.op(Op::CompleteSync);
-    g.read(o::CMDQ_CONS);
+    g.sync();
     // An event queue outside the VM: EVENTQ_ABT_ERR.
     g.write64(o::EVENTQ_BASE, 0x1000 | 1);
     g.write(o::CR0, 0b1100);
@@ -421,19 +424,17 @@ fn hostile() -> VsmmuSeed {
     g.write(o::CR0, 0b1001);
     g.write64(o::EVENTQ_BASE, EVTQ | 1);
     g.write(o::CR0, 0b1101);
-    g.op(Op::Inject {
-        vsid: 0x0,
+    g.dma(0x0, None, 0);
+    g.dma(0x8, Some(3), 0x1000);
+    // Events that are not the guest's: a stage 2 fault, another stream.
+    g.op(Op::Event {
+        sid: 0x108,
+        words: [0x10, (1 << 35) | (1 << 39), 0x1000, 0x1000],
+    });
+    g.op(Op::Event {
+        sid: 0x9,
         words: [0x04, 0, 0, 0],
     });
-    g.op(Op::Inject {
-        vsid: 0x8,
-        words: [0x04 | (1 << 11) | (3 << 12), 0, 0, 0],
-    });
-    g.op(Op::Compose(0xFFFF));
-    g.op(Op::Reinstall(StreamRange::Range {
-        base: StreamId(0x300),
-        log2: 4,
-    }));
     VsmmuSeed {
         name: "hostile",
         setup: Setup {
@@ -443,13 +444,12 @@ fn hostile() -> VsmmuSeed {
                 ..VsmmuPolicy::default()
             },
             phys_stall: StallModel::StallForced,
-            auto_sync: false,
         },
         ops: g.ops,
         reaches: |s| {
             s.cmdq_errors == 1
-                && s.syncs == 1
-                && s.physical_commands == 2
+                && s.physical_failures == 2
+                && s.syncs == 2
                 && s.fetch_errors >= 1
                 && s.refused >= 2
                 && s.refusals_reported == 2
@@ -459,11 +459,11 @@ fn hostile() -> VsmmuSeed {
 }
 
 /// A guest that fills its queue before enabling it: the hypervisor works
-/// through it in bounded rounds, stops at a SYNC it completes late, and
-/// takes the rest with a small budget.
+/// through it in bounded rounds (a SYNC among them), and the guest's polls
+/// of CMDQ_CONS take the rest.
 fn flood() -> VsmmuSeed {
     let mut g = Guest::new();
-    g.write64(o::CMDQ_BASE, CMDQ | 8);
+    g.write64(o::CMDQ_BASE, CMDQ | 9);
     let cmd = |i: u16| match i % 4 {
         _ if i == 70 => Command::Sync(Sync::none()),
         0 => Command::TlbiNhVa {
@@ -486,30 +486,59 @@ fn flood() -> VsmmuSeed {
             leaf: true,
         },
     };
-    for first in (0..80u16).step_by(4) {
+    for first in (0..300u16).step_by(4) {
         let words: Vec<u64> = (first..first + 4).flat_map(|i| cmd(i).encode()).collect();
         g.poke(CMDQ + u64::from(first) * 16, &words);
     }
-    g.write(o::CMDQ_PROD, 80);
+    g.write(o::CMDQ_PROD, 300);
     g.write(o::CR0, 0b1000);
-    g.op(Op::Process { budget: 3 });
-    g.op(Op::CompleteSync);
-    g.read(o::CMDQ_CONS);
+    g.op(Op::Poll);
     VsmmuSeed {
         name: "flood",
         setup: Setup {
-            policy: VsmmuPolicy::default(),
+            policy: VsmmuPolicy {
+                cmdqs: 9,
+                ..VsmmuPolicy::default()
+            },
             phys_stall: StallModel::TerminateOnly,
-            auto_sync: false,
         },
         ops: g.ops,
-        reaches: |s| s.guest_commands == 80 && s.syncs == 1 && s.physical_commands == 40,
+        reaches: |s| s.guest_commands == 300 && s.syncs == 1 && s.physical_commands == 150,
+    }
+}
+
+/// Found by the fuzzer: a level 1 descriptor whose L2Ptr, at the top of
+/// the address space, is not aligned to its array made the STE address
+/// overflow what F_STE_FETCH can report. §5.1: the low bits of L2Ptr are
+/// treated as 0; the guest sees F_STE_FETCH at the aligned address.
+fn regression_unaligned_l2ptr() -> VsmmuSeed {
+    let mut g = Guest::new();
+    g.linux_reset((1 << 16) | (8 << 6) | 16, 8, 8);
+    g.write(o::CR0, 0b1100);
+    g.poke(STRTAB, &[L1Std::new(PhysAddr((1 << 56) - 64), 9).0]);
+    g.write(o::CR0, 0b1101);
+    g.dma(0x8, None, 0x1000);
+    g.read(o::EVENTQ_PROD);
+    VsmmuSeed {
+        name: "regression-unaligned-l2ptr",
+        setup: Setup {
+            policy: VsmmuPolicy::default(),
+            phys_stall: StallModel::TerminateOnly,
+        },
+        ops: g.ops,
+        reaches: |s| s.fetch_errors >= 1 && s.refusals_reported == 1,
     }
 }
 
 /// The seeds of the `vsmmu` target.
 pub fn vsmmu() -> Vec<VsmmuSeed> {
-    Vec::from([linux_two_level(), linux_linear_ril(), hostile(), flood()])
+    Vec::from([
+        linux_two_level(),
+        linux_linear_ril(),
+        hostile(),
+        flood(),
+        regression_unaligned_l2ptr(),
+    ])
 }
 
 /// The seeds of the `decoders` target: (file name, bytes).

@@ -1,5 +1,6 @@
 //! The VM the fuzzed guest runs in: its VMID, its devices, its RAM and its
-//! stage 2, as the hypervisor (`hyp/src/vm/vsmmu.rs`) would set them up.
+//! stage 2, as the hypervisor (`hyp/src/vm/run.rs`) sets them up for a
+//! vSMMU.
 
 use smmu::addr::{PhysAddr, StreamId, Vmid};
 use smmu::ste::{output_size_encoding, Granule, S2Config};

@@ -490,7 +490,9 @@ impl<'a, M: Mmio> Iommu<'a, M> {
         let d = self.domains.get(&id).ok_or(DomainError::NoSuchDomain(id))?;
         let ste = Ste::stage2(&s2_config(d, coherent));
         self.install(id, sid, &ste)?;
-        info!(
+        // Debug only: a guest's vSMMU attaches as often as it likes; the
+        // callers report what matters, bounded.
+        debug!(
             "iommu: sid {sid} -> domain {id} (vmid {}), stage 2",
             self.domains[&id].vmid
         );
@@ -531,7 +533,7 @@ impl<'a, M: Mmio> Iommu<'a, M> {
     /// to, if any.
     pub fn block(&mut self, sid: StreamId) -> Result<Option<DomainId>, DomainError> {
         let id = self.release_stream(sid, &Ste::abort())?;
-        info!("iommu: sid {sid} aborts");
+        debug!("iommu: sid {sid} aborts");
         Ok(id)
     }
 
@@ -543,7 +545,7 @@ impl<'a, M: Mmio> Iommu<'a, M> {
     /// it was attached to.
     pub fn refuse(&mut self, sid: StreamId) -> Result<Option<DomainId>, DomainError> {
         let id = self.release_stream(sid, &Ste::invalid())?;
-        info!("iommu: sid {sid} refused: invalid STE, transactions abort with C_BAD_STE");
+        debug!("iommu: sid {sid} refused: invalid STE, transactions abort with C_BAD_STE");
         Ok(id)
     }
 

@@ -2,14 +2,18 @@
 //!
 //! [`FakeMemory`] hands out heap memory whose "physical" address is its host
 //! address, so a fake SMMU can follow pointers the code under test wrote;
-//! [`FakeSmmu`] is such a fake SMMU register file.
+//! [`FakeSmmu`] is such a fake SMMU register file. [`FakeGuestMemory`] is
+//! a VM's RAM and [`FakePhysicalSmmu`] the physical side of a vSMMU, for
+//! the vSMMU engine.
 
 mod guest_mem;
 mod mem;
+mod physical;
 mod smmu;
 
 pub use guest_mem::FakeGuestMemory;
 pub use mem::FakeMemory;
+pub use physical::{FakePhysicalSmmu, InjectedFailure, LoggedOp, PhysicalOp, StreamState};
 pub use smmu::FakeSmmu;
 pub use smmu::{reg_name, ConsumedCommand, RegWrite, QEMU_IDR0, QEMU_IDR1, QEMU_IDR3, QEMU_IDR5};
 

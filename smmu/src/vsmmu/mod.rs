@@ -15,13 +15,18 @@
 //! - [`StreamRange`]: which guest STEs must be re-read and reinstalled.
 //!
 //! The register file itself is [`regs::VSmmu`]; event injection is in
-//! [`evtq`].
+//! [`evtq`]. [`engine::VsmmuEngine`] puts them to work for one VM over a
+//! [`engine::PhysicalSmmu`]: the one loop the hypervisor, the fuzzer and
+//! the tests run.
+
+use alloc::collections::BTreeMap;
 
 use crate::addr::{Ipa, StreamId};
 use crate::regs::{Features, Ttf};
 use crate::ste::{Httu, StallModel, StePolicy, TtEndian};
 
 pub mod cmd;
+pub mod engine;
 pub mod evtq;
 pub mod regs;
 pub mod ste;
@@ -29,6 +34,7 @@ pub mod ste;
 #[cfg(test)]
 mod tests;
 
+pub use engine::{GuestIrq, PhysicalSmmu, VsmmuEngine, VsmmuStats};
 pub use evtq::InjectOutcome;
 pub use regs::{CmdqOutcome, VSmmu, VsmmuAction};
 
@@ -56,6 +62,13 @@ pub trait StreamMap {
     /// The physical StreamID of virtual StreamID `vsid`, or `None` when the
     /// VM has no device there.
     fn physical(&self, vsid: StreamId) -> Option<StreamId>;
+}
+
+/// A VM's devices as a map from virtual to physical StreamID.
+impl StreamMap for BTreeMap<StreamId, StreamId> {
+    fn physical(&self, vsid: StreamId) -> Option<StreamId> {
+        self.get(&vsid).copied()
+    }
 }
 
 /// A set of guest StreamIDs whose STEs must be re-read, re-validated and
