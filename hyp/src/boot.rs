@@ -131,16 +131,17 @@ extern "C" fn primary_main(dtb: u64) -> ! {
 
     crate::power::configure(platform.has_bootarg("exit=semihosting"), platform.psci);
     arch::set_fatal_stop(crate::power::stop);
-    let (ok, functions) = crate::init::run(&platform);
-    match crate::vm::run::create(&platform, &functions) {
-        Ok(true) => {
+    let init = crate::init::run(&platform);
+    let ok = init.self_tests == crate::init::SelfTests::Passed;
+    match crate::vm::run::create(&platform, &init.functions) {
+        Ok(crate::vm::run::Workload::Guests) => {
             footprint(&image, HEAP_SIZE);
             if !ok {
                 crate::power::stop(false);
             }
             crate::vm::run::start(&platform);
         }
-        Ok(false) => {
+        Ok(crate::vm::run::Workload::MachineOnly) => {
             start_secondaries(&platform);
             footprint(&image, HEAP_SIZE);
             crate::power::stop(ok);

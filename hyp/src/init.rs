@@ -8,14 +8,31 @@ use crate::selftest;
 use alloc::vec::Vec;
 use log::{error, info, warn};
 
-/// Runs the init steps; returns whether all went well, and the PCI
-/// functions found (for device assignment).
-pub fn run(p: &Platform) -> (bool, alloc::vec::Vec<Function>) {
+/// How the boot self-tests went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelfTests {
+    /// All passed, or none was asked for.
+    Passed,
+    /// At least one failed: the run ends with a failure status.
+    Failed,
+}
+
+/// What the init steps leave for the VMs.
+#[derive(Debug)]
+pub struct Initialised {
+    /// How the self-tests went.
+    pub self_tests: SelfTests,
+    /// The PCI functions found (for device assignment).
+    pub functions: Vec<Function>,
+}
+
+/// Runs the init steps.
+pub fn run(p: &Platform) -> Initialised {
     if p.has_bootarg("selftest=fault") {
         deliberate_fault();
     }
     // The SMMU comes first: from here on every stream aborts until assigned.
-    if !iommu::init(p) {
+    if iommu::init(p) == iommu::Confinement::Refused {
         warn!("PCI: bus mastering stays off on every function: nothing can DMA");
     }
 
@@ -62,7 +79,14 @@ pub fn run(p: &Platform) -> (bool, alloc::vec::Vec<Function>) {
             (Some(_), Some(_), None) => unreachable!("a PCI function without a host bridge"),
         }
     }
-    (ok, fns)
+    Initialised {
+        self_tests: if ok {
+            SelfTests::Passed
+        } else {
+            SelfTests::Failed
+        },
+        functions: fns,
+    }
 }
 
 fn report_function(f: &Function) {

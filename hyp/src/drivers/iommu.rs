@@ -59,12 +59,22 @@ pub fn get() -> Option<&'static Mutex<HostIommu>> {
     IOMMU.get()
 }
 
-/// Brings the SMMU up fail-closed. Returns false (after saying why in one
-/// line) when DMA cannot be confined: then no device may be assigned.
-pub fn init(p: &Platform) -> bool {
+/// Whether device DMA can be confined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Confinement {
+    /// The SMMU is up: every stream aborts until assigned.
+    Confined,
+    /// No usable SMMU: no device may be assigned (the reason was logged).
+    Refused,
+}
+
+/// Brings the SMMU up fail-closed; says in one line why when DMA cannot be
+/// confined.
+pub fn init(p: &Platform) -> Confinement {
     let Some(node) = &p.smmu else {
         error!("SMMU: none in the device tree: DMA cannot be confined, device assignment refused");
-        return false;
+        return Confinement::Refused;
     };
     // SAFETY: the register frame comes from the DTB and was mapped as a
     // device by boot::map_everything; nothing else programs the SMMU.
@@ -82,7 +92,7 @@ pub fn init(p: &Platform) -> bool {
                 "SMMU at {:#x}: {e}: DMA cannot be confined, device assignment refused",
                 node.regs.base
             );
-            return false;
+            return Confinement::Refused;
         }
     };
     info!("SMMU at {:#x}: {}", node.regs.base, smmu.features());
@@ -106,7 +116,7 @@ pub fn init(p: &Platform) -> bool {
             overflows_reported: 0,
         })
     });
-    true
+    Confinement::Confined
 }
 
 impl HostIommu {

@@ -65,16 +65,24 @@ impl core::fmt::Debug for Runtime {
 
 static RUNTIME: Once<Runtime> = Once::new();
 
-/// Builds the VMs of the scenario in the boot bundle. Returns false when
-/// the bundle has no VMs (a machine-only scenario).
+/// What the boot bundle asks the machine to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// VMs: they are built, [`start`] runs them.
+    Guests,
+    /// No VMs (a machine-only scenario): the boot self-tests are the run.
+    MachineOnly,
+}
+
+/// Builds the VMs of the scenario in the boot bundle.
 pub fn create(
     p: &Platform,
     functions: &[crate::drivers::pci::Function],
-) -> Result<bool, StartError> {
+) -> Result<Workload, StartError> {
     let cpus = p.cpus.len().min(MAX_CPUS);
     let built = build::create(p, functions, cpus)?;
     if built.is_empty() {
-        return Ok(false);
+        return Ok(Workload::MachineOnly);
     }
     let mut slots: Vec<Slot> = (0..MAX_CPUS)
         .map(|_| Slot {
@@ -124,7 +132,7 @@ pub fn create(
         intx: Mutex::new(intx),
         mux: Mutex::new(ConsoleMux::new()),
     });
-    Ok(true)
+    Ok(Workload::Guests)
 }
 
 fn rt() -> &'static Runtime {

@@ -78,25 +78,31 @@ pub fn pa_bits() -> u32 {
 /// 4 KiB granule, write-back cacheable inner-shareable walks, 16-bit VMIDs
 /// when the CPU has them.
 pub fn vtcr(t0sz: u8, sl0: u8, ps: u8) -> u64 {
-    use aarch64_cpu::registers::ID_AA64MMFR1_EL1;
-    let vmid16 = (ID_AA64MMFR1_EL1.get() >> 4) & 0xf == 2;
-    let mut v = u64::from(t0sz & 0x3f)
-        | (u64::from(sl0 & 3) << 6)
-        | (1 << 8) // IRGN0 write-back
-        | (1 << 10) // ORGN0 write-back
-        | (3 << 12) // SH0 inner shareable
-        | (u64::from(ps & 7) << 16)
-        | (1 << 31); // RES1
-    if vmid16 {
-        v |= 1 << 19; // VS
-    }
-    v
+    use aarch64_cpu::registers::VTCR_EL2;
+    use tock_registers::LocalRegisterCopy;
+    let mut v = LocalRegisterCopy::<u64, VTCR_EL2::Register>::new(0);
+    v.write(
+        VTCR_EL2::T0SZ.val(u64::from(t0sz & 0x3f))
+            + VTCR_EL2::SL0.val(u64::from(sl0 & 3))
+            + VTCR_EL2::IRGN0::NormalWBRAWA
+            + VTCR_EL2::ORGN0::NormalWBRAWA
+            + VTCR_EL2::SH0::Inner
+            + VTCR_EL2::TG0::Granule4KB
+            + VTCR_EL2::PS.val(u64::from(ps & 7))
+            + VTCR_EL2::RES1::SET
+            + if vmid_bits() == 16 {
+                VTCR_EL2::VS::Bits16
+            } else {
+                VTCR_EL2::VS::Bits8
+            },
+    );
+    v.get()
 }
 
 /// VMID bits of the CPU's stage 2 (ID_AA64MMFR1_EL1.VMIDBits: 8 or 16).
 pub fn vmid_bits() -> u32 {
     use aarch64_cpu::registers::ID_AA64MMFR1_EL1;
-    if (ID_AA64MMFR1_EL1.get() >> 4) & 0xf == 2 {
+    if ID_AA64MMFR1_EL1.read(ID_AA64MMFR1_EL1::VMIDBits) == 2 {
         16
     } else {
         8
