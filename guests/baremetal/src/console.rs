@@ -14,6 +14,24 @@ const UARTDR: u64 = 0x00;
 const UARTFR: u64 = 0x18;
 /// UARTFR.TXFF: transmit FIFO full.
 const FR_TXFF: u32 = 1 << 5;
+/// UARTFR.RXFE: receive FIFO empty.
+const FR_RXFE: u32 = 1 << 4;
+
+/// A byte typed on the console, if one waits (polled).
+pub fn try_read() -> Option<u8> {
+    let base = UART.load(Ordering::Relaxed);
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: as in `Console::put`: the PL011 our device tree names,
+    // Device memory with the MMU off, 32-bit registers.
+    unsafe {
+        if mmio::read32(base + UARTFR) & FR_RXFE != 0 {
+            return None;
+        }
+        Some(mmio::read32(base + UARTDR) as u8)
+    }
+}
 
 /// Writes to the PL011 found in the device tree (polled, no setup: the
 /// boot loader or hypervisor leaves it enabled).

@@ -22,7 +22,8 @@
 //!   stage-1 tables, queues) for the `edu` and checks nested translation,
 //!   invalidation, isolation and command errors (see [`nested`]);
 //! - `vsmmu_flood=MS`: keeps its vSMMU's command queue full of
-//!   invalidations for MS milliseconds and reports how many went through.
+//!   invalidations for at least MS milliseconds, then until a key arrives
+//!   on its console (at most 10 MS), and reports how many went through.
 //!
 //! Every run ends with the summary line `checks: N run, M failed` (also
 //! after an unexpected exception or a panic, each a failed check), then

@@ -569,7 +569,8 @@ pub fn run(fdt: &Fdt<'_>) {
 
 /// `vsmmu_flood=MS`: keeps the vSMMU's command queue full of valid
 /// invalidations (TLBI_NH_VA and TLBI_NH_ASID, a CMD_SYNC closing each
-/// batch) for MS milliseconds, then reports how many commands went
+/// batch) for at least MS milliseconds and then until a key arrives on the
+/// console (at most 10 MS), then reports how many commands went
 /// through: check `vsmmu-flood`, `pass N commands in B batches, T ms`.
 /// Another VM's work must go on meanwhile: the hypervisor handles a bounded
 /// number of commands per trap.
@@ -589,7 +590,17 @@ pub fn flood(fdt: &Fdt<'_>, ms: u64) {
     let batch = (1u64 << s.cmdq_log2) - 2;
     let start = counter();
     let (mut commands, mut batches) = (0u64, 0u64);
-    while counter().wrapping_sub(start) < ms_to_ticks(ms) {
+    // At least `ms` (so that it is a flood whatever the host's speed),
+    // then until a key arrives on the console (the test types one once the
+    // other VM is done), at most ten times `ms`.
+    let (floor, cap) = (ms_to_ticks(ms), ms_to_ticks(ms.saturating_mul(10)));
+    let mut keyed = false;
+    loop {
+        let elapsed = counter().wrapping_sub(start);
+        keyed = keyed || crate::console::try_read().is_some();
+        if elapsed >= cap || (elapsed >= floor && keyed) {
+            break;
+        }
         for i in 0..batch {
             let asid = (i % 64) as u16;
             s.push(if i % 16 == 15 {
