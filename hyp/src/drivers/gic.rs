@@ -52,17 +52,83 @@ mod gicr {
     pub const TYPER_LAST: u64 = map::TYPER_LAST;
 }
 
-struct Regs {
-    dist: NonNull<u8>,
-    redist: NonNull<u8>,
-    redist_size: usize,
+/// One register frame of the GIC: the only way its registers are
+/// reached. `unsafe` once, in [`Frame::new`]; every access after it is
+/// checked against the frame's size.
+struct Frame {
+    base: NonNull<u8>,
+    size: usize,
 }
 
-// SAFETY: MMIO addresses, only used with volatile accesses; the GIC
-// serialises concurrent register accesses itself.
-unsafe impl Send for Regs {}
+// SAFETY: a frame is MMIO reached only with volatile accesses, which the
+// GIC serialises itself; nothing in it is Rust memory.
+unsafe impl Send for Frame {}
 // SAFETY: as above.
-unsafe impl Sync for Regs {}
+unsafe impl Sync for Frame {}
+
+impl Frame {
+    /// The frame of `size` bytes at `base`.
+    ///
+    /// # Safety
+    ///
+    /// `[base, base + size)` is GIC register space mapped as a device at
+    /// EL2 for the hypervisor's lifetime, and only the hypervisor programs
+    /// it: a 32- or 64-bit access at an aligned offset inside it has no
+    /// effect on memory safety.
+    unsafe fn new(base: u64, size: usize) -> Self {
+        Self {
+            base: NonNull::new(base as *mut u8).expect("GIC frame at address 0"),
+            size,
+        }
+    }
+
+    /// The `size`-byte part of this frame at `offset`.
+    fn part(&self, offset: usize, size: usize) -> Option<Frame> {
+        let end = offset.checked_add(size)?;
+        (end <= self.size).then(|| Frame {
+            // SAFETY: inside this frame (checked), so not null.
+            base: unsafe { NonNull::new_unchecked(self.base.as_ptr().add(offset)) },
+            size,
+        })
+    }
+
+    fn at<T>(&self, offset: usize) -> *mut T {
+        let width = core::mem::size_of::<T>();
+        assert!(
+            offset.is_multiple_of(width) && offset + width <= self.size,
+            "GIC register offset {offset:#x} outside a {:#x}-byte frame",
+            self.size
+        );
+        // SAFETY: inside the frame (asserted), which `new` vouches for.
+        unsafe { self.base.as_ptr().add(offset).cast() }
+    }
+
+    fn r32(&self, offset: usize) -> u32 {
+        // SAFETY: an aligned register inside the frame (`at`), mapped as a
+        // device per `Frame::new`'s contract.
+        unsafe { self.at::<u32>(offset).read_volatile() }
+    }
+
+    fn w32(&self, offset: usize, v: u32) {
+        // SAFETY: as in r32.
+        unsafe { self.at::<u32>(offset).write_volatile(v) }
+    }
+
+    fn r64(&self, offset: usize) -> u64 {
+        // SAFETY: as in r32.
+        unsafe { self.at::<u64>(offset).read_volatile() }
+    }
+
+    fn w64(&self, offset: usize, v: u64) {
+        // SAFETY: as in r32.
+        unsafe { self.at::<u64>(offset).write_volatile(v) }
+    }
+}
+
+struct Regs {
+    dist: Frame,
+    redist: Frame,
+}
 
 static REGS: Once<Regs> = Once::new();
 
@@ -70,30 +136,9 @@ fn regs() -> &'static Regs {
     REGS.get().expect("GIC used before gic::init")
 }
 
-fn r32(base: NonNull<u8>, off: usize) -> u32 {
-    // SAFETY: `base` is a GIC frame mapped as a device (gic::init's contract)
-    // and `off` one of its registers.
-    unsafe { base.as_ptr().add(off).cast::<u32>().read_volatile() }
-}
-
-fn w32(base: NonNull<u8>, off: usize, v: u32) {
-    // SAFETY: as in r32.
-    unsafe { base.as_ptr().add(off).cast::<u32>().write_volatile(v) }
-}
-
-fn r64(base: NonNull<u8>, off: usize) -> u64 {
-    // SAFETY: as in r32.
-    unsafe { base.as_ptr().add(off).cast::<u64>().read_volatile() }
-}
-
-fn w64(base: NonNull<u8>, off: usize, v: u64) {
-    // SAFETY: as in r32.
-    unsafe { base.as_ptr().add(off).cast::<u64>().write_volatile(v) }
-}
-
-fn wait_rwp(dist: NonNull<u8>) {
+fn wait_rwp(dist: &Frame) {
     for _ in 0..1_000_000 {
-        if r32(dist, gicd::CTLR) & gicd::CTLR_RWP == 0 {
+        if dist.r32(gicd::CTLR) & gicd::CTLR_RWP == 0 {
             return;
         }
         core::hint::spin_loop();
@@ -110,36 +155,37 @@ fn wait_rwp(dist: NonNull<u8>) {
 /// the hypervisor programs it.
 pub unsafe fn init(gic: &Gic) {
     let redist = gic.redist.first().expect("GIC without redistributors");
-    let r = REGS.call_once(|| Regs {
-        dist: NonNull::new(gic.dist.base as *mut u8).expect("GICD at 0"),
-        redist: NonNull::new(redist.base as *mut u8).expect("GICR at 0"),
-        redist_size: redist.size as usize,
+    // SAFETY: the caller's contract: the distributor and redistributor
+    // regions from the DTB, mapped as devices, programmed by us alone.
+    let r = REGS.call_once(|| unsafe {
+        Regs {
+            dist: Frame::new(gic.dist.base, gic.dist.size as usize),
+            redist: Frame::new(redist.base, redist.size as usize),
+        }
     });
-    w32(r.dist, gicd::CTLR, 0);
-    wait_rwp(r.dist);
-    let lines = ((r32(r.dist, gicd::TYPER) & 0x1f) + 1) * 32;
+    r.dist.w32(gicd::CTLR, 0);
+    wait_rwp(&r.dist);
+    let lines = ((r.dist.r32(gicd::TYPER) & 0x1f) + 1) * 32;
     for n in (32..lines).step_by(32) {
         let i = (n / 32) as usize * 4;
-        w32(r.dist, gicd::ICENABLER + i, !0);
-        w32(r.dist, gicd::IGROUPR + i, !0);
+        r.dist.w32(gicd::ICENABLER + i, !0);
+        r.dist.w32(gicd::IGROUPR + i, !0);
     }
     for n in (32..lines).step_by(4) {
-        w32(r.dist, gicd::IPRIORITYR + n as usize, 0xa0a0_a0a0);
+        r.dist.w32(gicd::IPRIORITYR + n as usize, 0xa0a0_a0a0);
     }
-    wait_rwp(r.dist);
-    w32(r.dist, gicd::CTLR, gicd::CTLR_ARE_GRP1);
-    wait_rwp(r.dist);
+    wait_rwp(&r.dist);
+    r.dist.w32(gicd::CTLR, gicd::CTLR_ARE_GRP1);
+    wait_rwp(&r.dist);
 }
 
 /// The redistributor frame of the CPU with affinity `mpidr`.
-fn my_redist(mpidr: u64) -> Option<NonNull<u8>> {
+fn my_redist(mpidr: u64) -> Option<Frame> {
     let r = regs();
     let aff = ((mpidr >> 32 & 0xff) << 24) | (mpidr & 0xff_ffff);
     let mut off = 0;
-    while off + gicr::FRAME <= r.redist_size {
-        // SAFETY: inside the redistributor region from the DTB.
-        let frame = unsafe { NonNull::new_unchecked(r.redist.as_ptr().add(off)) };
-        let typer = r64(frame, gicr::TYPER);
+    while let Some(frame) = r.redist.part(off, gicr::FRAME) {
+        let typer = frame.r64(gicr::TYPER);
         if typer >> 32 == aff {
             return Some(frame);
         }
@@ -160,21 +206,20 @@ pub fn init_cpu(mpidr: u64) {
         warn!("GIC: no redistributor for MPIDR {mpidr:#x}");
         return;
     };
-    let w = r32(rd, gicr::WAKER);
-    w32(rd, gicr::WAKER, w & !gicr::WAKER_PSLEEP);
+    let w = rd.r32(gicr::WAKER);
+    rd.w32(gicr::WAKER, w & !gicr::WAKER_PSLEEP);
     for _ in 0..1_000_000 {
-        if r32(rd, gicr::WAKER) & gicr::WAKER_CASLEEP == 0 {
+        if rd.r32(gicr::WAKER) & gicr::WAKER_CASLEEP == 0 {
             break;
         }
         core::hint::spin_loop();
     }
-    w32(rd, gicr::ICENABLER0, !0);
-    w32(rd, gicr::IGROUPR0, !0);
+    rd.w32(gicr::ICENABLER0, !0);
+    rd.w32(gicr::IGROUPR0, !0);
     for n in (0..32).step_by(4) {
-        w32(rd, gicr::IPRIORITYR + n, 0x8080_8080);
+        rd.w32(gicr::IPRIORITYR + n, 0x8080_8080);
     }
-    w32(
-        rd,
+    rd.w32(
         gicr::ISENABLER0,
         (1 << SGI_KICK) | (1 << PPI_MAINTENANCE) | (1 << PPI_VTIMER),
     );
@@ -188,12 +233,12 @@ pub fn enable_spi(intid: u32, mpidr: u64, edge: bool) {
     let n = intid as usize;
     let cfg_off = gicd::ICFGR + n / 16 * 4;
     let shift = (n % 16) * 2;
-    let cfg = r32(r.dist, cfg_off) & !(3 << shift);
-    w32(r.dist, cfg_off, cfg | (u32::from(edge) << (shift + 1)));
+    let cfg = r.dist.r32(cfg_off) & !(3 << shift);
+    r.dist.w32(cfg_off, cfg | (u32::from(edge) << (shift + 1)));
     let aff = ((mpidr >> 32 & 0xff) << 32) | (mpidr & 0xff_ffff);
-    w64(r.dist, gicd::IROUTER + (n - 32) * 8, aff);
-    w32(r.dist, gicd::ISENABLER + n / 32 * 4, 1 << (n % 32));
-    wait_rwp(r.dist);
+    r.dist.w64(gicd::IROUTER + (n - 32) * 8, aff);
+    r.dist.w32(gicd::ISENABLER + n / 32 * 4, 1 << (n % 32));
+    wait_rwp(&r.dist);
 }
 
 /// Enables or disables SPI `intid` at the distributor (routing unchanged).
@@ -201,9 +246,9 @@ pub fn set_spi_enabled(intid: u32, on: bool) {
     let r = regs();
     let n = intid as usize;
     let reg = if on { gicd::ISENABLER } else { gicd::ICENABLER };
-    w32(r.dist, reg + n / 32 * 4, 1 << (n % 32));
+    r.dist.w32(reg + n / 32 * 4, 1 << (n % 32));
     if !on {
-        wait_rwp(r.dist);
+        wait_rwp(&r.dist);
     }
 }
 
@@ -212,7 +257,7 @@ pub fn set_spi_enabled(intid: u32, on: bool) {
 /// disabled (IHI 0069 §4.1.2).
 pub fn spi_pending(intid: u32) -> bool {
     let n = intid as usize;
-    r32(regs().dist, gicd::ISPENDR + n / 32 * 4) & (1 << (n % 32)) != 0
+    regs().dist.r32(gicd::ISPENDR + n / 32 * 4) & (1 << (n % 32)) != 0
 }
 
 /// Sends SGI `sgi` to the CPU with affinity `mpidr`.
