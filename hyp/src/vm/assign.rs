@@ -7,11 +7,11 @@
 //! its INTx line becomes a virtual SPI of the VM. A line can have one owner:
 //! a scenario that gives one interrupt line to two VMs is refused.
 
+use super::intx::IntxForwarding;
 use crate::drivers::pci::{self, BarKind, Bdf, ConfigAccess, Function};
 use crate::guest_fdt::PciDt;
 use crate::platform::Platform;
 use crate::vdev::vpci::{VirtualBar, VirtualFunction, VirtualPciBus};
-use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -20,7 +20,7 @@ use scenario::guest_layout as layout;
 use smmu::addr::{Ipa, PhysAddr, StreamId};
 use smmu::domain::DomainId;
 use smmu::stage2::S2Attrs;
-use spin::{Mutex, Once};
+use spin::Once;
 
 /// First virtual SPI (INTID 32 + n) given to assigned functions' INTx.
 const FIRST_VSPI: u32 = 8;
@@ -44,9 +44,6 @@ pub struct Assignment {
     pub dt: PciDt,
 }
 
-/// Physical SPI -> (VM index, guest INTID): who owns each INTx line.
-pub static LINE_OWNERS: Mutex<BTreeMap<u32, (usize, u32)>> = Mutex::new(BTreeMap::new());
-
 static HOST_CFG: Once<pci::Ecam> = Once::new();
 
 /// ECAM access to the host bridge (identity-mapped by boot).
@@ -65,7 +62,8 @@ pub fn config() -> Option<&'static pci::Ecam> {
 }
 
 /// Assigns `names` (PCI addresses) to VM `vm_index` (`vm`), whose stage-2
-/// table is IOMMU domain `domain`.
+/// table is IOMMU domain `domain`; their INTx lines are added to `lines`,
+/// which refuses a line another VM (or function) already has.
 pub fn assign(
     vm: &str,
     vm_index: usize,
@@ -73,6 +71,7 @@ pub fn assign(
     functions: &[Function],
     p: &Platform,
     domain: Option<DomainId>,
+    lines: &mut IntxForwarding,
 ) -> Result<Assignment, String> {
     let host = p.pci.as_ref().ok_or("no PCI host bridge on this machine")?;
     let cfg = host_config(p).ok_or("no PCI host bridge on this machine")?;
@@ -152,8 +151,7 @@ pub fn assign(
                 .intx_irq(bdf.dev, pin)
                 .ok_or_else(|| format!("PCI {bdf}: INTx pin {pin} has no interrupt-map entry"))?;
             let vspi = FIRST_VSPI + i as u32;
-            let mut owners = LINE_OWNERS.lock();
-            if let Some(&(other, _)) = owners.get(&irq.intid) {
+            if let Some((other, _)) = lines.owner(irq.intid) {
                 return Err(if other != vm_index {
                     format!(
                         "PCI {bdf}: its INTx line (INTID {}) is already given to another VM (VM #{other}); one interrupt line cannot belong to two VMs",
@@ -163,7 +161,7 @@ pub fn assign(
                     format!("PCI {bdf}: shares INTID {} with another function of this VM, not supported", irq.intid)
                 });
             }
-            owners.insert(irq.intid, (vm_index, 32 + vspi));
+            lines.add(irq.intid, vm_index, 32 + vspi);
             intx.push((vdev, 1u8, vspi));
             vintid = Some(32 + vspi);
         }

@@ -14,6 +14,7 @@
 //! anything else gets an external abort.
 
 use super::assign::{self, AssignedDevice};
+use super::intx::IntxForwarding;
 use super::ram::GuestRam;
 use super::vm::{VirtualIommu, Vm, UART_INTID};
 use super::vsmmu::VmVsmmu;
@@ -114,6 +115,7 @@ pub fn create(
     p: &Platform,
     functions: &[crate::drivers::pci::Function],
     cpus: usize,
+    lines: &mut IntxForwarding,
 ) -> Result<Vec<Built>, StartError> {
     let Some(region) = &p.initrd else {
         return Ok(Vec::new());
@@ -136,7 +138,7 @@ pub fn create(
     for (index, spec) in sc.vms.iter().enumerate() {
         let pcpus: Vec<usize> = (next_pcpu..next_pcpu + spec.cpus as usize).collect();
         next_pcpu += spec.cpus as usize;
-        vms.push(build_vm(index, spec, pcpus, &bundle, p, functions)?);
+        vms.push(build_vm(index, spec, pcpus, &bundle, p, functions, lines)?);
     }
     Ok(vms)
 }
@@ -148,6 +150,7 @@ fn build_vm(
     bundle: &scenario::bundle::Bundle<'_>,
     p: &Platform,
     functions: &[crate::drivers::pci::Function],
+    lines: &mut IntxForwarding,
 ) -> Result<Built, StartError> {
     let size = spec.memory;
     let ram = spec.ram_base..spec.ram_base + size;
@@ -172,8 +175,16 @@ fn build_vm(
             Space::Own(_) => None,
         };
         Some(
-            assign::assign(&spec.name, index, &spec.devices, functions, p, domain)
-                .map_err(|e| resources(alloc::format!("VM {}: {e}", spec.name)))?,
+            assign::assign(
+                &spec.name,
+                index,
+                &spec.devices,
+                functions,
+                p,
+                domain,
+                lines,
+            )
+            .map_err(|e| resources(alloc::format!("VM {}: {e}", spec.name)))?,
         )
     };
     let controls = guest::GuestControls {

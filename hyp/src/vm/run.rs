@@ -80,7 +80,8 @@ pub fn create(
     functions: &[crate::drivers::pci::Function],
 ) -> Result<Workload, StartError> {
     let cpus = p.cpus.len().min(MAX_CPUS);
-    let built = build::create(p, functions, cpus)?;
+    let mut intx = IntxForwarding::new();
+    let built = build::create(p, functions, cpus, &mut intx)?;
     if built.is_empty() {
         return Ok(Workload::MachineOnly);
     }
@@ -112,10 +113,6 @@ pub fn create(
             vmid,
             _space: space,
         });
-    }
-    let mut intx = IntxForwarding::new();
-    for (&pintid, &(vm, vintid)) in super::assign::LINE_OWNERS.lock().iter() {
-        intx.add(pintid, vm, vintid);
     }
     let running = vms.len();
     RUNTIME.call_once(|| Runtime {
