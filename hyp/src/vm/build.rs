@@ -208,7 +208,7 @@ fn build_vm(
     // Images, as a boot loader would place them (Linux booting.rst).
     let load = |ipa: u64, data: &[u8], what: &str| {
         guest_ram
-            .write(ipa, data)
+            .write(Ipa(ipa), data)
             .map_err(|e| resources(alloc::format!("VM {}: {what}: {e}", spec.name)))
     };
     let kernel = bundle.get(&spec.kernel).ok_or_else(|| {

@@ -42,17 +42,18 @@ impl GuestRam {
     }
 
     /// The host address of `[ipa, ipa + len)`, if it lies in the VM's RAM.
-    pub fn host_addr(&self, ipa: u64, len: usize) -> Option<usize> {
+    fn host_addr(&self, ipa: Ipa, len: usize) -> Option<usize> {
+        let Ipa(ipa) = ipa;
         let end = ipa.checked_add(len as u64)?;
         (ipa >= self.ipa.start && end <= self.ipa.end)
             .then(|| self.host + (ipa - self.ipa.start) as usize)
     }
 
     /// Copies `buf.len()` bytes of the guest's memory at `ipa` into `buf`.
-    pub fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), GuestMemError> {
+    pub fn read(&self, ipa: Ipa, buf: &mut [u8]) -> Result<(), GuestMemError> {
         let src = self
             .host_addr(ipa, buf.len())
-            .ok_or(GuestMemError::OutOfRange(Ipa(ipa)))?;
+            .ok_or(GuestMemError::OutOfRange(ipa))?;
         let mut chunks = buf.chunks_exact_mut(8);
         let mut at = src;
         if src.is_multiple_of(8) {
@@ -75,10 +76,10 @@ impl GuestRam {
     }
 
     /// Copies `data` into the guest's memory at `ipa`.
-    pub fn write(&self, ipa: u64, data: &[u8]) -> Result<(), GuestMemError> {
+    pub fn write(&self, ipa: Ipa, data: &[u8]) -> Result<(), GuestMemError> {
         let dst = self
             .host_addr(ipa, data.len())
-            .ok_or(GuestMemError::OutOfRange(Ipa(ipa)))?;
+            .ok_or(GuestMemError::OutOfRange(ipa))?;
         let mut at = dst;
         let mut chunks = data.chunks_exact(8);
         if dst.is_multiple_of(8) {
@@ -103,11 +104,11 @@ impl GuestRam {
 
 impl GuestMemory for GuestRam {
     fn read(&self, ipa: Ipa, buf: &mut [u8]) -> Result<(), GuestMemError> {
-        GuestRam::read(self, ipa.0, buf)
+        GuestRam::read(self, ipa, buf)
     }
 
     fn write(&self, ipa: Ipa, buf: &[u8]) -> Result<(), GuestMemError> {
-        GuestRam::write(self, ipa.0, buf)
+        GuestRam::write(self, ipa, buf)
     }
 }
 
@@ -134,9 +135,9 @@ mod tests {
         let r = ram(&mut backing);
         let data: alloc::vec::Vec<u8> = (0..37u8).collect();
         for offset in 0..8 {
-            r.write(0x4000_0000 + offset, &data).unwrap();
+            r.write(Ipa(0x4000_0000 + offset), &data).unwrap();
             let mut back = vec![0u8; data.len()];
-            r.read(0x4000_0000 + offset, &mut back).unwrap();
+            r.read(Ipa(0x4000_0000 + offset), &mut back).unwrap();
             assert_eq!(back, data, "offset {offset}");
         }
     }
@@ -146,10 +147,10 @@ mod tests {
         let mut backing = vec![0u64; 4];
         let r = ram(&mut backing);
         let mut buf = [0u8; 8];
-        assert!(r.read(0x4000_0000 + 25, &mut buf).is_err());
-        assert!(r.read(0x3fff_fff8, &mut buf).is_err());
-        assert!(r.write(u64::MAX - 3, &buf).is_err());
-        assert!(r.read(0x4000_0000 + 24, &mut buf).is_ok());
-        assert_eq!(r.host_addr(0x4000_0020, 1), None);
+        assert!(r.read(Ipa(0x4000_0000 + 25), &mut buf).is_err());
+        assert!(r.read(Ipa(0x3fff_fff8), &mut buf).is_err());
+        assert!(r.write(Ipa(u64::MAX - 3), &buf).is_err());
+        assert!(r.read(Ipa(0x4000_0000 + 24), &mut buf).is_ok());
+        assert_eq!(r.host_addr(Ipa(0x4000_0020), 1), None);
     }
 }
