@@ -298,7 +298,6 @@ impl GuestHarness {
             }
         }
         self.machine.take();
-        assert!(self.vm.bad_accesses() < u32::MAX, "report counter wrapped");
     }
 }
 

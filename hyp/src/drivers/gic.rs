@@ -20,37 +20,7 @@ pub const PPI_VTIMER: u32 = 27;
 /// Interrupt IDs >= this are special (1020..1023: spurious).
 pub const SPECIAL: u32 = 1020;
 
-/// The register map as `usize` offsets for this driver's pointer maths.
-mod gicd {
-    use crate::gicv3::gicd as map;
-    pub const CTLR: usize = map::CTLR as usize;
-    pub const TYPER: usize = map::TYPER as usize;
-    pub const IGROUPR: usize = map::IGROUPR as usize;
-    pub const ISENABLER: usize = map::ISENABLER as usize;
-    pub const ICENABLER: usize = map::ICENABLER as usize;
-    pub const ISPENDR: usize = map::ISPENDR as usize;
-    pub const IPRIORITYR: usize = map::IPRIORITYR as usize;
-    pub const ICFGR: usize = map::ICFGR as usize;
-    /// GICD_IROUTER<32>: the first SPI's.
-    pub const IROUTER: usize = map::IROUTER as usize + 32 * 8;
-    pub const CTLR_RWP: u32 = map::CTLR_RWP;
-    /// ARE_NS | EnableGrp1NS (non-secure view).
-    pub const CTLR_ARE_GRP1: u32 = map::CTLR_ARE | map::CTLR_ENABLE_GRP1;
-}
-
-mod gicr {
-    use crate::gicv3::gicr as map;
-    pub const TYPER: usize = map::TYPER as usize;
-    pub const WAKER: usize = map::WAKER as usize;
-    pub const IGROUPR0: usize = map::IGROUPR0 as usize;
-    pub const ISENABLER0: usize = map::ISENABLER0 as usize;
-    pub const ICENABLER0: usize = map::ICENABLER0 as usize;
-    pub const IPRIORITYR: usize = map::IPRIORITYR as usize;
-    pub const FRAME: usize = map::STRIDE as usize;
-    pub const WAKER_PSLEEP: u32 = map::WAKER_PROCESSOR_SLEEP;
-    pub const WAKER_CASLEEP: u32 = map::WAKER_CHILDREN_ASLEEP;
-    pub const TYPER_LAST: u64 = map::TYPER_LAST;
-}
+use crate::gicv3::{gicd, gicr};
 
 /// One register frame of the GIC: the only way its registers are
 /// reached. `unsafe` once, in [`Frame::new`]; every access after it is
@@ -83,7 +53,8 @@ impl Frame {
     }
 
     /// The `size`-byte part of this frame at `offset`.
-    fn part(&self, offset: usize, size: usize) -> Option<Frame> {
+    fn part(&self, offset: u64, size: u64) -> Option<Frame> {
+        let (offset, size) = (offset as usize, size as usize);
         let end = offset.checked_add(size)?;
         (end <= self.size).then(|| Frame {
             // SAFETY: inside this frame (checked), so not null.
@@ -92,7 +63,8 @@ impl Frame {
         })
     }
 
-    fn at<T>(&self, offset: usize) -> *mut T {
+    fn at<T>(&self, offset: u64) -> *mut T {
+        let offset = offset as usize;
         let width = core::mem::size_of::<T>();
         assert!(
             offset.is_multiple_of(width) && offset + width <= self.size,
@@ -103,23 +75,23 @@ impl Frame {
         unsafe { self.base.as_ptr().add(offset).cast() }
     }
 
-    fn r32(&self, offset: usize) -> u32 {
+    fn r32(&self, offset: u64) -> u32 {
         // SAFETY: an aligned register inside the frame (`at`), mapped as a
         // device per `Frame::new`'s contract.
         unsafe { self.at::<u32>(offset).read_volatile() }
     }
 
-    fn w32(&self, offset: usize, v: u32) {
+    fn w32(&self, offset: u64, v: u32) {
         // SAFETY: as in r32.
         unsafe { self.at::<u32>(offset).write_volatile(v) }
     }
 
-    fn r64(&self, offset: usize) -> u64 {
+    fn r64(&self, offset: u64) -> u64 {
         // SAFETY: as in r32.
         unsafe { self.at::<u64>(offset).read_volatile() }
     }
 
-    fn w64(&self, offset: usize, v: u64) {
+    fn w64(&self, offset: u64, v: u64) {
         // SAFETY: as in r32.
         unsafe { self.at::<u64>(offset).write_volatile(v) }
     }
@@ -167,15 +139,16 @@ pub unsafe fn init(gic: &Gic) {
     wait_rwp(&r.dist);
     let lines = ((r.dist.r32(gicd::TYPER) & 0x1f) + 1) * 32;
     for n in (32..lines).step_by(32) {
-        let i = (n / 32) as usize * 4;
+        let i = u64::from(n / 32) * 4;
         r.dist.w32(gicd::ICENABLER + i, !0);
         r.dist.w32(gicd::IGROUPR + i, !0);
     }
     for n in (32..lines).step_by(4) {
-        r.dist.w32(gicd::IPRIORITYR + n as usize, 0xa0a0_a0a0);
+        r.dist.w32(gicd::IPRIORITYR + u64::from(n), 0xa0a0_a0a0);
     }
     wait_rwp(&r.dist);
-    r.dist.w32(gicd::CTLR, gicd::CTLR_ARE_GRP1);
+    r.dist
+        .w32(gicd::CTLR, gicd::CTLR_ARE | gicd::CTLR_ENABLE_GRP1);
     wait_rwp(&r.dist);
 }
 
@@ -184,7 +157,7 @@ fn my_redist(mpidr: u64) -> Option<Frame> {
     let r = regs();
     let aff = ((mpidr >> 32 & 0xff) << 24) | (mpidr & 0xff_ffff);
     let mut off = 0;
-    while let Some(frame) = r.redist.part(off, gicr::FRAME) {
+    while let Some(frame) = r.redist.part(off, gicr::STRIDE) {
         let typer = frame.r64(gicr::TYPER);
         if typer >> 32 == aff {
             return Some(frame);
@@ -192,7 +165,7 @@ fn my_redist(mpidr: u64) -> Option<Frame> {
         if typer & gicr::TYPER_LAST != 0 {
             break;
         }
-        off += gicr::FRAME;
+        off += gicr::STRIDE;
     }
     None
 }
@@ -207,9 +180,9 @@ pub fn init_cpu(mpidr: u64) {
         return;
     };
     let w = rd.r32(gicr::WAKER);
-    rd.w32(gicr::WAKER, w & !gicr::WAKER_PSLEEP);
+    rd.w32(gicr::WAKER, w & !gicr::WAKER_PROCESSOR_SLEEP);
     for _ in 0..1_000_000 {
-        if rd.r32(gicr::WAKER) & gicr::WAKER_CASLEEP == 0 {
+        if rd.r32(gicr::WAKER) & gicr::WAKER_CHILDREN_ASLEEP == 0 {
             break;
         }
         core::hint::spin_loop();
@@ -230,23 +203,24 @@ pub fn init_cpu(mpidr: u64) {
 /// enables it.
 pub fn enable_spi(intid: u32, mpidr: u64, edge: bool) {
     let r = regs();
-    let n = intid as usize;
+    let n = u64::from(intid);
     let cfg_off = gicd::ICFGR + n / 16 * 4;
     let shift = (n % 16) * 2;
     let cfg = r.dist.r32(cfg_off) & !(3 << shift);
     r.dist.w32(cfg_off, cfg | (u32::from(edge) << (shift + 1)));
     let aff = ((mpidr >> 32 & 0xff) << 32) | (mpidr & 0xff_ffff);
-    r.dist.w64(gicd::IROUTER + (n - 32) * 8, aff);
-    r.dist.w32(gicd::ISENABLER + n / 32 * 4, 1 << (n % 32));
+    r.dist.w64(gicd::IROUTER + n * 8, aff);
+    let (enable, bit) = gicd::bit(gicd::ISENABLER, intid);
+    r.dist.w32(enable, bit);
     wait_rwp(&r.dist);
 }
 
 /// Enables or disables SPI `intid` at the distributor (routing unchanged).
 pub fn set_spi_enabled(intid: u32, on: bool) {
     let r = regs();
-    let n = intid as usize;
-    let reg = if on { gicd::ISENABLER } else { gicd::ICENABLER };
-    r.dist.w32(reg + n / 32 * 4, 1 << (n % 32));
+    let bank = if on { gicd::ISENABLER } else { gicd::ICENABLER };
+    let (reg, bit) = gicd::bit(bank, intid);
+    r.dist.w32(reg, bit);
     if !on {
         wait_rwp(&r.dist);
     }
@@ -256,8 +230,8 @@ pub fn set_spi_enabled(intid: u32, on: bool) {
 /// level-sensitive SPI, whether its line is asserted, also while it is
 /// disabled (IHI 0069 §4.1.2).
 pub fn spi_pending(intid: u32) -> bool {
-    let n = intid as usize;
-    regs().dist.r32(gicd::ISPENDR + n / 32 * 4) & (1 << (n % 32)) != 0
+    let (reg, bit) = gicd::bit(gicd::ISPENDR, intid);
+    regs().dist.r32(reg) & bit != 0
 }
 
 /// Sends SGI `sgi` to the CPU with affinity `mpidr`.

@@ -124,7 +124,7 @@ fn the_counters_page_counts_nothing_it_is_not_told() {
 }
 
 #[test]
-fn an_empty_pci_bus_reads_all_ones() {
+fn a_pci_slot_without_a_function_reads_all_ones() {
     let h = GuestHarness::new(&[]);
     let vm = &h.vm;
     trap_at(layout::PCI_ECAM_BASE, dabt(4, 9, false));
