@@ -2,8 +2,8 @@
 //! stage 2, as the hypervisor (`hyp/src/vm/run.rs`) sets them up for a
 //! vSMMU.
 
-use smmu::addr::{PhysAddr, StreamId, Vmid};
-use smmu::ste::{output_size_encoding, Granule, S2Config};
+use smmu::addr::{StreamId, Vmid};
+use smmu::ste::S2Config;
 use smmu::vsmmu::StreamMap;
 
 /// The VM's VMID. Every physical command a guest causes must carry it.
@@ -60,16 +60,5 @@ pub const VM_IPA_BITS: u8 = 40;
 /// The VM's stage 2, as the hypervisor's page-table module describes it:
 /// 40-bit IPA, 4K granule, starting at level 1.
 pub fn s2() -> S2Config {
-    S2Config {
-        vmid: VMID,
-        ttb: PhysAddr(0x8_1234_0000),
-        t0sz: 64 - VM_IPA_BITS,
-        sl0: 1,
-        granule: Granule::Size4K,
-        ps: output_size_encoding(44).expect("44 bits is an architected PA size"),
-        ir0: 1,
-        or0: 1,
-        sh0: 3,
-        affd: true,
-    }
+    smmu::fake::vm_stage2(VMID)
 }

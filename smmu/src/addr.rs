@@ -130,37 +130,3 @@ mod tests {
         assert_eq!(format!("{:?}", StreamId(8)), "StreamId(0x8)");
     }
 }
-
-/// Physical address sizes by their architectural encoding: VMSAv8-64
-/// shares one table between ID_AA64MMFR0_EL1.PARange, VTCR_EL2.PS, the
-/// SMMU's IDR5.OAS (§6.3.6) and STE.S2PS (§5.2). 0b111 is 56 bits where it
-/// is defined (SMMU OAS with 128-bit descriptors).
-const PA_SIZE_BITS: [u8; 8] = [32, 36, 40, 42, 44, 48, 52, 56];
-
-/// The number of physical address bits of a PA size encoding (its low
-/// three bits).
-pub fn pa_size_bits(encoding: u32) -> u8 {
-    PA_SIZE_BITS[(encoding & 7) as usize]
-}
-
-/// The PA size encoding of `bits` physical address bits, if it has one.
-pub fn pa_size_encoding(bits: u32) -> Option<u8> {
-    PA_SIZE_BITS
-        .iter()
-        .position(|&b| u32::from(b) == bits)
-        .map(|e| e as u8)
-}
-
-#[cfg(test)]
-mod pa_size_tests {
-    use super::*;
-
-    #[test]
-    fn encodings_round_trip_and_others_have_none() {
-        for e in 0..8 {
-            assert_eq!(pa_size_encoding(u32::from(pa_size_bits(e))), Some(e as u8));
-        }
-        assert_eq!(pa_size_bits(2), 40);
-        assert_eq!(pa_size_encoding(39), None);
-    }
-}

@@ -688,7 +688,8 @@ pub struct Features {
 
 /// Decodes IDR5.OAS (§6.3.6) into a number of physical address bits.
 pub fn oas_to_bits(oas: u32) -> u8 {
-    crate::addr::pa_size_bits(oas)
+    // The same encoding as STE.S2PS and VTCR_EL2.PS.
+    crate::ste::output_size_bits(oas as u8)
 }
 
 impl Features {

@@ -185,7 +185,8 @@ fn start_level(ipa_bits: u32) -> (u8, usize) {
 /// PS/S2PS encoding of an output size (Arm ARM VTCR_EL2.PS).
 fn ps_encoding(pa_bits: u32) -> Option<u8> {
     // 4 KiB granule without 52-bit output (FEAT_LPA2): at most 48 bits.
-    crate::addr::pa_size_encoding(pa_bits).filter(|&e| e <= 0b101)
+    let bits = u8::try_from(pa_bits).ok()?;
+    crate::ste::output_size_encoding(bits).filter(|&e| e <= 0b101)
 }
 
 /// One translation table (or the concatenated root) and its software shadow.

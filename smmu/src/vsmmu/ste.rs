@@ -268,7 +268,7 @@ mod tests {
     use super::*;
     use crate::addr::Vmid;
     use crate::fake::{nested_ste_policy, FakeGuestMemory};
-    use crate::ste::{output_size_encoding, Config, Granule, StePolicy, Strw};
+    use crate::ste::{Config, StePolicy, Strw};
     use proptest::prelude::*;
 
     const RAM: u64 = 0x4000_0000;
@@ -286,18 +286,7 @@ mod tests {
 
     /// The VM's stage 2: 40-bit IPA, 4K granule, level 1 start.
     fn s2(vmid: u16) -> S2Config {
-        S2Config {
-            vmid: Vmid(vmid),
-            ttb: PhysAddr(0x8_1234_0000),
-            t0sz: 24,
-            sl0: 1,
-            granule: Granule::Size4K,
-            ps: output_size_encoding(44).unwrap(),
-            ir0: 1,
-            or0: 1,
-            sh0: 3,
-            affd: true,
-        }
+        crate::fake::vm_stage2(Vmid(vmid))
     }
 
     fn vpolicy() -> VsmmuPolicy {

@@ -70,8 +70,9 @@ pub fn pa_bits() -> u32 {
     use aarch64_cpu::registers::ID_AA64MMFR0_EL1;
     // Encodings above 52 bits are reserved or need 128-bit descriptors the
     // hypervisor does not use.
-    let parange = (ID_AA64MMFR0_EL1.get() & 0xf).min(6) as u32;
-    u32::from(smmu::addr::pa_size_bits(parange))
+    let parange = (ID_AA64MMFR0_EL1.get() & 0xf).min(6) as u8;
+    // The same encoding as VTCR_EL2.PS and the SMMU's S2PS.
+    u32::from(smmu::ste::output_size_bits(parange))
 }
 
 /// VTCR_EL2 for a stage-2 table with the given T0SZ, SL0 and PS encodings:

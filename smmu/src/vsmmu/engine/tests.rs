@@ -8,7 +8,7 @@ use crate::addr::{Asid, Iova, Ipa, PhysAddr, Ssid};
 use crate::cmd::{Granule as TlbiGranule, Sync, TlbiRange, TlbiScope};
 use crate::fake::{FakeGuestMemory, FakePhysicalSmmu, PhysicalOp, StreamState};
 use crate::regs::offset as o;
-use crate::ste::{output_size_encoding, Config, Eats, Granule, S1Dss, S1Fmt, Strw};
+use crate::ste::{Config, Eats, S1Dss, S1Fmt, Strw};
 
 const RAM: u64 = 0x4000_0000;
 const RAM_SIZE: usize = 0x10_0000;
@@ -23,18 +23,7 @@ const DEVICES: [(u32, u32); 2] = [(0x8, 0x10), (0x10, 0x2010)];
 type Engine = VsmmuEngine<FakePhysicalSmmu, FakeGuestMemory>;
 
 fn s2() -> S2Config {
-    S2Config {
-        vmid: VMID,
-        ttb: PhysAddr(0x8_1234_0000),
-        t0sz: 24,
-        sl0: 1,
-        granule: Granule::Size4K,
-        ps: output_size_encoding(44).unwrap(),
-        ir0: 1,
-        or0: 1,
-        sh0: 3,
-        affd: true,
-    }
+    crate::fake::vm_stage2(VMID)
 }
 
 fn policy() -> VsmmuPolicy {
