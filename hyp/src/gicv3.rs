@@ -43,6 +43,10 @@ pub mod gicd {
     pub const CTLR_DS: u32 = 1 << 6;
     /// GICD_CTLR.RWP, bit \[31\]: a register write is pending.
     pub const CTLR_RWP: u32 = 1 << 31;
+    /// GICD_TYPER.LPIS, bit \[17\]: LPIs are supported.
+    pub const TYPER_LPIS: u32 = 1 << 17;
+    /// GICD_TYPER.IDbits \[23:19\]: INTID bits minus one.
+    pub const TYPER_IDBITS_SHIFT: u32 = 19;
 
     /// Offset of the bit-per-interrupt register holding `intid` in the
     /// bank starting at `bank` (e.g. [`ISPENDR`]), and its bit.
@@ -66,6 +70,10 @@ pub mod gicr {
     pub const TYPER: u64 = 0x0008;
     /// GICR_WAKER.
     pub const WAKER: u64 = 0x0014;
+    /// GICR_PROPBASER, 64-bit: the LPI configuration table.
+    pub const PROPBASER: u64 = 0x0070;
+    /// GICR_PENDBASER, 64-bit: the LPI pending table.
+    pub const PENDBASER: u64 = 0x0078;
     /// GICR_IGROUPR0 (SGI_base): the first bit-per-interrupt bank.
     pub const IGROUPR0: u64 = FRAME_SIZE + 0x0080;
     /// GICR_ISENABLER0.
@@ -77,8 +85,12 @@ pub mod gicr {
     /// GICR_ICFGR0 (SGIs) and GICR_ICFGR1 (PPIs).
     pub const ICFGR: u64 = FRAME_SIZE + 0x0c00;
 
+    /// GICR_TYPER.PLPIS, bit \[0\]: physical LPIs are supported.
+    pub const TYPER_PLPIS: u64 = 1 << 0;
     /// GICR_TYPER.Last, bit \[4\]: the last redistributor of its region.
     pub const TYPER_LAST: u64 = 1 << 4;
+    /// GICR_CTLR.EnableLPIs, bit \[0\].
+    pub const CTLR_ENABLE_LPIS: u32 = 1 << 0;
     /// GICR_WAKER.ProcessorSleep, bit \[1\].
     pub const WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
     /// GICR_WAKER.ChildrenAsleep, bit \[2\].

@@ -20,6 +20,7 @@ use super::{
 use crate::gicv3::gicd::{
     BANK_BYTES, CTLR, CTLR_ARE, CTLR_DS, CTLR_ENABLE_GRP0, CTLR_ENABLE_GRP1, ICFGR,
     IGROUPR as BANKS, IIDR as IIDR_OFF, IPRIORITYR, IROUTER, STATUSR, TYPER, TYPER2,
+    TYPER_IDBITS_SHIFT, TYPER_LPIS,
 };
 
 /// GICD_TYPER.IDbits \[23:19\]: INTID bits minus one (10 bits: SPIs and
@@ -34,11 +35,18 @@ impl VGic {
     /// GICD_TYPER (§8.9): ITLinesNumber \[4:0\] covers our SPIs (the
     /// INTIDs between the last SPI and the 32-multiple it advertises are
     /// unimplemented, RAZ/WI); CPUNumber \[7:5\] = 0 (only meaningful
-    /// without affinity routing); SecurityExtn, MBIS, LPIS, ESPI, NMI = 0;
-    /// No1N = 0 (IRM = 1 is supported); IDbits = 9; A3V = 1; RSS = 1.
+    /// without affinity routing); SecurityExtn, MBIS, ESPI, NMI = 0;
+    /// No1N = 0 (IRM = 1 is supported); A3V = 1; RSS = 1; without LPIs
+    /// LPIS = 0 and IDbits = 9, with them LPIS = 1, num_LPIs = 0 and IDbits
+    /// = [`LPI_ID_BITS`](super::lpi::LPI_ID_BITS) - 1.
     fn gicd_typer(&self) -> u32 {
         let lines = self.nr_irqs().div_ceil(32) - 1;
-        lines | TYPER_IDBITS | TYPER_A3V | TYPER_RSS
+        let ids = if self.has_lpis() {
+            TYPER_LPIS | ((super::lpi::LPI_ID_BITS - 1) << TYPER_IDBITS_SHIFT)
+        } else {
+            TYPER_IDBITS
+        };
+        lines | ids | TYPER_A3V | TYPER_RSS
     }
 
     fn gicd_ctlr(&self) -> u32 {

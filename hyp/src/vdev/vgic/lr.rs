@@ -299,12 +299,23 @@ impl VGic {
                 consider(rank(irq, NR_PRIVATE + i as u32));
             }
         }
+        for (intid, irq) in self.lpis_for(vcpu) {
+            if wanted(self, irq) {
+                consider(rank(irq, intid));
+            }
+        }
         let more = total > n;
 
         let mut regs = [None::<ListRegister>; MAX_LRS];
         for (slot, key) in best[..n].iter().enumerate() {
             let intid = (key & 0xffff_ffff) as u32;
-            let deliverable = self.irq(vcpu, intid).is_some_and(|i| self.deliverable(i));
+            let deliverable = if intid >= super::lpi::FIRST_LPI {
+                self.lpis
+                    .get(&intid)
+                    .is_some_and(|l| self.lpi_deliverable(l))
+            } else {
+                self.irq(vcpu, intid).is_some_and(|i| self.deliverable(i))
+            };
             let Some(irq) = self.irq_mut(vcpu, intid) else {
                 continue;
             };

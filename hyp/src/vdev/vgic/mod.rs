@@ -17,8 +17,9 @@
 //! The model is the GICv3 that Linux's `irq-gic-v3` driver programs (IHI 0069,
 //! GIC architecture specification v3/v4): affinity routing always enabled
 //! (ARE RAO/WI), a single Security state (GICD_CTLR.DS RAO/WI, so
-//! GICD_TYPER.SecurityExtn = 0, IGRPMODR and NSACR RAZ/WI), no LPIs, no
-//! extended SPI/PPI ranges, 10 INTID bits. Pure logic: no MMIO, no system
+//! GICD_TYPER.SecurityExtn = 0, IGRPMODR and NSACR RAZ/WI), no extended
+//! SPI/PPI ranges, 10 INTID bits, or 16 with LPIs for a VM that has a
+//! virtual ITS ([`lpi`]). Pure logic: no MMIO, no system
 //! registers, host-tested. Section numbers are those of IHI 0069D.
 //!
 //! Pending state (IHI 0069 §4.1, "Interrupt lifecycle"): an interrupt is
@@ -34,9 +35,11 @@
 
 mod dist;
 pub mod hw;
+pub mod lpi;
 pub mod lr;
 pub mod redist;
 
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -263,6 +266,8 @@ struct Vcpu {
     sleep: bool,
     private: [Irq; NR_PRIVATE as usize],
     listed: Vec<Listed>,
+    /// The redistributor's LPI registers.
+    lpi: lpi::RedistLpi,
 }
 
 /// The virtual GICv3 of one VM. See the module documentation.
@@ -281,6 +286,10 @@ pub struct VGic {
     /// without a preceding sync), returned by the next
     /// [`VGic::sync_from_lrs`].
     deferred: Effects,
+    /// LPIs are implemented ([`VGic::enable_lpis`]).
+    lpi_support: bool,
+    /// The mapped LPIs by INTID (see [`lpi`]).
+    lpis: BTreeMap<u32, lpi::Lpi>,
 }
 
 /// Packs MPIDR_EL1 Aff3 \[39:32\], Aff2 \[23:16\], Aff1 \[15:8\], Aff0 \[7:0\]
@@ -323,6 +332,7 @@ impl VGic {
                 sleep: true,
                 private,
                 listed: Vec::with_capacity(lr::MAX_LRS),
+                lpi: lpi::RedistLpi::default(),
             })
             .collect();
         let boot_route = aff_to_irouter(affs[0]);
@@ -334,6 +344,8 @@ impl VGic {
             grp0: false,
             grp1: false,
             deferred: Effects::none(),
+            lpi_support: false,
+            lpis: BTreeMap::new(),
         })
     }
 
@@ -353,7 +365,9 @@ impl VGic {
     }
 
     fn irq(&self, vcpu: usize, intid: u32) -> Option<&Irq> {
-        if intid < NR_PRIVATE {
+        if intid >= lpi::FIRST_LPI {
+            self.lpis.get(&intid).map(|l| &l.irq)
+        } else if intid < NR_PRIVATE {
             self.vcpus.get(vcpu).map(|v| &v.private[intid as usize])
         } else {
             self.spis.get((intid - NR_PRIVATE) as usize)
@@ -361,7 +375,9 @@ impl VGic {
     }
 
     fn irq_mut(&mut self, vcpu: usize, intid: u32) -> Option<&mut Irq> {
-        if intid < NR_PRIVATE {
+        if intid >= lpi::FIRST_LPI {
+            self.lpis.get_mut(&intid).map(|l| &mut l.irq)
+        } else if intid < NR_PRIVATE {
             self.vcpus
                 .get_mut(vcpu)
                 .map(|v| &mut v.private[intid as usize])
@@ -380,6 +396,15 @@ impl VGic {
 
     /// The vCPUs that may take `intid` (for private interrupts: `vcpu`).
     fn targets(&self, vcpu: usize, intid: u32) -> u64 {
+        if intid >= lpi::FIRST_LPI {
+            return self.lpis.get(&intid).map_or(0, |l| {
+                if self.lpis_enabled(usize::from(l.vcpu)) {
+                    1 << l.vcpu
+                } else {
+                    0
+                }
+            });
+        }
         if intid < NR_PRIVATE {
             return if vcpu < self.vcpus.len() {
                 1 << vcpu
@@ -620,6 +645,9 @@ impl VGic {
         };
         let fwd = |irq: &Irq| irq.pending_view() && irq.enabled && self.group_enabled(irq);
         if v.private.iter().any(fwd) {
+            return true;
+        }
+        if self.lpis_for(vcpu).any(|(_, irq)| fwd(irq)) {
             return true;
         }
         self.spis.iter().enumerate().any(|(i, irq)| {

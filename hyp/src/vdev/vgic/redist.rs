@@ -3,18 +3,20 @@
 //! vCPU's SGIs and PPIs) (IHI 0069D §8.10 register map, §8.11 register
 //! descriptions).
 //!
-//! No LPIs (GICR_TYPER.PLPIS = 0) and no virtual LPIs, so the frames are
-//! exactly 2 x 64 KiB and the LPI registers (SETLPIR, CLRLPIR, PROPBASER,
-//! PENDBASER, INVLPIR, INVALLR, SYNCR) are RAZ/WI, as is any reserved offset
+//! No virtual LPIs, so the frames are exactly 2 x 64 KiB. With LPIs
+//! ([`VGic::enable_lpis`]) GICR_CTLR.EnableLPIs, GICR_PROPBASER and
+//! GICR_PENDBASER work (see [`super::lpi`]); without them they are RAZ/WI
+//! and GICR_TYPER.PLPIS = 0. The direct LPI registers (SETLPIR, CLRLPIR,
+//! INVLPIR, INVALLR, SYNCR) are RAZ/WI either way, as is any reserved offset
 //! and any access that is not a naturally aligned 32-bit access (bytes too
-//! for IPRIORITYR, 64-bit for GICR_TYPER).
+//! for IPRIORITYR, 64-bit for GICR_TYPER, PROPBASER and PENDBASER).
 
 use super::{aligned, id_register, size_mask, Bank, Effects, VGic, BIT_BANKS, IIDR, NR_PRIVATE};
 
 use crate::gicv3::gicd::BANK_BYTES;
 use crate::gicv3::gicr::{
-    CTLR, ICFGR, IGROUPR0 as SGI_BANKS, IIDR as IIDR_OFF, IPRIORITYR, TYPER, TYPER_LAST, WAKER,
-    WAKER_CHILDREN_ASLEEP, WAKER_PROCESSOR_SLEEP,
+    CTLR, ICFGR, IGROUPR0 as SGI_BANKS, IIDR as IIDR_OFF, IPRIORITYR, TYPER, TYPER_LAST,
+    TYPER_PLPIS, WAKER, WAKER_CHILDREN_ASLEEP, WAKER_PROCESSOR_SLEEP,
 };
 pub use crate::gicv3::gicr::{FRAME_SIZE as REDIST_FRAME_SIZE, STRIDE as REDIST_STRIDE};
 
@@ -29,6 +31,9 @@ impl VGic {
     /// (16 PPIs), PLPIS/VLPIS/DirectLPI/DPGS/RVPEID = 0.
     fn gicr_typer(&self, vcpu: usize) -> u64 {
         let mut v = u64::from(self.vcpus[vcpu].aff) << TYPER_AFF_SHIFT;
+        if self.has_lpis() {
+            v |= TYPER_PLPIS;
+        }
         v |= (vcpu as u64 & 0xffff) << TYPER_PROC_SHIFT;
         if vcpu + 1 == self.vcpus.len() {
             v |= TYPER_LAST;
@@ -54,6 +59,9 @@ impl VGic {
         if vcpu >= self.vcpus.len() || !aligned(offset, size) || offset >= REDIST_STRIDE {
             return 0;
         }
+        if let Some(v) = self.lpi_reg_read(vcpu, offset, size) {
+            return v & size_mask(size);
+        }
         let value = match (offset, size) {
             (TYPER, 8) => self.gicr_typer(vcpu),
             (TYPER, 4) => self.gicr_typer(vcpu) & 0xffff_ffff,
@@ -70,7 +78,7 @@ impl VGic {
 
     fn redist_read32(&self, vcpu: usize, offset: u64) -> u32 {
         match offset {
-            CTLR => 0,
+            CTLR => self.gicr_ctlr(vcpu),
             IIDR_OFF => IIDR,
             WAKER => self.gicr_waker(vcpu),
             SGI_BANKS..=0x1_03ff if (offset - SGI_BANKS).is_multiple_of(BANK_BYTES) => {
@@ -93,6 +101,9 @@ impl VGic {
             return Effects::none();
         }
         let value = value & size_mask(size);
+        if self.lpi_reg_write(vcpu, offset, size, value) {
+            return Effects::none();
+        }
         match (offset, size) {
             (IPRIORITYR..=0x1_041f, 1 | 4) => {
                 let first = (offset - IPRIORITYR) as u32;
@@ -105,6 +116,7 @@ impl VGic {
 
     fn redist_write32(&mut self, vcpu: usize, offset: u64, value: u32) -> Effects {
         match offset {
+            CTLR => self.gicr_ctlr_write(vcpu, value),
             WAKER => {
                 self.vcpus[vcpu].sleep = value & WAKER_PROCESSOR_SLEEP != 0;
                 Effects::none()
@@ -118,8 +130,8 @@ impl VGic {
                 debug_assert!(first < NR_PRIVATE);
                 self.bank_write(vcpu, Bank::Config, first, value)
             }
-            // GICR_CTLR (nothing writable without LPIs), IIDR, TYPER,
-            // STATUSR, the LPI registers, IGRPMODR0 and NSACR (RAZ/WI with
+            // IIDR, TYPER, STATUSR, the direct LPI registers (no
+            // DirectLPI), IGRPMODR0 and NSACR (RAZ/WI with
             // DS = 1), the ID registers, reserved space.
             _ => Effects::none(),
         }
