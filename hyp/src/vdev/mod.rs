@@ -5,6 +5,7 @@
 //! - [`vuart`]: a PL011 per VM;
 //! - [`vgic`]: the GICv3 distributor and redistributors, and ([`vgic::hw`])
 //!   the list registers of the hardware's virtual CPU interface;
+//! - [`vits`]: the GICv3 ITS, translating the VM's devices' MSIs to LPIs;
 //! - [`vpci`]: a PCI host bridge holding only the VM's own functions, with
 //!   their configuration space filtered;
 //! - the vSMMU is `smmu::vsmmu`, wired to the physical SMMU by `vm::vsmmu`;
@@ -15,5 +16,6 @@
 
 pub mod psci;
 pub mod vgic;
+pub mod vits;
 pub mod vpci;
 pub mod vuart;

@@ -141,6 +141,20 @@ impl VGic {
         Ok(fx)
     }
 
+    /// Moves mapped LPI `intid`, with its pending state, to `vcpu` (ITS
+    /// MOVI, MOVALL, or its collection remapped).
+    pub fn move_lpi(&mut self, intid: u32, vcpu: usize) -> Effects {
+        let mut fx = Effects::none();
+        if vcpu >= self.vcpus.len() {
+            return fx;
+        }
+        if let Some(l) = self.lpis.get_mut(&intid) {
+            l.vcpu = vcpu as u8;
+            self.note_change(vcpu, intid, &mut fx);
+        }
+        fx
+    }
+
     /// Forgets LPI `intid` (no translation maps it any more): its pending
     /// state is lost, and a list register holding it is dropped at the
     /// owner's next entry.

@@ -870,7 +870,7 @@ const PIDR2: u32 = 0x3b;
 /// The CoreSight-style identification registers at 0xFFD0-0xFFFC of GICD
 /// and RD_base: PIDR4-7, PIDR0-3, CIDR0-3 (IHI 0069 §8.8 and §8.10 register
 /// maps; only PIDR2.ArchRev is architected for software, §8.9 GICD_PIDR2).
-fn id_register(offset: u64) -> Option<u32> {
+pub(crate) fn id_register(offset: u64) -> Option<u32> {
     Some(match offset {
         0xffd0 => 0x04, // PIDR4: DES_2 (JEP106 continuation code).
         0xffd4..=0xffdc => 0,
