@@ -20,6 +20,7 @@ use crate::vm::ram::GuestRam;
 use crate::vm::trap::{handle_sync, Flow};
 use crate::vm::vm::{Machine, Vm, VmState, REPORTS_PER_VM};
 use scenario::guest_layout as layout;
+use smmu::addr::Ipa;
 use std::boxed::Box;
 use std::cell::{Cell, RefCell};
 use std::string::String;
@@ -49,7 +50,7 @@ pub enum Call {
         /// The vCPU.
         vcpu: usize,
         /// Its entry point.
-        entry: u64,
+        entry: Ipa,
         /// Its x0.
         x0: u64,
     },
@@ -85,7 +86,7 @@ impl Machine for Recorder {
     fn kick(&self, _vm: &Vm, vcpu: usize) {
         self.calls.borrow_mut().push(Call::Kick(vcpu));
     }
-    fn start_vcpu(&self, _vm: &Vm, vcpu: usize, entry: u64, x0: u64) {
+    fn start_vcpu(&self, _vm: &Vm, vcpu: usize, entry: Ipa, x0: u64) {
         self.calls
             .borrow_mut()
             .push(Call::Start { vcpu, entry, x0 });
@@ -192,8 +193,12 @@ impl GuestHarness {
         let mut ram = std::vec![0u64; (RAM_SIZE / 8) as usize].into_boxed_slice();
         // SAFETY: the boxed slice lives as long as the harness and is only
         // reached through the VM's GuestRam.
-        let guest_ram =
-            unsafe { GuestRam::new(RAM_BASE..RAM_BASE + RAM_SIZE, ram.as_mut_ptr() as usize) };
+        let guest_ram = unsafe {
+            GuestRam::new(
+                Ipa(RAM_BASE)..Ipa(RAM_BASE + RAM_SIZE),
+                ram.as_mut_ptr() as usize,
+            )
+        };
         let controls = GuestControls {
             vttbr: 0,
             vtcr: 0,
@@ -211,7 +216,7 @@ impl GuestHarness {
         );
         let mut bars = [None; 6];
         bars[0] = Some(VirtualBar {
-            guest_addr: layout::PCI_MMIO_BASE,
+            guest_addr: Ipa(layout::PCI_MMIO_BASE),
             size: 0x4000,
             kind: BarKind::Mem64,
             prefetchable: false,
@@ -287,7 +292,8 @@ impl GuestHarness {
                 Call::Start { vcpu, entry, .. } => {
                     assert!(vcpu < VCPUS, "started vCPU {vcpu}: {t:x?}");
                     assert!(
-                        (RAM_BASE..RAM_BASE + RAM_SIZE).contains(&entry) && entry % 4 == 0,
+                        (RAM_BASE..RAM_BASE + RAM_SIZE).contains(&entry.raw())
+                            && entry.is_aligned(4),
                         "started at {entry:#x}, outside the VM's RAM: {t:x?}"
                     );
                 }

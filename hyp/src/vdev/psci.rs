@@ -1,6 +1,7 @@
 //! PSCI 1.1 and SMCCC 1.1 for guests, as a pure function of the call and the
 //! VM's vCPU states (DEN 0022, DEN 0028). The caller carries the action out.
 
+use core::ops::Range;
 use smccc::arch::{SMCCC_ARCH_FEATURES, SMCCC_VERSION};
 use smccc::psci::error::{
     ALREADY_ON, INVALID_ADDRESS, INVALID_PARAMETERS, NOT_SUPPORTED, ON_PENDING, SUCCESS,
@@ -10,6 +11,7 @@ use smccc::psci::{
     PSCI_CPU_SUSPEND_32, PSCI_CPU_SUSPEND_64, PSCI_FEATURES, PSCI_MIGRATE_INFO_TYPE,
     PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, PSCI_VERSION,
 };
+use smmu::addr::Ipa;
 
 /// PSCI 1.1 / SMCCC 1.1 version words.
 const VERSION_1_1: u64 = 0x0001_0001;
@@ -37,7 +39,7 @@ pub enum PsciAction {
         /// Target vCPU index.
         vcpu: usize,
         /// Entry point (IPA).
-        entry: u64,
+        entry: Ipa,
         /// Value for the target's x0.
         context: u64,
     },
@@ -58,7 +60,7 @@ fn r(code: i32) -> PsciAction {
 /// Handles a call with function ID `x[0]` and arguments `x[1..4]` from a VM
 /// whose vCPUs are in `vcpus`; `ram` is the VM's RAM (entry points must lie
 /// there).
-pub fn handle(x: [u64; 4], vcpus: &[VcpuPower], ram: core::ops::Range<u64>) -> PsciAction {
+pub fn handle(x: [u64; 4], vcpus: &[VcpuPower], ram: Range<Ipa>) -> PsciAction {
     let fid = x[0] as u32;
     let is32 = fid & 0x4000_0000 == 0;
     let arg = |i: usize| if is32 { x[i] & 0xffff_ffff } else { x[i] };
@@ -87,8 +89,8 @@ pub fn handle(x: [u64; 4], vcpus: &[VcpuPower], ram: core::ops::Range<u64>) -> P
             let Some(vcpu) = vcpu_of(arg(1), vcpus.len()) else {
                 return r(INVALID_PARAMETERS);
             };
-            let entry = arg(2);
-            if !ram.contains(&entry) || entry % 4 != 0 {
+            let entry = Ipa(arg(2));
+            if !ram.contains(&entry) || !entry.is_aligned(4) {
                 return r(INVALID_ADDRESS);
             }
             match vcpus[vcpu] {
@@ -133,7 +135,7 @@ mod tests {
     use super::*;
     use VcpuPower::*;
 
-    const RAM: core::ops::Range<u64> = 0x4000_0000..0x6000_0000;
+    const RAM: Range<Ipa> = Ipa(0x4000_0000)..Ipa(0x6000_0000);
 
     #[test]
     fn versions_and_features() {
@@ -157,7 +159,7 @@ mod tests {
             handle([0xc400_0003, 1, 0x4008_0000, 7], &v, RAM),
             PsciAction::CpuOn {
                 vcpu: 1,
-                entry: 0x4008_0000,
+                entry: Ipa(0x4008_0000),
                 context: 7
             }
         );

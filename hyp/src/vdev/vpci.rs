@@ -22,6 +22,7 @@
 
 use crate::drivers::pci::{BarKind, Bdf, ConfigAccess};
 use alloc::vec::Vec;
+use smmu::addr::Ipa;
 
 /// Most functions a virtual bus holds: devices 1..=31 of bus 0.
 pub const MAX_FUNCTIONS: usize = 31;
@@ -99,7 +100,7 @@ mod regs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VirtualBar {
     /// Guest physical address of the BAR, naturally aligned to `size`.
-    pub guest_addr: u64,
+    pub guest_addr: Ipa,
     /// Size in bytes: a power of two, at least 16.
     pub size: u64,
     /// `Mem32` or `Mem64` (I/O BARs are never exposed). A `Mem64` BAR uses
@@ -135,7 +136,7 @@ impl VirtualFunction {
                 bar.size
             );
             assert!(
-                bar.guest_addr & (bar.size - 1) == 0,
+                bar.guest_addr.is_aligned(bar.size),
                 "vpci {at:?}: guest address {:#x} not aligned to size {:#x}",
                 bar.guest_addr,
                 bar.size
@@ -144,7 +145,7 @@ impl VirtualFunction {
                 BarKind::Mem32 => assert!(
                     bar.guest_addr
                         .checked_add(bar.size)
-                        .is_some_and(|end| end <= 1 << 32),
+                        .is_some_and(|end| end.raw() <= 1 << 32),
                     "vpci {at:?}: 32-bit BAR at {:#x} above 4 GiB",
                     bar.guest_addr
                 ),
@@ -268,7 +269,7 @@ impl Slot {
             if self.sizing[index] {
                 !(bar.size - 1)
             } else {
-                bar.guest_addr
+                bar.guest_addr.raw()
             }
         };
         match self.bar_dword(index) {
@@ -682,20 +683,20 @@ mod tests {
     fn bus() -> VirtualPciBus {
         let mut nvme_bars = [None; 6];
         nvme_bars[0] = Some(VirtualBar {
-            guest_addr: G_BAR0,
+            guest_addr: Ipa(G_BAR0),
             size: 0x4000,
             kind: BarKind::Mem64,
             prefetchable: false,
         });
         nvme_bars[2] = Some(VirtualBar {
-            guest_addr: G_BAR2,
+            guest_addr: Ipa(G_BAR2),
             size: 0x1000,
             kind: BarKind::Mem32,
             prefetchable: true,
         });
         let mut edu_bars = [None; 6];
         edu_bars[0] = Some(VirtualBar {
-            guest_addr: 0x1010_0000,
+            guest_addr: Ipa(0x1010_0000),
             size: 0x10_0000,
             kind: BarKind::Mem32,
             prefetchable: false,
@@ -1078,7 +1079,7 @@ mod tests {
     fn mem64_bar_in_last_slot_is_a_bug() {
         let mut bars = [None; 6];
         bars[5] = Some(VirtualBar {
-            guest_addr: 0x1000_0000,
+            guest_addr: Ipa(0x1000_0000),
             size: 0x1000,
             kind: BarKind::Mem64,
             prefetchable: false,

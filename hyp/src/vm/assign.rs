@@ -128,7 +128,7 @@ pub fn assign(
                 )
                 .map_err(|e| format!("PCI {bdf}: BAR{} map: {e}", bar.index))?;
             bars[bar.index as usize] = Some(VirtualBar {
-                guest_addr: guest,
+                guest_addr: Ipa(guest),
                 size: bar.size,
                 kind: bar.kind,
                 prefetchable: bar.prefetchable,

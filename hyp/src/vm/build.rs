@@ -75,7 +75,7 @@ pub struct Built {
     /// Its VMID.
     pub vmid: Vmid,
     /// vCPU 0's entry point and x0 (the device tree).
-    pub start: (u64, u64),
+    pub start: (Ipa, u64),
     /// Owner of the stage-2 table, kept for as long as the VM may run.
     pub space: Space,
 }
@@ -164,7 +164,7 @@ fn build_vm(
     })?;
     // SAFETY: the VM's RAM block was just allocated for it alone, and the
     // EL2 identity map covers all RAM for the hypervisor's lifetime.
-    let guest_ram = unsafe { GuestRam::new(ram.clone(), ram_pa.raw() as usize) };
+    let guest_ram = unsafe { GuestRam::new(Ipa(ram.start)..Ipa(ram.end), ram_pa.raw() as usize) };
 
     let (vmid, cfg, space) = address_space(&spec.name, index, ram.start, ram_pa, size)?;
     let assignment = if spec.devices.is_empty() {
@@ -317,7 +317,7 @@ fn build_vm(
         vm,
         devices: assigned,
         vmid,
-        start: (kernel_ipa, dtb_ipa),
+        start: (Ipa(kernel_ipa), dtb_ipa),
         space,
     })
 }

@@ -13,6 +13,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
+use smmu::addr::Ipa;
 use spin::Mutex;
 
 /// What a device's access handler may use of the VM it belongs to (the
@@ -69,7 +70,7 @@ pub trait MmioDevice: Send + Sync {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BusError {
     /// The range is empty or wraps around the address space.
-    BadRange(Range<u64>),
+    BadRange(Range<Ipa>),
     /// The range overlaps a device already on the bus.
     Overlap {
         /// The device being added.
@@ -77,7 +78,7 @@ pub enum BusError {
         /// The device already there.
         existing: &'static str,
         /// Where they overlap.
-        at: Range<u64>,
+        at: Range<Ipa>,
     },
 }
 
@@ -95,7 +96,7 @@ impl fmt::Display for BusError {
 }
 
 struct Entry {
-    range: Range<u64>,
+    range: Range<Ipa>,
     device: Box<dyn MmioDevice>,
 }
 
@@ -124,13 +125,13 @@ impl MmioBus {
     /// Registers `device` for `[base, base + size)`.
     pub fn insert(
         &mut self,
-        base: u64,
+        base: Ipa,
         size: u64,
         device: Box<dyn MmioDevice>,
     ) -> Result<(), BusError> {
         let range = match base.checked_add(size) {
             Some(end) if size > 0 => base..end,
-            _ => return Err(BusError::BadRange(base..base.wrapping_add(size))),
+            _ => return Err(BusError::BadRange(base..Ipa(base.raw().wrapping_add(size)))),
         };
         let at = self
             .entries
@@ -153,16 +154,16 @@ impl MmioBus {
     /// The device claiming the whole access `[addr, addr + size)` and the
     /// offset of `addr` in its range; None when no device does (also for an
     /// access that straddles the end of a range).
-    pub fn find(&self, addr: u64, size: u8) -> Option<(&dyn MmioDevice, u64)> {
+    pub fn find(&self, addr: Ipa, size: u8) -> Option<(&dyn MmioDevice, u64)> {
         let end = addr.checked_add(u64::from(size))?;
         let at = self.entries.partition_point(|e| e.range.start <= addr);
         let e = self.entries.get(at.checked_sub(1)?)?;
-        (end <= e.range.end).then(|| (e.device.as_ref(), addr - e.range.start))
+        (end <= e.range.end).then(|| (e.device.as_ref(), addr.raw() - e.range.start.raw()))
     }
 
     /// The registered ranges and device names, in address order.
     #[cfg(test)]
-    pub fn ranges(&self) -> impl Iterator<Item = (Range<u64>, &'static str)> + '_ {
+    pub fn ranges(&self) -> impl Iterator<Item = (Range<Ipa>, &'static str)> + '_ {
         self.entries
             .iter()
             .map(|e| (e.range.clone(), e.device.name()))
@@ -187,11 +188,11 @@ mod tests {
 
     fn bus() -> MmioBus {
         let mut b = MmioBus::new();
-        b.insert(0x0900_0000, 0x1000, Box::new(Named("uart")))
+        b.insert(Ipa(0x0900_0000), 0x1000, Box::new(Named("uart")))
             .unwrap();
-        b.insert(0x0800_0000, 0x1_0000, Box::new(Named("gicd")))
+        b.insert(Ipa(0x0800_0000), 0x1_0000, Box::new(Named("gicd")))
             .unwrap();
-        b.insert(0x080a_0000, 0x4_0000, Box::new(Named("gicr")))
+        b.insert(Ipa(0x080a_0000), 0x4_0000, Box::new(Named("gicr")))
             .unwrap();
         b
     }
@@ -199,46 +200,54 @@ mod tests {
     #[test]
     fn routes_each_address_to_its_device_with_the_offset() {
         let b = bus();
-        let (d, off) = b.find(0x0900_0018, 4).unwrap();
+        let (d, off) = b.find(Ipa(0x0900_0018), 4).unwrap();
         assert_eq!((d.name(), off), ("uart", 0x18));
-        let (d, off) = b.find(0x080b_0004, 4).unwrap();
+        let (d, off) = b.find(Ipa(0x080b_0004), 4).unwrap();
         assert_eq!((d.name(), off), ("gicr", 0x1_0004));
-        assert_eq!(b.find(0x0800_0000, 8).unwrap().0.name(), "gicd");
+        assert_eq!(b.find(Ipa(0x0800_0000), 8).unwrap().0.name(), "gicd");
     }
 
     #[test]
     fn gaps_and_straddling_accesses_reach_nothing() {
         let b = bus();
-        assert!(b.find(0x0801_0000, 4).is_none(), "between gicd and gicr");
-        assert!(b.find(0x0900_0ffe, 4).is_none(), "straddles the uart's end");
-        assert!(b.find(0x07ff_fffc, 4).is_none(), "below everything");
-        assert!(b.find(u64::MAX - 1, 8).is_none(), "wraps");
+        assert!(
+            b.find(Ipa(0x0801_0000), 4).is_none(),
+            "between gicd and gicr"
+        );
+        assert!(
+            b.find(Ipa(0x0900_0ffe), 4).is_none(),
+            "straddles the uart's end"
+        );
+        assert!(b.find(Ipa(0x07ff_fffc), 4).is_none(), "below everything");
+        assert!(b.find(Ipa(u64::MAX - 1), 8).is_none(), "wraps");
     }
 
     #[test]
     fn refuses_overlaps_on_either_side_and_empty_ranges() {
         let mut b = bus();
         let e = b
-            .insert(0x0900_0800, 0x1000, Box::new(Named("late")))
+            .insert(Ipa(0x0900_0800), 0x1000, Box::new(Named("late")))
             .unwrap_err();
         assert_eq!(
             e,
             BusError::Overlap {
                 new: "late",
                 existing: "uart",
-                at: 0x0900_0800..0x0900_1000
+                at: Ipa(0x0900_0800)..Ipa(0x0900_1000)
             }
         );
         assert!(b
-            .insert(0x08ff_f000, 0x2000, Box::new(Named("under")))
+            .insert(Ipa(0x08ff_f000), 0x2000, Box::new(Named("under")))
             .is_err());
         assert!(b
-            .insert(0x0700_0000, 0x2000_0000, Box::new(Named("all")))
+            .insert(Ipa(0x0700_0000), 0x2000_0000, Box::new(Named("all")))
             .is_err());
-        assert!(b.insert(0x0a00_0000, 0, Box::new(Named("empty"))).is_err());
-        assert!(b.insert(u64::MAX, 2, Box::new(Named("wrap"))).is_err());
+        assert!(b
+            .insert(Ipa(0x0a00_0000), 0, Box::new(Named("empty")))
+            .is_err());
+        assert!(b.insert(Ipa(u64::MAX), 2, Box::new(Named("wrap"))).is_err());
         // Adjacent is fine.
-        b.insert(0x0900_1000, 0x1000, Box::new(Named("next")))
+        b.insert(Ipa(0x0900_1000), 0x1000, Box::new(Named("next")))
             .unwrap();
         let names: Vec<_> = b.ranges().map(|(_, n)| n).collect();
         assert_eq!(names, ["gicd", "gicr", "uart", "next"]);

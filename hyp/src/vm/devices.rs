@@ -9,6 +9,7 @@ use super::bus::{Access, BusError, MmioBus, MmioContext, MmioDevice};
 use crate::drivers::pci::ConfigAccess;
 use crate::vdev::vpci::VirtualPciBus;
 use alloc::boxed::Box;
+use smmu::addr::Ipa;
 use spin::Mutex;
 
 /// The bus every VM gets, at the addresses of `guest_layout` (the ones its
@@ -18,28 +19,32 @@ use spin::Mutex;
 pub fn standard_bus(vcpus: u32, pci: PciHostBridge, vsmmu: bool) -> Result<MmioBus, BusError> {
     use scenario::guest_layout as layout;
     let mut bus = MmioBus::new();
-    bus.insert(layout::UART_BASE, layout::UART_SIZE, Box::new(Uart))?;
+    bus.insert(Ipa(layout::UART_BASE), layout::UART_SIZE, Box::new(Uart))?;
     bus.insert(
-        layout::GICD_BASE,
+        Ipa(layout::GICD_BASE),
         layout::GICD_SIZE,
         Box::new(GicDistributor),
     )?;
     bus.insert(
-        layout::GICR_BASE,
+        Ipa(layout::GICR_BASE),
         layout::GICR_STRIDE * u64::from(vcpus),
         Box::new(GicRedistributors {
             stride: layout::GICR_STRIDE,
         }),
     )?;
     bus.insert(
-        layout::COUNTERS_BASE,
+        Ipa(layout::COUNTERS_BASE),
         layout::COUNTERS_SIZE,
         Box::new(CountersPage),
     )?;
-    bus.insert(layout::PCI_ECAM_BASE, layout::PCI_ECAM_SIZE, Box::new(pci))?;
+    bus.insert(
+        Ipa(layout::PCI_ECAM_BASE),
+        layout::PCI_ECAM_SIZE,
+        Box::new(pci),
+    )?;
     if vsmmu {
         bus.insert(
-            layout::VSMMU_BASE,
+            Ipa(layout::VSMMU_BASE),
             layout::VSMMU_SIZE,
             Box::new(VsmmuRegisters),
         )?;

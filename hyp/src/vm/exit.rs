@@ -2,6 +2,7 @@
 //! (Arm ARM D24.2.40, "ESR_EL2": EC in bits [31:26], ISS in [24:0]).
 
 use super::mmio::{self, DecodeError, MmioAccess};
+use smmu::addr::Ipa;
 
 /// Exception classes the hypervisor handles (ESR_EL2.EC).
 mod ec {
@@ -78,7 +79,7 @@ pub enum Exit {
     /// An instruction fetch from an IPA the VM has no memory at (EC 0x20).
     InstructionAbort {
         /// The faulting IPA's page (HPFAR_EL2).
-        ipa_page: u64,
+        ipa_page: Ipa,
     },
     /// A data access the stage 2 did not map (EC 0x24): an emulatable
     /// access, or why it is not one.
@@ -110,7 +111,7 @@ pub fn decode(esr: u64, hpfar: u64, far: u64) -> Exit {
             read: iss & 1 == 1,
         }),
         ec::IABT_LOWER => Exit::InstructionAbort {
-            ipa_page: ((hpfar >> 4) & 0xff_ffff_ffff) << 12,
+            ipa_page: Ipa(((hpfar >> 4) & 0xff_ffff_ffff) << 12),
         },
         ec::DABT_LOWER => Exit::DataAbort(mmio::decode(esr, hpfar, far)),
         ec => Exit::Unknown { ec },
@@ -149,14 +150,14 @@ mod tests {
         assert_eq!(
             decode(0x20 << 26, hpfar, 0xdead),
             Exit::InstructionAbort {
-                ipa_page: 0x5100_0000
+                ipa_page: Ipa(0x5100_0000)
             }
         );
         let Exit::DataAbort(Ok(a)) = decode((0x24 << 26) | (1 << 24) | (2 << 22), hpfar, 0x44)
         else {
             panic!("not an emulatable data abort");
         };
-        assert_eq!((a.ipa, a.size), (0x5100_0044, 4));
+        assert_eq!((a.ipa, a.size), (Ipa(0x5100_0044), 4));
         assert_eq!(decode(0x07 << 26, 0, 0), Exit::Unknown { ec: 0x07 });
     }
 }

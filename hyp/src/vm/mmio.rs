@@ -7,11 +7,13 @@
 //! valid syndrome (e.g. load/store pair, post-index writeback) cannot be
 //! emulated; the guest gets an external abort instead.
 
+use smmu::addr::Ipa;
+
 /// One emulated access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MmioAccess {
     /// Guest physical address (from HPFAR_EL2 and FAR_EL2[11:0]).
-    pub ipa: u64,
+    pub ipa: Ipa,
     /// Bytes: 1, 2, 4 or 8 (ISS.SAS).
     pub size: u8,
     /// Store (ISS.WnR).
@@ -58,7 +60,7 @@ pub fn decode(esr: u64, hpfar: u64, far: u64) -> Result<MmioAccess, DecodeError>
     // HPFAR_EL2.FIPA holds IPA[51:12] in bits [43:4].
     let ipa = ((hpfar >> 4) & 0xff_ffff_ffff) << 12 | (far & 0xfff);
     Ok(MmioAccess {
-        ipa,
+        ipa: Ipa(ipa),
         size: 1 << ((iss >> 22) & 3),
         write: iss & (1 << 6) != 0,
         reg: ((iss >> 16) & 0x1f) as u8,
@@ -121,7 +123,7 @@ mod tests {
     fn decodes_a_32bit_store() {
         let hpfar = (0x0900_0000 >> 12) << 4;
         let a = decode(esr(true, 2, false, 3, false, true), hpfar, 0x18).unwrap();
-        assert_eq!(a.ipa, 0x0900_0018);
+        assert_eq!(a.ipa, Ipa(0x0900_0018));
         assert_eq!((a.size, a.write, a.reg, a.sixty_four), (4, true, 3, false));
         assert_eq!(a.store_value(0xdead_beef_1234_5678), 0x1234_5678);
     }
@@ -134,7 +136,7 @@ mod tests {
             0xffff_0000_0000_0104,
         )
         .unwrap();
-        assert_eq!(a.ipa, 0x0800_0104);
+        assert_eq!(a.ipa, Ipa(0x0800_0104));
         assert_eq!(a.size, 8);
     }
 

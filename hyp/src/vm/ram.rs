@@ -16,7 +16,7 @@ use smmu::vsmmu::{GuestMemError, GuestMemory};
 /// A VM's RAM: `[ipa.start, ipa.end)` backed by host memory at `host`.
 #[derive(Clone, Debug)]
 pub struct GuestRam {
-    ipa: Range<u64>,
+    ipa: Range<Ipa>,
     host: usize,
 }
 
@@ -28,25 +28,21 @@ impl GuestRam {
     /// `host .. host + (ipa.end - ipa.start)` is memory mapped read-write at
     /// EL2 that the VM owns (no hypervisor object lives in it) and that stays
     /// mapped for as long as this value or a clone of it exists.
-    pub unsafe fn new(ipa: Range<u64>, host: usize) -> Self {
-        assert!(
-            ipa.start <= ipa.end,
-            "guest RAM range {ipa:#x?} is reversed"
-        );
+    pub unsafe fn new(ipa: Range<Ipa>, host: usize) -> Self {
+        assert!(ipa.start <= ipa.end, "guest RAM range {ipa:?} is reversed");
         Self { ipa, host }
     }
 
     /// The IPA range of the VM's RAM.
-    pub fn ipa_range(&self) -> Range<u64> {
+    pub fn ipa_range(&self) -> Range<Ipa> {
         self.ipa.clone()
     }
 
     /// The host address of `[ipa, ipa + len)`, if it lies in the VM's RAM.
     fn host_addr(&self, ipa: Ipa, len: usize) -> Option<usize> {
-        let Ipa(ipa) = ipa;
         let end = ipa.checked_add(len as u64)?;
         (ipa >= self.ipa.start && end <= self.ipa.end)
-            .then(|| self.host + (ipa - self.ipa.start) as usize)
+            .then(|| self.host + (ipa.raw() - self.ipa.start.raw()) as usize)
     }
 
     /// Copies `buf.len()` bytes of the guest's memory at `ipa` into `buf`.
@@ -123,7 +119,7 @@ mod tests {
         // SAFETY: the buffer outlives every use in the test that made it.
         unsafe {
             GuestRam::new(
-                0x4000_0000..0x4000_0000 + len,
+                Ipa(0x4000_0000)..Ipa(0x4000_0000 + len),
                 backing.as_mut_ptr() as usize,
             )
         }

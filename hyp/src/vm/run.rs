@@ -18,7 +18,7 @@ use crate::vdev::psci::VcpuPower;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use log::{error, info, warn};
-use smmu::addr::Vmid;
+use smmu::addr::{Ipa, Vmid};
 use spin::{Mutex, Once};
 
 /// Physical CPUs this build supports (entry.S stacks).
@@ -29,7 +29,7 @@ struct Slot {
     /// (VM index, vCPU index), fixed when the VMs are built.
     vcpu: Option<(usize, usize)>,
     /// A pending start: (entry, x0), set by CPU_ON or at boot.
-    start: Mutex<Option<(u64, u64)>>,
+    start: Mutex<Option<(Ipa, u64)>>,
     /// The frame `guest::run` copies from (static, never on a stack).
     frame: Mutex<TrapFrame>,
 }
@@ -211,7 +211,7 @@ fn idle(pc: usize) -> ! {
 }
 
 /// Enters this CPU's vCPU at `entry` with `x0`.
-fn enter(pc: usize, entry: u64, x0: u64) -> ! {
+fn enter(pc: usize, entry: Ipa, x0: u64) -> ! {
     let r = rt();
     let Some((vm_i, vcpu)) = r.slots[pc].vcpu else {
         idle_forever()
@@ -231,7 +231,7 @@ fn enter(pc: usize, entry: u64, x0: u64) -> ! {
         let mut f = r.slots[pc].frame.lock();
         *f = TrapFrame::zeroed();
         f.x[0] = x0;
-        f.elr = entry;
+        f.elr = entry.raw();
         f.spsr = SPSR_EL1H;
         &*f as *const TrapFrame
     };
@@ -444,7 +444,7 @@ impl Machine for Runtime {
         }
     }
 
-    fn start_vcpu(&self, vm: &Vm, vcpu: usize, entry: u64, x0: u64) {
+    fn start_vcpu(&self, vm: &Vm, vcpu: usize, entry: Ipa, x0: u64) {
         let pc = vm.vcpu_pcpu[vcpu];
         *self.slots[pc].start.lock() = Some((entry, x0));
         gic::send_sgi(self.cpu_mpidr[pc], gic::SGI_KICK);

@@ -10,6 +10,7 @@ use crate::harness::{capture_log, log_lines, Call, GuestHarness, Recorder, RAM_B
 use crate::vdev::psci::VcpuPower;
 use alloc::string::String;
 use scenario::guest_layout as layout;
+use smmu::addr::Ipa;
 
 /// ESR_EL2 of a data abort with a valid syndrome: `size` bytes, register
 /// `reg`, 64-bit register, `write`.
@@ -156,7 +157,7 @@ fn psci_cpu_on_starts_the_target_through_the_machine() {
         m.calls(),
         [Call::Start {
             vcpu: 1,
-            entry: RAM_BASE + 0x100,
+            entry: Ipa(RAM_BASE + 0x100),
             x0: 0x77
         }]
     );

@@ -19,6 +19,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use log::{info, warn};
+use smmu::addr::Ipa;
 use smmu::event::Event;
 use spin::Mutex;
 
@@ -80,7 +81,7 @@ pub trait Machine {
     fn kick(&self, vm: &Vm, vcpu: usize);
     /// Starts `vm`'s vCPU `vcpu` at `entry` with x0 = `x0` on its physical
     /// CPU.
-    fn start_vcpu(&self, vm: &Vm, vcpu: usize, entry: u64, x0: u64);
+    fn start_vcpu(&self, vm: &Vm, vcpu: usize, entry: Ipa, x0: u64);
     /// Prints one line the guest wrote to its UART.
     fn console_line(&self, vm: &Vm, line: &[u8]);
     /// Stops the VM's assigned devices: bus mastering off, streams abort,
