@@ -48,6 +48,8 @@ const PHANDLE_CLK: u32 = 2;
 const IRQ_TYPE_EDGE_RISING: u32 = 1;
 /// Phandle of the virtual SMMUv3 node.
 const PHANDLE_VSMMU: u32 = 3;
+/// Phandle of the ITS node (the PCI host bridge's `msi-map` points to it).
+const PHANDLE_ITS: u32 = 4;
 
 /// Bytes of ECAM per bus (32 devices x 8 functions x 4 KiB).
 const ECAM_BUS_SIZE: u64 = 1 << 20;
@@ -111,6 +113,10 @@ pub struct GuestDt {
     /// The VM's read-only counters page (`smmuhyp,vm-counters`): base,
     /// size.
     pub counters: Option<(u64, u64)>,
+    /// The GICv3 ITS (`arm,gic-v3-its`, a child of the GIC node): base,
+    /// size. With it the PCI node gets `msi-map` (DeviceID = requester
+    /// ID).
+    pub its: Option<(u64, u64)>,
 }
 
 /// Why a device tree could not be written.
@@ -264,8 +270,8 @@ impl PciDt {
     }
 
     /// `interrupt-map`: child unit address (device << 11, 0, 0), child pin,
-    /// the GIC (no unit address cells: its #address-cells is 0), and its
-    /// 3-cell specifier.
+    /// the GIC, its unit address (two zero cells: its #address-cells is
+    /// 2, for the ITS child) and its 3-cell specifier.
     fn interrupt_map(&self) -> Vec<u32> {
         self.intx
             .iter()
@@ -277,6 +283,8 @@ impl PciDt {
                     0,
                     u32::from(pin),
                     PHANDLE_GIC,
+                    0,
+                    0,
                     GIC_SPI,
                     spi,
                     IRQ_TYPE_LEVEL_HIGH,
@@ -287,8 +295,8 @@ impl PciDt {
 }
 
 /// Writes the `pcie@<ecam>` node of a generic ECAM host bridge, as QEMU's
-/// `virt` does (without MSI: the VM has no ITS).
-fn write_pci(w: &mut FdtWriter, pci: &PciDt, iommu: bool) -> Result<(), vm_fdt::Error> {
+/// `virt` does: `iommu-map` with a vSMMU, `msi-map` with an ITS.
+fn write_pci(w: &mut FdtWriter, pci: &PciDt, iommu: bool, its: bool) -> Result<(), vm_fdt::Error> {
     let node = w.begin_node(&format!("pcie@{:x}", pci.ecam.0))?;
     w.property_string("compatible", "pci-host-ecam-generic")?;
     w.property_string("device_type", "pci")?;
@@ -302,6 +310,9 @@ fn write_pci(w: &mut FdtWriter, pci: &PciDt, iommu: bool) -> Result<(), vm_fdt::
     w.property_null("dma-coherent")?;
     if iommu {
         w.property_array_u32("iommu-map", &[0, PHANDLE_VSMMU, 0, 0x1_0000])?;
+    }
+    if its {
+        w.property_array_u32("msi-map", &[0, PHANDLE_ITS, 0, 0x1_0000])?;
     }
     if !pci.intx.is_empty() {
         w.property_array_u32("interrupt-map-mask", &PCI_INTX_MAP_MASK)?;
@@ -348,14 +359,25 @@ pub fn build(dt: &GuestDt) -> Result<Vec<u8>, GuestFdtError> {
     let intc = w.begin_node(&format!("intc@{:x}", dt.gic_dist.0))?;
     w.property_string("compatible", "arm,gic-v3")?;
     w.property_u32("#interrupt-cells", 3)?;
-    // No children and no interrupt-map: dtc wants the provider's
-    // #address-cells stated anyway.
-    w.property_u32("#address-cells", 0)?;
     w.property_null("interrupt-controller")?;
     w.property_u32("#redistributor-regions", 1)?;
     let (dist, redist) = (dt.gic_dist, dt.gic_redist);
     w.property_array_u64("reg", &[dist.0, dist.1, redist.0, redist.1])?;
     w.property_phandle(PHANDLE_GIC)?;
+    // Children (the ITS) in the parent's address space, as on QEMU's
+    // `virt`.
+    w.property_u32("#address-cells", 2)?;
+    w.property_u32("#size-cells", 2)?;
+    w.property_null("ranges")?;
+    if let Some((base, size)) = dt.its {
+        let its = w.begin_node(&format!("msi-controller@{base:x}"))?;
+        w.property_string("compatible", "arm,gic-v3-its")?;
+        w.property_null("msi-controller")?;
+        w.property_u32("#msi-cells", 1)?;
+        w.property_array_u64("reg", &reg(base, size))?;
+        w.property_phandle(PHANDLE_ITS)?;
+        w.end_node(its)?;
+    }
     w.end_node(intc)?;
 
     let timer = w.begin_node("timer")?;
@@ -413,7 +435,7 @@ pub fn build(dt: &GuestDt) -> Result<Vec<u8>, GuestFdtError> {
         w.end_node(node)?;
     }
     if let Some(pci) = &dt.pci {
-        write_pci(&mut w, pci, dt.vsmmu.is_some())?;
+        write_pci(&mut w, pci, dt.vsmmu.is_some(), dt.its.is_some())?;
     }
 
     let aliases = w.begin_node("aliases")?;
@@ -458,6 +480,7 @@ mod tests {
             pci: None,
             vsmmu: None,
             counters: Some((0x908_0000, 0x1000)),
+            its: None,
         }
     }
 
@@ -671,6 +694,39 @@ mod tests {
     }
 
     #[test]
+    fn its_and_msi_map() {
+        let blob = build(&with_pci()).unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+        assert!(fdt.find_compatible(&["arm,gic-v3-its"]).is_none());
+        let pci = fdt.find_compatible(&["pci-host-ecam-generic"]).unwrap();
+        assert!(pci.property("msi-map").is_none(), "no ITS, no MSI");
+
+        let dt = GuestDt {
+            its: Some((0x808_0000, 0x2_0000)),
+            ..with_pci()
+        };
+        let blob = build(&dt).unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+        let its = fdt.find_compatible(&["arm,gic-v3-its"]).unwrap();
+        assert_eq!(its.name, "msi-controller@8080000");
+        assert!(its.property("msi-controller").is_some());
+        assert_eq!(cells(its, "#msi-cells"), [1]);
+        assert_eq!(u64s(its, "reg"), [0x808_0000, 0x2_0000]);
+        let gic = fdt.find_compatible(&["arm,gic-v3"]).unwrap();
+        assert!(gic.property("ranges").is_some());
+        assert!(
+            gic.children().any(|c| c.name == its.name),
+            "a child of the GIC"
+        );
+        // DeviceID = requester ID, for every requester ID.
+        let pci = fdt.find_compatible(&["pci-host-ecam-generic"]).unwrap();
+        assert_eq!(
+            cells(pci, "msi-map"),
+            [0, cells(its, "phandle")[0], 0, 0x1_0000]
+        );
+    }
+
+    #[test]
     fn pci_host_bridge() {
         let blob = build(&with_pci()).unwrap();
         let fdt = Fdt::new(&blob).unwrap();
@@ -710,15 +766,15 @@ mod tests {
         let map = cells(pci, "interrupt-map");
         let gic = fdt.find_compatible(&["arm,gic-v3"]).unwrap();
         let gic_phandle = cells(gic, "phandle")[0];
-        // The GIC's #address-cells (0) sizes the parent unit address.
-        assert_eq!(cells(gic, "#address-cells"), [0]);
-        let entries: Vec<&[u32]> = map.chunks(8).collect();
+        // The GIC's #address-cells (2) sizes the parent unit address.
+        assert_eq!(cells(gic, "#address-cells"), [2]);
+        let entries: Vec<&[u32]> = map.chunks(10).collect();
         assert_eq!(
             entries,
             [
-                [0, 0, 0, 1, gic_phandle, 0, 3, 4],
-                [0x800, 0, 0, 1, gic_phandle, 0, 4, 4],
-                [0x800, 0, 0, 2, gic_phandle, 0, 5, 4],
+                [0, 0, 0, 1, gic_phandle, 0, 0, 0, 3, 4],
+                [0x800, 0, 0, 1, gic_phandle, 0, 0, 0, 4, 4],
+                [0x800, 0, 0, 2, gic_phandle, 0, 0, 0, 5, 4],
             ]
         );
         let chosen = fdt.find_node("/chosen").unwrap();
@@ -815,8 +871,9 @@ mod tests {
             "ranges = <0x2000000 0x00 0x10000000 0x00 0x10000000 0x00 0x2eff0000 \
              0x3000000 0x80 0x00 0x80 0x00 0x80 0x00>;",
             "interrupt-map-mask = <0x1800 0x00 0x00 0x07>;",
-            "interrupt-map = <0x00 0x00 0x00 0x01 0x01 0x00 0x03 0x04 \
-             0x800 0x00 0x00 0x01 0x01 0x00 0x04 0x04 0x800 0x00 0x00 0x02 0x01 0x00 0x05 0x04>;",
+            "interrupt-map = <0x00 0x00 0x00 0x01 0x01 0x00 0x00 0x00 0x03 0x04 \
+             0x800 0x00 0x00 0x01 0x01 0x00 0x00 0x00 0x04 0x04 \
+             0x800 0x00 0x00 0x02 0x01 0x00 0x00 0x00 0x05 0x04>;",
             "dma-coherent;",
             "linux,pci-domain = <0x00>;",
             "linux,pci-probe-only = <0x01>;",

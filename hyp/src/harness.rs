@@ -14,6 +14,7 @@
 use crate::arch::{fake, guest::GuestControls, TrapFrame};
 use crate::drivers::pci::{BarKind, Bdf, ConfigAccess};
 use crate::vdev::vgic::VGic;
+use crate::vdev::vits::{DeviceGrant, ItsConfig, VIts};
 use crate::vdev::vpci::{VirtualBar, VirtualFunction, VirtualPciBus};
 use crate::vm::devices::{standard_bus, PciHostBridge};
 use crate::vm::ram::GuestRam;
@@ -23,6 +24,7 @@ use scenario::guest_layout as layout;
 use smmu::addr::Ipa;
 use std::boxed::Box;
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::string::String;
 use std::sync::Mutex;
 use std::vec::Vec;
@@ -39,6 +41,10 @@ pub const FUNCTION: Bdf = Bdf {
     dev: 2,
     func: 0,
 };
+
+/// The requester ID of the harness VM's function as the guest sees it
+/// (00:01.0), its DeviceID in the guest's `msi-map`.
+pub const VIRTUAL_RID: u32 = 0x08;
 
 /// What the VMM asked of the machine, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +66,15 @@ pub enum Call {
     StopDevices,
     /// `Machine::vm_stopped`.
     Stopped(VmState),
+    /// `Machine::route_msi`.
+    RouteMsi {
+        /// The physical DeviceID.
+        device: u32,
+        /// The EventID.
+        event: u32,
+        /// The vCPU, or `None` to stop routing.
+        to: Option<usize>,
+    },
 }
 
 /// A [`Machine`] that records every call.
@@ -103,6 +118,18 @@ impl Machine for Recorder {
     }
     fn lines_waiting(&self, _vm: &Vm) -> bool {
         self.lines_waiting.get()
+    }
+    fn route_msi(
+        &self,
+        _vm: &Vm,
+        device: u32,
+        event: u32,
+        to: Option<usize>,
+    ) -> Result<(), &'static str> {
+        self.calls
+            .borrow_mut()
+            .push(Call::RouteMsi { device, event, to });
+        Ok(())
     }
 }
 
@@ -205,7 +232,8 @@ impl GuestHarness {
             vmpidr: 0,
         };
         let mpidrs: Vec<u64> = (0..VCPUS as u64).collect();
-        let vgic = VGic::new(&mpidrs, 32).expect("a 2-vCPU vGIC");
+        let mut vgic = VGic::new(&mpidrs, 32).expect("a 2-vCPU vGIC");
+        vgic.enable_lpis();
         let mut vm = Vm::new(
             String::from("t"),
             0,
@@ -226,7 +254,19 @@ impl GuestHarness {
             bars,
         }]);
         let pci = PciHostBridge::new(pci, Box::new(FakeFunction::new(config)));
-        vm.bus = standard_bus(VCPUS as u32, pci, false).expect("the guest layout has no overlaps");
+        vm.bus =
+            standard_bus(VCPUS as u32, pci, false, true).expect("the guest layout has no overlaps");
+        // The function's MSIs: virtual requester ID 00:01.0, physical
+        // FUNCTION's, 8 events.
+        let mut devices = BTreeMap::new();
+        devices.insert(
+            VIRTUAL_RID,
+            DeviceGrant {
+                physical: u32::from(FUNCTION.rid()),
+                events: 8,
+            },
+        );
+        vm.its = Some(spin::Mutex::new(VIts::new(ItsConfig { devices }, VCPUS)));
         Self {
             vm,
             machine: Recorder::default(),
@@ -300,6 +340,16 @@ impl GuestHarness {
                 Call::Line(l) => assert!(l.len() <= 1024, "console line of {}", l.len()),
                 Call::StopDevices | Call::Stopped(_) => {
                     assert!(was_running, "stopped twice: {t:x?}")
+                }
+                Call::RouteMsi { device, event, to } => {
+                    // Only the VM's own function, within its grant.
+                    assert_eq!(
+                        device,
+                        u32::from(FUNCTION.rid()),
+                        "routed {device:#x}: {t:x?}"
+                    );
+                    assert!(event < 8, "routed event {event}: {t:x?}");
+                    assert!(to.is_none_or(|v| v < VCPUS), "routed to {to:?}: {t:x?}");
                 }
             }
         }

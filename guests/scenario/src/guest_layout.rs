@@ -34,6 +34,14 @@ pub const GICD: Region = Region {
     size: 0x1_0000,
 };
 
+/// GICv3 ITS: the control frame, then the translation frame with
+/// GITS_TRANSLATER (where devices write their MSIs).
+pub const ITS: Region = Region {
+    name: "GIC ITS",
+    base: 0x0808_0000,
+    size: 0x2_0000,
+};
+
 /// First GICv3 redistributor frame (vCPU 0).
 pub const GICR_BASE: u64 = 0x080a_0000;
 
@@ -80,6 +88,10 @@ pub const PCI_ECAM: Region = Region {
 pub const GICD_BASE: u64 = GICD.base;
 /// GIC distributor size.
 pub const GICD_SIZE: u64 = GICD.size;
+/// ITS base (= `ITS.base`).
+pub const ITS_BASE: u64 = ITS.base;
+/// ITS size.
+pub const ITS_SIZE: u64 = ITS.size;
 /// PL011 base (= `UART.base`).
 pub const UART_BASE: u64 = UART.base;
 /// PL011 size.
@@ -120,8 +132,17 @@ pub const fn gicr(vcpus: u32) -> Region {
 }
 
 /// Every device region of a VM with `vcpus` vCPUs, in address order.
-pub const fn devices(vcpus: u32) -> [Region; 7] {
-    [GICD, gicr(vcpus), UART, VSMMU, COUNTERS, PCI_MMIO, PCI_ECAM]
+pub const fn devices(vcpus: u32) -> [Region; 8] {
+    [
+        GICD,
+        ITS,
+        gicr(vcpus),
+        UART,
+        VSMMU,
+        COUNTERS,
+        PCI_MMIO,
+        PCI_ECAM,
+    ]
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use crate::guest_fdt::{self, GuestDt};
 use crate::mm::{self, GUEST_MEM};
 use crate::platform::Platform;
 use crate::vdev::vgic::VGic;
+use crate::vdev::vits::{ItsConfig, VIts};
 use crate::vm::devices::{standard_bus, PciHostBridge};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -273,6 +274,7 @@ fn build_vm(
             )
         }),
         counters: Some((layout::COUNTERS_BASE, layout::COUNTERS_SIZE)),
+        its: Some((layout::ITS_BASE, layout::ITS_SIZE)),
     };
     let blob = guest_fdt::build(&dt)
         .map_err(|e| resources(alloc::format!("VM {}: device tree: {e}", spec.name)))?;
@@ -285,8 +287,9 @@ fn build_vm(
     load(dtb_ipa, &blob, "device tree")?;
 
     let mpidrs: Vec<u64> = (0..u64::from(spec.cpus)).collect();
-    let vgic = VGic::new(&mpidrs, NR_SPIS)
+    let mut vgic = VGic::new(&mpidrs, NR_SPIS)
         .map_err(|e| resources(alloc::format!("VM {}: virtual GIC: {e:?}", spec.name)))?;
+    vgic.enable_lpis();
     info!(
         "VM {}: {} vCPU(s) on physical CPU(s) {:?}, {} MiB RAM at IPA {:#x} (PA {}), VMID {}, kernel {} KiB at {kernel_ipa:#x}{}",
         spec.name,
@@ -308,11 +311,19 @@ fn build_vm(
         },
         None => (PciHostBridge::empty(), Vec::new()),
     };
-    vm.bus = standard_bus(spec.cpus, pci, vsmmu.is_some())
+    vm.bus = standard_bus(spec.cpus, pci, vsmmu.is_some(), true)
         .map_err(|e| resources(alloc::format!("VM {}: device map: {e}", spec.name)))?;
     if let Some(v) = vsmmu {
         vm.vsmmu = Some(spin::Mutex::new(Box::new(v)));
     }
+    // Every VM has a vITS. No function's MSIs are granted to it while the
+    // virtual PCI bus hides MSI and MSI-X (the functions interrupt through
+    // INTx): until then its ITS serves the LPIs the guest raises itself
+    // with INT.
+    vm.its = Some(spin::Mutex::new(VIts::new(
+        ItsConfig::default(),
+        spec.cpus as usize,
+    )));
     Ok(Built {
         vm,
         devices: assigned,

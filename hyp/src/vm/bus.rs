@@ -36,6 +36,9 @@ pub trait MmioContext {
     fn traps(&self) -> u64;
     /// The vSMMU's guest and physical command counts (0 without one).
     fn vsmmu_stats(&self) -> (u64, u64);
+    /// A register access to the VM's vITS at `offset` (`write`: the value
+    /// written, `None` for a read): the value read (0 for a write).
+    fn its_access(&self, offset: u64, size: u8, write: Option<u64>) -> u64;
     /// A register access to the VM's vSMMU: the value read (0 for a write)
     /// and the guest INTIDs to raise; None without a vSMMU.
     fn vsmmu_mmio(&self, offset: u64, size: u8, write: bool, value: u64)

@@ -16,7 +16,12 @@ use spin::Mutex;
 /// device tree names): the UART, the GIC distributor and the redistributors
 /// of its `vcpus`, the counters page and the PCI host bridge `pci`; with
 /// `vsmmu`, the vSMMU's registers too.
-pub fn standard_bus(vcpus: u32, pci: PciHostBridge, vsmmu: bool) -> Result<MmioBus, BusError> {
+pub fn standard_bus(
+    vcpus: u32,
+    pci: PciHostBridge,
+    vsmmu: bool,
+    its: bool,
+) -> Result<MmioBus, BusError> {
     use scenario::guest_layout as layout;
     let mut bus = MmioBus::new();
     bus.insert(Ipa(layout::UART_BASE), layout::UART_SIZE, Box::new(Uart))?;
@@ -42,6 +47,9 @@ pub fn standard_bus(vcpus: u32, pci: PciHostBridge, vsmmu: bool) -> Result<MmioB
         layout::PCI_ECAM_SIZE,
         Box::new(pci),
     )?;
+    if its {
+        bus.insert(Ipa(layout::ITS_BASE), layout::ITS_SIZE, Box::new(ItsFrames))?;
+    }
     if vsmmu {
         bus.insert(
             Ipa(layout::VSMMU_BASE),
@@ -50,6 +58,25 @@ pub fn standard_bus(vcpus: u32, pci: PciHostBridge, vsmmu: bool) -> Result<MmioB
         )?;
     }
     Ok(bus)
+}
+
+/// The VM's GICv3 ITS frames (`vits`): control registers and
+/// GITS_TRANSLATER (a CPU write there carries no DeviceID and is ignored).
+#[derive(Debug)]
+pub struct ItsFrames;
+
+impl MmioDevice for ItsFrames {
+    fn name(&self) -> &'static str {
+        "GIC ITS"
+    }
+
+    fn read(&self, ctx: &dyn MmioContext, a: Access) -> u64 {
+        ctx.its_access(a.offset, a.size, None)
+    }
+
+    fn write(&self, ctx: &dyn MmioContext, a: Access, value: u64) {
+        ctx.its_access(a.offset, a.size, Some(value));
+    }
 }
 
 /// The VM's PL011 console UART (`vuart`).

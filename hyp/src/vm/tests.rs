@@ -261,3 +261,99 @@ fn a_guest_cannot_make_the_hypervisor_report_without_bound() {
     );
     assert!(lines.last().unwrap().contains("further ones only counted"));
 }
+
+/// Stores `value` (8 bytes, from x3) at `ipa` through the trap path.
+fn store64(h: &GuestHarness, vcpu: usize, ipa: u64, value: u64) {
+    trap_at(ipa, dabt(8, 3, true));
+    let mut f = frame(0x4000_3000);
+    f.x[3] = value;
+    assert_eq!(handle_sync(&h.vm, vcpu, &mut f, &h.machine), Flow::Resume);
+    assert_eq!(fake::with(|c| c.el1_exception), None, "store to {ipa:#x}");
+}
+
+#[test]
+fn the_guest_maps_its_functions_msi_through_the_its_frames() {
+    use crate::harness::{FUNCTION, VIRTUAL_RID};
+    use crate::vdev::vits::cmd::Command;
+    let h = GuestHarness::new(&[]);
+    let its = layout::ITS_BASE;
+    let (prop, queue, table, itt) = (
+        RAM_BASE,
+        RAM_BASE + 0x4000,
+        RAM_BASE + 0x5000,
+        RAM_BASE + 0x6000,
+    );
+    // Linux's order: Group 1 on in the distributor, the LPI configuration
+    // table and EnableLPIs on each redistributor, then the ITS's tables,
+    // queue and enable.
+    trap_at(layout::GICD_BASE, dabt(4, 3, true));
+    let mut f = frame(0x4000_3000);
+    f.x[3] = 0x12; // ARE | EnableGrp1
+    handle_sync(&h.vm, 0, &mut f, &h.machine);
+    for vcpu in 0..2u64 {
+        let rd = layout::GICR_BASE + vcpu * layout::GICR_STRIDE;
+        store64(&h, 0, rd + 0x70, prop | 13);
+        trap_at(rd, dabt(4, 3, true));
+        let mut f = frame(0x4000_3000);
+        f.x[3] = 1;
+        handle_sync(&h.vm, 0, &mut f, &h.machine);
+    }
+    h.vm.ram.write(Ipa(prop + 5), &[0xa1]).unwrap(); // LPI 8197: enabled
+    store64(&h, 0, its + 0x100, (1 << 63) | table);
+    store64(&h, 0, its + 0x80, (1 << 63) | queue);
+    store64(&h, 0, its, 1);
+    let cmds = [
+        Command::Mapc {
+            icid: 1,
+            target: 1,
+            valid: true,
+        },
+        Command::Mapd {
+            device: VIRTUAL_RID,
+            valid: true,
+            event_bits: 2,
+            itt: Ipa(itt),
+        },
+        Command::Mapti {
+            device: VIRTUAL_RID,
+            event: 3,
+            intid: 8197,
+            icid: 1,
+        },
+        // Not the VM's function: refused.
+        Command::Mapd {
+            device: VIRTUAL_RID + 8,
+            valid: true,
+            event_bits: 2,
+            itt: Ipa(itt),
+        },
+    ];
+    for (i, c) in cmds.iter().enumerate() {
+        let bytes: Vec<u8> = c.encode().iter().flat_map(|d| d.to_le_bytes()).collect();
+        h.vm.ram.write(Ipa(queue + 32 * i as u64), &bytes).unwrap();
+    }
+    h.machine.take();
+    capture_log();
+    store64(&h, 0, its + 0x88, 32 * cmds.len() as u64);
+    let physical = u32::from(FUNCTION.rid());
+    assert!(h.machine.calls().contains(&Call::RouteMsi {
+        device: physical,
+        event: 3,
+        to: Some(1)
+    }));
+    let lines = log_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("vITS ignored") && l.contains("not one of this VM's devices")),
+        "{lines:?}"
+    );
+    // The function's MSI arrives: LPI 8197 pending on vCPU 1.
+    assert!(h.vm.deliver_msi(physical, 3, &h.machine));
+    assert!(h.vm.vgic.lock().lpi_pending(8197));
+    assert!(h.machine.calls().contains(&Call::Kick(1)));
+    assert!(
+        !h.vm.deliver_msi(physical, 2, &h.machine),
+        "event 2 is not mapped"
+    );
+}

@@ -12,6 +12,7 @@ use super::ram::GuestRam;
 use crate::arch;
 use crate::vdev::psci::VcpuPower;
 use crate::vdev::vgic::{Effects, VGic};
+use crate::vdev::vits::{ItsEnv, ItsOutcome, PhysicalIts, VIts};
 use crate::vdev::vuart::VirtualUart;
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -93,6 +94,39 @@ pub trait Machine {
     /// Whether one of the VM's forwarded interrupt lines waits for a timer
     /// to be unmasked: its vCPUs must not sleep in WFI meanwhile.
     fn lines_waiting(&self, vm: &Vm) -> bool;
+    /// Routes the MSIs of `vm`'s physical device `device` with EventID
+    /// `event` to the physical CPU of vCPU `to` (`Some`), where they are
+    /// delivered through [`Vm::deliver_msi`], or stops routing them
+    /// (`None`: they are dropped).
+    fn route_msi(
+        &self,
+        vm: &Vm,
+        device: u32,
+        event: u32,
+        to: Option<usize>,
+    ) -> Result<(), &'static str>;
+}
+
+/// A VM's MSI routing through its machine: the physical side of its vITS.
+struct MsiRoutes<'a> {
+    vm: &'a Vm,
+    machine: &'a dyn Machine,
+}
+
+impl PhysicalIts for MsiRoutes<'_> {
+    type Error = &'static str;
+
+    fn map_event(&mut self, device: u32, event: u32, vcpu: usize) -> Result<(), Self::Error> {
+        self.machine.route_msi(self.vm, device, event, Some(vcpu))
+    }
+
+    fn move_event(&mut self, device: u32, event: u32, vcpu: usize) -> Result<(), Self::Error> {
+        self.machine.route_msi(self.vm, device, event, Some(vcpu))
+    }
+
+    fn unmap_event(&mut self, device: u32, event: u32) -> Result<(), Self::Error> {
+        self.machine.route_msi(self.vm, device, event, None)
+    }
 }
 
 /// One virtual machine.
@@ -117,6 +151,9 @@ pub struct Vm {
     pub bus: MmioBus,
     /// Its virtual SMMU, if the scenario gives it one.
     pub vsmmu: Option<Mutex<Box<dyn VirtualIommu>>>,
+    /// Its virtual ITS, if it has one (then its vGIC has LPIs). Locked
+    /// before the vGIC when both are needed.
+    pub its: Option<Mutex<VIts>>,
     state: AtomicU8,
     reports: AtomicU32,
     traps: AtomicU64,
@@ -159,6 +196,7 @@ impl Vm {
             vgic: Mutex::new(vgic),
             bus: MmioBus::new(),
             vsmmu: None,
+            its: None,
             state: AtomicU8::new(VmState::Running as u8),
             reports: AtomicU32::new(0),
             traps: AtomicU64::new(0),
@@ -231,6 +269,74 @@ impl Vm {
         let fx = self.vgic.lock().inject_edge(intid, 0);
         if let Ok(fx) = fx {
             self.apply(fx, m);
+        }
+    }
+
+    /// A guest access to its vITS frames at `offset` (`write`: the value
+    /// written; `None` for a read); returns the value read (0 for a write
+    /// and without a vITS). Commands the vITS ignored as erroneous, and a
+    /// stalled queue, are reported like other bad accesses (bounded).
+    pub fn its_access(
+        &self,
+        vcpu: usize,
+        offset: u64,
+        size: u8,
+        write: Option<u64>,
+        m: &dyn Machine,
+    ) -> u64 {
+        let Some(its) = &self.its else {
+            return 0;
+        };
+        let mut its = its.lock();
+        let mut vgic = self.vgic.lock();
+        let mut routes = MsiRoutes {
+            vm: self,
+            machine: m,
+        };
+        let mut env = ItsEnv {
+            mem: &self.ram,
+            vgic: &mut vgic,
+            phys: &mut routes,
+        };
+        let (value, out) = match write {
+            Some(v) => (0, its.write(&mut env, offset, size, v)),
+            None => its.read(&mut env, offset, size),
+        };
+        drop(vgic);
+        drop(its);
+        self.its_report(vcpu, &out);
+        self.apply(out.effects, m);
+        value
+    }
+
+    fn its_report(&self, vcpu: usize, out: &ItsOutcome) {
+        for (command, error) in &out.errors {
+            self.report(vcpu, 0, format_args!("vITS ignored {command:?}: {error}"));
+        }
+        if let Some(at) = out.stalled_at {
+            self.report(
+                vcpu,
+                0,
+                format_args!("vITS command queue stalled: no RAM at {at}"),
+            );
+        }
+    }
+
+    /// An MSI from physical device `device` with EventID `event` arrived
+    /// (the route [`Machine::route_msi`] set up): makes its LPI pending.
+    /// Whether it was delivered (dropped: no translation any more).
+    #[cfg_attr(target_os = "none", allow(dead_code))]
+    pub fn deliver_msi(&self, device: u32, event: u32, m: &dyn Machine) -> bool {
+        let Some(its) = &self.its else {
+            return false;
+        };
+        let fx = its.lock().deliver(&mut self.vgic.lock(), device, event);
+        match fx {
+            Some(fx) => {
+                self.apply(fx, m);
+                true
+            }
+            None => false,
         }
     }
 
@@ -351,6 +457,11 @@ impl MmioContext for AccessContext<'_> {
 
     fn vsmmu_stats(&self) -> (u64, u64) {
         self.vm.vsmmu_stats()
+    }
+
+    fn its_access(&self, offset: u64, size: u8, write: Option<u64>) -> u64 {
+        self.vm
+            .its_access(self.vcpu, offset, size, write, self.machine)
     }
 
     fn vsmmu_mmio(
