@@ -5,6 +5,9 @@
 //! Guests never touch it: their distributor and redistributors are
 //! emulated (`vgic`), and their CPU interface is the hardware's virtual one
 //! (ICV_* registers, filled through the ICH_LR<n>_EL2 list registers).
+//!
+//! It also points each redistributor at the LPI tables the ITS driver
+//! (`drivers::its`) allocates and enables its LPIs.
 
 use super::frame::Frame;
 use crate::platform::Gic;
@@ -180,7 +183,7 @@ pub fn send_sgi(mpidr: u64, sgi: u32) {
     crate::arch::gicv3::write_sgi1r(v);
 }
 
-/// How an ITS names one CPU's redistributor, and whether it takes LPIs.
+/// How an ITS names one CPU's redistributor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Redistributor {
     /// Physical address of its RD_base frame (MAPC/SYNC RDbase with
@@ -188,8 +191,6 @@ pub struct Redistributor {
     pub rd_base: PhysAddr,
     /// GICR_TYPER.Processor_Number (RDbase with PTA = 0).
     pub processor_number: u16,
-    /// GICR_TYPER.PLPIS: it supports physical LPIs.
-    pub plpis: bool,
 }
 
 /// The redistributor of the CPU with affinity `mpidr`, if the GIC has one.
@@ -199,7 +200,6 @@ pub fn redistributor(mpidr: u64) -> Option<Redistributor> {
     Some(Redistributor {
         rd_base: PhysAddr(regs().redist_base + off),
         processor_number: gicr::typer_processor_number(typer),
-        plpis: typer & gicr::TYPER_PLPIS != 0,
     })
 }
 
