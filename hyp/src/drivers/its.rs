@@ -31,7 +31,7 @@ use crate::arch;
 use crate::gicv3::attrs::{negotiate, Cacheability, NotKept, Shareability};
 use crate::gicv3::intid::LPI_BASE;
 use crate::gicv3::its::cmd::{Command, DeviceId, EventId, Icid, IttRef, RdBase, COMMAND_BYTES};
-use crate::gicv3::its::queue::{self, QueueError, Ring};
+use crate::gicv3::its::queue::{CommandQueue, QueueError, QueueHw, Ring};
 use crate::gicv3::its::table::{self, FlatTable, Itt, TableError, ITT_ALIGN};
 use crate::gicv3::its::{
     self as gits, Baser, PageSize, TableType, Typer, BASER_ATTRS, CBASER_ATTRS,
@@ -103,22 +103,9 @@ pub enum ItsError {
     NoCollection(usize),
     /// The LPI allocator refused.
     Lpi(LpiError),
-    /// The ITS reported a queue offset outside the queue.
+    /// The command queue failed: a stall, an ITS that stopped reading
+    /// within [`POLLS`] polls, an offset outside the queue.
     Queue(QueueError),
-    /// The ITS stopped at a command it could not execute.
-    Stalled {
-        /// Byte offset of the command in the queue.
-        offset: u32,
-        /// Its name.
-        command: &'static str,
-    },
-    /// GITS_CREADR did not reach GITS_CWRITER within [`POLLS`] polls.
-    Timeout {
-        /// GITS_CREADR.Offset at the last poll.
-        creadr: u32,
-        /// GITS_CWRITER.Offset.
-        cwriter: u32,
-    },
 }
 
 impl fmt::Display for ItsError {
@@ -150,16 +137,6 @@ impl fmt::Display for ItsError {
             Self::NoCollection(cpu) => write!(f, "physical CPU {cpu} has no collection"),
             Self::Lpi(e) => write!(f, "{e}"),
             Self::Queue(e) => write!(f, "{e}"),
-            Self::Stalled { offset, command } => {
-                write!(
-                    f,
-                    "the command queue stalled at {command} (offset {offset:#x})"
-                )
-            }
-            Self::Timeout { creadr, cwriter } => write!(
-                f,
-                "GITS_CREADR stayed at {creadr:#x}, short of GITS_CWRITER {cwriter:#x}"
-            ),
         }
     }
 }
@@ -170,14 +147,39 @@ impl From<LpiError> for ItsError {
     }
 }
 
-/// The command queue.
-struct CmdQueue {
-    mem: DmaRegion,
-    ring: Ring,
-    /// Where the next command goes (GITS_CWRITER once published).
-    write: u32,
+/// The command queue's memory and registers, as [`CommandQueue`] reaches
+/// them.
+struct QueueMmio<'a> {
+    regs: &'a Frame,
+    mem: &'a DmaRegion,
     /// The ITS does not snoop the queue: clean each command.
     flush: bool,
+}
+
+impl QueueHw for QueueMmio<'_> {
+    fn creadr(&self) -> u64 {
+        self.regs.r64(gits::CREADR)
+    }
+
+    fn set_cwriter(&mut self, value: u64) {
+        arch::dsb_st();
+        self.regs.w64(gits::CWRITER, value);
+    }
+
+    fn put(&mut self, at: u32, words: [u64; 4]) {
+        self.mem.write_words(at as usize / 8, &words);
+        if self.flush {
+            arch::clean_inval_dcache(self.mem.pa().raw() + u64::from(at), COMMAND_BYTES);
+        }
+    }
+
+    fn opcode_at(&self, at: u32) -> u8 {
+        self.mem.read(at as usize / 8) as u8
+    }
+
+    fn pause(&self) {
+        arch::delay_us(1);
+    }
 }
 
 /// One event of a mapped device.
@@ -199,7 +201,10 @@ pub struct Its {
     regs: Frame,
     base: PhysAddr,
     typer: Typer,
-    queue: CmdQueue,
+    queue: CommandQueue,
+    queue_mem: DmaRegion,
+    /// The ITS does not snoop the command queue.
+    queue_flush: bool,
     /// DeviceIDs 0..device_ids have a device table entry.
     device_ids: u64,
     lpis: LpiAllocator,
@@ -422,12 +427,9 @@ impl Its {
             regs,
             base: PhysAddr(node.regs.base),
             typer,
-            queue: CmdQueue {
-                mem,
-                ring,
-                write: 0,
-                flush: kept.flush,
-            },
+            queue: CommandQueue::new(ring, POLLS),
+            queue_mem: mem,
+            queue_flush: kept.flush,
             device_ids,
             lpis: LpiAllocator::new(id_bits),
             config,
@@ -678,63 +680,15 @@ impl Its {
         arch::dsb_st();
     }
 
-    /// GITS_CREADR's offset; an error if the queue stalled.
-    fn creadr(&self) -> Result<u32, ItsError> {
-        let v = self.regs.r64(gits::CREADR);
-        let offset = self.queue.ring.offset(v).map_err(ItsError::Queue)?;
-        if queue::stalled(v) {
-            let opcode = self.queue.mem.read(offset as usize / 8) as u8;
-            return Err(ItsError::Stalled {
-                offset,
-                command: Command::name(opcode),
-            });
-        }
-        Ok(offset)
-    }
-
-    /// Polls GITS_CREADR until `done(ring, write, read)`, at most
-    /// [`POLLS`] times; returns the last read offset.
-    fn wait(&self, done: impl Fn(&Ring, u32, u32) -> bool) -> Result<u32, ItsError> {
-        let mut read = 0;
-        for _ in 0..POLLS {
-            read = self.creadr()?;
-            if done(&self.queue.ring, self.queue.write, read) {
-                return Ok(read);
-            }
-            arch::delay_us(1);
-        }
-        Err(ItsError::Timeout {
-            creadr: read,
-            cwriter: self.queue.write,
-        })
-    }
-
-    /// Moves GITS_CWRITER to the end of what was written.
-    fn publish(&self) {
-        arch::dsb_st();
-        self.regs
-            .w64(gits::CWRITER, queue::cwriter(self.queue.write));
-    }
-
-    /// Writes `cmds` to the queue, publishes them and waits until the ITS
-    /// has read them all (a full queue is published and waited for first).
+    /// Writes `cmds` to the queue and waits, bounded, until the ITS has
+    /// read them all.
     fn submit(&mut self, cmds: &[Command]) -> Result<(), ItsError> {
-        for c in cmds {
-            let read = self.creadr()?;
-            if self.queue.ring.free(self.queue.write, read) == 0 {
-                self.publish();
-                self.wait(|ring, write, read| ring.free(write, read) > 0)?;
-            }
-            let at = self.queue.write as usize;
-            self.queue.mem.write_words(at / 8, &c.encode());
-            if self.queue.flush {
-                arch::clean_inval_dcache(self.queue.mem.pa().raw() + at as u64, COMMAND_BYTES);
-            }
-            self.queue.write = self.queue.ring.next(self.queue.write);
-        }
-        self.publish();
-        self.wait(|ring, write, read| ring.is_empty(write, read))?;
-        Ok(())
+        let mut hw = QueueMmio {
+            regs: &self.regs,
+            mem: &self.queue_mem,
+            flush: self.queue_flush,
+        };
+        self.queue.submit(&mut hw, cmds).map_err(ItsError::Queue)
     }
 }
 
