@@ -131,6 +131,10 @@ extern "C" fn primary_main(dtb: u64) -> ! {
 
     crate::power::configure(platform.has_bootarg("exit=semihosting"), platform.psci);
     arch::set_fatal_stop(crate::power::stop);
+    // SAFETY: the GIC from the DTB, mapped as a device in map_everything;
+    // only the hypervisor programs it.
+    unsafe { crate::drivers::gic::init(&platform.gic) };
+    crate::drivers::gic::init_cpu(arch::mpidr());
     let init = crate::init::run(&platform);
     let ok = init.self_tests == crate::init::SelfTests::Passed;
     match crate::vm::run::create(&platform, &init.functions) {
@@ -176,6 +180,13 @@ fn map_everything(
     )?;
     for r in &p.gic.redist {
         mmu::map(r.base, r.base + r.size, Mapping::Device)?;
+    }
+    if let Some(its) = &p.gic.its {
+        mmu::map(
+            its.regs.base,
+            its.regs.base + its.regs.size,
+            Mapping::Device,
+        )?;
     }
     if let Some(s) = &p.smmu {
         mmu::map(s.regs.base, s.regs.base + s.regs.size, Mapping::Device)?;
@@ -241,12 +252,14 @@ extern "C" fn secondary_main(index: u64) -> ! {
 fn footprint(image: &core::ops::Range<u64>, heap: u64) {
     let (_, used) = FRAMES.stats();
     info!(
-        "footprint: image {} KiB, heap {} KiB, frames in use {} KiB ({}: {} KiB, {}: {} KiB, {}: {} KiB, {}: {} MiB)",
+        "footprint: image {} KiB, heap {} KiB, frames in use {} KiB ({}: {} KiB, {}: {} KiB, {}: {} KiB, {}: {} KiB, {}: {} MiB)",
         (image.end - image.start) / 1024,
         heap / 1024,
         used * 4,
         mm::SMMU_MEM.name(),
         mm::SMMU_MEM.bytes() / 1024,
+        mm::ITS_MEM.name(),
+        mm::ITS_MEM.bytes() / 1024,
         mm::S2_CPU_MEM.name(),
         mm::S2_CPU_MEM.bytes() / 1024,
         mm::TEST_MEM.name(),

@@ -1,8 +1,9 @@
-//! What the hypervisor sets up once it has memory and a console: the SMMU
-//! (before any device can DMA), PCI, and the boot self-tests.
+//! What the hypervisor sets up once it has memory, a console and the GIC:
+//! the SMMU (before any device can DMA), PCI, the ITS, and the boot
+//! self-tests.
 
-use crate::drivers::iommu;
 use crate::drivers::pci::{self, Function};
+use crate::drivers::{iommu, its};
 use crate::platform::Platform;
 use crate::selftest;
 use alloc::vec::Vec;
@@ -49,6 +50,13 @@ pub fn run(p: &Platform) -> Initialised {
     if let Some(host) = iommu::get() {
         host.lock().register_pci(p, &fns);
     }
+    let cpus = &p.cpus[..p.cpus.len().min(crate::vm::run::MAX_CPUS)];
+    if let Err(e) = its::init(p, cpus) {
+        match e {
+            its::ItsError::Absent => warn!("ITS: {e}: no MSIs"),
+            _ => error!("ITS: {e}: no MSIs"),
+        }
+    }
 
     let mut ok = true;
     if p.has_bootarg("selftest=dma") {
@@ -66,9 +74,9 @@ pub fn run(p: &Platform) -> Initialised {
                 let ecam = unsafe {
                     pci::Ecam::new(pci_host.ecam.base, pci_host.ecam.size, pci_host.bus_range.0)
                 };
-                ok = selftest::run(&mut host.lock(), &ecam, f);
+                ok = selftest::dma::run(&mut host.lock(), &ecam, f);
                 for other in fns.iter().filter(|o| o.is_edu() && o.bdf != f.bdf) {
-                    ok &= selftest::probe_unowned(&mut host.lock(), &ecam, other);
+                    ok &= selftest::dma::probe_unowned(&mut host.lock(), &ecam, other);
                 }
                 if ok {
                     info!("self-test: DMA isolation through the SMMU: all checks passed");
@@ -78,6 +86,9 @@ pub fn run(p: &Platform) -> Initialised {
             }
             (Some(_), Some(_), None) => unreachable!("a PCI function without a host bridge"),
         }
+    }
+    if p.has_bootarg("selftest=its") {
+        ok &= selftest::its::run(p, &fns);
     }
     Initialised {
         self_tests: if ok {

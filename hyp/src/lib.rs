@@ -1,8 +1,8 @@
 //! The EL2 hypervisor.
 //!
 //! Boot flow (see docs/ARCHITECTURE.md): `entry.S` -> [`boot::primary_main`]:
-//! heap, DTB, console, EL2 MMU, page frames, SMMU (fail-closed), PCI,
-//! secondary CPUs, self-tests, footprint report.
+//! heap, DTB, console, EL2 MMU, page frames, GIC, SMMU (fail-closed), PCI,
+//! ITS, self-tests, secondary CPUs, footprint report.
 //!
 //! Built for `aarch64-unknown-none` by `./hv build` (the `hyp` binary is
 //! this library linked with `linker/hyp.ld`). On the host the modules that

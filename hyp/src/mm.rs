@@ -183,6 +183,9 @@ unsafe impl PageAllocator for Accounted {
 pub static SMMU_MEM: Accounted = Accounted::new("SMMU tables and queues");
 /// Stage-2 tables of VMs (shared by the CPU and the SMMU).
 pub static S2_CPU_MEM: Accounted = Accounted::new("VM stage-2 tables");
+/// The ITS's device, collection and interrupt translation tables and its
+/// command queue; the redistributors' LPI configuration and pending tables.
+pub static ITS_MEM: Accounted = Accounted::new("ITS and LPI tables");
 /// Buffers of the boot self-tests.
 pub static TEST_MEM: Accounted = Accounted::new("self-test buffers");
 /// Guest RAM.

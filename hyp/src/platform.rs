@@ -59,18 +59,30 @@ pub struct SmmuNode {
     pub dma_coherent: bool,
 }
 
-/// One `iommu-map` entry: requester IDs `rid_base..rid_base+len` map to
-/// StreamIDs `sid_base..` of the IOMMU with `iommu_phandle`.
+/// One `iommu-map` or `msi-map` entry: requester IDs
+/// `rid_base..rid_base+len` map to IDs `out_base..` (StreamIDs of an IOMMU,
+/// DeviceIDs of an MSI controller) of the node with `phandle`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IommuMapEntry {
+pub struct IdMapEntry {
     /// First requester ID (bus << 8 | devfn).
     pub rid_base: u32,
-    /// Phandle of the IOMMU.
-    pub iommu_phandle: u32,
-    /// StreamID of `rid_base`.
-    pub sid_base: u32,
+    /// Phandle of the IOMMU or MSI controller.
+    pub phandle: u32,
+    /// The ID `rid_base` maps to.
+    pub out_base: u32,
     /// Number of IDs.
     pub len: u32,
+}
+
+/// The ID `rid` maps to through `map`, if an entry for the node with
+/// `phandle` (any node when None) covers it.
+fn map_rid(map: &[IdMapEntry], rid: u16, phandle: Option<u32>) -> Option<u32> {
+    let rid = u32::from(rid);
+    map.iter()
+        .find(|e| {
+            rid >= e.rid_base && rid - e.rid_base < e.len && phandle.is_none_or(|p| p == e.phandle)
+        })
+        .and_then(|e| e.out_base.checked_add(rid - e.rid_base))
 }
 
 /// Kind of a PCI host bridge window.
@@ -109,7 +121,9 @@ pub struct PciHost {
     /// Address windows.
     pub windows: Vec<PciWindow>,
     /// Requester ID to StreamID translation.
-    pub iommu_map: Vec<IommuMapEntry>,
+    pub iommu_map: Vec<IdMapEntry>,
+    /// Requester ID to ITS DeviceID translation.
+    pub msi_map: Vec<IdMapEntry>,
     /// Legacy INTx wiring from `interrupt-map`: (device, pin 1..4) -> SPI.
     pub intx: Vec<(u8, u8, Irq)>,
     /// The device-number bits `interrupt-map-mask` keeps (0x1f: all).
@@ -131,15 +145,13 @@ impl PciHost {
     /// The StreamID of requester ID `rid`, if the `iommu-map` routes it to
     /// the IOMMU with `phandle`.
     pub fn stream_id(&self, rid: u16, phandle: Option<u32>) -> Option<u32> {
-        let rid = u32::from(rid);
-        self.iommu_map
-            .iter()
-            .find(|e| {
-                rid >= e.rid_base
-                    && rid - e.rid_base < e.len
-                    && phandle.is_none_or(|p| p == e.iommu_phandle)
-            })
-            .map(|e| e.sid_base + (rid - e.rid_base))
+        map_rid(&self.iommu_map, rid, phandle)
+    }
+
+    /// The ITS DeviceID of requester ID `rid`, if the `msi-map` routes it to
+    /// the MSI controller with `phandle`.
+    pub fn device_id(&self, rid: u16, phandle: Option<u32>) -> Option<u32> {
+        map_rid(&self.msi_map, rid, phandle)
     }
 }
 
@@ -150,6 +162,18 @@ pub struct Gic {
     pub dist: Region,
     /// Redistributor region(s).
     pub redist: Vec<Region>,
+    /// Its ITS (`arm,gic-v3-its`, a child of the GIC node), the first one
+    /// when there are several.
+    pub its: Option<ItsNode>,
+}
+
+/// A GICv3 ITS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItsNode {
+    /// Its two 64 KiB frames: control registers, then GITS_TRANSLATER's.
+    pub regs: Region,
+    /// Phandle, to match `msi-map` entries.
+    pub phandle: Option<u32>,
 }
 
 /// Everything the hypervisor needs to know about the machine.
@@ -228,6 +252,24 @@ fn first_region(node: FdtNode<'_, '_>, what: &'static str) -> Result<Region, Pla
         .ok_or(PlatformError::Malformed(what))
 }
 
+/// The entries of an `iommu-map` or `msi-map` property (4 cells each).
+fn id_map(node: FdtNode<'_, '_>, name: &'static str) -> Result<Vec<IdMapEntry>, PlatformError> {
+    let Some(p) = node.property(name) else {
+        return Ok(Vec::new());
+    };
+    let cell = |i| be32(p.value, i).ok_or(PlatformError::Malformed(name));
+    (0..p.value.len() / 16)
+        .map(|i| {
+            Ok(IdMapEntry {
+                rid_base: cell(i * 4)?,
+                phandle: cell(i * 4 + 1)?,
+                out_base: cell(i * 4 + 2)?,
+                len: cell(i * 4 + 3)?,
+            })
+        })
+        .collect()
+}
+
 /// Decodes a 3-cell GIC interrupt specifier.
 fn gic_irq(spec: &[u8], index: usize) -> Option<Irq> {
     let kind = be32(spec, index * 3)?;
@@ -297,9 +339,20 @@ impl Platform {
         if gic_regs.len() < 2 {
             return Err(PlatformError::Malformed("gic reg"));
         }
+        let its = match gic_node.children().find(|n| {
+            n.compatible()
+                .is_some_and(|c| c.all().any(|s| s == "arm,gic-v3-its"))
+        }) {
+            None => None,
+            Some(node) => Some(ItsNode {
+                regs: first_region(node, "its reg")?,
+                phandle: node.property("phandle").and_then(|p| be32(p.value, 0)),
+            }),
+        };
         let gic = Gic {
             dist: gic_regs[0].clone(),
             redist: gic_regs[1..2].to_vec(),
+            its,
         };
 
         let smmu = match fdt.find_compatible(&["arm,smmu-v3"]) {
@@ -426,18 +479,8 @@ impl Platform {
                 });
             }
         }
-        let mut iommu_map = Vec::new();
-        if let Some(p) = node.property("iommu-map") {
-            for i in 0..p.value.len() / 16 {
-                let mal = PlatformError::Malformed("iommu-map");
-                iommu_map.push(IommuMapEntry {
-                    rid_base: be32(p.value, i * 4).ok_or(mal.clone())?,
-                    iommu_phandle: be32(p.value, i * 4 + 1).ok_or(mal.clone())?,
-                    sid_base: be32(p.value, i * 4 + 2).ok_or(mal.clone())?,
-                    len: be32(p.value, i * 4 + 3).ok_or(mal)?,
-                });
-            }
-        }
+        let iommu_map = id_map(node, "iommu-map")?;
+        let msi_map = id_map(node, "msi-map")?;
         // interrupt-map: <child unit address (3 cells), pin (1 cell), parent
         // phandle, parent unit address (the GIC's #address-cells), GIC
         // specifier (3 cells)>. The device number is in bits 15:11 of the
@@ -470,6 +513,7 @@ impl Platform {
             bus_range,
             windows,
             iommu_map,
+            msi_map,
             intx,
             intx_dev_mask,
         })
@@ -517,6 +561,14 @@ mod tests {
         assert!(p.has_bootarg("selftest=dma"));
         assert!(!p.has_bootarg("selftest"));
         assert_eq!(p.gic.dist.base, 0x0800_0000);
+        let its = p.gic.its.as_ref().expect("ITS");
+        assert_eq!(
+            its.regs,
+            Region {
+                base: 0x0808_0000,
+                size: 0x2_0000
+            }
+        );
         let smmu = p.smmu.as_ref().expect("smmu");
         assert_eq!(
             smmu.regs,
@@ -542,6 +594,10 @@ mod tests {
         // 00:01.0 -> requester ID 8 -> StreamID 8 through the identity iommu-map.
         assert_eq!(pci.stream_id(0x8, smmu.phandle), Some(0x8));
         assert_eq!(pci.stream_id(0x8, Some(0xdead)), None);
+        // msi-map: identity onto the ITS's DeviceIDs, all 16 bits.
+        assert_eq!(pci.device_id(0x8, its.phandle), Some(0x8));
+        assert_eq!(pci.device_id(0xffff, its.phandle), Some(0xffff));
+        assert_eq!(pci.device_id(0x8, smmu.phandle), None);
         // QEMU virt swizzles INTx: device d pin p -> SPI 3 + (d + p - 1) % 4.
         assert_eq!(
             pci.intx_irq(0, 1),
@@ -575,10 +631,49 @@ mod tests {
         let p = Platform::parse(&dtb).unwrap();
         assert!(p.smmu.is_none());
         assert!(p.pci.as_ref().unwrap().iommu_map.is_empty());
+        let its = p.gic.its.as_ref().expect("ITS without an SMMU too");
+        assert_eq!(
+            p.pci.as_ref().unwrap().device_id(0x10, its.phandle),
+            Some(0x10)
+        );
     }
 
     #[test]
     fn garbage_is_rejected() {
         assert_eq!(Platform::parse(&[0u8; 64]), Err(PlatformError::BadFdt));
+    }
+}
+
+#[cfg(test)]
+mod id_map_tests {
+    use super::{map_rid, IdMapEntry};
+
+    #[test]
+    fn offsets_lengths_and_phandles() {
+        let map = [
+            IdMapEntry {
+                rid_base: 0x100,
+                phandle: 1,
+                out_base: 0x4000,
+                len: 0x100,
+            },
+            IdMapEntry {
+                rid_base: 0,
+                phandle: 2,
+                out_base: 0,
+                len: 0x10000,
+            },
+        ];
+        assert_eq!(map_rid(&map, 0x108, Some(1)), Some(0x4008));
+        assert_eq!(map_rid(&map, 0x208, Some(1)), None);
+        assert_eq!(map_rid(&map, 0x208, Some(2)), Some(0x208));
+        assert_eq!(map_rid(&map, 0x108, None), Some(0x4008), "first match");
+        let overflow = [IdMapEntry {
+            rid_base: 0,
+            phandle: 1,
+            out_base: u32::MAX,
+            len: 2,
+        }];
+        assert_eq!(map_rid(&overflow, 1, None), None);
     }
 }

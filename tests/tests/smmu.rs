@@ -35,7 +35,14 @@ fn boot_smmu_selftest() {
     // PCI enumerated, BAR assigned.
     b.expect("(edu)");
     b.expect("BAR0 Mem32 0x100000 bytes at 0x1");
-    b.hyp_checks().assert_all_passed(&DOMAIN_CHECKS);
+    // The ITS self-test runs in the same boot (`selftest=its`).
+    let mut expected = DOMAIN_CHECKS.to_vec();
+    expected.push("its");
+    let checks = b.hyp_checks();
+    checks.assert_all_passed(&expected);
+    let its = checks.detail("its");
+    assert!(its.contains("taken on CPU 0"), "{its}");
+    b.expect("ITS at 0x8080000");
     // The fault is printed decoded and attributed.
     let fault = b.expect("SMMU event: F_TRANSLATION sid=0x8");
     for part in ["write", "stage=2", "[PCI 00:01.0 owner self-test domain]"] {

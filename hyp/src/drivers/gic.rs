@@ -5,9 +5,12 @@
 //! Guests never touch it: their distributor and redistributors are
 //! emulated (`vgic`), and their CPU interface is the hardware's virtual one
 //! (ICV_* registers, filled through the ICH_LR<n>_EL2 list registers).
+//!
+//! It also points each redistributor at the LPI tables the ITS driver
+//! (`drivers::its`) allocates and enables its LPIs.
 
+use super::frame::Frame;
 use crate::platform::Gic;
-use core::ptr::NonNull;
 use log::warn;
 use spin::Once;
 
@@ -17,89 +20,18 @@ pub const SGI_KICK: u32 = 8;
 pub const PPI_MAINTENANCE: u32 = 25;
 /// PPI of the EL1 virtual timer.
 pub const PPI_VTIMER: u32 = 27;
-/// Interrupt IDs >= this are special (1020..1023: spurious).
-pub const SPECIAL: u32 = 1020;
 
+use crate::gicv3::attrs::{negotiate, NotKept};
+use crate::gicv3::lpi::{PENDBASER_ATTRS, PROPBASER_ATTRS};
 use crate::gicv3::{gicd, gicr};
-
-/// One register frame of the GIC: the only way its registers are
-/// reached. `unsafe` once, in [`Frame::new`]; every access after it is
-/// checked against the frame's size.
-struct Frame {
-    base: NonNull<u8>,
-    size: usize,
-}
-
-// SAFETY: a frame is MMIO reached only with volatile accesses, which the
-// GIC serialises itself; nothing in it is Rust memory.
-unsafe impl Send for Frame {}
-// SAFETY: as above.
-unsafe impl Sync for Frame {}
-
-impl Frame {
-    /// The frame of `size` bytes at `base`.
-    ///
-    /// # Safety
-    ///
-    /// `[base, base + size)` is GIC register space mapped as a device at
-    /// EL2 for the hypervisor's lifetime, and only the hypervisor programs
-    /// it: a 32- or 64-bit access at an aligned offset inside it has no
-    /// effect on memory safety.
-    unsafe fn new(base: u64, size: usize) -> Self {
-        Self {
-            base: NonNull::new(base as *mut u8).expect("GIC frame at address 0"),
-            size,
-        }
-    }
-
-    /// The `size`-byte part of this frame at `offset`.
-    fn part(&self, offset: u64, size: u64) -> Option<Frame> {
-        let (offset, size) = (offset as usize, size as usize);
-        let end = offset.checked_add(size)?;
-        (end <= self.size).then(|| Frame {
-            // SAFETY: inside this frame (checked), so not null.
-            base: unsafe { NonNull::new_unchecked(self.base.as_ptr().add(offset)) },
-            size,
-        })
-    }
-
-    fn at<T>(&self, offset: u64) -> *mut T {
-        let offset = offset as usize;
-        let width = core::mem::size_of::<T>();
-        assert!(
-            offset.is_multiple_of(width) && offset + width <= self.size,
-            "GIC register offset {offset:#x} outside a {:#x}-byte frame",
-            self.size
-        );
-        // SAFETY: inside the frame (asserted), which `new` vouches for.
-        unsafe { self.base.as_ptr().add(offset).cast() }
-    }
-
-    fn r32(&self, offset: u64) -> u32 {
-        // SAFETY: an aligned register inside the frame (`at`), mapped as a
-        // device per `Frame::new`'s contract.
-        unsafe { self.at::<u32>(offset).read_volatile() }
-    }
-
-    fn w32(&self, offset: u64, v: u32) {
-        // SAFETY: as in r32.
-        unsafe { self.at::<u32>(offset).write_volatile(v) }
-    }
-
-    fn r64(&self, offset: u64) -> u64 {
-        // SAFETY: as in r32.
-        unsafe { self.at::<u64>(offset).read_volatile() }
-    }
-
-    fn w64(&self, offset: u64, v: u64) {
-        // SAFETY: as in r32.
-        unsafe { self.at::<u64>(offset).write_volatile(v) }
-    }
-}
+use core::fmt;
+use smmu::addr::PhysAddr;
 
 struct Regs {
     dist: Frame,
     redist: Frame,
+    /// Physical address of the redistributor region.
+    redist_base: u64,
 }
 
 static REGS: Once<Regs> = Once::new();
@@ -133,6 +65,7 @@ pub unsafe fn init(gic: &Gic) {
         Regs {
             dist: Frame::new(gic.dist.base, gic.dist.size as usize),
             redist: Frame::new(redist.base, redist.size as usize),
+            redist_base: redist.base,
         }
     });
     r.dist.w32(gicd::CTLR, 0);
@@ -152,15 +85,16 @@ pub unsafe fn init(gic: &Gic) {
     wait_rwp(&r.dist);
 }
 
-/// The redistributor frame of the CPU with affinity `mpidr`.
-fn my_redist(mpidr: u64) -> Option<Frame> {
+/// The redistributor of the CPU with affinity `mpidr`: its frame and its
+/// offset in the region.
+fn find_redist(mpidr: u64) -> Option<(Frame, u64)> {
     let r = regs();
     let aff = ((mpidr >> 32 & 0xff) << 24) | (mpidr & 0xff_ffff);
     let mut off = 0;
     while let Some(frame) = r.redist.part(off, gicr::STRIDE) {
         let typer = frame.r64(gicr::TYPER);
-        if typer >> 32 == aff {
-            return Some(frame);
+        if u64::from(gicr::typer_affinity(typer)) == aff {
+            return Some((frame, off));
         }
         if typer & gicr::TYPER_LAST != 0 {
             break;
@@ -168,6 +102,11 @@ fn my_redist(mpidr: u64) -> Option<Frame> {
         off += gicr::STRIDE;
     }
     None
+}
+
+/// The redistributor frame of the CPU with affinity `mpidr`.
+fn my_redist(mpidr: u64) -> Option<Frame> {
+    find_redist(mpidr).map(|(frame, _)| frame)
 }
 
 /// Sets up this CPU's redistributor and CPU interface: wakes it, enables
@@ -242,4 +181,92 @@ pub fn send_sgi(mpidr: u64, sgi: u32) {
     let aff0 = mpidr & 0xf;
     let v = (aff3 << 48) | (aff2 << 32) | (u64::from(sgi) << 24) | (aff1 << 16) | (1 << aff0);
     crate::arch::gicv3::write_sgi1r(v);
+}
+
+/// How an ITS names one CPU's redistributor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Redistributor {
+    /// Physical address of its RD_base frame (MAPC/SYNC RDbase with
+    /// GITS_TYPER.PTA = 1).
+    pub rd_base: PhysAddr,
+    /// GICR_TYPER.Processor_Number (RDbase with PTA = 0).
+    pub processor_number: u16,
+}
+
+/// The redistributor of the CPU with affinity `mpidr`, if the GIC has one.
+pub fn redistributor(mpidr: u64) -> Option<Redistributor> {
+    let (frame, off) = find_redist(mpidr)?;
+    let typer = frame.r64(gicr::TYPER);
+    Some(Redistributor {
+        rd_base: PhysAddr(regs().redist_base + off),
+        processor_number: gicr::typer_processor_number(typer),
+    })
+}
+
+/// INTID bits the distributor supports when it supports LPIs
+/// (GICD_TYPER.LPIS and IDbits, IHI 0069 §12.9), None without LPIs.
+pub fn lpi_id_bits() -> Option<u32> {
+    let typer = regs().dist.r32(gicd::TYPER);
+    (typer & gicd::TYPER_LPIS != 0).then(|| gicd::typer_id_bits(typer))
+}
+
+/// Why a redistributor's LPIs could not be enabled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LpiSetupError {
+    /// The GIC has no redistributor for the CPU.
+    NoRedistributor,
+    /// GICR_TYPER.PLPIS = 0.
+    NoPhysicalLpis,
+    /// GICR_CTLR.EnableLPIs was already set (by firmware or an earlier
+    /// kernel): its tables cannot be replaced (§12.11, GICR_PROPBASER).
+    AlreadyEnabled,
+    /// GICR_PROPBASER or GICR_PENDBASER did not keep its value.
+    NotKept(&'static str, NotKept),
+}
+
+impl fmt::Display for LpiSetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoRedistributor => f.write_str("no redistributor"),
+            Self::NoPhysicalLpis => f.write_str("GICR_TYPER.PLPIS = 0"),
+            Self::AlreadyEnabled => f.write_str("GICR_CTLR.EnableLPIs already set"),
+            Self::NotKept(reg, n) => {
+                write!(f, "{reg} written {:#x}, reads {:#x}", n.wrote, n.read)
+            }
+        }
+    }
+}
+
+/// Points the redistributor of the CPU with affinity `mpidr` at the LPI
+/// configuration table `propbaser` and pending table `pendbaser` (register
+/// values from `gicv3::lpi`, which may come back with other memory
+/// attributes, see `gicv3::attrs`), then sets GICR_CTLR.EnableLPIs
+/// (IHI 0069 §6.1, §12.11). The tables must be zeroed and cleaned to the
+/// point of coherency before the call: the CPU never writes the pending
+/// table again. Returns whether the configuration table is Non-shareable
+/// for this redistributor, so that every later write to it must be cleaned
+/// to the point of coherency too.
+pub fn enable_lpis(mpidr: u64, propbaser: u64, pendbaser: u64) -> Result<bool, LpiSetupError> {
+    let rd = my_redist(mpidr).ok_or(LpiSetupError::NoRedistributor)?;
+    if rd.r64(gicr::TYPER) & gicr::TYPER_PLPIS == 0 {
+        return Err(LpiSetupError::NoPhysicalLpis);
+    }
+    if rd.r32(gicr::CTLR) & gicr::CTLR_ENABLE_LPIS != 0 {
+        return Err(LpiSetupError::AlreadyEnabled);
+    }
+    let rd = &rd;
+    let write_read = |reg: u64| {
+        move |v: u64| {
+            rd.w64(reg, v);
+            rd.r64(reg)
+        }
+    };
+    let prop = negotiate(propbaser, PROPBASER_ATTRS, write_read(gicr::PROPBASER))
+        .map_err(|n| LpiSetupError::NotKept("GICR_PROPBASER", n))?;
+    negotiate(pendbaser, PENDBASER_ATTRS, write_read(gicr::PENDBASER))
+        .map_err(|n| LpiSetupError::NotKept("GICR_PENDBASER", n))?;
+    crate::arch::dsb_st();
+    let ctlr = rd.r32(gicr::CTLR);
+    rd.w32(gicr::CTLR, ctlr | gicr::CTLR_ENABLE_LPIS);
+    Ok(prop.flush)
 }

@@ -433,6 +433,7 @@ mod tests {
                 },
             ],
             iommu_map: vec![],
+            msi_map: vec![],
             intx: vec![],
             intx_dev_mask: 0x1f,
         }

@@ -13,6 +13,7 @@ use super::trap::{self, Flow};
 use super::vm::{Machine, Vm, VmState};
 use crate::arch::{self, guest, TrapFrame};
 use crate::drivers::gic;
+use crate::gicv3::intid::Kind;
 use crate::platform::{Irq, Platform};
 use crate::vdev::psci::VcpuPower;
 use alloc::vec::Vec;
@@ -22,7 +23,7 @@ use smmu::addr::{Ipa, Vmid};
 use spin::{Mutex, Once};
 
 /// Physical CPUs this build supports (entry.S stacks).
-const MAX_CPUS: usize = 8;
+pub const MAX_CPUS: usize = 8;
 
 /// What a physical CPU runs.
 struct Slot {
@@ -150,9 +151,6 @@ pub fn hosts_vcpu(pc: usize) -> bool {
 pub fn start(p: &Platform) -> ! {
     let r = rt();
     arch::set_guest_trap_handler(handle_trap);
-    // SAFETY: the GIC from the DTB, mapped as a device in map_everything;
-    // only the hypervisor programs it.
-    unsafe { gic::init(&p.gic) };
     // SMMU faults are reported as they come, by the boot CPU.
     if let Some(irq) = crate::drivers::iommu::get().and_then(|h| h.lock().eventq_irq) {
         gic::enable_spi(irq.intid, r.cpu_mpidr[0], irq.edge);
@@ -293,8 +291,16 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
 fn handle_irq(pc: usize) -> bool {
     let r = rt();
     let intid = arch::gicv3::ack();
-    if intid >= gic::SPECIAL {
-        return false;
+    match crate::gicv3::intid::kind(intid) {
+        Kind::Special => return false,
+        Kind::Lpi => {
+            // LPIs have no active state (IHI 0069 §6.1): the priority drop
+            // ends them.
+            arch::gicv3::eoi(intid);
+            crate::drivers::its::lpi_taken(intid);
+            return true;
+        }
+        _ => {}
     }
     if intid == gic::PPI_MAINTENANCE {
         // List-register underflow, or a deactivation the hypervisor asked

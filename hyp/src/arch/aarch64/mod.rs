@@ -146,6 +146,30 @@ pub unsafe fn zero_by_blocks(pa: usize, len: usize, align: usize) -> bool {
     true
 }
 
+/// Cleans and invalidates the data cache lines holding `[start, start +
+/// len)` to the point of coherency (DC CIVAC), then waits for them (DSB
+/// SY): a device that does not snoop the CPU's caches then reads what the
+/// CPU wrote. `start` is an identity-mapped address.
+pub fn clean_inval_dcache(start: u64, len: usize) {
+    let ctr: u64;
+    // SAFETY: reading CTR_EL0 has no side effects.
+    unsafe { core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
+    // CTR_EL0.DminLine, bits [19:16]: log2 of the smallest line in words.
+    let line = 4u64 << ((ctr >> 16) & 0xf);
+    let end = start.saturating_add(len as u64);
+    let mut p = start & !(line - 1);
+    while p < end {
+        // SAFETY: clean and invalidate writes a dirty line back before
+        // dropping it, so what the CPU reads afterwards is unchanged: no
+        // effect on memory safety. An unmapped address faults, and the
+        // exception handler stops the machine with a report.
+        unsafe { core::arch::asm!("dc civac, {}", in(reg) p, options(nostack, preserves_flags)) };
+        p += line;
+    }
+    // SAFETY: a barrier has no effect on memory safety.
+    unsafe { core::arch::asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
 /// Ends the run through Arm semihosting SYS_EXIT with `code` as QEMU's
 /// exit status. Only valid when the runner enabled semihosting.
 pub fn semihosting_exit(code: u32) -> ! {

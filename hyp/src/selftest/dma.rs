@@ -9,14 +9,13 @@
 //! 4. Detached: the same mapped IPA aborts again.
 //! 5. The domain is destroyed and its memory returned.
 //!
-//! Each check is one log line in the check-line format every guest uses
-//! (`guests/README.md`): `check NAME: pass DETAIL` or `check NAME: FAIL
-//! DETAIL`, and each entry point closes its run with
-//! `checks: N run, M failed`.
+//! Each check is one check line (see the parent module), and each entry
+//! point closes its run with its summary line.
 
 use alloc::format;
 use alloc::string::String;
 
+use super::Tally;
 use crate::drivers::edu::{Direction, Edu};
 use crate::drivers::iommu::HostIommu;
 use crate::drivers::pci::{self, Bdf, ConfigAccess, Function};
@@ -51,42 +50,6 @@ fn matches(page: &DmaRegion, range: core::ops::Range<usize>, f: impl Fn(usize) -
         let word = page.read(w);
         (0..8).all(|b| (word >> (8 * b)) as u8 == f(w * 8 + b))
     })
-}
-
-/// Counts a run's checks and prints their lines.
-#[derive(Default)]
-struct Tally {
-    run: u32,
-    failed: u32,
-}
-
-impl Tally {
-    /// Reports check `name` (lowercase words joined by `-`): passed with
-    /// `shown` as its detail when `failure` is None, else failed with the
-    /// failure as its detail. Returns whether it passed.
-    fn check(&mut self, name: &str, shown: &str, failure: Option<String>) -> bool {
-        self.run += 1;
-        match failure {
-            None => {
-                info!("check {name}: pass {shown}");
-                true
-            }
-            Some(why) => {
-                self.failed += 1;
-                error!("check {name}: FAIL {why}");
-                false
-            }
-        }
-    }
-
-    /// Prints the run's summary line.
-    fn close(self) {
-        if self.failed == 0 {
-            info!("checks: {} run, 0 failed", self.run);
-        } else {
-            error!("checks: {} run, {} failed", self.run, self.failed);
-        }
-    }
 }
 
 /// What went wrong with a DMA that must complete and leave `page`
