@@ -32,6 +32,8 @@
 //! the VM.
 
 pub mod cmd;
+#[cfg(not(target_os = "none"))]
+pub mod fake;
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -236,6 +238,26 @@ pub struct ItsEnv<'a, P: PhysicalIts> {
     pub phys: &'a mut P,
 }
 
+impl<P: PhysicalIts> fmt::Debug for ItsEnv<'_, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ItsEnv").finish_non_exhaustive()
+    }
+}
+
+/// One interrupt translation the vITS holds (what a MAPTI or MAPI left
+/// in place), as the guest named it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    /// The guest's DeviceID.
+    pub device: u32,
+    /// EventID.
+    pub event: u32,
+    /// The LPI it maps to.
+    pub intid: u32,
+    /// Its collection.
+    pub icid: u16,
+}
+
 /// An interrupt translation table entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Ite {
@@ -313,6 +335,19 @@ impl VIts {
     /// Number of events mapped to LPIs.
     pub fn mapped_events(&self) -> usize {
         self.devices.values().map(|d| d.ites.len()).sum()
+    }
+
+    /// Every translation held, by DeviceID then EventID (for checking the
+    /// vITS against its physical side and the vGIC).
+    pub fn translations(&self) -> impl Iterator<Item = Translation> + '_ {
+        self.devices.iter().flat_map(|(&device, d)| {
+            d.ites.iter().map(move |(&event, ite)| Translation {
+                device,
+                event,
+                intid: ite.intid,
+                icid: ite.icid,
+            })
+        })
     }
 
     /// DeviceID bits: enough for the largest DeviceID the VM owns (at
