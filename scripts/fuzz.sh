@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of the virtual SMMUv3 (fuzz/README.md).
+# Coverage-guided fuzzing of the virtual SMMUv3, virtual ITS and trap path
+# (fuzz/README.md).
 #
 #   scripts/fuzz.sh [seconds] [target...]
 #
@@ -19,7 +20,7 @@ root=$PWD
 secs=${1:-20}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(vsmmu decoders guest)
+[ ${#targets[@]} -gt 0 ] || targets=(vsmmu decoders guest vits)
 case $secs in '' | *[!0-9]*) echo "fuzz: seconds must be a number: $secs" >&2; exit 2 ;; esac
 
 out=$root/target/fuzz

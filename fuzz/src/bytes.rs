@@ -5,6 +5,9 @@
 //! input is wasted on a parse error. [`Writer`] is its inverse, used to build
 //! the committed seeds from readable sequences of operations.
 
+use std::fmt::Debug;
+use std::format;
+use std::string::String;
 use std::vec::Vec;
 
 /// Reads fields from the fuzzer's bytes.
@@ -106,6 +109,47 @@ impl Writer {
         self.u8(len);
         self.data.extend_from_slice(v);
     }
+}
+
+/// An input as the targets read it: a header, read by `header`, then
+/// operations, each read by `op`, until the bytes run out (at most `max`).
+pub fn decode_input<S, O>(
+    data: &[u8],
+    max: usize,
+    header: impl FnOnce(&mut Reader<'_>) -> S,
+    mut op: impl FnMut(&mut Reader<'_>, &S) -> O,
+) -> (S, Vec<O>) {
+    let mut r = Reader::new(data);
+    let header = header(&mut r);
+    let mut ops = Vec::new();
+    while !r.is_empty() && ops.len() < max {
+        ops.push(op(&mut r, &header));
+    }
+    (header, ops)
+}
+
+/// The input that [`decode_input`] reads back as `header` and `ops`.
+pub fn encode_input<S, O>(
+    header: &S,
+    ops: &[O],
+    encode_header: impl FnOnce(&S, &mut Writer),
+    encode_op: impl Fn(&O, &mut Writer),
+) -> Vec<u8> {
+    let mut w = Writer::new();
+    encode_header(header, &mut w);
+    for op in ops {
+        encode_op(op, &mut w);
+    }
+    w.finish()
+}
+
+/// A decoded input, one operation per line: what a crashing input did.
+pub fn describe_input<S: Debug, O: Debug>(header: &S, ops: &[O]) -> String {
+    let mut s = format!("{header:?}\n");
+    for (i, op) in ops.iter().enumerate() {
+        s.push_str(&format!("{i:4}: {op:?}\n"));
+    }
+    s
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::string::String;
+use std::vec;
 use std::vec::Vec;
-use std::{format, vec};
 
 use smmu::addr::{Ipa, PhysAddr, Ssid, StreamId};
 use smmu::cd::{CdLocation, CdLookup, CdPolicy, CdTable, ContextDescriptor, L1Cd};
@@ -24,6 +24,7 @@ use smmu::ste::{Httu, Ste, SteKind, TtEndian};
 use smmu::strtab::L1Std;
 use smmu::vsmmu::{GuestIrq, GuestMemError, GuestMemory, VSmmu, VsmmuEngine, VsmmuPolicy};
 
+use crate::bytes::describe_input;
 use crate::ops::{decode_all, Op, Setup};
 use crate::oracle::{
     check_queue, check_update_plan, fits, guest_event, guest_owns, register_bits, register_name,
@@ -895,9 +896,5 @@ fn dump(v: &VSmmu) -> (Vec<u64>, bool) {
 /// An input decoded, one operation per line: what a crashing input did.
 pub fn describe(data: &[u8]) -> String {
     let (setup, ops) = decode_all(data, MAX_OPS);
-    let mut s = format!("{setup:?}\n");
-    for (i, op) in ops.iter().enumerate() {
-        s.push_str(&format!("{i:4}: {op:?}\n"));
-    }
-    s
+    describe_input(&setup, &ops)
 }

@@ -1,5 +1,6 @@
 //! Coverage-guided fuzzing of everything a guest writes to its virtual
-//! SMMUv3 (`smmu::vsmmu`), and of the decoders behind it.
+//! SMMUv3 (`smmu::vsmmu`) and its virtual GICv3 ITS (`hyp::vits`), of the
+//! decoders behind the vSMMU, and of the hypervisor's trap path.
 //!
 //! The fuzz targets in `fuzz_targets/` are one line each; the work is here,
 //! so that the committed seeds can be built, checked and replayed by plain
@@ -15,7 +16,10 @@
 //!   under test;
 //! - [`guest`] (target `guest`): every trap a guest's vCPU can cause, run
 //!   through the hypervisor's own trap dispatcher and emulated devices
-//!   (`hyp::harness`), which check the architecture's rules after each.
+//!   (`hyp::harness`), which check the architecture's rules after each;
+//! - [`vits`] (target `vits`): a VM's virtual GICv3 ITS and the LPIs it
+//!   maps, driven by its guest's registers, command queue and tables and
+//!   by its devices' MSIs, over a recording physical side.
 //!
 //! `scripts/fuzz.sh` builds and runs the targets; `fuzz/README.md` says
 //! how to run them longer and how to replay a crash.
@@ -27,4 +31,5 @@ pub mod harness;
 pub mod ops;
 pub mod oracle;
 pub mod seeds;
+pub mod vits;
 pub mod vm;

@@ -16,7 +16,7 @@ use smmu::addr::Ipa;
 use smmu::ste::{Config, S1Dss, S1Fmt, StallModel, Ste, STE_WORDS};
 use smmu::vsmmu::VsmmuPolicy;
 
-use crate::bytes::{Reader, Writer};
+use crate::bytes::{decode_input, encode_input, Reader, Writer};
 use crate::oracle::REGISTERS;
 use crate::vm::{CDS, CMDQ, DEVICES, EVTQ, L2, STRTAB};
 
@@ -205,15 +205,8 @@ impl Op {
             3 => Op::Poll,
             4 => Op::PhysicalFailures(r.u8() % 4),
             5 => {
-                let region = usize::from(r.u8());
-                let ipa = match REGIONS.get(region % 8) {
-                    Some(&base) => base + u64::from(r.u16()),
-                    None => r.u64(),
-                };
-                Op::Poke {
-                    ipa,
-                    bytes: r.bytes(64),
-                }
+                let (ipa, bytes) = poke(r, &REGIONS);
+                Op::Poke { ipa, bytes }
             }
             6 => Op::WriteSte {
                 vsid: sid(r),
@@ -266,9 +259,7 @@ impl Op {
             }
             Op::Poke { ipa, bytes } => {
                 w.u8(5);
-                w.u8(7);
-                w.u64(*ipa);
-                w.bytes(bytes);
+                encode_poke(w, *ipa, bytes);
             }
             Op::WriteSte { vsid, ste } => {
                 w.u8(6);
@@ -305,6 +296,23 @@ impl Op {
     }
 }
 
+/// Where and what a guest CPU writes in its memory: mostly at an offset
+/// into one of `regions` (at most 7), otherwise anywhere; up to 64 bytes.
+pub(crate) fn poke(r: &mut Reader<'_>, regions: &[u64]) -> (u64, Vec<u8>) {
+    let ipa = match regions.get(usize::from(r.u8()) % 8) {
+        Some(&base) => base + u64::from(r.u16()),
+        None => r.u64(),
+    };
+    (ipa, r.bytes(64))
+}
+
+/// The raw form [`poke`] reads back.
+pub(crate) fn encode_poke(w: &mut Writer, ipa: u64, bytes: &[u8]) {
+    w.u8(7);
+    w.u64(ipa);
+    w.bytes(bytes);
+}
+
 /// A register offset: mostly a real register, sometimes any word offset of
 /// either page, sometimes anything at all.
 fn offset(r: &mut Reader<'_>) -> usize {
@@ -327,7 +335,7 @@ fn encode_offset(w: &mut Writer, offset: usize) {
 }
 
 /// An access size: mostly 4 or 8, sometimes 0..=15.
-fn size(r: &mut Reader<'_>) -> usize {
+pub(crate) fn size(r: &mut Reader<'_>) -> usize {
     match r.u8() {
         0..=119 => 4,
         120..=239 => 8,
@@ -335,7 +343,7 @@ fn size(r: &mut Reader<'_>) -> usize {
     }
 }
 
-fn encode_size(w: &mut Writer, size: usize) {
+pub(crate) fn encode_size(w: &mut Writer, size: usize) {
     w.u8(match size {
         4 => 0,
         8 => 120,
@@ -427,21 +435,10 @@ pub(crate) fn ste(r: &mut Reader<'_>) -> Ste {
 
 /// The ops of an input, at most `max` of them.
 pub fn decode_all(data: &[u8], max: usize) -> (Setup, Vec<Op>) {
-    let mut r = Reader::new(data);
-    let setup = Setup::decode(&mut r);
-    let mut ops = Vec::new();
-    while !r.is_empty() && ops.len() < max {
-        ops.push(Op::decode(&mut r));
-    }
-    (setup, ops)
+    decode_input(data, max, Setup::decode, |r, _| Op::decode(r))
 }
 
 /// The input that decodes to `setup` and `ops`.
 pub fn encode_all(setup: &Setup, ops: &[Op]) -> Vec<u8> {
-    let mut w = Writer::new();
-    setup.encode(&mut w);
-    for op in ops {
-        op.encode(&mut w);
-    }
-    w.finish()
+    encode_input(setup, ops, Setup::encode, Op::encode)
 }

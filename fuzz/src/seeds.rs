@@ -1,6 +1,7 @@
 //! The committed seeds (`fuzz/seeds/<target>/`): realistic sequences a
-//! guest's `arm-smmu-v3` driver and its devices go through, a hostile
-//! guest, and a regression, from which the fuzzer starts mutating.
+//! guest's `arm-smmu-v3` and GICv3 ITS drivers and its devices go through,
+//! hostile guests, and a regression, from which the fuzzer starts
+//! mutating.
 //!
 //! `cargo test` checks that the files are exactly what this module builds
 //! (after a change of the input format, rewrite them with
@@ -18,9 +19,13 @@ use smmu::ste::{Config, Granule, S1Dss, S1Fmt, StallModel, Ste};
 use smmu::strtab::L1Std;
 use smmu::vsmmu::VsmmuPolicy;
 
+use hyp::vits::cmd::Command as ItsCommand;
+use hyp::vits::DeviceGrant;
+
 use crate::bytes::Writer;
 use crate::harness::Stats;
 use crate::ops::{Op, Setup};
+use crate::vits::{self, reg as its_reg, DEVICE_TABLE, ITT, PROP};
 use crate::vm::{s2, CDS, CMDQ, DEVICES, EVTQ, L2, RAM, STRTAB};
 
 /// A seed of the `vsmmu` target.
@@ -605,11 +610,302 @@ pub fn decoders() -> Vec<(&'static str, Vec<u8>)> {
     Vec::from([("structures", w.finish())])
 }
 
+/// A seed of the `vits` target.
+#[derive(Debug)]
+pub struct VitsSeed {
+    /// File name under `fuzz/seeds/vits/`.
+    pub name: &'static str,
+    /// The VM.
+    pub setup: vits::Setup,
+    /// The sequence.
+    pub ops: Vec<vits::Op>,
+    /// What running it must have exercised.
+    pub reaches: fn(&vits::Stats) -> bool,
+}
+
+fn grant(physical: u32, events: u32) -> DeviceGrant {
+    DeviceGrant { physical, events }
+}
+
+fn mapc(icid: u16, target: u64, valid: bool) -> ItsCommand {
+    ItsCommand::Mapc {
+        icid,
+        target,
+        valid,
+    }
+}
+
+/// A valid MAPD.
+fn mapd(device: u32, event_bits: u8, itt: u64) -> ItsCommand {
+    ItsCommand::Mapd {
+        device,
+        valid: true,
+        event_bits,
+        itt: Ipa(itt),
+    }
+}
+
+fn mapti(device: u32, event: u32, intid: u32, icid: u16) -> ItsCommand {
+    ItsCommand::Mapti {
+        device,
+        event,
+        intid,
+        icid,
+    }
+}
+
+/// An MSI of physical device `physical`.
+fn deliver(physical: u32, event: u32) -> vits::Op {
+    vits::Op::Deliver { physical, event }
+}
+
+/// Commands submitted at once (at most 16).
+fn submit(cmds: &[ItsCommand]) -> vits::Op {
+    vits::Op::Submit(cmds.iter().map(ItsCommand::encode).collect())
+}
+
+fn its_write(offset: u64, value: u64) -> vits::Op {
+    vits::Op::Write {
+        offset,
+        size: 8,
+        value,
+    }
+}
+
+/// Linux's ITS driver on a 2-vCPU VM with two functions: a collection per
+/// vCPU, each device's ITT, MSI-X vectors mapped to LPIs (their
+/// configuration bytes written first), an MSI delivered, INT, MOVI with
+/// INV after a priority change, DISCARD of a vector the driver frees (its
+/// MSI then dropped), and a device unmapped.
+fn its_linux() -> VitsSeed {
+    let mut ops: Vec<vits::Op> = (8192..8196)
+        .map(|intid| vits::Op::LpiConfig {
+            intid,
+            config: 0xa1,
+        })
+        .collect();
+    ops.extend([
+        vits::Op::Read {
+            offset: its_reg::TYPER,
+            size: 8,
+        },
+        submit(&[
+            mapc(0, 0, true),
+            ItsCommand::Sync { target: 0 },
+            mapc(1, 1, true),
+            ItsCommand::Sync { target: 1 },
+            mapd(8, 5, ITT),
+            mapti(8, 0, 8192, 0),
+            mapti(8, 1, 8193, 1),
+            ItsCommand::Sync { target: 1 },
+            mapd(0x10, 2, ITT + 0x1000),
+            mapti(0x10, 0, 8194, 1),
+            ItsCommand::Sync { target: 1 },
+        ]),
+        vits::Op::Poll,
+        deliver(0x108, 1),
+        submit(&[
+            ItsCommand::Int {
+                device: 0x10,
+                event: 0,
+            },
+            ItsCommand::Sync { target: 1 },
+        ]),
+        vits::Op::LpiConfig {
+            intid: 8192,
+            config: 0x81,
+        },
+        submit(&[
+            ItsCommand::Movi {
+                device: 8,
+                event: 0,
+                icid: 1,
+            },
+            ItsCommand::Sync { target: 1 },
+            ItsCommand::Inv {
+                device: 8,
+                event: 0,
+            },
+            ItsCommand::Sync { target: 1 },
+        ]),
+        vits::Op::Poll,
+        submit(&[
+            ItsCommand::Discard {
+                device: 8,
+                event: 1,
+            },
+            ItsCommand::Sync { target: 1 },
+        ]),
+        vits::Op::Poll,
+        deliver(0x108, 1),
+        submit(&[
+            ItsCommand::Mapd {
+                device: 0x10,
+                valid: false,
+                event_bits: 1,
+                itt: Ipa(0),
+            },
+            ItsCommand::Sync { target: 0 },
+        ]),
+        vits::Op::Poll,
+    ]);
+    VitsSeed {
+        name: "linux",
+        setup: vits::Setup {
+            vcpus: 2,
+            skip: 0,
+            propbaser: PROP | 15,
+            queue_pages: 15,
+            baser: 2 << 8,
+            devices: Vec::from([(8, grant(0x108, 32)), (0x10, grant(0x110, 4))]),
+        },
+        ops,
+        reaches: |s| {
+            s.most_translations == 3
+                && s.delivered == 1
+                && s.dropped == 1
+                && s.errors == 0
+                && s.commands == 21
+        },
+    }
+}
+
+/// A hostile guest on 4 vCPUs: odd register accesses, commands about
+/// devices it does not own, beyond its grants, ITTs and tables outside its
+/// RAM, an LPI shared by two events, the physical side out of routes, MSIs
+/// of other devices, collections moved and unmapped under mapped events, a
+/// queue filled beyond one access's budget, a queue outside its RAM
+/// (stalled, retried), and a reset.
+fn its_hostile() -> VitsSeed {
+    let mut ops = Vec::from([
+        vits::Op::Read {
+            offset: its_reg::CTLR + 2,
+            size: 4,
+        },
+        vits::Op::Read {
+            offset: u64::MAX - 7,
+            size: 8,
+        },
+        its_write(its_reg::TYPER, u64::MAX),
+        // Bases cannot move while the ITS is enabled.
+        its_write(its_reg::CBASER, 0x1000),
+        its_write(its_reg::BASER, 1 << 62),
+        submit(&[
+            mapd(9, 2, ITT),
+            mapd(1, 12, ITT),
+            mapd(1, 2, 0x1000),
+            mapd(0xffff, 2, ITT),
+            mapc(0, 7, true),
+            ItsCommand::Unsupported(0x2a),
+            mapti(1, 0, 8192, 0),
+        ]),
+        submit(&[
+            mapc(0, 0, true),
+            mapc(1, 1, true),
+            mapc(2, 2, true),
+            mapc(3, 3, true),
+            mapd(1, 2, ITT),
+            mapd(0x20, 4, ITT + 0x1000),
+            mapti(1, 0, 8192, 3),
+            // The same LPI for a second event, in another collection.
+            mapti(1, 1, 8192, 0),
+            // Beyond the grants (2 events and 1).
+            mapti(1, 2, 8200, 0),
+            mapti(0x20, 0, 8200, 0),
+            mapti(0x20, 1, 8201, 0),
+            mapti(1, 0, 20000, 1),
+            mapti(1, 1, 1023, 1),
+        ]),
+        vits::Op::RefuseMaps(true),
+        submit(&[mapti(1, 1, 8300, 2)]),
+        vits::Op::RefuseMaps(false),
+        deliver(0x9999, 0),
+        deliver(0x2000, 0),
+        submit(&[
+            ItsCommand::Movall { from: 1, to: 3 },
+            mapc(1, 2, true),
+            // Event 0 of DeviceID 1 is in collection 1: INT, INVALL and its
+            // MSI find no target.
+            mapc(1, 0, false),
+            ItsCommand::Int {
+                device: 1,
+                event: 0,
+            },
+            ItsCommand::Invall { icid: 1 },
+        ]),
+        deliver(0x2000, 0),
+        vits::Op::Redist {
+            vcpu: 2,
+            offset: 0,
+            size: 4,
+            value: 0,
+        },
+        vits::Op::Poke {
+            ipa: DEVICE_TABLE,
+            bytes: Vec::from([0xff; 64]),
+        },
+        // Commands queued while disabled: enabling runs one access's
+        // worth, a poll the rest.
+        its_write(its_reg::CTLR, 0),
+    ]);
+    for _ in 0..5 {
+        ops.push(submit(&[ItsCommand::Sync { target: 3 }; 16]));
+    }
+    ops.extend([
+        its_write(its_reg::CTLR, 1),
+        vits::Op::Poll,
+        // A queue outside RAM stalls, and again when retried.
+        its_write(its_reg::CTLR, 0),
+        its_write(its_reg::CBASER, (1 << 63) | 0x1000_0000),
+        its_write(its_reg::CTLR, 1),
+        its_write(its_reg::CWRITER, 32),
+        vits::Op::Poll,
+        its_write(its_reg::CWRITER, 32 | 1),
+        vits::Op::Reset,
+        vits::Op::InitIts,
+        submit(&[
+            mapc(0, 0, true),
+            mapd(0x20, 1, ITT),
+            mapti(0x20, 0, 8192, 0),
+        ]),
+    ]);
+    VitsSeed {
+        name: "hostile",
+        setup: vits::Setup {
+            vcpus: 4,
+            skip: 0,
+            propbaser: PROP | 13,
+            queue_pages: 0,
+            baser: 0,
+            devices: Vec::from([
+                (1, grant(0x2000, 2)),
+                (0x20, grant(0x2020, 1)),
+                (0xffff, grant(0x3000, 4096)),
+            ]),
+        },
+        ops,
+        reaches: |s| {
+            s.errors == 13
+                && s.physical_refusals == 1
+                && s.stalls == 2
+                && s.delivered == 1
+                && s.dropped == 2
+                && s.most_translations == 3
+                && s.commands > 100
+        },
+    }
+}
+
+/// The seeds of the `vits` target.
+pub fn vits() -> Vec<VitsSeed> {
+    Vec::from([its_linux(), its_hostile()])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ops::{decode_all, encode_all};
-    use crate::{decoders, harness};
+    use crate::{decoders, harness, vits};
     use std::path::{Path, PathBuf};
     use std::{env, fs};
 
@@ -647,6 +943,19 @@ mod tests {
     }
 
     #[test]
+    fn vits_seeds_are_current_and_reach_their_states() {
+        for seed in super::vits() {
+            let data = vits::encode_all(&seed.setup, &seed.ops);
+            let (setup, ops) = vits::decode_all(&data, usize::MAX);
+            assert_eq!((&setup, &ops), (&seed.setup, &seed.ops), "{}", seed.name);
+            assert!(ops.len() <= vits::MAX_OPS, "{} is too long", seed.name);
+            check_file(&dir("vits").join(seed.name), &data);
+            let stats = vits::run(&data);
+            assert!((seed.reaches)(&stats), "{}: {stats:?}", seed.name);
+        }
+    }
+
+    #[test]
     fn decoder_seeds_are_current() {
         for (name, data) in decoders() {
             check_file(&dir("decoders").join(name), &data);
@@ -657,13 +966,17 @@ mod tests {
     /// Every file in `fuzz/seeds/<target>/`, generated or a kept crash.
     #[test]
     fn committed_seeds_pass() {
-        for target in ["vsmmu", "decoders"] {
+        for target in ["vsmmu", "decoders", "vits"] {
             for entry in fs::read_dir(dir(target)).unwrap() {
                 let data = fs::read(entry.unwrap().path()).unwrap();
-                if target == "vsmmu" {
-                    harness::run(&data);
-                } else {
-                    decoders::run(&data);
+                match target {
+                    "vsmmu" => {
+                        harness::run(&data);
+                    }
+                    "vits" => {
+                        vits::run(&data);
+                    }
+                    _ => decoders::run(&data),
                 }
             }
         }
@@ -679,6 +992,7 @@ mod tests {
         ] {
             harness::run(data);
             decoders::run(data);
+            vits::run(data);
         }
     }
 }

@@ -29,6 +29,9 @@ mod vm;
 
 #[cfg(not(target_os = "none"))]
 pub mod harness;
+/// On the host, the vGIC and vITS models, for the `vits` fuzz target.
+#[cfg(not(target_os = "none"))]
+pub use vdev::{vgic, vits};
 
 #[cfg(target_os = "none")]
 mod boot;

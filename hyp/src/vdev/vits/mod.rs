@@ -36,6 +36,8 @@
 #![cfg_attr(target_os = "none", allow(dead_code))]
 
 pub mod cmd;
+#[cfg(not(target_os = "none"))]
+pub mod fake;
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -244,6 +246,20 @@ impl<P: PhysicalIts> fmt::Debug for ItsEnv<'_, P> {
     }
 }
 
+/// One interrupt translation the vITS holds (what a MAPTI or MAPI left
+/// in place), as the guest named it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    /// The guest's DeviceID.
+    pub device: u32,
+    /// EventID.
+    pub event: u32,
+    /// The LPI it maps to.
+    pub intid: u32,
+    /// Its collection.
+    pub icid: u16,
+}
+
 /// An interrupt translation table entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Ite {
@@ -321,6 +337,19 @@ impl VIts {
     /// Number of events mapped to LPIs.
     pub fn mapped_events(&self) -> usize {
         self.devices.values().map(|d| d.ites.len()).sum()
+    }
+
+    /// Every translation held, by DeviceID then EventID (for checking the
+    /// vITS against its physical side and the vGIC).
+    pub fn translations(&self) -> impl Iterator<Item = Translation> + '_ {
+        self.devices.iter().flat_map(|(&device, d)| {
+            d.ites.iter().map(move |(&event, ite)| Translation {
+                device,
+                event,
+                intid: ite.intid,
+                icid: ite.icid,
+            })
+        })
     }
 
     /// DeviceID bits: enough for the largest DeviceID the VM owns (at

@@ -1,8 +1,8 @@
 //! Host tests of the vITS against the specification's rules, with a fake
 //! guest RAM, a vGIC and a recording physical side.
 
+use super::fake::{check_access, check_in_step, RecordingPhysicalIts};
 use super::*;
-use alloc::collections::BTreeSet;
 use smmu::fake::FakeGuestMemory;
 
 const RAM: u64 = 0x4000_0000;
@@ -10,44 +10,6 @@ const PROP: u64 = RAM + 0x10_0000;
 const QUEUE: u64 = RAM + 0x20_0000;
 const DEVICE_TABLE: u64 = RAM + 0x30_0000;
 const ITT: u64 = RAM + 0x31_0000;
-
-/// The physical side: the set of routed (physical device, event) pairs
-/// with their vCPU; refuses when `full`.
-#[derive(Default)]
-struct FakePhys {
-    routed: BTreeMap<(u32, u32), usize>,
-    full: bool,
-    calls: usize,
-}
-
-impl PhysicalIts for FakePhys {
-    type Error = &'static str;
-    fn map_event(&mut self, device: u32, event: u32, vcpu: usize) -> Result<(), Self::Error> {
-        self.calls += 1;
-        if self.full {
-            return Err("no physical LPI left");
-        }
-        self.routed.insert((device, event), vcpu);
-        Ok(())
-    }
-    fn move_event(&mut self, device: u32, event: u32, vcpu: usize) -> Result<(), Self::Error> {
-        self.calls += 1;
-        match self.routed.get_mut(&(device, event)) {
-            Some(v) => {
-                *v = vcpu;
-                Ok(())
-            }
-            None => Err("not routed"),
-        }
-    }
-    fn unmap_event(&mut self, device: u32, event: u32) -> Result<(), Self::Error> {
-        self.calls += 1;
-        self.routed
-            .remove(&(device, event))
-            .map(|_| ())
-            .ok_or("not routed")
-    }
-}
 
 /// DeviceID 8 is physical 0x108 with 32 events; DeviceID 0x10 is physical
 /// 0x110 with 4 events.
@@ -73,7 +35,7 @@ fn config() -> ItsConfig {
 struct World {
     mem: FakeGuestMemory,
     vgic: VGic,
-    phys: FakePhys,
+    phys: RecordingPhysicalIts,
     its: VIts,
 }
 
@@ -94,7 +56,7 @@ impl World {
         let mut w = Self {
             mem,
             vgic,
-            phys: FakePhys::default(),
+            phys: RecordingPhysicalIts::new(config()),
             its: VIts::new(config(), 2),
         };
         w.write(reg::CBASER, (1 << 63) | QUEUE);
@@ -530,7 +492,7 @@ fn a_device_table_outside_ram_or_too_small_refuses_mapd() {
 fn a_refused_physical_route_maps_nothing() {
     let mut w = World::new();
     w.linux_setup();
-    w.phys.full = true;
+    w.phys.refuse_maps = true;
     let out = w.submit(&[Command::Mapti {
         device: 8,
         event: 5,
@@ -683,34 +645,11 @@ fn random_commands_keep_the_physical_side_exactly_in_step() {
                     }
                 })
                 .collect();
+            let calls = w.phys.calls;
             let out = w.submit(&cmds);
-            assert!(out.commands <= COMMANDS_PER_ACCESS);
-            let held: BTreeSet<(u32, u32)> = w
-                .its
-                .devices
-                .values()
-                .flat_map(|d| d.ites.keys().map(move |&e| (d.grant.physical, e)))
-                .collect();
-            let routed: BTreeSet<(u32, u32)> = w.phys.routed.keys().copied().collect();
-            assert_eq!(held, routed, "round {round}");
-            for &(device, event) in &routed {
-                let grant = config()
-                    .devices
-                    .values()
-                    .find(|g| g.physical == device)
-                    .copied();
-                assert!(grant.is_some_and(|g| event < g.events), "round {round}");
-            }
-            let lpis: BTreeSet<u32> = w
-                .its
-                .devices
-                .values()
-                .flat_map(|d| d.ites.values().map(|i| i.intid))
-                .collect();
-            assert_eq!(lpis.len(), w.vgic.nr_lpis(), "round {round}");
-            for lpi in lpis {
-                assert!(w.vgic.lpi_target(lpi).is_some());
-            }
+            check_access(&out, &w.phys, calls).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            check_in_step(&w.its, &w.vgic, &w.phys)
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
         }
     }
 }
