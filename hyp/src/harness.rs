@@ -252,6 +252,7 @@ impl GuestHarness {
         let pci = VirtualPciBus::new(std::vec![VirtualFunction {
             phys: FUNCTION,
             bars,
+            msix: None,
         }]);
         let pci = PciHostBridge::new(pci, Box::new(FakeFunction::new(config)));
         vm.bus =

@@ -6,6 +6,8 @@
 //! - [`vgic`]: the GICv3 distributor and redistributors, and ([`vgic::hw`])
 //!   the list registers of the hardware's virtual CPU interface;
 //! - [`vits`]: the GICv3 ITS, translating the VM's devices' MSIs to LPIs;
+//! - [`msix`]: the trapped BAR pages holding an assigned function's MSI-X
+//!   table and Pending Bit Array;
 //! - [`vpci`]: a PCI host bridge holding only the VM's own functions, with
 //!   their configuration space filtered;
 //! - the vSMMU is `smmu::vsmmu`, wired to the physical SMMU by `vm::vsmmu`;
@@ -14,6 +16,7 @@
 //! All of it is pure logic over the VM's state and runs in host tests and
 //! fuzz targets; what a guest writes is hostile input.
 
+pub mod msix;
 pub mod psci;
 pub mod vgic;
 pub mod vits;

@@ -14,12 +14,16 @@
 //! - Only the command bits that concern the function itself reach the device
 //!   (memory decode, bus mastering, error reporting, INTx disable); the SMMU
 //!   confines what bus mastering can reach.
-//! - MSI and MSI-X are hidden (INTx only), the expansion ROM and
-//!   the extended configuration space are absent.
+//! - MSI is hidden; MSI-X is visible only for a function whose MSIs the
+//!   hypervisor routes ([`VirtualFunction::msix`]), and then only its
+//!   Enable and Function Mask bits reach the device (the table is
+//!   emulated by [`super::msix`]); the expansion ROM and the extended
+//!   configuration space are absent.
 //!
 //! Everything here is driven by a hostile guest: no access panics, and no
 //! access reaches any function other than the one it addresses.
 
+use super::msix::{control, MsixLayout};
 use crate::drivers::pci::{BarKind, Bdf, ConfigAccess};
 use alloc::vec::Vec;
 use smmu::addr::Ipa;
@@ -117,6 +121,10 @@ pub struct VirtualFunction {
     pub phys: Bdf,
     /// Its BARs by slot; `None` reads as an unimplemented BAR (0).
     pub bars: [Option<VirtualBar>; 6],
+    /// Its MSI-X, when the hypervisor routes its MSIs to the VM: the
+    /// capability is then visible (else hidden, and the function has INTx
+    /// only).
+    pub msix: Option<MsixLayout>,
 }
 
 impl VirtualFunction {
@@ -168,9 +176,9 @@ struct Cap {
 }
 
 impl Cap {
-    /// MSI and MSI-X are hidden: the guest gets INTx only.
-    fn visible(self) -> bool {
-        self.id != regs::CAP_ID_MSI && self.id != regs::CAP_ID_MSIX
+    /// MSI is hidden; MSI-X only when `msix` (its MSIs are routed).
+    fn visible(self, msix: bool) -> bool {
+        self.id != regs::CAP_ID_MSI && (self.id != regs::CAP_ID_MSIX || msix)
     }
 }
 
@@ -178,6 +186,8 @@ impl Cap {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct CapList {
     caps: Vec<Cap>,
+    /// MSI-X is shown.
+    msix: bool,
 }
 
 impl CapList {
@@ -185,10 +195,10 @@ impl CapList {
     /// one, pointers masked to dwords, stopping at a pointer below 0x40, a
     /// Capability ID of 0xff (nothing there), or a pointer already seen, so
     /// a looping list is cut and the virtual list is always finite.
-    fn walk(cfg: &dyn ConfigAccess, bdf: Bdf) -> Self {
+    fn walk(cfg: &dyn ConfigAccess, bdf: Bdf, msix: bool) -> Self {
         let mut caps: Vec<Cap> = Vec::new();
         if (cfg.read32(bdf, regs::COMMAND) >> 16) & regs::STATUS_CAP_LIST == 0 {
-            return Self { caps };
+            return Self { caps, msix };
         }
         let mut ptr = (cfg.read32(bdf, regs::CAP_PTR) & 0xfc) as u8;
         // Offsets are distinct dwords in 0x40..0x100: at most 48 iterations.
@@ -201,11 +211,11 @@ impl CapList {
             caps.push(Cap { offset: ptr, id });
             ptr = ((header >> 8) & 0xfc) as u8;
         }
-        Self { caps }
+        Self { caps, msix }
     }
 
     fn visible(&self) -> impl Iterator<Item = Cap> + '_ {
-        self.caps.iter().copied().filter(|c| c.visible())
+        self.caps.iter().copied().filter(|c| c.visible(self.msix))
     }
 
     /// The first visible capability's offset, 0 if none.
@@ -221,11 +231,16 @@ impl CapList {
         Some(visible.next().map_or(0, |c| c.offset))
     }
 
+    /// Offset of the (visible) capability with ID `id`.
+    fn find(&self, id: u8) -> Option<u16> {
+        self.visible()
+            .find(|c| c.id == id)
+            .map(|c| u16::from(c.offset))
+    }
+
     /// Offset of the (visible) PCI Express capability.
     fn pcie(&self) -> Option<u16> {
-        self.visible()
-            .find(|c| c.id == regs::CAP_ID_PCIE)
-            .map(|c| u16::from(c.offset))
+        self.find(regs::CAP_ID_PCIE)
     }
 }
 
@@ -307,7 +322,9 @@ impl Slot {
 
     fn caps(&mut self, cfg: &dyn ConfigAccess) -> &CapList {
         let bdf = self.vf.phys;
-        self.caps.get_or_insert_with(|| CapList::walk(cfg, bdf))
+        let msix = self.vf.msix.is_some();
+        self.caps
+            .get_or_insert_with(|| CapList::walk(cfg, bdf, msix))
     }
 
     /// The guest's view of the dword at `offset` (dword aligned, < 0x1000).
@@ -364,6 +381,20 @@ impl Slot {
                 self.write_bar(usize::from((offset - regs::BAR0) / 4), value, bytes)
             }
             regs::INTERRUPT if bytes & 0xff != 0 => self.interrupt_line = value as u8,
+            regs::DEVICE_SPECIFIC..regs::CONFIG_SIZE
+                if bytes & 0xffff_0000 != 0
+                    && self.caps(cfg).find(regs::CAP_ID_MSIX) == Some(offset) =>
+            {
+                // Message Control: Enable and Function Mask are the
+                // guest's; Table Size is read-only.
+                let guest = u32::from(control::ENABLE | control::FUNCTION_MASK) << 16;
+                let old = cfg.read32(bdf, offset);
+                let wanted = (old & !bytes) | (value & bytes);
+                let new = (old & !guest) | (wanted & guest);
+                if new != old {
+                    cfg.write32(bdf, offset, new);
+                }
+            }
             regs::DEVICE_SPECIFIC..regs::CONFIG_SIZE
                 if bytes & 0xffff != 0
                     && self.caps(cfg).pcie().map(|p| p + regs::PCIE_DEVCTL) == Some(offset) =>
@@ -705,10 +736,12 @@ mod tests {
             VirtualFunction {
                 phys: NVME,
                 bars: nvme_bars,
+                msix: None,
             },
             VirtualFunction {
                 phys: EDU,
                 bars: edu_bars,
+                msix: None,
             },
         ])
     }
@@ -935,6 +968,40 @@ mod tests {
     }
 
     #[test]
+    fn msix_is_shown_for_a_routed_function_with_only_enable_and_mask_writable() {
+        let cfg = fake();
+        let mut bus = bus();
+        bus.slots[0].vf.msix = MsixLayout::from_capability(0x0040_0011, 0x2000, 0x3000);
+        let mut seen = Vec::new();
+        let mut ptr = bus.read(&cfg, at(1, 0x34), 1) & 0xfc;
+        while ptr != 0 {
+            let header = bus.read(&cfg, at(1, ptr), 2);
+            seen.push(header & 0xff);
+            ptr = (header >> 8) & 0xfc;
+        }
+        assert_eq!(
+            seen,
+            [
+                u64::from(CAP_ID_PM),
+                u64::from(CAP_ID_PCIE),
+                u64::from(CAP_ID_MSIX)
+            ],
+            "MSI stays hidden"
+        );
+        let ctl = at(1, u64::from(MSIX) + 2);
+        assert_eq!(bus.read(&cfg, ctl, 2), 0x0040, "64 entries, off");
+        // Enable with the function masked, then unmask; Table Size and
+        // the reserved bits do not change.
+        bus.write(&cfg, ctl, 2, 0xffff);
+        assert_eq!(phys(&cfg, NVME, MSIX) >> 16, 0xc040);
+        bus.write(&cfg, at(1, u64::from(MSIX)), 4, 0x8000_0000);
+        assert_eq!(phys(&cfg, NVME, MSIX), 0x8040_0000 | u32::from(CAP_ID_MSIX));
+        // A write to the capability's ID/next bytes alone is dropped.
+        bus.write(&cfg, at(1, u64::from(MSIX)), 2, 0);
+        assert_eq!(phys(&cfg, NVME, MSIX) >> 16, 0x8040);
+    }
+
+    #[test]
     fn capability_writes_are_dropped_except_device_control() {
         let cfg = fake();
         let mut bus = bus();
@@ -1084,7 +1151,11 @@ mod tests {
             kind: BarKind::Mem64,
             prefetchable: false,
         });
-        VirtualPciBus::new(vec![VirtualFunction { phys: NVME, bars }]);
+        VirtualPciBus::new(vec![VirtualFunction {
+            phys: NVME,
+            bars,
+            msix: None,
+        }]);
     }
 
     /// xorshift64*: deterministic, no dependency.

@@ -135,7 +135,11 @@ pub fn assign(
             });
             debug_assert!(bar.kind != BarKind::Io);
         }
-        vfs.push(VirtualFunction { phys: bdf, bars });
+        vfs.push(VirtualFunction {
+            phys: bdf,
+            bars,
+            msix: None,
+        });
         sids.push((bdf, sid));
     }
     let bus = VirtualPciBus::new(vfs);
