@@ -1,12 +1,14 @@
 //! The emulated devices on a VM's MMIO bus, each an [`MmioDevice`]: the
-//! console UART, the GIC distributor and redistributors, the counters page,
-//! the PCI host bridge's configuration space and the virtual SMMU's
-//! registers. Their models (`vuart`, `vgic`, `vpci`, `smmu::vsmmu`) are
+//! console UART, the GIC distributor, redistributors and ITS, the counters
+//! page, the PCI host bridge's configuration space, the virtual SMMU's
+//! registers and the trapped MSI-X pages of assigned functions. Their
+//! models (`vuart`, `vgic`, `vits`, `vpci`, `msix`, `smmu::vsmmu`) are
 //! pure; these adapters give each its VM's state and carry out what an
 //! access causes (interrupts, console lines).
 
 use super::bus::{Access, BusError, MmioBus, MmioContext, MmioDevice};
-use crate::drivers::pci::ConfigAccess;
+use crate::drivers::pci::{BarRange, ConfigAccess};
+use crate::vdev::msix::MsixPages;
 use crate::vdev::vpci::VirtualPciBus;
 use alloc::boxed::Box;
 use smmu::addr::Ipa;
@@ -76,6 +78,30 @@ impl MmioDevice for ItsFrames {
 
     fn write(&self, ctx: &dyn MmioContext, a: Access, value: u64) {
         ctx.its_access(a.offset, a.size, Some(value));
+    }
+}
+
+/// A trapped range of an assigned function's BAR that holds its MSI-X
+/// table or PBA (`vdev::msix`), over the physical BAR.
+#[derive(Debug)]
+pub struct MsixRegion {
+    /// What the guest may do there.
+    pub pages: MsixPages,
+    /// The physical bytes behind it.
+    pub window: BarRange,
+}
+
+impl MmioDevice for MsixRegion {
+    fn name(&self) -> &'static str {
+        "MSI-X table"
+    }
+
+    fn read(&self, _ctx: &dyn MmioContext, a: Access) -> u64 {
+        self.pages.read(&self.window, a.offset, a.size)
+    }
+
+    fn write(&self, _ctx: &dyn MmioContext, a: Access, value: u64) {
+        self.pages.write(&self.window, a.offset, a.size, value);
     }
 }
 
