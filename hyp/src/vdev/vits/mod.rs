@@ -599,11 +599,21 @@ impl VIts {
         // The physical side cannot refuse to forget; a failure there is
         // the physical ITS's own error to report.
         let _ = env.phys.unmap_event(grant.physical, event);
-        match lpi_refs.get_mut(&ite.intid) {
+        Self::release_lpi(env.vgic, lpi_refs, ite.intid, fx);
+    }
+
+    /// Drops one reference to LPI `intid`; the last one unmaps it.
+    fn release_lpi(
+        vgic: &mut VGic,
+        lpi_refs: &mut BTreeMap<u32, u32>,
+        intid: u32,
+        fx: &mut Effects,
+    ) {
+        match lpi_refs.get_mut(&intid) {
             Some(n) if *n > 1 => *n -= 1,
             _ => {
-                lpi_refs.remove(&ite.intid);
-                fx.merge(env.vgic.unmap_lpi(ite.intid));
+                lpi_refs.remove(&intid);
+                fx.merge(vgic.unmap_lpi(intid));
             }
         }
     }
@@ -721,25 +731,27 @@ impl VIts {
                     return Err(CommandError::IntidOutOfRange(intid));
                 }
                 let vcpu = self.collection_target(icid)?;
-                let grant = d.grant;
-                if let Some(old) = d.ites.get(&event).copied() {
-                    Self::unmap_event(env, &mut self.lpi_refs, grant, event, old, fx);
-                    if let Some(d) = self.devices.get_mut(&device) {
-                        d.ites.remove(&event);
-                    }
+                if vcpu >= env.vgic.nr_vcpus() {
+                    return Err(CommandError::TargetOutOfRange(vcpu as u64));
                 }
-                env.phys
-                    .map_event(grant.physical, event, vcpu)
-                    .map_err(|_| CommandError::Physical { device, event })?;
+                let grant = d.grant;
+                let old = d.ites.get(&event).copied();
+                // The physical route first (new, or the existing one
+                // moved): if it is refused, nothing has changed.
+                let routed = match old {
+                    None => env.phys.map_event(grant.physical, event, vcpu),
+                    Some(_) => env.phys.move_event(grant.physical, event, vcpu),
+                };
+                routed.map_err(|_| CommandError::Physical { device, event })?;
                 let config = Self::read_config(env.mem, env.vgic, vcpu, intid);
-                match env.vgic.map_lpi(intid, vcpu, config) {
-                    Ok(e) => fx.merge(e),
-                    Err(_) => {
-                        let _ = env.phys.unmap_event(grant.physical, event);
-                        return Err(CommandError::IntidOutOfRange(intid));
-                    }
+                // Cannot fail: the INTID and the vCPU were checked above.
+                if let Ok(e) = env.vgic.map_lpi(intid, vcpu, config) {
+                    fx.merge(e);
                 }
                 *self.lpi_refs.entry(intid).or_insert(0) += 1;
+                if let Some(o) = old {
+                    Self::release_lpi(env.vgic, &mut self.lpi_refs, o.intid, fx);
+                }
                 if let Some(d) = self.devices.get_mut(&device) {
                     d.ites.insert(event, Ite { intid, icid });
                 }

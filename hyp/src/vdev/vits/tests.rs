@@ -511,6 +511,45 @@ fn a_refused_physical_route_maps_nothing() {
 }
 
 #[test]
+fn mapti_of_a_mapped_event_moves_its_route_and_swaps_its_lpi() {
+    let mut w = World::new();
+    w.linux_setup();
+    w.submit(&[Command::Int {
+        device: 8,
+        event: 0,
+    }]);
+    let out = w.submit(&[Command::Mapti {
+        device: 8,
+        event: 0,
+        intid: 8200,
+        icid: 0,
+    }]);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    assert_eq!(w.phys.routed[&(0x108, 0)], 0, "the route moved, not remade");
+    assert_eq!(w.vgic.lpi_target(8192), None, "the old LPI is gone");
+    assert_eq!(w.vgic.lpi_target(8200), Some(0));
+    assert_eq!(w.its.mapped_events(), 2);
+    // Two events on one LPI: it stays while either maps it.
+    w.submit(&[Command::Mapti {
+        device: 8,
+        event: 1,
+        intid: 8200,
+        icid: 0,
+    }]);
+    assert_eq!(w.vgic.lpi_target(8193), None);
+    w.submit(&[Command::Discard {
+        device: 8,
+        event: 0,
+    }]);
+    assert_eq!(w.vgic.lpi_target(8200), Some(0));
+    w.submit(&[Command::Discard {
+        device: 8,
+        event: 1,
+    }]);
+    assert_eq!(w.vgic.lpi_target(8200), None);
+}
+
+#[test]
 fn a_queue_outside_ram_stalls_until_retried() {
     let mut w = World::new();
     w.write(reg::CTLR, 0);
