@@ -181,8 +181,9 @@ unsafe impl PageAllocator for Accounted {
 
 /// SMMU structures: stream table, queues, stage-2 tables of domains.
 pub static SMMU_MEM: Accounted = Accounted::new("SMMU tables and queues");
-/// Stage-2 tables of VMs (shared by the CPU and the SMMU).
-pub static S2_CPU_MEM: Accounted = Accounted::new("VM stage-2 tables");
+/// The CPU's stage-2 tables of VMs (their devices' are an IOMMU domain's,
+/// in [`SMMU_MEM`]).
+pub static S2_CPU_MEM: Accounted = Accounted::new("VM CPU stage-2 tables");
 /// The ITS's device, collection and interrupt translation tables and its
 /// command queue; the redistributors' LPI configuration and pending tables.
 pub static ITS_MEM: Accounted = Accounted::new("ITS and LPI tables");

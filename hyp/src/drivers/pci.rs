@@ -63,6 +63,17 @@ pub mod reg {
     pub const HEADER: u16 = 0x0c;
     /// First BAR.
     pub const BAR0: u16 = 0x10;
+    /// Capabilities Pointer in bits 7:0 (§6.7).
+    pub const CAP_PTR: u16 = 0x34;
+    /// First byte after the predefined header: capabilities live from here
+    /// to the end of the PCI-compatible space (§6.7).
+    pub const CAP_FIRST: u16 = 0x40;
+    /// Status (the high half of `COMMAND`): Capabilities List, bit 4.
+    pub const STATUS_CAP_LIST: u32 = 1 << 4;
+    /// Capability ID of MSI (§6.8.1).
+    pub const CAP_ID_MSI: u8 = 0x05;
+    /// Capability ID of MSI-X (§6.8.2).
+    pub const CAP_ID_MSIX: u8 = 0x11;
     /// Command: memory space enable.
     pub const CMD_MEM: u32 = 1 << 1;
     /// Command: bus master enable.
@@ -115,6 +126,67 @@ impl Function {
     pub fn is_edu(&self) -> bool {
         self.vendor == 0x1234 && self.device == 0x11e8
     }
+}
+
+/// The capabilities of `bdf` as (offset, Capability ID), in list order,
+/// walked as an OS walks them (§6.7): only if Status says there is a list,
+/// pointers masked to dwords, ending at a pointer below 0x40, at an ID of
+/// 0xff (nothing answers there) or at a pointer already visited, so that a
+/// looping list ends. At most 48 capabilities (the dwords of 0x40..0x100).
+pub fn capabilities(cfg: &dyn ConfigAccess, bdf: Bdf) -> Vec<(u8, u8)> {
+    let mut found: Vec<(u8, u8)> = Vec::new();
+    let status = cfg.read32(bdf, reg::COMMAND) >> 16;
+    let mut next = if status & reg::STATUS_CAP_LIST == 0 {
+        0
+    } else {
+        cfg.read32(bdf, reg::CAP_PTR) as u8 & 0xfc
+    };
+    while u16::from(next) >= reg::CAP_FIRST && found.iter().all(|&(at, _)| at != next) {
+        let header = cfg.read32(bdf, u16::from(next));
+        if header as u8 == 0xff {
+            break;
+        }
+        found.push((next, header as u8));
+        next = (header >> 8) as u8 & 0xfc;
+    }
+    found
+}
+
+/// How a function signals interrupts by message (PCI Local Bus 3.0 §6.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageSignalled {
+    /// MSI-X with this many table entries (Message Control Table Size
+    /// \[10:0\] + 1, §6.8.2.3).
+    MsiX(u32),
+    /// MSI with this many vectors (2^Multiple Message Capable, Message
+    /// Control \[3:1\], §6.8.1.3; the reserved encodings 6 and 7 read as
+    /// the largest defined, 32).
+    Msi(u32),
+}
+
+impl MessageSignalled {
+    /// Events the function's DeviceID needs in the ITS: one per MSI-X
+    /// table entry or MSI vector.
+    pub fn events(self) -> u32 {
+        match self {
+            Self::MsiX(n) | Self::Msi(n) => n,
+        }
+    }
+}
+
+/// What `bdf` can signal by message: MSI-X if it has the capability (an
+/// OS prefers it), else MSI, else `None` (INTx only).
+pub fn message_signalled(cfg: &dyn ConfigAccess, bdf: Bdf) -> Option<MessageSignalled> {
+    let caps = capabilities(cfg, bdf);
+    let control = |id: u8| {
+        caps.iter()
+            .find(|&&(_, cap)| cap == id)
+            .map(|&(at, _)| cfg.read32(bdf, u16::from(at)) >> 16)
+    };
+    if let Some(c) = control(reg::CAP_ID_MSIX) {
+        return Some(MessageSignalled::MsiX((c & 0x7ff) + 1));
+    }
+    control(reg::CAP_ID_MSI).map(|c| MessageSignalled::Msi(1 << ((c >> 1) & 7).min(5)))
 }
 
 /// Why enumeration stopped.
@@ -592,6 +664,91 @@ mod tests {
                 size: 0x8000_0000
             })
         );
+    }
+
+    /// A function with the capability list `caps` ((offset, dword)), the
+    /// first at `first`, Status saying there is a list.
+    fn with_caps(first: u8, caps: &[(u16, u32)]) -> (FakeBus, Bdf) {
+        let mut bus = FakeBus::new();
+        let bdf = Bdf {
+            bus: 0,
+            dev: 4,
+            func: 0,
+        };
+        bus.add(bdf, 0x11e8_1234, 0, &[]);
+        let mut s = bus.space.borrow_mut();
+        s.insert((bdf, reg::COMMAND), reg::STATUS_CAP_LIST << 16);
+        s.insert((bdf, reg::CAP_PTR), u32::from(first));
+        for &(at, dword) in caps {
+            s.insert((bdf, at), dword);
+        }
+        drop(s);
+        (bus, bdf)
+    }
+
+    /// A capability header: ID, next pointer, Message Control.
+    fn cap(id: u8, next: u8, control: u16) -> u32 {
+        (u32::from(control) << 16) | (u32::from(next) << 8) | u32::from(id)
+    }
+
+    #[test]
+    fn msix_table_size_wins_over_msi() {
+        // PM -> MSI (4 vectors) -> MSI-X (Table Size 63: 64 entries).
+        let (bus, bdf) = with_caps(
+            0x40,
+            &[
+                (0x40, cap(0x01, 0x50, 0)),
+                (0x50, cap(reg::CAP_ID_MSI, 0x70, 2 << 1)),
+                (0x70, cap(reg::CAP_ID_MSIX, 0, 0x8000 | 63)),
+            ],
+        );
+        assert_eq!(
+            capabilities(&bus, bdf),
+            [
+                (0x40, 0x01),
+                (0x50, reg::CAP_ID_MSI),
+                (0x70, reg::CAP_ID_MSIX)
+            ]
+        );
+        let m = message_signalled(&bus, bdf);
+        assert_eq!(m, Some(MessageSignalled::MsiX(64)));
+        assert_eq!(m.map(MessageSignalled::events), Some(64));
+    }
+
+    #[test]
+    fn msi_vectors_from_multiple_message_capable() {
+        for (mmc, vectors) in [(0, 1), (1, 2), (3, 8), (5, 32), (6, 32), (7, 32)] {
+            // Enable and Multiple Message Enable set too: they do not count.
+            let control = (mmc << 1) | (2 << 4) | 1 | (1 << 7);
+            let (bus, bdf) = with_caps(0x48, &[(0x48, cap(reg::CAP_ID_MSI, 0, control))]);
+            assert_eq!(
+                message_signalled(&bus, bdf),
+                Some(MessageSignalled::Msi(vectors)),
+                "MMC {mmc}"
+            );
+        }
+    }
+
+    #[test]
+    fn capability_walk_ends_on_loops_bad_pointers_and_no_list() {
+        // A list that points back at itself ends after one visit; the
+        // pointer's low two bits are reserved and ignored.
+        let (bus, bdf) = with_caps(0x43, &[(0x40, cap(reg::CAP_ID_MSIX, 0x41, 7))]);
+        assert_eq!(capabilities(&bus, bdf), [(0x40, reg::CAP_ID_MSIX)]);
+        assert_eq!(
+            message_signalled(&bus, bdf),
+            Some(MessageSignalled::MsiX(8))
+        );
+        // A pointer into the header, or an ID of 0xff, ends the list.
+        let (bus, bdf) = with_caps(0x40, &[(0x40, cap(0x10, 0x3c, 0))]);
+        assert_eq!(capabilities(&bus, bdf), [(0x40, 0x10)]);
+        assert_eq!(message_signalled(&bus, bdf), None);
+        let (bus, bdf) = with_caps(0x40, &[(0x40, 0xffff_ffff)]);
+        assert_eq!(capabilities(&bus, bdf), []);
+        // Without Status.Capabilities List there is no list to walk.
+        let (bus, bdf) = with_caps(0x40, &[(0x40, cap(reg::CAP_ID_MSI, 0, 0))]);
+        bus.space.borrow_mut().insert((bdf, reg::COMMAND), 0);
+        assert_eq!(message_signalled(&bus, bdf), None);
     }
 
     #[test]

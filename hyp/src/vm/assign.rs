@@ -1,14 +1,17 @@
 //! Device assignment: PCI functions a scenario gives to a VM.
 //!
 //! For each function: it must exist and be an endpoint; its BARs get guest
-//! addresses in the VM's PCI MMIO window and are mapped into the VM's
-//! stage 2 as device memory; its stream is attached to the VM's IOMMU
-//! domain (the VM's own stage-2 table, see `run`) before the guest starts;
-//! its INTx line becomes a virtual SPI of the VM. A line can have one owner:
-//! a scenario that gives one interrupt line to two VMs is refused.
+//! addresses in the VM's PCI MMIO window and are mapped into the VM's IPA
+//! space as device memory (both stage-2 tables, the CPU's and the IOMMU
+//! domain's, see `space`); its stream is attached to the VM's IOMMU domain
+//! before the guest starts; its INTx line becomes a virtual SPI of the VM.
+//! A line can have one owner: a scenario that gives one interrupt line to
+//! two VMs is refused.
 
 use super::intx::IntxForwarding;
-use crate::drivers::pci::{self, BarKind, Bdf, ConfigAccess, Function};
+use super::space::{IpaSpace, Mapping};
+use crate::drivers::iommu::HostIommu;
+use crate::drivers::pci::{self, Bar, BarKind, Bdf, ConfigAccess, Function};
 use crate::guest_fdt::PciDt;
 use crate::platform::Platform;
 use crate::vdev::vpci::{VirtualBar, VirtualFunction, VirtualPciBus};
@@ -18,9 +21,7 @@ use alloc::vec::Vec;
 use log::info;
 use scenario::guest_layout as layout;
 use smmu::addr::{Ipa, PhysAddr, StreamId};
-use smmu::domain::DomainId;
-use smmu::stage2::S2Attrs;
-use spin::Once;
+use spin::{Mutex, Once};
 
 /// First virtual SPI (INTID 32 + n) given to assigned functions' INTx.
 const FIRST_VSPI: u32 = 8;
@@ -61,16 +62,41 @@ pub fn config() -> Option<&'static pci::Ecam> {
     HOST_CFG.get()
 }
 
-/// Assigns `names` (PCI addresses) to VM `vm_index` (`vm`), whose stage-2
-/// table is IOMMU domain `domain`; their INTx lines are added to `lines`,
-/// which refuses a line another VM (or function) already has.
+/// The guest requester ID of the `i`-th assigned function, virtual
+/// 00:(i+1).0: its virtual StreamID and DeviceID (the guest's `iommu-map`
+/// and `msi-map` are the identity).
+pub fn guest_requester_id(i: usize) -> u32 {
+    ((i as u32) + 1) << 3
+}
+
+/// Maps `bar` of `bdf` at guest address `guest` into the VM's IPA space
+/// (both stage-2 tables) as device memory, at least one page.
+fn map_bar(
+    space: &mut IpaSpace,
+    iommu: &Mutex<HostIommu>,
+    bdf: Bdf,
+    bar: &Bar,
+    pa: u64,
+    guest: u64,
+) -> Result<(), String> {
+    let len = bar.size.max(smmu::hw::PAGE_SIZE as u64);
+    let m = Mapping::bar(Ipa(guest), PhysAddr(pa), len);
+    space
+        .map(Some(&mut iommu.lock().iommu), &crate::mm::S2_CPU_MEM, m)
+        .map_err(|e| format!("PCI {bdf}: BAR{} map: {e}", bar.index))
+}
+
+/// Assigns `names` (PCI addresses) to VM `vm_index` (`vm`), whose IPA
+/// space is `space` (its devices use its IOMMU domain); their INTx lines
+/// are added to `lines`, which refuses a line another VM (or function)
+/// already has.
 pub fn assign(
     vm: &str,
     vm_index: usize,
     names: &[String],
     functions: &[Function],
     p: &Platform,
-    domain: Option<DomainId>,
+    space: &mut IpaSpace,
     lines: &mut IntxForwarding,
 ) -> Result<Assignment, String> {
     let host = p.pci.as_ref().ok_or("no PCI host bridge on this machine")?;
@@ -78,7 +104,9 @@ pub fn assign(
     let iommu = crate::drivers::iommu::get().ok_or(
         "device assignment refused: DMA cannot be confined on this machine (no usable SMMU)",
     )?;
-    let domain = domain.ok_or("device assignment refused: the VM has no IOMMU domain")?;
+    let domain = space
+        .domain()
+        .ok_or("device assignment refused: the VM has no IOMMU domain")?;
     let mut next_mmio = layout::PCI_MMIO_BASE;
     let mmio_end = layout::PCI_MMIO_BASE + layout::PCI_MMIO_SIZE;
     // First the functions and their BARs: the virtual bus.
@@ -115,18 +143,7 @@ pub fn assign(
                 ));
             }
             next_mmio = guest + bar.size;
-            let map_len = bar.size.max(smmu::hw::PAGE_SIZE as u64);
-            iommu
-                .lock()
-                .iommu
-                .map(
-                    domain,
-                    Ipa(guest),
-                    PhysAddr(pa),
-                    map_len,
-                    S2Attrs::DEVICE_RW,
-                )
-                .map_err(|e| format!("PCI {bdf}: BAR{} map: {e}", bar.index))?;
+            map_bar(space, iommu, bdf, bar, pa, guest)?;
             bars[bar.index as usize] = Some(VirtualBar {
                 guest_addr: Ipa(guest),
                 size: bar.size,

@@ -1,29 +1,39 @@
-//! Building the VMs a scenario describes: RAM, the stage-2 address space
-//! (an IOMMU domain's table when the machine has an SMMU), assigned PCI
-//! functions, the vSMMU, images loaded as a boot loader would, the guest's
-//! device tree, and the emulated devices on its MMIO bus.
+//! Building the VMs a scenario describes: RAM, the stage-2 address space,
+//! assigned PCI functions and the grants of their MSIs, the vSMMU, images
+//! loaded as a boot loader would, the guest's device tree, and the
+//! emulated devices on its MMIO bus.
 //!
-//! The CPU and the SMMU share each VM's stage-2 table (one VMID, one IPA
-//! space per VM): a device assigned to the VM sees exactly the memory the
-//! CPU does, one set of tables is kept consistent, and one VMID tags both
-//! TLBs. The VM's map is fixed once built (no ballooning), so the CPU-side
-//! TLB maintenance that sharing would otherwise require on every change
-//! (the SMMU ignores broadcast TLBIs, CR2.PTM) does not arise; changes
-//! later must invalidate both sides. Everything else in the guest's address
-//! space is unmapped, so touching it traps: the bus's devices answer,
-//! anything else gets an external abort.
+//! Each VM has one IPA space and one VMID, translated by two stage-2
+//! tables built from one list of mappings (`space::IpaSpace`): the CPU's
+//! (VTTBR_EL2) and, on a machine with an SMMU, the IOMMU domain's that the
+//! VM's devices use. Both map the same RAM and BARs the same way; only the
+//! devices' maps the MSI doorbell (the physical GITS_TRANSLATER page behind
+//! the vITS's translation frame), so that a device's MSI reaches the
+//! physical ITS while the guest CPU's accesses to its vITS frames trap to
+//! the emulation. The consistency rule: both tables get every mapping from
+//! that one list while the VM is built, before any vCPU runs or stream is
+//! attached, and nothing changes either while the VM runs; a change would
+//! have to go to both tables and invalidate both TLBs (the CPU's TLBI for
+//! the VMID, and the SMMU's CMD_TLBI_S12_VMALL + CMD_SYNC, since the SMMU
+//! ignores broadcast TLBIs, CR2.PTM). Everything else in the guest's
+//! address space is unmapped, so touching it traps: the bus's devices
+//! answer, anything else gets an external abort.
 
 use super::assign::{self, AssignedDevice};
 use super::intx::IntxForwarding;
+use super::msi;
 use super::ram::GuestRam;
+use super::space::{IpaSpace, Kind, Mapping};
 use super::vm::{VirtualIommu, Vm, UART_INTID};
 use super::vsmmu::VmVsmmu;
 use crate::arch::{self, guest};
+use crate::drivers::{its, pci};
+use crate::gicv3::its::cmd::DeviceId;
 use crate::guest_fdt::{self, GuestDt};
 use crate::mm::{self, GUEST_MEM};
 use crate::platform::Platform;
 use crate::vdev::vgic::VGic;
-use crate::vdev::vits::{ItsConfig, VIts};
+use crate::vdev::vits::{self, DeviceGrant, ItsConfig, VIts};
 use crate::vm::devices::{standard_bus, PciHostBridge};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -34,7 +44,7 @@ use scenario::guest_layout as layout;
 use smmu::addr::{Ipa, StreamId, Vmid};
 use smmu::event::Event;
 use smmu::hw::{PageAllocator, PAGE_SIZE};
-use smmu::stage2::{S2Attrs, Stage2};
+use smmu::stage2::Stage2;
 
 /// IPA size of every VM.
 const IPA_BITS: u32 = 40;
@@ -77,18 +87,12 @@ pub struct Built {
     pub vmid: Vmid,
     /// vCPU 0's entry point and x0 (the device tree).
     pub start: (Ipa, u64),
-    /// Owner of the stage-2 table, kept for as long as the VM may run.
-    pub space: Space,
-}
-
-/// Who owns a VM's stage-2 table.
-#[derive(Debug)]
-pub enum Space {
-    /// An IOMMU domain's: the SMMU walks the same table for the VM's
-    /// devices, under the same VMID.
-    Domain(smmu::domain::DomainId),
-    /// The VM's own (no SMMU on this machine).
-    Own(#[allow(dead_code)] Box<Stage2>),
+    /// Its IPA space (the CPU's stage-2 table and the IOMMU domain), kept
+    /// for as long as the VM may run.
+    pub space: IpaSpace,
+    /// The physical DeviceIDs whose MSIs it was granted, mapped in the
+    /// physical ITS, with their events.
+    pub msi_devices: Vec<(DeviceId, u32)>,
 }
 
 impl VirtualIommu for VmVsmmu {
@@ -167,14 +171,10 @@ fn build_vm(
     // EL2 identity map covers all RAM for the hypervisor's lifetime.
     let guest_ram = unsafe { GuestRam::new(Ipa(ram.start)..Ipa(ram.end), ram_pa.raw() as usize) };
 
-    let (vmid, cfg, space) = address_space(&spec.name, index, ram.start, ram_pa, size)?;
+    let (vmid, mut space) = address_space(&spec.name, index, ram.start, ram_pa, size)?;
     let assignment = if spec.devices.is_empty() {
         None
     } else {
-        let domain = match &space {
-            Space::Domain(id) => Some(*id),
-            Space::Own(_) => None,
-        };
         Some(
             assign::assign(
                 &spec.name,
@@ -182,12 +182,17 @@ fn build_vm(
                 &spec.devices,
                 functions,
                 p,
-                domain,
+                &mut space,
                 lines,
             )
             .map_err(|e| resources(alloc::format!("VM {}: {e}", spec.name)))?,
         )
     };
+    let grants = match &assignment {
+        Some(a) => msi_grants(&spec.name, &a.devices, p)?,
+        None => BTreeMap::new(),
+    };
+    let cfg = space.cpu_config();
     let controls = guest::GuestControls {
         vttbr: cfg.root.raw() | (u64::from(vmid.0) << 48),
         vtcr: arch::vtcr(cfg.t0sz, cfg.sl0, cfg.ps),
@@ -197,7 +202,7 @@ fn build_vm(
     let vsmmu = if spec.vsmmu {
         Some(vsmmu_for(
             &spec.name,
-            &space,
+            space.domain(),
             assignment.as_ref(),
             guest_ram.clone(),
             vmid,
@@ -302,6 +307,16 @@ fn build_vm(
         kernel.len() / 1024,
         initrd_range.map_or(String::new(), |(s, e)| alloc::format!(", initrd {} KiB at {s:#x}", (e - s) / 1024)),
     );
+    if let Some(m) = space
+        .mappings()
+        .iter()
+        .find(|m| m.kind == Kind::MsiDoorbell)
+    {
+        info!(
+            "VM {}: MSI doorbell: IPA {} -> PA {} (GITS_TRANSLATER) in its devices' stage 2 only, write-only",
+            spec.name, m.ipa, m.pa
+        );
+    }
 
     let mut vm = Vm::new(spec.name.clone(), index, guest_ram, controls, pcpus, vgic);
     let (pci, assigned) = match assignment {
@@ -316,12 +331,14 @@ fn build_vm(
     if let Some(v) = vsmmu {
         vm.vsmmu = Some(spin::Mutex::new(Box::new(v)));
     }
-    // Every VM has a vITS. No function's MSIs are granted to it while the
-    // virtual PCI bus hides MSI and MSI-X (the functions interrupt through
-    // INTx): until then its ITS serves the LPIs the guest raises itself
-    // with INT.
+    // Every VM has a vITS; it may map the events granted to its functions
+    // (and raise LPIs itself with INT).
+    let msi_devices = grants
+        .values()
+        .map(|g| (DeviceId(g.physical), g.events))
+        .collect();
     vm.its = Some(spin::Mutex::new(VIts::new(
-        ItsConfig::default(),
+        ItsConfig { devices: grants },
         spec.cpus as usize,
     )));
     Ok(Built {
@@ -330,20 +347,75 @@ fn build_vm(
         vmid,
         start: (Ipa(kernel_ipa), dtb_ipa),
         space,
+        msi_devices,
     })
+}
+
+/// The MSI grants of a VM's assigned functions, by virtual DeviceID (the
+/// guest requester ID of virtual 00:(i+1).0, which its `msi-map` keeps),
+/// each mapped in the physical ITS with an ITT for its events; one line
+/// lists them. None without a physical ITS (the functions then interrupt
+/// through INTx only). A function with MSI or MSI-X whose requester ID the
+/// host bridge's `msi-map` does not cover is refused.
+fn msi_grants(
+    name: &str,
+    devices: &[AssignedDevice],
+    p: &Platform,
+) -> Result<BTreeMap<u32, DeviceGrant>, StartError> {
+    let mut grants = BTreeMap::new();
+    let (Some(its), Some(host), Some(cfg)) = (its::get(), p.pci.as_ref(), assign::config()) else {
+        return Ok(grants);
+    };
+    let phandle = p.gic.its.as_ref().and_then(|n| n.phandle);
+    let mut listed = String::new();
+    for (i, d) in devices.iter().enumerate() {
+        let signalled = pci::message_signalled(cfg, d.phys);
+        let device_id = host.device_id(d.phys.rid(), phandle);
+        let grant = msi::grant(d.phys, signalled, device_id)
+            .map_err(|e| resources(alloc::format!("VM {name}: {e}")))?;
+        let (Some(grant), Some(signalled)) = (grant, signalled) else {
+            continue;
+        };
+        its.lock()
+            .map_device(DeviceId(grant.physical), grant.events)
+            .map_err(|e| {
+                resources(alloc::format!(
+                    "VM {name}: PCI {}: mapping its MSIs in the ITS: {e}",
+                    d.phys
+                ))
+            })?;
+        let virtual_id = assign::guest_requester_id(i);
+        listed.push_str(&alloc::format!(
+            "{}PCI {} (DeviceID {:#x} -> {virtual_id:#x}): {} event(s) ({})",
+            if listed.is_empty() { "" } else { ", " },
+            d.phys,
+            grant.physical,
+            grant.events,
+            match signalled {
+                pci::MessageSignalled::MsiX(_) => "MSI-X",
+                pci::MessageSignalled::Msi(_) => "MSI",
+            }
+        ));
+        grants.insert(virtual_id, grant);
+    }
+    if listed.is_empty() {
+        listed.push_str("none (INTx only)");
+    }
+    info!("VM {name}: MSIs granted: {listed}");
+    Ok(grants)
 }
 
 /// Builds the vSMMU of a VM: it advertises stage 1 only, with what the
 /// physical SMMU supports, in front of the VM's assigned functions.
 fn vsmmu_for(
     name: &str,
-    space: &Space,
+    domain: Option<smmu::domain::DomainId>,
     assignment: Option<&assign::Assignment>,
     mem: GuestRam,
     vmid: Vmid,
 ) -> Result<VmVsmmu, StartError> {
     let fail = |what: &str| resources(alloc::format!("VM {name}: vSMMU: {what}"));
-    let Space::Domain(domain) = space else {
+    let Some(domain) = domain else {
         return Err(fail("needs a physical SMMU with stage 2"));
     };
     let host = crate::drivers::iommu::get().ok_or_else(|| fail("no SMMU"))?;
@@ -352,7 +424,7 @@ fn vsmmu_for(
     if !features.s1p {
         return Err(fail("the physical SMMU has no stage 1 to nest"));
     }
-    let d = h.iommu.domain(*domain).ok_or_else(|| fail("no domain"))?;
+    let d = h.iommu.domain(domain).ok_or_else(|| fail("no domain"))?;
     let s2 = smmu::domain::s2_config(d, features.cohacc);
     // SubstreamIDs as the physical SMMU allows them (the architectural
     // maximum is 20 bits): guest multi-PASID CD tables are nested as they
@@ -363,49 +435,66 @@ fn vsmmu_for(
     if let Some(a) = assignment {
         for (i, dev) in a.devices.iter().enumerate() {
             // Guest requester ID of virtual 00:(i+1).0 = its StreamID.
-            map.insert(((i as u32) + 1) << 3, dev.sid);
+            map.insert(assign::guest_requester_id(i), dev.sid);
         }
     }
-    Ok(VmVsmmu::new(
-        policy, map, mem, *domain, vmid, s2, VSMMU_IRQS,
-    ))
+    Ok(VmVsmmu::new(policy, map, mem, domain, vmid, s2, VSMMU_IRQS))
 }
 
-/// Builds a VM's IPA space: RAM at `ipa` backed by `pa`. Returns the VMID,
-/// the table's configuration for VTTBR/VTCR, and its owner.
+/// Builds a VM's IPA space: RAM at `ipa` backed by `pa` and, when the
+/// machine has an SMMU and an ITS, the MSI doorbell for its devices.
+/// Returns the VMID and the space. With an SMMU the VMID is the IOMMU
+/// domain's and the CPU's table has the domain's geometry; the CPU's
+/// tables are accounted in `S2_CPU_MEM`, the domain's in the SMMU's.
 fn address_space(
     name: &str,
     index: usize,
     ipa: u64,
     pa: smmu::addr::PhysAddr,
     size: u64,
-) -> Result<(Vmid, smmu::stage2::Stage2Config, Space), StartError> {
+) -> Result<(Vmid, IpaSpace), StartError> {
     let fail = |what: &str, e: &dyn core::fmt::Display| {
         resources(alloc::format!("VM {name}: {what}: {e}"))
     };
-    if let Some(host) = crate::drivers::iommu::get() {
-        let mut h = host.lock();
-        let id = h
-            .iommu
-            .create_domain(IPA_BITS)
-            .map_err(|e| fail("IOMMU domain", &e))?;
-        h.iommu
-            .map(id, Ipa(ipa), pa, size, S2Attrs::NORMAL_RWX)
+    let pa_bits = arch::pa_bits().min(48);
+    let ram = Mapping::ram(Ipa(ipa), pa, size);
+    let Some(host) = crate::drivers::iommu::get() else {
+        let cpu =
+            Stage2::new(&mm::S2_CPU_MEM, IPA_BITS, pa_bits).map_err(|e| fail("stage 2", &e))?;
+        let mut space = IpaSpace::new(cpu, None);
+        space
+            .map(None, &mm::S2_CPU_MEM, ram)
             .map_err(|e| fail("stage-2 map", &e))?;
-        let d = h.iommu.domain(id).expect("domain just created");
-        let vmid = d.vmid();
-        if u32::from(vmid.0) >> arch::vmid_bits() != 0 {
-            return Err(fail(
-                "VMID",
-                &alloc::format!("{} does not fit the CPU's VMID width", vmid.0),
-            ));
-        }
-        return Ok((vmid, d.stage2().config(), Space::Domain(id)));
+        return Ok((Vmid((index + 1) as u16), space));
+    };
+    let mut h = host.lock();
+    let id = h
+        .iommu
+        .create_domain(IPA_BITS)
+        .map_err(|e| fail("IOMMU domain", &e))?;
+    let d = h.iommu.domain(id).expect("domain just created");
+    let (vmid, ipa_bits) = (d.vmid(), d.ipa_bits());
+    if u32::from(vmid.0) >> arch::vmid_bits() != 0 {
+        return Err(fail(
+            "VMID",
+            &alloc::format!("{} does not fit the CPU's VMID width", vmid.0),
+        ));
     }
-    let mut s2 = Stage2::new(&mm::S2_CPU_MEM, IPA_BITS, arch::pa_bits().min(48))
-        .map_err(|e| fail("stage 2", &e))?;
-    s2.map(&mm::S2_CPU_MEM, Ipa(ipa), pa, size, S2Attrs::NORMAL_RWX)
+    let cpu = Stage2::new(&mm::S2_CPU_MEM, ipa_bits, pa_bits).map_err(|e| fail("stage 2", &e))?;
+    let mut space = IpaSpace::new(cpu, Some(id));
+    space
+        .map(Some(&mut h.iommu), &mm::S2_CPU_MEM, ram)
         .map_err(|e| fail("stage-2 map", &e))?;
-    let cfg = s2.config();
-    Ok((Vmid((index + 1) as u16), cfg, Space::Own(Box::new(s2))))
+    if let Some(its) = its::get() {
+        let doorbell = Ipa(layout::ITS_BASE + (vits::TRANSLATER & !(PAGE_SIZE as u64 - 1)));
+        let page = its.lock().translater_page();
+        space
+            .map(
+                Some(&mut h.iommu),
+                &mm::S2_CPU_MEM,
+                Mapping::msi_doorbell(doorbell, page),
+            )
+            .map_err(|e| fail("MSI doorbell map", &e))?;
+    }
+    Ok((vmid, space))
 }

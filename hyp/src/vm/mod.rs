@@ -12,6 +12,10 @@
 //!   and hypercalls to PSCI;
 //! - [`intx`]: forwarded INTx lines, masked while their guest handles them
 //!   and resampled at its deactivation;
+//! - [`msi`]: the grants of assigned functions' MSI events and the
+//!   routing of their physical LPIs to VMs;
+//! - [`space`]: the IPA space and its two stage-2 tables (the CPU's and
+//!   the devices'), built from one list of mappings;
 //! - [`ram`], [`image`], [`console_mux`].
 //!
 //! Bare-metal only: [`run`] (the runtime: physical CPUs, interrupts, the
@@ -28,7 +32,9 @@ pub mod exit;
 pub mod image;
 pub mod intx;
 pub mod mmio;
+pub mod msi;
 pub mod ram;
+pub mod space;
 pub mod trap;
 #[allow(clippy::module_inception)]
 pub mod vm;

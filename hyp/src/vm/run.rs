@@ -1,29 +1,37 @@
 //! The VM runtime on the bare-metal target: one explicit [`Runtime`] holds
-//! the VMs, which physical CPU runs which vCPU, the forwarded INTx lines and
-//! the console multiplexer. It pins each vCPU to its own physical CPU,
-//! enters guests, takes every trap and physical interrupt, and implements
-//! the [`Machine`] the VMM's host-tested code drives (kicks, vCPU starts,
-//! console lines, device stop, the end of the run).
+//! the VMs, which physical CPU runs which vCPU, the forwarded INTx lines,
+//! the routes of assigned functions' MSIs and the console multiplexer. It
+//! pins each vCPU to its own physical CPU, enters guests, takes every trap
+//! and physical interrupt (a routed LPI becomes its VM's vITS MSI), and
+//! implements the [`Machine`] the VMM's host-tested code drives (kicks,
+//! vCPU starts, console lines, device stop, MSI routes, the end of the
+//! run).
 
-use super::build::{self, Built, Space, StartError};
+use super::build::{self, Built, StartError};
 use super::console_mux::{ConsoleMux, Input};
 use super::exception::{take_vtimer, SPSR_EL1H};
 use super::intx::{IntxForwarding, LineControl, STILL_ASSERTED_BACKOFF_US};
+use super::msi::{MsiRouter, PhysicalMsi};
+use super::space::IpaSpace;
 use super::trap::{self, Flow};
 use super::vm::{Machine, Vm, VmState};
 use crate::arch::{self, guest, TrapFrame};
-use crate::drivers::gic;
+use crate::drivers::{gic, its};
 use crate::gicv3::intid::Kind;
+use crate::gicv3::its::cmd::{DeviceId, EventId};
+use crate::gicv3::lpi::Lpi;
 use crate::platform::{Irq, Platform};
 use crate::vdev::psci::VcpuPower;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use log::{error, info, warn};
 use smmu::addr::{Ipa, Vmid};
 use spin::{Mutex, Once};
 
 /// Physical CPUs this build supports (entry.S stacks).
 pub const MAX_CPUS: usize = 8;
+/// Failed MSI routes printed before they are only counted.
+const ROUTE_REPORTS: u32 = 4;
 
 /// What a physical CPU runs.
 struct Slot {
@@ -39,7 +47,8 @@ struct Slot {
 struct VmHw {
     devices: Vec<super::assign::AssignedDevice>,
     vmid: Vmid,
-    _space: Space,
+    /// Its stage-2 tables: never changed while it runs.
+    _space: IpaSpace,
 }
 
 /// Everything the runtime knows, built once before any guest runs.
@@ -53,6 +62,11 @@ pub struct Runtime {
     smmu_eventq_irq: Option<u32>,
     console_irq: Option<Irq>,
     intx: Mutex<IntxForwarding>,
+    /// The grants of assigned functions' MSIs and the routes of their
+    /// events' LPIs (locked before the ITS).
+    msi: Mutex<MsiRouter>,
+    /// Failed MSI routes so far.
+    route_failures: AtomicU32,
     mux: Mutex<ConsoleMux>,
 }
 
@@ -95,14 +109,24 @@ pub fn create(
         .collect();
     let mut vms = Vec::new();
     let mut hw = Vec::new();
+    let mut msi = MsiRouter::new();
     for Built {
         vm,
         devices,
         vmid,
         start,
         space,
+        msi_devices,
     } in built
     {
+        for (device, events) in msi_devices {
+            // A function is assigned to one VM only (its stream attaches
+            // once), so neither is its DeviceID granted twice.
+            assert!(
+                msi.grant(vm.index, device, events),
+                "{device} granted to two VMs"
+            );
+        }
         for (v, &pc) in vm.vcpu_pcpu.iter().enumerate() {
             slots[pc].vcpu = Some((vm.index, v));
         }
@@ -128,6 +152,8 @@ pub fn create(
             .map(|irq| irq.intid),
         console_irq: p.uart_irq,
         intx: Mutex::new(intx),
+        msi: Mutex::new(msi),
+        route_failures: AtomicU32::new(0),
         mux: Mutex::new(ConsoleMux::new()),
     });
     Ok(Workload::Guests)
@@ -221,8 +247,9 @@ fn enter(pc: usize, entry: Ipa, x0: u64) -> ! {
     vm.power.lock()[vcpu] = VcpuPower::On;
     let mut c = vm.controls;
     c.vmpidr = (1 << 31) | vcpu as u64;
-    // SAFETY: the VM's stage-2 table maps only its RAM and lives in the
-    // runtime for the hypervisor's lifetime.
+    // SAFETY: the VM's CPU stage-2 table (`build::address_space`) maps only
+    // its RAM and its functions' BARs, never the MSI doorbell, and lives in
+    // the runtime (`VmHw`) for the hypervisor's lifetime.
     unsafe { guest::configure(&c) };
     crate::vdev::vgic::hw::init_cpu();
     let frame = {
@@ -297,7 +324,13 @@ fn handle_irq(pc: usize) -> bool {
             // LPIs have no active state (IHI 0069 §6.1): the priority drop
             // ends them.
             arch::gicv3::eoi(intid);
-            crate::drivers::its::lpi_taken(intid);
+            let source = r.msi.lock().lookup(intid);
+            match source {
+                Some(s) => {
+                    r.vms[s.vm].deliver_msi(s.device.0, s.event.0, r);
+                }
+                None => its::lpi_taken(intid),
+            }
             return true;
         }
         _ => {}
@@ -480,8 +513,22 @@ impl Machine for Runtime {
             }
         }
         super::assign::release(&hw.devices, hw.vmid);
+        // Bus mastering is off: no MSI of the VM's functions is in flight.
+        let mut msi = self.msi.lock();
+        let routes = msi.routes();
+        if let Some(its) = its::get() {
+            for (device, event, e) in msi.release(&mut *its.lock(), vm.index) {
+                match event {
+                    Some(event) => error!("VM {}: unmapping {event} of {device}: {e}", vm.name),
+                    None => error!("VM {}: unmapping {device}: {e}", vm.name),
+                }
+            }
+        }
+        let routes = routes - msi.routes();
+        drop(msi);
         info!(
-            "VM {}: its devices are stopped: bus mastering off, streams abort, TLBs invalidated",
+            "VM {}: its devices are stopped: bus mastering off, streams abort, TLBs invalidated, \
+             {routes} MSI route(s) and its devices unmapped from the ITS",
             vm.name
         );
     }
@@ -510,12 +557,63 @@ impl Machine for Runtime {
 
     fn route_msi(
         &self,
-        _vm: &Vm,
-        _device: u32,
-        _event: u32,
-        _to: Option<usize>,
+        vm: &Vm,
+        device: u32,
+        event: u32,
+        to: Option<usize>,
     ) -> Result<(), &'static str> {
-        // VMs are granted no device MSIs (see `build`), so no vITS asks.
-        Err("device MSIs are not routed to VMs")
+        let cpu = match to {
+            Some(vcpu) => Some(*vm.vcpu_pcpu.get(vcpu).ok_or("no such vCPU")?),
+            None => None,
+        };
+        let its = its::get().ok_or("no physical ITS")?;
+        let (device, event) = (DeviceId(device), EventId(event));
+        let mut msi = self.msi.lock();
+        let result = msi.route(&mut *its.lock(), vm.index, device, event, cpu);
+        drop(msi);
+        result.map_err(|e| {
+            let n = self.route_failures.fetch_add(1, Ordering::Relaxed);
+            if n < ROUTE_REPORTS {
+                warn!(
+                    "VM {}: routing {event} of {device} to {}: {e}",
+                    vm.name,
+                    cpu.map_or("nowhere".into(), |c| alloc::format!("CPU {c}"))
+                );
+            } else if n == ROUTE_REPORTS {
+                warn!("further failed MSI routes are only counted");
+            }
+            e.as_str()
+        })
+    }
+}
+
+/// The physical ITS as the MSI router drives it.
+impl PhysicalMsi for its::Its {
+    type Error = its::ItsError;
+
+    fn map_event(
+        &mut self,
+        device: DeviceId,
+        event: EventId,
+        cpu: usize,
+    ) -> Result<Lpi, Self::Error> {
+        its::Its::map_event(self, device, event, cpu)
+    }
+
+    fn move_event(
+        &mut self,
+        device: DeviceId,
+        event: EventId,
+        cpu: usize,
+    ) -> Result<(), Self::Error> {
+        its::Its::move_event(self, device, event, cpu)
+    }
+
+    fn unmap_event(&mut self, device: DeviceId, event: EventId) -> Result<(), Self::Error> {
+        its::Its::unmap_event(self, device, event)
+    }
+
+    fn unmap_device(&mut self, device: DeviceId) -> Result<(), Self::Error> {
+        its::Its::unmap_device(self, device)
     }
 }

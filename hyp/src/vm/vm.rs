@@ -325,7 +325,6 @@ impl Vm {
     /// An MSI from physical device `device` with EventID `event` arrived
     /// (the route [`Machine::route_msi`] set up): makes its LPI pending.
     /// Whether it was delivered (dropped: no translation any more).
-    #[cfg_attr(target_os = "none", allow(dead_code))]
     pub fn deliver_msi(&self, device: u32, event: u32, m: &dyn Machine) -> bool {
         let Some(its) = &self.its else {
             return false;
