@@ -19,10 +19,6 @@
 //! entry aimed anywhere else is a DMA write the SMMU aborts, or one into
 //! the VM's own memory.
 
-// Until the hypervisor routes assigned functions' MSIs, the EL2 build
-// shows no function's MSI-X.
-#![cfg_attr(target_os = "none", allow(dead_code))]
-
 use core::ops::Range;
 
 /// Bytes per table entry (§6.8.2).
@@ -98,6 +94,24 @@ impl MsixLayout {
         };
         merged.into_iter().flatten()
     }
+}
+
+/// The parts of `[0, len)` outside `holes` (sorted, disjoint): what of a
+/// BAR is mapped when its MSI-X pages trap.
+pub fn outside(len: u64, holes: &[Range<u64>]) -> alloc::vec::Vec<Range<u64>> {
+    let mut at = 0;
+    let mut pieces = alloc::vec::Vec::new();
+    for h in holes {
+        if h.start > at {
+            pieces.push(at..h.start.min(len));
+        }
+        at = at.max(h.end);
+    }
+    if at < len {
+        pieces.push(at..len);
+    }
+    pieces.retain(|r| !r.is_empty());
+    pieces
 }
 
 /// The physical BAR behind a trapped range, as the hypervisor reaches it.
@@ -257,6 +271,20 @@ mod tests {
         assert_eq!(ranges(&split, 1), [(0x1_0000, 0x1_8000)]);
         assert_eq!(ranges(&split, 4), [(0x8000, 0x9000)]);
         assert_eq!(MsixLayout::from_capability(0x11, 6, 0), None, "BIR 6");
+    }
+
+    #[test]
+    fn the_rest_of_the_bar_stays_mapped() {
+        let pairs =
+            |v: Vec<Range<u64>>| v.into_iter().map(|r| (r.start, r.end)).collect::<Vec<_>>();
+        let one = core::slice::from_ref(&(0x2000..0x4000));
+        assert_eq!(pairs(outside(0x4000, one)), [(0, 0x2000)]);
+        assert_eq!(
+            pairs(outside(0x1_0000, &[0x1000..0x2000, 0x8000..0x9000])),
+            [(0, 0x1000), (0x2000, 0x8000), (0x9000, 0x1_0000)]
+        );
+        assert!(outside(0x1000, core::slice::from_ref(&(0..0x1000))).is_empty());
+        assert_eq!(pairs(outside(0x2000, &[])), [(0, 0x2000)]);
     }
 
     fn pages() -> MsixPages {

@@ -8,12 +8,14 @@
 //! A line can have one owner: a scenario that gives one interrupt line to
 //! two VMs is refused.
 
+use super::devices::MsixRegion;
 use super::intx::IntxForwarding;
 use super::space::{IpaSpace, Mapping};
 use crate::drivers::iommu::HostIommu;
 use crate::drivers::pci::{self, Bar, BarKind, Bdf, ConfigAccess, Function};
 use crate::guest_fdt::PciDt;
 use crate::platform::Platform;
+use crate::vdev::msix::{MsixLayout, MsixPages};
 use crate::vdev::vpci::{VirtualBar, VirtualFunction, VirtualPciBus};
 use alloc::format;
 use alloc::string::String;
@@ -43,6 +45,9 @@ pub struct Assignment {
     pub devices: Vec<AssignedDevice>,
     /// Its device tree node.
     pub dt: PciDt,
+    /// The trapped pages holding its functions' MSI-X tables and PBAs, at
+    /// their guest addresses, for the VM's MMIO bus.
+    pub msix: Vec<(Ipa, u64, MsixRegion)>,
 }
 
 static HOST_CFG: Once<pci::Ecam> = Once::new();
@@ -70,7 +75,8 @@ pub fn guest_requester_id(i: usize) -> u32 {
 }
 
 /// Maps `bar` of `bdf` at guest address `guest` into the VM's IPA space
-/// (both stage-2 tables) as device memory, at least one page.
+/// (both stage-2 tables) as device memory, at least one page, except the
+/// `holes` (page-aligned BAR offset ranges that must trap).
 fn map_bar(
     space: &mut IpaSpace,
     iommu: &Mutex<HostIommu>,
@@ -78,12 +84,39 @@ fn map_bar(
     bar: &Bar,
     pa: u64,
     guest: u64,
+    holes: &[core::ops::Range<u64>],
 ) -> Result<(), String> {
     let len = bar.size.max(smmu::hw::PAGE_SIZE as u64);
-    let m = Mapping::bar(Ipa(guest), PhysAddr(pa), len);
-    space
-        .map(Some(&mut iommu.lock().iommu), &crate::mm::S2_CPU_MEM, m)
-        .map_err(|e| format!("PCI {bdf}: BAR{} map: {e}", bar.index))
+    for r in crate::vdev::msix::outside(len, holes) {
+        let m = Mapping::bar(
+            Ipa(guest + r.start),
+            PhysAddr(pa + r.start),
+            r.end - r.start,
+        );
+        space
+            .map(Some(&mut iommu.lock().iommu), &crate::mm::S2_CPU_MEM, m)
+            .map_err(|e| format!("PCI {bdf}: BAR{} map: {e}", bar.index))?;
+    }
+    Ok(())
+}
+
+/// The MSI-X layout of `f` when the hypervisor routes its MSIs (the
+/// machine has an ITS) and the table and PBA lie inside placed BARs (a
+/// device that says otherwise keeps its MSI-X hidden and uses INTx).
+fn routed_msix(cfg: &dyn ConfigAccess, f: &Function) -> Option<MsixLayout> {
+    crate::drivers::its::get()?;
+    let (at, _) = pci::capabilities(cfg, f.bdf)
+        .into_iter()
+        .find(|&(_, id)| id == pci::reg::CAP_ID_MSIX)?;
+    let at = u16::from(at);
+    let read = |off: u16| cfg.read32(f.bdf, at + off);
+    let l = MsixLayout::from_capability(read(0), read(4), read(8))?;
+    let inside = |bar: u8, r: core::ops::Range<u64>| {
+        f.bars
+            .iter()
+            .any(|b| b.index == bar && b.cpu_addr.is_some() && r.end <= b.size)
+    };
+    (inside(l.table_bar, l.table()) && inside(l.pba_bar, l.pba())).then_some(l)
 }
 
 /// Assigns `names` (PCI addresses) to VM `vm_index` (`vm`), whose IPA
@@ -111,6 +144,7 @@ pub fn assign(
     let mmio_end = layout::PCI_MMIO_BASE + layout::PCI_MMIO_SIZE;
     // First the functions and their BARs: the virtual bus.
     let mut vfs = Vec::new();
+    let mut msix = Vec::new();
     let mut sids = Vec::new();
     for name in names {
         let a = scenario::PciAddr::parse(name)
@@ -131,7 +165,9 @@ pub fn assign(
             .lock()
             .stream_of(bdf)
             .ok_or_else(|| format!("PCI {bdf}: no StreamID in the iommu-map"))?;
-        // BARs at guest addresses, mapped as device memory.
+        // BARs at guest addresses, mapped as device memory, but for the
+        // pages of the MSI-X table and PBA, which trap.
+        let msix_layout = routed_msix(cfg, f);
         let mut bars: [Option<VirtualBar>; 6] = [None; 6];
         for bar in &f.bars {
             let Some(pa) = bar.cpu_addr else { continue };
@@ -143,7 +179,27 @@ pub fn assign(
                 ));
             }
             next_mmio = guest + bar.size;
-            map_bar(space, iommu, bdf, bar, pa, guest)?;
+            let holes: Vec<_> = msix_layout
+                .iter()
+                .flat_map(|l| l.trapped(bar.index))
+                .collect();
+            map_bar(space, iommu, bdf, bar, pa, guest, &holes)?;
+            for range in holes {
+                let len = range.end - range.start;
+                // SAFETY: the range lies in this function's placed BAR
+                // (`routed_msix` checked the table and PBA against its
+                // size; the trapped pages are within the page-rounded
+                // BAR, which nothing else shares), identity-mapped as
+                // device memory at EL2 since enumeration.
+                let window =
+                    unsafe { pci::BarRange::new(PhysAddr(pa + range.start), len, range.start) };
+                let pages = MsixPages {
+                    layout: msix_layout.expect("holes come from a layout"),
+                    bar: bar.index,
+                    range: range.clone(),
+                };
+                msix.push((Ipa(guest + range.start), len, MsixRegion { pages, window }));
+            }
             bars[bar.index as usize] = Some(VirtualBar {
                 guest_addr: Ipa(guest),
                 size: bar.size,
@@ -155,7 +211,7 @@ pub fn assign(
         vfs.push(VirtualFunction {
             phys: bdf,
             bars,
-            msix: None,
+            msix: msix_layout,
         });
         sids.push((bdf, sid));
     }
@@ -208,6 +264,7 @@ pub fn assign(
             mmio64: None,
             intx,
         },
+        msix,
     })
 }
 

@@ -20,6 +20,7 @@
 //! answer, anything else gets an external abort.
 
 use super::assign::{self, AssignedDevice};
+use super::bus::BusError;
 use super::intx::IntxForwarding;
 use super::msi;
 use super::ram::GuestRam;
@@ -319,15 +320,22 @@ fn build_vm(
     }
 
     let mut vm = Vm::new(spec.name.clone(), index, guest_ram, controls, pcpus, vgic);
-    let (pci, assigned) = match assignment {
-        Some(assign::Assignment { bus, devices, .. }) => match assign::config() {
-            Some(cfg) => (PciHostBridge::new(bus, Box::new(cfg)), devices),
-            None => (PciHostBridge::empty(), devices),
+    let (pci, assigned, msix) = match assignment {
+        Some(assign::Assignment {
+            bus, devices, msix, ..
+        }) => match assign::config() {
+            Some(cfg) => (PciHostBridge::new(bus, Box::new(cfg)), devices, msix),
+            None => (PciHostBridge::empty(), devices, msix),
         },
-        None => (PciHostBridge::empty(), Vec::new()),
+        None => (PciHostBridge::empty(), Vec::new(), Vec::new()),
     };
-    vm.bus = standard_bus(spec.cpus, pci, vsmmu.is_some(), true)
-        .map_err(|e| resources(alloc::format!("VM {}: device map: {e}", spec.name)))?;
+    let device_map = |e: BusError| resources(alloc::format!("VM {}: device map: {e}", spec.name));
+    vm.bus = standard_bus(spec.cpus, pci, vsmmu.is_some(), true).map_err(device_map)?;
+    for (ipa, len, region) in msix {
+        vm.bus
+            .insert(ipa, len, Box::new(region))
+            .map_err(device_map)?;
+    }
     if let Some(v) = vsmmu {
         vm.vsmmu = Some(spin::Mutex::new(Box::new(v)));
     }
