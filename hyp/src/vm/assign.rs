@@ -1,10 +1,13 @@
 //! Device assignment: PCI functions a scenario gives to a VM.
 //!
-//! For each function: it must exist and be an endpoint; its BARs get guest
-//! addresses in the VM's PCI MMIO window and are mapped into the VM's
-//! stage 2 as device memory; its stream is attached to the VM's IOMMU
-//! domain (the VM's own stage-2 table, see `run`) before the guest starts;
-//! its INTx line becomes a virtual SPI of the VM. A line can have one owner:
+//! For each function: it must exist, be an endpoint and not have been
+//! refused at enumeration; its BARs get guest addresses in the VM's PCI
+//! MMIO window and are mapped into the VM's stage 2 as device memory (the
+//! function's memory decode stays off until its guest turns it on through
+//! its virtual command register, as its driver does); its stream is
+//! attached to the VM's IOMMU domain (the VM's own stage-2 table, see
+//! `run`) before the guest starts; its INTx line becomes a virtual SPI of
+//! the VM. A line can have one owner:
 //! a scenario that gives one interrupt line to two VMs is refused.
 
 use super::intx::IntxForwarding;
@@ -96,6 +99,11 @@ pub fn assign(
             .iter()
             .find(|f| f.bdf == bdf)
             .ok_or_else(|| format!("PCI {bdf}: no such function on this machine"))?;
+        if let Some(e) = &f.refused {
+            return Err(format!(
+                "PCI {e}: refused at enumeration, it cannot be assigned"
+            ));
+        }
         if cfg.read32(bdf, pci::reg::HEADER) >> 16 & 0x7f != 0 {
             return Err(format!("PCI {bdf}: a bridge cannot be assigned"));
         }
@@ -194,15 +202,17 @@ pub fn assign(
     })
 }
 
-/// Stops a VM's assigned functions: bus mastering off, then their streams
-/// abort (STE abort, CFGI_STE + SYNC), then the SMMU's TLB entries of the
-/// VM's VMID are invalidated (TLBI_S12_VMALL + SYNC), all before the VM's
-/// memory could be reused.
+/// Stops a VM's assigned functions: bus mastering and memory decode off
+/// (they are nobody's now), then their streams abort (STE abort,
+/// CFGI_STE and SYNC), then the SMMU's TLB entries of the VM's VMID are
+/// invalidated (TLBI_S12_VMALL + SYNC), all before the VM's memory could
+/// be reused.
 pub fn release(devices: &[AssignedDevice], vmid: smmu::addr::Vmid) {
     let Some(cfg) = config() else { return };
     for d in devices {
         let cmd = cfg.read32(d.phys, pci::reg::COMMAND) & 0xffff;
-        cfg.write32(d.phys, pci::reg::COMMAND, cmd & !pci::reg::CMD_MASTER);
+        let off = pci::reg::CMD_MASTER | pci::reg::CMD_MEM;
+        cfg.write32(d.phys, pci::reg::COMMAND, cmd & !off);
         if let Some(h) = crate::drivers::iommu::get() {
             let mut h = h.lock();
             // Whether attached or not: a stream its guest configured
