@@ -244,8 +244,8 @@ impl WindowAlloc {
         let start = self.next.checked_add(span - 1)? & !(span - 1);
         let end = start.checked_add(span)?;
         let cpu = (start - self.window.pci_base).checked_add(self.window.cpu_base)?;
-        // A window whose CPU and PCI addresses differ by less than a page
-        // cannot give a BAR a page of its own on the CPU side.
+        // A window whose CPU and PCI addresses are not a whole number of
+        // pages apart cannot give a BAR a page of its own on the CPU side.
         if end > self.window.pci_base.checked_add(self.window.size)? || cpu % BAR_PAGE != 0 {
             return None;
         }
@@ -977,7 +977,7 @@ mod tests {
         let mut top = window(u64::MAX - 0xfff, 0, 0x1000);
         assert_eq!(top.alloc(0x2000), None);
         assert_eq!(top.alloc(1 << 63), None);
-        // A CPU base less than a page away from its PCI base.
+        // CPU and PCI bases not a whole number of pages apart.
         assert_eq!(window(0x1000_0000, 0x2000_0800, 0x1_0000).alloc(16), None);
     }
 
