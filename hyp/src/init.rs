@@ -109,6 +109,9 @@ fn report_function(f: &Function) {
         f.class,
         if f.is_edu() { " (edu)" } else { "" }
     );
+    if let Some(e) = &f.refused {
+        warn!("PCI {e}; function refused: memory decode stays off, it cannot be assigned");
+    }
     for b in &f.bars {
         match b.cpu_addr {
             Some(a) => {
@@ -147,11 +150,5 @@ fn enumerate_pci(p: &Platform) -> Option<Vec<pci::Function>> {
     // SAFETY: the ECAM region from the DTB was mapped as a device in
     // map_everything.
     let ecam = unsafe { pci::Ecam::new(host.ecam.base, host.ecam.size, host.bus_range.0) };
-    match pci::enumerate(&ecam, host) {
-        Ok(fns) => Some(fns),
-        Err(e) => {
-            error!("PCI: {e}");
-            None
-        }
-    }
+    Some(pci::enumerate(&ecam, host))
 }

@@ -146,6 +146,26 @@ fn isolation_edu_attacker() {
     b.assert_exit(0);
 }
 
+/// A function whose BAR is smaller than a page: the page its VM is given
+/// holds nothing else (the two watchdogs' 16-byte BARs used to be placed
+/// back to back, in one page), and the function decodes nothing until its
+/// guest turns memory decode on.
+#[test]
+fn sub_page_bar_page_holds_nothing_else() {
+    let b = boot("sub-page-bar", &[], TIMEOUT);
+    b.checks("probe").assert_all_passed(&[
+        "bar-off-until-enabled",
+        "bar-decodes",
+        "bar-page-alone",
+    ]);
+    // Each BAR was placed at the start of a page of its own.
+    assert_eq!(b.count("  BAR0 Mem32 0x10 bytes at 0x10000000"), 1);
+    assert_eq!(b.count("  BAR0 Mem32 0x10 bytes at 0x10001000"), 1);
+    b.expect("VM probe: PCI 00:01.0 (sid 0x8) assigned as 00:01.0");
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    b.assert_exit(0);
+}
+
 #[test]
 fn scenario_conflict_refused() {
     let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/line-conflict.toml");

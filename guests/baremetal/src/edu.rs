@@ -161,7 +161,7 @@ impl ReadOutcome {
 }
 
 #[cfg(target_os = "none")]
-pub use hw::{Edu, EduError};
+pub use hw::{config_read, config_write, find_device, host_or_report, Edu, EduError};
 
 #[cfg(target_os = "none")]
 mod hw {
@@ -228,17 +228,41 @@ mod hw {
         pub placed: bool,
     }
 
-    fn config_read(host: &PciHost, device: u8, reg: u16) -> u32 {
+    /// Reads configuration register `reg` of bus 0, `device`, function 0.
+    pub fn config_read(host: &PciHost, device: u8, reg: u16) -> u32 {
         // SAFETY: a 32-bit register in bus 0's ECAM of the host bridge our
         // device tree describes (Device memory, MMU off); a missing
         // function reads as all ones.
         unsafe { mmio::read32(host.config_address(device, reg)) }
     }
 
-    fn config_write(host: &PciHost, device: u8, reg: u16, value: u32) {
-        // SAFETY: as in `config_read`; we only write the command register
-        // and BARs of the `edu` we found.
+    /// Writes configuration register `reg` of bus 0, `device`, function 0.
+    pub fn config_write(host: &PciHost, device: u8, reg: u16, value: u32) {
+        // SAFETY: as in `config_read`; callers write only the command
+        // register and BARs of a function they found, which touches no
+        // memory of ours.
         unsafe { mmio::write32(host.config_address(device, reg), value) }
+    }
+
+    /// The device tree's host bridge; without one, a failed check `ran`
+    /// says so.
+    pub fn host_or_report(fdt: &Fdt<'_>, ran: &str) -> Option<PciHost> {
+        let host = PciHost::from_fdt(fdt);
+        if host.is_none() {
+            crate::checks::check(
+                ran,
+                false,
+                "no PCI host bridge (pci-host-ecam-generic) in the device tree",
+            );
+        }
+        host
+    }
+
+    /// The first device on bus 0 (function 0) with this vendor and device
+    /// ID.
+    pub fn find_device(host: &PciHost, vendor: u16, device: u16) -> Option<u8> {
+        let id = u32::from(device) << 16 | u32::from(vendor);
+        (0..32u8).find(|&d| config_read(host, d, CFG_ID) == id)
     }
 
     fn counter() -> u64 {
@@ -253,12 +277,7 @@ mod hw {
         /// hypervisor it is placed and never moved), enables memory decoding
         /// and bus mastering, and checks the ID register.
         pub fn probe(host: &PciHost) -> Result<Self, EduError> {
-            let device = (0..32u8)
-                .find(|&d| {
-                    let id = config_read(host, d, CFG_ID);
-                    id == u32::from(EDU_DEVICE) << 16 | u32::from(EDU_VENDOR)
-                })
-                .ok_or(EduError::NotFound)?;
+            let device = find_device(host, EDU_VENDOR, EDU_DEVICE).ok_or(EduError::NotFound)?;
             let lo = config_read(host, device, CFG_BAR0);
             let hi = if bar_is_64(lo) {
                 config_read(host, device, CFG_BAR0 + 4)

@@ -23,7 +23,9 @@
 //!   invalidation, isolation and command errors (see [`nested`]);
 //! - `vsmmu_flood=MS`: keeps its vSMMU's command queue full of
 //!   invalidations for at least MS milliseconds, then until a key arrives
-//!   on its console (at most 10 MS), and reports how many went through.
+//!   on its console (at most 10 MS), and reports how many went through;
+//! - `bar_page=VVVV:DDDD`: checks that nothing but BAR0 of that function
+//!   answers in the page that holds it (see [`barpage`]).
 //!
 //! Every run ends with the summary line `checks: N run, M failed` (also
 //! after an unexpected exception or a panic, each a failed check), then
@@ -42,6 +44,7 @@
 #[cfg(target_os = "none")]
 #[macro_use]
 mod console;
+mod barpage;
 #[cfg(target_os = "none")]
 mod checks;
 mod edu;
@@ -74,6 +77,9 @@ enum Action<'a> {
     VsmmuEdu,
     /// Keep the vSMMU's command queue full for this many milliseconds.
     VsmmuFlood(u64),
+    /// Probe the page of BAR0 of the function with this vendor and device
+    /// ID.
+    BarPage(u16, u16),
 }
 
 /// The guest's command line (`/chosen/bootargs`), decoded.
@@ -121,6 +127,11 @@ impl<'a> Args<'a> {
                 Some(("vsmmu_flood", v)) => {
                     if let Ok(ms) = v.parse() {
                         args.action = Action::VsmmuFlood(ms);
+                    }
+                }
+                Some(("bar_page", v)) => {
+                    if let Some((vendor, device)) = barpage::parse_id(v) {
+                        args.action = Action::BarPage(vendor, device);
                     }
                 }
                 Some(("edu_flood", v)) => {
@@ -256,7 +267,7 @@ mod hw {
 
     use super::checks::{self, check};
     use super::console::UART;
-    use super::edu::{Edu, EduError, PciHost, ReadOutcome, Targets, DMA_LEN};
+    use super::edu::{host_or_report, Edu, EduError, ReadOutcome, Targets, DMA_LEN};
     use super::{is_same_el_data_abort, is_sync_external_abort, Action, Args, Board, Conduit};
     use aarch64_cpu::asm::barrier;
     use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
@@ -350,12 +361,7 @@ mod hw {
     /// attacks each target by DMA read and write. What stops the attack is
     /// a failed check `edu-attack-ran`.
     fn edu_attack(fdt: &Fdt<'_>, targets: Targets<'_>, flood: u64) {
-        let Some(host) = PciHost::from_fdt(fdt) else {
-            check(
-                "edu-attack-ran",
-                false,
-                "no PCI host bridge (pci-host-ecam-generic) in the device tree",
-            );
+        let Some(host) = host_or_report(fdt, "edu-attack-ran") else {
             return;
         };
         let edu = match Edu::probe(&host) {
@@ -474,6 +480,7 @@ mod hw {
             Action::EduAttack(targets) => edu_attack(&fdt, targets, args.edu_flood),
             Action::VsmmuEdu => super::nested::run(&fdt),
             Action::VsmmuFlood(ms) => super::nested::flood(&fdt, ms),
+            Action::BarPage(vendor, device) => super::barpage::run(&fdt, vendor, device),
         }
         checks::close();
         say!("guest: done");
@@ -546,6 +553,11 @@ mod tests {
             Args::parse("vsmmu_flood=3000").action,
             Action::VsmmuFlood(3000)
         );
+        assert_eq!(
+            Args::parse("bar_page=8086:25ab").action,
+            Action::BarPage(0x8086, 0x25ab)
+        );
+        assert_eq!(Args::parse("bar_page=8086").action, Action::Done);
         let b = Args::parse("count=x tick_ms=-1 bad_access=1 name=");
         assert_eq!(b.action, Action::Done);
         assert_eq!(b.tick_ms, DEFAULT_TICK_MS);

@@ -1,9 +1,15 @@
 //! PCI enumeration and BAR assignment on an ECAM host bridge.
 //!
-//! The hypervisor owns PCI configuration: it sizes every BAR, places it in a
-//! host bridge window from the DTB, and enables memory decoding. Bus
-//! mastering stays off until a function is given to someone, so nothing can
-//! DMA before the SMMU says where it may go.
+//! The hypervisor owns PCI configuration: it sizes every BAR and places
+//! each memory BAR alone in whole pages of a host bridge window from the
+//! DTB, so that the page a VM is given for a BAR holds no other function's
+//! registers. A function whose BARs cannot be placed so (a size that is
+//! zero or not a power of two, a 64-bit BAR in the last slot, no room) is
+//! refused: reported, never assigned, and enumeration goes on without it.
+//! Memory decode and bus mastering stay off until a function is used: by
+//! the hypervisor's own self-tests, or by the guest it is given to, so an
+//! unowned function answers no address and nothing can DMA before the SMMU
+//! says where it may go.
 
 use crate::platform::{PciHost, PciWindow, WindowKind};
 use alloc::vec::Vec;
@@ -117,8 +123,11 @@ pub struct Function {
     pub device: u16,
     /// Class code (base, sub, prog-if).
     pub class: u32,
-    /// Memory and I/O BARs.
+    /// Memory and I/O BARs; none is placed when the function is refused.
     pub bars: Vec<Bar>,
+    /// Why enumeration refused the function, None if it did not. A refused
+    /// function keeps memory decode off and cannot be assigned.
+    pub refused: Option<PciError>,
 }
 
 impl Function {
@@ -189,10 +198,51 @@ pub fn message_signalled(cfg: &dyn ConfigAccess, bdf: Bdf) -> Option<MessageSign
     control(reg::CAP_ID_MSI).map(|c| MessageSignalled::Msi(1 << ((c >> 1) & 7).min(5)))
 }
 
-/// Why enumeration stopped.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why a function is refused: one of its memory BARs cannot be placed alone
+/// in pages of its own (PCI Local Bus 3.0 §6.2.5.1 says how a BAR reports
+/// its size: the address bits that stay zero when all ones are written).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PciError {
-    /// No window can hold a BAR.
+    /// No address bit is writable: a size of zero (`readback` is what the
+    /// BAR read after all ones were written to it).
+    ZeroSize {
+        /// The function.
+        bdf: Bdf,
+        /// The BAR slot.
+        index: u8,
+        /// The BAR (both halves of a 64-bit one) after all ones.
+        readback: u64,
+    },
+    /// The writable address bits are not contiguous, so the size they give
+    /// is not a power of two.
+    NotPowerOfTwo {
+        /// The function.
+        bdf: Bdf,
+        /// The BAR slot.
+        index: u8,
+        /// The size the BAR reports.
+        size: u64,
+    },
+    /// A 64-bit BAR in the last slot of its header: its upper half would be
+    /// the register after the BARs.
+    Mem64InLastSlot {
+        /// The function.
+        bdf: Bdf,
+        /// The BAR slot.
+        index: u8,
+        /// The BAR after all ones were written to it.
+        readback: u32,
+    },
+    /// Memory type 01b or 11b (bits 2:1), both reserved.
+    ReservedType {
+        /// The function.
+        bdf: Bdf,
+        /// The BAR slot.
+        index: u8,
+        /// The BAR after all ones were written to it.
+        readback: u32,
+    },
+    /// No host bridge window can hold it.
     NoSpace {
         /// The function.
         bdf: Bdf,
@@ -206,6 +256,35 @@ pub enum PciError {
 impl fmt::Display for PciError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::ZeroSize {
+                bdf,
+                index,
+                readback,
+            } => write!(
+                f,
+                "{bdf}: BAR{index} reports a size of zero (reads {readback:#x} after all ones were written)"
+            ),
+            Self::NotPowerOfTwo { bdf, index, size } => write!(
+                f,
+                "{bdf}: BAR{index} reports a size of {size:#x}, not a power of two"
+            ),
+            Self::Mem64InLastSlot {
+                bdf,
+                index,
+                readback,
+            } => write!(
+                f,
+                "{bdf}: BAR{index} reports a 64-bit BAR in the last slot, with no slot for its upper half (reads {readback:#x} after all ones were written)"
+            ),
+            Self::ReservedType {
+                bdf,
+                index,
+                readback,
+            } => write!(
+                f,
+                "{bdf}: BAR{index} reports the reserved memory type {:#04b} (reads {readback:#x} after all ones were written)",
+                (readback >> 1) & 3
+            ),
             Self::NoSpace { bdf, index, size } => write!(
                 f,
                 "{bdf}: BAR{index} of {size:#x} bytes does not fit in any host bridge window"
@@ -214,6 +293,10 @@ impl fmt::Display for PciError {
     }
 }
 
+/// The least a memory BAR takes of a window: one stage-2 page, so that
+/// the pages a VM is given for a BAR hold no other function's registers.
+const BAR_PAGE: u64 = smmu::hw::PAGE_SIZE as u64;
+
 /// Bump allocator over one host bridge window.
 struct WindowAlloc {
     window: PciWindow,
@@ -221,26 +304,51 @@ struct WindowAlloc {
 }
 
 impl WindowAlloc {
+    /// Places a BAR of `size` bytes alone in whole pages: aligned to its
+    /// size and to a page, with the rest of its page left empty. Returns
+    /// its PCI and CPU addresses; None if `size` is not a power of two or
+    /// the BAR does not fit.
     fn alloc(&mut self, size: u64) -> Option<(u64, u64)> {
-        let start = self.next.checked_add(size - 1)? & !(size - 1);
-        let end = start.checked_add(size)?;
-        if end > self.window.pci_base + self.window.size {
+        if !size.is_power_of_two() {
+            return None;
+        }
+        let span = size.max(BAR_PAGE);
+        let start = self.next.checked_add(span - 1)? & !(span - 1);
+        let end = start.checked_add(span)?;
+        let cpu = (start - self.window.pci_base).checked_add(self.window.cpu_base)?;
+        // A window whose CPU and PCI addresses are not a whole number of
+        // pages apart cannot give a BAR a page of its own on the CPU side.
+        if end > self.window.pci_base.checked_add(self.window.size)? || cpu % BAR_PAGE != 0 {
             return None;
         }
         self.next = end;
-        Some((start, start - self.window.pci_base + self.window.cpu_base))
+        Some((start, cpu))
     }
 }
 
-/// Sizes one BAR slot; returns the BAR and how many slots it uses.
-fn size_bar(cfg: &dyn ConfigAccess, bdf: Bdf, index: u8) -> (Option<Bar>, u8) {
-    let off = reg::BAR0 + u16::from(index) * 4;
+/// What the BAR dword at `off` reads after all ones were written to it;
+/// its value is restored.
+fn read_all_ones(cfg: &dyn ConfigAccess, bdf: Bdf, off: u16) -> u32 {
     let orig = cfg.read32(bdf, off);
     cfg.write32(bdf, off, 0xffff_ffff);
-    let lo = cfg.read32(bdf, off);
+    let value = cfg.read32(bdf, off);
     cfg.write32(bdf, off, orig);
+    value
+}
+
+/// Sizes BAR slot `index` of a header with `slots` BAR slots; returns the
+/// BAR (None if unimplemented) and how many slots it uses, or why the
+/// function must be refused.
+fn size_bar(
+    cfg: &dyn ConfigAccess,
+    bdf: Bdf,
+    index: u8,
+    slots: u8,
+) -> Result<(Option<Bar>, u8), PciError> {
+    let off = reg::BAR0 + u16::from(index) * 4;
+    let lo = read_all_ones(cfg, bdf, off);
     if lo == 0 {
-        return (None, 1);
+        return Ok((None, 1));
     }
     if lo & 1 == 1 {
         let size = u64::from(!(lo & !0x3) & 0xffff) + 1;
@@ -251,40 +359,124 @@ fn size_bar(cfg: &dyn ConfigAccess, bdf: Bdf, index: u8) -> (Option<Bar>, u8) {
             size,
             cpu_addr: None,
         };
-        return (Some(bar), 1);
+        return Ok((Some(bar), 1));
     }
-    let prefetchable = lo & 0x8 != 0;
-    if (lo >> 1) & 3 == 2 && index < 5 {
-        let orig_hi = cfg.read32(bdf, off + 4);
-        cfg.write32(bdf, off + 4, 0xffff_ffff);
-        let hi = cfg.read32(bdf, off + 4);
-        cfg.write32(bdf, off + 4, orig_hi);
-        let mask = (u64::from(hi) << 32) | u64::from(lo & !0xf);
-        let size = (!mask).wrapping_add(1);
-        let bar = Bar {
+    let (kind, readback, size) = match (lo >> 1) & 3 {
+        0 => (
+            BarKind::Mem32,
+            u64::from(lo),
+            u64::from((!(lo & !0xf)).wrapping_add(1)),
+        ),
+        2 if index + 1 < slots => {
+            let hi = read_all_ones(cfg, bdf, off + 4);
+            let readback = (u64::from(hi) << 32) | u64::from(lo);
+            (
+                BarKind::Mem64,
+                readback,
+                (!(readback & !0xf)).wrapping_add(1),
+            )
+        }
+        2 => {
+            return Err(PciError::Mem64InLastSlot {
+                bdf,
+                index,
+                readback: lo,
+            })
+        }
+        _ => {
+            return Err(PciError::ReservedType {
+                bdf,
+                index,
+                readback: lo,
+            })
+        }
+    };
+    if size == 0 {
+        return Err(PciError::ZeroSize {
+            bdf,
             index,
-            kind: BarKind::Mem64,
-            prefetchable,
-            size,
-            cpu_addr: None,
-        };
-        (Some(bar), 2)
-    } else {
-        let size = u64::from((!(lo & !0xf)).wrapping_add(1));
-        let bar = Bar {
-            index,
-            kind: BarKind::Mem32,
-            prefetchable,
-            size,
-            cpu_addr: None,
-        };
-        (Some(bar), 1)
+            readback,
+        });
     }
+    if !size.is_power_of_two() {
+        return Err(PciError::NotPowerOfTwo { bdf, index, size });
+    }
+    let bar = Bar {
+        index,
+        kind,
+        prefetchable: lo & 0x8 != 0,
+        size,
+        cpu_addr: None,
+    };
+    Ok((Some(bar), if kind == BarKind::Mem64 { 2 } else { 1 }))
 }
 
-/// Enumerates the first bus of `host`, sizes and places every memory BAR,
-/// enables memory decoding, and leaves bus mastering off.
-pub fn enumerate(cfg: &dyn ConfigAccess, host: &PciHost) -> Result<Vec<Function>, PciError> {
+/// Sizes the `slots` BAR slots of `bdf` into `bars`, stopping at the
+/// first one that refuses the function.
+fn size_bars(
+    cfg: &dyn ConfigAccess,
+    bdf: Bdf,
+    slots: u8,
+    bars: &mut Vec<Bar>,
+) -> Result<(), PciError> {
+    let mut index = 0;
+    while index < slots {
+        let (bar, used) = size_bar(cfg, bdf, index, slots)?;
+        bars.extend(bar);
+        index += used;
+    }
+    Ok(())
+}
+
+/// Places every memory BAR of `bars` in `windows` (64-bit BARs may use
+/// 64-bit windows, which come first) and programs them into `bdf`. If one
+/// does not fit, nothing is placed or programmed and the windows are as
+/// they were.
+fn place_bars(
+    cfg: &dyn ConfigAccess,
+    bdf: Bdf,
+    windows: &mut [WindowAlloc],
+    bars: &mut [Bar],
+) -> Result<(), PciError> {
+    let before: Vec<u64> = windows.iter().map(|w| w.next).collect();
+    let mut placed = Vec::new();
+    for bar in bars.iter().filter(|b| b.kind != BarKind::Io) {
+        let at = windows
+            .iter_mut()
+            .filter(|w| bar.kind == BarKind::Mem64 || w.window.kind == WindowKind::Mem32)
+            .find_map(|w| w.alloc(bar.size));
+        let Some(at) = at else {
+            for (w, next) in windows.iter_mut().zip(before) {
+                w.next = next;
+            }
+            return Err(PciError::NoSpace {
+                bdf,
+                index: bar.index,
+                size: bar.size,
+            });
+        };
+        placed.push(at);
+    }
+    let memory = bars.iter_mut().filter(|b| b.kind != BarKind::Io);
+    for (bar, (pci_addr, cpu_addr)) in memory.zip(placed) {
+        let off = reg::BAR0 + u16::from(bar.index) * 4;
+        cfg.write32(bdf, off, pci_addr as u32);
+        if bar.kind == BarKind::Mem64 {
+            cfg.write32(bdf, off + 4, (pci_addr >> 32) as u32);
+        }
+        bar.cpu_addr = Some(cpu_addr);
+    }
+    Ok(())
+}
+
+/// Enumerates the first bus of `host` and sizes every BAR. Each memory BAR
+/// of a function is placed alone in pages of its own in the host windows;
+/// a function with a memory BAR that cannot be is refused
+/// ([`Function::refused`]) and enumeration goes on. Every function is left
+/// with memory decode and bus mastering off: whoever uses a function turns
+/// on what it needs (the boot self-tests for the `edu` they drive, a guest
+/// through its virtual command register).
+pub fn enumerate(cfg: &dyn ConfigAccess, host: &PciHost) -> Vec<Function> {
     let mut windows: Vec<WindowAlloc> = host
         .windows
         .iter()
@@ -310,13 +502,6 @@ pub fn enumerate(cfg: &dyn ConfigAccess, host: &PciHost) -> Result<Vec<Function>
                 continue;
             }
             let header = cfg.read32(bdf, reg::HEADER) >> 16;
-            let mut function = Function {
-                bdf,
-                vendor: id as u16,
-                device: (id >> 16) as u16,
-                class: cfg.read32(bdf, reg::CLASS) >> 8,
-                bars: Vec::new(),
-            };
             // Type 0 (endpoint) headers have 6 BARs, bridges 2; the host
             // bridge function itself usually has none.
             let slots = if header & 0x7f == 0 { 6 } else { 2 };
@@ -326,50 +511,24 @@ pub fn enumerate(cfg: &dyn ConfigAccess, host: &PciHost) -> Result<Vec<Function>
                 reg::COMMAND,
                 cmd & !(reg::CMD_MEM | reg::CMD_MASTER) & 0xffff,
             );
-            let mut index = 0;
-            while index < slots {
-                let (bar, used) = size_bar(cfg, bdf, index);
-                if let Some(mut bar) = bar {
-                    if bar.kind != BarKind::Io {
-                        let placed = windows
-                            .iter_mut()
-                            .filter(|w| {
-                                bar.kind == BarKind::Mem64 || w.window.kind == WindowKind::Mem32
-                            })
-                            .find_map(|w| w.alloc(bar.size));
-                        let (pci_addr, cpu_addr) = placed.ok_or(PciError::NoSpace {
-                            bdf,
-                            index,
-                            size: bar.size,
-                        })?;
-                        let off = reg::BAR0 + u16::from(index) * 4;
-                        cfg.write32(bdf, off, pci_addr as u32);
-                        if bar.kind == BarKind::Mem64 {
-                            cfg.write32(bdf, off + 4, (pci_addr >> 32) as u32);
-                        }
-                        bar.cpu_addr = Some(cpu_addr);
-                    }
-                    function.bars.push(bar);
-                }
-                index += used;
-            }
-            let mem = if function.bars.iter().any(|b| b.cpu_addr.is_some()) {
-                reg::CMD_MEM
-            } else {
-                0
-            };
-            cfg.write32(
+            let mut bars = Vec::new();
+            let refused = size_bars(cfg, bdf, slots, &mut bars)
+                .and_then(|()| place_bars(cfg, bdf, &mut windows, &mut bars))
+                .err();
+            found.push(Function {
                 bdf,
-                reg::COMMAND,
-                (cmd & !(reg::CMD_MEM | reg::CMD_MASTER) & 0xffff) | mem,
-            );
-            found.push(function);
+                vendor: id as u16,
+                device: (id >> 16) as u16,
+                class: cfg.read32(bdf, reg::CLASS) >> 8,
+                bars,
+                refused,
+            });
             if func == 0 && header & 0x80 == 0 {
                 break;
             }
         }
     }
-    Ok(found)
+    found
 }
 
 /// ECAM configuration access at an identity-mapped address.
@@ -502,11 +661,17 @@ mod tests {
     use std::cell::RefCell;
     use std::collections::BTreeMap;
 
+    /// A BAR dword of the fake: its offset, its writable bits and the
+    /// read-only bits (flags) it holds.
+    type FakeBar = (u16, u32, u32);
+
     /// A config space with BARs that model sizing (writable bits only).
     struct FakeBus {
         space: RefCell<BTreeMap<(Bdf, u16), u32>>,
         /// (bdf, offset) -> writable mask of a BAR dword.
         masks: BTreeMap<(Bdf, u16), u32>,
+        /// Every write, in order.
+        writes: RefCell<Vec<(Bdf, u16, u32)>>,
     }
 
     impl FakeBus {
@@ -514,9 +679,10 @@ mod tests {
             Self {
                 space: RefCell::new(BTreeMap::new()),
                 masks: BTreeMap::new(),
+                writes: RefCell::new(Vec::new()),
             }
         }
-        fn add(&mut self, bdf: Bdf, id: u32, header: u32, bars: &[(u16, u32, u32)]) {
+        fn add(&mut self, bdf: Bdf, id: u32, header: u32, bars: &[FakeBar]) {
             let mut s = self.space.borrow_mut();
             s.insert((bdf, reg::ID), id);
             s.insert((bdf, reg::HEADER), header << 16);
@@ -537,6 +703,7 @@ mod tests {
                 .unwrap_or(if offset == reg::ID { &0xffff_ffff } else { &0 })
         }
         fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
+            self.writes.borrow_mut().push((bdf, offset, value));
             let mut s = self.space.borrow_mut();
             if let Some(&mask) = self.masks.get(&(bdf, offset)) {
                 let flags = s.get(&(bdf, offset)).copied().unwrap_or(0) & !mask;
@@ -620,7 +787,7 @@ mod tests {
             .borrow_mut()
             .insert((nvme, reg::COMMAND), reg::CMD_MASTER);
 
-        let fns = enumerate(&bus, &host()).unwrap();
+        let fns = enumerate(&bus, &host());
         assert_eq!(fns.len(), 3);
         let e = &fns[1];
         assert!(e.is_edu());
@@ -642,28 +809,302 @@ mod tests {
         assert_eq!(n.bars[1].cpu_addr, None);
         let cmd = bus.read32(nvme, reg::COMMAND);
         assert_eq!(cmd & reg::CMD_MASTER, 0, "bus mastering is turned off");
-        assert_ne!(cmd & reg::CMD_MEM, 0);
+        assert!(fns.iter().all(|f| f.refused.is_none()));
+    }
+
+    fn dev(n: u8) -> Bdf {
+        Bdf {
+            bus: 0,
+            dev: n,
+            func: 0,
+        }
+    }
+
+    /// Vendor and device ID of QEMU's `i6300esb` watchdog, whose only BAR
+    /// is 16 bytes of 32-bit memory.
+    const I6300ESB: u32 = 0x25ab_8086;
+    /// Its BAR0: writable address mask and flags.
+    const WATCHDOG_BAR: FakeBar = (0x10, 0xffff_fff0, 0);
+
+    /// The pages `[addr, addr + max(size, page))` of every placed memory BAR.
+    fn placed_pages(fns: &[Function]) -> Vec<(u64, u64)> {
+        fns.iter()
+            .flat_map(|f| &f.bars)
+            .filter_map(|b| b.cpu_addr.map(|a| (a, a + b.size.max(BAR_PAGE))))
+            .collect()
     }
 
     #[test]
-    fn bar_too_big_is_an_error() {
+    fn sub_page_bars_get_pages_of_their_own() {
         let mut bus = FakeBus::new();
-        let d = Bdf {
-            bus: 0,
-            dev: 3,
-            func: 0,
-        };
-        bus.add(d, 0x1234_5678, 0, &[(0x10, 0x8000_0000, 0)]);
+        // Two watchdogs (QEMU packed them at 0x...00 and 0x...10 before),
+        // a function with three sub-page BARs, one of them 64-bit, and a
+        // page-sized BAR after them.
+        bus.add(dev(1), I6300ESB, 0, &[WATCHDOG_BAR]);
+        bus.add(dev(2), I6300ESB, 0, &[WATCHDOG_BAR]);
+        bus.add(
+            dev(3),
+            0x1234_5678,
+            0,
+            &[
+                (0x10, 0xffff_ff00, 0),
+                (0x14, 0xffff_ff80, 0x4),
+                (0x18, 0xffff_ffff, 0),
+                (0x1c, 0xffff_fff0, 0x8),
+            ],
+        );
+        bus.add(dev(4), 0x1234_5679, 0, &[(0x10, 0xffff_f000, 0)]);
+        let fns = enumerate(&bus, &host());
+        assert_eq!(fns[0].bars[0].cpu_addr, Some(0x1000_0000));
+        assert_eq!(fns[1].bars[0].cpu_addr, Some(0x1000_1000));
+        assert_eq!(bus.read32(dev(2), 0x10), 0x1000_1000);
+        let pages = placed_pages(&fns);
+        assert_eq!(pages.len(), 6);
+        for (i, &(start, end)) in pages.iter().enumerate() {
+            assert_eq!(start % BAR_PAGE, 0, "{start:#x} is not page aligned");
+            for &(other, other_end) in &pages[i + 1..] {
+                assert!(
+                    end <= other || other_end <= start,
+                    "{start:#x} and {other:#x} share a page"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn memory_decode_is_off_after_enumeration() {
+        let mut bus = FakeBus::new();
+        bus.add(dev(0), 0x0008_1b36, 0, &[]);
+        bus.add(dev(1), I6300ESB, 0, &[WATCHDOG_BAR]);
+        bus.add(dev(2), 0x11e8_1234, 0, &[(0x10, 0xfff0_0000, 0)]);
+        // Refused: a BAR of size zero.
+        bus.add(dev(3), 0x1234_5678, 0, &[(0x10, 0, 0x8)]);
+        // Firmware left everything decoding and mastering (and I/O on).
+        let firmware = reg::CMD_MEM | reg::CMD_MASTER | 1;
+        for d in 0..4 {
+            bus.space
+                .borrow_mut()
+                .insert((dev(d), reg::COMMAND), firmware);
+        }
+        let fns = enumerate(&bus, &host());
+        assert_eq!(fns.len(), 4);
+        for f in &fns {
+            let cmd = bus.read32(f.bdf, reg::COMMAND);
+            assert_eq!(cmd & reg::CMD_MEM, 0, "{}: memory decode is off", f.bdf);
+            assert_eq!(cmd & reg::CMD_MASTER, 0, "{}: bus mastering is off", f.bdf);
+        }
+    }
+
+    #[test]
+    fn a_function_with_an_unusable_bar_is_refused_and_the_others_enumerated() {
+        let d = dev(1);
+        let cases: [(&[FakeBar], PciError); 7] = [
+            (
+                &[(0x10, 0, 0x8)],
+                PciError::ZeroSize {
+                    bdf: d,
+                    index: 0,
+                    readback: 0x8,
+                },
+            ),
+            (
+                &[(0x10, 0, 0x4), (0x14, 0, 0)],
+                PciError::ZeroSize {
+                    bdf: d,
+                    index: 0,
+                    readback: 0x4,
+                },
+            ),
+            (
+                &[(0x10, 0xfff0_1000, 0)],
+                PciError::NotPowerOfTwo {
+                    bdf: d,
+                    index: 0,
+                    size: 0xf_f000,
+                },
+            ),
+            // A 64-bit BAR whose upper half takes no ones.
+            (
+                &[(0x10, 0xffff_f000, 0x4), (0x14, 0, 0)],
+                PciError::NotPowerOfTwo {
+                    bdf: d,
+                    index: 0,
+                    size: 0xffff_ffff_0000_1000,
+                },
+            ),
+            (
+                &[(0x24, 0xffff_f000, 0x4)],
+                PciError::Mem64InLastSlot {
+                    bdf: d,
+                    index: 5,
+                    readback: 0xffff_f004,
+                },
+            ),
+            (
+                &[(0x10, 0xffff_f000, 0x6)],
+                PciError::ReservedType {
+                    bdf: d,
+                    index: 0,
+                    readback: 0xffff_f006,
+                },
+            ),
+            // BAR0 fits, BAR1 fits no window: neither is placed.
+            (
+                &[(0x10, 0xffff_f000, 0), (0x14, 0x8000_0000, 0)],
+                PciError::NoSpace {
+                    bdf: d,
+                    index: 1,
+                    size: 0x8000_0000,
+                },
+            ),
+        ];
         let mut h = host();
-        h.windows.retain(|w| w.kind == WindowKind::Mem32);
+        h.windows.retain(|w| w.kind != WindowKind::Mem64);
+        for (bars, refusal) in cases {
+            let mut bus = FakeBus::new();
+            bus.add(d, 0x1234_5678, 0, bars);
+            bus.add(dev(2), I6300ESB, 0, &[WATCHDOG_BAR]);
+            bus.space
+                .borrow_mut()
+                .insert((d, reg::COMMAND), reg::CMD_MEM | reg::CMD_MASTER);
+            let fns = enumerate(&bus, &h);
+            assert_eq!(fns.len(), 2, "{refusal}");
+            assert_eq!(fns[0].refused, Some(refusal));
+            assert!(
+                fns[0].bars.iter().all(|b| b.cpu_addr.is_none()),
+                "{refusal}"
+            );
+            assert_eq!(bus.read32(d, reg::COMMAND), 0, "{refusal}: decode off");
+            // No BAR was programmed: each holds what it held before.
+            for &(off, _, flags) in bars {
+                assert_eq!(bus.read32(d, off), flags, "{refusal}: BAR at {off:#x}");
+            }
+            // The next function is placed as if the refused one were absent.
+            assert_eq!(fns[1].refused, None);
+            assert_eq!(fns[1].bars[0].cpu_addr, Some(0x1000_0000), "{refusal}");
+        }
+    }
+
+    #[test]
+    fn a_bridge_s_64_bit_bar1_is_refused_without_touching_its_bus_numbers() {
+        let mut bus = FakeBus::new();
+        bus.add(dev(1), 0x0001_1b36, 1, &[(0x14, 0xffff_f000, 0x4)]);
+        bus.space.borrow_mut().insert((dev(1), 0x18), 0x0001_0100);
+        let fns = enumerate(&bus, &host());
         assert_eq!(
-            enumerate(&bus, &h),
-            Err(PciError::NoSpace {
-                bdf: d,
-                index: 0,
-                size: 0x8000_0000
+            fns[0].refused,
+            Some(PciError::Mem64InLastSlot {
+                bdf: dev(1),
+                index: 1,
+                readback: 0xffff_f004,
             })
         );
+        assert!(bus.writes.borrow().iter().all(|w| w.1 != 0x18));
+    }
+
+    #[test]
+    fn a_refusal_names_the_function_the_bar_and_its_size() {
+        let e = PciError::NotPowerOfTwo {
+            bdf: dev(3),
+            index: 2,
+            size: 0xf_f000,
+        };
+        assert_eq!(
+            e.to_string(),
+            "00:03.0: BAR2 reports a size of 0xff000, not a power of two"
+        );
+        let e = PciError::ZeroSize {
+            bdf: dev(3),
+            index: 0,
+            readback: 0x8,
+        };
+        assert_eq!(
+            e.to_string(),
+            "00:03.0: BAR0 reports a size of zero (reads 0x8 after all ones were written)"
+        );
+    }
+
+    #[test]
+    fn window_allocation_takes_only_powers_of_two_and_never_overflows() {
+        let window = |pci_base: u64, cpu_base: u64, size: u64| WindowAlloc {
+            window: PciWindow {
+                kind: WindowKind::Mem64,
+                prefetchable: false,
+                pci_base,
+                cpu_base,
+                size,
+            },
+            next: pci_base,
+        };
+        let mut w = window(0x1000_0000, 0x1000_0000, 0x1_0000);
+        for size in [0, 3, 0x1800, u64::MAX] {
+            assert_eq!(w.alloc(size), None, "{size:#x}");
+        }
+        assert_eq!(w.alloc(16), Some((0x1000_0000, 0x1000_0000)));
+        assert_eq!(w.alloc(1), Some((0x1000_1000, 0x1000_1000)));
+        assert_eq!(w.alloc(0x8000), Some((0x1000_8000, 0x1000_8000)));
+        assert_eq!(w.alloc(0x1000), None, "the window is full");
+        assert_eq!(w.alloc(1 << 63), None);
+        // At the top of the address space.
+        let mut top = window(u64::MAX - 0xfff, 0, 0x1000);
+        assert_eq!(top.alloc(0x2000), None);
+        assert_eq!(top.alloc(1 << 63), None);
+        // CPU and PCI bases not a whole number of pages apart.
+        assert_eq!(window(0x1000_0000, 0x2000_0800, 0x1_0000).alloc(16), None);
+    }
+
+    /// A BAR's writable bits: mostly a well-formed size (16 bytes to
+    /// 8 MiB), else any bits at all.
+    fn mask() -> impl proptest::strategy::Strategy<Value = u32> {
+        use proptest::prelude::*;
+        prop_oneof![3 => (4u32..24).prop_map(|k| !((1u32 << k) - 1)), 1 => any::<u32>()]
+    }
+
+    /// A BAR's read-only bits: mostly a memory BAR's flags, else anything.
+    fn flags() -> impl proptest::strategy::Strategy<Value = u32> {
+        use proptest::prelude::*;
+        prop_oneof![3 => proptest::sample::select(vec![0, 0x4, 0x8, 0xc]), 1 => any::<u32>()]
+    }
+
+    proptest::proptest! {
+        /// Whatever BARs the functions report: enumeration completes, each
+        /// placed memory BAR sits alone in page-aligned pages inside a
+        /// window, a refused function has nothing placed, and memory
+        /// decode is off everywhere.
+        #[test]
+        fn any_bars_leave_pages_of_their_own_and_decode_off(
+            functions in proptest::collection::vec(
+                proptest::collection::vec((0u16..6, mask(), flags()), 0..6),
+                1..5,
+            ),
+        ) {
+            let mut bus = FakeBus::new();
+            for (i, bars) in functions.iter().enumerate() {
+                let bars: Vec<_> = bars.iter().map(|&(slot, mask, flags)| (0x10 + slot * 4, mask, flags & !mask)).collect();
+                bus.add(dev(i as u8 + 1), 0x1234_5678, 0, &bars);
+                bus.space.borrow_mut().insert((dev(i as u8 + 1), reg::COMMAND), reg::CMD_MEM);
+            }
+            let h = host();
+            let fns = enumerate(&bus, &h);
+            proptest::prop_assert_eq!(fns.len(), functions.len());
+            let pages = placed_pages(&fns);
+            for (i, &(start, end)) in pages.iter().enumerate() {
+                proptest::prop_assert_eq!(start % BAR_PAGE, 0);
+                proptest::prop_assert!(h.windows.iter().any(|w| w.kind != WindowKind::Io && w.cpu_base <= start && end <= w.cpu_base + w.size));
+                for &(other, other_end) in &pages[i + 1..] {
+                    proptest::prop_assert!(end <= other || other_end <= start);
+                }
+            }
+            for f in &fns {
+                proptest::prop_assert_eq!(bus.read32(f.bdf, reg::COMMAND) & reg::CMD_MEM, 0);
+                if f.refused.is_some() {
+                    proptest::prop_assert!(f.bars.iter().all(|b| b.cpu_addr.is_none()));
+                }
+                for b in f.bars.iter().filter(|b| b.kind != BarKind::Io) {
+                    proptest::prop_assert!(b.size.is_power_of_two());
+                }
+            }
+        }
     }
 
     /// A function with the capability list `caps` ((offset, dword)), the

@@ -70,9 +70,21 @@ fn dma_left(
 /// Runs the self-test on `edu`; returns whether every check passed.
 pub fn run(host: &mut HostIommu, cfg: &dyn ConfigAccess, edu_fn: &Function) -> bool {
     let mut tally = Tally::default();
-    let ok = run_checks(host, cfg, edu_fn, &mut tally);
+    let ok = with_decode(cfg, edu_fn.bdf, || {
+        run_checks(host, cfg, edu_fn, &mut tally)
+    });
     tally.close();
     ok
+}
+
+/// Runs `f` with memory decode on for `bdf`, which enumeration left off:
+/// the hypervisor drives this `edu` itself. Decode and bus mastering are
+/// off again afterwards.
+fn with_decode<T>(cfg: &dyn ConfigAccess, bdf: Bdf, f: impl FnOnce() -> T) -> T {
+    set_command(cfg, bdf, pci::reg::CMD_MEM, true);
+    let result = f();
+    set_command(cfg, bdf, pci::reg::CMD_MEM | pci::reg::CMD_MASTER, false);
+    result
 }
 
 /// The body of [`run`], reporting its checks to `tally`.
@@ -111,9 +123,9 @@ fn run_checks(
         page.pa(),
         canary.pa()
     );
-    set_bus_master(cfg, bdf, true);
+    set_command(cfg, bdf, pci::reg::CMD_MASTER, true);
     let ok = checks(host, &edu, sid, &page, &canary, tally);
-    set_bus_master(cfg, bdf, false);
+    set_command(cfg, bdf, pci::reg::CMD_MASTER, false);
     // SAFETY: the device's stream aborts (detached or never attached) and its
     // bus mastering is off: nothing can reach these pages any more.
     unsafe {
@@ -123,13 +135,10 @@ fn run_checks(
     ok
 }
 
-fn set_bus_master(cfg: &dyn ConfigAccess, bdf: Bdf, on: bool) {
+/// Sets or clears the command register bits `bits` of `bdf`.
+fn set_command(cfg: &dyn ConfigAccess, bdf: Bdf, bits: u32, on: bool) {
     let cmd = cfg.read32(bdf, pci::reg::COMMAND) & 0xffff;
-    let cmd = if on {
-        cmd | pci::reg::CMD_MASTER
-    } else {
-        cmd & !pci::reg::CMD_MASTER
-    };
+    let cmd = if on { cmd | bits } else { cmd & !bits };
     cfg.write32(bdf, pci::reg::COMMAND, cmd);
 }
 
@@ -264,7 +273,7 @@ pub fn probe_unowned(host: &mut HostIommu, cfg: &dyn ConfigAccess, f: &Function)
     let mut tally = Tally::default();
     let b = f.bdf;
     let name = format!("unowned-edu-{:02x}-{:02x}-{}-aborts", b.bus, b.dev, b.func);
-    let failure = probe(host, cfg, f);
+    let failure = with_decode(cfg, b, || probe(host, cfg, f));
     let ok = tally.check(
         &name,
         "a DMA write to a canary's PA left it intact",
@@ -288,9 +297,9 @@ fn probe(host: &mut HostIommu, cfg: &dyn ConfigAccess, f: &Function) -> Option<S
         return Some("out of memory".into());
     };
     fill(&canary, 0..PAGE_SIZE, |_| 0xa5);
-    set_bus_master(cfg, f.bdf, true);
+    set_command(cfg, f.bdf, pci::reg::CMD_MASTER, true);
     let dma = edu.dma(Direction::ToMemory, canary.pa().raw(), 0, PROBE);
-    set_bus_master(cfg, f.bdf, false);
+    set_command(cfg, f.bdf, pci::reg::CMD_MASTER, false);
     host.report_events();
     let failure = dma_left(dma, &canary, "the canary", |_| 0xa5);
     // SAFETY: the stream aborts and bus mastering is off again.

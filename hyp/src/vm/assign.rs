@@ -1,12 +1,15 @@
 //! Device assignment: PCI functions a scenario gives to a VM.
 //!
-//! For each function: it must exist and be an endpoint; its BARs get guest
-//! addresses in the VM's PCI MMIO window and are mapped into the VM's IPA
-//! space as device memory (both stage-2 tables, the CPU's and the IOMMU
-//! domain's, see `space`); its stream is attached to the VM's IOMMU domain
-//! before the guest starts; its INTx line becomes a virtual SPI of the VM.
-//! A line can have one owner: a scenario that gives one interrupt line to
-//! two VMs is refused.
+//! For each function: it must exist, be an endpoint and not have been
+//! refused at enumeration; its BARs get guest addresses in the VM's PCI
+//! MMIO window and are mapped into the VM's IPA space as device memory
+//! (both stage-2 tables, the CPU's and the IOMMU domain's, see `space`),
+//! but for the pages of its MSI-X table and PBA, which trap; the function's
+//! memory decode stays off until its guest turns it on through its virtual
+//! command register, as its driver does; its stream is attached to the
+//! VM's IOMMU domain before the guest starts; its INTx line becomes a
+//! virtual SPI of the VM. A line can have one owner: a scenario that gives
+//! one interrupt line to two VMs is refused.
 
 use super::devices::MsixRegion;
 use super::intx::IntxForwarding;
@@ -17,6 +20,7 @@ use crate::guest_fdt::PciDt;
 use crate::platform::Platform;
 use crate::vdev::msix::{MsixLayout, MsixPages};
 use crate::vdev::vpci::{VirtualBar, VirtualFunction, VirtualPciBus};
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -158,6 +162,11 @@ pub fn assign(
             .iter()
             .find(|f| f.bdf == bdf)
             .ok_or_else(|| format!("PCI {bdf}: no such function on this machine"))?;
+        if let Some(e) = &f.refused {
+            return Err(format!(
+                "PCI {e}: refused at enumeration, it cannot be assigned"
+            ));
+        }
         if cfg.read32(bdf, pci::reg::HEADER) >> 16 & 0x7f != 0 {
             return Err(format!("PCI {bdf}: a bridge cannot be assigned"));
         }
@@ -198,7 +207,16 @@ pub fn assign(
                     bar: bar.index,
                     range: range.clone(),
                 };
-                msix.push((Ipa(guest + range.start), len, MsixRegion { pages, window }));
+                let function = (bdf, Box::new(cfg) as Box<dyn ConfigAccess + Send + Sync>);
+                msix.push((
+                    Ipa(guest + range.start),
+                    len,
+                    MsixRegion {
+                        pages,
+                        window,
+                        function,
+                    },
+                ));
             }
             bars[bar.index as usize] = Some(VirtualBar {
                 guest_addr: Ipa(guest),
@@ -268,15 +286,17 @@ pub fn assign(
     })
 }
 
-/// Stops a VM's assigned functions: bus mastering off, then their streams
-/// abort (STE abort, CFGI_STE + SYNC), then the SMMU's TLB entries of the
-/// VM's VMID are invalidated (TLBI_S12_VMALL + SYNC), all before the VM's
-/// memory could be reused.
+/// Stops a VM's assigned functions: bus mastering and memory decode off
+/// (they are nobody's now), then their streams abort (STE abort,
+/// CFGI_STE and SYNC), then the SMMU's TLB entries of the VM's VMID are
+/// invalidated (TLBI_S12_VMALL + SYNC), all before the VM's memory could
+/// be reused.
 pub fn release(devices: &[AssignedDevice], vmid: smmu::addr::Vmid) {
     let Some(cfg) = config() else { return };
     for d in devices {
         let cmd = cfg.read32(d.phys, pci::reg::COMMAND) & 0xffff;
-        cfg.write32(d.phys, pci::reg::COMMAND, cmd & !pci::reg::CMD_MASTER);
+        let off = pci::reg::CMD_MASTER | pci::reg::CMD_MEM;
+        cfg.write32(d.phys, pci::reg::COMMAND, cmd & !off);
         if let Some(h) = crate::drivers::iommu::get() {
             let mut h = h.lock();
             // Whether attached or not: a stream its guest configured

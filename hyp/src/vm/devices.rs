@@ -7,7 +7,7 @@
 //! access causes (interrupts, console lines).
 
 use super::bus::{Access, BusError, MmioBus, MmioContext, MmioDevice};
-use crate::drivers::pci::{BarRange, ConfigAccess};
+use crate::drivers::pci::{self, BarRange, Bdf, ConfigAccess};
 use crate::vdev::msix::MsixPages;
 use crate::vdev::vpci::VirtualPciBus;
 use alloc::boxed::Box;
@@ -83,12 +83,31 @@ impl MmioDevice for ItsFrames {
 
 /// A trapped range of an assigned function's BAR that holds its MSI-X
 /// table or PBA (`vdev::msix`), over the physical BAR.
-#[derive(Debug)]
 pub struct MsixRegion {
     /// What the guest may do there.
     pub pages: MsixPages,
     /// The physical bytes behind it.
     pub window: BarRange,
+    /// The function, and its configuration space: the BAR is touched only
+    /// while the function decodes memory (its guest may have turned that
+    /// off; an access then could be an error the hypervisor takes).
+    pub function: (Bdf, Box<dyn ConfigAccess + Send + Sync>),
+}
+
+impl core::fmt::Debug for MsixRegion {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("MsixRegion")
+            .field("pages", &self.pages)
+            .field("function", &self.function.0)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MsixRegion {
+    fn decodes(&self) -> bool {
+        let (bdf, cfg) = &self.function;
+        cfg.read32(*bdf, pci::reg::COMMAND) & pci::reg::CMD_MEM != 0
+    }
 }
 
 impl MmioDevice for MsixRegion {
@@ -97,11 +116,17 @@ impl MmioDevice for MsixRegion {
     }
 
     fn read(&self, _ctx: &dyn MmioContext, a: Access) -> u64 {
+        if !self.decodes() {
+            // As the bus answers an address nobody decodes.
+            return u64::MAX;
+        }
         self.pages.read(&self.window, a.offset, a.size)
     }
 
     fn write(&self, _ctx: &dyn MmioContext, a: Access, value: u64) {
-        self.pages.write(&self.window, a.offset, a.size, value);
+        if self.decodes() {
+            self.pages.write(&self.window, a.offset, a.size, value);
+        }
     }
 }
 
