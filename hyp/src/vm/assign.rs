@@ -180,14 +180,17 @@ pub fn assign(
         let mut bars: [Option<VirtualBar>; 6] = [None; 6];
         for bar in &f.bars {
             let Some(pa) = bar.cpu_addr else { continue };
-            let guest = (next_mmio + bar.size - 1) & !(bar.size - 1);
-            if guest + bar.size > mmio_end {
+            // Alone in its guest pages too: a sub-page BAR still takes a
+            // page of its own.
+            let span = bar.size.max(smmu::hw::PAGE_SIZE as u64);
+            let guest = (next_mmio + span - 1) & !(span - 1);
+            if guest + span > mmio_end {
                 return Err(format!(
                     "PCI {bdf}: BAR{} does not fit the guest's MMIO window",
                     bar.index
                 ));
             }
-            next_mmio = guest + bar.size;
+            next_mmio = guest + span;
             let holes: Vec<_> = msix_layout
                 .iter()
                 .flat_map(|l| l.trapped(bar.index))
