@@ -1,7 +1,7 @@
 //! NVMe O_DIRECT read throughput inside a Linux guest: the device passed
-//! through by the hypervisor (stage-2 DMA through the SMMU, INTx forwarded)
-//! versus the same kernel with the same device on bare QEMU, side by side in
-//! one run (interleaved, median), printing the ratio. TCG timings are
+//! through by the hypervisor (stage-2 DMA through the SMMU, MSI-X through
+//! the vITS) versus the same kernel with the same device on bare QEMU, side
+//! by side in one run (interleaved, median), printing the ratio. TCG timings are
 //! noisy: only the ratio measured in one run means anything.
 //!
 //! Under the hypervisor the guest also reads its own counters page before
