@@ -312,6 +312,9 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
     let fx = crate::vdev::vgic::hw::flush(&mut vm.vgic.lock(), vcpu);
     vm.apply(fx, r);
     r.resample_lines(vm);
+    // A forwarded line waiting out its back-off has no interrupt to wake
+    // the vCPU when it ends: only then does WFI exit.
+    guest::trap_wfi(r.lines_waiting(vm));
 }
 
 /// Takes one pending physical interrupt; false when none was pending.
