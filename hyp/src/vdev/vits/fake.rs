@@ -23,7 +23,9 @@ pub struct RecordingPhysicalIts {
     grants: ItsConfig,
     /// The routed events: (physical DeviceID, EventID) to vCPU.
     pub routed: BTreeMap<(u32, u32), usize>,
-    /// While set, [`PhysicalIts::map_event`] fails (no physical LPI left).
+    /// While set, [`PhysicalIts::map_event`] and
+    /// [`PhysicalIts::move_event`] fail (no physical LPI left, or none on
+    /// the new CPU).
     pub refuse_maps: bool,
     /// Calls so far.
     pub calls: usize,
@@ -78,6 +80,9 @@ impl PhysicalIts for RecordingPhysicalIts {
 
     fn move_event(&mut self, device: u32, event: u32, vcpu: usize) -> Result<(), Self::Error> {
         self.calls += 1;
+        if self.refuse_maps && self.routed.contains_key(&(device, event)) {
+            return Err("no physical LPI left on the new CPU");
+        }
         match self.routed.get_mut(&(device, event)) {
             Some(v) => {
                 *v = vcpu;

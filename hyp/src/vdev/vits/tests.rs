@@ -529,6 +529,24 @@ fn mapti_of_a_mapped_event_moves_its_route_and_swaps_its_lpi() {
     assert_eq!(w.vgic.lpi_target(8192), None, "the old LPI is gone");
     assert_eq!(w.vgic.lpi_target(8200), Some(0));
     assert_eq!(w.its.mapped_events(), 2);
+    // A route the physical side refuses to move leaves the translation.
+    w.phys.refuse_maps = true;
+    let out = w.submit(&[Command::Mapti {
+        device: 8,
+        event: 0,
+        intid: 8210,
+        icid: 1,
+    }]);
+    assert_eq!(
+        World::errors(&out),
+        [CommandError::Physical {
+            device: 8,
+            event: 0
+        }]
+    );
+    assert_eq!(w.vgic.lpi_target(8200), Some(0));
+    assert_eq!(w.vgic.lpi_target(8210), None);
+    w.phys.refuse_maps = false;
     // Two events on one LPI: it stays while either maps it.
     w.submit(&[Command::Mapti {
         device: 8,
