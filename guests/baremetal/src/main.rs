@@ -23,7 +23,11 @@
 //!   invalidation, isolation and command errors (see [`nested`]);
 //! - `vsmmu_flood=MS`: keeps its vSMMU's command queue full of
 //!   invalidations for at least MS milliseconds, then until a key arrives
-//!   on its console (at most 10 MS), and reports how many went through.
+//!   on its console (at most 10 MS), and reports how many went through;
+//! - `edu_msi`: programs its GIC redistributor and ITS as Linux does, maps
+//!   the `edu`'s event to LPI 8192 and checks that the device's write of
+//!   its EventID to GITS_TRANSLATER raises it while the CPU's does not
+//!   (see [`msi`]).
 //!
 //! Every run ends with the summary line `checks: N run, M failed` (also
 //! after an unexpected exception or a panic, each a failed check), then
@@ -40,13 +44,18 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(target_os = "none")]
+mod arena;
+#[cfg(target_os = "none")]
 #[macro_use]
 mod console;
 #[cfg(target_os = "none")]
 mod checks;
 mod edu;
 #[cfg(target_os = "none")]
+mod gic;
+#[cfg(target_os = "none")]
 mod mmio;
+mod msi;
 mod nested;
 
 use edu::Targets;
@@ -74,6 +83,8 @@ enum Action<'a> {
     VsmmuEdu,
     /// Keep the vSMMU's command queue full for this many milliseconds.
     VsmmuFlood(u64),
+    /// Map the `edu`'s event in the ITS and check who raises its LPI.
+    EduMsi,
 }
 
 /// The guest's command line (`/chosen/bootargs`), decoded.
@@ -130,6 +141,7 @@ impl<'a> Args<'a> {
                 }
                 None if word == "bad_access" => args.action = Action::BadAccess,
                 None if word == "vsmmu_edu" => args.action = Action::VsmmuEdu,
+                None if word == "edu_msi" => args.action = Action::EduMsi,
                 _ => {}
             }
         }
@@ -474,6 +486,7 @@ mod hw {
             Action::EduAttack(targets) => edu_attack(&fdt, targets, args.edu_flood),
             Action::VsmmuEdu => super::nested::run(&fdt),
             Action::VsmmuFlood(ms) => super::nested::flood(&fdt, ms),
+            Action::EduMsi => super::msi::run(&fdt),
         }
         checks::close();
         say!("guest: done");
@@ -542,6 +555,7 @@ mod tests {
         // The last action wins; malformed numbers and unknown words are ignored.
         assert_eq!(Args::parse("count=3 bad_access").action, Action::BadAccess);
         assert_eq!(Args::parse("name=n vsmmu_edu").action, Action::VsmmuEdu);
+        assert_eq!(Args::parse("name=n edu_msi").action, Action::EduMsi);
         assert_eq!(
             Args::parse("vsmmu_flood=3000").action,
             Action::VsmmuFlood(3000)
