@@ -123,7 +123,8 @@ fn run_checks(
     ok
 }
 
-fn set_bus_master(cfg: &dyn ConfigAccess, bdf: Bdf, on: bool) {
+/// Turns `bdf`'s bus mastering on or off.
+pub(super) fn set_bus_master(cfg: &dyn ConfigAccess, bdf: Bdf, on: bool) {
     let cmd = cfg.read32(bdf, pci::reg::COMMAND) & 0xffff;
     let cmd = if on {
         cmd | pci::reg::CMD_MASTER
@@ -245,7 +246,8 @@ fn checks(
     all
 }
 
-fn is_s2_write_fault(e: &Event, sid: smmu::addr::StreamId, ipa: PhysAddr) -> bool {
+/// Whether `e` is a stage-2 write fault of stream `sid` in the page of `ipa`.
+pub(super) fn is_s2_write_fault(e: &Event, sid: smmu::addr::StreamId, ipa: PhysAddr) -> bool {
     match e {
         Event::Fault { info, .. } => {
             info.sid == sid
