@@ -319,6 +319,62 @@ fn vsmmu_edu_nested() {
     b.assert_exit(0);
 }
 
+/// A bare-metal guest programs its vGIC and vITS as Linux does and maps its
+/// `edu`'s MSI event (granted from the edu's MSI capability) to LPI 8192:
+/// an INT raises it; the CPU's write of the EventID to GITS_TRANSLATER traps
+/// to the vITS, raises nothing and does not fault; the edu's DMA of the
+/// EventID to the same IPA goes through the SMMU, whose stage 2 alone maps
+/// the doorbell, to the physical GITS_TRANSLATER, where QEMU traces it.
+#[test]
+fn edu_msi_doorbell() {
+    let b = boot("edu-msi", &[], TIMEOUT);
+    // Physical 00:02.0 (DeviceID 0x10) is the guest's 00:01.0 (0x8), with
+    // the one event of its single MSI vector.
+    b.expect("VM msi: MSIs granted: PCI 00:02.0 (DeviceID 0x10 -> 0x8): 1 event(s) (MSI)");
+    b.expect(
+        "VM msi: MSI doorbell: IPA 0x8090000 -> PA 0x8090000 (GITS_TRANSLATER) in its devices' stage 2 only",
+    );
+    b.expect("[msi] guest: edu at 00:01.0, DeviceID 0x8: event 0 -> LPI 8192");
+    let checks = b.checks("msi");
+    checks.assert_all_passed(&[
+        "its-int-lpi-8192",
+        "cpu-translater-write-ignored",
+        "dma-to-translater",
+    ]);
+    // Exactly one write reached the physical GITS_TRANSLATER, the edu's
+    // 4-byte EventID: the CPU's never left the vITS.
+    let writes: Vec<&str> = b
+        .console
+        .lines()
+        .filter(|l| l.contains("GICv3 ITS TRANSLATER write"))
+        .collect();
+    assert_eq!(writes.len(), 1, "{writes:?}; console was:\n{}", b.console);
+    assert!(
+        writes[0].contains("offset 0x40 data 0x0 size 4"),
+        "{}",
+        writes[0]
+    );
+    // The physical ITS translates by who wrote. A write with the edu's
+    // requester ID (0x10) is its MSI, and the guest's LPI follows. QEMU 10.0
+    // gives a device's DMA no requester ID (only its MSI messages carry
+    // one): its ITS then sees DeviceID 0, which no VM is granted, and the
+    // guest must get nothing.
+    let lpi = checks.detail("dma-to-translater");
+    if writes[0].ends_with("requester_id 0x0") {
+        assert_eq!(lpi, "issued; LPI 8192: no", "{}", b.console);
+    } else {
+        assert!(writes[0].ends_with("requester_id 0x10"), "{}", writes[0]);
+        assert_eq!(lpi, "issued; LPI 8192: yes", "{}", b.console);
+    }
+    // The doorbell write did not fault at the SMMU; nothing went wrong.
+    b.reject("stage=2");
+    b.reject(" WARN ");
+    b.reject(" ERROR ");
+    b.expect("VM msi: its devices are stopped: bus mastering off, streams abort, TLBs invalidated, 1 MSI route(s) and its devices unmapped from the ITS");
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    b.assert_exit(0);
+}
+
 /// One VM floods its vSMMU's command queue with valid invalidations while
 /// another does checked NVMe I/O through its own vSMMU (strict, so every
 /// unmap is a guest invalidation + CMD_SYNC): the hypervisor's bounded

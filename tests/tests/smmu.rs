@@ -35,14 +35,29 @@ fn boot_smmu_selftest() {
     // PCI enumerated, BAR assigned.
     b.expect("(edu)");
     b.expect("BAR0 Mem32 0x100000 bytes at 0x1");
-    // The ITS self-test runs in the same boot (`selftest=its`).
+    // The ITS self-test runs in the same boot (`selftest=its`), and so does
+    // the MSI self-test (`selftest=msi`): the edu's own MSI stops at the
+    // SMMU until the doorbell is mapped in its stage 2, then becomes the
+    // LPI its route names.
     let mut expected = DOMAIN_CHECKS.to_vec();
-    expected.push("its");
+    expected.extend(["its", "msi-without-doorbell-faults", "msi-through-doorbell"]);
     let checks = b.hyp_checks();
     checks.assert_all_passed(&expected);
     let its = checks.detail("its");
     assert!(its.contains("taken on CPU 0"), "{its}");
     b.expect("ITS at 0x8080000");
+    b.expect(
+        "SMMU event: F_TRANSLATION sid=0x8 addr=0x8090040 write stage=2 class=IN ipa=0x8090000 \
+         [PCI 00:01.0 owner MSI self-test domain]",
+    );
+    let msi = checks.detail("msi-through-doorbell");
+    for fact in [
+        "edu 00:01.0 (DeviceID 0x8, 1 event(s)) MSI to IPA 0x8090040",
+        "doorbell -> PA 0x8090000 (write-only)",
+        "taken on CPU 0, routed from EventID 0",
+    ] {
+        assert!(msi.contains(fact), "{fact} missing from {msi}");
+    }
     // The fault is printed decoded and attributed.
     let fault = b.expect("SMMU event: F_TRANSLATION sid=0x8");
     for part in ["write", "stage=2", "[PCI 00:01.0 owner self-test domain]"] {

@@ -344,15 +344,15 @@ mod hw {
             unsafe { mmio::write64(self.bar0 + reg, value) }
         }
 
-        /// Runs one DMA of `DMA_LEN` bytes from bus address `src` to `dst`
-        /// (`cmd` gives the direction; one side is the `edu` buffer) and
-        /// waits until the start bit clears.
-        fn dma(&self, src: u64, dst: u64, cmd: u64) -> Result<(), EduError> {
+        /// Runs one DMA of `len` bytes (at most `DMA_LEN`) from bus address
+        /// `src` to `dst` (`cmd` gives the direction; one side is the `edu`
+        /// buffer) and waits until the start bit clears.
+        fn dma(&self, src: u64, dst: u64, len: usize, cmd: u64) -> Result<(), EduError> {
             // Our stores to the source page before the device reads it.
             barrier::dsb(barrier::SY);
             self.write64(EDU_DMA_SRC, src);
             self.write64(EDU_DMA_DST, dst);
-            self.write64(EDU_DMA_CNT, DMA_LEN as u64);
+            self.write64(EDU_DMA_CNT, len.min(DMA_LEN) as u64);
             self.write64(EDU_DMA_CMD, cmd | DMA_START);
             let timeout = CNTFRQ_EL0.get() * DMA_TIMEOUT_MS / 1000;
             let start = counter();
@@ -371,12 +371,18 @@ mod hw {
 
         /// DMA from bus address `from` into the whole `edu` buffer.
         pub fn dma_into_buffer(&self, from: u64) -> Result<(), EduError> {
-            self.dma(from, EDU_BUF, 0)
+            self.dma(from, EDU_BUF, DMA_LEN, 0)
         }
 
         /// DMA from the whole `edu` buffer to bus address `to`.
         pub fn dma_from_buffer(&self, to: u64) -> Result<(), EduError> {
-            self.dma(EDU_BUF, to, DMA_TO_RAM)
+            self.dma(EDU_BUF, to, DMA_LEN, DMA_TO_RAM)
+        }
+
+        /// DMA of the buffer's first 4 bytes to bus address `to`: one
+        /// 32-bit write by the device, the shape of an MSI.
+        pub fn dma_word_from_buffer(&self, to: u64) -> Result<(), EduError> {
+            self.dma(EDU_BUF, to, 4, DMA_TO_RAM)
         }
     }
 }

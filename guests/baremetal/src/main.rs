@@ -26,6 +26,10 @@
 //!   on its console (at most 10 MS), and reports how many went through;
 //! - `bar_page=VVVV:DDDD`: checks that nothing but BAR0 of that function
 //!   answers in the page that holds it (see [`barpage`]).
+//! - `edu_msi`: programs its GIC redistributor and ITS as Linux does, maps
+//!   the `edu`'s event to LPI 8192 and checks that the device's write of
+//!   its EventID to GITS_TRANSLATER raises it while the CPU's does not
+//!   (see [`msi`]).
 //!
 //! Every run ends with the summary line `checks: N run, M failed` (also
 //! after an unexpected exception or a panic, each a failed check), then
@@ -42,6 +46,8 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(target_os = "none")]
+mod arena;
+#[cfg(target_os = "none")]
 #[macro_use]
 mod console;
 mod barpage;
@@ -49,7 +55,10 @@ mod barpage;
 mod checks;
 mod edu;
 #[cfg(target_os = "none")]
+mod gic;
+#[cfg(target_os = "none")]
 mod mmio;
+mod msi;
 mod nested;
 
 use edu::Targets;
@@ -80,6 +89,8 @@ enum Action<'a> {
     /// Probe the page of BAR0 of the function with this vendor and device
     /// ID.
     BarPage(u16, u16),
+    /// Map the `edu`'s event in the ITS and check who raises its LPI.
+    EduMsi,
 }
 
 /// The guest's command line (`/chosen/bootargs`), decoded.
@@ -141,6 +152,7 @@ impl<'a> Args<'a> {
                 }
                 None if word == "bad_access" => args.action = Action::BadAccess,
                 None if word == "vsmmu_edu" => args.action = Action::VsmmuEdu,
+                None if word == "edu_msi" => args.action = Action::EduMsi,
                 _ => {}
             }
         }
@@ -481,6 +493,7 @@ mod hw {
             Action::VsmmuEdu => super::nested::run(&fdt),
             Action::VsmmuFlood(ms) => super::nested::flood(&fdt, ms),
             Action::BarPage(vendor, device) => super::barpage::run(&fdt, vendor, device),
+            Action::EduMsi => super::msi::run(&fdt),
         }
         checks::close();
         say!("guest: done");
@@ -549,6 +562,7 @@ mod tests {
         // The last action wins; malformed numbers and unknown words are ignored.
         assert_eq!(Args::parse("count=3 bad_access").action, Action::BadAccess);
         assert_eq!(Args::parse("name=n vsmmu_edu").action, Action::VsmmuEdu);
+        assert_eq!(Args::parse("name=n edu_msi").action, Action::EduMsi);
         assert_eq!(
             Args::parse("vsmmu_flood=3000").action,
             Action::VsmmuFlood(3000)

@@ -227,9 +227,9 @@ pub fn event_name(kind: u8) -> &'static str {
     }
 }
 
-/// The StreamID `iommu-map` (`<rid-base phandle sid-base length>`...)
-/// gives requester ID `rid`.
-pub fn iommu_map_sid(cells: impl Iterator<Item = u32>, rid: u32) -> Option<u32> {
+/// The ID an `iommu-map` or `msi-map` (`<rid-base phandle out-base
+/// length>`...) gives requester ID `rid`: a StreamID or an ITS DeviceID.
+pub fn map_rid(cells: impl Iterator<Item = u32>, rid: u32) -> Option<u32> {
     let cells: [u32; 16] = {
         let mut a = [0; 16];
         let mut n = 0;
@@ -265,7 +265,7 @@ pub struct VSmmuDt {
 }
 
 /// The big-endian u32 cells of a property.
-fn cells<'a>(value: &'a [u8]) -> impl Iterator<Item = u32> + 'a {
+pub fn cells<'a>(value: &'a [u8]) -> impl Iterator<Item = u32> + 'a {
     value
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
@@ -317,7 +317,7 @@ impl VSmmuDt {
     pub fn stream_of(fdt: &Fdt<'_>, device: u8) -> Option<u32> {
         let pci = fdt.find_compatible(&["pci-host-ecam-generic"])?;
         let map = pci.property("iommu-map")?;
-        iommu_map_sid(cells(map.value), u32::from(device) << 3)
+        map_rid(cells(map.value), u32::from(device) << 3)
     }
 }
 
@@ -436,12 +436,12 @@ mod tests {
     #[test]
     fn iommu_map() {
         let map = [0u32, 7, 0, 0x1_0000];
-        assert_eq!(iommu_map_sid(map.iter().copied(), 0x8), Some(8));
+        assert_eq!(map_rid(map.iter().copied(), 0x8), Some(8));
         let map = [0x100u32, 7, 0x40, 0x10, 0, 7, 0x800, 0x8];
-        assert_eq!(iommu_map_sid(map.iter().copied(), 0x108), Some(0x48));
-        assert_eq!(iommu_map_sid(map.iter().copied(), 0x3), Some(0x803));
-        assert_eq!(iommu_map_sid(map.iter().copied(), 0x8), None);
-        assert_eq!(iommu_map_sid([1u32, 2, 3].into_iter(), 1), None);
+        assert_eq!(map_rid(map.iter().copied(), 0x108), Some(0x48));
+        assert_eq!(map_rid(map.iter().copied(), 0x3), Some(0x803));
+        assert_eq!(map_rid(map.iter().copied(), 0x8), None);
+        assert_eq!(map_rid([1u32, 2, 3].into_iter(), 1), None);
     }
 
     #[test]

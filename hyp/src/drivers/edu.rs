@@ -1,16 +1,18 @@
 //! QEMU's `edu` PCI device: a DMA engine the boot self-test uses to prove
 //! what the SMMU lets through (QEMU docs/specs/edu.rst).
 //!
-//! BAR0 registers: 0x00 identification, 0x80 DMA source, 0x88 DMA
-//! destination, 0x90 count, 0x98 command (bit 0 start/busy, bit 1 direction
-//! EDU->RAM). The device's own buffer is 4 KiB at device address 0x40000.
+//! BAR0 registers: 0x00 identification, 0x60 raise interrupt, 0x64
+//! acknowledge interrupt, 0x80 DMA source, 0x88 DMA destination, 0x90
+//! count, 0x98 command (bit 0 start/busy, bit 1 direction EDU->RAM). The
+//! device's own buffer is 4 KiB at device address 0x40000. Its interrupt is
+//! INTx, or its one MSI vector once its MSI capability is enabled.
 //! QEMU aborts the whole machine when a DMA range misses that buffer, so the
 //! driver checks ranges before starting a transfer.
 
 use core::fmt;
 use core::ptr::NonNull;
 use tock_registers::interfaces::{Readable, Writeable};
-use tock_registers::registers::{ReadOnly, ReadWrite};
+use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
 use tock_registers::{register_bitfields, register_structs};
 
 register_bitfields! [u64,
@@ -30,6 +32,9 @@ register_structs! {
     EduRegs {
         (0x00 => id: ReadOnly<u32>),
         (0x04 => _reserved0),
+        (0x60 => irq_raise: WriteOnly<u32>),
+        (0x64 => irq_ack: WriteOnly<u32>),
+        (0x68 => _reserved1),
         (0x80 => dma_src: ReadWrite<u64>),
         (0x88 => dma_dst: ReadWrite<u64>),
         (0x90 => dma_count: ReadWrite<u64>),
@@ -97,6 +102,17 @@ impl Edu {
     fn regs(&self) -> &EduRegs {
         // SAFETY: `new`'s contract: BAR0 is mapped as device memory.
         unsafe { self.regs.as_ref() }
+    }
+
+    /// Sets `bits` in the interrupt status: the device interrupts (an MSI
+    /// write, with MSI enabled, each time).
+    pub fn raise_irq(&self, bits: u32) {
+        self.regs().irq_raise.set(bits);
+    }
+
+    /// Clears `bits` in the interrupt status.
+    pub fn ack_irq(&self, bits: u32) {
+        self.regs().irq_ack.set(bits);
     }
 
     /// Runs one DMA of `len` bytes between bus address `iova` and buffer

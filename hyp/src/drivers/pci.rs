@@ -198,6 +198,55 @@ pub fn message_signalled(cfg: &dyn ConfigAccess, bdf: Bdf) -> Option<MessageSign
     control(reg::CAP_ID_MSI).map(|c| MessageSignalled::Msi(1 << ((c >> 1) & 7).min(5)))
 }
 
+/// The dwords of an MSI capability (§6.8.1), from its offset.
+pub mod msi_cap {
+    /// Message Control in bits 31:16 of the capability's first dword:
+    /// MSI Enable (bit 0).
+    pub const ENABLE: u32 = 1 << 16;
+    /// Message Control: Multiple Message Enable (bits 6:4).
+    pub const MME: u32 = 0x7 << 20;
+    /// Message Control: 64 bit address capable (bit 7).
+    pub const ADDR64: u32 = 1 << 23;
+    /// Message Address (bits 31:2).
+    pub const ADDRESS: u16 = 0x4;
+    /// Message Upper Address, with a 64-bit address.
+    pub const ADDRESS_HI: u16 = 0x8;
+}
+
+/// Makes `bdf` signal its first MSI vector by writing `data` to `address`
+/// (Multiple Message Enable 0: one vector) and enables MSI, or disables it
+/// (`None`). False, and nothing written, when the function has no MSI
+/// capability or `address` does not fit its address width.
+pub fn set_msi(cfg: &dyn ConfigAccess, bdf: Bdf, message: Option<(u64, u16)>) -> bool {
+    let Some((at, _)) = capabilities(cfg, bdf)
+        .into_iter()
+        .find(|&(_, id)| id == reg::CAP_ID_MSI)
+    else {
+        return false;
+    };
+    let at = u16::from(at);
+    let control = cfg.read32(bdf, at);
+    let wide = control & msi_cap::ADDR64 != 0;
+    let Some((address, data)) = message else {
+        cfg.write32(bdf, at, control & !msi_cap::ENABLE);
+        return true;
+    };
+    if !wide && address >> 32 != 0 {
+        return false;
+    }
+    cfg.write32(bdf, at, control & !(msi_cap::ENABLE | msi_cap::MME));
+    cfg.write32(bdf, at + msi_cap::ADDRESS, address as u32 & !3);
+    let data_at = if wide {
+        cfg.write32(bdf, at + msi_cap::ADDRESS_HI, (address >> 32) as u32);
+        at + 0xc
+    } else {
+        at + 0x8
+    };
+    cfg.write32(bdf, data_at, u32::from(data));
+    cfg.write32(bdf, at, (control & !msi_cap::MME) | msi_cap::ENABLE);
+    true
+}
+
 /// Why a function is refused: one of its memory BARs cannot be placed alone
 /// in pages of its own (PCI Local Bus 3.0 §6.2.5.1 says how a BAR reports
 /// its size: the address bits that stay zero when all ones are written).
@@ -1190,6 +1239,36 @@ mod tests {
         let (bus, bdf) = with_caps(0x40, &[(0x40, cap(reg::CAP_ID_MSI, 0, 0))]);
         bus.space.borrow_mut().insert((bdf, reg::COMMAND), 0);
         assert_eq!(message_signalled(&bus, bdf), None);
+    }
+
+    #[test]
+    fn msi_is_programmed_then_enabled_and_disabled() {
+        // edu's capability: 64-bit, one vector (MMC 0), at 0x40.
+        let (mut bus, bdf) = with_caps(0x40, &[]);
+        let control = cap(reg::CAP_ID_MSI, 0, 1 << 7);
+        bus.masks.insert((bdf, 0x40), 0x0071_0000);
+        for (at, dword) in [(0x40, control), (0x44, 0), (0x48, 0), (0x4c, 0)] {
+            bus.space.borrow_mut().insert((bdf, at), dword);
+            bus.masks.entry((bdf, at)).or_insert(u32::MAX);
+        }
+        assert!(set_msi(&bus, bdf, Some((0x1_0809_0040, 7))));
+        assert_eq!(bus.read32(bdf, 0x44), 0x0809_0040);
+        assert_eq!(bus.read32(bdf, 0x48), 1);
+        assert_eq!(bus.read32(bdf, 0x4c), 7);
+        assert_eq!(bus.read32(bdf, 0x40), control | msi_cap::ENABLE);
+        assert!(set_msi(&bus, bdf, None));
+        assert_eq!(bus.read32(bdf, 0x40), control);
+
+        // A 32-bit capability takes no address above 4 GiB; its data is
+        // at +8.
+        let narrow = cap(reg::CAP_ID_MSI, 0, 0);
+        bus.space.borrow_mut().insert((bdf, 0x40), narrow);
+        assert!(!set_msi(&bus, bdf, Some((0x1_0000_0000, 1))));
+        assert!(set_msi(&bus, bdf, Some((0x0809_0040, 3))));
+        assert_eq!(bus.read32(bdf, 0x48), 3);
+        // No capability, nothing to program.
+        let (bus, bdf) = with_caps(0, &[]);
+        assert!(!set_msi(&bus, bdf, None));
     }
 
     #[test]

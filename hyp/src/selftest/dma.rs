@@ -80,7 +80,7 @@ pub fn run(host: &mut HostIommu, cfg: &dyn ConfigAccess, edu_fn: &Function) -> b
 /// Runs `f` with memory decode on for `bdf`, which enumeration left off:
 /// the hypervisor drives this `edu` itself. Decode and bus mastering are
 /// off again afterwards.
-fn with_decode<T>(cfg: &dyn ConfigAccess, bdf: Bdf, f: impl FnOnce() -> T) -> T {
+pub(super) fn with_decode<T>(cfg: &dyn ConfigAccess, bdf: Bdf, f: impl FnOnce() -> T) -> T {
     set_command(cfg, bdf, pci::reg::CMD_MEM, true);
     let result = f();
     set_command(cfg, bdf, pci::reg::CMD_MEM | pci::reg::CMD_MASTER, false);
@@ -136,7 +136,7 @@ fn run_checks(
 }
 
 /// Sets or clears the command register bits `bits` of `bdf`.
-fn set_command(cfg: &dyn ConfigAccess, bdf: Bdf, bits: u32, on: bool) {
+pub(super) fn set_command(cfg: &dyn ConfigAccess, bdf: Bdf, bits: u32, on: bool) {
     let cmd = cfg.read32(bdf, pci::reg::COMMAND) & 0xffff;
     let cmd = if on { cmd | bits } else { cmd & !bits };
     cfg.write32(bdf, pci::reg::COMMAND, cmd);
@@ -254,7 +254,8 @@ fn checks(
     all
 }
 
-fn is_s2_write_fault(e: &Event, sid: smmu::addr::StreamId, ipa: PhysAddr) -> bool {
+/// Whether `e` is a stage-2 write fault of stream `sid` in the page of `ipa`.
+pub(super) fn is_s2_write_fault(e: &Event, sid: smmu::addr::StreamId, ipa: PhysAddr) -> bool {
     match e {
         Event::Fault { info, .. } => {
             info.sid == sid

@@ -107,13 +107,20 @@ fn deliver(its: &mut Its, device: DeviceId, cpu: usize) -> Result<(Lpi, usize), 
         .map_err(|e| format!("MOVI of {device} {EVENT} to CPU {cpu}: {e}"))?;
     its.int(device, EVENT)
         .map_err(|e| format!("INT of {device} {EVENT}: {e}"))?;
+    take(lpi)?;
+    Ok((lpi, first))
+}
+
+/// Waits, bounded, for this CPU to acknowledge `lpi` and ends it; other
+/// interrupts that come meanwhile are ended and counted.
+pub(super) fn take(lpi: Lpi) -> Result<(), String> {
     let mut others = 0u32;
     for _ in 0..ACK_POLLS {
         let intid = arch::gicv3::ack();
         if intid == lpi.intid() {
             // LPIs have no active state: the priority drop is all (§6.1).
             arch::gicv3::eoi(intid);
-            return Ok((lpi, first));
+            return Ok(());
         }
         if intid::kind(intid) == Kind::Special {
             arch::delay_us(1);

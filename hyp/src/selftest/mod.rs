@@ -1,6 +1,8 @@
 //! The boot self-tests, run before any guest when the boot arguments ask
-//! for them: `selftest=dma` (`dma`: the SMMU confines an `edu` device's DMA)
-//! and `selftest=its` (`its`: an LPI travels from the ITS to this CPU).
+//! for them: `selftest=dma` (`dma`: the SMMU confines an `edu` device's
+//! DMA), `selftest=its` (`its`: an LPI travels from the ITS to this CPU) and
+//! `selftest=msi` (`msi`: an `edu`'s MSI travels through the SMMU's doorbell
+//! mapping to the ITS and becomes an LPI on this CPU).
 //!
 //! Each check is one log line in the check-line format every guest uses
 //! (`guests/README.md`): `check NAME: pass DETAIL` or `check NAME: FAIL
@@ -8,6 +10,7 @@
 
 pub mod dma;
 pub mod its;
+pub mod msi;
 
 use alloc::string::String;
 use log::{error, info};

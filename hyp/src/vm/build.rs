@@ -34,7 +34,7 @@ use crate::guest_fdt::{self, GuestDt};
 use crate::mm::{self, GUEST_MEM};
 use crate::platform::Platform;
 use crate::vdev::vgic::VGic;
-use crate::vdev::vits::{self, DeviceGrant, ItsConfig, VIts};
+use crate::vdev::vits::{DeviceGrant, ItsConfig, VIts};
 use crate::vm::devices::{standard_bus, PciHostBridge};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -494,13 +494,12 @@ fn address_space(
         .map(Some(&mut h.iommu), &mm::S2_CPU_MEM, ram)
         .map_err(|e| fail("stage-2 map", &e))?;
     if let Some(its) = its::get() {
-        let doorbell = Ipa(layout::ITS_BASE + (vits::TRANSLATER & !(PAGE_SIZE as u64 - 1)));
         let page = its.lock().translater_page();
         space
             .map(
                 Some(&mut h.iommu),
                 &mm::S2_CPU_MEM,
-                Mapping::msi_doorbell(doorbell, page),
+                Mapping::msi_doorbell(page),
             )
             .map_err(|e| fail("MSI doorbell map", &e))?;
     }

@@ -230,6 +230,11 @@ impl MsiRouter {
         self.lpis.get(&intid).copied()
     }
 
+    /// The LPI `event` of `device` is routed to, if it is.
+    pub fn lpi_of(&self, device: DeviceId, event: EventId) -> Option<Lpi> {
+        self.routes.get(&(device, event)).map(|r| r.lpi)
+    }
+
     /// The devices granted to VM `vm`.
     pub fn devices_of(&self, vm: usize) -> impl Iterator<Item = (DeviceId, u32)> + '_ {
         self.grants
@@ -396,6 +401,7 @@ mod tests {
             event: EventId(0),
         };
         assert_eq!(r.lookup(8192), Some(source));
+        assert_eq!(r.lpi_of(EDU, EventId(0)).map(Lpi::intid), Some(8192));
         // The same CPU again is nothing; another CPU is a move.
         r.route(&mut its, 0, EDU, EventId(0), Some(1)).unwrap();
         r.route(&mut its, 0, EDU, EventId(0), Some(3)).unwrap();

@@ -19,12 +19,21 @@
 //! (CMD_TLBI_S12_VMALL or TLBI_S2_IPA, then CMD_SYNC), since the SMMU
 //! ignores the CPU's broadcast invalidations (CR2.PTM).
 
+use crate::vdev::vits;
 use alloc::vec::Vec;
 use core::fmt;
+use scenario::guest_layout as layout;
 use smmu::addr::{Ipa, PhysAddr};
 use smmu::domain::{DomainError, DomainId, Iommu};
 use smmu::hw::{Mmio, PageAllocator, PAGE_SIZE};
 use smmu::stage2::{MemType, S2Attrs, Stage2, Stage2Config, Stage2Error};
+
+/// Where a VM's devices write their MSIs: GITS_TRANSLATER in its vITS's
+/// translation frame.
+pub const MSI_ADDRESS: Ipa = Ipa(layout::ITS_BASE + vits::TRANSLATER);
+/// The 4 KiB page holding [`MSI_ADDRESS`], which only the devices' stage 2
+/// maps (to the physical GITS_TRANSLATER's page).
+pub const MSI_DOORBELL: Ipa = Ipa(MSI_ADDRESS.0 & !(PAGE_SIZE as u64 - 1));
 
 /// What a mapping is, which also says who sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,13 +92,13 @@ impl Mapping {
         }
     }
 
-    /// The MSI doorbell: the 4 KiB page `page` (GITS_TRANSLATER's) at
-    /// `ipa`, device memory, write-only (S2AP = 0b10): a device writes its
-    /// EventID there and reads nothing.
-    pub fn msi_doorbell(ipa: Ipa, page: PhysAddr) -> Self {
+    /// The MSI doorbell: the 4 KiB page `page` (the physical
+    /// GITS_TRANSLATER's) at [`MSI_DOORBELL`], device memory, write-only
+    /// (S2AP = 0b10): a device writes its EventID there and reads nothing.
+    pub fn msi_doorbell(page: PhysAddr) -> Self {
         Self {
             kind: Kind::MsiDoorbell,
-            ipa,
+            ipa: MSI_DOORBELL,
             pa: page,
             len: PAGE_SIZE as u64,
             attrs: S2Attrs {
@@ -219,8 +228,7 @@ mod tests {
     const BAR: Ipa = Ipa(0x1000_0000);
     const BAR_PA: PhysAddr = PhysAddr(0x1_0000_0000);
     const BAR_LEN: u64 = 0x4000;
-    const DOORBELL: Ipa = Ipa(0x0809_0000);
-    const TRANSLATER_PAGE: PhysAddr = PhysAddr(0x0809_0000);
+    const TRANSLATER_PAGE: PhysAddr = PhysAddr(0x2_0809_0000);
 
     fn cpu_table(mem: &FakeMemory) -> Stage2 {
         Stage2::new(mem, 40, 48).unwrap()
@@ -253,13 +261,14 @@ mod tests {
         for m in [
             Mapping::ram(RAM, RAM_PA, RAM_LEN),
             Mapping::bar(BAR, BAR_PA, BAR_LEN),
-            Mapping::msi_doorbell(DOORBELL, TRANSLATER_PAGE),
+            Mapping::msi_doorbell(TRANSLATER_PAGE),
         ] {
             space.map(Some(&mut iommu), &cpu_mem, m).unwrap();
         }
         let devices = iommu.domain(id).unwrap().stage2();
 
-        let translater = Ipa(DOORBELL.raw() + 0x40);
+        let translater = MSI_ADDRESS;
+        assert_eq!(translater, Ipa(0x0809_0040), "the guest layout's vITS");
         let (pa, attrs, _) = devices.translate(translater).unwrap();
         assert_eq!(pa, PhysAddr(TRANSLATER_PAGE.raw() + 0x40));
         assert_eq!(
@@ -270,7 +279,7 @@ mod tests {
         assert_eq!(space.cpu_translate(translater), None, "the CPU's traps");
 
         for ipa in probes(&space) {
-            if ipa.raw() & !0xfff == DOORBELL.raw() {
+            if ipa == MSI_DOORBELL {
                 continue;
             }
             let cpu = space.cpu_translate(ipa).map(|(pa, attrs, _)| (pa, attrs));
@@ -299,15 +308,11 @@ mod tests {
             .map(None, &cpu_mem, Mapping::ram(RAM, RAM_PA, RAM_LEN))
             .unwrap();
         assert_eq!(
-            space.map(
-                None,
-                &cpu_mem,
-                Mapping::msi_doorbell(DOORBELL, TRANSLATER_PAGE)
-            ),
+            space.map(None, &cpu_mem, Mapping::msi_doorbell(TRANSLATER_PAGE)),
             Err(SpaceError::NoDomain(Kind::MsiDoorbell))
         );
         assert_eq!(space.mappings().len(), 1);
-        assert_eq!(space.cpu_translate(DOORBELL), None);
+        assert_eq!(space.cpu_translate(MSI_DOORBELL), None);
         assert!(space.cpu_translate(RAM).is_some());
     }
 

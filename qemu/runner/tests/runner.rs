@@ -88,7 +88,7 @@ fn selftest_command_line() {
         "-initrd",
         bundle.to_str().unwrap(),
         "-append",
-        "selftest=dma selftest=its exit=semihosting",
+        "selftest=dma selftest=its selftest=msi exit=semihosting",
         "-device",
         "edu,dma_mask=0xffffffffff",
         "-smp",
