@@ -3,7 +3,9 @@
 # busybox initramfs, in target/guests/linux/ (see guests/linux/README.md).
 #
 #   target/guests/linux/Image               uncompressed arm64 Image
-#   target/guests/linux/initramfs.cpio.gz   busybox + guests/linux/init
+#   target/guests/linux/initramfs.cpio.gz   busybox + guests/linux/init, its
+#                                           scripts and the kernel modules
+#                                           guests/linux/modules names
 #   target/guests/linux/stamp               what the two were built from
 #
 # The kernel package is resolved through the metapackage
@@ -76,8 +78,9 @@ resolve() {
     fi
 }
 resolve
-# The init script and the helper scripts in bin/ are part of the initramfs.
-init_sum=$(cat "$init_src" "$here"/bin/* 2>/dev/null | sha256sum | cut -d' ' -f1)
+# The init script, the helper scripts in bin/ and the list of modules are
+# part of the initramfs.
+init_sum=$(cat "$init_src" "$here"/bin/* "$here/modules" 2>/dev/null | sha256sum | cut -d' ' -f1)
 want="kernel $kpkg $kver
 busybox busybox-static $bver
 init $init_sum"
@@ -137,6 +140,30 @@ for f in "$here"/bin/*; do
     chmod 755 "$rootfs/bin/$(basename "$f")"
 done
 chmod 755 "$rootfs/init" "$rootfs/bin/busybox"
+# Kernel modules: those guests/linux/modules names and what they depend on
+# (each module's `depends=` in its .modinfo), as /lib/modules/NAME.ko, and
+# /lib/modules/order listing them dependencies first for bin/load-modules.
+moddir=$(ls -d "$work"/kernel/lib/modules/*/kernel)
+mkdir -p "$rootfs/lib/modules"
+: >"$work/order"
+add_module() {
+    local name=${1//-/_} file dep
+    grep -qx "$name" "$work/order" && return 0
+    file=$(find "$moddir" -name "$name.ko" -o -name "${name//_/-}.ko" | head -n1)
+    if [ -z "$file" ]; then
+        echo "linux guest: no module $name in $kpkg" >&2
+        exit 1
+    fi
+    for dep in $(tr '\0' '\n' <"$file" | sed -n 's/^depends=//p' | tr ',' ' '); do
+        add_module "$dep"
+    done
+    cp "$file" "$rootfs/lib/modules/$name.ko"
+    echo "$name" >>"$work/order"
+}
+for name in $(sed 's/#.*//' "$here/modules"); do
+    add_module "$name"
+done
+cp "$work/order" "$rootfs/lib/modules/order"
 (cd "$rootfs" && find . -mindepth 1 | LC_ALL=C sort \
     | cpio -o -H newc -R 0:0 --quiet) >"$work/rootfs.cpio"
 # The kernel opens /dev/console for init's stdio before /init runs, so the

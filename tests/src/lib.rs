@@ -362,7 +362,15 @@ pub fn hyp_bin() -> PathBuf {
 /// Boots `scenario` (a name in `guests/scenarios/` or a path) with extra
 /// QEMU arguments; kills QEMU after `timeout` and fails loudly if it had to.
 pub fn boot(scenario: &str, extra: &[&str], timeout: Duration) -> Boot {
-    boot_typing(scenario, extra, timeout, &[])
+    run(scenario, extra, &[], timeout, &[])
+}
+
+/// Like [`boot`] without extra QEMU arguments, with words added at the end
+/// of VMs' kernel command lines for this run only: for each `(vm, words)`,
+/// e.g. `("linux", "net.port=40123")` for a listener the test opened
+/// (`qemu_runner::prepare_run`).
+pub fn boot_with_cmdline(scenario: &str, cmdline: &[(&str, &str)], timeout: Duration) -> Boot {
+    run(scenario, &[], cmdline, timeout, &[])
 }
 
 /// Like [`boot`], and types on the console: for each `(marker, keys)` in
@@ -374,13 +382,39 @@ pub fn boot_typing(
     timeout: Duration,
     script: &[(&str, &[u8])],
 ) -> Boot {
+    run(scenario, extra, &[], timeout, script)
+}
+
+/// Removes a run's own boot bundle when dropped (QEMU has exited or been
+/// killed by then).
+struct OwnBundle(Option<PathBuf>);
+
+impl Drop for OwnBundle {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Boots `scenario` with `extra` QEMU arguments and `cmdline` words, typing
+/// `script` ([`boot_typing`]).
+fn run(
+    scenario: &str,
+    extra: &[&str],
+    cmdline: &[(&str, &str)],
+    timeout: Duration,
+    script: &[(&str, &[u8])],
+) -> Boot {
     // A clear message when the image was not built; prepare finds the same one.
-    hyp_bin();
+    let hyp = hyp_bin();
     let extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     let cpus = emulated_cpus(scenario, &extra_args);
     let _slots = CpuSlots::take(cpus);
-    let mut cmd = qemu_runner::prepare(&workspace(), scenario, &extra_args)
+    let prepared = qemu_runner::prepare_run(&workspace(), scenario, &extra_args, cmdline, &hyp)
         .unwrap_or_else(|e| panic!("scenario {scenario}: {e}"));
+    let _bundle = OwnBundle(prepared.own_bundle);
+    let mut cmd = prepared.command;
     let mut child = cmd
         .stdin(if script.is_empty() {
             Stdio::null()

@@ -12,7 +12,8 @@
 //! The text is parsed by the `toml` crate, built `no_std` like this crate,
 //! so the runner and the hypervisor read it with the same code; this crate
 //! maps the document to [`Scenario`] and says every problem as a
-//! [`ScenarioError`] (line, section, problem).
+//! [`ScenarioError`] (line, section, problem). [`Scenario::to_text`] writes
+//! a scenario back as text, for a run that changes one.
 //!
 //! `no_std` + `alloc`; the `std` feature adds [`bundle::pack`].
 
@@ -30,6 +31,7 @@ pub mod guest_layout;
 mod pci;
 mod spec;
 mod syntax;
+mod text;
 mod validate;
 
 use alloc::string::String;

@@ -124,6 +124,32 @@ proptest! {
     }
 
     #[test]
+    fn to_text_reads_back_the_same(
+        strings in prop::collection::vec(any::<String>(), 6),
+        arrays in prop::collection::vec(prop::collection::vec(any::<String>(), 0..3), 3),
+        numbers in prop::collection::vec(any::<u64>(), 4),
+        cpus in (any::<u32>(), any::<u32>()),
+        flags in (any::<bool>(), any::<bool>(), any::<bool>()),
+    ) {
+        let mut s = Scenario::parse(GOOD).unwrap();
+        let m = &mut s.machine;
+        (m.cpus, m.memory, m.smmu) = (cpus.0, numbers[0], flags.0);
+        (m.cpu, m.machine, m.bootargs) = (strings[0].clone(), strings[1].clone(), strings[2].clone());
+        (m.devices, m.qemu_args) = (arrays[0].clone(), arrays[1].clone());
+        let v = &mut s.vms[1];
+        (v.cpus, v.memory, v.ram_base, v.vsmmu) = (cpus.1, numbers[1], numbers[2], flags.1);
+        (v.name, v.kernel, v.cmdline) = (strings[3].clone(), strings[4].clone(), strings[5].clone());
+        v.initrd = flags.2.then(|| numbers[3].to_string());
+        v.devices = arrays[2].clone();
+        let text = s.to_text();
+        let mut back = Scenario::parse(&text).unwrap();
+        for (b, v) in back.vms.iter_mut().zip(&s.vms) {
+            b.line = v.line;
+        }
+        prop_assert_eq!(back, s, "{}", text);
+    }
+
+    #[test]
     fn bundle_round_trips(
         entries in prop::collection::btree_map("[a-z/._-]{1,47}", prop::collection::vec(any::<u8>(), 0..9000), 0..8),
     ) {

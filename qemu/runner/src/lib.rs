@@ -9,7 +9,10 @@
 //! before QEMU starts; the hypervisor checks the same rules again.
 //!
 //! The scenario tests build their QEMU command with [`prepare`] too, so
-//! `./hv run` and the tests boot exactly the same machine.
+//! `./hv run` and the tests boot exactly the same machine. A test may add
+//! words to a VM's kernel command line for one run ([`prepare_run`]), e.g.
+//! the port of a listener it opened: that run gets a bundle of its own,
+//! holding the changed scenario.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -65,6 +68,9 @@ pub enum RunError {
     /// The hypervisor image has not been built.
     #[error("hypervisor image {} does not exist: ./hv build makes it", .0.display())]
     NoHypervisor(PathBuf),
+    /// Words for the command line of a VM the scenario does not have.
+    #[error("no vm {0:?} to add command-line words to")]
+    NoSuchVm(String),
     /// The bundle cannot be packed.
     #[error("{0}")]
     Bundle(#[from] BundleError),
@@ -265,15 +271,67 @@ pub fn prepare_with(
     extra: &[String],
     hyp: &Path,
 ) -> Result<Command, RunError> {
-    let (s, text) = load(root, arg)?;
+    prepare_run(root, arg, extra, &[], hyp).map(|p| p.command)
+}
+
+/// A QEMU command ready to start, and the bundle written for it alone.
+#[derive(Debug)]
+pub struct Prepared {
+    /// QEMU and its arguments, to run in the repository root.
+    pub command: Command,
+    /// The bundle of this run alone when its scenario was changed for it
+    /// (`target/bundles/NAME.PID.N.bundle`), which the caller removes once
+    /// QEMU has exited; `None` when the run boots the scenario's own
+    /// `target/bundles/NAME.bundle`.
+    pub own_bundle: Option<PathBuf>,
+}
+
+/// [`prepare_with`], and for each `(vm, words)` of `cmdline`, `words` added
+/// at the end of VM `vm`'s kernel command line for this run only. The
+/// changed scenario ([`Scenario::to_text`]) is validated again and packed
+/// into a bundle of the run's own, so runs of one scenario with different
+/// words can start side by side.
+pub fn prepare_run(
+    root: &Path,
+    arg: &str,
+    extra: &[String],
+    cmdline: &[(&str, &str)],
+    hyp: &Path,
+) -> Result<Prepared, RunError> {
+    let (mut s, mut text) = load(root, arg)?;
     if !hyp.is_file() {
         return Err(RunError::NoHypervisor(hyp.to_path_buf()));
     }
-    let bundle = write_bundle(root, &scenario_name(arg), &s, &text)?;
-    let mut cmd = Command::new(QEMU);
-    cmd.args(qemu_args(&s.machine, hyp, &bundle, extra));
+    let mut name = scenario_name(arg);
+    if !cmdline.is_empty() {
+        for (vm, words) in cmdline {
+            let spec = s
+                .vms
+                .iter_mut()
+                .find(|v| v.name == *vm)
+                .ok_or_else(|| RunError::NoSuchVm(vm.to_string()))?;
+            if !spec.cmdline.is_empty() {
+                spec.cmdline.push(' ');
+            }
+            spec.cmdline.push_str(words);
+        }
+        text = s.to_text();
+        s = Scenario::parse_and_validate(&text)?;
+        static RUN: AtomicUsize = AtomicUsize::new(0);
+        name = format!(
+            "{name}.{}.{}",
+            std::process::id(),
+            RUN.fetch_add(1, Ordering::Relaxed)
+        );
+    }
+    let bundle = write_bundle(root, &name, &s, &text)?;
+    let mut command = Command::new(QEMU);
+    command.args(qemu_args(&s.machine, hyp, &bundle, extra));
     // Relative paths in a scenario's QEMU arguments (disk images) are
     // relative to the repository root, like its image paths.
-    cmd.current_dir(root);
-    Ok(cmd)
+    command.current_dir(root);
+    Ok(Prepared {
+        command,
+        own_bundle: (!cmdline.is_empty()).then_some(bundle),
+    })
 }

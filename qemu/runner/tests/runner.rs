@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use qemu_runner::{hyp_bin, prepare, prepare_with, RunError};
+use qemu_runner::{hyp_bin, prepare, prepare_run, prepare_with, RunError};
 use scenario::bundle::Bundle;
 
 fn repo() -> PathBuf {
@@ -153,6 +153,52 @@ fn images_go_into_the_bundle_once() {
     // The hypervisor's view of the same blob.
     let (s, _) = scenario::Scenario::from_bundle(&blob).unwrap();
     assert_eq!(s.vms.len(), 2);
+}
+
+/// Words a test adds to a VM's command line reach the hypervisor in a
+/// bundle of that run alone, next to the scenario's own, which keeps the
+/// scenario as written.
+#[test]
+fn command_line_words_for_one_run() {
+    let text = format!(
+        "{MACHINE}[[vm]]\nname = \"a\"\ncpus = 1\nmemory = \"64M\"\nkernel = \"img/Image\"\n\
+         cmdline = \"console=ttyAMA0\"\n\
+         [[vm]]\nname = \"b\"\ncpus = 1\nmemory = \"64M\"\nkernel = \"img/Image\"\n"
+    );
+    let root = Root::new(&[("two", &text)]);
+    root.file("img/Image", b"k");
+    let hyp = hyp_bin(&root.0);
+    let cmdline_of = |bundle: &Path| {
+        let blob = std::fs::read(bundle).unwrap();
+        let (s, _) = scenario::Scenario::from_bundle(&blob).unwrap();
+        s.vms.iter().map(|v| v.cmdline.clone()).collect::<Vec<_>>()
+    };
+    let words = [("a", "net.port=40123"), ("b", "x=\"y z\""), ("a", "quiet")];
+    let one = prepare_run(&root.0, "two", &[], &words, &hyp).unwrap();
+    let two = prepare_run(&root.0, "two", &[], &[("a", "net.port=40124")], &hyp).unwrap();
+    let (b1, b2) = (one.own_bundle.unwrap(), two.own_bundle.unwrap());
+    assert_ne!(b1, b2);
+    let a = args(&one.command);
+    assert_eq!(
+        a[a.iter().position(|x| x == "-initrd").unwrap() + 1],
+        b1.to_str().unwrap()
+    );
+    assert_eq!(
+        cmdline_of(&b1),
+        ["console=ttyAMA0 net.port=40123 quiet", "x=\"y z\""]
+    );
+    assert_eq!(cmdline_of(&b2), ["console=ttyAMA0 net.port=40124", ""]);
+    let plain = prepare_run(&root.0, "two", &[], &[], &hyp).unwrap();
+    assert!(plain.own_bundle.is_none());
+    assert_eq!(
+        cmdline_of(&root.0.join("target/bundles/two.bundle")),
+        ["console=ttyAMA0", ""]
+    );
+    let e = prepare_run(&root.0, "two", &[], &[("c", "x")], &hyp).unwrap_err();
+    assert_eq!(e.to_string(), "no vm \"c\" to add command-line words to");
+    let long = "x".repeat(scenario::MAX_STRING + 1);
+    let e = prepare_run(&root.0, "two", &[], &[("b", &long)], &hyp).unwrap_err();
+    assert!(matches!(e, RunError::Scenario(_)), "{e}");
 }
 
 #[test]
