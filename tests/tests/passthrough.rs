@@ -261,6 +261,27 @@ fn vsmmu_linux_net_strict() {
 }
 
 #[test]
+fn linux_nvme_intx() {
+    // The guest turns MSI off (`pci=nomsi`): its NVMe falls back to the
+    // INTx line the hypervisor forwards, masking it while the guest handles
+    // it and unmasking it at the guest's deactivation.
+    let b = boot("linux-nvme-intx", &[], TIMEOUT);
+    b.expect("VM linux: PCI 00:01.0 (sid 0x8) assigned as 00:01.0, INTx -> guest INTID 40");
+    let linux = b.checks("linux");
+    linux.assert_all_passed(&NVME_CHECKS);
+    assert_eq!(
+        host_sha256("target/disks/nvme-intx.img", 8, 4),
+        guest_sha256(&linux)
+    );
+    let detail = linux.detail("nvme-interrupts");
+    assert!(detail.starts_with("GICv3, 1 vector(s), "), "{detail}");
+    interrupts_kept(&b);
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    b.reject("SMMU event");
+    b.assert_exit(0);
+}
+
+#[test]
 fn isolation_edu_attacker() {
     let b = boot("isolation", &[], TIMEOUT);
     // Every foreign target: the victim's memory, the hypervisor's, the GIC,
