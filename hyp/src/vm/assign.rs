@@ -198,13 +198,14 @@ pub fn assign(
             map_bar(space, iommu, bdf, bar, pa, guest, &holes)?;
             for range in holes {
                 let len = range.end - range.start;
-                // SAFETY: the range lies in this function's placed BAR
-                // (`routed_msix` checked the table and PBA against its
-                // size; the trapped pages are within the page-rounded
-                // BAR, which nothing else shares), identity-mapped as
-                // device memory at EL2 since enumeration.
-                let window =
-                    unsafe { pci::BarRange::new(PhysAddr(pa + range.start), len, range.start) };
+                let at = PhysAddr(pa + range.start);
+                // The range lies in this function's placed BAR (`routed_msix`
+                // checked the table and PBA against its size; the trapped
+                // pages are within the page-rounded BAR, which nothing else
+                // shares), identity-mapped as device memory at EL2 since
+                // enumeration.
+                // SAFETY: as just said, `BarRange::new`'s contract holds.
+                let window = unsafe { pci::BarRange::new(at, len, range.start) };
                 let pages = MsixPages {
                     layout: msix_layout.expect("holes come from a layout"),
                     bar: bar.index,

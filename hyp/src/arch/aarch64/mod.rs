@@ -159,10 +159,10 @@ pub fn clean_inval_dcache(start: u64, len: usize) {
     let end = start.saturating_add(len as u64);
     let mut p = start & !(line - 1);
     while p < end {
-        // SAFETY: clean and invalidate writes a dirty line back before
-        // dropping it, so what the CPU reads afterwards is unchanged: no
-        // effect on memory safety. An unmapped address faults, and the
-        // exception handler stops the machine with a report.
+        // Clean and invalidate writes a dirty line back before dropping it,
+        // so what the CPU reads afterwards is unchanged. An unmapped address
+        // faults, and the exception handler stops the machine with a report.
+        // SAFETY: as just said, no effect on memory safety.
         unsafe { core::arch::asm!("dc civac, {}", in(reg) p, options(nostack, preserves_flags)) };
         p += line;
     }
