@@ -51,10 +51,10 @@ use crate::vdev::vgic::{Effects, VGic};
 use cmd::{Command, CMD_SIZE};
 
 /// The ITS frames: ITS_base (control) then the translation frame.
-pub const FRAME_SIZE: u64 = 0x2_0000;
+pub const FRAME_SIZE: u64 = 2 * reg::FRAME_SIZE;
 /// GITS_TRANSLATER's offset from ITS_base: a device's MSI writes its
 /// EventID here.
-pub const TRANSLATER: u64 = 0x1_0040;
+pub const TRANSLATER: u64 = reg::TRANSLATER;
 /// EventID bits the vITS supports (2048 events: the largest MSI-X table).
 pub const EVENT_ID_BITS: u8 = 11;
 /// Bytes of an ITT entry as GITS_TYPER.ITT_entry_size reports it.
@@ -66,21 +66,10 @@ pub const COMMANDS_PER_ACCESS: usize = 64;
 /// Command errors one access reports at most (the rest are only counted).
 pub const ERRORS_PER_ACCESS: usize = 4;
 
-/// Register offsets from ITS_base (§8.19).
-mod reg {
-    pub const CTLR: u64 = 0x0000;
-    pub const TYPER: u64 = 0x0008;
-    pub const CBASER: u64 = 0x0080;
-    pub const CWRITER: u64 = 0x0088;
-    pub const CREADR: u64 = 0x0090;
-    /// GITS_BASER0 (BASER1-7 are unimplemented: RAZ/WI).
-    pub const BASER: u64 = 0x0100;
-}
+/// The GITS register map and GITS_CTLR's fields, shared with the
+/// physical driver (BASER1-7 are unimplemented here: RAZ/WI).
+use crate::gicv3::its::{self as reg, CTLR_ENABLED, CTLR_QUIESCENT};
 
-/// GITS_CTLR.Enabled \[0\].
-const CTLR_ENABLED: u32 = 1 << 0;
-/// GITS_CTLR.Quiescent \[31\].
-const CTLR_QUIESCENT: u32 = 1 << 31;
 /// GITS_CBASER kept fields: Valid \[63\], InnerCache \[61:59\], OuterCache
 /// \[55:53\], Physical_Address \[51:12\], Shareability \[11:10\], Size \[7:0\].
 const CBASER_MASK: u64 =
