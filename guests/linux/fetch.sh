@@ -8,6 +8,9 @@
 #                                           guests/linux/modules names
 #   target/guests/linux/stamp               what the two were built from
 #
+# The initramfs also holds target/guests/disk-bench, built by
+# guests/linux/disk-bench/build.sh (`./hv build` runs it first).
+#
 # The kernel package is resolved through the metapackage
 # `linux-image-cloud-arm64` every time (versioned packages vanish from the
 # mirror after security updates); nothing is downloaded or rebuilt when the
@@ -78,9 +81,14 @@ resolve() {
     fi
 }
 resolve
-# The init script, the helper scripts in bin/ and the list of modules are
-# part of the initramfs.
-init_sum=$(cat "$init_src" "$here"/bin/* "$here/modules" 2>/dev/null | sha256sum | cut -d' ' -f1)
+# The init script, the helper scripts in bin/, the list of modules and the
+# disk-bench program are part of the initramfs.
+disk_bench=$root/target/guests/disk-bench
+if [ ! -s "$disk_bench" ]; then
+    echo "linux guest: no $disk_bench: build it with guests/linux/disk-bench/build.sh" >&2
+    exit 1
+fi
+init_sum=$(cat "$init_src" "$here"/bin/* "$here/modules" "$disk_bench" 2>/dev/null | sha256sum | cut -d' ' -f1)
 want="kernel $kpkg $kver
 busybox busybox-static $bver
 init $init_sum"
@@ -139,7 +147,8 @@ for f in "$here"/bin/*; do
     cp "$f" "$rootfs/bin/$(basename "$f")"
     chmod 755 "$rootfs/bin/$(basename "$f")"
 done
-chmod 755 "$rootfs/init" "$rootfs/bin/busybox"
+cp "$disk_bench" "$rootfs/bin/disk-bench"
+chmod 755 "$rootfs/init" "$rootfs/bin/busybox" "$rootfs/bin/disk-bench"
 # Kernel modules: those guests/linux/modules names and what they depend on
 # (each module's `depends=` in its .modinfo), as /lib/modules/NAME.ko, and
 # /lib/modules/order listing them dependencies first for bin/load-modules.
