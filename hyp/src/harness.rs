@@ -253,6 +253,7 @@ impl GuestHarness {
             phys: FUNCTION,
             bars,
             msix: None,
+            msi: false,
         }]);
         let pci = PciHostBridge::new(pci, Box::new(FakeFunction::new(config)));
         vm.bus =

@@ -561,6 +561,60 @@ fn edu_msi_doorbell() {
     b.assert_exit(0);
 }
 
+/// A guest aims its edu's MSI (the capability the hypervisor shows it) at
+/// hostile places: only its own mapped event raises its LPI; messages aimed
+/// outside its RAM, at GICD_SETSPI_NSR or at the ITS's command registers
+/// are aborted by the SMMU and reported; events it was not granted or
+/// discarded raise nothing; the victim next to it keeps its LPI path.
+#[test]
+fn msi_aimed_at_hostile_places_is_contained() {
+    let b = boot("edu-msi-attack", &[], TIMEOUT);
+    b.expect("VM attacker: MSIs granted: PCI 00:01.0 (DeviceID 0x8 -> 0x8): 1 event(s) (MSI)");
+    b.checks("attacker").assert_all_passed(&[
+        "msi-capability-shown",
+        "msi-mme-clamped",
+        "msi-raises-lpi",
+        "msi-into-own-ram",
+        "msi-outside-ram",
+        "msi-to-gicd-setspi",
+        "msi-to-its-control-frame",
+        "msi-event-beyond-grant",
+        "msi-after-discard",
+        "msi-remapped-raises-lpi",
+    ]);
+    b.checks("victim").assert_all_passed(&[
+        "its-int-lpi-8192",
+        "cpu-translater-write-ignored",
+        "dma-to-translater",
+    ]);
+    // Each message aimed outside what the devices' stage 2 maps is one
+    // aborted write, decoded and attributed to the attacker's function.
+    for addr in ["0x82000000", "0x8000040", "0x8080088"] {
+        let n = b.count(&format!(
+            "SMMU event: F_TRANSLATION sid=0x8 addr={addr} write stage=2"
+        ));
+        assert_eq!(n, 1, "{addr}: {n} reports:\n{}", b.console);
+    }
+    assert_eq!(b.count("SMMU event"), 3, "{}", b.console);
+    // The messages that reached the physical ITS all carry the attacker's
+    // requester ID: its raise, the event beyond its grant, the discarded
+    // event and the remapped one. The victim's edu sent none.
+    let messages: Vec<&str> = b
+        .console
+        .lines()
+        .filter(|l| l.contains("GICv3 ITS TRANSLATER write") && !l.ends_with("requester_id 0x0"))
+        .collect();
+    assert_eq!(messages.len(), 4, "{messages:?}");
+    assert!(
+        messages.iter().all(|l| l.ends_with("requester_id 0x8")),
+        "{messages:?}"
+    );
+    b.expect("VM attacker: PCI 00:01.0 (sid 0x8) made 3 faulting DMA accesses in all");
+    b.reject(" ERROR ");
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    b.assert_exit(0);
+}
+
 /// One VM floods its vSMMU's command queue with valid invalidations while
 /// another does checked NVMe I/O through its own vSMMU (strict, so every
 /// unmap is a guest invalidation + CMD_SYNC): the hypervisor's bounded

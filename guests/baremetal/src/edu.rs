@@ -176,6 +176,13 @@ mod hw {
 
     /// `edu` register: identification (low byte 0xed).
     const EDU_ID: u64 = 0x00;
+    /// `edu` register: interrupt raise (write: ORs the value into the
+    /// interrupt status and signals the interrupt, an MSI when MSI is
+    /// enabled).
+    const EDU_INTR_RAISE: u64 = 0x60;
+    /// `edu` register: interrupt acknowledge (write: clears those status
+    /// bits).
+    const EDU_INTR_ACK: u64 = 0x64;
     /// `edu` register: DMA source address.
     const EDU_DMA_SRC: u64 = 0x80;
     /// `edu` register: DMA destination address.
@@ -342,6 +349,19 @@ mod hw {
         fn write64(&self, reg: u64, value: u64) {
             // SAFETY: as in `read64`.
             unsafe { mmio::write64(self.bar0 + reg, value) }
+        }
+
+        fn write32(&self, reg: u64, value: u32) {
+            // SAFETY: as in `read32`.
+            unsafe { mmio::write32(self.bar0 + reg, value) }
+        }
+
+        /// Makes the device signal its interrupt (status bit 0), then
+        /// acknowledges it: with MSI enabled, one message per call.
+        pub fn signal(&self) {
+            barrier::dsb(barrier::SY);
+            self.write32(EDU_INTR_RAISE, 1);
+            self.write32(EDU_INTR_ACK, 1);
         }
 
         /// Runs one DMA of `len` bytes (at most `DMA_LEN`) from bus address

@@ -30,6 +30,10 @@
 //!   the `edu`'s event to LPI 8192 and checks that the device's write of
 //!   its EventID to GITS_TRANSLATER raises it while the CPU's does not
 //!   (see [`msi`]).
+//! - `edu_msi_attack`: as `edu_msi`'s set-up, then programs the `edu`'s MSI
+//!   capability with hostile messages (own RAM, outside RAM, GICD_SETSPI_NSR,
+//!   the ITS's registers, events not granted or discarded) and checks that
+//!   only its own mapped event raises its LPI (see `msi/attack.rs`).
 //!
 //! Every run ends with the summary line `checks: N run, M failed` (also
 //! after an unexpected exception or a panic, each a failed check), then
@@ -91,6 +95,8 @@ enum Action<'a> {
     BarPage(u16, u16),
     /// Map the `edu`'s event in the ITS and check who raises its LPI.
     EduMsi,
+    /// Aim the `edu`'s MSI at hostile places and check what follows.
+    EduMsiAttack,
 }
 
 /// The guest's command line (`/chosen/bootargs`), decoded.
@@ -153,6 +159,7 @@ impl<'a> Args<'a> {
                 None if word == "bad_access" => args.action = Action::BadAccess,
                 None if word == "vsmmu_edu" => args.action = Action::VsmmuEdu,
                 None if word == "edu_msi" => args.action = Action::EduMsi,
+                None if word == "edu_msi_attack" => args.action = Action::EduMsiAttack,
                 _ => {}
             }
         }
@@ -494,6 +501,7 @@ mod hw {
             Action::VsmmuFlood(ms) => super::nested::flood(&fdt, ms),
             Action::BarPage(vendor, device) => super::barpage::run(&fdt, vendor, device),
             Action::EduMsi => super::msi::run(&fdt),
+            Action::EduMsiAttack => super::msi::attack(&fdt, board.ram),
         }
         checks::close();
         say!("guest: done");
@@ -563,6 +571,10 @@ mod tests {
         assert_eq!(Args::parse("count=3 bad_access").action, Action::BadAccess);
         assert_eq!(Args::parse("name=n vsmmu_edu").action, Action::VsmmuEdu);
         assert_eq!(Args::parse("name=n edu_msi").action, Action::EduMsi);
+        assert_eq!(
+            Args::parse("name=n edu_msi_attack").action,
+            Action::EduMsiAttack
+        );
         assert_eq!(
             Args::parse("vsmmu_flood=3000").action,
             Action::VsmmuFlood(3000)

@@ -84,6 +84,12 @@ pub mod cmd {
         ]
     }
 
+    /// DISCARD `event` of `device`: its translation and any pending LPI
+    /// go (§6.3.4).
+    pub fn discard(device: u32, event: u32) -> [u64; 4] {
+        [dw0(0x0f, device), u64::from(event), 0, 0]
+    }
+
     /// INT: makes `event` of `device` pending as its MSI would (§6.3.6).
     pub fn int(device: u32, event: u32) -> [u64; 4] {
         [dw0(0x03, device), u64::from(event), 0, 0]
@@ -92,6 +98,61 @@ pub mod cmd {
     /// SYNC on RDbase `target` (§6.3.16).
     pub fn sync(target: u64) -> [u64; 4] {
         [0x05, 0, rdbase(target), 0]
+    }
+}
+
+/// A function's MSI capability (PCI Local Bus 3.0 §6.8.1), as the guest
+/// programs it.
+pub mod msi_cap {
+    /// Capability ID of MSI.
+    pub const ID: u8 = 0x05;
+    /// Status register: Capabilities List (bit 4 of the high half of the
+    /// dword at 0x04).
+    const STATUS_CAP_LIST: u32 = 1 << 20;
+    /// Message Control (high half of the first dword): MSI Enable.
+    pub const ENABLE: u32 = 1 << 16;
+    /// Message Control: Multiple Message Enable (bits 6:4).
+    pub const MME: u32 = 7 << 20;
+    /// Message Control: 64 bit address capable (bit 7).
+    pub const ADDR64: u32 = 1 << 23;
+
+    /// The offset of the capability with ID `id`, walking the list through
+    /// `read` (a configuration-space dword read) as an OS does; at most 48
+    /// steps, so a looping list ends.
+    pub fn find(read: impl Fn(u16) -> u32, id: u8) -> Option<u16> {
+        if read(0x04) & STATUS_CAP_LIST == 0 {
+            return None;
+        }
+        let mut ptr = (read(0x34) & 0xfc) as u16;
+        for _ in 0..48 {
+            if ptr < 0x40 {
+                return None;
+            }
+            let header = read(ptr);
+            if header as u8 == id {
+                return Some(ptr);
+            }
+            ptr = ((header >> 8) & 0xfc) as u16;
+        }
+        None
+    }
+
+    /// The dwords to write for the message (`address`, `data`), from the
+    /// capability's first dword `control`: (offset, value) pairs, the
+    /// upper address only with a 64-bit address; `None` when a 32-bit
+    /// capability cannot hold `address`.
+    pub fn message(control: u32, address: u64, data: u16) -> Option<[(u16, u32); 3]> {
+        let wide = control & ADDR64 != 0;
+        if !wide && address >> 32 != 0 {
+            return None;
+        }
+        let low = (0x4, address as u32);
+        Some(if wide {
+            [low, (0x8, (address >> 32) as u32), (0xc, u32::from(data))]
+        } else {
+            // The 32-bit layout's data sits where the upper address would.
+            [low, (0x8, u32::from(data)), (0x8, u32::from(data))]
+        })
     }
 }
 
@@ -144,8 +205,12 @@ pub fn one_page_base(pa: u64) -> u64 {
 }
 
 #[cfg(target_os = "none")]
+pub use attack::run as attack;
+#[cfg(target_os = "none")]
 pub use hw::run;
 
+#[cfg(target_os = "none")]
+mod attack;
 #[cfg(target_os = "none")]
 mod hw;
 
@@ -167,7 +232,37 @@ mod tests {
             [0x8_0000_000a, (8192 << 32) | 5, 2, 0]
         );
         assert_eq!(cmd::int(0x10, 7), [0x10_0000_0003, 7, 0, 0]);
+        assert_eq!(cmd::discard(0x10, 7), [0x10_0000_000f, 7, 0, 0]);
         assert_eq!(cmd::sync(1), [0x05, 0, 1 << 16, 0]);
+    }
+
+    #[test]
+    fn msi_capability_found_and_programmed() {
+        // Status.Capabilities List; PM at 0x40 -> MSI at 0x50 (64-bit).
+        let read = |off: u16| match off {
+            0x04 => 1 << 20,
+            0x34 => 0x40,
+            0x40 => 0x5001,
+            0x50 => 0x0080_0005,
+            _ => 0,
+        };
+        assert_eq!(msi_cap::find(read, msi_cap::ID), Some(0x50));
+        assert_eq!(msi_cap::find(read, 0x11), None);
+        // No list, or a list that loops, ends.
+        assert_eq!(msi_cap::find(|o| if o == 0x04 { 0 } else { 0x40 }, 5), None);
+        assert_eq!(
+            msi_cap::find(|o| if o == 0x04 { 1 << 20 } else { 0x4001 }, 5),
+            None
+        );
+        assert_eq!(
+            msi_cap::message(0x0080_0005, 0x1_0809_0040, 7),
+            Some([(4, 0x0809_0040), (8, 1), (0xc, 7)])
+        );
+        assert_eq!(
+            msi_cap::message(0x0000_0005, 0x0809_0040, 7),
+            Some([(4, 0x0809_0040), (8, 7), (8, 7)])
+        );
+        assert_eq!(msi_cap::message(0x0000_0005, 1 << 32, 7), None);
     }
 
     #[test]

@@ -161,30 +161,38 @@ pub fn capabilities(cfg: &dyn ConfigAccess, bdf: Bdf) -> Vec<(u8, u8)> {
     found
 }
 
-/// How a function signals interrupts by message (PCI Local Bus 3.0 §6.8).
+/// How a function signals interrupts by message (PCI Local Bus 3.0 §6.8):
+/// at least one of the two is present.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MessageSignalled {
+pub struct MessageSignalled {
     /// MSI-X with this many table entries (Message Control Table Size
     /// \[10:0\] + 1, §6.8.2.3).
-    MsiX(u32),
+    pub msix: Option<u32>,
     /// MSI with this many vectors (2^Multiple Message Capable, Message
     /// Control \[3:1\], §6.8.1.3; the reserved encodings 6 and 7 read as
     /// the largest defined, 32).
-    Msi(u32),
+    pub msi: Option<u32>,
 }
 
 impl MessageSignalled {
     /// Events the function's DeviceID needs in the ITS: one per MSI-X
-    /// table entry or MSI vector.
+    /// table entry or MSI vector, whichever the guest enables.
     pub fn events(self) -> u32 {
-        match self {
-            Self::MsiX(n) | Self::Msi(n) => n,
+        self.msix.unwrap_or(0).max(self.msi.unwrap_or(0))
+    }
+
+    /// "MSI-X", "MSI" or "MSI-X and MSI".
+    pub fn kinds(self) -> &'static str {
+        match (self.msix, self.msi) {
+            (Some(_), Some(_)) => "MSI-X and MSI",
+            (Some(_), None) => "MSI-X",
+            _ => "MSI",
         }
     }
 }
 
-/// What `bdf` can signal by message: MSI-X if it has the capability (an
-/// OS prefers it), else MSI, else `None` (INTx only).
+/// What `bdf` can signal by message, `None` when neither MSI nor MSI-X
+/// (INTx only).
 pub fn message_signalled(cfg: &dyn ConfigAccess, bdf: Bdf) -> Option<MessageSignalled> {
     let caps = capabilities(cfg, bdf);
     let control = |id: u8| {
@@ -192,10 +200,11 @@ pub fn message_signalled(cfg: &dyn ConfigAccess, bdf: Bdf) -> Option<MessageSign
             .find(|&&(_, cap)| cap == id)
             .map(|&(at, _)| cfg.read32(bdf, u16::from(at)) >> 16)
     };
-    if let Some(c) = control(reg::CAP_ID_MSIX) {
-        return Some(MessageSignalled::MsiX((c & 0x7ff) + 1));
-    }
-    control(reg::CAP_ID_MSI).map(|c| MessageSignalled::Msi(1 << ((c >> 1) & 7).min(5)))
+    let m = MessageSignalled {
+        msix: control(reg::CAP_ID_MSIX).map(|c| (c & 0x7ff) + 1),
+        msi: control(reg::CAP_ID_MSI).map(|c| 1 << ((c >> 1) & 7).min(5)),
+    };
+    (m.msix.is_some() || m.msi.is_some()).then_some(m)
 }
 
 /// The dwords of an MSI capability (§6.8.1), from its offset.
@@ -1182,7 +1191,7 @@ mod tests {
     }
 
     #[test]
-    fn msix_table_size_wins_over_msi() {
+    fn both_kinds_are_found_and_the_larger_sets_the_events() {
         // PM -> MSI (4 vectors) -> MSI-X (Table Size 63: 64 entries).
         let (bus, bdf) = with_caps(
             0x40,
@@ -1200,9 +1209,15 @@ mod tests {
                 (0x70, reg::CAP_ID_MSIX)
             ]
         );
-        let m = message_signalled(&bus, bdf);
-        assert_eq!(m, Some(MessageSignalled::MsiX(64)));
-        assert_eq!(m.map(MessageSignalled::events), Some(64));
+        let m = message_signalled(&bus, bdf).unwrap();
+        assert_eq!(
+            m,
+            MessageSignalled {
+                msix: Some(64),
+                msi: Some(4)
+            }
+        );
+        assert_eq!((m.events(), m.kinds()), (64, "MSI-X and MSI"));
     }
 
     #[test]
@@ -1213,7 +1228,10 @@ mod tests {
             let (bus, bdf) = with_caps(0x48, &[(0x48, cap(reg::CAP_ID_MSI, 0, control))]);
             assert_eq!(
                 message_signalled(&bus, bdf),
-                Some(MessageSignalled::Msi(vectors)),
+                Some(MessageSignalled {
+                    msix: None,
+                    msi: Some(vectors)
+                }),
                 "MMC {mmc}"
             );
         }
@@ -1227,7 +1245,10 @@ mod tests {
         assert_eq!(capabilities(&bus, bdf), [(0x40, reg::CAP_ID_MSIX)]);
         assert_eq!(
             message_signalled(&bus, bdf),
-            Some(MessageSignalled::MsiX(8))
+            Some(MessageSignalled {
+                msix: Some(8),
+                msi: None
+            })
         );
         // A pointer into the header, or an ID of 0xff, ends the list.
         let (bus, bdf) = with_caps(0x40, &[(0x40, cap(0x10, 0x3c, 0))]);

@@ -14,10 +14,14 @@
 //! - Only the command bits that concern the function itself reach the device
 //!   (memory decode, bus mastering, error reporting, INTx disable); the SMMU
 //!   confines what bus mastering can reach.
-//! - MSI is hidden; MSI-X is visible only for a function whose MSIs the
-//!   hypervisor routes ([`VirtualFunction::msix`]), and then only its
-//!   Enable and Function Mask bits reach the device (the table is
-//!   emulated by [`super::msix`]); the expansion ROM and the extended
+//! - MSI and MSI-X are visible only for a function whose MSIs the
+//!   hypervisor routes ([`VirtualFunction::msi`], [`VirtualFunction::msix`]).
+//!   Of MSI-X only Enable and Function Mask reach the device (the table is
+//!   emulated by [`super::msix`]); of MSI, Enable, Multiple Message Enable
+//!   (at most what the function is capable of), the message address and
+//!   data and the per-vector mask bits. The message itself is the guest's
+//!   to choose, as in the MSI-X table: the device's write goes through the
+//!   SMMU (see [`super::msix`]). The expansion ROM and the extended
 //!   configuration space are absent.
 //!
 //! Everything here is driven by a hostile guest: no access panics, and no
@@ -122,9 +126,12 @@ pub struct VirtualFunction {
     /// Its BARs by slot; `None` reads as an unimplemented BAR (0).
     pub bars: [Option<VirtualBar>; 6],
     /// Its MSI-X, when the hypervisor routes its MSIs to the VM: the
-    /// capability is then visible (else hidden, and the function has INTx
-    /// only).
+    /// capability is then visible (else hidden).
     pub msix: Option<MsixLayout>,
+    /// Its MSI capability is visible: the function has one and the
+    /// hypervisor routes its MSIs to the VM. A function with neither
+    /// visible has INTx only.
+    pub msi: bool,
 }
 
 impl VirtualFunction {
@@ -176,9 +183,13 @@ struct Cap {
 }
 
 impl Cap {
-    /// MSI is hidden; MSI-X only when `msix` (its MSIs are routed).
-    fn visible(self, msix: bool) -> bool {
-        self.id != regs::CAP_ID_MSI && (self.id != regs::CAP_ID_MSIX || msix)
+    /// MSI only when `msi`, MSI-X only when `msix` (its MSIs are routed).
+    fn visible(self, msi: bool, msix: bool) -> bool {
+        match self.id {
+            regs::CAP_ID_MSI => msi,
+            regs::CAP_ID_MSIX => msix,
+            _ => true,
+        }
     }
 }
 
@@ -186,6 +197,8 @@ impl Cap {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct CapList {
     caps: Vec<Cap>,
+    /// MSI is shown.
+    msi: bool,
     /// MSI-X is shown.
     msix: bool,
 }
@@ -195,10 +208,10 @@ impl CapList {
     /// one, pointers masked to dwords, stopping at a pointer below 0x40, a
     /// Capability ID of 0xff (nothing there), or a pointer already seen, so
     /// a looping list is cut and the virtual list is always finite.
-    fn walk(cfg: &dyn ConfigAccess, bdf: Bdf, msix: bool) -> Self {
+    fn walk(cfg: &dyn ConfigAccess, bdf: Bdf, msi: bool, msix: bool) -> Self {
         let mut caps: Vec<Cap> = Vec::new();
         if (cfg.read32(bdf, regs::COMMAND) >> 16) & regs::STATUS_CAP_LIST == 0 {
-            return Self { caps, msix };
+            return Self { caps, msi, msix };
         }
         let mut ptr = (cfg.read32(bdf, regs::CAP_PTR) & 0xfc) as u8;
         // Offsets are distinct dwords in 0x40..0x100: at most 48 iterations.
@@ -211,11 +224,14 @@ impl CapList {
             caps.push(Cap { offset: ptr, id });
             ptr = ((header >> 8) & 0xfc) as u8;
         }
-        Self { caps, msix }
+        Self { caps, msi, msix }
     }
 
     fn visible(&self) -> impl Iterator<Item = Cap> + '_ {
-        self.caps.iter().copied().filter(|c| c.visible(self.msix))
+        self.caps
+            .iter()
+            .copied()
+            .filter(|c| c.visible(self.msi, self.msix))
     }
 
     /// The first visible capability's offset, 0 if none.
@@ -322,9 +338,9 @@ impl Slot {
 
     fn caps(&mut self, cfg: &dyn ConfigAccess) -> &CapList {
         let bdf = self.vf.phys;
-        let msix = self.vf.msix.is_some();
+        let (msi, msix) = (self.vf.msi, self.vf.msix.is_some());
         self.caps
-            .get_or_insert_with(|| CapList::walk(cfg, bdf, msix))
+            .get_or_insert_with(|| CapList::walk(cfg, bdf, msi, msix))
     }
 
     /// The guest's view of the dword at `offset` (dword aligned, < 0x1000).
@@ -362,6 +378,11 @@ impl Slot {
     /// `offset` (dword aligned, < 0x1000).
     fn write_dword(&mut self, cfg: &dyn ConfigAccess, offset: u16, value: u32, bytes: u32) {
         let bdf = self.vf.phys;
+        if let Some(at) = self.caps(cfg).find(regs::CAP_ID_MSI) {
+            if (at..at + msi::len(cfg.read32(bdf, at))).contains(&offset) {
+                return msi::write(cfg, bdf, at, offset - at, value, bytes);
+            }
+        }
         match offset {
             regs::COMMAND => {
                 let old = cfg.read32(bdf, offset);
@@ -412,6 +433,65 @@ impl Slot {
             // subsystem IDs, ROM, capability pointer, other capability
             // registers, extended space: read-only to the guest.
             _ => {}
+        }
+    }
+}
+
+/// The guest's writes to a visible MSI capability (PCI Local Bus 3.0
+/// §6.8.1): the dwords after Message Control depend on its 64-bit address
+/// and per-vector masking bits.
+mod msi {
+    use crate::drivers::pci::{msi_cap, Bdf, ConfigAccess};
+
+    /// Message Control: Multiple Message Capable (bits 3:1), in the
+    /// capability's first dword.
+    const MMC_SHIFT: u32 = 17;
+    /// Message Control: Multiple Message Enable (bits 6:4).
+    const MME_SHIFT: u32 = 20;
+    /// Message Control: Per-vector Masking Capable (bit 8).
+    const PER_VECTOR_MASKING: u32 = 1 << 24;
+
+    /// The capability's length in bytes, from its first dword `control`:
+    /// 0xc, 4 more for a 64-bit address, 8 more for mask and pending bits.
+    pub fn len(control: u32) -> u16 {
+        let wide = if control & msi_cap::ADDR64 != 0 { 4 } else { 0 };
+        let masks = if control & PER_VECTOR_MASKING != 0 {
+            8
+        } else {
+            0
+        };
+        0xc + wide + masks
+    }
+
+    /// The guest writes the bytes `bytes` of `value` into the dword `rel`
+    /// bytes into the MSI capability at `at` of `bdf`. Enable, Multiple
+    /// Message Enable (never above Multiple Message Capable), the address
+    /// (bits 1:0 stay 0), the 16-bit data and the mask bits are the
+    /// guest's; the capability's ID, next pointer, read-only control bits,
+    /// the pending bits and bytes past the capability do not change.
+    pub fn write(cfg: &dyn ConfigAccess, bdf: Bdf, at: u16, rel: u16, value: u32, bytes: u32) {
+        let control = cfg.read32(bdf, at);
+        let wide = control & msi_cap::ADDR64 != 0;
+        let data = if wide { 0xc } else { 0x8 };
+        let writable = match rel {
+            0 => msi_cap::ENABLE | msi_cap::MME,
+            msi_cap::ADDRESS => !3,
+            msi_cap::ADDRESS_HI if wide => u32::MAX,
+            r if r == data => 0xffff,
+            r if r == data + 4 && control & PER_VECTOR_MASKING != 0 => u32::MAX,
+            _ => return,
+        };
+        let old = cfg.read32(bdf, at + rel);
+        let mut new = (old & !(bytes & writable)) | (value & bytes & writable);
+        if rel == 0 {
+            let capable = (control >> MMC_SHIFT) & 7;
+            let enabled = (new >> MME_SHIFT) & 7;
+            if enabled > capable {
+                new = (new & !msi_cap::MME) | (capable << MME_SHIFT);
+            }
+        }
+        if new != old {
+            cfg.write32(bdf, at + rel, new);
         }
     }
 }
@@ -663,13 +743,18 @@ mod tests {
             0,
         );
         f.set(PM + 4, 0x0000_0008, 0x0000_8103, 0x8000);
+        // MSI: 64-bit, per-vector masking, 4 vectors capable.
         f.set(
             MSI,
-            0x0080_0000 | (u32::from(PCIE) << 8) | u32::from(CAP_ID_MSI),
+            0x0184_0000 | (u32::from(PCIE) << 8) | u32::from(CAP_ID_MSI),
             0x0071_0000,
             0,
         );
         f.set(MSI + 4, 0, 0xffff_fffc, 0);
+        f.set(MSI + 8, 0, u32::MAX, 0);
+        f.set(MSI + 0xc, 0, 0x0000_ffff, 0);
+        f.set(MSI + 0x10, 0, 0xf, 0);
+        f.set(MSI + 0x14, 0x2, 0, 0);
         f.set(
             PCIE,
             0x0002_0000 | (u32::from(MSIX) << 8) | u32::from(CAP_ID_PCIE),
@@ -737,11 +822,13 @@ mod tests {
                 phys: NVME,
                 bars: nvme_bars,
                 msix: None,
+                msi: false,
             },
             VirtualFunction {
                 phys: EDU,
                 bars: edu_bars,
                 msix: None,
+                msi: false,
             },
         ])
     }
@@ -967,20 +1054,25 @@ mod tests {
         assert_eq!(bus.read(&cfg, at(1, u64::from(PCIE) + 4), 4), 0x0000_8fc1);
     }
 
+    /// The IDs of device 1's capabilities, walked as an OS does.
+    fn capability_ids(bus: &mut VirtualPciBus, cfg: &FakeCfg) -> Vec<u64> {
+        let mut seen = Vec::new();
+        let mut ptr = bus.read(cfg, at(1, 0x34), 1) & 0xfc;
+        while ptr != 0 {
+            let header = bus.read(cfg, at(1, ptr), 2);
+            seen.push(header & 0xff);
+            ptr = (header >> 8) & 0xfc;
+        }
+        seen
+    }
+
     #[test]
     fn msix_is_shown_for_a_routed_function_with_only_enable_and_mask_writable() {
         let cfg = fake();
         let mut bus = bus();
         bus.slots[0].vf.msix = MsixLayout::from_capability(0x0040_0011, 0x2000, 0x3000);
-        let mut seen = Vec::new();
-        let mut ptr = bus.read(&cfg, at(1, 0x34), 1) & 0xfc;
-        while ptr != 0 {
-            let header = bus.read(&cfg, at(1, ptr), 2);
-            seen.push(header & 0xff);
-            ptr = (header >> 8) & 0xfc;
-        }
         assert_eq!(
-            seen,
+            capability_ids(&mut bus, &cfg),
             [
                 u64::from(CAP_ID_PM),
                 u64::from(CAP_ID_PCIE),
@@ -999,6 +1091,54 @@ mod tests {
         // A write to the capability's ID/next bytes alone is dropped.
         bus.write(&cfg, at(1, u64::from(MSIX)), 2, 0);
         assert_eq!(phys(&cfg, NVME, MSIX) >> 16, 0x8040);
+    }
+
+    #[test]
+    fn msi_is_shown_for_a_routed_function_with_only_its_message_registers_writable() {
+        let cfg = fake();
+        let mut bus = bus();
+        bus.slots[0].vf.msi = true;
+        assert_eq!(
+            capability_ids(&mut bus, &cfg),
+            [
+                u64::from(CAP_ID_PM),
+                u64::from(CAP_ID_MSI),
+                u64::from(CAP_ID_PCIE)
+            ],
+            "MSI-X stays hidden"
+        );
+        let msi = |off: u16| at(1, u64::from(MSI + off));
+        // Enable with 8 vectors: Multiple Message Enable stops at the 4
+        // the function is capable of; the read-only control bits stay.
+        bus.write(&cfg, msi(2), 2, 0x0031);
+        assert_eq!(phys(&cfg, NVME, MSI) >> 16, 0x0184 | 0x21);
+        assert_eq!(bus.read(&cfg, msi(2), 2), 0x01a5);
+        // A write of the ID and next pointer alone changes nothing.
+        let before = writes(&cfg).len();
+        bus.write(&cfg, msi(0), 2, 0);
+        assert_eq!(writes(&cfg).len(), before);
+        // The message: address (bits 1:0 reserved), upper address, 16-bit
+        // data; then the mask bits. The pending bits are read-only.
+        bus.write(&cfg, msi(4), 4, 0x0809_0043);
+        bus.write(&cfg, msi(8), 4, 0x1);
+        bus.write(&cfg, msi(0xc), 4, 0xdead_0007);
+        bus.write(&cfg, msi(0x10), 1, 0xff);
+        bus.write(&cfg, msi(0x14), 4, 0);
+        assert_eq!(phys(&cfg, NVME, MSI + 4), 0x0809_0040);
+        assert_eq!(phys(&cfg, NVME, MSI + 8), 0x1);
+        assert_eq!(phys(&cfg, NVME, MSI + 0xc), 0x0007);
+        assert_eq!(phys(&cfg, NVME, MSI + 0x10), 0xf);
+        assert_eq!(phys(&cfg, NVME, MSI + 0x14), 0x2);
+        assert_eq!(bus.read(&cfg, msi(0xc), 2), 0x0007);
+        // Disable: only Enable changes.
+        bus.write(&cfg, msi(2), 1, 0x20);
+        assert_eq!(phys(&cfg, NVME, MSI) >> 16, 0x01a4);
+        // The capability after it is untouched by the MSI emulation.
+        bus.write(&cfg, at(1, u64::from(PCIE) + 8), 2, 0xffff);
+        assert_eq!(
+            phys(&cfg, NVME, PCIE + 8) & 0xffff,
+            (NVME_DEVCTL & 0xffff) | 0x1f
+        );
     }
 
     #[test]
@@ -1155,6 +1295,7 @@ mod tests {
             phys: NVME,
             bars,
             msix: None,
+            msi: false,
         }]);
     }
 

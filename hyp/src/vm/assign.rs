@@ -123,6 +123,13 @@ fn routed_msix(cfg: &dyn ConfigAccess, f: &Function) -> Option<MsixLayout> {
     (inside(l.table_bar, l.table()) && inside(l.pba_bar, l.pba())).then_some(l)
 }
 
+/// Whether `f`'s MSI capability is shown: it has one and the hypervisor
+/// routes its MSIs (the machine has an ITS).
+fn routed_msi(cfg: &dyn ConfigAccess, f: &Function) -> bool {
+    crate::drivers::its::get().is_some()
+        && pci::message_signalled(cfg, f.bdf).is_some_and(|m| m.msi.is_some())
+}
+
 /// Assigns `names` (PCI addresses) to VM `vm_index` (`vm`), whose IPA
 /// space is `space` (its devices use its IOMMU domain); their INTx lines
 /// are added to `lines`, which refuses a line another VM (or function)
@@ -234,6 +241,7 @@ pub fn assign(
             phys: bdf,
             bars,
             msix: msix_layout,
+            msi: routed_msi(cfg, f),
         });
         sids.push((bdf, sid));
     }

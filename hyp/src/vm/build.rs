@@ -399,10 +399,7 @@ fn msi_grants(
             d.phys,
             grant.physical,
             grant.events,
-            match signalled {
-                pci::MessageSignalled::MsiX(_) => "MSI-X",
-                pci::MessageSignalled::Msi(_) => "MSI",
-            }
+            signalled.kinds()
         ));
         grants.insert(virtual_id, grant);
     }

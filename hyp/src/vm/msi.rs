@@ -367,25 +367,53 @@ mod tests {
         assert_eq!(grant(bdf, None, Some(0x10)), Ok(None), "INTx only");
         assert_eq!(grant(bdf, None, None), Ok(None));
         assert_eq!(
-            grant(bdf, Some(MessageSignalled::Msi(1)), Some(0x10)),
+            grant(
+                bdf,
+                Some(MessageSignalled {
+                    msix: None,
+                    msi: Some(1)
+                }),
+                Some(0x10)
+            ),
             Ok(Some(DeviceGrant {
                 physical: 0x10,
                 events: 1
             }))
         );
         assert_eq!(
-            grant(bdf, Some(MessageSignalled::MsiX(2048)), Some(0x10010)),
+            grant(
+                bdf,
+                Some(MessageSignalled {
+                    msix: Some(2048),
+                    msi: None
+                }),
+                Some(0x10010)
+            ),
             Ok(Some(DeviceGrant {
                 physical: 0x10010,
                 events: 2048
             }))
         );
         assert_eq!(
-            grant(bdf, Some(MessageSignalled::MsiX(64)), None),
+            grant(
+                bdf,
+                Some(MessageSignalled {
+                    msix: Some(64),
+                    msi: None
+                }),
+                None
+            ),
             Err(GrantError::NoDeviceId(bdf))
         );
         assert_eq!(
-            grant(bdf, Some(MessageSignalled::MsiX(4096)), Some(0x10)),
+            grant(
+                bdf,
+                Some(MessageSignalled {
+                    msix: Some(4096),
+                    msi: None
+                }),
+                Some(0x10)
+            ),
             Err(GrantError::TooManyEvents(bdf, 4096))
         );
     }

@@ -31,9 +31,9 @@ use flat_device_tree::Fdt;
 
 /// The event the guest maps: the edu's MSI capability has one vector, so
 /// its grant is one event.
-const EVENT: u32 = 0;
+pub(super) const EVENT: u32 = 0;
 /// How long an LPI may take to arrive after what raises it.
-const LPI_WAIT_MS: u64 = 1000;
+pub(super) const LPI_WAIT_MS: u64 = 1000;
 /// How long the guest waits for the ITS to run its commands.
 const QUEUE_WAIT_MS: u64 = 1000;
 
@@ -41,7 +41,7 @@ const QUEUE_WAIT_MS: u64 = 1000;
 /// 64 KiB aligned, as GICR_PENDBASER wants).
 #[repr(usize)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Page {
+pub(super) enum Page {
     /// LPI pending table (2 KiB for 14 INTID bits).
     Pending,
     /// LPI configuration table, INTIDs 8192..16383 (two pages).
@@ -54,14 +54,16 @@ enum Page {
     Itt,
     /// DMA source: the EventID the device writes.
     Src,
+    /// Where `edu_msi_attack` aims a message at its own RAM.
+    Sink,
 }
 
-const PAGES: usize = 7;
+const PAGES: usize = 8;
 
 static ARENA: Arena<PAGES> = Arena::new();
 
 /// A page's address (= its IPA: the MMU is off).
-fn ipa(page: Page) -> u64 {
+pub(super) fn ipa(page: Page) -> u64 {
     ARENA.page(page as usize)
 }
 
@@ -80,13 +82,15 @@ fn elapsed_ms(start: u64) -> u64 {
 }
 
 /// Why the checks stopped.
-enum Stop {
+pub(super) enum Stop {
     /// Something is missing from the device tree.
     Dt(&'static str),
     /// The edu cannot be used.
     Edu(EduError),
     /// The ITS did not run the commands.
     Queue(u64),
+    /// The function has no (visible) MSI capability.
+    NoMsi,
 }
 
 impl core::fmt::Display for Stop {
@@ -98,6 +102,7 @@ impl core::fmt::Display for Stop {
                 f,
                 "the ITS did not run its commands within {QUEUE_WAIT_MS} ms (GITS_CREADR {creadr:#x})"
             ),
+            Self::NoMsi => write!(f, "the edu shows no MSI capability"),
         }
     }
 }
@@ -109,12 +114,12 @@ impl From<EduError> for Stop {
 }
 
 /// The guest's ITS: its registers and command queue.
-struct Its {
+pub(super) struct Its {
     base: u64,
     /// GITS_CWRITER's offset for the next command.
     next: u64,
     /// RDbase of our redistributor as commands name it.
-    target: u64,
+    pub(super) target: u64,
 }
 
 impl Its {
@@ -155,7 +160,7 @@ impl Its {
 
     /// Writes `cmds`, moves GITS_CWRITER past them and waits until
     /// GITS_CREADR has caught up (reading it runs the commands).
-    fn submit(&mut self, cmds: &[[u64; 4]]) -> Result<(), Stop> {
+    pub(super) fn submit(&mut self, cmds: &[[u64; 4]]) -> Result<(), Stop> {
         for c in cmds {
             for (i, &dw) in c.iter().enumerate() {
                 store(Page::Queue, self.next + 8 * i as u64, dw);
@@ -179,7 +184,7 @@ impl Its {
 
 /// Whether LPI 8192 arrives within `ms` milliseconds (everything pending
 /// meanwhile is acknowledged and ended).
-fn lpi_within(ms: u64) -> bool {
+pub(super) fn lpi_within(ms: u64) -> bool {
     let start = counter();
     loop {
         if gic::take(LPI) {
@@ -198,7 +203,23 @@ pub fn run(fdt: &Fdt<'_>) {
     }
 }
 
-fn checks(fdt: &Fdt<'_>) -> Result<(), Stop> {
+/// What [`setup`] leaves ready.
+pub(super) struct Ready {
+    /// The GIC and ITS.
+    pub dt: ItsDt,
+    /// The PCI host bridge.
+    pub host: PciHost,
+    /// The edu, memory decode and bus mastering on.
+    pub edu: Edu,
+    /// Its DeviceID.
+    pub device: u32,
+    /// The ITS, enabled.
+    pub its: Its,
+}
+
+/// Programs the CPU interface, distributor, our redistributor's LPIs and
+/// the ITS as Linux does, and maps the edu's event [`EVENT`] to [`LPI`].
+pub(super) fn setup(fdt: &Fdt<'_>) -> Result<Ready, Stop> {
     let dt = ItsDt::from_fdt(fdt).ok_or(Stop::Dt(
         "no GICv3 with an ITS (arm,gic-v3-its) in the device tree",
     ))?;
@@ -242,7 +263,24 @@ fn checks(fdt: &Fdt<'_>) -> Result<(), Stop> {
         EVENT,
         LPI
     );
+    Ok(Ready {
+        dt,
+        host,
+        edu,
+        device,
+        its,
+    })
+}
 
+fn checks(fdt: &Fdt<'_>) -> Result<(), Stop> {
+    let Ready {
+        dt,
+        edu,
+        device,
+        mut its,
+        ..
+    } = setup(fdt)?;
+    let target = its.target;
     its.submit(&[cmd::int(device, EVENT), cmd::sync(target)])?;
     let ok = lpi_within(LPI_WAIT_MS);
     check(
