@@ -438,22 +438,29 @@ impl Runtime {
     }
 
     /// Gives a physical SMMU event to the VM whose vSMMU owns it; false
-    /// when it is the hypervisor's.
+    /// when it is the hypervisor's. Only the VM that was assigned the
+    /// event's stream is asked, under its own vSMMU lock: a VM whose device
+    /// faults continuously never holds up another VM's vSMMU.
     fn forward_to_guest(&self, e: &smmu::event::Event) -> bool {
-        for vm in &self.vms {
-            let Some(v) = &vm.vsmmu else { continue };
-            let mut v = v.lock();
-            if !v.owns_event(e) {
-                continue;
-            }
-            let irq = v.inject_fault(e);
-            drop(v);
-            if let Some(intid) = irq {
-                vm.raise_edge(intid, self);
-            }
-            return true;
+        let sid = e.sid();
+        let Some(vm) = self
+            .vms
+            .iter()
+            .find(|vm| self.hw[vm.index].devices.iter().any(|d| d.sid == sid))
+        else {
+            return false;
+        };
+        let Some(v) = &vm.vsmmu else { return false };
+        let mut v = v.lock();
+        if !v.owns_event(e) {
+            return false;
         }
-        false
+        let irq = v.inject_fault(e);
+        drop(v);
+        if let Some(intid) = irq {
+            vm.raise_edge(intid, self);
+        }
+        true
     }
 
     /// Reads the physical UART and feeds the focused VM's virtual UART
