@@ -41,24 +41,56 @@ if [ ${#missing[@]} -gt 0 ]; then
     install_tools || { need_root apt-get update -q >/dev/null; install_tools; }
 fi
 
-# arm64 packages visible to apt.
+# arm64 packages through an apt of our own: its sources, package lists,
+# cache and (empty) dpkg status live in target/guests/apt, so the machine's
+# package manager never learns of arm64 and its `apt-get update` stays as
+# it was. The suite is the host's Debian release (/etc/os-release); the
+# archive keys are Debian's, as the host's apt trusts them.
+aptdir=$root/target/guests/apt
+codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+mkdir -p "$aptdir/lists/partial" "$aptdir/cache/archives/partial" "$aptdir/parts" \
+    "$aptdir/preferences.d"
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+signed=
+[ -s "$keyring" ] && signed=" signed-by=$keyring"
+cat >"$aptdir/sources.list.new" <<SOURCES
+deb [arch=arm64$signed] http://deb.debian.org/debian $codename main
+deb [arch=arm64$signed] http://deb.debian.org/debian $codename-updates main
+deb [arch=arm64$signed] http://deb.debian.org/debian-security $codename-security main
+SOURCES
+mv "$aptdir/sources.list.new" "$aptdir/sources.list"
+: >>"$aptdir/status"
+apt_opts=(
+    -o "Dir::Etc::SourceList=$aptdir/sources.list"
+    -o "Dir::Etc::SourceParts=$aptdir/parts"
+    -o "Dir::Etc::Preferences=$aptdir/preferences"
+    -o "Dir::Etc::PreferencesParts=$aptdir/preferences.d"
+    -o "Dir::State=$aptdir"
+    -o "Dir::State::Lists=$aptdir/lists"
+    -o "Dir::State::status=$aptdir/status"
+    -o "Dir::Cache=$aptdir/cache"
+    -o "APT::Architecture=arm64"
+    -o "APT::Architectures=arm64"
+    -o "Debug::NoLocking=1"
+    -o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
+    -o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false"
+    -o "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false"
+)
+# As root, apt's sandbox user cannot write into our tree: skip the sandbox.
+[ "$(id -u)" -ne 0 ] || apt_opts+=(-o APT::Sandbox::User=root)
 updated=0
 apt_update() {
-    echo "linux guest: apt-get update"
-    need_root apt-get update -q >/dev/null
+    echo "linux guest: apt-get update (arm64 package lists in target/guests/apt)"
+    apt-get "${apt_opts[@]}" update -q >/dev/null
     updated=1
 }
-if ! dpkg --print-foreign-architectures | grep -qx arm64 \
-    && [ "$(dpkg --print-architecture)" != arm64 ]; then
-    need_root dpkg --add-architecture arm64
-    apt_update
-fi
+[ -n "$(ls "$aptdir/lists" 2>/dev/null | grep -v partial)" ] || apt_update
 # Resolves, in one apt-cache call (each costs about a second), the versioned
 # kernel package the metapackage depends on and the busybox version:
 # sets kpkg, kver and bver (empty when apt's lists do not know them).
 query() {
     local info dep
-    info=$(apt-cache show --no-all-versions linux-image-cloud-arm64:arm64 \
+    info=$(apt-cache "${apt_opts[@]}" show --no-all-versions linux-image-cloud-arm64:arm64 \
         busybox-static:arm64 2>/dev/null || true)
     # "Depends: linux-image-6.1.0-37-cloud-arm64 (= 6.1.140-1)"
     dep=$(printf '%s\n' "$info" | sed -n 's/^Depends: \(linux-image-[^ ,]*\) (= \([^)]*\)).*/\1 \2/p' \
@@ -104,10 +136,7 @@ mkdir -p "$out/debs"
 download() {
     local deb="$out/debs/${1}_${2//:/%3a}_arm64.deb"
     if [ ! -s "$deb" ]; then
-        # As root, apt's sandbox user cannot write into our tree: skip the sandbox.
-        local sandbox=()
-        [ "$(id -u)" -ne 0 ] || sandbox=(-o APT::Sandbox::User=root)
-        (cd "$out/debs" && apt-get download -q "${sandbox[@]}" "$1:arm64=$2" >/dev/null)
+        (cd "$out/debs" && apt-get "${apt_opts[@]}" download -q "$1:arm64=$2" >/dev/null)
     fi
     [ -s "$deb" ] || { echo "linux guest: download of $1 $2 failed" >&2; return 1; }
     printf '%s\n' "$deb"
