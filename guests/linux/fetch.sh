@@ -153,7 +153,8 @@ init $init_sum"
     bdeb=$(download busybox-static "$bver")
 fi
 
-work=$(mktemp -d)
+mkdir -p "$root/target/tmp"
+work=$(mktemp -d -p "$root/target/tmp")
 trap 'rm -rf "$work"' EXIT
 
 # Kernel: /boot/vmlinuz-* is an uncompressed arm64 Image (with an EFI stub).

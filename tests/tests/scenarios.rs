@@ -33,7 +33,8 @@ fn vm(name: &str, cpus: u32, extra: &str) -> String {
 
 #[test]
 fn scenario_errors_are_clear() {
-    let dir = std::env::temp_dir().join(format!("hv-scenario-errors-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("hv-scenario-errors-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cases = [
         (

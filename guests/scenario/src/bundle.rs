@@ -7,16 +7,18 @@
 //!
 //! | offset | size | field |
 //! |---|---|---|
-//! | 0 | 8 | magic `HYPBNDL1` |
+//! | 0 | 8 | magic `HYPBNDL2` |
 //! | 8 | 4 | entry count |
 //! | 12 | 4 | reserved, zero |
-//! | 16 + 64·i | 48 | entry i: name, UTF-8, NUL-padded (at most 47 bytes) |
+//! | 16 + 64·i | 8 | entry i: offset of its name from the start of the blob |
+//! | 16 + 64·i + 8 | 8 | entry i: length of its name in bytes (1 to [`NAME_MAX`]) |
+//! | 16 + 64·i + 16 | 32 | entry i: reserved, zero |
 //! | 16 + 64·i + 48 | 8 | entry i: offset of its data from the start of the blob |
 //! | 16 + 64·i + 56 | 8 | entry i: size of its data in bytes |
 //!
-//! Data starts at 4 KiB aligned offsets after the table. Entry names are
-//! [`SCENARIO`] for the scenario text and the image paths exactly as the
-//! scenario writes them.
+//! The names (UTF-8, without NULs) follow the table; data starts at 4 KiB
+//! aligned offsets after them. Entry names are [`SCENARIO`] for the
+//! scenario text and the image paths exactly as the scenario writes them.
 //!
 //! [`Bundle::parse`] checks every field against the blob, so the hypervisor
 //! can trust what it hands out; it never panics on any input.
@@ -25,15 +27,16 @@
 use alloc::vec::Vec;
 
 /// First eight bytes of every bundle.
-pub const MAGIC: [u8; 8] = *b"HYPBNDL1";
+pub const MAGIC: [u8; 8] = *b"HYPBNDL2";
 /// Bytes before the entry table.
 pub const HEADER_SIZE: usize = 16;
 /// Bytes per entry.
 pub const ENTRY_SIZE: usize = 64;
-/// Bytes of an entry's name field.
-pub const NAME_FIELD: usize = 48;
-/// Longest entry name (the field keeps a terminating NUL).
-pub const NAME_MAX: usize = NAME_FIELD - 1;
+/// Where an entry's data offset and size start, after its name offset,
+/// name length and reserved bytes.
+const DATA_FIELDS: usize = 48;
+/// Longest entry name in bytes (as long as a Linux path may be).
+pub const NAME_MAX: usize = 4095;
 /// Alignment of every entry's data.
 pub const DATA_ALIGN: usize = 4096;
 /// Most entries in a bundle: a scenario and two images per VM, with room.
@@ -64,7 +67,8 @@ pub enum BundleError {
     /// The entry table runs past the end of the blob.
     #[error("boot bundle entry table runs past the end of the blob")]
     TableOutOfBounds,
-    /// A name that is empty, not NUL-padded, or not UTF-8.
+    /// A name that is empty, too long, outside the blob, not UTF-8 or
+    /// holding a NUL, or an entry whose reserved bytes are not zero.
     #[error("boot bundle entry {index} has a bad name")]
     BadName {
         /// Entry index.
@@ -93,8 +97,9 @@ pub enum BundleError {
     /// Two entries with one name.
     #[error("boot bundle has two entries named {0:?}")]
     DuplicateName(alloc::string::String),
-    /// A name that does not fit the name field (packing).
-    #[error("boot bundle entry name {0:?} is empty or longer than 47 bytes")]
+    /// A name that is empty, longer than [`NAME_MAX`] or holds a NUL
+    /// (packing).
+    #[error("boot bundle entry name {0:?} is empty, holds a NUL or is longer than 4095 bytes")]
     NameTooLong(alloc::string::String),
 }
 
@@ -116,26 +121,30 @@ fn le32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(bytes.try_into().ok()?))
 }
 
-/// Decodes entry `index` without checks beyond bounds: `None` if anything
-/// is out of the blob or malformed.
-fn raw_entry(blob: &[u8], index: usize) -> Option<(&[u8], u64, u64)> {
+/// Decodes entry `index` without checks beyond bounds: its name (`None`
+/// when malformed), data offset and size; `None` if the entry is out of the
+/// blob.
+fn raw_entry(blob: &[u8], index: usize) -> Option<(Option<&str>, u64, u64)> {
     let at = HEADER_SIZE.checked_add(index.checked_mul(ENTRY_SIZE)?)?;
-    let name = blob.get(at..at.checked_add(NAME_FIELD)?)?;
+    let entry = blob.get(at..at.checked_add(ENTRY_SIZE)?)?;
     Some((
-        name,
-        le64(blob, at + NAME_FIELD)?,
-        le64(blob, at + NAME_FIELD + 8)?,
+        entry_name(blob, entry),
+        le64(entry, DATA_FIELDS)?,
+        le64(entry, DATA_FIELDS + 8)?,
     ))
 }
 
-/// The name in a NUL-padded field, if it is well formed.
-fn field_name(field: &[u8]) -> Option<&str> {
-    let len = field.iter().position(|&b| b == 0)?;
-    let (name, pad) = field.split_at(len);
-    if name.is_empty() || pad.iter().any(|&b| b != 0) {
+/// The name entry `entry` points at, if it is well formed: inside the blob,
+/// 1 to [`NAME_MAX`] bytes of UTF-8 without NULs, with the entry's reserved
+/// bytes zero.
+fn entry_name<'a>(blob: &'a [u8], entry: &[u8]) -> Option<&'a str> {
+    let offset = usize::try_from(le64(entry, 0)?).ok()?;
+    let len = usize::try_from(le64(entry, 8)?).ok()?;
+    if !(1..=NAME_MAX).contains(&len) || entry.get(16..DATA_FIELDS)?.iter().any(|&b| b != 0) {
         return None;
     }
-    core::str::from_utf8(name).ok()
+    let name = core::str::from_utf8(blob.get(offset..offset.checked_add(len)?)?).ok()?;
+    (!name.contains('\0')).then_some(name)
 }
 
 impl<'a> Bundle<'a> {
@@ -159,9 +168,9 @@ impl<'a> Bundle<'a> {
             return Err(BundleError::TableOutOfBounds);
         }
         for index in 0..count {
-            let (field, offset, size) =
+            let (name, offset, size) =
                 raw_entry(blob, index).ok_or(BundleError::TableOutOfBounds)?;
-            let name = field_name(field).ok_or(BundleError::BadName { index })?;
+            let name = name.ok_or(BundleError::BadName { index })?;
             if !offset.is_multiple_of(DATA_ALIGN as u64) || offset < table_end as u64 {
                 return Err(BundleError::Misplaced { index, offset });
             }
@@ -176,10 +185,8 @@ impl<'a> Bundle<'a> {
                     len: blob.len(),
                 });
             }
-            let earlier = (0..index)
-                .filter_map(|i| raw_entry(blob, i))
-                .map(|(f, _, _)| f);
-            if earlier.into_iter().any(|f| field_name(f) == Some(name)) {
+            let mut earlier = (0..index).filter_map(|i| raw_entry(blob, i));
+            if earlier.any(|(n, _, _)| n == Some(name)) {
                 return Err(BundleError::DuplicateName(name.into()));
             }
         }
@@ -241,14 +248,12 @@ impl<'a> Iterator for Iter<'a> {
             let index = self.next;
             self.next += 1;
             // Checked by `parse`; a malformed entry is skipped, never a panic.
-            let Some((field, offset, size)) = raw_entry(self.blob, index) else {
+            let Some((name, offset, size)) = raw_entry(self.blob, index) else {
                 continue;
             };
-            let (Some(name), Ok(start), Ok(size)) = (
-                field_name(field),
-                usize::try_from(offset),
-                usize::try_from(size),
-            ) else {
+            let (Some(name), Ok(start), Ok(size)) =
+                (name, usize::try_from(offset), usize::try_from(size))
+            else {
                 continue;
             };
             if let Some(data) = start
@@ -280,18 +285,25 @@ pub fn pack(entries: &[(&str, &[u8])]) -> Result<Vec<u8>, BundleError> {
         }
     }
     let align = |n: usize| n.next_multiple_of(DATA_ALIGN);
+    let table_end = HEADER_SIZE + entries.len() * ENTRY_SIZE;
+    let names_len: usize = entries.iter().map(|(n, _)| n.len()).sum();
     let mut out = Vec::new();
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
-    let mut offset = align(HEADER_SIZE + entries.len() * ENTRY_SIZE);
+    let mut name_at = table_end;
+    let mut offset = align(table_end + names_len);
     for (name, data) in entries {
-        let mut field = [0u8; NAME_FIELD];
-        field[..name.len()].copy_from_slice(name.as_bytes());
-        out.extend_from_slice(&field);
+        out.extend_from_slice(&(name_at as u64).to_le_bytes());
+        out.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        out.extend_from_slice(&[0u8; DATA_FIELDS - 16]);
         out.extend_from_slice(&(offset as u64).to_le_bytes());
         out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        name_at += name.len();
         offset = align(offset + data.len());
+    }
+    for (name, _) in entries {
+        out.extend_from_slice(name.as_bytes());
     }
     for (_, data) in entries {
         out.resize(align(out.len()), 0);
@@ -314,7 +326,7 @@ mod tests {
             ("empty", b""),
         ])
         .unwrap();
-        assert_eq!(&blob[..8], b"HYPBNDL1");
+        assert_eq!(&blob[..8], b"HYPBNDL2");
         assert_eq!(u32::from_le_bytes(blob[8..12].try_into().unwrap()), 3);
         let b = Bundle::parse(&blob).unwrap();
         assert_eq!(b.len(), 3);
@@ -325,9 +337,9 @@ mod tests {
         let names: Vec<&str> = b.iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["scenario", "target/k", "empty"]);
         // Data is 4 KiB aligned: the first entry starts right after the table page.
-        assert_eq!(le64(&blob, HEADER_SIZE + NAME_FIELD), Some(4096));
+        assert_eq!(le64(&blob, HEADER_SIZE + DATA_FIELDS), Some(4096));
         assert_eq!(
-            le64(&blob, HEADER_SIZE + ENTRY_SIZE + NAME_FIELD),
+            le64(&blob, HEADER_SIZE + ENTRY_SIZE + DATA_FIELDS),
             Some(8192)
         );
         assert!(Bundle::parse(&pack(&[]).unwrap()).unwrap().is_empty());
@@ -335,13 +347,24 @@ mod tests {
 
     #[test]
     fn pack_refuses_bad_names() {
-        let long = "x".repeat(48);
+        // Names as long as a path may be: the directory of a deep checkout.
+        let long = "d/".repeat(2047) + "k";
+        assert_eq!(long.len(), NAME_MAX);
+        let blob = pack(&[(&long, b"kernel")]).unwrap();
         assert_eq!(
-            pack(&[(&long, b"")]),
-            Err(BundleError::NameTooLong(long.clone()))
+            Bundle::parse(&blob).unwrap().get(&long),
+            Some(&b"kernel"[..])
         );
-        assert!(pack(&[(&long[..47], b"")]).is_ok());
+        let longer = long.clone() + "x";
+        assert_eq!(
+            pack(&[(&longer, b"")]),
+            Err(BundleError::NameTooLong(longer.clone()))
+        );
         assert_eq!(pack(&[("", b"")]), Err(BundleError::NameTooLong("".into())));
+        assert_eq!(
+            pack(&[("a\0b", b"")]),
+            Err(BundleError::NameTooLong("a\0b".into()))
+        );
         assert_eq!(
             pack(&[("a", b""), ("a", b"")]),
             Err(BundleError::DuplicateName("a".into()))
@@ -377,7 +400,7 @@ mod tests {
             Bundle::parse(&b).unwrap_err(),
             BundleError::TableOutOfBounds
         );
-        let off = HEADER_SIZE + ENTRY_SIZE + NAME_FIELD;
+        let off = HEADER_SIZE + ENTRY_SIZE + DATA_FIELDS;
         let mut b = good.clone();
         set64(&mut b, off, u64::MAX - 4095);
         assert!(matches!(
@@ -408,29 +431,39 @@ mod tests {
                 offset: 0
             }
         );
+        // Entry 1's name points at entry 0's: a duplicate.
         let mut b = good.clone();
-        b[HEADER_SIZE + ENTRY_SIZE] = b'a';
+        let first_name = le64(&good, HEADER_SIZE).unwrap();
+        set64(&mut b, HEADER_SIZE + ENTRY_SIZE, first_name);
         assert_eq!(
             Bundle::parse(&b).unwrap_err(),
             BundleError::DuplicateName("a".into())
         );
-        let mut b = good.clone();
-        b[HEADER_SIZE + 5] = b'z'; // garbage after the NUL
-        assert_eq!(
-            Bundle::parse(&b).unwrap_err(),
-            BundleError::BadName { index: 0 }
-        );
-        let mut b = good.clone();
-        b[HEADER_SIZE..HEADER_SIZE + NAME_FIELD].fill(b'n'); // no NUL
-        assert_eq!(
-            Bundle::parse(&b).unwrap_err(),
-            BundleError::BadName { index: 0 }
-        );
-        let mut b = good.clone();
-        b[HEADER_SIZE] = 0xff; // not UTF-8
-        assert_eq!(
-            Bundle::parse(&b).unwrap_err(),
-            BundleError::BadName { index: 0 }
-        );
+        for (field, value) in [
+            (0, u64::MAX),          // name offset outside the blob
+            (0, good.len() as u64), // name runs past the end
+            (8, 0),                 // empty name
+            (8, NAME_MAX as u64 + 1),
+            (8, u64::MAX),
+            (16, 1), // reserved bytes not zero
+            (40, 1 << 63),
+        ] {
+            let mut b = good.clone();
+            set64(&mut b, HEADER_SIZE + field, value);
+            assert_eq!(
+                Bundle::parse(&b).unwrap_err(),
+                BundleError::BadName { index: 0 },
+                "field {field} = {value:#x}"
+            );
+        }
+        // A name holding a NUL, or not UTF-8.
+        for byte in [0u8, 0xff] {
+            let mut b = good.clone();
+            b[first_name as usize] = byte;
+            assert_eq!(
+                Bundle::parse(&b).unwrap_err(),
+                BundleError::BadName { index: 0 }
+            );
+        }
     }
 }

@@ -139,7 +139,7 @@ fn check_vm(vm: &VmSpec) -> Result<(), ErrorKind> {
         let why = if path.is_empty() {
             Some("is empty")
         } else if path.len() > bundle::NAME_MAX {
-            Some("is longer than the 47 bytes a boot bundle entry name holds")
+            Some("is longer than the 4095 bytes a boot bundle entry name holds")
         } else if path == bundle::SCENARIO || path.contains('\0') {
             Some("is not a usable file name")
         } else {
@@ -348,8 +348,12 @@ mod tests {
             error(&scenario(vec![v])),
             "line 10: vm \"a\": kernel path \"\" is empty"
         );
+        // Long paths are fine (a deep checkout), up to what a path may be.
         let mut v = vm("a", 1, 2 * M);
-        v.initrd = Some("x".repeat(48));
+        v.initrd = Some("d/".repeat(100) + "initrd");
+        assert!(validate(&scenario(vec![v])).is_ok());
+        let mut v = vm("a", 1, 2 * M);
+        v.initrd = Some("x".repeat(4096));
         assert!(error(&scenario(vec![v])).contains("initrd path \"xxx"));
         let mut v = vm("a", 1, 2 * M);
         v.kernel = "scenario".into();

@@ -3,18 +3,25 @@
 //! to a `.toml` file. A scenario that cannot run is reported as
 //! `scenario NAME: <error>` with exit status 2, before QEMU starts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let Some(root) = root() else {
+        eprintln!(
+            "hv-run: not inside a checkout of this repository (no guests/scenarios and hv in the \
+             current directory, the executable's, or any above them)"
+        );
+        return ExitCode::from(2);
+    };
     let mut args = std::env::args().skip(1);
     let Some(arg) = args.next() else {
         eprintln!("usage: hv-run SCENARIO [QEMU ARGS...]");
-        eprintln!("scenarios: {}", qemu_runner::available(&root()).join(" "));
+        eprintln!("scenarios: {}", qemu_runner::available(&root).join(" "));
         return ExitCode::from(2);
     };
     let extra: Vec<String> = args.collect();
-    let mut cmd = match qemu_runner::prepare(&root(), &arg, &extra) {
+    let mut cmd = match qemu_runner::prepare(&root, &arg, &extra) {
         Ok(cmd) => cmd,
         Err(e) => {
             eprintln!("scenario {}: {e}", qemu_runner::scenario_name(&arg));
@@ -24,9 +31,21 @@ fn main() -> ExitCode {
     run(&mut cmd)
 }
 
-/// The repository root this binary was built in.
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+/// The checkout this runs in: the current directory or the nearest of its
+/// ancestors that holds `guests/scenarios` and `hv`, else the nearest such
+/// ancestor of the executable (`target/debug/hv-run` run from elsewhere).
+/// Never the directory it was compiled in: a copied checkout boots its own
+/// images.
+fn root() -> Option<PathBuf> {
+    let is_root = |d: &Path| d.join("guests/scenarios").is_dir() && d.join("hv").is_file();
+    let cwd = std::env::current_dir().ok();
+    let exe = std::env::current_exe().ok();
+    [cwd, exe].into_iter().flatten().find_map(|start| {
+        start
+            .ancestors()
+            .find(|d| is_root(d))
+            .map(Path::to_path_buf)
+    })
 }
 
 /// Replaces this process with QEMU, so signals and the terminal go straight

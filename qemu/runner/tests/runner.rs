@@ -20,7 +20,7 @@ struct Root(PathBuf);
 impl Root {
     fn new(scenarios: &[(&str, &str)]) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "hv-runner-test-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
