@@ -35,12 +35,27 @@ if [ ${#missing[@]} -gt 0 ] || [ $qemu_ok -eq 0 ]; then
         echo 'deb http://deb.debian.org/debian bookworm-backports main' | need_root tee "$backports" >/dev/null
     fi
     export DEBIAN_FRONTEND=noninteractive
-    need_root apt-get update -q
+    # apt's output goes to a log; one line per step here, the log on failure.
+    mkdir -p target
+    log=target/setup-apt.log
+    : >"$log"
+    apt_quiet() {
+        if ! need_root "$@" >>"$log" 2>&1; then
+            echo "setup: failed: $*; its output:" >&2
+            tail -n 40 "$log" >&2
+            exit 1
+        fi
+    }
+    echo "setup: apt-get update"
+    apt_quiet apt-get update -q
     if [ ${#missing[@]} -gt 0 ]; then
-        need_root apt-get install -y -q --no-install-recommends "${missing[@]}"
+        echo "setup: apt-get install ${missing[*]}"
+        apt_quiet apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
     if [ $qemu_ok -eq 0 ]; then
-        need_root apt-get install -y -q --no-install-recommends -t bookworm-backports \
+        echo "setup: apt-get install -t bookworm-backports qemu-system-arm ipxe-qemu"
+        apt_quiet apt-get install -y -q --no-install-recommends -t bookworm-backports \
             qemu-system-arm ipxe-qemu
     fi
+    echo "setup: done (apt's output: $log)"
 fi

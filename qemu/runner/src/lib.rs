@@ -335,3 +335,49 @@ pub fn prepare_run(
         own_bundle: (!cmdline.is_empty()).then_some(bundle),
     })
 }
+
+/// What the guests' own checks said, from the console lines they print
+/// (`[VM] checks: N run, M failed`, the summary every test guest ends
+/// with; `guests/README.md`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// (VM, checks run, checks failed), in the order the summaries came.
+    pub summaries: Vec<(String, u32, u32)>,
+}
+
+impl Verdict {
+    /// Takes one console line.
+    pub fn line(&mut self, line: &str) {
+        let Some(at) = line.find("checks: ") else {
+            return;
+        };
+        let vm = line[..at]
+            .trim()
+            .strip_prefix('[')
+            .and_then(|l| l.strip_suffix(']'))
+            .unwrap_or("")
+            .to_string();
+        let rest = &line[at + "checks: ".len()..];
+        let mut words = rest.split_whitespace();
+        let (Some(run), Some("run,"), Some(failed), Some("failed")) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            return;
+        };
+        if let (Ok(run), Ok(failed)) = (run.parse(), failed.parse()) {
+            self.summaries.push((vm, run, failed));
+        }
+    }
+
+    /// One line per VM whose checks failed.
+    pub fn failures(&self) -> Vec<String> {
+        self.summaries
+            .iter()
+            .filter(|(_, _, failed)| *failed > 0)
+            .map(|(vm, run, failed)| match vm.as_str() {
+                "" => format!("a guest: {failed} of {run} checks failed"),
+                vm => format!("VM {vm}: {failed} of {run} checks failed"),
+            })
+            .collect()
+    }
+}

@@ -305,3 +305,32 @@ fn hv_run_exits_2_with_the_scenario_name() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("selftest"));
 }
+
+#[test]
+fn the_verdict_comes_from_the_guests_check_summaries() {
+    let mut v = qemu_runner::Verdict::default();
+    for line in [
+        "[linux] check all-cpus-online: pass online 0-1",
+        "[linux] checks: 3 run, 0 failed",
+        "[attacker] checks: 10 run, 2 failed",
+        "[b] guest: checks: pending",
+        "checks: 1 run, 1 failed",
+    ] {
+        v.line(line);
+    }
+    assert_eq!(
+        v.summaries,
+        [
+            ("linux".to_string(), 3, 0),
+            ("attacker".to_string(), 10, 2),
+            (String::new(), 1, 1)
+        ]
+    );
+    assert_eq!(
+        v.failures(),
+        [
+            "VM attacker: 2 of 10 checks failed",
+            "a guest: 1 of 1 checks failed"
+        ]
+    );
+}
