@@ -260,6 +260,16 @@ fn vsmmu_linux_net_strict() {
     b.reject("vSMMU: installing");
 }
 
+/// The same in lazy invalidation mode: the guest batches its unmaps into
+/// flush-queue invalidations.
+#[test]
+fn vsmmu_linux_net_lazy() {
+    let b = linux_net("vsmmu-net-lazy");
+    b.expect("iommu: DMA domain TLB invalidation policy: lazy mode");
+    b.expect("vSMMU: vsid 0x8 -> sid 0x8: nested (guest CD table at IPA");
+    b.reject("vSMMU: installing");
+}
+
 #[test]
 fn linux_nvme_intx() {
     // The guest turns MSI off (`pci=nomsi`): its NVMe falls back to the
