@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates target/disks/nvme.img (16 MiB): 4 MiB of deterministic text at the
-# start, zeros after. The linux-nvme scenario passes the sha256 of those
+# start, zeros after (and one such image per scenario that writes one), the
+# benchmark's bench.img and the flood attacker's flood.img. The linux-nvme scenario passes the sha256 of those
 # 4 MiB to the guest as nvme.expect=; the guest checks what it reads.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,4 +20,8 @@ if [ "$(stat -c %s "$bench" 2>/dev/null || echo 0)" != 268435456 ]; then
     head -c 268435456 < <(yes "smmuhyp: NVMe read benchmark data, not sparse, so QEMU really reads it") >"$bench.new"
     mv "$bench.new" "$bench"
 fi
+# The disk of nvme-fault-neighbour's attacker, whose controller is never
+# asked for a block: 1 MiB of zeros.
+flood=target/disks/flood.img
+[ -e "$flood" ] || truncate -s 1M "$flood"
 echo "nvme disks: target/disks/{nvme,nvme-intx,isolation,vsmmu-*}.img, first 4 MiB sha256 $(head -c 4194304 "$img" | sha256sum | cut -d' ' -f1)"

@@ -385,6 +385,17 @@ pub fn boot_typing(
     run(scenario, extra, &[], timeout, script)
 }
 
+/// Like [`boot_with_cmdline`], typing `script` on the console as
+/// [`boot_typing`] does.
+pub fn boot_with_cmdline_typing(
+    scenario: &str,
+    cmdline: &[(&str, &str)],
+    timeout: Duration,
+    script: &[(&str, &[u8])],
+) -> Boot {
+    run(scenario, &[], cmdline, timeout, script)
+}
+
 /// Removes a run's own boot bundle when dropped (QEMU has exited or been
 /// killed by then).
 struct OwnBundle(Option<PathBuf>);

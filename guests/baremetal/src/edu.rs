@@ -161,7 +161,9 @@ impl ReadOutcome {
 }
 
 #[cfg(target_os = "none")]
-pub use hw::{config_read, config_write, find_device, host_or_report, Edu, EduError};
+pub use hw::{
+    bar0, config_read, config_write, enable, find_device, host_or_report, BarError, Edu, EduError,
+};
 
 #[cfg(target_os = "none")]
 mod hw {
@@ -272,6 +274,64 @@ mod hw {
         (0..32u8).find(|&d| config_read(host, d, CFG_ID) == id)
     }
 
+    /// Why a function's BAR0 cannot be used.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum BarError {
+        /// BAR0 is unassigned and there is no window it fits in.
+        NoRoom,
+        /// BAR0 did not take the address we wrote.
+        Refused(u64),
+    }
+
+    /// BAR0 of bus 0 `device` (function 0): its address and whether we
+    /// placed it. An unassigned BAR0 (bare QEMU has no firmware to place
+    /// it; under the hypervisor it is placed and never moved) goes at the
+    /// first aligned place in the 32-bit window, checked to have taken it.
+    pub fn bar0(host: &PciHost, device: u8) -> Result<(u64, bool), BarError> {
+        let lo = config_read(host, device, CFG_BAR0);
+        let hi = if bar_is_64(lo) {
+            config_read(host, device, CFG_BAR0 + 4)
+        } else {
+            0
+        };
+        let at = bar_address(lo, hi);
+        if at != 0 {
+            return Ok((at, false));
+        }
+        config_write(host, device, CFG_BAR0, u32::MAX);
+        let mask = config_read(host, device, CFG_BAR0);
+        let at = bar_size(mask)
+            .zip(host.mmio)
+            .and_then(|(size, window)| place_bar(window, size))
+            .filter(|&at| at >> 32 == 0);
+        let Some(at) = at else {
+            config_write(host, device, CFG_BAR0, lo);
+            return Err(BarError::NoRoom);
+        };
+        config_write(host, device, CFG_BAR0, at as u32);
+        if bar_is_64(lo) {
+            config_write(host, device, CFG_BAR0 + 4, 0);
+        }
+        let now = config_read(host, device, CFG_BAR0);
+        if bar_address(now, 0) != at {
+            return Err(BarError::Refused(at));
+        }
+        Ok((at, true))
+    }
+
+    /// Turns on memory decoding and bus mastering of bus 0 `device`, with
+    /// the `extra` command bits.
+    pub fn enable(host: &PciHost, device: u8, extra: u32) {
+        let cmd = config_read(host, device, CFG_COMMAND) & 0xffff;
+        // Status (the high half) is write-one-to-clear: write zeros there.
+        config_write(
+            host,
+            device,
+            CFG_COMMAND,
+            cmd | CMD_MEMORY | CMD_BUS_MASTER | extra,
+        );
+    }
+
     fn counter() -> u64 {
         barrier::isb(barrier::SY);
         CNTVCT_EL0.get()
@@ -285,20 +345,11 @@ mod hw {
         /// and bus mastering, and checks the ID register.
         pub fn probe(host: &PciHost) -> Result<Self, EduError> {
             let device = find_device(host, EDU_VENDOR, EDU_DEVICE).ok_or(EduError::NotFound)?;
-            let lo = config_read(host, device, CFG_BAR0);
-            let hi = if bar_is_64(lo) {
-                config_read(host, device, CFG_BAR0 + 4)
-            } else {
-                0
-            };
-            let mut bar0 = bar_address(lo, hi);
-            let placed = bar0 == 0;
-            if placed {
-                bar0 = Self::place(host, device, lo)?;
-            }
-            let cmd = config_read(host, device, CFG_COMMAND) & 0xffff;
-            // Status (the high half) is write-one-to-clear: write zeros there.
-            config_write(host, device, CFG_COMMAND, cmd | CMD_MEMORY | CMD_BUS_MASTER);
+            let (bar0, placed) = bar0(host, device).map_err(|e| match e {
+                BarError::NoRoom => EduError::NoRoom,
+                BarError::Refused(at) => EduError::BarRefused(at),
+            })?;
+            enable(host, device, 0);
             let edu = Edu {
                 device,
                 bar0,
@@ -309,30 +360,6 @@ mod hw {
                 return Err(EduError::BadId(id));
             }
             Ok(edu)
-        }
-
-        /// Sizes BAR0 and puts it at the first aligned place in the 32-bit
-        /// window; checks that it took the address.
-        fn place(host: &PciHost, device: u8, lo: u32) -> Result<u64, EduError> {
-            config_write(host, device, CFG_BAR0, u32::MAX);
-            let mask = config_read(host, device, CFG_BAR0);
-            let at = bar_size(mask)
-                .zip(host.mmio)
-                .and_then(|(size, window)| place_bar(window, size))
-                .filter(|&at| at >> 32 == 0);
-            let Some(at) = at else {
-                config_write(host, device, CFG_BAR0, lo);
-                return Err(EduError::NoRoom);
-            };
-            config_write(host, device, CFG_BAR0, at as u32);
-            if bar_is_64(lo) {
-                config_write(host, device, CFG_BAR0 + 4, 0);
-            }
-            let now = config_read(host, device, CFG_BAR0);
-            if bar_address(now, 0) != at {
-                return Err(EduError::BarRefused(at));
-            }
-            Ok(at)
         }
 
         fn read32(&self, reg: u64) -> u32 {

@@ -34,6 +34,12 @@
 //!   capability with hostile messages (own RAM, outside RAM, GICD_SETSPI_NSR,
 //!   the ITS's registers, events not granted or discarded) and checks that
 //!   only its own mapped event raises its LPI (see `msi/attack.rs`).
+//! - `nvme_fault_flood=SECONDS` [`nvme_flood_identify`] [`nvme_flood_own`]:
+//!   brings up its NVMe controller and keeps its admin queue full of
+//!   commands (Get Log Page of 4 bytes, or Identify of 4 KiB) whose data
+//!   buffer lies outside its RAM (with `nvme_flood_own`, in it), a DMA the
+//!   SMMU aborts each, for SECONDS or until a key arrives on its console
+//!   (see [`nvmeflood`]).
 //!
 //! Every run ends with the summary line `checks: N run, M failed` (also
 //! after an unexpected exception or a panic, each a failed check), then
@@ -64,6 +70,7 @@ mod gic;
 mod mmio;
 mod msi;
 mod nested;
+mod nvmeflood;
 
 use edu::Targets;
 use flat_device_tree::node::FdtNode;
@@ -97,6 +104,9 @@ enum Action<'a> {
     EduMsi,
     /// Aim the `edu`'s MSI at hostile places and check what follows.
     EduMsiAttack,
+    /// Flood the NVMe controller with commands whose DMA faults, for this
+    /// many seconds.
+    NvmeFaultFlood(u64),
 }
 
 /// The guest's command line (`/chosen/bootargs`), decoded.
@@ -111,6 +121,10 @@ struct Args<'a> {
     tick_ms: u64,
     /// `edu_flood=N`: how many times each DMA write attack is issued.
     edu_flood: u64,
+    /// `nvme_flood_own`: the NVMe flood's buffer is in its own RAM.
+    nvme_flood_own: bool,
+    /// `nvme_flood_identify`: the NVMe flood submits Identify commands.
+    nvme_flood_identify: bool,
 }
 
 impl<'a> Args<'a> {
@@ -122,6 +136,8 @@ impl<'a> Args<'a> {
             action: Action::Done,
             tick_ms: DEFAULT_TICK_MS,
             edu_flood: 1,
+            nvme_flood_own: false,
+            nvme_flood_identify: false,
         };
         for word in bootargs.split_ascii_whitespace() {
             match word.split_once('=') {
@@ -151,6 +167,11 @@ impl<'a> Args<'a> {
                         args.action = Action::BarPage(vendor, device);
                     }
                 }
+                Some(("nvme_fault_flood", v)) => {
+                    if let Ok(s) = v.parse() {
+                        args.action = Action::NvmeFaultFlood(s);
+                    }
+                }
                 Some(("edu_flood", v)) => {
                     if let Ok(n) = v.parse() {
                         args.edu_flood = n;
@@ -160,6 +181,8 @@ impl<'a> Args<'a> {
                 None if word == "vsmmu_edu" => args.action = Action::VsmmuEdu,
                 None if word == "edu_msi" => args.action = Action::EduMsi,
                 None if word == "edu_msi_attack" => args.action = Action::EduMsiAttack,
+                None if word == "nvme_flood_own" => args.nvme_flood_own = true,
+                None if word == "nvme_flood_identify" => args.nvme_flood_identify = true,
                 _ => {}
             }
         }
@@ -287,6 +310,7 @@ mod hw {
     use super::checks::{self, check};
     use super::console::UART;
     use super::edu::{host_or_report, Edu, EduError, ReadOutcome, Targets, DMA_LEN};
+    use super::nvmeflood::FloodCommand;
     use super::{is_same_el_data_abort, is_sync_external_abort, Action, Args, Board, Conduit};
     use aarch64_cpu::asm::barrier;
     use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
@@ -502,6 +526,17 @@ mod hw {
             Action::BarPage(vendor, device) => super::barpage::run(&fdt, vendor, device),
             Action::EduMsi => super::msi::run(&fdt),
             Action::EduMsiAttack => super::msi::attack(&fdt, board.ram),
+            Action::NvmeFaultFlood(seconds) => super::nvmeflood::run(
+                &fdt,
+                board.ram,
+                seconds,
+                args.nvme_flood_own,
+                if args.nvme_flood_identify {
+                    FloodCommand::Identify
+                } else {
+                    FloodCommand::LogDword
+                },
+            ),
         }
         checks::close();
         say!("guest: done");
@@ -584,6 +619,13 @@ mod tests {
             Action::BarPage(0x8086, 0x25ab)
         );
         assert_eq!(Args::parse("bar_page=8086").action, Action::Done);
+        let a = Args::parse("name=a nvme_fault_flood=30");
+        assert_eq!(a.action, Action::NvmeFaultFlood(30));
+        assert!(!a.nvme_flood_own);
+        assert!(!a.nvme_flood_identify);
+        let b = Args::parse("nvme_flood_own nvme_flood_identify nvme_fault_flood=1");
+        assert!(b.nvme_flood_own && b.nvme_flood_identify);
+        assert_eq!(Args::parse("nvme_fault_flood=x").action, Action::Done);
         let b = Args::parse("count=x tick_ms=-1 bad_access=1 name=");
         assert_eq!(b.action, Action::Done);
         assert_eq!(b.tick_ms, DEFAULT_TICK_MS);
