@@ -14,15 +14,26 @@
 //! SMMUv3, the guest's `arm-smmu-v3` in strict and in lazy invalidation
 //! mode (the reference for nested translation); the device passed through
 //! with stage-2 translation only; and behind the guest's vSMMU (nested),
-//! strict and lazy. Stage-2 passthrough is compared with bare QEMU, each
-//! nested mode with bare QEMU's own SMMU in the same mode.
+//! strict and lazy; and stage-2 passthrough next to a VM whose own NVMe
+//! faults continuously (scenario `nvme-fault-neighbour`: Get Log Page
+//! commands whose buffer lies outside its RAM, each a DMA write the SMMU
+//! aborts, from before the Linux VM boots until it has finished), and next
+//! to the same VM sending the same commands to its own RAM (its NVMe as
+//! busy, without a fault). Stage-2 passthrough is compared with bare QEMU,
+//! each nested mode with bare QEMU's own SMMU in the same mode, the
+//! neighbour configurations with stage-2 passthrough and the faulting one
+//! also with the fault-free one; for the neighbours the bench also prints
+//! the neighbour's commands per second and the faults the hypervisor
+//! counted.
 //!
 //! TCG timings are noisy: only ratios measured in one run mean anything.
 //! `cargo bench -p scenario-tests --bench nvme_read` after `./hv build` and
 //! the guest fetch (`./hv bench` does it all); `-- --test` runs each
-//! configuration once with short workloads.
+//! configuration once with short workloads; other arguments choose the
+//! configurations whose names contain one of them (`-- "stage-2
+//! passthrough"`: the three stage-2 ones).
 
-use scenario_tests::median;
+use scenario_tests::{boot_with_cmdline_typing, median, TIMEOUT};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -80,7 +91,11 @@ fn run(mut cmd: Command, name: &str) -> (Workload, Workload) {
         .stderr(Stdio::null())
         .output()
         .expect("cannot start QEMU");
-    let text = String::from_utf8_lossy(&out.stdout);
+    results(&String::from_utf8_lossy(&out.stdout), name)
+}
+
+/// The (4 KiB random, 1 MiB sequential) workloads a console shows.
+fn results(text: &str, name: &str) -> (Workload, Workload) {
     let mut lines = text
         .lines()
         .filter(|l| l.contains("nvme-bench: disk-bench:"));
@@ -93,6 +108,51 @@ fn run(mut cmd: Command, name: &str) -> (Workload, Workload) {
     let small = next("4 KiB");
     let large = next("1 MiB");
     (small, large)
+}
+
+/// What the neighbour did while the Linux VM ran its workloads.
+#[derive(Clone, Copy, Debug, Default)]
+struct Neighbour {
+    /// NVMe commands per second.
+    commands_s: f64,
+    /// Faulting DMA accesses the hypervisor counted, per second.
+    faults_s: f64,
+}
+
+/// `nvme-fault-neighbour` with the workloads' sizes on the Linux VM's
+/// command line, the neighbour's commands aimed at its own RAM with
+/// `own_ram`. The neighbour floods until the Linux VM has finished: then
+/// a key typed to it (Ctrl-] 1, then any key) ends the flood.
+fn neighbour(own_ram: bool, smoke: bool, name: &str) -> ((Workload, Workload), Neighbour) {
+    let mut cmdline = vec![("linux", sizes(smoke))];
+    if own_ram {
+        cmdline.push(("attacker", "nvme_flood_own"));
+    }
+    let b = boot_with_cmdline_typing(
+        "nvme-fault-neighbour",
+        &cmdline,
+        TIMEOUT,
+        &[
+            ("[linux] checks: ", b"\x1d1"),
+            ("[hyp] console input goes to VM attacker", b"x"),
+        ],
+    );
+    b.assert_exit(0);
+    let flood = b.checks("attacker").detail("nvme-flood-ran").to_string();
+    let number = |text: &str, word: &str| {
+        number_before(text, word).unwrap_or_else(|| panic!("{name}: no{word} in {text:?}"))
+    };
+    let seconds = number(&flood, " ms,") / 1000.0;
+    let faults = b
+        .console
+        .lines()
+        .find(|l| l.contains("VM attacker: PCI 00:02.0 (sid 0x10) made"))
+        .map_or(0.0, |l| number(l, " faulting DMA accesses"));
+    let n = Neighbour {
+        commands_s: number(&flood, " commands submitted") / seconds,
+        faults_s: faults / seconds,
+    };
+    (results(&b.console, name), n)
 }
 
 /// The kernel command line's benchmark words: the workloads' sizes.
@@ -141,43 +201,73 @@ fn hypervisor(scenario: &str, smoke: bool) -> (Command, Option<PathBuf>) {
     (p.command, p.own_bundle)
 }
 
+/// How a configuration runs: bare QEMU, a scenario under the hypervisor,
+/// or `nvme-fault-neighbour` (with `own_ram` the neighbour's commands go
+/// to its own RAM).
 #[derive(Clone, Copy)]
 enum Config {
     Bare { smmu: Option<bool> },
     Hypervisor(&'static str),
+    Neighbour { own_ram: bool },
 }
 
 fn main() {
     let smoke = std::env::args().any(|a| a == "--test");
+    // Names to choose configurations by (cargo adds --bench).
+    let chosen: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let runs = if smoke { 1 } else { 5 };
-    // (name, configuration, index of the configuration it is compared with)
-    let configs: [(&str, Config, usize); 6] = [
-        ("bare QEMU", Config::Bare { smmu: None }, 0),
+    // (name, configuration, indices of the configurations it is compared
+    // with)
+    let configs: [(&str, Config, &[usize]); 8] = [
+        ("bare QEMU", Config::Bare { smmu: None }, &[]),
         (
             "bare QEMU + SMMUv3, strict",
             Config::Bare { smmu: Some(true) },
-            0,
+            &[0],
         ),
         (
             "bare QEMU + SMMUv3, lazy",
             Config::Bare { smmu: Some(false) },
-            0,
+            &[0],
         ),
-        ("stage-2 passthrough", Config::Hypervisor("nvme-bench"), 0),
+        (
+            "stage-2 passthrough",
+            Config::Hypervisor("nvme-bench"),
+            &[0],
+        ),
         (
             "nested, strict",
             Config::Hypervisor("nvme-bench-vsmmu-strict"),
-            1,
+            &[1],
         ),
         (
             "nested, lazy",
             Config::Hypervisor("nvme-bench-vsmmu-lazy"),
-            2,
+            &[2],
+        ),
+        (
+            "stage-2 passthrough, neighbour faulting continuously",
+            Config::Neighbour { own_ram: false },
+            &[3, 7],
+        ),
+        (
+            "stage-2 passthrough, neighbour's NVMe as busy without faults",
+            Config::Neighbour { own_ram: true },
+            &[3],
         ),
     ];
+    let runs_config =
+        |name: &str| chosen.is_empty() || chosen.iter().any(|c| name.contains(c.as_str()));
     let mut results: Vec<Vec<(Workload, Workload)>> = configs.iter().map(|_| Vec::new()).collect();
+    let mut neighbours: Vec<Vec<Neighbour>> = configs.iter().map(|_| Vec::new()).collect();
     for i in 0..runs {
         for (c, &(name, config, _)) in configs.iter().enumerate() {
+            if !runs_config(name) {
+                continue;
+            }
             let r = match config {
                 Config::Bare { smmu } => run(bare_qemu(smmu, smoke), name),
                 Config::Hypervisor(scenario) => {
@@ -186,16 +276,23 @@ fn main() {
                     if let Some(b) = bundle {
                         let _ = std::fs::remove_file(b);
                     }
-                    // The counters page must work: a run under the
-                    // hypervisor always traps during a workload (at least
-                    // its own counter reads).
-                    assert!(
-                        r.0.traps > 0.0 && r.1.traps > 0.0,
-                        "{name}: no trap count from the guest's counters page"
-                    );
+                    r
+                }
+                Config::Neighbour { own_ram } => {
+                    let (r, n) = neighbour(own_ram, smoke, name);
+                    neighbours[c].push(n);
                     r
                 }
             };
+            if !matches!(config, Config::Bare { .. }) {
+                // The counters page must work: a run under the hypervisor
+                // always traps during a workload (at least its own counter
+                // reads).
+                assert!(
+                    r.0.traps > 0.0 && r.1.traps > 0.0,
+                    "{name}: no trap count from the guest's counters page"
+                );
+            }
             println!(
                 "run {}: {name}: 4 KiB random {:.0} IOPS, 1 MiB sequential {:.1} MiB/s",
                 i + 1,
@@ -210,21 +307,36 @@ fn main() {
     };
     println!(
         "NVMe O_DIRECT reads, one at a time, median of {runs} interleaved runs; \
-         ratios against the configuration in brackets:"
+         ratios against the configurations in brackets:"
     );
-    for (c, &(name, config, base)) in configs.iter().enumerate() {
+    for (c, &(name, config, bases)) in configs.iter().enumerate() {
+        if results[c].is_empty() {
+            continue;
+        }
+        let bases: Vec<usize> = bases
+            .iter()
+            .copied()
+            .filter(|&b| !results[b].is_empty())
+            .collect();
+        let ratios = |f: &dyn Fn(&(Workload, Workload)) -> f64| {
+            let mine = med(c, f);
+            bases
+                .iter()
+                .map(|&b| format!("{:.2}x", mine / med(b, f)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let iops = med(c, &|r| r.0.iops());
         let mib_s = med(c, &|r| r.1.mib_s());
         let mut line = format!("  {name}: 4 KiB random {iops:.0} IOPS");
-        if c != base {
-            line += &format!(" ({:.2}x)", iops / med(base, &|r| r.0.iops()));
+        if !bases.is_empty() {
+            line += &format!(" ({})", ratios(&|r| r.0.iops()));
         }
         line += &format!(", 1 MiB sequential {mib_s:.1} MiB/s");
-        if c != base {
-            line += &format!(" ({:.2}x)", mib_s / med(base, &|r| r.1.mib_s()));
-        }
-        if c != base {
-            line += &format!(" [{}]", configs[base].0);
+        if !bases.is_empty() {
+            line += &format!(" ({})", ratios(&|r| r.1.mib_s()));
+            let names: Vec<&str> = bases.iter().map(|&b| configs[b].0).collect();
+            line += &format!(" [{}]", names.join("; "));
         }
         println!("{line}");
         let per = |w: &dyn Fn(&Workload) -> f64, small: bool| {
@@ -233,18 +345,19 @@ fn main() {
                 w(w0) / w0.reads
             })
         };
+        let hypervisor = !matches!(config, Config::Bare { .. });
         let mut line = format!(
             "      per 4 KiB read: {:.2} interrupts",
             per(&|w| w.interrupts, true)
         );
-        if let Config::Hypervisor(_) = config {
+        if hypervisor {
             line += &format!(", {:.2} traps", per(&|w| w.traps, true));
         }
         line += &format!(
             "; per 1 MiB read: {:.2} interrupts",
             per(&|w| w.interrupts, false)
         );
-        if let Config::Hypervisor(_) = config {
+        if hypervisor {
             line += &format!(", {:.2} traps", per(&|w| w.traps, false));
             let g = med(c, &|r| r.0.guest_commands + r.1.guest_commands);
             let p = med(c, &|r| r.0.physical_commands + r.1.physical_commands);
@@ -256,5 +369,15 @@ fn main() {
             }
         }
         println!("{line}");
+        if !neighbours[c].is_empty() {
+            let n_med = |f: &dyn Fn(&Neighbour) -> f64| {
+                median(&mut neighbours[c].iter().map(f).collect::<Vec<_>>())
+            };
+            println!(
+                "      neighbour: {:.0} NVMe commands/s, {:.0} faulting DMA accesses/s counted by the hypervisor",
+                n_med(&|n| n.commands_s),
+                n_med(&|n| n.faults_s)
+            );
+        }
     }
 }
