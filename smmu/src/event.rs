@@ -774,6 +774,23 @@ fn fmt_info(f: &mut fmt::Formatter<'_>, info: &FaultInfo) -> fmt::Result {
     Ok(())
 }
 
+/// The stream that raised the most of `events` (of a tie, the one counted
+/// last); None without events. Its work is bounded by the events times the
+/// distinct streams among them (at most one per PCI function).
+pub fn busiest_stream(events: &[Event]) -> Option<StreamId> {
+    let mut counts: alloc::vec::Vec<(StreamId, usize)> = alloc::vec::Vec::new();
+    for e in events {
+        match counts.iter_mut().find(|(sid, _)| *sid == e.sid()) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((e.sid(), 1)),
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|&(_, n)| n)
+        .map(|(sid, _)| sid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1037,5 +1054,24 @@ mod tests {
             prop_assert_eq!(Event::decode(again), e);
             let _ = e.to_string();
         }
+    }
+
+    #[test]
+    fn busiest_stream_counts_events_per_stream() {
+        let ev = |sid| Event::StreamDisabled { sid: StreamId(sid) };
+        assert_eq!(busiest_stream(&[]), None);
+        assert_eq!(busiest_stream(&[ev(8)]), Some(StreamId(8)));
+        // One fault of 0x8 among a flood of 0x10's, first or last.
+        let mut flood = alloc::vec![ev(0x10); 100];
+        flood.push(ev(8));
+        assert_eq!(busiest_stream(&flood), Some(StreamId(0x10)));
+        flood.insert(0, ev(8));
+        assert_eq!(busiest_stream(&flood), Some(StreamId(0x10)));
+        // Other event types count by their StreamID too.
+        let other = Event::decode([0x0000_0008_0000_00ff, 0, 0, 0]);
+        assert_eq!(other.sid(), StreamId(8));
+        assert_eq!(busiest_stream(&[ev(0x10), other, ev(8)]), Some(StreamId(8)));
+        // A tie goes to the stream counted last.
+        assert_eq!(busiest_stream(&[ev(1), ev(2)]), Some(StreamId(2)));
     }
 }

@@ -147,11 +147,18 @@ pub fn enable_spi(intid: u32, mpidr: u64, edge: bool) {
     let shift = (n % 16) * 2;
     let cfg = r.dist.r32(cfg_off) & !(3 << shift);
     r.dist.w32(cfg_off, cfg | (u32::from(edge) << (shift + 1)));
-    let aff = ((mpidr >> 32 & 0xff) << 32) | (mpidr & 0xff_ffff);
-    r.dist.w64(gicd::IROUTER + n * 8, aff);
+    route_spi(intid, mpidr);
     let (enable, bit) = gicd::bit(gicd::ISENABLER, intid);
     r.dist.w32(enable, bit);
     wait_rwp(&r.dist);
+}
+
+/// Routes SPI `intid` to the CPU with affinity `mpidr` (GICD_IROUTER, IHI
+/// 0069 §12.9.22): its next activation goes there; one pending meanwhile
+/// may still reach the previous CPU.
+pub fn route_spi(intid: u32, mpidr: u64) {
+    let aff = ((mpidr >> 32 & 0xff) << 32) | (mpidr & 0xff_ffff);
+    regs().dist.w64(gicd::IROUTER + u64::from(intid) * 8, aff);
 }
 
 /// Enables or disables SPI `intid` at the distributor (routing unchanged).

@@ -424,12 +424,22 @@ impl Runtime {
 
     /// Drains the SMMU's event queue: stage-1 faults of nested streams go
     /// to their guest (without holding the IOMMU lock, which the vSMMU
-    /// takes), the rest are reported as the hypervisor's.
+    /// takes), the rest are reported as the hypervisor's. The next event
+    /// interrupt goes to the physical CPU of the VM whose functions raised
+    /// most of these events (its vCPU 0's): a VM whose device keeps
+    /// faulting pays for the drain with its own CPU's time, not with a
+    /// neighbour's.
     fn smmu_events(&self) {
         let Some(h) = crate::drivers::iommu::get() else {
             return;
         };
-        let events = h.lock().drain_events();
+        let mut iommu = h.lock();
+        let events = iommu.drain_events();
+        let busiest = smmu::event::busiest_stream(&events);
+        if let Some(vm) = busiest.and_then(|sid| self.vm_of_stream(sid)) {
+            iommu.route_eventq(self.cpu_mpidr[vm.vcpu_pcpu[0]]);
+        }
+        drop(iommu);
         let rest: Vec<_> = events
             .into_iter()
             .filter(|e| !self.forward_to_guest(e))
@@ -442,12 +452,7 @@ impl Runtime {
     /// event's stream is asked, under its own vSMMU lock: a VM whose device
     /// faults continuously never holds up another VM's vSMMU.
     fn forward_to_guest(&self, e: &smmu::event::Event) -> bool {
-        let sid = e.sid();
-        let Some(vm) = self
-            .vms
-            .iter()
-            .find(|vm| self.hw[vm.index].devices.iter().any(|d| d.sid == sid))
-        else {
+        let Some(vm) = self.vm_of_stream(e.sid()) else {
             return false;
         };
         let Some(v) = &vm.vsmmu else { return false };
@@ -461,6 +466,13 @@ impl Runtime {
             vm.raise_edge(intid, self);
         }
         true
+    }
+
+    /// The VM that was assigned the function of stream `sid`.
+    fn vm_of_stream(&self, sid: smmu::addr::StreamId) -> Option<&Vm> {
+        self.vms
+            .iter()
+            .find(|vm| self.hw[vm.index].devices.iter().any(|d| d.sid == sid))
     }
 
     /// Reads the physical UART and feeds the focused VM's virtual UART
