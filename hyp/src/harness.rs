@@ -23,7 +23,7 @@ use crate::vm::vm::{Machine, Vm, VmState, REPORTS_PER_VM};
 use scenario::guest_layout as layout;
 use smmu::addr::Ipa;
 use std::boxed::Box;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::string::String;
 use std::sync::Mutex;
@@ -81,8 +81,6 @@ pub enum Call {
 #[derive(Debug, Default)]
 pub struct Recorder {
     calls: RefCell<Vec<Call>>,
-    /// What `lines_waiting` answers.
-    pub lines_waiting: Cell<bool>,
 }
 
 impl Recorder {
@@ -115,9 +113,6 @@ impl Machine for Recorder {
     }
     fn vm_stopped(&self, _vm: &Vm, how: VmState) {
         self.calls.borrow_mut().push(Call::Stopped(how));
-    }
-    fn lines_waiting(&self, _vm: &Vm) -> bool {
-        self.lines_waiting.get()
     }
     fn route_msi(
         &self,

@@ -67,8 +67,6 @@ pub mod gicd {
     pub const ICENABLER: u64 = 0x0180;
     /// GICD_ISPENDR<n>.
     pub const ISPENDR: u64 = 0x0200;
-    /// GICD_ISACTIVER<n>.
-    pub const ISACTIVER: u64 = 0x0300;
     /// Bytes of each bit-per-interrupt bank (32 registers of 32 INTIDs).
     pub const BANK_BYTES: u64 = 0x80;
     /// GICD_IPRIORITYR<n>, a byte per INTID.

@@ -10,7 +10,7 @@
 use super::build::{self, Built, StartError};
 use super::console_mux::{ConsoleMux, Input};
 use super::exception::{take_vtimer, SPSR_EL1H};
-use super::intx::{IntxForwarding, LineControl, STILL_ASSERTED_BACKOFF_US};
+use super::intx::{IntxForwarding, LineControl};
 use super::msi::{MsiRouter, PhysicalMsi};
 use super::space::IpaSpace;
 use super::trap::{self, Flow};
@@ -284,6 +284,11 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
     };
     let vm = &r.vms[vm_i];
     vm.count_trap();
+    // What the guest did in its list registers first, then the levels of
+    // its forwarded lines: the exit's trapped GIC accesses see both.
+    let fx = crate::vdev::vgic::hw::sync(&mut vm.vgic.lock(), vcpu);
+    vm.apply(fx, r);
+    r.sample_lines(vm, vcpu);
     let flow = match vector {
         8 => trap::handle_sync(vm, vcpu, frame, r),
         9 | 10 => {
@@ -311,10 +316,7 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
     }
     let fx = crate::vdev::vgic::hw::flush(&mut vm.vgic.lock(), vcpu);
     vm.apply(fx, r);
-    r.resample_lines(vm);
-    // A forwarded line waiting out its back-off has no interrupt to wake
-    // the vCPU when it ends: only then does WFI exit.
-    guest::trap_wfi(r.lines_waiting(vm));
+    r.release_lines(vm);
 }
 
 /// Takes one pending physical interrupt; false when none was pending.
@@ -368,13 +370,20 @@ fn handle_irq(pc: usize) -> bool {
             r.smmu_events();
         }
         _ if intid >= 32 && r.intx.lock().owner(intid).is_some() => {
-            // A forwarded INTx line: finished physically (EOImode 1) and
-            // masked until its guest is done.
+            // A forwarded INTx line: masked, finished physically (EOImode
+            // 1), and its guest's virtual line set high, under the lines'
+            // lock so that no exit on another CPU releases it in between.
             arch::gicv3::eoi(intid);
-            let owner = r.intx.lock().fired(intid, &PhysicalLines);
+            let mut intx = r.intx.lock();
+            let owner = intx.fired(intid, &PhysicalLines);
             arch::gicv3::deactivate(intid);
             if let Some((vm_i, vintid)) = owner {
-                r.vms[vm_i].raise_edge(vintid, r);
+                let vm = &r.vms[vm_i];
+                let fx = vm.vgic.lock().set_level(vintid, 0, true);
+                drop(intx);
+                if let Ok(fx) = fx {
+                    vm.apply(fx, r);
+                }
             }
         }
         _ if Some(intid) == crate::console::input_intid() => {
@@ -410,16 +419,28 @@ impl LineControl for PhysicalLines {
 }
 
 impl Runtime {
-    /// Unmasks the VM's forwarded lines its guest has finished with (runs
-    /// at every exit).
-    fn resample_lines(&self, vm: &Vm) {
-        let mut intx = self.intx.lock();
-        if !intx.any_masked() {
+    /// Before an exit of `vm`'s vCPU `vcpu` is handled: its masked INTx
+    /// lines' levels into its vGIC (`IntxForwarding::sample`).
+    fn sample_lines(&self, vm: &Vm, vcpu: usize) {
+        let intx = self.intx.lock();
+        if !intx.masks(vm.index) {
             return;
         }
-        let backoff = STILL_ASSERTED_BACKOFF_US * arch::counter_freq() / 1_000_000;
+        let fx = intx.sample(vm.index, vcpu, &mut vm.vgic.lock(), &PhysicalLines);
+        drop(intx);
+        vm.apply(fx, self);
+    }
+
+    /// After an exit of `vm` has refilled its list registers: unmasks the
+    /// lines its guest is done with and its devices let go
+    /// (`IntxForwarding::release`).
+    fn release_lines(&self, vm: &Vm) {
+        let mut intx = self.intx.lock();
+        if !intx.masks(vm.index) {
+            return;
+        }
         let vgic = vm.vgic.lock();
-        intx.resample(vm.index, &vgic, arch::counter(), backoff, &PhysicalLines);
+        intx.release(vm.index, &vgic, &PhysicalLines);
     }
 
     /// Drains the SMMU's event queue: stage-1 faults of nested streams go
@@ -559,10 +580,6 @@ impl Machine for Runtime {
             );
             crate::power::stop(ok);
         }
-    }
-
-    fn lines_waiting(&self, vm: &Vm) -> bool {
-        self.intx.lock().waiting(vm.index)
     }
 
     fn route_msi(

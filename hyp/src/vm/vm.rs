@@ -91,9 +91,6 @@ pub trait Machine {
     /// The VM has stopped for good (`how`); the machine ends when the last
     /// one has.
     fn vm_stopped(&self, vm: &Vm, how: VmState);
-    /// Whether one of the VM's forwarded interrupt lines waits for a timer
-    /// to be unmasked: its vCPUs must not sleep in WFI meanwhile.
-    fn lines_waiting(&self, vm: &Vm) -> bool;
     /// Routes the MSIs of `vm`'s physical device `device` with EventID
     /// `event` to the physical CPU of vCPU `to` (`Some`), where they are
     /// delivered through [`Vm::deliver_msi`], or stops routing them
