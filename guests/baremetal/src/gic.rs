@@ -129,7 +129,8 @@ pub fn clear_pending(gicd: u64, intid: u32) {
 /// IRM = 0: Aff3 \[39:32\], Aff2.Aff1.Aff0 \[23:0\]).
 pub fn route(gicd: u64, intid: u32, aff: u64) {
     let router = gicd + GICD_IROUTER + 8 * u64::from(intid);
-    // SAFETY: a 64-bit GICD_IROUTER<n> of the distributor.
+    // SAFETY: a 64-bit GICD_IROUTER<n> of the distributor our device tree
+    // names (Device memory, MMU off); routing an SPI touches no memory.
     unsafe { mmio::write64(router, aff & 0xff_00ff_ffff) };
 }
 
@@ -145,7 +146,9 @@ pub fn my_affinity() -> u64 {
 /// its INTID, now active, or None when nothing is pending.
 pub fn acknowledge() -> Option<u32> {
     let iar: u64;
-    // SAFETY: acknowledging an interrupt at our CPU interface.
+    // SAFETY: reads ICC_IAR1_EL1 of our own CPU interface (enabled by
+    // `init`): it changes interrupt state only (the INTID becomes active),
+    // never memory.
     unsafe { asm!("mrs {}, icc_iar1_el1", "dsb sy", out(reg) iar) };
     let intid = (iar & 0xff_ffff) as u32;
     (u64::from(intid) != SPURIOUS).then_some(intid)
@@ -154,6 +157,8 @@ pub fn acknowledge() -> Option<u32> {
 /// Ends interrupt `intid` (ICC_EOIR1_EL1; EOImode 0: priority drop and
 /// deactivation).
 pub fn end(intid: u32) {
-    // SAFETY: ends an interrupt [`acknowledge`] returned.
+    // SAFETY: writes ICC_EOIR1_EL1 of our own CPU interface: it changes
+    // interrupt state only (priority drop, deactivation), never memory;
+    // callers pass an INTID [`acknowledge`] returned.
     unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) u64::from(intid)) };
 }
