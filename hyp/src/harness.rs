@@ -14,7 +14,7 @@
 use crate::arch::{fake, guest::GuestControls, TrapFrame};
 use crate::drivers::pci::{BarKind, Bdf, ConfigAccess};
 use crate::vdev::vgic::VGic;
-use crate::vdev::vits::{DeviceGrant, ItsConfig, VIts};
+use crate::vdev::vits::{DeviceGrant, EventLpi, ItsConfig, VIts};
 use crate::vdev::vpci::{VirtualBar, VirtualFunction, VirtualPciBus};
 use crate::vm::devices::{standard_bus, PciHostBridge};
 use crate::vm::ram::GuestRam;
@@ -72,8 +72,8 @@ pub enum Call {
         device: u32,
         /// The EventID.
         event: u32,
-        /// The vCPU, or `None` to stop routing.
-        to: Option<usize>,
+        /// The LPI and vCPU, or `None` to stop routing.
+        to: Option<EventLpi>,
     },
 }
 
@@ -119,7 +119,7 @@ impl Machine for Recorder {
         _vm: &Vm,
         device: u32,
         event: u32,
-        to: Option<usize>,
+        to: Option<EventLpi>,
     ) -> Result<(), &'static str> {
         self.calls
             .borrow_mut()
@@ -346,7 +346,10 @@ impl GuestHarness {
                         "routed {device:#x}: {t:x?}"
                     );
                     assert!(event < 8, "routed event {event}: {t:x?}");
-                    assert!(to.is_none_or(|v| v < VCPUS), "routed to {to:?}: {t:x?}");
+                    assert!(
+                        to.is_none_or(|l| l.vcpu < VCPUS),
+                        "routed to {to:?}: {t:x?}"
+                    );
                 }
             }
         }

@@ -100,6 +100,16 @@ pub fn run(p: &Platform) -> Initialised {
             }
         }
     }
+    if p.has_bootarg("selftest=vlpi") {
+        let ecam = crate::vm::assign::host_config(p);
+        match (fns.iter().find(|f| f.is_edu()), iommu::get(), ecam) {
+            (Some(f), Some(host), Some(ecam)) => ok &= selftest::vlpi::run(p, host, ecam, f),
+            _ => {
+                error!("self-test: the direct-injection self-test needs an edu device and an SMMU");
+                ok = false;
+            }
+        }
+    }
     Initialised {
         self_tests: if ok {
             SelfTests::Passed

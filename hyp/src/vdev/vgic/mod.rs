@@ -112,6 +112,7 @@ pub struct HwDeactivate {
 pub struct Effects {
     kick: u64,
     deactivate: Vec<HwDeactivate>,
+    lpi_config: u64,
 }
 
 impl Effects {
@@ -120,6 +121,7 @@ impl Effects {
         Self {
             kick: 0,
             deactivate: Vec::new(),
+            lpi_config: 0,
         }
     }
 
@@ -146,15 +148,24 @@ impl Effects {
         &self.deactivate
     }
 
+    /// The vCPUs whose LPIs' configuration as the hardware applies it
+    /// changed (their redistributor's LPIs were turned on or off) in a vGIC
+    /// whose LPIs the physical GIC delivers ([`VGic::set_direct_lpis`]):
+    /// the caller hands [`VGic::lpi_hw_configs`] to the physical side.
+    pub fn lpi_configs_changed(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..MAX_VCPUS).filter(move |&v| self.lpi_config & (1 << v) != 0)
+    }
+
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.kick == 0 && self.deactivate.is_empty()
+        self.kick == 0 && self.deactivate.is_empty() && self.lpi_config == 0
     }
 
     /// Adds the work of `other`.
     pub fn merge(&mut self, other: Effects) {
         self.kick |= other.kick;
         self.deactivate.extend(other.deactivate);
+        self.lpi_config |= other.lpi_config;
     }
 
     fn kick_mask(&mut self, mask: u64) {
@@ -304,6 +315,8 @@ pub struct VGic {
     lpi_support: bool,
     /// The mapped LPIs by INTID (see [`lpi`]).
     lpis: BTreeMap<u32, lpi::Lpi>,
+    /// The physical GIC delivers the LPIs itself ([`VGic::set_direct_lpis`]).
+    direct_lpis: bool,
 }
 
 /// Packs MPIDR_EL1 Aff3 \[39:32\], Aff2 \[23:16\], Aff1 \[15:8\], Aff0 \[7:0\]
@@ -360,6 +373,7 @@ impl VGic {
             deferred: Effects::none(),
             lpi_support: false,
             lpis: BTreeMap::new(),
+            direct_lpis: false,
         })
     }
 
