@@ -370,6 +370,18 @@ pub fn make_resident(mpidr: u64, vpropbaser: u64, vpendbaser: u64) -> Result<(),
     vpend_settled(rd).map(|_| ())
 }
 
+/// The virtual pending table the redistributor of the CPU with affinity
+/// `mpidr` uses now: its resident vPE's, or one it is still writing back
+/// after Valid was cleared (Dirty); None when none.
+pub fn vpe_table_in_use(mpidr: u64) -> Result<Option<PhysAddr>, ResidencyError> {
+    let rd = my_redist(mpidr).ok_or(ResidencyError::NoRedistributor)?;
+    if rd.r64(gicr::TYPER) & gicr::TYPER_VLPIS == 0 {
+        return Ok(None);
+    }
+    let v = VpendbaserState::decode(rd.r64(gicr::VPENDBASER));
+    Ok((v.valid || v.dirty).then_some(v.pa))
+}
+
 /// Makes the vPE resident on the redistributor of the CPU with affinity
 /// `mpidr` non-resident (Valid cleared, then Dirty waited for): its pending
 /// virtual LPIs stay in its virtual pending table and are no longer

@@ -138,6 +138,8 @@ pub enum ItsError {
     /// The event is mapped to a physical LPI where a virtual one was
     /// expected, or the other way round.
     WrongKind(DeviceId, EventId),
+    /// The vPE is still resident on a redistributor.
+    VpeResident(VpeId),
 }
 
 /// Why virtual LPIs cannot be injected directly.
@@ -208,6 +210,7 @@ impl fmt::Display for ItsError {
             Self::UnknownVlpiTable(t) => write!(f, "{t:?} does not exist"),
             Self::BadVintid(v) => write!(f, "vINTID {v} is not a virtual LPI"),
             Self::WrongKind(d, e) => write!(f, "{e} of {d} is mapped to the other kind of LPI"),
+            Self::VpeResident(vpe) => write!(f, "{vpe} is still resident"),
         }
     }
 }
@@ -273,8 +276,9 @@ pub struct Vpe {
     pub vpendbaser: u64,
 }
 
-/// The vPEs of one VM and their configuration table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The vPEs of one VM and their configuration table (not `Clone`: whoever
+/// holds it decides when they go, [`Its::destroy_vpes`]).
+#[derive(Debug, PartialEq, Eq)]
 pub struct VpeSet {
     /// The VM's virtual LPI configuration table.
     pub table: VlpiTable,
@@ -324,6 +328,8 @@ pub struct Its {
     config_flush: bool,
     /// Per physical CPU index (= ICID): its redistributor, if it takes LPIs.
     collections: Vec<Option<RdBase>>,
+    /// Per physical CPU index: its MPIDR.
+    mpidrs: Vec<u64>,
     devices: BTreeMap<DeviceId, Device>,
     /// Tables the GIC uses for good (device, collection, pending tables,
     /// vPE table).
@@ -595,6 +601,7 @@ impl Its {
             config,
             config_flush,
             collections,
+            mpidrs: cpus.to_vec(),
             devices: BTreeMap::new(),
             _tables: tables,
             virt,
@@ -959,9 +966,22 @@ impl Its {
     }
 
     /// Unmaps the vPEs of `set` (VMAPP with V = 0, then each vPE's VSYNC)
-    /// and frees their tables. None of them may be resident anywhere, and
-    /// no event may still map to them. Their IDs are not handed out again.
+    /// and frees their tables; refused while one of them is resident on
+    /// its redistributor (which may then write its pending table). Events
+    /// still mapped to them are dropped by the ITS from then on. Their IDs
+    /// are not handed out again.
     pub fn destroy_vpes(&mut self, set: VpeSet) -> Result<(), ItsError> {
+        for vpe in &set.vpes {
+            let (cpu, vpt) = match self.virt()?.vpes.get(&vpe.id) {
+                Some((cpu, vpt)) => (*cpu, vpt.pa()),
+                None => return Err(ItsError::UnknownVpe(vpe.id)),
+            };
+            let mpidr = self.mpidrs.get(cpu).copied();
+            let in_use = mpidr.map(gic::vpe_table_in_use);
+            if !matches!(in_use, Some(Ok(pa)) if pa != Some(vpt)) {
+                return Err(ItsError::VpeResident(vpe.id));
+            }
+        }
         let mut cmds = Vec::new();
         for vpe in &set.vpes {
             cmds.push(Command::Vmapp {
@@ -976,15 +996,21 @@ impl Its {
         let v = self.virt()?;
         for vpe in &set.vpes {
             if let Some((_, vpt)) = v.vpes.remove(&vpe.id) {
-                // SAFETY: the ITS executed VMAPP with V = 0 for the vPE,
-                // and the caller vouches that no redistributor has it
-                // resident: nothing refers to its pending table.
+                // SAFETY: the ITS executed VMAPP with V = 0 for the vPE
+                // (its queue moved past it), so it no longer makes the
+                // vPE's LPIs pending; and the vPE's redistributor, the only
+                // other user of the pending table, neither has it resident
+                // nor is writing it back (checked above). Nothing makes it
+                // resident again: the runtime makes resident only the vPEs
+                // of its VMs, whose sets it keeps for good and never
+                // destroys, and this set was passed here by value.
                 unsafe { vpt.free(&ITS_MEM) };
             }
         }
         if let Some(config) = v.tables.remove(&set.table) {
-            // SAFETY: as above for every vPE that used the table, which
-            // only resident vPEs read.
+            // SAFETY: a configuration table is read only by the
+            // redistributors of resident vPEs that use it, and every vPE
+            // that uses this one is this set's, none resident (above).
             unsafe { config.free(&ITS_MEM) };
         }
         Ok(())

@@ -85,7 +85,10 @@ fn check(p: &Platform, host: &Mutex<HostIommu>, cfg: &dyn ConfigAccess, f: &Func
         vpes: None,
     };
     let mut out = match prepare(host, cfg, &s, &mut held) {
-        Ok(()) => fire(&s, &mut held),
+        Ok(()) => match &held.vpes {
+            Some(set) => fire(&s, &mut held.router, set),
+            None => TwoChecks::setup_failed("no vPE".into()),
+        },
         Err(why) => TwoChecks::setup_failed(why),
     };
     let vpes = held.vpes.take();
@@ -199,10 +202,7 @@ fn pending_last(set: &its::VpeSet) -> Result<bool, String> {
     gic::make_non_resident(mpidr).map_err(|e| format!("making {} non-resident: {e}", vpe.id))
 }
 
-fn fire(s: &Subject<'_>, held: &mut Held) -> TwoChecks {
-    let Some(set) = held.vpes.clone() else {
-        return TwoChecks::setup_failed("no vPE".into());
-    };
+fn fire(s: &Subject<'_>, router: &mut MsiRouter, set: &its::VpeSet) -> TwoChecks {
     let Some(vpe) = set.vpes.first().map(|v| v.id) else {
         return TwoChecks::setup_failed("no vPE".into());
     };
@@ -233,12 +233,11 @@ fn fire(s: &Subject<'_>, held: &mut Held) -> TwoChecks {
             second: Err("not run: no virtual LPI pending".into()),
         };
     }
-    let enabled = pending_last(&set);
-    let disabled = held
-        .router
+    let enabled = pending_last(set);
+    let disabled = router
         .route_vlpi(&mut *its.lock(), OWNER, s.device, EVENT, Some(lpi(false)))
         .map_err(|e| format!("disabling vINTID {VINTID}: {e}"))
-        .and_then(|()| pending_last(&set));
+        .and_then(|()| pending_last(set));
     let still = its
         .lock()
         .vlpi_pending(vpe, VINTID)
