@@ -140,6 +140,11 @@ pub fn init_cpu(mpidr: u64) {
         gicr::ISENABLER0,
         (1 << SGI_KICK) | (1 << PPI_MAINTENANCE) | (1 << PPI_VTIMER),
     );
+    // Whatever vPE an earlier owner of the GIC left resident goes: only
+    // this hypervisor's vCPUs' vPEs are resident here.
+    if let Err(e) = make_non_resident(mpidr) {
+        warn!("GIC: CPU {mpidr:#x}: a vPE left resident stays: {e}");
+    }
     crate::arch::gicv3::init_cpu_interface();
 }
 
