@@ -13,8 +13,9 @@
 //! Configurations: bare QEMU (MSI-X, no IOMMU); bare QEMU with its own
 //! SMMUv3, the guest's `arm-smmu-v3` in strict and in lazy invalidation
 //! mode (the reference for nested translation); the device passed through
-//! with stage-2 translation only; and behind the guest's vSMMU (nested),
-//! strict and lazy. Stage-2 passthrough is compared with bare QEMU, each
+//! with stage-2 translation only, its MSIs through the list registers (a
+//! GICv3) and injected directly by a GICv4; and behind the guest's vSMMU
+//! (nested), strict and lazy. Stage-2 passthrough is compared with bare QEMU, each
 //! nested mode with bare QEMU's own SMMU in the same mode.
 //!
 //! TCG timings are noisy: only ratios measured in one run mean anything.
@@ -151,7 +152,7 @@ fn main() {
     let smoke = std::env::args().any(|a| a == "--test");
     let runs = if smoke { 1 } else { 5 };
     // (name, configuration, index of the configuration it is compared with)
-    let configs: [(&str, Config, usize); 6] = [
+    let configs: [(&str, Config, usize); 7] = [
         ("bare QEMU", Config::Bare { smmu: None }, 0),
         (
             "bare QEMU + SMMUv3, strict",
@@ -164,6 +165,11 @@ fn main() {
             0,
         ),
         ("stage-2 passthrough", Config::Hypervisor("nvme-bench"), 0),
+        (
+            "stage-2 passthrough, GICv4 direct MSIs",
+            Config::Hypervisor("nvme-bench-gicv4"),
+            0,
+        ),
         (
             "nested, strict",
             Config::Hypervisor("nvme-bench-vsmmu-strict"),
