@@ -753,6 +753,7 @@ fn its_linux() -> VitsSeed {
         name: "linux",
         setup: vits::Setup {
             vcpus: 2,
+            direct: false,
             skip: 0,
             propbaser: PROP | 15,
             queue_pages: 15,
@@ -873,6 +874,7 @@ fn its_hostile() -> VitsSeed {
         name: "hostile",
         setup: vits::Setup {
             vcpus: 4,
+            direct: false,
             skip: 0,
             propbaser: PROP | 13,
             queue_pages: 0,
@@ -898,7 +900,24 @@ fn its_hostile() -> VitsSeed {
 
 /// The seeds of the `vits` target.
 pub fn vits() -> Vec<VitsSeed> {
-    Vec::from([its_linux(), its_hostile()])
+    Vec::from([its_linux(), its_linux_direct(), its_hostile()])
+}
+
+/// [`its_linux`] with the MSIs delivered directly (GICv4): the same
+/// translations, and the MSI the hypervisor never sees.
+fn its_linux_direct() -> VitsSeed {
+    let linux = its_linux();
+    VitsSeed {
+        name: "linux-direct",
+        setup: vits::Setup {
+            direct: true,
+            ..linux.setup
+        },
+        ops: linux.ops,
+        reaches: |s| {
+            s.most_translations == 3 && s.delivered == 0 && s.errors == 0 && s.commands == 21
+        },
+    }
 }
 
 #[cfg(test)]

@@ -37,7 +37,8 @@ use hyp::vgic::VGic;
 use hyp::vits::cmd::{Command, CMD_SIZE};
 use hyp::vits::fake::{check_access, check_in_step, RecordingPhysicalIts};
 use hyp::vits::{
-    CommandError, DeviceGrant, ItsConfig, ItsEnv, ItsOutcome, VIts, FRAME_SIZE, TRANSLATER,
+    CommandError, DeviceGrant, ItsConfig, ItsEnv, ItsOutcome, PhysicalIts, VIts, FRAME_SIZE,
+    TRANSLATER,
 };
 use smmu::addr::Ipa;
 use smmu::fake::FakeGuestMemory;
@@ -116,6 +117,10 @@ pub mod skip {
 pub struct Setup {
     /// vCPUs, 1 to 4.
     pub vcpus: usize,
+    /// The physical side delivers the MSIs directly (GICv4): it hears the
+    /// LPIs' configuration, INT and CLEAR, and the vGIC never holds their
+    /// pending state (bit 7 of the vCPUs byte).
+    pub direct: bool,
     /// The steps of Linux's initialisation the guest skips ([`skip`]).
     pub skip: u8,
     /// What the guest writes to each GICR_PROPBASER.
@@ -134,7 +139,8 @@ pub struct Setup {
 impl Setup {
     /// Reads the header.
     pub fn decode(r: &mut Reader<'_>) -> Self {
-        let vcpus = 1 + usize::from(r.u8() % 4);
+        let first = r.u8();
+        let (vcpus, direct) = (1 + usize::from(first % 4), first & 0x80 != 0);
         let skip = r.u8();
         let propbaser = match r.u8() {
             0xff => r.u64(),
@@ -155,6 +161,7 @@ impl Setup {
             .collect();
         Self {
             vcpus,
+            direct,
             skip,
             propbaser,
             queue_pages,
@@ -168,7 +175,7 @@ impl Setup {
     pub fn encode(&self, w: &mut Writer) {
         assert!((1..=4).contains(&self.vcpus) && self.devices.len() <= 4);
         assert!(self.baser <= 0x3ff);
-        w.u8(self.vcpus as u8 - 1);
+        w.u8((self.vcpus as u8 - 1) | if self.direct { 0x80 } else { 0 });
         w.u8(self.skip);
         w.u8(0xff);
         w.u64(self.propbaser);
@@ -666,6 +673,9 @@ impl World {
         let config = setup.config();
         let mpidrs: Vec<u64> = (0..setup.vcpus as u64).map(|i| 0x8000_0000 | i).collect();
         let mut vgic = VGic::new(&mpidrs, 64).expect("a vGIC of 1 to 4 vCPUs");
+        if setup.direct {
+            vgic.set_direct_lpis();
+        }
         let skipped = setup.skip;
         let s = move |bit: u8| skipped & bit == 0;
         if s(skip::LPIS) {
@@ -691,7 +701,11 @@ impl World {
         let mut w = Self {
             mem: FakeGuestMemory::new(Ipa(RAM), RAM_SIZE as usize),
             vgic,
-            phys: RecordingPhysicalIts::new(config.clone()),
+            phys: if setup.direct {
+                RecordingPhysicalIts::direct(config.clone())
+            } else {
+                RecordingPhysicalIts::new(config.clone())
+            },
             its: VIts::new(config, setup.vcpus),
             stats: Stats::default(),
             step: None,
@@ -822,6 +836,16 @@ impl World {
                 let vcpu = usize::from(vcpu) % self.setup.vcpus;
                 let fx = self.vgic.redist_write(vcpu, offset, size, value);
                 self.kicks_vcpus(fx.kick_bits());
+                // As the VM does: the vCPUs whose redistributor turned its
+                // LPIs on or off give the physical side their LPIs'
+                // configuration (direct delivery only).
+                for v in fx.lpi_configs_changed() {
+                    self.ensure(self.setup.direct && v < self.setup.vcpus, || {
+                        format!("LPI configuration of vCPU {v} changed")
+                    });
+                    let lpis = self.vgic.lpi_hw_configs(v);
+                    let _ = self.phys.configure(&lpis);
+                }
             }
             Op::Deliver { physical, event } => self.deliver(physical, event),
             Op::RefuseMaps(on) => self.phys.refuse_maps = on,
@@ -875,8 +899,12 @@ impl World {
     }
 
     /// An MSI: delivered only if the physical side routes its event, then
-    /// its LPI (and no other) is pending; otherwise no LPI changes.
+    /// its LPI (and no other) is pending; otherwise no LPI changes. With
+    /// direct delivery the GIC delivers it: the hypervisor never sees one.
     fn deliver(&mut self, physical: u32, event: u32) {
+        if self.setup.direct {
+            return;
+        }
         let granted = self
             .phys
             .grants()

@@ -14,7 +14,7 @@
 use crate::arch::{fake, guest::GuestControls, TrapFrame};
 use crate::drivers::pci::{BarKind, Bdf, ConfigAccess};
 use crate::vdev::vgic::VGic;
-use crate::vdev::vits::{DeviceGrant, ItsConfig, VIts};
+use crate::vdev::vits::{DeviceGrant, EventLpi, ItsConfig, VIts};
 use crate::vdev::vpci::{VirtualBar, VirtualFunction, VirtualPciBus};
 use crate::vm::devices::{standard_bus, PciHostBridge};
 use crate::vm::ram::GuestRam;
@@ -23,7 +23,7 @@ use crate::vm::vm::{Machine, Vm, VmState, REPORTS_PER_VM};
 use scenario::guest_layout as layout;
 use smmu::addr::Ipa;
 use std::boxed::Box;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::string::String;
 use std::sync::Mutex;
@@ -72,8 +72,8 @@ pub enum Call {
         device: u32,
         /// The EventID.
         event: u32,
-        /// The vCPU, or `None` to stop routing.
-        to: Option<usize>,
+        /// The LPI and vCPU, or `None` to stop routing.
+        to: Option<EventLpi>,
     },
 }
 
@@ -81,8 +81,6 @@ pub enum Call {
 #[derive(Debug, Default)]
 pub struct Recorder {
     calls: RefCell<Vec<Call>>,
-    /// What `lines_waiting` answers.
-    pub lines_waiting: Cell<bool>,
 }
 
 impl Recorder {
@@ -116,15 +114,12 @@ impl Machine for Recorder {
     fn vm_stopped(&self, _vm: &Vm, how: VmState) {
         self.calls.borrow_mut().push(Call::Stopped(how));
     }
-    fn lines_waiting(&self, _vm: &Vm) -> bool {
-        self.lines_waiting.get()
-    }
     fn route_msi(
         &self,
         _vm: &Vm,
         device: u32,
         event: u32,
-        to: Option<usize>,
+        to: Option<EventLpi>,
     ) -> Result<(), &'static str> {
         self.calls
             .borrow_mut()
@@ -351,7 +346,10 @@ impl GuestHarness {
                         "routed {device:#x}: {t:x?}"
                     );
                     assert!(event < 8, "routed event {event}: {t:x?}");
-                    assert!(to.is_none_or(|v| v < VCPUS), "routed to {to:?}: {t:x?}");
+                    assert!(
+                        to.is_none_or(|l| l.vcpu < VCPUS),
+                        "routed to {to:?}: {t:x?}"
+                    );
                 }
             }
         }

@@ -2,12 +2,13 @@
 //! the SMMU (before any device can DMA), PCI, the ITS, and the boot
 //! self-tests.
 
-use crate::drivers::pci::{self, Function};
+use crate::drivers::pci::{self, ConfigAccess, Function};
 use crate::drivers::{iommu, its};
 use crate::platform::Platform;
 use crate::selftest;
 use alloc::vec::Vec;
 use log::{error, info, warn};
+use spin::Mutex;
 
 /// How the boot self-tests went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,12 +91,21 @@ pub fn run(p: &Platform) -> Initialised {
     if p.has_bootarg("selftest=its") {
         ok &= selftest::its::run(p, &fns);
     }
-    if p.has_bootarg("selftest=msi") {
+    // The MSI self-tests drive an edu through the SMMU.
+    type EduTest = fn(&Platform, &Mutex<iommu::HostIommu>, &dyn ConfigAccess, &Function) -> bool;
+    let edu_tests: [(&str, &str, EduTest); 2] = [
+        ("selftest=msi", "MSI", selftest::msi::run),
+        ("selftest=vlpi", "direct-injection", selftest::vlpi::run),
+    ];
+    for (arg, what, test) in edu_tests {
+        if !p.has_bootarg(arg) {
+            continue;
+        }
         let ecam = crate::vm::assign::host_config(p);
         match (fns.iter().find(|f| f.is_edu()), iommu::get(), ecam) {
-            (Some(f), Some(host), Some(ecam)) => ok &= selftest::msi::run(p, host, ecam, f),
+            (Some(f), Some(host), Some(ecam)) => ok &= test(p, host, ecam, f),
             _ => {
-                error!("self-test: the MSI self-test needs an edu device and an SMMU");
+                error!("self-test: the {what} self-test needs an edu device and an SMMU");
                 ok = false;
             }
         }

@@ -13,14 +13,15 @@
 //! Configurations: bare QEMU (MSI-X, no IOMMU); bare QEMU with its own
 //! SMMUv3, the guest's `arm-smmu-v3` in strict and in lazy invalidation
 //! mode (the reference for nested translation); the device passed through
-//! with stage-2 translation only; and behind the guest's vSMMU (nested),
-//! strict and lazy; and stage-2 passthrough next to a VM whose own NVMe
-//! faults continuously (scenario `nvme-fault-neighbour`: Get Log Page
-//! commands whose buffer lies outside its RAM, each a DMA write the SMMU
-//! aborts, from before the Linux VM boots until it has finished), and next
-//! to the same VM sending the same commands to its own RAM (its NVMe as
-//! busy, without a fault). Stage-2 passthrough is compared with bare QEMU,
-//! each nested mode with bare QEMU's own SMMU in the same mode, the
+//! with stage-2 translation only, its MSIs through the list registers (a
+//! GICv3) and injected directly by a GICv4; behind the guest's vSMMU
+//! (nested), strict and lazy; and stage-2 passthrough next to a VM whose
+//! own NVMe faults continuously (scenario `nvme-fault-neighbour`: Get Log
+//! Page commands whose buffer lies outside its RAM, each a DMA write the
+//! SMMU aborts, from before the Linux VM boots until it has finished), and
+//! next to the same VM sending the same commands to its own RAM (its NVMe
+//! as busy, without a fault). Stage-2 passthrough is compared with bare
+//! QEMU, each nested mode with bare QEMU's own SMMU in the same mode, the
 //! neighbour configurations with stage-2 passthrough and the faulting one
 //! also with the fault-free one; for the neighbours the bench also prints
 //! the neighbour's commands per second and the faults the hypervisor
@@ -31,7 +32,7 @@
 //! the guest fetch (`./hv bench` does it all); `-- --test` runs each
 //! configuration once with short workloads; other arguments choose the
 //! configurations whose names contain one of them (`-- "stage-2
-//! passthrough"`: the three stage-2 ones).
+//! passthrough"`: the stage-2 ones).
 
 use scenario_tests::{boot_with_cmdline_typing, median, TIMEOUT};
 use std::path::PathBuf;
@@ -221,7 +222,7 @@ fn main() {
     let runs = if smoke { 1 } else { 5 };
     // (name, configuration, indices of the configurations it is compared
     // with)
-    let configs: [(&str, Config, &[usize]); 8] = [
+    let configs: [(&str, Config, &[usize]); 9] = [
         ("bare QEMU", Config::Bare { smmu: None }, &[]),
         (
             "bare QEMU + SMMUv3, strict",
@@ -239,6 +240,11 @@ fn main() {
             &[0],
         ),
         (
+            "stage-2 passthrough, GICv4 direct MSIs",
+            Config::Hypervisor("nvme-bench-gicv4"),
+            &[0],
+        ),
+        (
             "nested, strict",
             Config::Hypervisor("nvme-bench-vsmmu-strict"),
             &[1],
@@ -251,7 +257,7 @@ fn main() {
         (
             "stage-2 passthrough, neighbour faulting continuously",
             Config::Neighbour { own_ram: false },
-            &[3, 7],
+            &[3, 8],
         ),
         (
             "stage-2 passthrough, neighbour's NVMe as busy without faults",

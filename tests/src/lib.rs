@@ -119,6 +119,12 @@ impl Boot {
         Checks::parse(&self.console, "the hypervisor".into(), hyp_log_text)
     }
 
+    /// The check lines of a guest that ran without the hypervisor
+    /// ([`boot_bare`]): its lines come unprefixed.
+    pub fn bare_checks(&self) -> Checks<'_> {
+        Checks::parse(&self.console, "the bare-QEMU guest".into(), whole_line)
+    }
+
     /// Asserts that VM `vm` printed nothing at all (it never started).
     #[track_caller]
     pub fn assert_silent(&self, vm: &str) {
@@ -127,6 +133,11 @@ impl Boot {
             panic!("VM {vm} printed {line:?}; console was:\n{}", self.console);
         }
     }
+}
+
+/// A line as it is: a guest's own, without a hypervisor around it.
+fn whole_line(line: &str) -> Option<&str> {
+    Some(line)
 }
 
 /// The text of a hypervisor log line (`[   0.512345] INFO  text`, see
@@ -425,7 +436,31 @@ fn run(
     let prepared = qemu_runner::prepare_run(&workspace(), scenario, &extra_args, cmdline, &hyp)
         .unwrap_or_else(|e| panic!("scenario {scenario}: {e}"));
     let _bundle = OwnBundle(prepared.own_bundle);
-    let mut cmd = prepared.command;
+    collect(
+        prepared.command,
+        &format!("scenario {scenario} {extra:?}"),
+        timeout,
+        script,
+    )
+}
+
+/// Boots a QEMU command line that runs a guest directly (no hypervisor),
+/// as [`bare_baremetal_qemu`] or [`bare_linux_qemu`] make them, on `cpus`
+/// emulated CPUs of the budget; kills QEMU after `timeout` and fails loudly
+/// if it had to. Its check lines are [`Boot::bare_checks`].
+pub fn boot_bare(cmd: std::process::Command, cpus: usize, timeout: Duration) -> Boot {
+    let _slots = CpuSlots::take(cpus);
+    collect(cmd, "bare QEMU", timeout, &[])
+}
+
+/// Runs QEMU's `cmd` (`what` names it in messages) until it exits, typing
+/// `script` ([`boot_typing`]), and collects its console.
+fn collect(
+    mut cmd: std::process::Command,
+    what: &str,
+    timeout: Duration,
+    script: &[(&str, &[u8])],
+) -> Boot {
     let mut child = cmd
         .stdin(if script.is_empty() {
             Stdio::null()
@@ -470,7 +505,7 @@ fn run(
             let _ = child.wait();
             let _ = reader.join();
             panic!(
-                "scenario {scenario} {extra:?} did not finish within {timeout:?}; console:\n{}",
+                "{what} did not finish within {timeout:?}; console:\n{}",
                 console_now()
             );
         }
@@ -561,6 +596,25 @@ pub fn bare_linux_qemu(extra: &[&str], append: &str) -> std::process::Command {
         .arg("-initrd")
         .arg(linux.join("initramfs.cpio.gz"))
         .args(["-append", append]);
+    c
+}
+
+/// The bare-metal test guest (`target/guests/baremetal.bin`) on bare QEMU
+/// (`virt`, GICv3, one cortex-a57, 512 MiB, no IOMMU), with one `-device`
+/// argument per entry of `devices` and the command line `append`: the
+/// baseline a scenario with the same guest compares with. Run from the
+/// repository root.
+pub fn bare_baremetal_qemu(devices: &[&str], append: &str) -> std::process::Command {
+    let mut c = std::process::Command::new("qemu-system-aarch64");
+    c.current_dir(workspace())
+        .args(["-M", "virt,gic-version=3", "-cpu", "cortex-a57"])
+        .args(["-smp", "1", "-m", "512M"])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .args(["-kernel", "target/guests/baremetal.bin"])
+        .args(["-append", append]);
+    for d in devices {
+        c.args(["-device", d]);
+    }
     c
 }
 

@@ -75,6 +75,34 @@ fn msix_through_its(b: &Boot, checks: &Checks<'_>, check: &str, vectors: u32) {
     interrupts_kept(b);
 }
 
+/// What check `nvme-msi-traps` measured (`bin/nvme-msi-traps`): over
+/// `reads` 4 KiB reads one at a time, the NVMe's interrupts the guest
+/// received, the traps the VM took, and the MSIs the hypervisor took and
+/// injected through the list registers.
+#[derive(Debug)]
+struct MsiCost {
+    reads: u64,
+    interrupts: u64,
+    traps: u64,
+    injected: u64,
+}
+
+fn msi_cost(checks: &Checks<'_>) -> MsiCost {
+    let detail = checks.detail("nvme-msi-traps");
+    let number = |word: &str| -> u64 {
+        detail
+            .split(", ")
+            .find_map(|part| part.strip_suffix(word)?.parse().ok())
+            .unwrap_or_else(|| panic!("no{word} in {detail:?}"))
+    };
+    MsiCost {
+        reads: number(" reads"),
+        interrupts: number(" interrupts"),
+        traps: number(" traps"),
+        injected: number(" injected"),
+    }
+}
+
 /// Linux never gave up on an interrupt of the passed-through functions:
 /// one raised again and again with nothing to do makes Linux disable it
 /// ("nobody cared"), and the device then hangs.
@@ -84,16 +112,26 @@ fn interrupts_kept(b: &Boot) {
     b.reject("Disabling IRQ #");
 }
 
+/// [`NVME_CHECKS`] and `nvme-msi-traps`, with `nvme.msi_reads=N`.
+const NVME_CHECKS_AND_COST: [&str; 6] = [
+    "all-cpus-online",
+    "nvme-host-data",
+    "nvme-write-read-back",
+    "nvme-interrupts",
+    "nvme-msi-traps",
+    "init-run-exit-status",
+];
+
 #[test]
 fn linux_nvme_passthrough() {
-    let b = boot("linux-nvme", &[], TIMEOUT);
+    let b = boot_with_cmdline("linux-nvme", &[("linux", "nvme.msi_reads=500")], TIMEOUT);
     b.expect("VM linux: PCI 00:01.0 (sid 0x8) assigned as 00:01.0, INTx -> guest INTID 40");
     // The guest's own NVMe driver binds the device behind the virtual bridge.
     b.expect("nvme nvme0: pci function 0000:00:01.0");
     // Data the host prepared reads back with the host's checksum, and what
     // the guest wrote reads back...
     let linux = b.checks("linux");
-    linux.assert_all_passed(&NVME_CHECKS);
+    linux.assert_all_passed(&NVME_CHECKS_AND_COST);
     // ...and is on the host's disk image.
     assert_eq!(
         host_sha256("target/disks/nvme.img", 8, 4),
@@ -102,12 +140,54 @@ fn linux_nvme_passthrough() {
     b.expect("VM linux: MSIs granted: PCI 00:01.0 (DeviceID 0x8 -> 0x8): 65 event(s) (MSI-X)");
     // One vector for the admin queue, one per vCPU's I/O queue.
     msix_through_its(&b, &linux, "nvme-interrupts", 3);
+    // A GICv3 cannot inject them itself: each MSI is a physical LPI the
+    // hypervisor takes (a trap) and injects through the list registers.
+    b.expect("MSI delivery: list-registers (this GIC has no direct injection)");
+    let cost = msi_cost(&linux);
+    assert!(cost.interrupts >= cost.reads / 2, "{cost:?}");
+    assert!(cost.injected >= cost.interrupts, "{cost:?}");
+    assert!(cost.traps >= cost.injected, "{cost:?}");
     // At power-off the device is stopped before anything else.
     b.expect(
         "VM linux: its devices are stopped: bus mastering off, streams abort, TLBs invalidated",
     );
     b.expect("all VMs have stopped (all powered off cleanly)");
     b.reject("SMMU event");
+    b.assert_exit(0);
+}
+
+/// linux-nvme on a GICv4: the NVMe's MSI-X interrupts reach the guest as
+/// virtual LPIs the GIC presents to its vCPUs, with no trap. The guest's
+/// reads one at a time raise about one interrupt each, the hypervisor
+/// injects none of them, and the VM's traps during them (timer ticks,
+/// inter-processor interrupts) are far fewer than the interrupts; through
+/// the list registers (`linux_nvme_passthrough`) each interrupt is a trap.
+#[test]
+fn linux_nvme_gicv4_direct_injection() {
+    let b = boot("linux-nvme-gicv4", &[], TIMEOUT);
+    b.expect("MSI delivery: direct (GICv4: the fastest this GIC supports)");
+    b.expect(
+        "VM linux: MSIs delivered directly by the GIC: vPE 0 on CPU 0, vPE 1 on CPU 1; \
+         virtual LPI configuration and pending tables in hypervisor memory",
+    );
+    let linux = b.checks("linux");
+    linux.assert_all_passed(&NVME_CHECKS_AND_COST);
+    assert_eq!(
+        host_sha256("target/disks/nvme-gicv4.img", 8, 4),
+        guest_sha256(&linux)
+    );
+    msix_through_its(&b, &linux, "nvme-interrupts", 3);
+    let cost = msi_cost(&linux);
+    assert!(cost.interrupts >= cost.reads / 2, "{cost:?}");
+    // No MSI went through the hypervisor. The traps left (timer ticks,
+    // IPIs, the counter reads) grow with how long the reads take, which
+    // depends on the host's load: they are a benchmark figure, not a test.
+    assert_eq!(cost.injected, 0, "{cost:?}");
+    b.expect("VM linux: its devices are stopped");
+    b.expect("MSIs delivered directly, 0 injected");
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    b.reject("SMMU event");
+    b.reject("cannot be made resident");
     b.assert_exit(0);
 }
 
@@ -521,9 +601,8 @@ fn vsmmu_edu_nested() {
 /// to the vITS, raises nothing and does not fault; the edu's DMA of the
 /// EventID to the same IPA goes through the SMMU, whose stage 2 alone maps
 /// the doorbell, to the physical GITS_TRANSLATER, where QEMU traces it.
-#[test]
-fn edu_msi_doorbell() {
-    let b = boot("edu-msi", &[], TIMEOUT);
+fn edu_msi(scenario: &str) -> Boot {
+    let b = boot(scenario, &[], TIMEOUT);
     // Physical 00:02.0 (DeviceID 0x10) is the guest's 00:01.0 (0x8), with
     // the one event of its single MSI vector.
     b.expect("VM msi: MSIs granted: PCI 00:02.0 (DeviceID 0x10 -> 0x8): 1 event(s) (MSI)");
@@ -569,6 +648,57 @@ fn edu_msi_doorbell() {
     b.expect("VM msi: its devices are stopped: bus mastering off, streams abort, TLBs invalidated, 1 MSI route(s) and its devices unmapped from the ITS");
     b.expect("all VMs have stopped (all powered off cleanly)");
     b.assert_exit(0);
+    b
+}
+
+#[test]
+fn edu_msi_doorbell() {
+    let b = edu_msi("edu-msi");
+    b.expect("MSI delivery: list-registers (this GIC has no direct injection)");
+}
+
+/// The same on a GICv4, which delivers the guest's MSIs directly: the INT
+/// of the guest's mapped event is a physical INT of a virtual LPI, which
+/// the GIC presents to the vCPU.
+#[test]
+fn edu_msi_gicv4_direct() {
+    let b = edu_msi(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/edu-msi-gicv4.toml"
+    ));
+    b.expect("MSI delivery: direct (GICv4: the fastest this GIC supports)");
+    b.expect("VM msi: MSIs delivered directly by the GIC: vPE 0 on CPU 0");
+    b.expect("VM msi: ");
+    b.expect("traps; MSIs delivered directly, 0 injected");
+}
+
+/// On a GICv4 the scenario may still ask for the list registers.
+#[test]
+fn edu_msi_gicv4_list_registers() {
+    let b = edu_msi(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/edu-msi-gicv4-list-registers.toml"
+    ));
+    b.expect("MSI delivery: list-registers (as the scenario asks)");
+    b.reject("MSIs delivered directly");
+}
+
+/// Direct delivery asked of a GICv3: one line says why not, and no guest
+/// starts.
+#[test]
+fn direct_msi_delivery_needs_gicv4() {
+    let scenario = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/direct-msi-on-gicv3.toml"
+    );
+    let b = boot(scenario, &[], TIMEOUT);
+    b.expect(
+        "the machine cannot run the scenario: msi_delivery = \"direct\" needs a GIC that \
+         injects virtual LPIs directly (GICv4, e.g. gic_version = 4), but \
+         the ITS has no virtual LPIs (GITS_TYPER.Virtual = 0: not a GICv4): no guest is started",
+    );
+    b.assert_silent("msi");
+    b.assert_exit(1);
 }
 
 /// A guest aims its edu's MSI (the capability the hypervisor shows it) at

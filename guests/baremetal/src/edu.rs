@@ -27,6 +27,9 @@ pub const CFG_BAR0: u16 = 0x10;
 pub const CMD_MEMORY: u32 = 1 << 1;
 /// Command register: Bus Master Enable.
 pub const CMD_BUS_MASTER: u32 = 1 << 2;
+/// Interrupt Line (byte 0) and Interrupt Pin (byte 1, 1 = INTA .. 4 =
+/// INTD, 0 = none).
+pub const CFG_INTERRUPT: u16 = 0x3c;
 
 /// A generic ECAM host bridge (`pci-host-ecam-generic`) from the device
 /// tree.
@@ -178,6 +181,10 @@ mod hw {
 
     /// `edu` register: identification (low byte 0xed).
     const EDU_ID: u64 = 0x00;
+    /// `edu` register: interrupt status (the bits raised and not yet
+    /// acknowledged; without MSI the INTx line is asserted while it is not
+    /// 0).
+    const EDU_INTR_STATUS: u64 = 0x24;
     /// `edu` register: interrupt raise (write: ORs the value into the
     /// interrupt status and signals the interrupt, an MSI when MSI is
     /// enabled).
@@ -366,6 +373,20 @@ mod hw {
             // SAFETY: `reg` is a register of the `edu`'s 1 MiB BAR0, which
             // decodes memory (enabled in `probe`); Device memory.
             unsafe { mmio::read32(self.bar0 + reg) }
+        }
+
+        /// Raises interrupt status bits `bits`: the INTx line is asserted
+        /// (MSI stays off, so the line is how it signals).
+        pub fn raise_irq(&self, bits: u32) {
+            self.write32(EDU_INTR_RAISE, bits);
+        }
+
+        /// Acknowledges status bits `bits`: the line is let go once none is
+        /// left. The status read back makes sure the write has reached the
+        /// device.
+        pub fn ack_irq(&self, bits: u32) {
+            self.write32(EDU_INTR_ACK, bits);
+            let _ = self.read32(EDU_INTR_STATUS);
         }
 
         fn read64(&self, reg: u64) -> u64 {

@@ -9,7 +9,12 @@ use core::arch::asm;
 const GICD_CTLR: u64 = 0x0;
 const GICD_IGROUPR: u64 = 0x80;
 const GICD_ISENABLER: u64 = 0x100;
+const GICD_ICENABLER: u64 = 0x180;
+const GICD_ISPENDR: u64 = 0x200;
+const GICD_ICPENDR: u64 = 0x280;
+const GICD_ISACTIVER: u64 = 0x300;
 const GICD_IPRIORITYR: u64 = 0x400;
+const GICD_ICFGR: u64 = 0xc00;
 const GICD_IROUTER: u64 = 0x6000;
 /// GICD_CTLR.EnableGrp1 (single Security state) and ARE.
 const CTLR_GRP1_ARE: u32 = 1 << 1 | 1 << 4;
@@ -42,12 +47,7 @@ pub fn init(gicd: u64, intids: &[u32]) {
         let prio = gicd + GICD_IPRIORITYR + u64::from(i);
         // SAFETY: GICD_IPRIORITYR is byte-accessible (IHI 0069 §12.9.22).
         unsafe { mmio::write8(prio, 0x80) };
-        let mpidr: u64;
-        // SAFETY: reading our own MPIDR_EL1 has no side effect.
-        unsafe { asm!("mrs {}, mpidr_el1", out(reg) mpidr) };
-        let router = gicd + GICD_IROUTER + 8 * u64::from(i);
-        // SAFETY: a 64-bit GICD_IROUTER<n> of the distributor.
-        unsafe { mmio::write64(router, mpidr & 0xff_00ff_ffff) };
+        route(gicd, i, my_affinity());
         w32(gicd + GICD_ISENABLER + word, bit);
     }
     // SAFETY: system-register setup of our own CPU interface: system
@@ -86,4 +86,79 @@ pub fn take(intid: u32) -> bool {
         unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) iar) };
     }
     seen
+}
+
+/// The word offset and bit of SPI `intid` in a bit-per-interrupt bank.
+fn word_bit(intid: u32) -> (u64, u32) {
+    (u64::from(intid / 32) * 4, 1 << (intid % 32))
+}
+
+/// Makes SPI `intid` level-sensitive (GICD_ICFGR Int_config = 0); do it
+/// while the SPI is disabled, before [`init`].
+pub fn set_level_sensitive(gicd: u64, intid: u32) {
+    let reg = gicd + GICD_ICFGR + u64::from(intid / 16) * 4;
+    w32(reg, r32(reg) & !(2 << (2 * (intid % 16))));
+}
+
+/// Enables (GICD_ISENABLER) or disables (GICD_ICENABLER) SPI `intid`.
+pub fn set_enabled(gicd: u64, intid: u32, on: bool) {
+    let (word, bit) = word_bit(intid);
+    let bank = if on { GICD_ISENABLER } else { GICD_ICENABLER };
+    w32(gicd + bank + word, bit);
+}
+
+/// Whether SPI `intid` is pending (GICD_ISPENDR).
+pub fn pending(gicd: u64, intid: u32) -> bool {
+    let (word, bit) = word_bit(intid);
+    r32(gicd + GICD_ISPENDR + word) & bit != 0
+}
+
+/// Whether SPI `intid` is active (GICD_ISACTIVER).
+pub fn active(gicd: u64, intid: u32) -> bool {
+    let (word, bit) = word_bit(intid);
+    r32(gicd + GICD_ISACTIVER + word) & bit != 0
+}
+
+/// Clears SPI `intid`'s pending state (GICD_ICPENDR).
+pub fn clear_pending(gicd: u64, intid: u32) {
+    let (word, bit) = word_bit(intid);
+    w32(gicd + GICD_ICPENDR + word, bit);
+}
+
+/// Routes SPI `intid` to the PE with affinity `aff` (GICD_IROUTER<n>,
+/// IRM = 0: Aff3 \[39:32\], Aff2.Aff1.Aff0 \[23:0\]).
+pub fn route(gicd: u64, intid: u32, aff: u64) {
+    let router = gicd + GICD_IROUTER + 8 * u64::from(intid);
+    // SAFETY: a 64-bit GICD_IROUTER<n> of the distributor our device tree
+    // names (Device memory, MMU off); routing an SPI touches no memory.
+    unsafe { mmio::write64(router, aff & 0xff_00ff_ffff) };
+}
+
+/// Our affinity as GICD_IROUTER<n> takes it.
+pub fn my_affinity() -> u64 {
+    let mpidr: u64;
+    // SAFETY: reading our own MPIDR_EL1 has no side effect.
+    unsafe { asm!("mrs {}, mpidr_el1", out(reg) mpidr) };
+    mpidr & 0xff_00ff_ffff
+}
+
+/// Acknowledges the highest-priority pending interrupt (ICC_IAR1_EL1):
+/// its INTID, now active, or None when nothing is pending.
+pub fn acknowledge() -> Option<u32> {
+    let iar: u64;
+    // SAFETY: reads ICC_IAR1_EL1 of our own CPU interface (enabled by
+    // `init`): it changes interrupt state only (the INTID becomes active),
+    // never memory.
+    unsafe { asm!("mrs {}, icc_iar1_el1", "dsb sy", out(reg) iar) };
+    let intid = (iar & 0xff_ffff) as u32;
+    (u64::from(intid) != SPURIOUS).then_some(intid)
+}
+
+/// Ends interrupt `intid` (ICC_EOIR1_EL1; EOImode 0: priority drop and
+/// deactivation).
+pub fn end(intid: u32) {
+    // SAFETY: writes ICC_EOIR1_EL1 of our own CPU interface: it changes
+    // interrupt state only (priority drop, deactivation), never memory;
+    // callers pass an INTID [`acknowledge`] returned.
+    unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) u64::from(intid)) };
 }

@@ -33,7 +33,11 @@
 //! - `edu_msi_attack`: as `edu_msi`'s set-up, then programs the `edu`'s MSI
 //!   capability with hostile messages (own RAM, outside RAM, GICD_SETSPI_NSR,
 //!   the ITS's registers, events not granted or discarded) and checks that
-//!   only its own mapped event raises its LPI (see `msi/attack.rs`).
+//!   only its own mapped event raises its LPI (see `msi/attack.rs`);
+//! - `edu_intx=N`: raises the `edu`'s INTx line N times in rounds that
+//!   handle it promptly, late (EOI with the line still high), disabled,
+//!   routed away, and checks that its GIC gives exactly the interrupts the
+//!   architecture says (see [`intx`]);
 //! - `nvme_fault_flood=SECONDS` [`nvme_flood_identify`] [`nvme_flood_own`]:
 //!   brings up its NVMe controller and keeps its admin queue full of
 //!   commands (Get Log Page of 4 bytes, or Identify of 4 KiB) whose data
@@ -66,6 +70,7 @@ mod checks;
 mod edu;
 #[cfg(target_os = "none")]
 mod gic;
+mod intx;
 #[cfg(target_os = "none")]
 mod mmio;
 mod msi;
@@ -104,6 +109,9 @@ enum Action<'a> {
     EduMsi,
     /// Aim the `edu`'s MSI at hostile places and check what follows.
     EduMsiAttack,
+    /// Raise the `edu`'s INTx line this many times and count the
+    /// interrupts.
+    EduIntx(u64),
     /// Flood the NVMe controller with commands whose DMA faults, for this
     /// many seconds.
     NvmeFaultFlood(u64),
@@ -165,6 +173,11 @@ impl<'a> Args<'a> {
                 Some(("bar_page", v)) => {
                     if let Some((vendor, device)) = barpage::parse_id(v) {
                         args.action = Action::BarPage(vendor, device);
+                    }
+                }
+                Some(("edu_intx", v)) => {
+                    if let Ok(n) = v.parse() {
+                        args.action = Action::EduIntx(n);
                     }
                 }
                 Some(("nvme_fault_flood", v)) => {
@@ -526,6 +539,7 @@ mod hw {
             Action::BarPage(vendor, device) => super::barpage::run(&fdt, vendor, device),
             Action::EduMsi => super::msi::run(&fdt),
             Action::EduMsiAttack => super::msi::attack(&fdt, board.ram),
+            Action::EduIntx(n) => super::intx::run(&fdt, n),
             Action::NvmeFaultFlood(seconds) => super::nvmeflood::run(
                 &fdt,
                 board.ram,
@@ -610,6 +624,11 @@ mod tests {
             Args::parse("name=n edu_msi_attack").action,
             Action::EduMsiAttack
         );
+        assert_eq!(
+            Args::parse("name=n edu_intx=1000").action,
+            Action::EduIntx(1000)
+        );
+        assert_eq!(Args::parse("edu_intx=-1").action, Action::Done);
         assert_eq!(
             Args::parse("vsmmu_flood=3000").action,
             Action::VsmmuFlood(3000)

@@ -187,6 +187,16 @@ pub enum ErrorKind {
     /// A required key is absent.
     #[error("missing key {0:?}")]
     MissingKey(&'static str),
+    /// A value the key does not take.
+    #[error("{key}: {value} is not one of {allowed}")]
+    BadChoice {
+        /// The key.
+        key: &'static str,
+        /// What the file has.
+        value: String,
+        /// What the key takes.
+        allowed: &'static str,
+    },
     /// The file has no `[machine]` section.
     #[error("no [machine] section")]
     MissingMachine,

@@ -108,7 +108,44 @@ pub struct Machine {
     pub qemu_args: Vec<String>,
     /// `bootargs`: the hypervisor's command line; default empty.
     pub bootargs: String,
+    /// `gic_version`: the GIC QEMU emulates, 3 (GICv3) or 4 (GICv4.0,
+    /// with direct injection of virtual LPIs); default 3.
+    pub gic_version: u8,
+    /// `msi_delivery`: how assigned functions' MSIs reach the guests;
+    /// default (`None`) the fastest the machine's GIC supports.
+    pub msi_delivery: Option<MsiDelivery>,
 }
+
+/// `msi_delivery`: how the hypervisor delivers assigned functions' MSIs to
+/// the guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsiDelivery {
+    /// `"direct"`: the GIC injects each MSI into the vCPU itself, as a
+    /// virtual LPI (GICv4); a machine without that refuses to start VMs.
+    Direct,
+    /// `"list-registers"`: each MSI is a physical LPI the hypervisor takes
+    /// and injects through the virtual CPU interface's list registers.
+    ListRegisters,
+}
+
+impl MsiDelivery {
+    /// Every value, with its name in a scenario.
+    pub const ALL: [(MsiDelivery, &'static str); 2] = [
+        (MsiDelivery::Direct, "direct"),
+        (MsiDelivery::ListRegisters, "list-registers"),
+    ];
+
+    /// Its name in a scenario.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::ListRegisters => "list-registers",
+        }
+    }
+}
+
+/// GIC versions `gic_version` takes.
+pub const GIC_VERSIONS: [u8; 2] = [3, 4];
 
 /// `[[vm]]`: one guest.
 #[derive(Debug, Clone, PartialEq, Eq)]

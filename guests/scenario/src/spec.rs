@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use crate::error::{ErrorKind, ScenarioError, Section};
 use crate::syntax::{line_of, vm_name};
-use crate::{guest_layout, Machine, Scenario, VmSpec};
+use crate::{guest_layout, Machine, MsiDelivery, Scenario, VmSpec, GIC_VERSIONS};
 
 /// Longest string value.
 pub const MAX_STRING: usize = 4096;
@@ -27,6 +27,8 @@ const MACHINE_KEYS: &[&str] = &[
     "devices",
     "qemu_args",
     "bootargs",
+    "gic_version",
+    "msi_delivery",
 ];
 
 const VM_KEYS: &[&str] = &[
@@ -298,7 +300,45 @@ fn machine(text: &str, t: &DeTable<'_>, line: usize) -> Result<Machine, Scenario
         devices: f.strings("devices")?,
         qemu_args: f.strings("qemu_args")?,
         bootargs: f.string("bootargs")?.unwrap_or_default(),
+        gic_version: gic_version(&f)?,
+        msi_delivery: msi_delivery(&f)?,
     })
+}
+
+fn gic_version(f: &Fields<'_, '_>) -> Result<u8, ScenarioError> {
+    let Some(v) = f.int("gic_version")? else {
+        return Ok(3);
+    };
+    GIC_VERSIONS
+        .into_iter()
+        .find(|&g| u64::from(g) == v)
+        .ok_or_else(|| {
+            let line = f.get("gic_version").map_or(f.line, |e| e.line);
+            let kind = ErrorKind::BadChoice {
+                key: "gic_version",
+                value: v.to_string(),
+                allowed: "3 or 4",
+            };
+            f.err(line, kind)
+        })
+}
+
+fn msi_delivery(f: &Fields<'_, '_>) -> Result<Option<MsiDelivery>, ScenarioError> {
+    let Some(v) = f.string("msi_delivery")? else {
+        return Ok(None);
+    };
+    match MsiDelivery::ALL.iter().find(|(_, name)| *name == v) {
+        Some(&(d, _)) => Ok(Some(d)),
+        None => {
+            let line = f.get("msi_delivery").map_or(f.line, |e| e.line);
+            let kind = ErrorKind::BadChoice {
+                key: "msi_delivery",
+                value: alloc::format!("{:?}", shown(&v)),
+                allowed: "\"direct\" or \"list-registers\"",
+            };
+            Err(f.err(line, kind))
+        }
+    }
 }
 
 fn vm(text: &str, t: &DeTable<'_>, line: usize, index: usize) -> Result<VmSpec, ScenarioError> {
@@ -441,6 +481,34 @@ vsmmu = false       # virtual SMMU
     }
 
     #[test]
+    fn gic_version_and_msi_delivery() {
+        let m = |extra: &str| {
+            Scenario::parse(&alloc::format!(
+                "[machine]\ncpus = 1\nmemory = \"1G\"\n{extra}"
+            ))
+            .map(|s| (s.machine.gic_version, s.machine.msi_delivery))
+        };
+        assert_eq!(m(""), Ok((3, None)), "GICv3, the fastest delivery");
+        assert_eq!(
+            m("gic_version = 4\nmsi_delivery = \"direct\"\n"),
+            Ok((4, Some(MsiDelivery::Direct)))
+        );
+        assert_eq!(
+            m("msi_delivery = \"list-registers\"\n"),
+            Ok((3, Some(MsiDelivery::ListRegisters)))
+        );
+        assert_eq!(
+            m("gic_version = 2\n").unwrap_err().to_string(),
+            "line 4: machine: gic_version: 2 is not one of 3 or 4"
+        );
+        assert_eq!(
+            m("msi_delivery = \"lr\"\n").unwrap_err().to_string(),
+            "line 4: machine: msi_delivery: \"lr\" is not one of \"direct\" or \"list-registers\""
+        );
+        assert!(m("gic_version = \"4\"\n").is_err(), "an integer");
+    }
+
+    #[test]
     fn the_documented_example_parses() {
         let s = Scenario::parse(LINUX).unwrap();
         assert_eq!(
@@ -454,6 +522,8 @@ vsmmu = false       # virtual SMMU
                 devices: vec!["edu,dma_mask=0xffffffffff".into()],
                 qemu_args: vec![],
                 bootargs: String::new(),
+                gic_version: 3,
+                msi_delivery: None,
             }
         );
         assert_eq!(

@@ -38,6 +38,10 @@ fn machine(out: &mut String, m: &Machine) {
     key_strings(out, "devices", &m.devices);
     key_strings(out, "qemu_args", &m.qemu_args);
     key_string(out, "bootargs", &m.bootargs);
+    let _ = writeln!(out, "gic_version = {}", m.gic_version);
+    if let Some(d) = m.msi_delivery {
+        key_string(out, "msi_delivery", d.name());
+    }
 }
 
 fn vm_table(out: &mut String, vm: &VmSpec) {
@@ -104,6 +108,7 @@ mod tests {
             "vm = [{ name = \"a\", cpus = 1, memory = 0x20_0000, kernel = \"k\", ",
             "ram_base = 0xffff_ffff_ffe0_0000, cmdline = \"init.run=\\\"dd\\\"\\ttab\\u0001\" }]\n",
             "[machine]\ncpus = 1\nmemory = 0xffff_ffff_ffff_ffff\nqemu_args = ['C:\\d.img']\n",
+            "gic_version = 4\nmsi_delivery = \"list-registers\"\n",
         ))
         .unwrap();
         assert_eq!(s.vms[0].cmdline, "init.run=\"dd\"\ttab\u{1}");
@@ -114,7 +119,7 @@ mod tests {
         );
         assert!(text.contains("\nqemu_args = [\"C:\\\\d.img\"]\n"), "{text}");
         let mut back = Scenario::parse(&text).unwrap();
-        assert_eq!(back.vms[0].line, 11, "{text}");
+        assert_eq!(back.vms[0].line, 13, "{text}");
         back.vms[0].line = s.vms[0].line;
         assert_eq!(back, s, "{text}");
     }

@@ -189,6 +189,8 @@ mod tests {
                 devices: vec![],
                 qemu_args: vec![],
                 bootargs: String::new(),
+                gic_version: 3,
+                msi_delivery: None,
             },
             vms,
         }

@@ -7,7 +7,9 @@
 //! (ICV_* registers, filled through the ICH_LR<n>_EL2 list registers).
 //!
 //! It also points each redistributor at the LPI tables the ITS driver
-//! (`drivers::its`) allocates and enables its LPIs.
+//! (`drivers::its`) allocates and enables its LPIs, and, on a GIC with
+//! direct injection of virtual LPIs (GICv4), makes a vCPU's vPE resident on
+//! its physical CPU's redistributor while the vCPU runs there.
 
 use super::frame::Frame;
 use crate::platform::Gic;
@@ -23,6 +25,7 @@ pub const PPI_VTIMER: u32 = 27;
 
 use crate::gicv3::attrs::{negotiate, NotKept};
 use crate::gicv3::lpi::{PENDBASER_ATTRS, PROPBASER_ATTRS};
+use crate::gicv3::vlpi::{self, VpendbaserState};
 use crate::gicv3::{gicd, gicr};
 use core::fmt;
 use smmu::addr::PhysAddr;
@@ -85,21 +88,23 @@ pub unsafe fn init(gic: &Gic) {
     wait_rwp(&r.dist);
 }
 
-/// The redistributor of the CPU with affinity `mpidr`: its frame and its
-/// offset in the region.
+/// The redistributor of the CPU with affinity `mpidr`: its frames (two, or
+/// four with VLPI_base when it supports virtual LPIs) and its offset in the
+/// region.
 fn find_redist(mpidr: u64) -> Option<(Frame, u64)> {
     let r = regs();
     let aff = ((mpidr >> 32 & 0xff) << 24) | (mpidr & 0xff_ffff);
     let mut off = 0;
     while let Some(frame) = r.redist.part(off, gicr::STRIDE) {
         let typer = frame.r64(gicr::TYPER);
+        let stride = gicr::stride(typer);
         if u64::from(gicr::typer_affinity(typer)) == aff {
-            return Some((frame, off));
+            return r.redist.part(off, stride).map(|f| (f, off));
         }
         if typer & gicr::TYPER_LAST != 0 {
             break;
         }
-        off += gicr::STRIDE;
+        off += stride;
     }
     None
 }
@@ -135,6 +140,11 @@ pub fn init_cpu(mpidr: u64) {
         gicr::ISENABLER0,
         (1 << SGI_KICK) | (1 << PPI_MAINTENANCE) | (1 << PPI_VTIMER),
     );
+    // Whatever vPE an earlier owner of the GIC left resident goes: only
+    // this hypervisor's vCPUs' vPEs are resident here.
+    if let Err(e) = make_non_resident(mpidr) {
+        warn!("GIC: CPU {mpidr:#x}: a vPE left resident stays: {e}");
+    }
     crate::arch::gicv3::init_cpu_interface();
 }
 
@@ -276,4 +286,128 @@ pub fn enable_lpis(mpidr: u64, propbaser: u64, pendbaser: u64) -> Result<bool, L
     let ctlr = rd.r32(gicr::CTLR);
     rd.w32(gicr::CTLR, ctlr | gicr::CTLR_ENABLE_LPIS);
     Ok(prop.flush)
+}
+
+/// Whether the redistributor of the CPU with affinity `mpidr` supports
+/// direct injection of virtual LPIs (GICR_TYPER.VLPIS).
+pub fn virtual_lpis(mpidr: u64) -> bool {
+    my_redist(mpidr).is_some_and(|rd| rd.r64(gicr::TYPER) & gicr::TYPER_VLPIS != 0)
+}
+
+/// Polls of GICR_VPENDBASER.Dirty, 1 µs apart.
+const DIRTY_POLLS: u32 = 1_000_000;
+
+/// Why a vPE could not be made resident.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResidencyError {
+    /// The GIC has no redistributor for the CPU.
+    NoRedistributor,
+    /// GICR_TYPER.VLPIS = 0.
+    NoVirtualLpis,
+    /// Another vPE is resident there.
+    Occupied(PhysAddr),
+    /// GICR_VPROPBASER or GICR_VPENDBASER did not keep its value.
+    NotKept(&'static str, NotKept),
+    /// GICR_VPENDBASER.Dirty stayed set.
+    Dirty,
+}
+
+impl fmt::Display for ResidencyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoRedistributor => f.write_str("no redistributor"),
+            Self::NoVirtualLpis => f.write_str("GICR_TYPER.VLPIS = 0"),
+            Self::Occupied(pa) => write!(f, "the vPE with pending table {pa} is resident"),
+            Self::NotKept(reg, n) => {
+                write!(f, "{reg} written {:#x}, reads {:#x}", n.wrote, n.read)
+            }
+            Self::Dirty => f.write_str("GICR_VPENDBASER.Dirty stays set"),
+        }
+    }
+}
+
+/// Waits, bounded, until the redistributor has finished with the virtual
+/// pending table after a change of GICR_VPENDBASER.Valid; returns the
+/// register's last value.
+fn vpend_settled(rd: &Frame) -> Result<u64, ResidencyError> {
+    for _ in 0..DIRTY_POLLS {
+        let v = rd.r64(gicr::VPENDBASER);
+        if !VpendbaserState::decode(v).dirty {
+            return Ok(v);
+        }
+        crate::arch::delay_us(1);
+    }
+    Err(ResidencyError::Dirty)
+}
+
+/// Makes a vPE resident on the redistributor of the CPU with affinity
+/// `mpidr`: its VM's virtual LPI configuration table (`vpropbaser`) and its
+/// virtual pending table (`vpendbaser`, from `gicv3::vlpi`, not Valid),
+/// then Valid (IHI 0069, GICR_VPENDBASER). From then on the redistributor
+/// presents the vPE's pending enabled virtual LPIs to this CPU's virtual
+/// CPU interface, with no hypervisor in the way. Both registers may come
+/// back with other memory attributes (`gicv3::attrs`); the tables are
+/// cleaned after every CPU write anyway. Waits, bounded, until the
+/// redistributor has read the tables (Dirty clear).
+pub fn make_resident(mpidr: u64, vpropbaser: u64, vpendbaser: u64) -> Result<(), ResidencyError> {
+    let rd = my_redist(mpidr).ok_or(ResidencyError::NoRedistributor)?;
+    if rd.r64(gicr::TYPER) & gicr::TYPER_VLPIS == 0 {
+        return Err(ResidencyError::NoVirtualLpis);
+    }
+    let now = VpendbaserState::decode(rd.r64(gicr::VPENDBASER));
+    if now.valid {
+        return Err(ResidencyError::Occupied(now.pa));
+    }
+    let rd = &rd;
+    let write_read = |reg: u64| {
+        move |v: u64| {
+            rd.w64(reg, v);
+            rd.r64(reg)
+        }
+    };
+    negotiate(
+        vpropbaser,
+        vlpi::VPROPBASER_ATTRS,
+        write_read(gicr::VPROPBASER),
+    )
+    .map_err(|n| ResidencyError::NotKept("GICR_VPROPBASER", n))?;
+    let kept = negotiate(
+        vpendbaser,
+        vlpi::VPENDBASER_ATTRS,
+        write_read(gicr::VPENDBASER),
+    )
+    .map_err(|n| ResidencyError::NotKept("GICR_VPENDBASER", n))?;
+    crate::arch::dsb_st();
+    rd.w64(gicr::VPENDBASER, vlpi::resident(kept.value));
+    vpend_settled(rd).map(|_| ())
+}
+
+/// The virtual pending table the redistributor of the CPU with affinity
+/// `mpidr` uses now: its resident vPE's, or one it is still writing back
+/// after Valid was cleared (Dirty); None when none.
+pub fn vpe_table_in_use(mpidr: u64) -> Result<Option<PhysAddr>, ResidencyError> {
+    let rd = my_redist(mpidr).ok_or(ResidencyError::NoRedistributor)?;
+    if rd.r64(gicr::TYPER) & gicr::TYPER_VLPIS == 0 {
+        return Ok(None);
+    }
+    let v = VpendbaserState::decode(rd.r64(gicr::VPENDBASER));
+    Ok((v.valid || v.dirty).then_some(v.pa))
+}
+
+/// Makes the vPE resident on the redistributor of the CPU with affinity
+/// `mpidr` non-resident (Valid cleared, then Dirty waited for): its pending
+/// virtual LPIs stay in its virtual pending table and are no longer
+/// presented. Nothing to do when none is resident. Returns whether it had
+/// an enabled virtual LPI pending (PendingLast).
+pub fn make_non_resident(mpidr: u64) -> Result<bool, ResidencyError> {
+    let rd = my_redist(mpidr).ok_or(ResidencyError::NoRedistributor)?;
+    if rd.r64(gicr::TYPER) & gicr::TYPER_VLPIS == 0 {
+        return Ok(false);
+    }
+    let now = rd.r64(gicr::VPENDBASER);
+    if !VpendbaserState::decode(now).valid {
+        return Ok(false);
+    }
+    rd.w64(gicr::VPENDBASER, vlpi::non_resident(now));
+    vpend_settled(&rd).map(|v| VpendbaserState::decode(v).pending_last)
 }

@@ -19,6 +19,17 @@
 //! MAPC to its redistributor as GITS_TYPER.PTA says. LPIs are allocated by
 //! the hypervisor (`gicv3::lpi::LpiAllocator`), one per mapped event.
 //!
+//! Where the ITS has virtual LPIs (GITS_TYPER.Virtual, GICv4.0) and every
+//! redistributor it serves can take them directly (GICR_TYPER.VLPIS), the
+//! driver also gives the ITS a vPE table and can map a device's event to a
+//! virtual LPI of a vPE instead ([`Its::create_vpes`], [`Its::map_vlpi`]):
+//! its MSI is then made pending in the vPE's virtual pending table and
+//! presented to the vCPU by the redistributor, with no physical LPI and no
+//! hypervisor in the way. Each such VM has a virtual LPI configuration table
+//! and each of its vPEs a virtual pending table, all in hypervisor memory;
+//! the vPEs are mapped (VMAPP) to the redistributors of their vCPUs'
+//! physical CPUs for good, since vCPUs are pinned.
+//!
 //! Every command batch ends when GITS_CREADR has passed it, with a SYNC
 //! first where the command changes a redistributor's state (§6.3). The
 //! wait is bounded: a queue that stalls (GITS_CREADR.Stalled) or does not
@@ -30,13 +41,16 @@ use super::gic;
 use crate::arch;
 use crate::gicv3::attrs::{negotiate, Cacheability, NotKept, Shareability};
 use crate::gicv3::intid::LPI_BASE;
-use crate::gicv3::its::cmd::{Command, DeviceId, EventId, Icid, IttRef, RdBase, COMMAND_BYTES};
+use crate::gicv3::its::cmd::{
+    Command, DeviceId, Doorbell, EventId, Icid, IttRef, RdBase, VpeId, VptRef, COMMAND_BYTES,
+};
 use crate::gicv3::its::queue::{CommandQueue, QueueError, QueueHw, Ring};
 use crate::gicv3::its::table::{self, FlatTable, Itt, TableError, ITT_ALIGN};
 use crate::gicv3::its::{
     self as gits, Baser, PageSize, TableType, Typer, BASER_ATTRS, CBASER_ATTRS,
 };
 use crate::gicv3::lpi::{self, Lpi, LpiAllocator, LpiError};
+use crate::gicv3::vlpi::{self, VlpiTable};
 use crate::mm::ITS_MEM;
 use crate::platform::{ItsNode, Platform};
 use alloc::collections::BTreeMap;
@@ -62,6 +76,10 @@ const POLLS: u32 = 1_000_000;
 pub const MAX_EVENTS: u32 = 2048;
 /// The highest DeviceID covered when the host bridge has no `msi-map`.
 const DEFAULT_MAX_DEVICE_ID: u32 = 0xff;
+/// vPE IDs the vPE table covers at least: more than the vCPUs of a machine
+/// the hypervisor runs ([`crate::vm::run::MAX_CPUS`]), since IDs are never
+/// reused (a VM never restarts) and the boot self-test takes one.
+const MAX_VPES: u32 = 64;
 
 /// What went wrong with the ITS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +124,55 @@ pub enum ItsError {
     /// The command queue failed: a stall, an ITS that stopped reading
     /// within [`POLLS`] polls, an offset outside the queue.
     Queue(QueueError),
+    /// Virtual LPIs cannot be injected directly here.
+    NoDirectInjection(NoDirect),
+    /// Every vPE ID of the vPE table is taken.
+    VpesExhausted,
+    /// The vPE is not one [`Its::create_vpes`] mapped.
+    UnknownVpe(VpeId),
+    /// The virtual LPI configuration table is not one
+    /// [`Its::create_vpes`] allocated.
+    UnknownVlpiTable(VlpiTable),
+    /// The vINTID is not a virtual LPI the tables cover.
+    BadVintid(u32),
+    /// The event is mapped to a physical LPI where a virtual one was
+    /// expected, or the other way round.
+    WrongKind(DeviceId, EventId),
+    /// The vPE is still resident on a redistributor.
+    VpeResident(VpeId),
+}
+
+/// Why virtual LPIs cannot be injected directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoDirect {
+    /// GITS_TYPER.Virtual = 0: the ITS has no virtual LPIs (a GICv3).
+    ItsHasNoVirtualLpis,
+    /// The redistributor of this physical CPU has GICR_TYPER.VLPIS = 0.
+    RedistributorHasNoVirtualLpis(usize),
+    /// The GIC's INTIDs are too few for the vGIC's LPIs (GICD_TYPER.IDbits).
+    IdBits(u32),
+    /// No GITS_BASER<n> is of type vPEs, or its table cannot be built.
+    NoVpeTable,
+}
+
+impl fmt::Display for NoDirect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ItsHasNoVirtualLpis => {
+                f.write_str("the ITS has no virtual LPIs (GITS_TYPER.Virtual = 0: not a GICv4)")
+            }
+            Self::RedistributorHasNoVirtualLpis(cpu) => write!(
+                f,
+                "the redistributor of physical CPU {cpu} has no virtual LPIs (GICR_TYPER.VLPIS = 0)"
+            ),
+            Self::IdBits(bits) => write!(
+                f,
+                "the GIC has {bits} INTID bits, virtual LPIs need {}",
+                vlpi::ID_BITS
+            ),
+            Self::NoVpeTable => f.write_str("the ITS has no usable vPE table (GITS_BASER<n>)"),
+        }
+    }
 }
 
 impl fmt::Display for ItsError {
@@ -137,6 +204,13 @@ impl fmt::Display for ItsError {
             Self::NoCollection(cpu) => write!(f, "physical CPU {cpu} has no collection"),
             Self::Lpi(e) => write!(f, "{e}"),
             Self::Queue(e) => write!(f, "{e}"),
+            Self::NoDirectInjection(why) => write!(f, "no direct injection: {why}"),
+            Self::VpesExhausted => f.write_str("every vPE ID is taken"),
+            Self::UnknownVpe(vpe) => write!(f, "{vpe} is not mapped"),
+            Self::UnknownVlpiTable(t) => write!(f, "{t:?} does not exist"),
+            Self::BadVintid(v) => write!(f, "vINTID {v} is not a virtual LPI"),
+            Self::WrongKind(d, e) => write!(f, "{e} of {d} is mapped to the other kind of LPI"),
+            Self::VpeResident(vpe) => write!(f, "{vpe} is still resident"),
         }
     }
 }
@@ -184,9 +258,49 @@ impl QueueHw for QueueMmio<'_> {
 
 /// One event of a mapped device.
 #[derive(Clone, Copy, Debug)]
-struct Mapping {
-    lpi: Lpi,
-    cpu: usize,
+enum Mapping {
+    /// To a physical LPI the hypervisor takes on physical CPU `cpu`.
+    Physical { lpi: Lpi, cpu: usize },
+    /// To virtual LPI `vintid` of `vpe`.
+    Virtual { vpe: VpeId, vintid: u32 },
+}
+
+/// One vPE [`Its::create_vpes`] mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vpe {
+    /// Its ID.
+    pub id: VpeId,
+    /// The physical CPU whose redistributor it is mapped to.
+    pub cpu: usize,
+    /// GICR_VPENDBASER for making it resident there (not Valid yet).
+    pub vpendbaser: u64,
+}
+
+/// The vPEs of one VM and their configuration table (not `Clone`: whoever
+/// holds it decides when they go, [`Its::destroy_vpes`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct VpeSet {
+    /// The VM's virtual LPI configuration table.
+    pub table: VlpiTable,
+    /// GICR_VPROPBASER for it, on every one of the VM's physical CPUs.
+    pub vpropbaser: u64,
+    /// One per vCPU, in vCPU order.
+    pub vpes: Vec<Vpe>,
+}
+
+/// The ITS's virtual side: its vPE table and the tables of the vPEs mapped
+/// in it.
+struct Virtual {
+    /// vPE IDs 0..vpe_ids have a vPE table entry.
+    vpe_ids: u32,
+    /// The next vPE ID to hand out (IDs are never reused).
+    next_vpe: u32,
+    /// The mapped vPEs: their physical CPU and virtual pending table.
+    vpes: BTreeMap<VpeId, (usize, DmaRegion)>,
+    /// The virtual LPI configuration tables.
+    tables: BTreeMap<VlpiTable, DmaRegion>,
+    /// The next table handle.
+    next_table: u32,
 }
 
 /// A mapped device.
@@ -214,9 +328,14 @@ pub struct Its {
     config_flush: bool,
     /// Per physical CPU index (= ICID): its redistributor, if it takes LPIs.
     collections: Vec<Option<RdBase>>,
+    /// Per physical CPU index: its MPIDR.
+    mpidrs: Vec<u64>,
     devices: BTreeMap<DeviceId, Device>,
-    /// Tables the GIC uses for good (device, collection, pending tables).
+    /// Tables the GIC uses for good (device, collection, pending tables,
+    /// vPE table).
     _tables: Vec<DmaRegion>,
+    /// GICv4 direct injection, or why there is none.
+    virt: Result<Virtual, NoDirect>,
 }
 
 impl fmt::Debug for Its {
@@ -258,6 +377,36 @@ fn max_device_id(p: &Platform, node: &ItsNode) -> u32 {
         .unwrap_or(DEFAULT_MAX_DEVICE_ID)
 }
 
+/// Whether virtual LPIs can be injected directly to vPEs on the physical
+/// CPUs `cpus` that take LPIs (those with a collection): the ITS has them,
+/// every such CPU's redistributor has them, and the GIC's INTIDs cover the
+/// vGIC's LPIs. The vPE table is sized later.
+fn direct_injection(
+    typer: &Typer,
+    cpus: &[u64],
+    collections: &[Option<RdBase>],
+) -> Result<Virtual, NoDirect> {
+    if !typer.virtual_lpis {
+        return Err(NoDirect::ItsHasNoVirtualLpis);
+    }
+    for (cpu, &mpidr) in cpus.iter().enumerate() {
+        if collections.get(cpu).copied().flatten().is_some() && !gic::virtual_lpis(mpidr) {
+            return Err(NoDirect::RedistributorHasNoVirtualLpis(cpu));
+        }
+    }
+    match gic::lpi_id_bits() {
+        Some(bits) if bits >= vlpi::ID_BITS => {}
+        other => return Err(NoDirect::IdBits(other.unwrap_or(0))),
+    }
+    Ok(Virtual {
+        vpe_ids: 0,
+        next_vpe: 0,
+        vpes: BTreeMap::new(),
+        tables: BTreeMap::new(),
+        next_table: 0,
+    })
+}
+
 /// Brings the ITS up for the physical CPUs `cpus` (MPIDRs, index = CPU
 /// index): LPI tables on their redistributors, the ITS's tables and queue,
 /// one collection per CPU. Reports what it did or why not.
@@ -267,7 +416,7 @@ pub fn init(p: &Platform, cpus: &[u64]) -> Result<&'static Mutex<Its>, ItsError>
     info!(
         "ITS at {:#x} (GITS_IIDR {:#x}): {} DeviceID bits ({} in the device table), {} EventID bits, \
          ITT entries of {} bytes, RDbase by {}; {} of {} CPUs take LPIs {}..={}; \
-         GITS_TRANSLATER at {:#x} (in the 4 KiB page at {:#x})",
+         GITS_TRANSLATER at {:#x} (in the 4 KiB page at {:#x}); {}",
         node.regs.base,
         its.regs.r32(gits::IIDR),
         its.typer.device_id_bits,
@@ -285,6 +434,13 @@ pub fn init(p: &Platform, cpus: &[u64]) -> Result<&'static Mutex<Its>, ItsError>
         LPI_BASE + its.lpis.capacity() - 1,
         its.translater(),
         its.translater_page(),
+        match &its.virt {
+            Ok(v) => alloc::format!(
+                "GICv4 direct injection of virtual LPIs: vPE table for {} vPE IDs",
+                v.vpe_ids
+            ),
+            Err(why) => alloc::format!("no direct injection: {why}"),
+        },
     );
     Ok(ITS.call_once(|| Mutex::new(its)))
 }
@@ -366,6 +522,7 @@ impl Its {
         if collections.iter().all(Option::is_none) {
             return Err(ItsError::NoLpis);
         }
+        let mut virt = direct_injection(&typer, cpus, &collections);
 
         // The ITS's tables: devices, and collections if it wants memory
         // for them; any other table stays invalid.
@@ -381,6 +538,9 @@ impl Its {
                     collections.len().min(icids).saturating_sub(1) as u32,
                     typer.collection_id_bits,
                 ),
+                TableType::Vpes if virt.is_ok() => {
+                    ("the vPE table", MAX_VPES - 1, vlpi::VPE_ID_BITS)
+                }
                 TableType::Unimplemented => continue,
                 _ => {
                     regs.w64(
@@ -403,9 +563,15 @@ impl Its {
             if current.table_type == TableType::Devices {
                 device_ids = Some(layout.ids.min(1 << typer.device_id_bits.min(32)));
             }
+            if let (TableType::Vpes, Ok(v)) = (current.table_type, &mut virt) {
+                v.vpe_ids = layout.ids.min(1 << vlpi::VPE_ID_BITS) as u32;
+            }
             tables.push(mem);
         }
         let device_ids = device_ids.ok_or(ItsError::NoDeviceTable)?;
+        if virt.as_ref().is_ok_and(|v| v.vpe_ids == 0) {
+            virt = Err(NoDirect::NoVpeTable);
+        }
 
         // The command queue.
         let ring = Ring::new(QUEUE_BYTES).map_err(ItsError::Queue)?;
@@ -435,8 +601,10 @@ impl Its {
             config,
             config_flush,
             collections,
+            mpidrs: cpus.to_vec(),
             devices: BTreeMap::new(),
             _tables: tables,
+            virt,
         };
         arch::dsb_st();
         let ctlr = its.regs.r32(gits::CTLR);
@@ -543,6 +711,42 @@ impl Its {
             .ok_or(ItsError::EventNotMapped(device, event))
     }
 
+    /// Checks that `event` of `device` can be mapped: the device is mapped,
+    /// the event inside its ITT and not mapped yet.
+    fn unmapped_event(&self, device: DeviceId, event: EventId) -> Result<(), ItsError> {
+        let d = self
+            .devices
+            .get(&device)
+            .ok_or(ItsError::DeviceNotMapped(device))?;
+        if event.0 >= d.layout.events {
+            return Err(ItsError::EventOutOfRange(device, event));
+        }
+        if d.events.contains_key(&event) {
+            return Err(ItsError::EventMapped(device, event));
+        }
+        Ok(())
+    }
+
+    fn set_mapping(&mut self, device: DeviceId, event: EventId, m: Option<Mapping>) {
+        if let Some(d) = self.devices.get_mut(&device) {
+            match m {
+                Some(m) => d.events.insert(event, m),
+                None => d.events.remove(&event),
+            };
+        }
+    }
+
+    /// The command that waits for a mapping's effects: SYNC on its
+    /// collection's redistributor, or VSYNC of its vPE.
+    fn sync_for(&self, m: Mapping) -> Result<Command, ItsError> {
+        Ok(match m {
+            Mapping::Physical { cpu, .. } => Command::Sync {
+                target: self.target(cpu)?,
+            },
+            Mapping::Virtual { vpe, .. } => Command::Vsync { vpe },
+        })
+    }
+
     /// Maps `event` of `device` to a newly allocated LPI, enabled at
     /// [`LPI_PRIORITY`], delivered to physical CPU `cpu` (by index): its
     /// configuration byte, then MAPTI to the CPU's collection, INV (the
@@ -555,16 +759,7 @@ impl Its {
         cpu: usize,
     ) -> Result<Lpi, ItsError> {
         let target = self.target(cpu)?;
-        let d = self
-            .devices
-            .get(&device)
-            .ok_or(ItsError::DeviceNotMapped(device))?;
-        if event.0 >= d.layout.events {
-            return Err(ItsError::EventOutOfRange(device, event));
-        }
-        if d.events.contains_key(&event) {
-            return Err(ItsError::EventMapped(device, event));
-        }
+        self.unmapped_event(device, event)?;
         let lpi = self.lpis.alloc()?;
         self.set_config(lpi, true);
         let cmds = [
@@ -582,9 +777,7 @@ impl Its {
             self.set_config(lpi, false);
             return Err(e);
         }
-        if let Some(d) = self.devices.get_mut(&device) {
-            d.events.insert(event, Mapping { lpi, cpu });
-        }
+        self.set_mapping(device, event, Some(Mapping::Physical { lpi, cpu }));
         Ok(lpi)
     }
 
@@ -596,8 +789,10 @@ impl Its {
         event: EventId,
         cpu: usize,
     ) -> Result<(), ItsError> {
-        let m = self.mapping(device, event)?;
-        let (from, to) = (self.target(m.cpu)?, self.target(cpu)?);
+        let Mapping::Physical { lpi, cpu: old } = self.mapping(device, event)? else {
+            return Err(ItsError::WrongKind(device, event));
+        };
+        let (from, to) = (self.target(old)?, self.target(cpu)?);
         let cmds = [
             Command::Movi {
                 device,
@@ -608,29 +803,24 @@ impl Its {
             Command::Sync { target: to },
         ];
         self.submit(&cmds)?;
-        if let Some(m) = self
-            .devices
-            .get_mut(&device)
-            .and_then(|d| d.events.get_mut(&event))
-        {
-            m.cpu = cpu;
-        }
+        self.set_mapping(device, event, Some(Mapping::Physical { lpi, cpu }));
         Ok(())
     }
 
     /// Unmaps `event` of `device` (DISCARD, which also drops its pending
-    /// state, then SYNC) and frees its LPI.
+    /// state, then SYNC, or VSYNC for a virtual LPI) and frees its physical
+    /// LPI.
     pub fn unmap_event(&mut self, device: DeviceId, event: EventId) -> Result<(), ItsError> {
         let m = self.mapping(device, event)?;
-        let target = self.target(m.cpu)?;
-        self.submit(&[Command::Discard { device, event }, Command::Sync { target }])?;
-        // Disabled, so that the LPI's next user starts from a known state
-        // (its MAPTI is followed by INV).
-        self.set_config(m.lpi, false);
-        self.lpis.free(m.lpi)?;
-        if let Some(d) = self.devices.get_mut(&device) {
-            d.events.remove(&event);
+        let sync = self.sync_for(m)?;
+        self.submit(&[Command::Discard { device, event }, sync])?;
+        if let Mapping::Physical { lpi, .. } = m {
+            // Disabled, so that the LPI's next user starts from a known
+            // state (its MAPTI is followed by INV).
+            self.set_config(lpi, false);
+            self.lpis.free(lpi)?;
         }
+        self.set_mapping(device, event, None);
         Ok(())
     }
 
@@ -658,11 +848,316 @@ impl Its {
     }
 
     /// Makes the LPI of `event` of `device` pending, as the device's MSI
-    /// would (INT, then SYNC): for tests of the delivery path.
-    pub fn int(&mut self, device: DeviceId, event: EventId) -> Result<(), ItsError> {
+    /// would (INT), or clears its pending state (CLEAR), then SYNC, or
+    /// VSYNC for a virtual LPI.
+    pub fn set_pending(
+        &mut self,
+        device: DeviceId,
+        event: EventId,
+        pending: bool,
+    ) -> Result<(), ItsError> {
         let m = self.mapping(device, event)?;
-        let target = self.target(m.cpu)?;
-        self.submit(&[Command::Int { device, event }, Command::Sync { target }])
+        let sync = self.sync_for(m)?;
+        let cmd = if pending {
+            Command::Int { device, event }
+        } else {
+            Command::Clear { device, event }
+        };
+        self.submit(&[cmd, sync])
+    }
+
+    /// Makes the LPI of `event` of `device` pending, as the device's MSI
+    /// would: for tests of the delivery path.
+    pub fn int(&mut self, device: DeviceId, event: EventId) -> Result<(), ItsError> {
+        self.set_pending(device, event, true)
+    }
+
+    /// Whether virtual LPIs can be injected directly, or why not.
+    pub fn direct_injection(&self) -> Result<(), NoDirect> {
+        self.virt.as_ref().map(|_| ()).map_err(|e| *e)
+    }
+
+    fn virt(&mut self) -> Result<&mut Virtual, ItsError> {
+        self.virt
+            .as_mut()
+            .map_err(|e| ItsError::NoDirectInjection(*e))
+    }
+
+    /// Gives a VM whose vCPUs run on physical CPUs `cpus` (by vCPU) one vPE
+    /// per vCPU, mapped with VMAPP to the redistributor of its physical
+    /// CPU, each with a zeroed virtual pending table, and a virtual LPI
+    /// configuration table in which every vLPI is disabled
+    /// ([`vlpi::DISABLED`]), then VSYNC. What a failure leaves allocated is
+    /// leaked (the VM is not built).
+    pub fn create_vpes(&mut self, cpus: &[usize]) -> Result<VpeSet, ItsError> {
+        let targets = cpus
+            .iter()
+            .map(|&cpu| self.target(cpu))
+            .collect::<Result<Vec<_>, _>>()?;
+        let v = self.virt()?;
+        if u64::from(v.next_vpe) + cpus.len() as u64 > u64::from(v.vpe_ids) {
+            return Err(ItsError::VpesExhausted);
+        }
+        let config = table_mem(
+            "a virtual LPI configuration table",
+            vlpi::config_table_bytes(vlpi::ID_BITS),
+            PAGE_SIZE,
+        )?;
+        let disabled = u64::from_ne_bytes([vlpi::DISABLED; 8]);
+        for w in 0..config.words() {
+            config.write(w, disabled);
+        }
+        arch::clean_inval_dcache(config.pa().raw(), config.len());
+        let vpropbaser = vlpi::vpropbaser(
+            config.pa(),
+            vlpi::ID_BITS,
+            Shareability::InnerShareable,
+            Cacheability::RaWaWb,
+        );
+        let mut vpes = Vec::new();
+        let mut cmds = Vec::new();
+        let mut vpts = Vec::new();
+        for (&cpu, &target) in cpus.iter().zip(&targets) {
+            let vpt = table_mem(
+                "a virtual pending table",
+                vlpi::pending_table_bytes(vlpi::ID_BITS),
+                vlpi::PENDING_TABLE_ALIGN,
+            )?;
+            let v = self.virt()?;
+            let id = VpeId(v.next_vpe as u16);
+            v.next_vpe += 1;
+            cmds.push(Command::Vmapp {
+                vpe: id,
+                target: Some((
+                    target,
+                    VptRef {
+                        pa: vpt.pa(),
+                        size: vlpi::vpt_size(vlpi::ID_BITS),
+                    },
+                )),
+            });
+            cmds.push(Command::Vsync { vpe: id });
+            vpes.push(Vpe {
+                id,
+                cpu,
+                vpendbaser: vlpi::vpendbaser(
+                    vpt.pa(),
+                    Shareability::InnerShareable,
+                    Cacheability::RaWaWb,
+                ),
+            });
+            vpts.push((id, cpu, vpt));
+        }
+        // On failure the ITS may still point at the tables: they are
+        // leaked.
+        self.submit(&cmds)?;
+        let v = self.virt()?;
+        for (id, cpu, vpt) in vpts {
+            v.vpes.insert(id, (cpu, vpt));
+        }
+        let table = VlpiTable(v.next_table);
+        v.next_table += 1;
+        v.tables.insert(table, config);
+        Ok(VpeSet {
+            table,
+            vpropbaser,
+            vpes,
+        })
+    }
+
+    /// Unmaps the vPEs of `set` (VMAPP with V = 0, then each vPE's VSYNC)
+    /// and frees their tables; refused while one of them is resident on
+    /// its redistributor (which may then write its pending table). Events
+    /// still mapped to them are dropped by the ITS from then on. Their IDs
+    /// are not handed out again.
+    pub fn destroy_vpes(&mut self, set: VpeSet) -> Result<(), ItsError> {
+        for vpe in &set.vpes {
+            let (cpu, vpt) = match self.virt()?.vpes.get(&vpe.id) {
+                Some((cpu, vpt)) => (*cpu, vpt.pa()),
+                None => return Err(ItsError::UnknownVpe(vpe.id)),
+            };
+            let mpidr = self.mpidrs.get(cpu).copied();
+            let in_use = mpidr.map(gic::vpe_table_in_use);
+            if !matches!(in_use, Some(Ok(pa)) if pa != Some(vpt)) {
+                return Err(ItsError::VpeResident(vpe.id));
+            }
+        }
+        let mut cmds = Vec::new();
+        for vpe in &set.vpes {
+            cmds.push(Command::Vmapp {
+                vpe: vpe.id,
+                target: None,
+            });
+        }
+        for vpe in &set.vpes {
+            cmds.push(Command::Vsync { vpe: vpe.id });
+        }
+        self.submit(&cmds)?;
+        let v = self.virt()?;
+        for vpe in &set.vpes {
+            if let Some((_, vpt)) = v.vpes.remove(&vpe.id) {
+                // SAFETY: the ITS executed VMAPP with V = 0 for the vPE
+                // (its queue moved past it), so it no longer makes the
+                // vPE's LPIs pending; and the vPE's redistributor, the only
+                // other user of the pending table, neither has it resident
+                // nor is writing it back (checked above). Nothing makes it
+                // resident again: the runtime makes resident only the vPEs
+                // of its VMs, whose sets it keeps for good and never
+                // destroys, and this set was passed here by value.
+                unsafe { vpt.free(&ITS_MEM) };
+            }
+        }
+        if let Some(config) = v.tables.remove(&set.table) {
+            // SAFETY: a configuration table is read only by the
+            // redistributors of resident vPEs that use it, and every vPE
+            // that uses this one is this set's, none resident (above).
+            unsafe { config.free(&ITS_MEM) };
+        }
+        Ok(())
+    }
+
+    fn check_vpe(&mut self, vpe: VpeId) -> Result<(), ItsError> {
+        if self.virt()?.vpes.contains_key(&vpe) {
+            Ok(())
+        } else {
+            Err(ItsError::UnknownVpe(vpe))
+        }
+    }
+
+    fn check_vintid(vintid: u32) -> Result<(), ItsError> {
+        if (LPI_BASE..1 << vlpi::ID_BITS).contains(&vintid) {
+            Ok(())
+        } else {
+            Err(ItsError::BadVintid(vintid))
+        }
+    }
+
+    /// Maps `event` of `device` to virtual LPI `vintid` of `vpe`, with no
+    /// doorbell (its vCPU is pinned, so the vPE is resident whenever the
+    /// vCPU runs): VMAPTI, then INV when `inv` (the vPE's redistributor may
+    /// hold an older configuration of `vintid`), then VSYNC.
+    pub fn map_vlpi(
+        &mut self,
+        device: DeviceId,
+        event: EventId,
+        vpe: VpeId,
+        vintid: u32,
+        inv: bool,
+    ) -> Result<(), ItsError> {
+        self.check_vpe(vpe)?;
+        Self::check_vintid(vintid)?;
+        self.unmapped_event(device, event)?;
+        let vmapti = Command::Vmapti {
+            device,
+            event,
+            vpe,
+            vintid,
+            doorbell: Doorbell::None,
+        };
+        // On failure the event may be mapped or not: MAPD with V = 0 drops
+        // it when the device is unmapped.
+        self.place_vlpi(vmapti, device, event, vpe, vintid, inv)
+    }
+
+    /// Submits `first` (VMAPTI or VMOVI of `event` of `device` to `vpe`),
+    /// INV when `inv`, and VSYNC of `vpe`; then records the mapping.
+    fn place_vlpi(
+        &mut self,
+        first: Command,
+        device: DeviceId,
+        event: EventId,
+        vpe: VpeId,
+        vintid: u32,
+        inv: bool,
+    ) -> Result<(), ItsError> {
+        let inv = inv.then_some(Command::Inv { device, event });
+        let cmds: Vec<Command> = [Some(first), inv, Some(Command::Vsync { vpe })]
+            .into_iter()
+            .flatten()
+            .collect();
+        self.submit(&cmds)?;
+        self.set_mapping(device, event, Some(Mapping::Virtual { vpe, vintid }));
+        Ok(())
+    }
+
+    /// Moves the virtual LPI of `event` of `device`, with its pending state,
+    /// to `vpe`: VMOVI, then INV when `inv`, then VSYNC of the new vPE.
+    pub fn move_vlpi(
+        &mut self,
+        device: DeviceId,
+        event: EventId,
+        vpe: VpeId,
+        inv: bool,
+    ) -> Result<(), ItsError> {
+        self.check_vpe(vpe)?;
+        let Mapping::Virtual { vintid, .. } = self.mapping(device, event)? else {
+            return Err(ItsError::WrongKind(device, event));
+        };
+        let vmovi = Command::Vmovi {
+            device,
+            event,
+            vpe,
+            doorbell: None,
+        };
+        self.place_vlpi(vmovi, device, event, vpe, vintid, inv)
+    }
+
+    /// Sets the configuration byte of `vintid` in the virtual LPI
+    /// configuration table `table` and makes it visible to the
+    /// redistributors (which read it at the next INV or VINVALL that
+    /// concerns them); returns the byte it replaces.
+    pub fn set_vlpi_config(
+        &mut self,
+        table: VlpiTable,
+        vintid: u32,
+        byte: u8,
+    ) -> Result<u8, ItsError> {
+        Self::check_vintid(vintid)?;
+        let config = self
+            .virt()?
+            .tables
+            .get(&table)
+            .ok_or(ItsError::UnknownVlpiTable(table))?;
+        let off = (vintid - LPI_BASE) as usize;
+        let (word, shift) = (off / 8, (off % 8) * 8);
+        let old = config.read(word);
+        config.write(word, (old & !(0xff << shift)) | (u64::from(byte) << shift));
+        arch::clean_inval_dcache(config.pa().raw() + (word * 8) as u64, 8);
+        arch::dsb_st();
+        Ok((old >> shift) as u8)
+    }
+
+    /// INV of `event` of `device`, then SYNC or VSYNC: its redistributor
+    /// re-reads the configuration of the event's LPI.
+    pub fn inv_event(&mut self, device: DeviceId, event: EventId) -> Result<(), ItsError> {
+        let m = self.mapping(device, event)?;
+        let sync = self.sync_for(m)?;
+        self.submit(&[Command::Inv { device, event }, sync])
+    }
+
+    /// VINVALL of `vpe`, then VSYNC: its redistributor re-reads the
+    /// configuration of every virtual LPI.
+    pub fn inv_vpe(&mut self, vpe: VpeId) -> Result<(), ItsError> {
+        self.check_vpe(vpe)?;
+        self.submit(&[Command::Vinvall { vpe }, Command::Vsync { vpe }])
+    }
+
+    /// Whether `vintid` is pending in the virtual pending table of `vpe`
+    /// as memory holds it (the vPE must not be resident: a resident vPE's
+    /// redistributor may keep its pending state to itself).
+    pub fn vlpi_pending(&mut self, vpe: VpeId, vintid: u32) -> Result<bool, ItsError> {
+        Self::check_vintid(vintid)?;
+        let (_, vpt) = self
+            .virt()?
+            .vpes
+            .get(&vpe)
+            .ok_or(ItsError::UnknownVpe(vpe))?;
+        let (byte, bit) = vlpi::pending_bit(vintid);
+        // The redistributor writes the table itself: drop whatever the CPU
+        // cached of it first.
+        arch::clean_inval_dcache(vpt.pa().raw() + (byte & !7) as u64, 8);
+        let word = vpt.read(byte / 8);
+        Ok((word >> ((byte % 8) * 8)) as u8 & bit != 0)
     }
 
     /// Writes `lpi`'s configuration byte, enabled or not, and makes it

@@ -3,11 +3,13 @@
 //! the physical driver (`drivers::gic`) and the emulation (`vdev::vgic`);
 //! the LPI tables and their allocator ([`lpi`]) and the ITS's registers,
 //! commands, command queue and tables ([`its`]), for the physical ITS
-//! driver (`drivers::its`). Everything here is pure and host-tested.
+//! driver (`drivers::its`); and the GICv4 virtual LPI tables and registers
+//! ([`vlpi`]). Everything here is pure and host-tested.
 
 pub mod attrs;
 pub mod its;
 pub mod lpi;
+pub mod vlpi;
 
 /// INTID ranges (§2.2).
 pub mod intid {
@@ -67,8 +69,6 @@ pub mod gicd {
     pub const ICENABLER: u64 = 0x0180;
     /// GICD_ISPENDR<n>.
     pub const ISPENDR: u64 = 0x0200;
-    /// GICD_ISACTIVER<n>.
-    pub const ISACTIVER: u64 = 0x0300;
     /// Bytes of each bit-per-interrupt bank (32 registers of 32 INTIDs).
     pub const BANK_BYTES: u64 = 0x80;
     /// GICD_IPRIORITYR<n>, a byte per INTID.
@@ -107,12 +107,16 @@ pub mod gicd {
 }
 
 /// Redistributor registers, offsets from RD_base; the SGI_base frame
-/// follows it (§12.10, §12.11).
+/// follows it, and on a GIC with virtual LPIs (GICv4) the VLPI_base frame
+/// and a reserved one (§12.10, §12.11).
 pub mod gicr {
-    /// Size of each of a redistributor's two 64 KiB frames.
+    /// Size of each of a redistributor's 64 KiB frames.
     pub const FRAME_SIZE: u64 = 0x1_0000;
     /// RD_base + SGI_base: the distance between two redistributors.
     pub const STRIDE: u64 = 2 * FRAME_SIZE;
+    /// RD_base, SGI_base, VLPI_base and a reserved frame: the distance
+    /// between two redistributors that support virtual LPIs.
+    pub const STRIDE_VLPI: u64 = 4 * FRAME_SIZE;
     /// GICR_CTLR.
     pub const CTLR: u64 = 0x0000;
     /// GICR_IIDR.
@@ -126,6 +130,12 @@ pub mod gicr {
     pub const PROPBASER: u64 = 0x0070;
     /// GICR_PENDBASER, 64-bit: this redistributor's LPI pending table.
     pub const PENDBASER: u64 = 0x0078;
+    /// GICR_VPROPBASER (VLPI_base), 64-bit: the resident vPE's virtual LPI
+    /// configuration table (fields in [`super::vlpi`]).
+    pub const VPROPBASER: u64 = 2 * FRAME_SIZE + 0x0070;
+    /// GICR_VPENDBASER (VLPI_base), 64-bit: the resident vPE's virtual
+    /// pending table and whether a vPE is resident.
+    pub const VPENDBASER: u64 = 2 * FRAME_SIZE + 0x0078;
     /// GICR_IGROUPR0 (SGI_base): the first bit-per-interrupt bank.
     pub const IGROUPR0: u64 = FRAME_SIZE + 0x0080;
     /// GICR_ISENABLER0.
@@ -142,6 +152,9 @@ pub mod gicr {
 
     /// GICR_TYPER.PLPIS, bit \[0\]: physical LPIs are supported.
     pub const TYPER_PLPIS: u64 = 1 << 0;
+    /// GICR_TYPER.VLPIS, bit \[1\]: virtual LPIs and their direct injection
+    /// are supported (GICv4); the redistributor then has four frames.
+    pub const TYPER_VLPIS: u64 = 1 << 1;
     /// GICR_TYPER.Last, bit \[4\]: the last redistributor of its region.
     pub const TYPER_LAST: u64 = 1 << 4;
 
@@ -155,6 +168,17 @@ pub mod gicr {
     /// the PE this redistributor serves.
     pub const fn typer_affinity(typer: u64) -> u32 {
         (typer >> 32) as u32
+    }
+
+    /// The distance from this redistributor to the next one in its region:
+    /// four frames when GICR_TYPER.VLPIS says it has the VLPI_base frame,
+    /// else two (§12.10).
+    pub const fn stride(typer: u64) -> u64 {
+        if typer & TYPER_VLPIS != 0 {
+            STRIDE_VLPI
+        } else {
+            STRIDE
+        }
     }
     /// GICR_WAKER.ProcessorSleep, bit \[1\].
     pub const WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
@@ -193,5 +217,10 @@ mod tests {
         let r = (3 << 32) | (3 << 8) | gicr::TYPER_LAST | gicr::TYPER_PLPIS;
         assert_eq!(gicr::typer_processor_number(r), 3);
         assert_eq!(gicr::typer_affinity(r), 3);
+        assert_eq!(gicr::stride(r), 0x2_0000, "GICv3: RD_base and SGI_base");
+        // QEMU's gic-version=4 redistributors: PLPIS and VLPIS, 256 KiB each.
+        assert_eq!(gicr::stride(r | gicr::TYPER_VLPIS), 0x4_0000);
+        assert_eq!(gicr::TYPER_VLPIS, 2, "VLPIS is bit 1");
+        assert_eq!((gicr::VPROPBASER, gicr::VPENDBASER), (0x2_0070, 0x2_0078));
     }
 }

@@ -1,8 +1,10 @@
 //! The boot self-tests, run before any guest when the boot arguments ask
 //! for them: `selftest=dma` (`dma`: the SMMU confines an `edu` device's
-//! DMA), `selftest=its` (`its`: an LPI travels from the ITS to this CPU) and
+//! DMA), `selftest=its` (`its`: an LPI travels from the ITS to this CPU),
 //! `selftest=msi` (`msi`: an `edu`'s MSI travels through the SMMU's doorbell
-//! mapping to the ITS and becomes an LPI on this CPU).
+//! mapping to the ITS and becomes an LPI on this CPU) and `selftest=vlpi`
+//! (`vlpi`: on a GICv4, an `edu`'s MSI becomes a virtual LPI of a vPE, which
+//! its redistributor applies the hypervisor's configuration table to).
 //!
 //! Each check is one log line in the check-line format every guest uses
 //! (`guests/README.md`): `check NAME: pass DETAIL` or `check NAME: FAIL
@@ -11,9 +13,38 @@
 pub mod dma;
 pub mod its;
 pub mod msi;
+pub mod vlpi;
 
 use alloc::string::String;
 use log::{error, info};
+
+/// What a check saw (its detail), or why it failed.
+pub type Checked = Result<String, String>;
+
+/// Two checks of one run, the second after the first.
+#[derive(Debug)]
+pub struct TwoChecks {
+    /// The first.
+    pub first: Checked,
+    /// The second.
+    pub second: Checked,
+}
+
+impl TwoChecks {
+    /// Neither could run, for `why`.
+    pub fn setup_failed(why: String) -> Self {
+        Self {
+            second: Err(alloc::format!("not run: {why}")),
+            first: Err(why),
+        }
+    }
+
+    /// Reports them as `names`, then the run's summary line; returns
+    /// whether both passed.
+    pub fn report(self, names: [&'static str; 2]) -> bool {
+        Tally::default().report([(names[0], self.first), (names[1], self.second)])
+    }
+}
 
 /// Counts a run's checks and prints their lines.
 #[derive(Debug, Default)]
@@ -39,6 +70,20 @@ impl Tally {
                 false
             }
         }
+    }
+
+    /// Reports each of `checks` (name, detail or why it failed), then the
+    /// run's summary line; returns whether all passed.
+    pub fn report(mut self, checks: impl IntoIterator<Item = (&'static str, Checked)>) -> bool {
+        let mut ok = true;
+        for (name, result) in checks {
+            ok &= match result {
+                Ok(shown) => self.check(name, &shown, None),
+                Err(why) => self.check(name, "", Some(why)),
+            };
+        }
+        self.close();
+        ok
     }
 
     /// Prints the run's summary line.

@@ -26,7 +26,7 @@
 //! Two check lines in their own run.
 
 use super::dma::{is_s2_write_fault, set_command, with_decode};
-use super::Tally;
+use super::TwoChecks;
 use crate::arch;
 use crate::drivers::edu::Edu;
 use crate::drivers::iommu::HostIommu;
@@ -45,11 +45,11 @@ use spin::Mutex;
 /// IPA size of the test domain.
 const TEST_IPA_BITS: u32 = 40;
 /// The router's owner of the `edu` (no VM exists yet).
-const OWNER: usize = 0;
+pub(super) const OWNER: usize = 0;
 /// The event the `edu`'s one MSI vector writes.
-const EVENT: EventId = EventId(0);
+pub(super) const EVENT: EventId = EventId(0);
 /// The `edu`'s interrupt status bit the test raises (any will do).
-const IRQ_BIT: u32 = 1;
+pub(super) const IRQ_BIT: u32 = 1;
 
 /// Runs the test on `edu_fn`; returns whether it passed.
 pub fn run(
@@ -58,38 +58,10 @@ pub fn run(
     cfg: &dyn ConfigAccess,
     edu_fn: &Function,
 ) -> bool {
-    let mut tally = Tally::default();
     // Enumeration left the edu's memory decode off: on for the test, off
     // (with bus mastering) after it.
-    let out = with_decode(cfg, edu_fn.bdf, || check(p, host, cfg, edu_fn));
-    let mut ok = true;
-    for (name, result) in [
-        ("msi-without-doorbell-faults", out.blocked),
-        ("msi-through-doorbell", out.delivered),
-    ] {
-        ok &= match result {
-            Ok(shown) => tally.check(name, &shown, None),
-            Err(why) => tally.check(name, "", Some(why)),
-        };
-    }
-    tally.close();
-    ok
-}
-
-/// The two checks' results (`Err`: why it failed).
-struct Outcome {
-    blocked: Result<String, String>,
-    delivered: Result<String, String>,
-}
-
-impl Outcome {
-    /// Neither check could run.
-    fn setup_failed(why: String) -> Self {
-        Self {
-            delivered: Err(format!("not run: {why}")),
-            blocked: Err(why),
-        }
-    }
+    with_decode(cfg, edu_fn.bdf, || check(p, host, cfg, edu_fn))
+        .report(["msi-without-doorbell-faults", "msi-through-doorbell"])
 }
 
 /// What the test holds, to be undone whatever happened.
@@ -99,16 +71,16 @@ struct Held {
 }
 
 /// The function under test and what the ITS knows it by.
-struct Subject<'a> {
-    f: &'a Function,
-    edu: Edu,
-    sid: smmu::addr::StreamId,
-    device: DeviceId,
-    events: u32,
+pub(super) struct Subject<'a> {
+    pub(super) f: &'a Function,
+    pub(super) edu: Edu,
+    pub(super) sid: smmu::addr::StreamId,
+    pub(super) device: DeviceId,
+    pub(super) events: u32,
 }
 
 /// Finds what the test needs of `f`.
-fn subject<'a>(
+pub(super) fn subject<'a>(
     p: &Platform,
     host: &Mutex<HostIommu>,
     cfg: &dyn ConfigAccess,
@@ -141,13 +113,13 @@ fn subject<'a>(
     })
 }
 
-fn check(p: &Platform, host: &Mutex<HostIommu>, cfg: &dyn ConfigAccess, f: &Function) -> Outcome {
-    let Some(its) = its::get() else {
-        return Outcome::setup_failed("the ITS is not up (see its report above)".into());
-    };
+fn check(p: &Platform, host: &Mutex<HostIommu>, cfg: &dyn ConfigAccess, f: &Function) -> TwoChecks {
+    if its::get().is_none() {
+        return TwoChecks::setup_failed("the ITS is not up (see its report above)".into());
+    }
     let s = match subject(p, host, cfg, f) {
         Ok(s) => s,
-        Err(why) => return Outcome::setup_failed(why),
+        Err(why) => return TwoChecks::setup_failed(why),
     };
     let mut held = Held {
         domain: None,
@@ -155,33 +127,90 @@ fn check(p: &Platform, host: &Mutex<HostIommu>, cfg: &dyn ConfigAccess, f: &Func
     };
     let mut out = match prepare(host, cfg, &s, &mut held) {
         Ok(()) => fire(host, &s, &held),
-        Err(why) => Outcome::setup_failed(why),
+        Err(why) => TwoChecks::setup_failed(why),
     };
-    // Undo, in the order that keeps the device from writing anywhere: its
-    // interrupt and MSI off, then bus mastering, then the ITS, then the
-    // stream and its domain.
-    let bdf = f.bdf;
+    let undone = teardown(host, cfg, &s, &mut held.router, held.domain, || Ok(()));
+    if let (Ok(_), Err(why)) = (&out.second, undone) {
+        out.second = Err(format!("passed, but then {why}"));
+    }
+    out
+}
+
+/// Undoes a test of `s` in the order that keeps the device from writing
+/// anywhere: its interrupt and MSI off, then bus mastering, then its
+/// routes and DeviceID in the ITS (`router`), then `its_extra` (what else
+/// the test left in the ITS), then the stream and its `domain`. Returns
+/// the last thing that could not be undone.
+pub(super) fn teardown(
+    host: &Mutex<HostIommu>,
+    cfg: &dyn ConfigAccess,
+    s: &Subject<'_>,
+    router: &mut MsiRouter,
+    domain: Option<DomainId>,
+    its_extra: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    let bdf = s.f.bdf;
     s.edu.ack_irq(IRQ_BIT);
     pci::set_msi(cfg, bdf, None);
     set_command(cfg, bdf, pci::reg::CMD_MASTER, false);
     let mut undone = Ok(());
-    for (d, e, why) in held.router.release(&mut *its.lock(), OWNER) {
-        undone = Err(format!("unmapping {d} {e:?} from the ITS: {why}"));
+    if let Some(its) = its::get() {
+        for (d, e, why) in router.release(&mut *its.lock(), OWNER) {
+            undone = Err(format!("unmapping {d} {e:?} from the ITS: {why}"));
+        }
+    }
+    if let Err(why) = its_extra() {
+        undone = Err(why);
     }
     let mut h = host.lock();
     if let Err(e) = h.iommu.block(s.sid) {
         undone = Err(format!("blocking stream {}: {e}", s.sid));
     }
     h.set_owner(s.sid, "nobody");
-    if let Some(id) = held.domain {
+    if let Some(id) = domain {
         if let Err(e) = h.iommu.destroy(id) {
             undone = Err(format!("destroying the test domain: {e}"));
         }
     }
-    if let (Ok(_), Err(why)) = (&out.delivered, undone) {
-        out.delivered = Err(format!("delivered, but then {why}"));
+    undone
+}
+
+/// Attaches `s`'s stream to a new stage-2 domain (its owner named
+/// `owner`, in `domain` for the teardown) that maps `doorbell` or nothing.
+pub(super) fn attach(
+    host: &Mutex<HostIommu>,
+    s: &Subject<'_>,
+    domain: &mut Option<DomainId>,
+    owner: &'static str,
+    doorbell: Option<Mapping>,
+) -> Result<(), String> {
+    let mut h = host.lock();
+    let id = h
+        .iommu
+        .create_domain(TEST_IPA_BITS)
+        .map_err(|e| format!("test domain: {e}"))?;
+    *domain = Some(id);
+    if let Some(m) = doorbell {
+        h.iommu
+            .map_into(id, &m)
+            .map_err(|e| format!("doorbell map: {e}"))?;
     }
-    out
+    h.iommu
+        .attach(id, s.sid)
+        .map_err(|e| format!("attach stream {}: {e}", s.sid))?;
+    h.set_owner(s.sid, owner);
+    Ok(())
+}
+
+/// Maps `s`'s DeviceID in the ITS and grants its events to the router's
+/// owner.
+pub(super) fn map_device(s: &Subject<'_>, router: &mut MsiRouter) -> Result<(), String> {
+    let its = its::get().ok_or("the ITS is not up")?;
+    its.lock()
+        .map_device(s.device, s.events)
+        .map_err(|e| format!("MAPD of {}: {e}", s.device))?;
+    router.grant(OWNER, s.device, s.events);
+    Ok(())
 }
 
 /// The domain (nothing mapped) with the stream attached, the DeviceID
@@ -194,22 +223,8 @@ fn prepare(
     held: &mut Held,
 ) -> Result<(), String> {
     let its = its::get().ok_or("the ITS is not up")?;
-    {
-        let mut h = host.lock();
-        let id = h
-            .iommu
-            .create_domain(TEST_IPA_BITS)
-            .map_err(|e| format!("test domain: {e}"))?;
-        held.domain = Some(id);
-        h.iommu
-            .attach(id, s.sid)
-            .map_err(|e| format!("attach stream {}: {e}", s.sid))?;
-        h.set_owner(s.sid, "MSI self-test domain");
-    }
-    its.lock()
-        .map_device(s.device, s.events)
-        .map_err(|e| format!("MAPD of {}: {e}", s.device))?;
-    held.router.grant(OWNER, s.device, s.events);
+    attach(host, s, &mut held.domain, "MSI self-test domain", None)?;
+    map_device(s, &mut held.router)?;
     held.router
         .route(
             &mut *its.lock(),
@@ -227,9 +242,9 @@ fn prepare(
 }
 
 /// The MSI without the doorbell mapped, then with it.
-fn fire(host: &Mutex<HostIommu>, s: &Subject<'_>, held: &Held) -> Outcome {
+fn fire(host: &Mutex<HostIommu>, s: &Subject<'_>, held: &Held) -> TwoChecks {
     let (Some(id), Some(lpi)) = (held.domain, held.router.lpi_of(s.device, EVENT)) else {
-        return Outcome::setup_failed("no domain or no route".into());
+        return TwoChecks::setup_failed("no domain or no route".into());
     };
     let cpu = arch::cpu_index();
     let doorbell = PhysAddr(MSI_DOORBELL.raw());
@@ -255,7 +270,7 @@ fn fire(host: &Mutex<HostIommu>, s: &Subject<'_>, held: &Held) -> Outcome {
     };
 
     let Some(its) = its::get() else {
-        return Outcome::setup_failed("the ITS is not up".into());
+        return TwoChecks::setup_failed("the ITS is not up".into());
     };
     let m = Mapping::msi_doorbell(its.lock().translater_page());
     let mapped = host.lock().iommu.map_into(id, &m);
@@ -282,5 +297,8 @@ fn fire(host: &Mutex<HostIommu>, s: &Subject<'_>, held: &Held) -> Outcome {
             })
         }
     };
-    Outcome { blocked, delivered }
+    TwoChecks {
+        first: blocked,
+        second: delivered,
+    }
 }

@@ -22,7 +22,7 @@
 use super::assign::{self, AssignedDevice};
 use super::bus::BusError;
 use super::intx::IntxForwarding;
-use super::msi;
+use super::msi::{self, Delivery};
 use super::ram::GuestRam;
 use super::space::{IpaSpace, Kind, Mapping};
 use super::vm::{VirtualIommu, Vm, UART_INTID};
@@ -61,6 +61,8 @@ pub enum StartError {
     Scenario(String),
     /// The machine cannot hold what the scenario asks for.
     Resources(String),
+    /// The machine cannot do what the scenario asks for.
+    Unsupported(String),
 }
 
 impl core::fmt::Display for StartError {
@@ -68,6 +70,7 @@ impl core::fmt::Display for StartError {
         match self {
             Self::Scenario(s) => write!(f, "bad scenario: {s}"),
             Self::Resources(s) => write!(f, "cannot build the VMs: {s}"),
+            Self::Unsupported(s) => write!(f, "the machine cannot run the scenario: {s}"),
         }
     }
 }
@@ -94,6 +97,9 @@ pub struct Built {
     /// The physical DeviceIDs whose MSIs it was granted, mapped in the
     /// physical ITS, with their events.
     pub msi_devices: Vec<(DeviceId, u32)>,
+    /// With direct delivery: its vPEs, mapped in the physical ITS, and
+    /// their tables.
+    pub vpes: Option<its::VpeSet>,
 }
 
 impl VirtualIommu for VmVsmmu {
@@ -139,16 +145,58 @@ pub fn create(
             "{want} vCPUs need {want} physical CPUs, the machine has {cpus}"
         )));
     }
+    if sc.vms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let delivery = msi_delivery(sc.machine.msi_delivery)?;
     let mut vms = Vec::new();
     let mut next_pcpu = 0;
     for (index, spec) in sc.vms.iter().enumerate() {
         let pcpus: Vec<usize> = (next_pcpu..next_pcpu + spec.cpus as usize).collect();
         next_pcpu += spec.cpus as usize;
-        vms.push(build_vm(index, spec, pcpus, &bundle, p, functions, lines)?);
+        vms.push(build_vm(
+            index, spec, pcpus, &bundle, p, functions, lines, delivery,
+        )?);
     }
     Ok(vms)
 }
 
+/// How assigned functions' MSIs reach the guests: as the scenario's
+/// `msi_delivery` asks, else directly where the GIC can (GICv4), else
+/// through the list registers. Direct delivery on a GIC without it is an
+/// error that says why.
+fn msi_delivery(asked: Option<scenario::MsiDelivery>) -> Result<Delivery, StartError> {
+    use scenario::MsiDelivery as Asked;
+    let direct = match its::get() {
+        Some(its) => its
+            .lock()
+            .direct_injection()
+            .map_err(|e| alloc::format!("{e}")),
+        None => Err("there is no ITS".into()),
+    };
+    let chosen = match (asked, direct) {
+        (Some(Asked::ListRegisters), _) | (None, Err(_)) => Delivery::ListRegisters,
+        (Some(Asked::Direct), Ok(())) | (None, Ok(())) => Delivery::Direct,
+        (Some(Asked::Direct), Err(why)) => {
+            return Err(StartError::Unsupported(alloc::format!(
+                "msi_delivery = \"direct\" needs a GIC that injects virtual LPIs directly \
+                 (GICv4, e.g. gic_version = 4), but {why}"
+            )))
+        }
+    };
+    info!(
+        "MSI delivery: {}{}",
+        chosen.name(),
+        match (chosen, asked) {
+            (_, Some(_)) => " (as the scenario asks)",
+            (Delivery::Direct, None) => " (GICv4: the fastest this GIC supports)",
+            (Delivery::ListRegisters, None) => " (this GIC has no direct injection)",
+        }
+    );
+    Ok(chosen)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn build_vm(
     index: usize,
     spec: &scenario::VmSpec,
@@ -157,6 +205,7 @@ fn build_vm(
     p: &Platform,
     functions: &[crate::drivers::pci::Function],
     lines: &mut IntxForwarding,
+    delivery: Delivery,
 ) -> Result<Built, StartError> {
     let size = spec.memory;
     let ram = spec.ram_base..spec.ram_base + size;
@@ -296,6 +345,15 @@ fn build_vm(
     let mut vgic = VGic::new(&mpidrs, NR_SPIS)
         .map_err(|e| resources(alloc::format!("VM {}: virtual GIC: {e:?}", spec.name)))?;
     vgic.enable_lpis();
+    // Only a VM with MSIs to deliver gets vPEs.
+    let vpes = match delivery {
+        Delivery::Direct if !grants.is_empty() => {
+            let set = direct_delivery(&spec.name, &pcpus)?;
+            vgic.set_direct_lpis();
+            Some(set)
+        }
+        _ => None,
+    };
     info!(
         "VM {}: {} vCPU(s) on physical CPU(s) {:?}, {} MiB RAM at IPA {:#x} (PA {}), VMID {}, kernel {} KiB at {kernel_ipa:#x}{}",
         spec.name,
@@ -320,6 +378,9 @@ fn build_vm(
     }
 
     let mut vm = Vm::new(spec.name.clone(), index, guest_ram, controls, pcpus, vgic);
+    if vpes.is_some() {
+        vm.msi_delivery = Delivery::Direct;
+    }
     let (pci, assigned, msix) = match assignment {
         Some(assign::Assignment {
             bus, devices, msix, ..
@@ -356,7 +417,31 @@ fn build_vm(
         start: (Ipa(kernel_ipa), dtb_ipa),
         space,
         msi_devices,
+        vpes,
     })
+}
+
+/// The vPEs of a VM whose MSIs the GIC delivers directly, one per vCPU on
+/// the redistributor of its physical CPU (`pcpus`, by vCPU), with their
+/// tables; one line says so.
+fn direct_delivery(name: &str, pcpus: &[usize]) -> Result<its::VpeSet, StartError> {
+    let its = its::get().ok_or_else(|| resources(alloc::format!("VM {name}: no ITS")))?;
+    let set = its.lock().create_vpes(pcpus).map_err(|e| {
+        resources(alloc::format!(
+            "VM {name}: vPEs for direct MSI delivery: {e}"
+        ))
+    })?;
+    let vpes: Vec<String> = set
+        .vpes
+        .iter()
+        .map(|v| alloc::format!("{} on CPU {}", v.id, v.cpu))
+        .collect();
+    info!(
+        "VM {name}: MSIs delivered directly by the GIC: {}; virtual LPI configuration and \
+         pending tables in hypervisor memory",
+        vpes.join(", ")
+    );
+    Ok(set)
 }
 
 /// The MSI grants of a VM's assigned functions, by virtual DeviceID (the

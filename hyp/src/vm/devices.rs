@@ -206,6 +206,7 @@ impl MmioDevice for GicRedistributors {
 /// | 0x00 | traps taken from the VM so far (all vCPUs) |
 /// | 0x08 | vSMMU: guest commands consumed (0 without a vSMMU) |
 /// | 0x10 | vSMMU: physical commands they became |
+/// | 0x18 | MSIs of its functions the hypervisor took and injected through the list registers (0 while the GIC delivers them directly) |
 ///
 /// Anything else, and misaligned or odd-sized accesses, read as zero;
 /// writes are ignored.
@@ -219,7 +220,7 @@ impl MmioDevice for CountersPage {
 
     fn read(&self, ctx: &dyn MmioContext, a: Access) -> u64 {
         let (guest, phys) = ctx.vsmmu_stats();
-        let values = [ctx.traps(), guest, phys];
+        let values = [ctx.traps(), guest, phys, ctx.msis_injected()];
         let word = |i: u64| values.get(i as usize).copied().unwrap_or(0);
         let offset = a.offset;
         match a.size {

@@ -60,7 +60,7 @@ pub struct SysRegAccess {
 /// What a trap asks of the hypervisor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
-    /// WFI or WFE (EC 0x01); only WFI is trapped.
+    /// WFI or WFE (EC 0x01); neither is trapped (HCR_EL2.TWI = TWE = 0).
     WaitForInterrupt,
     /// HVC from AArch64 (EC 0x16): a hypercall; the return address is
     /// already past the instruction.

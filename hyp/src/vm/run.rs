@@ -10,18 +10,20 @@
 use super::build::{self, Built, StartError};
 use super::console_mux::{ConsoleMux, Input};
 use super::exception::{take_vtimer, SPSR_EL1H};
-use super::intx::{IntxForwarding, LineControl, STILL_ASSERTED_BACKOFF_US};
-use super::msi::{MsiRouter, PhysicalMsi};
+use super::intx::{IntxForwarding, LineControl};
+use super::msi::{Delivery, MsiRouter, PhysicalMsi, RouteError};
 use super::space::IpaSpace;
 use super::trap::{self, Flow};
 use super::vm::{Machine, Vm, VmState};
 use crate::arch::{self, guest, TrapFrame};
 use crate::drivers::{gic, its};
 use crate::gicv3::intid::Kind;
-use crate::gicv3::its::cmd::{DeviceId, EventId};
+use crate::gicv3::its::cmd::{DeviceId, EventId, VpeId};
 use crate::gicv3::lpi::Lpi;
+use crate::gicv3::vlpi::VlpiTable;
 use crate::platform::{Irq, Platform};
 use crate::vdev::psci::VcpuPower;
+use crate::vdev::vits::{EventLpi, LpiConfig};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use log::{error, info, warn};
@@ -41,6 +43,9 @@ struct Slot {
     start: Mutex<Option<(Ipa, u64)>>,
     /// The frame `guest::run` copies from (static, never on a stack).
     frame: Mutex<TrapFrame>,
+    /// With direct MSI delivery: the vCPU's vPE as this CPU's
+    /// redistributor makes it resident (GICR_VPROPBASER, GICR_VPENDBASER).
+    vpe: Option<(u64, u64)>,
 }
 
 /// What the runtime keeps per VM besides the [`Vm`]: the hardware it holds.
@@ -105,6 +110,7 @@ pub fn create(
             vcpu: None,
             start: Mutex::new(None),
             frame: Mutex::new(TrapFrame::zeroed()),
+            vpe: None,
         })
         .collect();
     let mut vms = Vec::new();
@@ -117,6 +123,7 @@ pub fn create(
         start,
         space,
         msi_devices,
+        vpes,
     } in built
     {
         for (device, events) in msi_devices {
@@ -129,6 +136,14 @@ pub fn create(
         }
         for (v, &pc) in vm.vcpu_pcpu.iter().enumerate() {
             slots[pc].vcpu = Some((vm.index, v));
+        }
+        if let Some(set) = vpes {
+            let ids = set.vpes.iter().map(|v| v.id).collect();
+            msi.deliver_directly(vm.index, set.table, ids)
+                .map_err(|e| StartError::Resources(alloc::format!("VM {}: {e}", vm.name)))?;
+            for vpe in &set.vpes {
+                slots[vpe.cpu].vpe = Some((set.vpropbaser, vpe.vpendbaser));
+            }
         }
         // vCPU 0 starts at the kernel entry with x0 = DTB.
         *slots[vm.vcpu_pcpu[0]].start.lock() = Some(start);
@@ -252,6 +267,17 @@ fn enter(pc: usize, entry: Ipa, x0: u64) -> ! {
     // the runtime (`VmHw`) for the hypervisor's lifetime.
     unsafe { guest::configure(&c) };
     crate::vdev::vgic::hw::init_cpu();
+    if let Some((vpropbaser, vpendbaser)) = r.slots[pc].vpe {
+        // From here until the vCPU stops, the redistributor presents the
+        // vCPU's directly delivered MSIs to it.
+        if let Err(e) = gic::make_resident(r.cpu_mpidr[pc], vpropbaser, vpendbaser) {
+            error!(
+                "VM {}: vCPU {vcpu}: its vPE cannot be made resident on CPU {pc}: {e}; \
+                 its MSIs stay pending",
+                vm.name
+            );
+        }
+    }
     let frame = {
         let mut f = r.slots[pc].frame.lock();
         *f = TrapFrame::zeroed();
@@ -265,9 +291,23 @@ fn enter(pc: usize, entry: Ipa, x0: u64) -> ! {
     unsafe { guest::run(&*frame) }
 }
 
+/// Makes the vPE resident on this CPU, if any, non-resident: its vCPU
+/// stopped. Its MSIs that arrive meanwhile stay pending in its virtual
+/// pending table.
+fn vpe_out(pc: usize) {
+    let r = rt();
+    if r.slots.get(pc).is_some_and(|s| s.vpe.is_some()) {
+        if let Err(e) = gic::make_non_resident(r.cpu_mpidr[pc]) {
+            error!("CPU {pc}: its vPE does not leave the redistributor: {e}");
+        }
+    }
+}
+
 fn idle_forever() -> ! {
-    // No vCPU here any more: no maintenance interrupts for its leftovers.
+    // No vCPU here any more: no maintenance interrupts for its leftovers,
+    // no vLPIs for it.
     crate::vdev::vgic::hw::off();
+    vpe_out(arch::cpu_index());
     loop {
         arch::wait_for_interrupt();
         while handle_irq(arch::cpu_index()) {}
@@ -284,6 +324,11 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
     };
     let vm = &r.vms[vm_i];
     vm.count_trap();
+    // What the guest did in its list registers first, then the levels of
+    // its forwarded lines: the exit's trapped GIC accesses see both.
+    let fx = crate::vdev::vgic::hw::sync(&mut vm.vgic.lock(), vcpu);
+    vm.apply(fx, r);
+    r.sample_lines(vm, vcpu);
     let flow = match vector {
         8 => trap::handle_sync(vm, vcpu, frame, r),
         9 | 10 => {
@@ -305,16 +350,14 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
         if vm.is_running() {
             // CPU_OFF: this CPU waits for the vCPU's next CPU_ON.
             crate::vdev::vgic::hw::off();
+            vpe_out(pc);
             idle(pc);
         }
         idle_forever();
     }
     let fx = crate::vdev::vgic::hw::flush(&mut vm.vgic.lock(), vcpu);
     vm.apply(fx, r);
-    r.resample_lines(vm);
-    // A forwarded line waiting out its back-off has no interrupt to wake
-    // the vCPU when it ends: only then does WFI exit.
-    guest::trap_wfi(r.lines_waiting(vm));
+    r.release_lines(vm);
 }
 
 /// Takes one pending physical interrupt; false when none was pending.
@@ -368,13 +411,20 @@ fn handle_irq(pc: usize) -> bool {
             r.smmu_events();
         }
         _ if intid >= 32 && r.intx.lock().owner(intid).is_some() => {
-            // A forwarded INTx line: finished physically (EOImode 1) and
-            // masked until its guest is done.
+            // A forwarded INTx line: masked, finished physically (EOImode
+            // 1), and its guest's virtual line set high, under the lines'
+            // lock so that no exit on another CPU releases it in between.
             arch::gicv3::eoi(intid);
-            let owner = r.intx.lock().fired(intid, &PhysicalLines);
+            let mut intx = r.intx.lock();
+            let owner = intx.fired(intid, &PhysicalLines);
             arch::gicv3::deactivate(intid);
             if let Some((vm_i, vintid)) = owner {
-                r.vms[vm_i].raise_edge(vintid, r);
+                let vm = &r.vms[vm_i];
+                let fx = vm.vgic.lock().set_level(vintid, 0, true);
+                drop(intx);
+                if let Ok(fx) = fx {
+                    vm.apply(fx, r);
+                }
             }
         }
         _ if Some(intid) == crate::console::input_intid() => {
@@ -410,16 +460,28 @@ impl LineControl for PhysicalLines {
 }
 
 impl Runtime {
-    /// Unmasks the VM's forwarded lines its guest has finished with (runs
-    /// at every exit).
-    fn resample_lines(&self, vm: &Vm) {
-        let mut intx = self.intx.lock();
-        if !intx.any_masked() {
+    /// Before an exit of `vm`'s vCPU `vcpu` is handled: its masked INTx
+    /// lines' levels into its vGIC (`IntxForwarding::sample`).
+    fn sample_lines(&self, vm: &Vm, vcpu: usize) {
+        let intx = self.intx.lock();
+        if !intx.masks(vm.index) {
             return;
         }
-        let backoff = STILL_ASSERTED_BACKOFF_US * arch::counter_freq() / 1_000_000;
+        let fx = intx.sample(vm.index, vcpu, &mut vm.vgic.lock(), &PhysicalLines);
+        drop(intx);
+        vm.apply(fx, self);
+    }
+
+    /// After an exit of `vm` has refilled its list registers: unmasks the
+    /// lines its guest is done with and its devices let go
+    /// (`IntxForwarding::release`).
+    fn release_lines(&self, vm: &Vm) {
+        let mut intx = self.intx.lock();
+        if !intx.masks(vm.index) {
+            return;
+        }
         let vgic = vm.vgic.lock();
-        intx.resample(vm.index, &vgic, arch::counter(), backoff, &PhysicalLines);
+        intx.release(vm.index, &vgic, &PhysicalLines);
     }
 
     /// Drains the SMMU's event queue: stage-1 faults of nested streams go
@@ -573,39 +635,80 @@ impl Machine for Runtime {
         }
     }
 
-    fn lines_waiting(&self, vm: &Vm) -> bool {
-        self.intx.lock().waiting(vm.index)
-    }
-
     fn route_msi(
         &self,
         vm: &Vm,
         device: u32,
         event: u32,
-        to: Option<usize>,
+        to: Option<EventLpi>,
     ) -> Result<(), &'static str> {
-        let cpu = match to {
-            Some(vcpu) => Some(*vm.vcpu_pcpu.get(vcpu).ok_or("no such vCPU")?),
-            None => None,
-        };
         let its = its::get().ok_or("no physical ITS")?;
         let (device, event) = (DeviceId(device), EventId(event));
-        let mut msi = self.msi.lock();
-        let result = msi.route(&mut *its.lock(), vm.index, device, event, cpu);
-        drop(msi);
-        result.map_err(|e| {
-            let n = self.route_failures.fetch_add(1, Ordering::Relaxed);
-            if n < ROUTE_REPORTS {
-                warn!(
-                    "VM {}: routing {event} of {device} to {}: {e}",
-                    vm.name,
-                    cpu.map_or("nowhere".into(), |c| alloc::format!("CPU {c}"))
-                );
-            } else if n == ROUTE_REPORTS {
-                warn!("further failed MSI routes are only counted");
+        let result = match vm.msi_delivery {
+            Delivery::Direct => {
+                let mut msi = self.msi.lock();
+                msi.route_vlpi(&mut *its.lock(), vm.index, device, event, to)
             }
-            e.as_str()
+            Delivery::ListRegisters => {
+                let cpu = match to {
+                    Some(l) => Some(*vm.vcpu_pcpu.get(l.vcpu).ok_or("no such vCPU")?),
+                    None => None,
+                };
+                let mut msi = self.msi.lock();
+                msi.route(&mut *its.lock(), vm.index, device, event, cpu)
+            }
+        };
+        result.map_err(|e| {
+            let to = to.map_or("nowhere".into(), |l| {
+                alloc::format!("LPI {} of vCPU {}", l.intid, l.vcpu)
+            });
+            self.msi_failed(vm, format_args!("routing {event} of {device} to {to}"), &e)
         })
+    }
+
+    fn configure_msis(&self, vm: &Vm, lpis: &[(u32, LpiConfig)]) -> Result<(), &'static str> {
+        let its = its::get().ok_or("no physical ITS")?;
+        let result = self.msi.lock().configure(&mut *its.lock(), vm.index, lpis);
+        result
+            .map_err(|e| self.msi_failed(vm, format_args!("configuring {} LPI(s)", lpis.len()), &e))
+    }
+
+    fn set_msi_pending(
+        &self,
+        vm: &Vm,
+        device: u32,
+        event: u32,
+        pending: bool,
+    ) -> Result<(), &'static str> {
+        let its = its::get().ok_or("no physical ITS")?;
+        let (device, event) = (DeviceId(device), EventId(event));
+        let result =
+            self.msi
+                .lock()
+                .set_pending(&mut *its.lock(), vm.index, device, event, pending);
+        result.map_err(|e| {
+            let what = if pending { "INT" } else { "CLEAR" };
+            self.msi_failed(vm, format_args!("{what} of {event} of {device}"), &e)
+        })
+    }
+}
+
+impl Runtime {
+    /// Reports a refused MSI operation of `vm` (the first few, then a
+    /// line that the rest are only counted); returns what its vITS hears.
+    fn msi_failed(
+        &self,
+        vm: &Vm,
+        what: core::fmt::Arguments<'_>,
+        e: &RouteError<its::ItsError>,
+    ) -> &'static str {
+        let n = self.route_failures.fetch_add(1, Ordering::Relaxed);
+        if n < ROUTE_REPORTS {
+            warn!("VM {}: {what}: {e}", vm.name);
+        } else if n == ROUTE_REPORTS {
+            warn!("further failed MSI routes are only counted");
+        }
+        e.as_str()
     }
 }
 
@@ -637,5 +740,52 @@ impl PhysicalMsi for its::Its {
 
     fn unmap_device(&mut self, device: DeviceId) -> Result<(), Self::Error> {
         its::Its::unmap_device(self, device)
+    }
+
+    fn map_vlpi(
+        &mut self,
+        device: DeviceId,
+        event: EventId,
+        vpe: VpeId,
+        vintid: u32,
+        inv: bool,
+    ) -> Result<(), Self::Error> {
+        its::Its::map_vlpi(self, device, event, vpe, vintid, inv)
+    }
+
+    fn move_vlpi(
+        &mut self,
+        device: DeviceId,
+        event: EventId,
+        vpe: VpeId,
+        inv: bool,
+    ) -> Result<(), Self::Error> {
+        its::Its::move_vlpi(self, device, event, vpe, inv)
+    }
+
+    fn set_vlpi_config(
+        &mut self,
+        table: VlpiTable,
+        vintid: u32,
+        byte: u8,
+    ) -> Result<u8, Self::Error> {
+        its::Its::set_vlpi_config(self, table, vintid, byte)
+    }
+
+    fn inv_event(&mut self, device: DeviceId, event: EventId) -> Result<(), Self::Error> {
+        its::Its::inv_event(self, device, event)
+    }
+
+    fn inv_vpe(&mut self, vpe: VpeId) -> Result<(), Self::Error> {
+        its::Its::inv_vpe(self, vpe)
+    }
+
+    fn set_pending(
+        &mut self,
+        device: DeviceId,
+        event: EventId,
+        pending: bool,
+    ) -> Result<(), Self::Error> {
+        its::Its::set_pending(self, device, event, pending)
     }
 }

@@ -8,6 +8,7 @@ use super::vm::{Vm, VmState};
 use crate::arch::{fake, TrapFrame};
 use crate::harness::{capture_log, log_lines, Call, GuestHarness, Recorder, RAM_BASE};
 use crate::vdev::psci::VcpuPower;
+use crate::vdev::vits::{EventLpi, LpiConfig};
 use alloc::string::String;
 use scenario::guest_layout as layout;
 use smmu::addr::Ipa;
@@ -339,7 +340,11 @@ fn the_guest_maps_its_functions_msi_through_the_its_frames() {
     assert!(h.machine.calls().contains(&Call::RouteMsi {
         device: physical,
         event: 3,
-        to: Some(1)
+        to: Some(EventLpi {
+            vcpu: 1,
+            intid: 8197,
+            config: LpiConfig(0xa1)
+        })
     }));
     let lines = log_lines();
     assert!(

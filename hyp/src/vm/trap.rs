@@ -92,17 +92,14 @@ pub fn handle_sync(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, m: &dyn Machine)
     }
 }
 
-/// WFI: sleep until a physical interrupt (the vtimer, a kick), unless the
-/// guest already has an interrupt to take: one the model holds, or one
-/// already in a list register (a physical WFI at EL2 does not wake for
-/// those), or a forwarded line is waiting to be unmasked.
+/// WFI (HCR_EL2.TWI is never set, so only if a CPU traps it anyway): sleep
+/// until a physical interrupt (the vtimer, a kick), unless the guest
+/// already has an interrupt to take: one the model holds, or one already
+/// in a list register (a physical WFI at EL2 does not wake for those).
 fn wait_for_interrupt(vm: &Vm, vcpu: usize, m: &dyn Machine) {
     let fx = crate::vdev::vgic::hw::flush(&mut vm.vgic.lock(), vcpu);
     vm.apply(fx, m);
-    if !crate::vdev::vgic::hw::lr_pending()
-        && !vm.vgic.lock().has_pending(vcpu)
-        && !m.lines_waiting(vm)
-    {
+    if !crate::vdev::vgic::hw::lr_pending() && !vm.vgic.lock().has_pending(vcpu) {
         arch::wait_for_interrupt();
     }
 }

@@ -8,11 +8,12 @@
 //! (`run.rs`), tests with a recorder.
 
 use super::bus::{MmioBus, MmioContext};
+use super::msi::Delivery;
 use super::ram::GuestRam;
 use crate::arch;
 use crate::vdev::psci::VcpuPower;
 use crate::vdev::vgic::{Effects, VGic};
-use crate::vdev::vits::{ItsEnv, ItsOutcome, PhysicalIts, VIts};
+use crate::vdev::vits::{EventLpi, ItsEnv, ItsOutcome, LpiConfig, PhysicalIts, VIts};
 use crate::vdev::vuart::VirtualUart;
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -91,20 +92,37 @@ pub trait Machine {
     /// The VM has stopped for good (`how`); the machine ends when the last
     /// one has.
     fn vm_stopped(&self, vm: &Vm, how: VmState);
-    /// Whether one of the VM's forwarded interrupt lines waits for a timer
-    /// to be unmasked: its vCPUs must not sleep in WFI meanwhile.
-    fn lines_waiting(&self, vm: &Vm) -> bool;
     /// Routes the MSIs of `vm`'s physical device `device` with EventID
-    /// `event` to the physical CPU of vCPU `to` (`Some`), where they are
-    /// delivered through [`Vm::deliver_msi`], or stops routing them
-    /// (`None`: they are dropped).
+    /// `event` to the LPI `to` (`Some`) or stops routing them (`None`: they
+    /// are dropped). Through the list registers, they arrive on the
+    /// physical CPU of its vCPU and are delivered with [`Vm::deliver_msi`];
+    /// directly ([`Vm::msi_delivery`]), the GIC presents them to the vCPU
+    /// as that LPI with that configuration.
     fn route_msi(
         &self,
         vm: &Vm,
         device: u32,
         event: u32,
-        to: Option<usize>,
+        to: Option<EventLpi>,
     ) -> Result<(), &'static str>;
+    /// For a VM whose MSIs are delivered directly: its LPIs `lpis` (INTID,
+    /// configuration as the hardware must apply it) were configured again.
+    fn configure_msis(&self, vm: &Vm, lpis: &[(u32, LpiConfig)]) -> Result<(), &'static str> {
+        let _ = (vm, lpis);
+        Err("MSIs are not delivered directly")
+    }
+    /// For a VM whose MSIs are delivered directly: makes the LPI of the
+    /// routed event pending (INT) or not (CLEAR).
+    fn set_msi_pending(
+        &self,
+        vm: &Vm,
+        device: u32,
+        event: u32,
+        pending: bool,
+    ) -> Result<(), &'static str> {
+        let _ = (vm, device, event, pending);
+        Err("MSIs are not delivered directly")
+    }
 }
 
 /// A VM's MSI routing through its machine: the physical side of its vITS.
@@ -116,16 +134,29 @@ struct MsiRoutes<'a> {
 impl PhysicalIts for MsiRoutes<'_> {
     type Error = &'static str;
 
-    fn map_event(&mut self, device: u32, event: u32, vcpu: usize) -> Result<(), Self::Error> {
-        self.machine.route_msi(self.vm, device, event, Some(vcpu))
+    fn map_event(&mut self, device: u32, event: u32, lpi: EventLpi) -> Result<(), Self::Error> {
+        self.machine.route_msi(self.vm, device, event, Some(lpi))
     }
 
-    fn move_event(&mut self, device: u32, event: u32, vcpu: usize) -> Result<(), Self::Error> {
-        self.machine.route_msi(self.vm, device, event, Some(vcpu))
+    fn move_event(&mut self, device: u32, event: u32, lpi: EventLpi) -> Result<(), Self::Error> {
+        self.machine.route_msi(self.vm, device, event, Some(lpi))
     }
 
     fn unmap_event(&mut self, device: u32, event: u32) -> Result<(), Self::Error> {
         self.machine.route_msi(self.vm, device, event, None)
+    }
+
+    fn direct(&self) -> bool {
+        self.vm.msi_delivery == Delivery::Direct
+    }
+
+    fn configure(&mut self, lpis: &[(u32, LpiConfig)]) -> Result<(), Self::Error> {
+        self.machine.configure_msis(self.vm, lpis)
+    }
+
+    fn set_pending(&mut self, device: u32, event: u32, pending: bool) -> Result<(), Self::Error> {
+        self.machine
+            .set_msi_pending(self.vm, device, event, pending)
     }
 }
 
@@ -154,6 +185,8 @@ pub struct Vm {
     /// Its virtual ITS, if it has one (then its vGIC has LPIs). Locked
     /// before the vGIC when both are needed.
     pub its: Option<Mutex<VIts>>,
+    /// How its assigned functions' MSIs reach its vCPUs.
+    pub msi_delivery: Delivery,
     state: AtomicU8,
     reports: AtomicU32,
     traps: AtomicU64,
@@ -197,6 +230,7 @@ impl Vm {
             bus: MmioBus::new(),
             vsmmu: None,
             its: None,
+            msi_delivery: Delivery::ListRegisters,
             state: AtomicU8::new(VmState::Running as u8),
             reports: AtomicU32::new(0),
             traps: AtomicU64::new(0),
@@ -228,6 +262,12 @@ impl Vm {
         self.reports.load(Ordering::Relaxed)
     }
 
+    /// MSIs of its functions the hypervisor took and injected through the
+    /// list registers (none with direct delivery).
+    pub fn msis_injected(&self) -> u64 {
+        self.its.as_ref().map_or(0, |i| i.lock().stats().delivered)
+    }
+
     /// Its vSMMU's guest and physical command counts (0 without one).
     pub fn vsmmu_stats(&self) -> (u64, u64) {
         self.vsmmu.as_ref().map_or((0, 0), |v| v.lock().stats())
@@ -250,10 +290,23 @@ impl Vm {
 
     /// Carries out what a vGIC operation asks: kick the vCPUs whose list
     /// registers must be refilled; deactivate physical interrupts the guest
-    /// gave up (only possible on the CPU that holds them: this one).
+    /// gave up (only possible on the CPU that holds them: this one); give
+    /// the physical side the LPI configuration of vCPUs whose
+    /// redistributor turned its LPIs on or off (direct delivery). The vGIC
+    /// must not be locked by the caller.
     pub fn apply(&self, fx: Effects, m: &dyn Machine) {
         for v in fx.kicked() {
             m.kick(self, v);
+        }
+        for v in fx.lpi_configs_changed() {
+            // The vGIC stays locked so that no other configuration can
+            // reach the hardware in between (vGIC before the machine's
+            // MSI routes, as in `its_access`).
+            let vgic = self.vgic.lock();
+            if let Err(e) = m.configure_msis(self, &vgic.lpi_hw_configs(v)) {
+                drop(vgic);
+                self.report(v, 0, format_args!("LPIs turned on or off: {e}"));
+            }
         }
         let me = arch::cpu_index();
         for d in fx.deactivations() {
@@ -384,15 +437,25 @@ impl Vm {
             m.kick(self, v);
         }
         let traps = self.traps();
+        let msis = match (&self.its, self.msi_delivery) {
+            (None, _) => String::new(),
+            (Some(_), Delivery::Direct) => alloc::format!(
+                "; MSIs delivered directly, {} injected",
+                self.msis_injected()
+            ),
+            (Some(_), Delivery::ListRegisters) => {
+                alloc::format!("; {} MSIs injected", self.msis_injected())
+            }
+        };
         match &self.vsmmu {
             Some(_) => {
                 let (guest, phys) = self.vsmmu_stats();
                 info!(
-                    "VM {}: {traps} traps; vSMMU: {guest} guest commands -> {phys} physical commands",
+                    "VM {}: {traps} traps{msis}; vSMMU: {guest} guest commands -> {phys} physical commands",
                     self.name
                 );
             }
-            None => info!("VM {}: {traps} traps", self.name),
+            None => info!("VM {}: {traps} traps{msis}", self.name),
         }
         let bad = self.bad_accesses();
         if bad > 0 {
@@ -452,6 +515,10 @@ impl MmioContext for AccessContext<'_> {
 
     fn traps(&self) -> u64 {
         self.vm.traps()
+    }
+
+    fn msis_injected(&self) -> u64 {
+        self.vm.msis_injected()
     }
 
     fn vsmmu_stats(&self) -> (u64, u64) {

@@ -216,7 +216,10 @@ fn qemu_memory(bytes: u64) -> String {
 /// The QEMU arguments for `machine`, booting `hyp` with `bundle` as its
 /// initrd, followed by `extra` (which, coming last, override).
 pub fn qemu_args(machine: &Machine, hyp: &Path, bundle: &Path, extra: &[String]) -> Vec<OsString> {
-    let mut m = format!("{},virtualization=on,gic-version=3", machine.machine);
+    let mut m = format!(
+        "{},virtualization=on,gic-version={}",
+        machine.machine, machine.gic_version
+    );
     if machine.smmu {
         m.push_str(",iommu=smmuv3");
     }

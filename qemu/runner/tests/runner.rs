@@ -110,7 +110,8 @@ fn machine_type_smmu_and_raw_args() {
     let stage1 = "[machine]\ncpus = 2\nmemory = \"1536M\"\nmachine = \"virt-9.1\"\n\
                   qemu_args = [\"-global\", \"arm-smmuv3.stage=1\"]\ncpu = \"cortex-a57\"\n";
     let nosmmu = "[machine]\ncpus = 1\nmemory = \"1G\"\nsmmu = false\n";
-    let root = Root::new(&[("s1", stage1), ("nosmmu", nosmmu)]);
+    let v4 = "[machine]\ncpus = 1\nmemory = \"1G\"\ngic_version = 4\n";
+    let root = Root::new(&[("s1", stage1), ("nosmmu", nosmmu), ("v4", v4)]);
     let a = args(&prepare(&root.0, "s1", &["-S".into()]).unwrap());
     assert_eq!(
         a[..8],
@@ -130,6 +131,8 @@ fn machine_type_smmu_and_raw_args() {
     let a = args(&prepare(&root.0, "nosmmu", &[]).unwrap());
     assert_eq!(a[1], "virt,virtualization=on,gic-version=3");
     assert!(!a.iter().any(|x| x == "-device"));
+    let a = args(&prepare(&root.0, "v4", &[]).unwrap());
+    assert_eq!(a[1], "virt,virtualization=on,gic-version=4,iommu=smmuv3");
 }
 
 #[test]

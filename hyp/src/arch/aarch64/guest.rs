@@ -9,9 +9,9 @@
 
 use super::super::TrapFrame;
 use aarch64_cpu::registers::{
-    ReadWriteable, Readable, Writeable, CNTHCTL_EL2, CNTVOFF_EL2, CNTV_CTL_EL0, CPTR_EL2, ELR_EL1,
-    ESR_EL1, ESR_EL2, FAR_EL1, FAR_EL2, HCR_EL2, HPFAR_EL2, MDCR_EL2, MIDR_EL1, SCTLR_EL1,
-    SPSR_EL1, VBAR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
+    Readable, Writeable, CNTHCTL_EL2, CNTVOFF_EL2, CNTV_CTL_EL0, CPTR_EL2, ELR_EL1, ESR_EL1,
+    ESR_EL2, FAR_EL1, FAR_EL2, HCR_EL2, HPFAR_EL2, MDCR_EL2, MIDR_EL1, SCTLR_EL1, SPSR_EL1,
+    VBAR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
 };
 use core::arch::asm;
 
@@ -29,9 +29,13 @@ pub struct GuestControls {
 /// Loads the controls and EL1 reset state for a vCPU on this CPU.
 ///
 /// HCR_EL2: stage 2 on (VM), physical IRQ/FIQ/SError to EL2 (IMO/FMO/AMO,
-/// which also enables the virtual GIC CPU interface), SMC trapped (WFI
-/// not: see [`trap_wfi`]), EL1 is AArch64 (RW), pointer authentication not trapped (API/APK),
-/// set/way cleans upgraded (SWIO).
+/// which also enables the virtual GIC CPU interface), SMC trapped, WFI
+/// not (TWI = 0: a vCPU has its physical CPU to itself, so its WFI may
+/// sleep in the guest; whatever it waits for, its timer, a kick from
+/// another CPU, a device's interrupt, is a physical interrupt, which ends
+/// the WFI and is taken at EL2, and an interrupt already in its list
+/// registers ends it too), EL1 is AArch64 (RW), pointer authentication not
+/// trapped (API/APK), set/way cleans upgraded (SWIO).
 ///
 /// # Safety
 ///
@@ -126,21 +130,6 @@ pub fn set_exception_state(esr: u64, far: u64, elr: u64, spsr: u64) {
     FAR_EL1.set(far);
     ELR_EL1.set(elr);
     SPSR_EL1.set(spsr);
-}
-
-/// Whether the guest's WFI traps to EL2 (HCR_EL2.TWI; off after
-/// [`configure`]). A vCPU has its physical CPU to itself, so its WFI may
-/// sleep in the guest: whatever it waits for (its timer, a kick from
-/// another CPU, a device's interrupt) is a physical interrupt, which ends
-/// the WFI and is taken at EL2, and an interrupt already in its list
-/// registers ends it too. WFI traps only while the hypervisor must look
-/// again soon without such an interrupt.
-pub fn trap_wfi(on: bool) {
-    HCR_EL2.modify(if on {
-        HCR_EL2::TWI::SET
-    } else {
-        HCR_EL2::TWI::CLEAR
-    });
 }
 
 /// The guest's CNTV_CTL_EL0.

@@ -18,9 +18,19 @@
 //! direct LPI injection (GICR_TYPER.DirectLPI = 0), so INVLPIR, INVALLR,
 //! SETLPIR and CLRLPIR are RAZ/WI and all LPI maintenance goes through the
 //! ITS.
+//!
+//! Where the physical GIC delivers the VM's LPIs itself (GICv4 direct
+//! injection, [`VGic::set_direct_lpis`]), their pending state is the
+//! hardware's (the vPEs' virtual pending tables) and the model never lists
+//! them; it still holds each LPI's target and configuration, from which
+//! the hypervisor's own configuration table is kept
+//! ([`VGic::lpi_hw_configs`]): an LPI is enabled there only while the
+//! guest enables it and its vCPU's redistributor has LPIs on, so turning
+//! them off stops delivery as it does here.
 
 use super::{Effects, Irq, VGic, VgicError};
 use crate::gicv3::gicr::{CTLR_ENABLE_LPIS, PENDBASER, PROPBASER};
+use alloc::vec::Vec;
 use smmu::addr::Ipa;
 
 /// The first LPI INTID (§2.2).
@@ -65,6 +75,13 @@ pub(super) struct Lpi {
     pub(super) irq: Irq,
 }
 
+impl Lpi {
+    /// Its configuration as last read: priority and enable bit.
+    fn config(&self) -> LpiConfig {
+        LpiConfig(self.irq.priority | u8::from(self.irq.enabled))
+    }
+}
+
 /// A vCPU's redistributor LPI registers.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct RedistLpi {
@@ -85,6 +102,44 @@ impl VGic {
     /// Whether the vGIC has LPIs ([`VGic::enable_lpis`]).
     pub fn has_lpis(&self) -> bool {
         self.lpi_support
+    }
+
+    /// The physical GIC delivers the LPIs to the vCPUs itself, holding
+    /// their pending state: the model never lists them, and a change of a
+    /// redistributor's EnableLPIs is reported in
+    /// [`Effects::lpi_configs_changed`].
+    pub fn set_direct_lpis(&mut self) {
+        self.direct_lpis = true;
+    }
+
+    /// Whether the physical GIC delivers the LPIs ([`VGic::set_direct_lpis`]).
+    pub fn direct_lpis(&self) -> bool {
+        self.direct_lpis
+    }
+
+    /// `config` as the hardware must apply it to an LPI of `vcpu`: its
+    /// priority, and enabled if the guest enabled it and `vcpu`'s
+    /// redistributor has LPIs on (the RES1 bit and priority\[1:0\] are not
+    /// kept).
+    pub fn lpi_hw_config(&self, vcpu: usize, config: LpiConfig) -> LpiConfig {
+        let on = config.enabled() && self.lpis_enabled(vcpu);
+        LpiConfig(config.priority() | u8::from(on))
+    }
+
+    /// The guest configuration of mapped LPI `intid` as the model holds it
+    /// (from the last MAPTI, INV or INVALL).
+    pub fn lpi_config(&self, intid: u32) -> Option<LpiConfig> {
+        self.lpis.get(&intid).map(|l| l.config())
+    }
+
+    /// Every mapped LPI of `vcpu` with its configuration as the hardware
+    /// must apply it ([`VGic::lpi_hw_config`]).
+    pub fn lpi_hw_configs(&self, vcpu: usize) -> Vec<(u32, LpiConfig)> {
+        self.lpis
+            .iter()
+            .filter(|(_, l)| usize::from(l.vcpu) == vcpu)
+            .map(|(&intid, l)| (intid, self.lpi_hw_config(vcpu, l.config())))
+            .collect()
     }
 
     /// One past the largest LPI INTID GICD_TYPER.IDbits allows (0 without
@@ -220,11 +275,12 @@ impl VGic {
         self.vcpus.get(vcpu).is_some_and(|v| v.lpi.enabled)
     }
 
-    /// Whether mapped LPI `l` is forwarded: pending, enabled in its
-    /// configuration, Group 1 enabled, and LPIs enabled in its target's
-    /// redistributor.
+    /// Whether mapped LPI `l` is forwarded through the list registers:
+    /// pending, enabled in its configuration, Group 1 enabled, and LPIs
+    /// enabled in its target's redistributor; never when the physical GIC
+    /// delivers LPIs.
     pub(super) fn lpi_deliverable(&self, l: &Lpi) -> bool {
-        self.deliverable(&l.irq) && self.lpis_enabled(usize::from(l.vcpu))
+        !self.direct_lpis && self.deliverable(&l.irq) && self.lpis_enabled(usize::from(l.vcpu))
     }
 
     /// GICR_CTLR of `vcpu`: EnableLPIs; RWP, UWP, DPG* = 0.
@@ -246,7 +302,11 @@ impl VGic {
         if self.vcpus[vcpu].lpi.enabled != on {
             self.vcpus[vcpu].lpi.enabled = on;
             if self.lpis.values().any(|l| usize::from(l.vcpu) == vcpu) {
-                fx.kick_mask(1 << vcpu);
+                if self.direct_lpis {
+                    fx.lpi_config |= 1 << vcpu;
+                } else {
+                    fx.kick_mask(1 << vcpu);
+                }
             }
         }
         fx
@@ -299,9 +359,9 @@ impl VGic {
     }
 
     /// LPIs of `vcpu` that [`VGic::fill_lrs`] should consider, as
-    /// (INTID, state).
+    /// (INTID, state): none when the physical GIC delivers them.
     pub(super) fn lpis_for(&self, vcpu: usize) -> impl Iterator<Item = (u32, &Irq)> + '_ {
-        let on = self.lpis_enabled(vcpu);
+        let on = self.lpis_enabled(vcpu) && !self.direct_lpis;
         self.lpis
             .iter()
             .filter(move |(_, l)| on && usize::from(l.vcpu) == vcpu)
@@ -444,5 +504,46 @@ mod tests {
         assert_eq!(g.map_lpi(1 << 16, 0, ON), Err(VgicError::InvalidIntid));
         assert_eq!(g.map_lpi(8192, 2, ON), Err(VgicError::InvalidVcpu));
         assert!(g.map_lpi((1 << 16) - 1, 1, ON).is_ok());
+    }
+
+    #[test]
+    fn direct_lpis_are_never_listed_and_follow_enable_lpis() {
+        let mut g = with_lpis();
+        g.set_direct_lpis();
+        let _ = g.map_lpi(8192, 1, ON).unwrap();
+        let _ = g.map_lpi(8193, 1, LpiConfig(0x40)).unwrap();
+        let _ = g.map_lpi(8194, 0, ON).unwrap();
+        let _ = g.set_lpi_pending(8192, true).unwrap();
+        assert!(
+            listed(&mut g, 1, &mut [0; 4]).is_empty(),
+            "the physical GIC presents it, not a list register"
+        );
+        assert!(!g.has_pending(1));
+        assert_eq!(g.lpi_config(8193), Some(LpiConfig(0x40)));
+        assert_eq!(
+            g.lpi_hw_configs(1),
+            [(8192, LpiConfig(0xa1)), (8193, LpiConfig(0x40))]
+        );
+        // vCPU 1 turns its LPIs off: the caller must tell the hardware,
+        // which then sees them all disabled.
+        let fx = g.redist_write(1, 0, 4, 0);
+        assert_eq!(fx.lpi_configs_changed().collect::<Vec<_>>(), [1]);
+        assert!(!fx.kicks(1), "nothing to list");
+        assert_eq!(
+            g.lpi_hw_configs(1),
+            [(8192, LpiConfig(0xa0)), (8193, LpiConfig(0x40))]
+        );
+        assert_eq!(g.lpi_hw_config(1, ON), LpiConfig(0xa0));
+        assert_eq!(g.lpi_hw_config(0, ON), ON, "vCPU 0's are still on");
+        let fx = g.redist_write(1, 0, 4, 1);
+        assert_eq!(fx.lpi_configs_changed().collect::<Vec<_>>(), [1]);
+        assert_eq!(g.lpi_hw_configs(1)[0], (8192, LpiConfig(0xa1)));
+        assert_eq!(g.lpi_hw_config(0, LpiConfig(0xa3)), ON, "RES1 not kept");
+        // A list-register vGIC kicks instead, and reports no change.
+        let mut lr = with_lpis();
+        let _ = lr.map_lpi(8192, 1, ON).unwrap();
+        let fx = lr.redist_write(1, 0, 4, 0);
+        assert!(fx.kicks(1));
+        assert_eq!(fx.lpi_configs_changed().count(), 0);
     }
 }

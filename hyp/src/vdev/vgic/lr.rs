@@ -319,7 +319,10 @@ impl VGic {
             let Some(irq) = self.irq_mut(vcpu, intid) else {
                 continue;
             };
-            let pending = deliverable;
+            // A forwarded line's pending state while active is decided
+            // after the guest's deactivation, from the level its handler
+            // left (see `VGic::set_resample`).
+            let pending = deliverable && !(irq.resample && irq.active);
             let mut hw = irq.hw.filter(|_| irq.phys_active);
             // A hardware interrupt cannot be pending while its physical
             // interrupt is still active, so an LR with HW = 1 must not say
@@ -484,30 +487,46 @@ mod tests {
     }
 
     #[test]
-    fn a_resampled_line_is_presented_once_and_its_deactivation_exits() {
+    fn a_forwarded_line_is_never_listed_pending_while_active() {
         let mut g = booted();
-        // SPI 40 level-triggered (ICFGR2 bit 17 clear), enabled.
-        let _ = g.dist_write(0xc08, 4, 0);
+        // SPI 40 enabled; the guest made it edge-triggered (ICFGR2 bit 17)
+        // before the hypervisor marked it forwarded: level again.
+        let _ = g.dist_write(0xc08, 4, 2 << 16);
         let _ = g.dist_write(0x104, 4, 1 << 8);
         g.set_resample(40, true).unwrap();
+        assert_eq!(g.dist_read(0xc08, 4) & (2 << 16), 0, "level");
         assert_eq!(
             g.set_resample(27, true),
             Err(super::super::VgicError::InvalidIntid)
         );
-        // One physical assertion: one presentation.
-        let _ = g.inject_edge(40, 0).unwrap();
+        let _ = g.set_level(40, 0, true).unwrap();
         let mut lrs = [0u64; 4];
         let l = listed(&mut g, 0, &mut lrs);
-        assert_eq!(l.len(), 1);
+        assert_eq!((l.len(), l[0].state), (1, LrState::Pending));
         assert!(l[0].eoi, "deactivation must exit to EL2 for the resample");
         ack(&mut lrs, 0);
+        // The line is still high while the guest handles it: active and
+        // pending in GICD_ISPENDR/ISACTIVER, but listed active only, so
+        // the guest's deactivation cannot re-present it by itself.
+        let l = listed(&mut g, 0, &mut lrs);
+        assert_eq!((l[0].state, l[0].eoi), (LrState::Active, true));
+        assert_ne!(g.dist_read(0x204, 4) & (1 << 8), 0, "ISPENDR");
+        assert_ne!(g.dist_read(0x304, 4) & (1 << 8), 0, "ISACTIVER");
+        assert!(!g.has_pending(0), "nothing the guest could take");
         deactivate(&mut lrs, 0);
-        let _ = g.sync_from_lrs(0, &lrs);
-        // Done: neither pending nor active (so the line can be unmasked),
-        // and nothing is presented again.
+        // The level sampled after the deactivation decides: still high,
+        // so pending again, once.
+        let l = listed(&mut g, 0, &mut lrs);
+        assert_eq!(l[0].state, LrState::Pending);
+        ack(&mut lrs, 0);
+        let _ = g.set_level(40, 0, false).unwrap();
+        deactivate(&mut lrs, 0);
+        assert!(listed(&mut g, 0, &mut lrs).is_empty());
         assert_eq!(g.dist_read(0x204, 4) & (1 << 8), 0, "ISPENDR");
         assert_eq!(g.dist_read(0x304, 4) & (1 << 8), 0, "ISACTIVER");
-        assert_eq!(g.fill_lrs(0, &mut lrs).used, 0);
+        let s = g.line_status(40).unwrap();
+        assert_eq!((s.level, s.active, s.listed_on), (false, false, None));
+        assert_eq!(g.line_status(41), None, "not a forwarded line");
     }
 
     #[test]

@@ -112,6 +112,7 @@ pub struct HwDeactivate {
 pub struct Effects {
     kick: u64,
     deactivate: Vec<HwDeactivate>,
+    lpi_config: u64,
 }
 
 impl Effects {
@@ -120,6 +121,7 @@ impl Effects {
         Self {
             kick: 0,
             deactivate: Vec::new(),
+            lpi_config: 0,
         }
     }
 
@@ -146,15 +148,24 @@ impl Effects {
         &self.deactivate
     }
 
+    /// The vCPUs whose LPIs' configuration as the hardware applies it
+    /// changed (their redistributor's LPIs were turned on or off) in a vGIC
+    /// whose LPIs the physical GIC delivers ([`VGic::set_direct_lpis`]):
+    /// the caller hands [`VGic::lpi_hw_configs`] to the physical side.
+    pub fn lpi_configs_changed(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..MAX_VCPUS).filter(move |&v| self.lpi_config & (1 << v) != 0)
+    }
+
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.kick == 0 && self.deactivate.is_empty()
+        self.kick == 0 && self.deactivate.is_empty() && self.lpi_config == 0
     }
 
     /// Adds the work of `other`.
     pub fn merge(&mut self, other: Effects) {
         self.kick |= other.kick;
         self.deactivate.extend(other.deactivate);
+        self.lpi_config |= other.lpi_config;
     }
 
     fn kick_mask(&mut self, mask: u64) {
@@ -185,9 +196,11 @@ struct Irq {
     /// The linked physical interrupt is active on our behalf: it was taken
     /// at EL2 and is waiting for the guest's deactivation.
     phys_active: bool,
-    /// A forwarded level-triggered line the hypervisor resamples when the
-    /// guest deactivates it ([`VGic::set_resample`]): listed with
-    /// ICH_LR.EOI = 1, so that deactivation exits to EL2.
+    /// A forwarded level-sensitive line whose level the hypervisor samples
+    /// ([`VGic::set_resample`]): listed with ICH_LR.EOI = 1, so that the
+    /// guest's deactivation exits to EL2, and never listed pending while
+    /// active (whether it is pending again is decided by the level sampled
+    /// after the deactivation).
     resample: bool,
     /// In the list registers of this vCPU.
     owner: Option<u8>,
@@ -225,6 +238,18 @@ impl Irq {
     fn pending_view(&self) -> bool {
         self.pending() || (self.owner.is_some() && self.lr_pending && !self.lr_pending_cleared)
     }
+}
+
+/// Where a forwarded line's interrupt stands ([`VGic::line_status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineStatus {
+    /// The line's level as last set ([`VGic::set_level`]).
+    pub level: bool,
+    /// Active, as of the last fold of the list registers that hold it.
+    pub active: bool,
+    /// The vCPU whose list registers hold it, if any: what the guest did
+    /// with it there is only known after that vCPU's next exit.
+    pub listed_on: Option<usize>,
 }
 
 /// Where an SPI goes (GICD_IROUTER<n>, IHI 0069 §8.9 and §2.3
@@ -290,6 +315,8 @@ pub struct VGic {
     lpi_support: bool,
     /// The mapped LPIs by INTID (see [`lpi`]).
     lpis: BTreeMap<u32, lpi::Lpi>,
+    /// The physical GIC delivers the LPIs itself ([`VGic::set_direct_lpis`]).
+    direct_lpis: bool,
 }
 
 /// Packs MPIDR_EL1 Aff3 \[39:32\], Aff2 \[23:16\], Aff1 \[15:8\], Aff0 \[7:0\]
@@ -346,6 +373,7 @@ impl VGic {
             deferred: Effects::none(),
             lpi_support: false,
             lpis: BTreeMap::new(),
+            direct_lpis: false,
         })
     }
 
@@ -511,7 +539,11 @@ impl VGic {
                 irq.phys_active = true;
             }
         } else {
-            if irq.edge && level && !irq.line {
+            if irq.line == level {
+                // No change: nothing to refill anywhere.
+                return Ok(fx);
+            }
+            if irq.edge && level {
                 irq.latch = true;
             }
             irq.line = level;
@@ -536,15 +568,17 @@ impl VGic {
         Ok(fx)
     }
 
-    /// Marks SPI `intid` as a forwarded level-triggered line that the
-    /// hypervisor resamples itself: raise it with [`VGic::inject_edge`]
-    /// once per physical assertion (the physical line stays masked until
-    /// the guest is done), and its list register entries ask for a
-    /// maintenance interrupt at deactivation (ICH_LR.EOI), so the
-    /// hypervisor learns at once that the guest is done and can unmask
-    /// the physical line. Holding the virtual line high instead would
-    /// present the interrupt again after every EOI while the physical
-    /// line is masked: an interrupt storm the guest cannot clear.
+    /// Marks SPI `intid` as a forwarded level-sensitive line (a passed-through
+    /// function's INTx) whose level the hypervisor samples from the physical
+    /// distributor and sets with [`VGic::set_level`]: when the physical line
+    /// fires, and after the guest deactivates the interrupt. Its
+    /// Int_config is read-only, level (IHI 0069 §8.9 GICD_ICFGR<n>: an
+    /// SPI's may be), since the device's line is. Its list-register
+    /// entries ask for a maintenance interrupt at deactivation
+    /// (ICH_LR.EOI), and it is never listed pending while active: the
+    /// level the guest's handler leaves behind is only known once it has
+    /// deactivated, so a line still high is pending again exactly once per
+    /// deactivation, and a line the handler let go is not presented again.
     pub fn set_resample(&mut self, intid: u32, on: bool) -> Result<(), VgicError> {
         if intid < NR_PRIVATE {
             return Err(VgicError::InvalidIntid);
@@ -552,7 +586,24 @@ impl VGic {
         self.check(intid, 0)?;
         let irq = self.irq_mut(0, intid).ok_or(VgicError::InvalidIntid)?;
         irq.resample = on;
+        if on {
+            irq.edge = false;
+        }
         Ok(())
+    }
+
+    /// Where forwarded line `intid` ([`VGic::set_resample`]) stands; `None`
+    /// for an interrupt that is not one.
+    pub fn line_status(&self, intid: u32) -> Option<LineStatus> {
+        if intid < NR_PRIVATE {
+            return None;
+        }
+        let irq = self.irq(0, intid).filter(|i| i.resample)?;
+        Some(LineStatus {
+            level: irq.line,
+            active: irq.active,
+            listed_on: irq.owner.map(usize::from),
+        })
     }
 
     /// Links virtual `intid` (a PPI of `vcpu`, or an SPI) to physical
@@ -643,7 +694,12 @@ impl VGic {
         let Some(v) = self.vcpus.get(vcpu) else {
             return false;
         };
-        let fwd = |irq: &Irq| irq.pending_view() && irq.enabled && self.group_enabled(irq);
+        let fwd = |irq: &Irq| {
+            irq.pending_view()
+                && irq.enabled
+                && self.group_enabled(irq)
+                && !(irq.resample && irq.active)
+        };
         if v.private.iter().any(fwd) {
             return true;
         }
@@ -735,7 +791,8 @@ impl VGic {
                 let Some(irq) = self.irq_mut(vcpu, intid) else {
                     continue;
                 };
-                if irq.edge != edge {
+                // A forwarded line is level-sensitive, read-only.
+                if irq.edge != edge && !irq.resample {
                     irq.edge = edge;
                     self.note_change(vcpu, intid, &mut fx);
                 }

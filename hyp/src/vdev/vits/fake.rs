@@ -1,6 +1,8 @@
 //! The physical side of a vITS on the host, for the unit tests and the
 //! fuzz targets: [`RecordingPhysicalIts`] routes events as the
-//! hypervisor's physical ITS would and records what it was asked;
+//! hypervisor's physical ITS would (through the list registers, or
+//! directly as a GICv4 would, [`RecordingPhysicalIts::direct`]) and records
+//! what it was asked;
 //! [`check_in_step`] and [`check_access`] state the rules a vITS keeps
 //! whatever its guest does, from the specification (IHI 0069) and the
 //! isolation the hypervisor promises, without running the vITS's own code.
@@ -9,9 +11,10 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::String;
 
+use super::{EventLpi, LpiConfig, EVENT_ID_BITS, FIRST_LPI};
 use super::{ItsConfig, ItsOutcome, PhysicalIts, VIts, COMMANDS_PER_ACCESS, ERRORS_PER_ACCESS};
-use super::{EVENT_ID_BITS, FIRST_LPI};
 use crate::vdev::vgic::VGic;
+use alloc::vec::Vec;
 
 /// The hypervisor's routing of a VM's device MSIs, as a set of routed
 /// (physical DeviceID, EventID) pairs with the vCPU each is to arrive at.
@@ -23,6 +26,14 @@ pub struct RecordingPhysicalIts {
     grants: ItsConfig,
     /// The routed events: (physical DeviceID, EventID) to vCPU.
     pub routed: BTreeMap<(u32, u32), usize>,
+    /// The LPI each routed event raises, as last heard.
+    pub lpis: BTreeMap<(u32, u32), u32>,
+    /// Delivers directly: holds the pending state and the configuration.
+    pub direct: bool,
+    /// With `direct`: the configuration last heard for each LPI.
+    pub configured: BTreeMap<u32, LpiConfig>,
+    /// With `direct`: the INTs (true) and CLEARs asked, in order.
+    pub pending: Vec<((u32, u32), bool)>,
     /// While set, [`PhysicalIts::map_event`] and
     /// [`PhysicalIts::move_event`] fail (no physical LPI left, or none on
     /// the new CPU).
@@ -46,9 +57,28 @@ impl RecordingPhysicalIts {
         Self {
             grants,
             routed: BTreeMap::new(),
+            lpis: BTreeMap::new(),
+            direct: false,
+            configured: BTreeMap::new(),
+            pending: Vec::new(),
             refuse_maps: false,
             calls: 0,
             misuse: None,
+        }
+    }
+
+    /// As [`RecordingPhysicalIts::new`], delivering directly.
+    pub fn direct(grants: ItsConfig) -> Self {
+        Self {
+            direct: true,
+            ..Self::new(grants)
+        }
+    }
+
+    fn heard(&mut self, device: u32, event: u32, lpi: EventLpi) {
+        self.lpis.insert((device, event), lpi.intid);
+        if self.direct {
+            self.configured.insert(lpi.intid, lpi.config);
         }
     }
 
@@ -65,27 +95,29 @@ impl RecordingPhysicalIts {
 impl PhysicalIts for RecordingPhysicalIts {
     type Error = &'static str;
 
-    fn map_event(&mut self, device: u32, event: u32, vcpu: usize) -> Result<(), Self::Error> {
+    fn map_event(&mut self, device: u32, event: u32, lpi: EventLpi) -> Result<(), Self::Error> {
         self.calls += 1;
         if self.refuse_maps {
             return Err("no physical LPI left");
         }
-        if self.routed.insert((device, event), vcpu).is_some() {
+        if self.routed.insert((device, event), lpi.vcpu).is_some() {
             self.misused(format!(
                 "mapped event {event} of {device:#x}, which was routed already"
             ));
         }
+        self.heard(device, event, lpi);
         Ok(())
     }
 
-    fn move_event(&mut self, device: u32, event: u32, vcpu: usize) -> Result<(), Self::Error> {
+    fn move_event(&mut self, device: u32, event: u32, lpi: EventLpi) -> Result<(), Self::Error> {
         self.calls += 1;
         if self.refuse_maps && self.routed.contains_key(&(device, event)) {
             return Err("no physical LPI left on the new CPU");
         }
         match self.routed.get_mut(&(device, event)) {
             Some(v) => {
-                *v = vcpu;
+                *v = lpi.vcpu;
+                self.heard(device, event, lpi);
                 Ok(())
             }
             None => {
@@ -97,6 +129,7 @@ impl PhysicalIts for RecordingPhysicalIts {
 
     fn unmap_event(&mut self, device: u32, event: u32) -> Result<(), Self::Error> {
         self.calls += 1;
+        self.lpis.remove(&(device, event));
         match self.routed.remove(&(device, event)) {
             Some(_) => Ok(()),
             None => {
@@ -104,6 +137,36 @@ impl PhysicalIts for RecordingPhysicalIts {
                 Err("not routed")
             }
         }
+    }
+
+    fn direct(&self) -> bool {
+        self.direct
+    }
+
+    fn configure(&mut self, lpis: &[(u32, LpiConfig)]) -> Result<(), Self::Error> {
+        self.calls += 1;
+        if !self.direct {
+            self.misused(format!("configured {lpis:?} without direct delivery"));
+        }
+        self.configured.extend(lpis.iter().copied());
+        Ok(())
+    }
+
+    fn set_pending(&mut self, device: u32, event: u32, pending: bool) -> Result<(), Self::Error> {
+        self.calls += 1;
+        if !self.direct {
+            self.misused(format!(
+                "INT or CLEAR of event {event} of {device:#x} without direct delivery"
+            ));
+        }
+        if !self.routed.contains_key(&(device, event)) {
+            self.misused(format!(
+                "INT or CLEAR of event {event} of {device:#x}, not routed"
+            ));
+            return Err("not routed");
+        }
+        self.pending.push(((device, event), pending));
+        Ok(())
     }
 }
 
@@ -119,7 +182,14 @@ impl PhysicalIts for RecordingPhysicalIts {
 /// - the physical side routes exactly the (physical DeviceID, EventID)
 ///   pairs of the translations the vITS holds;
 /// - the vGIC holds exactly the LPIs those translations map, each
-///   targeting a vCPU of the VM.
+///   targeting a vCPU of the VM;
+/// - each routed event raises the LPI of its translation;
+/// - delivering directly, the vGIC has none of them pending (it never
+///   lists them: the physical GIC holds their pending state), and the
+///   physical side was told the configuration the vGIC holds for each, as
+///   the hardware must apply it on the vCPU it targets (but for an LPI
+///   that events of several collections raise, whose one byte cannot
+///   follow two redistributors' EnableLPIs).
 pub fn check_in_step(its: &VIts, vgic: &VGic, phys: &RecordingPhysicalIts) -> Result<(), String> {
     if let Some(m) = &phys.misuse {
         return Err(format!("physical ITS misused: {m}"));
@@ -181,6 +251,37 @@ pub fn check_in_step(its: &VIts, vgic: &VGic, phys: &RecordingPhysicalIts) -> Re
             vgic.nr_lpis(),
             lpis.len()
         ));
+    }
+    let mut collections: BTreeMap<u32, BTreeSet<u16>> = BTreeMap::new();
+    for t in its.translations() {
+        let physical = phys.grants.devices[&t.device].physical;
+        if phys.lpis.get(&(physical, t.event)) != Some(&t.intid) {
+            return Err(format!(
+                "{t:?}: the physical side raises {:?}",
+                phys.lpis.get(&(physical, t.event))
+            ));
+        }
+        collections.entry(t.intid).or_default().insert(t.icid);
+    }
+    if phys.direct {
+        for (&intid, icids) in &collections {
+            if vgic.lpi_pending(intid) {
+                return Err(format!(
+                    "LPI {intid} pending in the vGIC, delivered directly"
+                ));
+            }
+            let (Some(vcpu), Some(config)) = (vgic.lpi_target(intid), vgic.lpi_config(intid))
+            else {
+                continue;
+            };
+            let want = vgic.lpi_hw_config(vcpu, config);
+            if icids.len() == 1 && phys.configured.get(&intid) != Some(&want) {
+                return Err(format!(
+                    "LPI {intid}: the hardware was told {:?}, the vGIC holds {want:?}",
+                    phys.configured.get(&intid)
+                ));
+            }
+        }
     }
     Ok(())
 }

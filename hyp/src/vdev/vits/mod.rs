@@ -26,6 +26,13 @@
 //! reaches the hypervisor, which delivers it with [`VIts::deliver`]. LPIs
 //! exist in the vGIC only while an event maps them ([`VGic::map_lpi`]).
 //!
+//! Where the physical GIC delivers the MSIs to the vCPUs itself (GICv4,
+//! [`PhysicalIts::direct`]), the translations, checks and bounds are the
+//! same; the physical side then also hears the LPI each event raises and
+//! its configuration (MAPTI, MOVI, INV, INVALL: [`PhysicalIts::configure`])
+//! and carries out INT and CLEAR ([`PhysicalIts::set_pending`]), since the
+//! pending state is the hardware's, and [`VIts::deliver`] is not used.
+//!
 //! Bounded work: at most [`COMMANDS_PER_ACCESS`] commands run per register
 //! access; the rest run at the next access (Linux polls GITS_CREADR for
 //! completion). A command's own work is bounded by the events granted to
@@ -46,7 +53,8 @@ use core::fmt;
 use smmu::addr::Ipa;
 use smmu::vsmmu::GuestMemory;
 
-use crate::vdev::vgic::lpi::{LpiConfig, FIRST_LPI};
+pub use crate::vdev::vgic::lpi::LpiConfig;
+use crate::vdev::vgic::lpi::FIRST_LPI;
 use crate::vdev::vgic::{Effects, VGic};
 use cmd::{Command, CMD_SIZE};
 
@@ -110,19 +118,50 @@ pub struct ItsConfig {
     pub devices: BTreeMap<u32, DeviceGrant>,
 }
 
+/// The LPI an event raises, as the physical side hears it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventLpi {
+    /// The vCPU of the event's collection.
+    pub vcpu: usize,
+    /// The guest's LPI INTID.
+    pub intid: u32,
+    /// Its configuration as the hardware must apply it: the guest's
+    /// priority and enable bit from its table, disabled while `vcpu`'s
+    /// redistributor has LPIs off ([`VGic::lpi_hw_config`]).
+    pub config: LpiConfig,
+}
+
 /// The hypervisor's side of a vITS: makes a device's MSIs arrive (or stop
 /// arriving) for the VM. Only events the guest mapped to an LPI reach it.
 pub trait PhysicalIts {
     /// Why an operation failed (the vITS counts it as a command error).
     type Error: fmt::Display;
-    /// Event `event` of physical device `device` is to be delivered to
-    /// vCPU `vcpu` (the physical interrupt should arrive where that vCPU
-    /// runs).
-    fn map_event(&mut self, device: u32, event: u32, vcpu: usize) -> Result<(), Self::Error>;
-    /// The event's vCPU changed.
-    fn move_event(&mut self, device: u32, event: u32, vcpu: usize) -> Result<(), Self::Error>;
+    /// Event `event` of physical device `device` is to raise `lpi` (the
+    /// physical interrupt should arrive where its vCPU runs).
+    fn map_event(&mut self, device: u32, event: u32, lpi: EventLpi) -> Result<(), Self::Error>;
+    /// The mapped event's vCPU or LPI changed.
+    fn move_event(&mut self, device: u32, event: u32, lpi: EventLpi) -> Result<(), Self::Error>;
     /// The event is no longer mapped: its MSIs must be dropped.
     fn unmap_event(&mut self, device: u32, event: u32) -> Result<(), Self::Error>;
+    /// Whether the physical GIC delivers the events' LPIs to the vCPUs
+    /// itself (GICv4 direct injection) and holds their pending state: then
+    /// configuration changes go to [`PhysicalIts::configure`] and INT and
+    /// CLEAR to [`PhysicalIts::set_pending`]; otherwise the vGIC holds the
+    /// pending state and the MSIs arrive through [`VIts::deliver`].
+    fn direct(&self) -> bool {
+        false
+    }
+    /// The LPIs `lpis` (INTID, configuration as the hardware must apply
+    /// it) were configured again (INV, INVALL).
+    fn configure(&mut self, lpis: &[(u32, LpiConfig)]) -> Result<(), Self::Error> {
+        let _ = lpis;
+        Ok(())
+    }
+    /// INT (`pending`) or CLEAR of a mapped event.
+    fn set_pending(&mut self, device: u32, event: u32, pending: bool) -> Result<(), Self::Error> {
+        let _ = (device, event, pending);
+        Ok(())
+    }
 }
 
 /// Why the vITS ignored a command (§6.3 lists the command errors).
@@ -170,6 +209,9 @@ pub enum CommandError {
         /// EventID.
         event: u32,
     },
+    /// The hypervisor could not apply the configuration of the LPIs of a
+    /// collection to the physical GIC.
+    PhysicalConfiguration(u16),
 }
 
 impl fmt::Display for CommandError {
@@ -199,6 +241,9 @@ impl fmt::Display for CommandError {
                     f,
                     "EventID {event} of DeviceID {device:#x}: physical routing failed"
                 )
+            }
+            Self::PhysicalConfiguration(icid) => {
+                write!(f, "ICID {icid}: physical LPI configuration failed")
             }
         }
     }
@@ -576,6 +621,16 @@ impl VIts {
         Ok(())
     }
 
+    /// What the physical side hears of mapped LPI `intid` on `vcpu`.
+    fn event_lpi(vgic: &VGic, vcpu: usize, intid: u32) -> EventLpi {
+        let config = vgic.lpi_config(intid).unwrap_or_default();
+        EventLpi {
+            vcpu,
+            intid,
+            config: vgic.lpi_hw_config(vcpu, config),
+        }
+    }
+
     /// Drops one event's translation everywhere.
     fn unmap_event<P: PhysicalIts>(
         env: &mut ItsEnv<'_, P>,
@@ -633,7 +688,8 @@ impl VIts {
                 let current = env.vgic.lpi_target(ite.intid).unwrap_or(usize::MAX);
                 if select(ite, current) && current != vcpu {
                     fx.merge(env.vgic.move_lpi(ite.intid, vcpu));
-                    let _ = env.phys.move_event(d.grant.physical, event, vcpu);
+                    let lpi = Self::event_lpi(env.vgic, vcpu, ite.intid);
+                    let _ = env.phys.move_event(d.grant.physical, event, lpi);
                 }
             }
         }
@@ -725,14 +781,19 @@ impl VIts {
                 }
                 let grant = d.grant;
                 let old = d.ites.get(&event).copied();
+                let config = Self::read_config(env.mem, env.vgic, vcpu, intid);
+                let lpi = EventLpi {
+                    vcpu,
+                    intid,
+                    config: env.vgic.lpi_hw_config(vcpu, config),
+                };
                 // The physical route first (new, or the existing one
                 // moved): if it is refused, nothing has changed.
                 let routed = match old {
-                    None => env.phys.map_event(grant.physical, event, vcpu),
-                    Some(_) => env.phys.move_event(grant.physical, event, vcpu),
+                    None => env.phys.map_event(grant.physical, event, lpi),
+                    Some(_) => env.phys.move_event(grant.physical, event, lpi),
                 };
                 routed.map_err(|_| CommandError::Physical { device, event })?;
-                let config = Self::read_config(env.mem, env.vgic, vcpu, intid);
                 // Cannot fail: the INTID and the vCPU were checked above.
                 if let Ok(e) = env.vgic.map_lpi(intid, vcpu, config) {
                     fx.merge(e);
@@ -750,6 +811,13 @@ impl VIts {
                 let ite = self.ite(device, event)?;
                 self.collection_target(ite.icid)?;
                 let pending = matches!(command, Command::Int { .. });
+                if env.phys.direct() {
+                    let physical = self.devices.get(&device).map_or(0, |d| d.grant.physical);
+                    return env
+                        .phys
+                        .set_pending(physical, event, pending)
+                        .map_err(|_| CommandError::Physical { device, event });
+                }
                 if let Ok(e) = env.vgic.set_lpi_pending(ite.intid, pending) {
                     fx.merge(e);
                 }
@@ -781,7 +849,8 @@ impl VIts {
                 d.ites.insert(event, Ite { icid, ..old });
                 let physical = d.grant.physical;
                 fx.merge(env.vgic.move_lpi(old.intid, vcpu));
-                let _ = env.phys.move_event(physical, event, vcpu);
+                let lpi = Self::event_lpi(env.vgic, vcpu, old.intid);
+                let _ = env.phys.move_event(physical, event, lpi);
                 Ok(())
             }
             Command::Inv { device, event } => {
@@ -789,15 +858,28 @@ impl VIts {
                 let vcpu = self.collection_target(ite.icid)?;
                 let config = Self::read_config(env.mem, env.vgic, vcpu, ite.intid);
                 fx.merge(env.vgic.set_lpi_config(ite.intid, config));
+                if env.phys.direct() {
+                    let lpi = [(ite.intid, env.vgic.lpi_hw_config(vcpu, config))];
+                    env.phys
+                        .configure(&lpi)
+                        .map_err(|_| CommandError::Physical { device, event })?;
+                }
                 Ok(())
             }
             Command::Invall { icid } => {
                 let vcpu = self.collection_target(icid)?;
+                let mut lpis = Vec::new();
                 for d in self.devices.values() {
                     for ite in d.ites.values().filter(|i| i.icid == icid) {
                         let config = Self::read_config(env.mem, env.vgic, vcpu, ite.intid);
                         fx.merge(env.vgic.set_lpi_config(ite.intid, config));
+                        lpis.push((ite.intid, env.vgic.lpi_hw_config(vcpu, config)));
                     }
+                }
+                if env.phys.direct() && !lpis.is_empty() {
+                    env.phys
+                        .configure(&lpis)
+                        .map_err(|_| CommandError::PhysicalConfiguration(icid))?;
                 }
                 Ok(())
             }

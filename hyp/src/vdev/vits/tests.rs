@@ -44,6 +44,17 @@ impl World {
     /// on, redistributors awake with PROPBASER set and LPIs enabled, the
     /// ITS's queue and device table allocated and the ITS enabled.
     fn new() -> Self {
+        Self::with(RecordingPhysicalIts::new(config()))
+    }
+
+    /// As [`World::new`], with MSIs delivered directly (GICv4).
+    fn direct() -> Self {
+        let mut w = Self::with(RecordingPhysicalIts::direct(config()));
+        w.vgic.set_direct_lpis();
+        w
+    }
+
+    fn with(phys: RecordingPhysicalIts) -> Self {
         let mem = FakeGuestMemory::new(Ipa(RAM), 4 << 20);
         let mut vgic = VGic::new(&[0x8000_0000, 0x8000_0001], 64).unwrap();
         vgic.enable_lpis();
@@ -56,7 +67,7 @@ impl World {
         let mut w = Self {
             mem,
             vgic,
-            phys: RecordingPhysicalIts::new(config()),
+            phys,
             its: VIts::new(config(), 2),
         };
         w.write(reg::CBASER, (1 << 63) | QUEUE);
@@ -94,6 +105,17 @@ impl World {
             at = (at + CMD_SIZE) % size;
         }
         self.write(reg::CWRITER, at)
+    }
+
+    /// Turns `vcpu`'s redistributor's LPIs on or off and, as the VM does
+    /// with the vGIC's effects, hands the physical side the new
+    /// configuration of the vCPU's LPIs.
+    fn enable_lpis(&mut self, vcpu: usize, on: bool) {
+        let fx = self.vgic.redist_write(vcpu, 0, 4, u64::from(on));
+        for v in fx.lpi_configs_changed() {
+            let lpis = self.vgic.lpi_hw_configs(v);
+            self.phys.configure(&lpis).unwrap();
+        }
     }
 
     /// Sets LPI `intid`'s configuration byte in the guest's table.
@@ -653,12 +675,29 @@ fn random_commands_keep_the_physical_side_exactly_in_step() {
         x ^= x << 17;
         x
     };
-    for round in 0..40 {
-        let mut w = World::new();
+    for round in 0..80 {
+        let direct = round % 2 == 1;
+        let mut w = if direct {
+            World::direct()
+        } else {
+            World::new()
+        };
         for lpi in 8192..8192 + 64 {
             w.config(lpi, 0xa1);
         }
         for _ in 0..30 {
+            // The guest rewrites its table, and turns a vCPU's LPIs off or
+            // on, now and then.
+            let r = next();
+            if r % 5 == 0 {
+                w.config(
+                    8192 + (r >> 8) as u32 % 64,
+                    [0xa1, 0xa0, 0x61][(r >> 16) as usize % 3],
+                );
+            }
+            if direct && r % 7 == 0 {
+                w.enable_lpis((r >> 24) as usize % 2, (r >> 32) % 3 != 0);
+            }
             let cmds: Vec<Command> = (0..(next() % 8 + 1))
                 .map(|_| {
                     let r = next();
@@ -698,6 +737,7 @@ fn random_commands_keep_the_physical_side_exactly_in_step() {
                             to: (r >> 48) % 3,
                         },
                         9 => Command::Invall { icid },
+                        10 if (r >> 48) % 2 == 0 => Command::Inv { device, event },
                         _ => Command::decode([next(), next(), next(), next()]),
                     }
                 })
@@ -709,4 +749,90 @@ fn random_commands_keep_the_physical_side_exactly_in_step() {
                 .unwrap_or_else(|e| panic!("round {round}: {e}"));
         }
     }
+}
+
+#[test]
+fn delivered_directly_the_physical_side_hears_lpis_configurations_and_ints() {
+    let mut w = World::direct();
+    w.linux_setup();
+    // Each event's LPI and its configuration reach the physical side.
+    assert_eq!(w.phys.lpis[&(0x108, 0)], 8192);
+    assert_eq!(w.phys.lpis[&(0x108, 1)], 8193);
+    assert_eq!(w.phys.configured[&8192], LpiConfig(0xa1));
+    check_in_step(&w.its, &w.vgic, &w.phys).unwrap();
+    // INT and CLEAR go to the physical GIC, which holds the pending
+    // state: the vGIC has nothing to list.
+    let out = w.submit(&[
+        Command::Int {
+            device: 8,
+            event: 1,
+        },
+        Command::Clear {
+            device: 8,
+            event: 1,
+        },
+    ]);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    assert_eq!(w.phys.pending, [((0x108, 1), true), ((0x108, 1), false)]);
+    assert!(!w.vgic.lpi_pending(8193));
+    assert!(!w.vgic.has_pending(1));
+    // INV after the guest disabled LPI 8192 in its table; INVALL after it
+    // lowered 8193's priority: one configuration each.
+    w.config(8192, 0xa0);
+    w.config(8193, 0x41);
+    let calls = w.phys.calls;
+    w.submit(&[
+        Command::Inv {
+            device: 8,
+            event: 0,
+        },
+        Command::Invall { icid: 1 },
+    ]);
+    assert_eq!(w.phys.calls - calls, 2, "one call per command");
+    assert_eq!(w.phys.configured[&8192], LpiConfig(0xa0));
+    assert_eq!(w.phys.configured[&8193], LpiConfig(0x41));
+    check_in_step(&w.its, &w.vgic, &w.phys).unwrap();
+    // MOVI: the physical side hears the LPI with its new vCPU.
+    w.submit(&[Command::Movi {
+        device: 8,
+        event: 1,
+        icid: 0,
+    }]);
+    assert_eq!(w.phys.routed[&(0x108, 1)], 0);
+    check_in_step(&w.its, &w.vgic, &w.phys).unwrap();
+    // vCPU 0 turns its LPIs off: the hardware sees 8193 disabled; on
+    // again, enabled.
+    w.enable_lpis(0, false);
+    assert_eq!(w.phys.configured[&8193], LpiConfig(0x40));
+    check_in_step(&w.its, &w.vgic, &w.phys).unwrap();
+    w.enable_lpis(0, true);
+    assert_eq!(w.phys.configured[&8193], LpiConfig(0x41));
+    // An INT of an event that is not mapped is still the guest's error.
+    let out = w.submit(&[Command::Int {
+        device: 8,
+        event: 7,
+    }]);
+    assert_eq!(
+        World::errors(&out),
+        [CommandError::EventNotMapped {
+            device: 8,
+            event: 7
+        }]
+    );
+    assert_eq!(w.phys.pending.len(), 2);
+}
+
+#[test]
+fn an_lpi_mapped_while_its_vcpus_lpis_are_off_is_disabled_in_hardware() {
+    let mut w = World::direct();
+    w.enable_lpis(1, false);
+    w.linux_setup();
+    assert_eq!(
+        w.phys.configured[&8192],
+        LpiConfig(0xa0),
+        "the guest enabled it, its redistributor did not"
+    );
+    w.enable_lpis(1, true);
+    assert_eq!(w.phys.configured[&8192], LpiConfig(0xa1));
+    check_in_step(&w.its, &w.vgic, &w.phys).unwrap();
 }
