@@ -599,11 +599,12 @@ mod hw {
         }
 
         fn w32(&self, off: u64, v: u32) {
-            // SAFETY: as in `r32`. The registers written (CC, INTMS, AQA,
-            // ASQ, ACQ, the admin doorbells) make the controller DMA only
-            // to the arena's pages (its queues and the `nvme_flood_own`
-            // buffer, which no Rust object occupies) and to a PRP1 outside
-            // our RAM: never to memory the program relies on.
+            // The registers written (CC, INTMS, AQA, ASQ, ACQ, the admin
+            // doorbells) make the controller DMA only to the arena's pages
+            // (its queues and the `nvme_flood_own` buffer, which no Rust
+            // object occupies) and to a PRP1 outside our RAM.
+            // SAFETY: a register as in `r32`; the DMA it starts never
+            // reaches memory the program relies on (above).
             unsafe { mmio::write32(self.bar0 + off, v) }
         }
 

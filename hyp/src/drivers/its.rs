@@ -996,14 +996,14 @@ impl Its {
         let v = self.virt()?;
         for vpe in &set.vpes {
             if let Some((_, vpt)) = v.vpes.remove(&vpe.id) {
-                // SAFETY: the ITS executed VMAPP with V = 0 for the vPE
-                // (its queue moved past it), so it no longer makes the
-                // vPE's LPIs pending; and the vPE's redistributor, the only
-                // other user of the pending table, neither has it resident
-                // nor is writing it back (checked above). Nothing makes it
-                // resident again: the runtime makes resident only the vPEs
-                // of its VMs, whose sets it keeps for good and never
-                // destroys, and this set was passed here by value.
+                // The ITS executed VMAPP with V = 0 for the vPE (its queue
+                // moved past it), so it no longer makes the vPE's LPIs
+                // pending. Nothing makes the vPE resident again: the
+                // runtime makes resident only the vPEs of its VMs, whose
+                // sets it keeps for good, and this set was passed by value.
+                // SAFETY: no user of the pending table is left: the ITS
+                // unmapped the vPE and its redistributor neither has it
+                // resident nor writes it back (checked above).
                 unsafe { vpt.free(&ITS_MEM) };
             }
         }

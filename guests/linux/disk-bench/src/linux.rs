@@ -44,10 +44,11 @@ const STDOUT: usize = 1;
 /// them must be valid for the access the call makes through it.
 unsafe fn syscall(nr: usize, a: [usize; 4]) -> isize {
     let ret: isize;
-    // SAFETY: `svc #0` enters the kernel with the call number in x8 and the
+    // `svc #0` enters the kernel with the call number in x8 and the
     // arguments in x0-x3; the kernel preserves every other register and
-    // returns in x0, which is declared as clobbered. Memory the call
-    // touches is the caller's promise above.
+    // returns in x0, which is declared as clobbered.
+    // SAFETY: registers as just said; the memory the call touches is the
+    // caller's promise above.
     unsafe {
         asm!(
             "svc #0",
