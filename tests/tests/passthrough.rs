@@ -727,8 +727,19 @@ fn msi_aimed_at_hostile_places_is_contained() {
         "cpu-translater-write-ignored",
         "dma-to-translater",
     ]);
-    // Each message aimed outside what the devices' stage 2 maps is one
-    // aborted write, decoded and attributed to the attacker's function.
+    // The messages that reached the physical ITS: its raise, the event
+    // beyond its grant, the discarded event and the remapped one.
+    hostile_messages_contained(&b, 4);
+}
+
+/// What the hypervisor reports of an attacker at 00:01.0 (StreamID and
+/// DeviceID 0x8) that aimed its device's messages outside RAM, at
+/// GICD_SETSPI_NSR and at GITS_CWRITER: each is one aborted write, decoded
+/// and attributed to it, and nothing else faulted. `reached_its` messages
+/// reached the physical ITS, all with the attacker's requester ID (the
+/// victim's edu sends none: QEMU gives its DMA requester ID 0). The
+/// machine stops cleanly.
+fn hostile_messages_contained(b: &Boot, reached_its: usize) {
     for addr in ["0x82000000", "0x8000040", "0x8080088"] {
         let n = b.count(&format!(
             "SMMU event: F_TRANSLATION sid=0x8 addr={addr} write stage=2"
@@ -736,15 +747,12 @@ fn msi_aimed_at_hostile_places_is_contained() {
         assert_eq!(n, 1, "{addr}: {n} reports:\n{}", b.console);
     }
     assert_eq!(b.count("SMMU event"), 3, "{}", b.console);
-    // The messages that reached the physical ITS all carry the attacker's
-    // requester ID: its raise, the event beyond its grant, the discarded
-    // event and the remapped one. The victim's edu sent none.
     let messages: Vec<&str> = b
         .console
         .lines()
         .filter(|l| l.contains("GICv3 ITS TRANSLATER write") && !l.ends_with("requester_id 0x0"))
         .collect();
-    assert_eq!(messages.len(), 4, "{messages:?}");
+    assert_eq!(messages.len(), reached_its, "{messages:?}");
     assert!(
         messages.iter().all(|l| l.ends_with("requester_id 0x8")),
         "{messages:?}"
@@ -753,6 +761,44 @@ fn msi_aimed_at_hostile_places_is_contained() {
     b.reject(" ERROR ");
     b.expect("all VMs have stopped (all powered off cleanly)");
     b.assert_exit(0);
+}
+
+/// The same attacks through MSI-X table entry 0 of a real MSI-X device (an
+/// NVMe controller whose admin completions signal vector 0), through the
+/// table the hypervisor emulates: only the attacker's own mapped event
+/// raises its LPI; a masked entry holds its message pending until
+/// unmasked; every other message is a write the SMMU aborts or one into
+/// its own RAM; the event beyond its grant is refused by its vITS and
+/// raises nothing; with memory decoding off the table answers as nothing
+/// decodes it. A victim VM's MSI path works next to it.
+#[test]
+fn msix_entries_aimed_at_hostile_places_are_contained() {
+    let b = boot("nvme-msix-attack", &[], TIMEOUT);
+    b.expect("VM attacker: MSIs granted: PCI 00:01.0 (DeviceID 0x8 -> 0x8): 65 event(s) (MSI-X)");
+    b.checks("attacker").assert_all_passed(&[
+        "msix-capability-shown",
+        "msix-raises-lpi",
+        "msix-masked-entry-pends",
+        "msix-unmask-delivers",
+        "msix-into-own-ram",
+        "msix-outside-ram",
+        "msix-to-gicd-setspi",
+        "msix-to-its-control-frame",
+        "msix-event-beyond-grant",
+        "msix-after-discard",
+        "msix-table-with-decode-off",
+        "msix-remapped-raises-lpi",
+    ]);
+    b.checks("victim").assert_all_passed(&[
+        "its-int-lpi-8192",
+        "cpu-translater-write-ignored",
+        "dma-to-translater",
+    ]);
+    b.expect("vITS ignored Mapti { device: 8, event: 65, intid: 8193, icid: 0 }");
+    // The messages that reached the physical ITS: the first raise, the
+    // one held while masked and sent on unmask, the event beyond the
+    // grant, the discarded event and the remapped one.
+    hostile_messages_contained(&b, 5);
 }
 
 /// One VM floods its vSMMU's command queue with valid invalidations while

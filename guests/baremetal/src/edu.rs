@@ -175,9 +175,8 @@ mod hw {
     //! address under the hypervisor, PA on bare QEMU).
 
     use super::*;
-    use crate::mmio;
+    use crate::{mmio, time};
     use aarch64_cpu::asm::barrier;
-    use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
 
     /// `edu` register: identification (low byte 0xed).
     const EDU_ID: u64 = 0x00;
@@ -339,11 +338,6 @@ mod hw {
         );
     }
 
-    fn counter() -> u64 {
-        barrier::isb(barrier::SY);
-        CNTVCT_EL0.get()
-    }
-
     impl Edu {
         /// Finds the first `edu` on bus 0 (devices 0..32, function 0),
         /// places BAR0 at the start of the 32-bit window if it is
@@ -422,15 +416,15 @@ mod hw {
             self.write64(EDU_DMA_DST, dst);
             self.write64(EDU_DMA_CNT, len.min(DMA_LEN) as u64);
             self.write64(EDU_DMA_CMD, cmd | DMA_START);
-            let timeout = CNTFRQ_EL0.get() * DMA_TIMEOUT_MS / 1000;
-            let start = counter();
+            let timeout = time::ms_to_ticks(DMA_TIMEOUT_MS);
+            let start = time::now();
             loop {
                 let now = self.read64(EDU_DMA_CMD);
                 if now & DMA_START == 0 {
                     barrier::dsb(barrier::SY);
                     return Ok(());
                 }
-                if counter().wrapping_sub(start) > timeout {
+                if time::now().wrapping_sub(start) > timeout {
                     return Err(EduError::Timeout(now));
                 }
                 core::hint::spin_loop();

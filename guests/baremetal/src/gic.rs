@@ -71,6 +71,12 @@ pub fn init(gicd: u64, intids: &[u32]) {
 /// Acknowledges and ends every pending interrupt; whether `intid` was
 /// among them.
 pub fn take(intid: u32) -> bool {
+    take_any(&[intid])
+}
+
+/// Acknowledges and ends every pending interrupt; whether any of `intids`
+/// was among them.
+pub fn take_any(intids: &[u32]) -> bool {
     let mut seen = false;
     for _ in 0..16 {
         let iar: u64;
@@ -80,7 +86,7 @@ pub fn take(intid: u32) -> bool {
         if got == SPURIOUS {
             break;
         }
-        seen |= got == u64::from(intid);
+        seen |= intids.iter().any(|&i| u64::from(i) == got);
         // SAFETY: ends the interrupt just acknowledged (EOImode 0 also
         // deactivates it).
         unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) iar) };

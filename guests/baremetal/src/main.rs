@@ -34,6 +34,10 @@
 //!   capability with hostile messages (own RAM, outside RAM, GICD_SETSPI_NSR,
 //!   the ITS's registers, events not granted or discarded) and checks that
 //!   only its own mapped event raises its LPI (see `msi/attack.rs`);
+//! - `nvme_msix_attack`: maps its NVMe controller's first event in its ITS
+//!   and aims MSI-X table entry 0 at the same hostile places, masks it,
+//!   turns memory decoding off under it, and checks that only its own
+//!   mapped event raises its LPI (see `msi/msix_attack.rs`);
 //! - `edu_intx=N`: raises the `edu`'s INTx line N times in rounds that
 //!   handle it promptly, late (EOI with the line still high), disabled,
 //!   routed away, and checks that its GIC gives exactly the interrupts the
@@ -75,7 +79,10 @@ mod intx;
 mod mmio;
 mod msi;
 mod nested;
+mod nvme;
 mod nvmeflood;
+#[cfg(target_os = "none")]
+mod time;
 
 use edu::Targets;
 use flat_device_tree::node::FdtNode;
@@ -109,6 +116,9 @@ enum Action<'a> {
     EduMsi,
     /// Aim the `edu`'s MSI at hostile places and check what follows.
     EduMsiAttack,
+    /// Aim the NVMe controller's MSI-X vector at hostile places and check
+    /// what follows.
+    NvmeMsixAttack,
     /// Raise the `edu`'s INTx line this many times and count the
     /// interrupts.
     EduIntx(u64),
@@ -194,6 +204,7 @@ impl<'a> Args<'a> {
                 None if word == "vsmmu_edu" => args.action = Action::VsmmuEdu,
                 None if word == "edu_msi" => args.action = Action::EduMsi,
                 None if word == "edu_msi_attack" => args.action = Action::EduMsiAttack,
+                None if word == "nvme_msix_attack" => args.action = Action::NvmeMsixAttack,
                 None if word == "nvme_flood_own" => args.nvme_flood_own = true,
                 None if word == "nvme_flood_identify" => args.nvme_flood_identify = true,
                 _ => {}
@@ -325,8 +336,6 @@ mod hw {
     use super::edu::{host_or_report, Edu, EduError, ReadOutcome, Targets, DMA_LEN};
     use super::nvmeflood::FloodCommand;
     use super::{is_same_el_data_abort, is_sync_external_abort, Action, Args, Board, Conduit};
-    use aarch64_cpu::asm::barrier;
-    use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
     use core::cell::UnsafeCell;
     use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
     use flat_device_tree::Fdt;
@@ -351,22 +360,6 @@ mod hw {
         say!("guest: SYSTEM_OFF returned {:?}", result);
         loop {
             aarch64_cpu::asm::wfi();
-        }
-    }
-
-    /// The virtual counter (CNTVCT_EL0), read after an ISB so it is not
-    /// read early.
-    fn counter() -> u64 {
-        barrier::isb(barrier::SY);
-        CNTVCT_EL0.get()
-    }
-
-    /// Busy-waits `ms` milliseconds of the virtual counter.
-    fn delay_ms(ms: u64) {
-        let ticks = CNTFRQ_EL0.get() * ms / 1000;
-        let start = counter();
-        while counter().wrapping_sub(start) < ticks {
-            core::hint::spin_loop();
         }
     }
 
@@ -529,7 +522,7 @@ mod hw {
             }
             Action::Count(n) => {
                 for i in 1..=n {
-                    delay_ms(args.tick_ms);
+                    super::time::delay_ms(args.tick_ms);
                     say!("guest: tick {}", i);
                 }
             }
@@ -539,6 +532,7 @@ mod hw {
             Action::BarPage(vendor, device) => super::barpage::run(&fdt, vendor, device),
             Action::EduMsi => super::msi::run(&fdt),
             Action::EduMsiAttack => super::msi::attack(&fdt, board.ram),
+            Action::NvmeMsixAttack => super::msi::msix_attack(&fdt, board.ram),
             Action::EduIntx(n) => super::intx::run(&fdt, n),
             Action::NvmeFaultFlood(seconds) => super::nvmeflood::run(
                 &fdt,
@@ -623,6 +617,10 @@ mod tests {
         assert_eq!(
             Args::parse("name=n edu_msi_attack").action,
             Action::EduMsiAttack
+        );
+        assert_eq!(
+            Args::parse("name=n nvme_msix_attack").action,
+            Action::NvmeMsixAttack
         );
         assert_eq!(
             Args::parse("name=n edu_intx=1000").action,

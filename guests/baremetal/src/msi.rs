@@ -156,6 +156,70 @@ pub mod msi_cap {
     }
 }
 
+/// A function's MSI-X capability (PCI Local Bus 3.0 §6.8.2), as the guest
+/// reads it.
+pub mod msix_cap {
+    /// Capability ID of MSI-X.
+    pub const ID: u8 = 0x11;
+    /// Message Control (high half of the first dword): MSI-X Enable.
+    pub const ENABLE: u32 = 1 << 31;
+    /// Message Control: Function Mask.
+    pub const FUNCTION_MASK: u32 = 1 << 30;
+    /// Bytes per table entry: Message Address, Upper Address, Data,
+    /// Vector Control.
+    pub const ENTRY_BYTES: u64 = 16;
+    /// Vector Control: Mask Bit.
+    pub const MASKED: u32 = 1;
+
+    /// Where the table or the PBA is: BAR index and offset in it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Place {
+        /// BIR \[2:0\].
+        pub bar: u8,
+        /// Offset \[31:3\].
+        pub offset: u64,
+    }
+
+    /// The capability's three dwords decoded.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Layout {
+        /// Table Size + 1.
+        pub entries: u16,
+        /// The table.
+        pub table: Place,
+        /// The Pending Bit Array.
+        pub pba: Place,
+    }
+
+    impl Layout {
+        /// From the dwords at the capability, +4 (Table Offset/BIR) and +8
+        /// (PBA Offset/BIR).
+        pub fn decode(header: u32, table: u32, pba: u32) -> Self {
+            let place = |v: u32| Place {
+                bar: (v & 7) as u8,
+                offset: u64::from(v & !7),
+            };
+            Layout {
+                entries: ((header >> 16) & 0x7ff) as u16 + 1,
+                table: place(table),
+                pba: place(pba),
+            }
+        }
+
+        /// The offset in the table's BAR of entry `i`'s dword `field`
+        /// (0 address, 1 upper address, 2 data, 3 vector control).
+        pub fn field(&self, i: u16, field: u64) -> u64 {
+            self.table.offset + u64::from(i) * ENTRY_BYTES + 4 * field
+        }
+
+        /// The offset in the PBA's BAR of the QWORD holding entry `i`'s
+        /// pending bit, and the bit.
+        pub fn pending(&self, i: u16) -> (u64, u64) {
+            (self.pba.offset + u64::from(i / 64) * 8, 1 << (i % 64))
+        }
+    }
+}
+
 /// What the guest needs from its device tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ItsDt {
@@ -208,11 +272,15 @@ pub fn one_page_base(pa: u64) -> u64 {
 pub use attack::run as attack;
 #[cfg(target_os = "none")]
 pub use hw::run;
+#[cfg(target_os = "none")]
+pub use msix_attack::run as msix_attack;
 
 #[cfg(target_os = "none")]
 mod attack;
 #[cfg(target_os = "none")]
 mod hw;
+#[cfg(target_os = "none")]
+mod msix_attack;
 
 #[cfg(test)]
 mod tests {
@@ -263,6 +331,37 @@ mod tests {
             Some([(4, 0x0809_0040), (8, 7), (8, 7)])
         );
         assert_eq!(msi_cap::message(0x0000_0005, 1 << 32, 7), None);
+    }
+
+    #[test]
+    fn msix_capability_decoded() {
+        // QEMU's nvme: 65 entries, table at BAR0 + 0x2000, PBA at BAR0 +
+        // 0x3000; enabled, function not masked.
+        let l = msix_cap::Layout::decode(0x8040_0011, 0x2000, 0x3000);
+        assert_eq!(l.entries, 65);
+        assert_eq!(
+            l.table,
+            msix_cap::Place {
+                bar: 0,
+                offset: 0x2000
+            }
+        );
+        assert_eq!(
+            l.pba,
+            msix_cap::Place {
+                bar: 0,
+                offset: 0x3000
+            }
+        );
+        assert_eq!(l.field(0, 0), 0x2000);
+        assert_eq!(l.field(1, 2), 0x2018);
+        assert_eq!(l.field(64, 3), 0x240c);
+        assert_eq!(l.pending(0), (0x3000, 1));
+        assert_eq!(l.pending(64), (0x3008, 1));
+        // BIR 4, offset 0x100.
+        let l = msix_cap::Layout::decode(0x0000_0011, 0x104, 0x804);
+        assert_eq!((l.entries, l.table.bar, l.table.offset), (1, 4, 0x100));
+        assert_eq!((l.pba.bar, l.pba.offset), (4, 0x800));
     }
 
     #[test]

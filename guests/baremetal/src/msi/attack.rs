@@ -32,7 +32,7 @@
 //! What stops the checks early is a failed check `edu-msi-attack-ran`.
 
 use super::hw::{ipa, lpi_within, setup, Page, Ready, Stop, EVENT, LPI_WAIT_MS};
-use super::{cmd, msi_cap, LPI, TRANSLATER};
+use super::{cmd, msi_cap, ItsDt, LPI, TRANSLATER};
 use crate::checks::check;
 use crate::edu::{config_read, config_write, Edu, PciHost};
 use crate::mmio;
@@ -52,6 +52,43 @@ const SPI: u16 = 40;
 const RAM_DATA: u16 = 0x5a5a;
 /// How far past the end of RAM the "outside" message aims.
 const OUTSIDE_GAP: u64 = 16 << 20;
+
+/// Aims a message (through `send`, which reports whether an interrupt
+/// followed) at each place outside what the device's stage 2 maps: past
+/// the end of the guest's RAM (`ram`), GICD_SETSPI_NSR naming SPI 40 and
+/// the ITS's GITS_CWRITER. One check each, `{prefix}-outside-ram`,
+/// `{prefix}-to-gicd-setspi` and `{prefix}-to-its-control-frame`, passing
+/// when nothing was raised (for the SPI: nor left pending).
+pub(super) fn aim_outside<E>(
+    dt: &ItsDt,
+    ram: (u64, u64),
+    prefix: &str,
+    mut send: impl FnMut(u64, u16) -> Result<bool, E>,
+) -> Result<(), E> {
+    let outside = ram.0 + ram.1 + OUTSIDE_GAP;
+    say!("guest: {} aimed at {:#x}, outside RAM", prefix, outside);
+    quiet(
+        format_args!("{prefix}-outside-ram"),
+        send(outside, EVENT as u16)?,
+    );
+    let setspi = dt.gicd + GICD_SETSPI_NSR;
+    say!("guest: {} aimed at {:#x}, GICD_SETSPI_NSR", prefix, setspi);
+    let lpi = send(setspi, SPI)?;
+    // The SPI is not enabled, but a message that reached the distributor
+    // would have left it pending (GICD_ISPENDR<n>).
+    let ispendr = dt.gicd + GICD_ISPENDR + 4 * u64::from(SPI / 32);
+    // SAFETY: a 32-bit distributor register our device tree names; Device
+    // memory.
+    let pending = unsafe { mmio::read32(ispendr) } & (1 << (SPI % 32)) != 0;
+    quiet(format_args!("{prefix}-to-gicd-setspi"), lpi || pending);
+    let cwriter = dt.its + GITS_CWRITER;
+    say!("guest: {} aimed at {:#x}, GITS_CWRITER", prefix, cwriter);
+    quiet(
+        format_args!("{prefix}-to-its-control-frame"),
+        send(cwriter, 0x20)?,
+    );
+    Ok(())
+}
 
 /// Runs the checks; `ram` is the guest's RAM (base, size).
 pub fn run(fdt: &Fdt<'_>, ram: (u64, u64)) {
@@ -98,7 +135,7 @@ fn send(edu: &Edu, msi: &Msi<'_>, address: u64, data: u16, wait_ms: u64) -> bool
 }
 
 /// A check that the message raised LPI 8192: `raised` passes.
-fn raises(name: &str, raised: bool) {
+pub(super) fn raises(name: &str, raised: bool) {
     check(
         name,
         raised,
@@ -111,7 +148,7 @@ fn raises(name: &str, raised: bool) {
 }
 
 /// A check that nothing was raised: `raised` false passes.
-fn quiet(name: &str, raised: bool) {
+pub(super) fn quiet(name: impl core::fmt::Display, raised: bool) {
     check(
         name,
         !raised,
@@ -192,28 +229,9 @@ fn checks(fdt: &Fdt<'_>, ram: (u64, u64)) -> Result<(), Stop> {
         ),
     );
 
-    let outside = ram.0 + ram.1 + OUTSIDE_GAP;
-    say!("guest: MSI aimed at {:#x}, outside RAM", outside);
-    quiet(
-        "msi-outside-ram",
-        send(&edu, &msi, outside, EVENT as u16, LPI_WAIT_MS / 4),
-    );
-    let setspi = dt.gicd + GICD_SETSPI_NSR;
-    say!("guest: MSI aimed at {:#x}, GICD_SETSPI_NSR", setspi);
-    let lpi = send(&edu, &msi, setspi, SPI, LPI_WAIT_MS / 4);
-    // The SPI is not enabled, but a message that reached the distributor
-    // would have left it pending (GICD_ISPENDR<n>).
-    let ispendr = dt.gicd + GICD_ISPENDR + 4 * u64::from(SPI / 32);
-    // SAFETY: a 32-bit distributor register our device tree names; Device
-    // memory.
-    let pending = unsafe { mmio::read32(ispendr) } & (1 << (SPI % 32)) != 0;
-    quiet("msi-to-gicd-setspi", lpi || pending);
-    let cwriter = dt.its + GITS_CWRITER;
-    say!("guest: MSI aimed at {:#x}, GITS_CWRITER", cwriter);
-    quiet(
-        "msi-to-its-control-frame",
-        send(&edu, &msi, cwriter, 0x20, LPI_WAIT_MS / 4),
-    );
+    aim_outside(&dt, ram, "msi", |address, data| {
+        Ok::<_, Stop>(send(&edu, &msi, address, data, LPI_WAIT_MS / 4))
+    })?;
 
     quiet(
         "msi-event-beyond-grant",

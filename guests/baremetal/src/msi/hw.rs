@@ -24,9 +24,9 @@ use super::{cmd, one_page_base, propbaser, reg, ItsDt, ID_BITS, LPI, LPI_CONFIG,
 use crate::arena::Arena;
 use crate::checks::check;
 use crate::edu::{Edu, EduError, PciHost};
-use crate::{gic, mmio};
+use crate::nvme::NvmeError;
+use crate::{gic, mmio, time};
 use aarch64_cpu::asm::barrier;
-use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
 use flat_device_tree::Fdt;
 
 /// The event the guest maps: the edu's MSI capability has one vector, so
@@ -54,11 +54,13 @@ pub(super) enum Page {
     Itt,
     /// DMA source: the EventID the device writes.
     Src,
-    /// Where `edu_msi_attack` aims a message at its own RAM.
+    /// Where the attacks aim a message at their own RAM.
     Sink,
+    /// Data the NVMe controller writes (`nvme_msix_attack`).
+    Data,
 }
 
-const PAGES: usize = 8;
+const PAGES: usize = 9;
 
 static ARENA: Arena<PAGES> = Arena::new();
 
@@ -72,15 +74,6 @@ fn store(page: Page, offset: u64, v: u64) {
     ARENA.store(page as usize, offset, v)
 }
 
-fn counter() -> u64 {
-    barrier::isb(barrier::SY);
-    CNTVCT_EL0.get()
-}
-
-fn elapsed_ms(start: u64) -> u64 {
-    counter().wrapping_sub(start) * 1000 / CNTFRQ_EL0.get()
-}
-
 /// Why the checks stopped.
 pub(super) enum Stop {
     /// Something is missing from the device tree.
@@ -91,6 +84,10 @@ pub(super) enum Stop {
     Queue(u64),
     /// The function has no (visible) MSI capability.
     NoMsi,
+    /// The NVMe controller cannot be used.
+    Nvme(NvmeError),
+    /// The function's MSI-X capability is missing or unusable.
+    Msix(&'static str),
 }
 
 impl core::fmt::Display for Stop {
@@ -103,7 +100,15 @@ impl core::fmt::Display for Stop {
                 "the ITS did not run its commands within {QUEUE_WAIT_MS} ms (GITS_CREADR {creadr:#x})"
             ),
             Self::NoMsi => write!(f, "the edu shows no MSI capability"),
+            Self::Nvme(e) => write!(f, "{e}"),
+            Self::Msix(why) => write!(f, "{why}"),
         }
+    }
+}
+
+impl From<NvmeError> for Stop {
+    fn from(e: NvmeError) -> Self {
+        Self::Nvme(e)
     }
 }
 
@@ -169,13 +174,13 @@ impl Its {
         }
         barrier::dsb(barrier::SY);
         self.w64(reg::CWRITER, self.next);
-        let start = counter();
+        let start = time::now();
         loop {
             let creadr = self.r64(reg::CREADR);
             if creadr & 0xf_ffe0 == self.next {
                 return Ok(());
             }
-            if elapsed_ms(start) > QUEUE_WAIT_MS {
+            if time::elapsed_ms(start) > QUEUE_WAIT_MS {
                 return Err(Stop::Queue(creadr));
             }
         }
@@ -185,12 +190,18 @@ impl Its {
 /// Whether LPI 8192 arrives within `ms` milliseconds (everything pending
 /// meanwhile is acknowledged and ended).
 pub(super) fn lpi_within(ms: u64) -> bool {
-    let start = counter();
+    any_within(ms, &[LPI])
+}
+
+/// Whether any of `intids` arrives within `ms` milliseconds (everything
+/// pending meanwhile is acknowledged and ended).
+pub(super) fn any_within(ms: u64, intids: &[u32]) -> bool {
+    let start = time::now();
     loop {
-        if gic::take(LPI) {
+        if gic::take_any(intids) {
             return true;
         }
-        if elapsed_ms(start) > ms {
+        if time::elapsed_ms(start) > ms {
             return false;
         }
     }
@@ -217,24 +228,55 @@ pub(super) struct Ready {
     pub its: Its,
 }
 
-/// Programs the CPU interface, distributor, our redistributor's LPIs and
-/// the ITS as Linux does, and maps the edu's event [`EVENT`] to [`LPI`].
+/// Finds the edu and does [`setup_its`] for it.
 pub(super) fn setup(fdt: &Fdt<'_>) -> Result<Ready, Stop> {
-    let dt = ItsDt::from_fdt(fdt).ok_or(Stop::Dt(
-        "no GICv3 with an ITS (arm,gic-v3-its) in the device tree",
-    ))?;
     let host = PciHost::from_fdt(fdt).ok_or(Stop::Dt(
         "no PCI host bridge (pci-host-ecam-generic) in the device tree",
     ))?;
     let edu = Edu::probe(&host)?;
-    let device = ItsDt::device_of(fdt, edu.device).ok_or(Stop::Dt(
-        "the PCI host bridge has no msi-map entry for the edu",
+    let (dt, device, its) = setup_its(fdt, edu.device, 1)?;
+    say!(
+        "guest: edu at 00:{:02x}.0, DeviceID {:#x}: event {} -> LPI {}",
+        edu.device,
+        device,
+        EVENT,
+        LPI
+    );
+    Ok(Ready {
+        dt,
+        host,
+        edu,
+        device,
+        its,
+    })
+}
+
+/// Programs the CPU interface, distributor, our redistributor's LPIs
+/// ([`LPI`] and the one after it enabled) and the ITS as Linux does, and
+/// maps event [`EVENT`] of bus 0 `function` to [`LPI`], its ITT sized for
+/// 2^`event_bits` events. Returns the GIC, the function's DeviceID and the
+/// ITS.
+pub(super) fn setup_its(
+    fdt: &Fdt<'_>,
+    function: u8,
+    event_bits: u8,
+) -> Result<(ItsDt, u32, Its), Stop> {
+    let dt = ItsDt::from_fdt(fdt).ok_or(Stop::Dt(
+        "no GICv3 with an ITS (arm,gic-v3-its) in the device tree",
+    ))?;
+    let device = ItsDt::device_of(fdt, function).ok_or(Stop::Dt(
+        "the PCI host bridge has no msi-map entry for the function",
     ))?;
 
     // The CPU interface and distributor, then our redistributor's LPIs:
-    // the configuration byte of LPI 8192 before the tables are named.
+    // the configuration bytes of LPIs 8192 and 8193 before the tables are
+    // named.
     gic::init(dt.gicd, &[]);
-    store(Page::Config, 0, u64::from(LPI_CONFIG));
+    store(
+        Page::Config,
+        0,
+        u64::from_le_bytes([LPI_CONFIG, LPI_CONFIG, 0, 0, 0, 0, 0, 0]),
+    );
     barrier::dsb(barrier::SY);
     // SAFETY: 64-bit GICR_PROPBASER / GICR_PENDBASER and 32-bit GICR_CTLR
     // of our redistributor (the first, RD_base); Device memory.
@@ -252,24 +294,11 @@ pub(super) fn setup(fdt: &Fdt<'_>) -> Result<Ready, Stop> {
     its.submit(&[
         cmd::mapc(0, target),
         cmd::sync(target),
-        cmd::mapd(device, ipa(Page::Itt), 1),
+        cmd::mapd(device, ipa(Page::Itt), event_bits),
         cmd::mapti(device, EVENT, LPI, 0),
         cmd::sync(target),
     ])?;
-    say!(
-        "guest: edu at 00:{:02x}.0, DeviceID {:#x}: event {} -> LPI {}",
-        edu.device,
-        device,
-        EVENT,
-        LPI
-    );
-    Ok(Ready {
-        dt,
-        host,
-        edu,
-        device,
-        its,
-    })
+    Ok((dt, device, its))
 }
 
 fn checks(fdt: &Fdt<'_>) -> Result<(), Stop> {

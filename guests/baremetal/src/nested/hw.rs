@@ -38,9 +38,8 @@ use crate::arena::Arena;
 use crate::checks::check;
 use crate::edu::{pattern, Edu, EduError, PciHost, ReadOutcome, DMA_LEN};
 use crate::gic;
-use crate::mmio;
+use crate::{mmio, time};
 use aarch64_cpu::asm::barrier;
-use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
 use flat_device_tree::Fdt;
 
 /// The guest memory the checks use, one page each.
@@ -98,15 +97,6 @@ fn bytes(page: Page) -> impl Iterator<Item = u8> + Clone {
     (0..DMA_LEN as u64)
         .step_by(8)
         .flat_map(move |o| load(page, o).to_le_bytes())
-}
-
-fn counter() -> u64 {
-    barrier::isb(barrier::SY);
-    CNTVCT_EL0.get()
-}
-
-fn ms_to_ticks(ms: u64) -> u64 {
-    CNTFRQ_EL0.get() * ms / 1000
 }
 
 /// EVENTQ_PROD.OVFLG / EVENTQ_CONS.OVACKFLG, bit 31 (§6.3.29).
@@ -193,9 +183,9 @@ impl Smmu {
 
     /// Polls until `done` or the timeout.
     fn wait(&self, what: &'static str, mut done: impl FnMut(&Self) -> bool) -> Result<(), Setup> {
-        let start = counter();
+        let start = time::now();
         while !done(self) {
-            if counter().wrapping_sub(start) > ms_to_ticks(TIMEOUT_MS) {
+            if time::now().wrapping_sub(start) > time::ms_to_ticks(TIMEOUT_MS) {
                 return Err(Setup::Timeout(what));
             }
             core::hint::spin_loop();
@@ -396,9 +386,9 @@ impl Smmu {
     /// event-queue interrupt. Detail: `KIND for vsid V[ at A]: yes; eventq
     /// irq: yes`, `NO` for what is missing.
     fn expect_event(&mut self, name: &str, kind: u8, vsid: u32, at: Option<(u64, bool)>) -> bool {
-        let start = counter();
+        let start = time::now();
         let mut found = None;
-        while found.is_none() && counter().wrapping_sub(start) < ms_to_ticks(TIMEOUT_MS) {
+        while found.is_none() && time::now().wrapping_sub(start) < time::ms_to_ticks(TIMEOUT_MS) {
             let mut got = [None; 4];
             self.events(&mut got);
             found = got.into_iter().flatten().find(|e| {
@@ -490,15 +480,18 @@ pub fn flood(fdt: &Fdt<'_>, ms: u64) {
     };
     // Fill the queue but one entry (and the SYNC).
     let batch = (1u64 << s.cmdq_log2) - 2;
-    let start = counter();
+    let start = time::now();
     let (mut commands, mut batches) = (0u64, 0u64);
     // At least `ms` (so that it is a flood whatever the host's speed),
     // then until a key arrives on the console (the test types one once the
     // other VM is done), at most ten times `ms`.
-    let (floor, cap) = (ms_to_ticks(ms), ms_to_ticks(ms.saturating_mul(10)));
+    let (floor, cap) = (
+        time::ms_to_ticks(ms),
+        time::ms_to_ticks(ms.saturating_mul(10)),
+    );
     let mut keyed = false;
     loop {
-        let elapsed = counter().wrapping_sub(start);
+        let elapsed = time::now().wrapping_sub(start);
         keyed = keyed || crate::console::try_read().is_some();
         if elapsed >= cap || (elapsed >= floor && keyed) {
             break;
@@ -522,7 +515,7 @@ pub fn flood(fdt: &Fdt<'_>, ms: u64) {
         commands += batch + 1;
         batches += 1;
     }
-    let elapsed_ms = counter().wrapping_sub(start) * 1000 / CNTFRQ_EL0.get();
+    let elapsed_ms = time::elapsed_ms(start);
     check(
         "vsmmu-flood",
         true,
