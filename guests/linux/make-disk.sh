@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p target/disks
 # One image per scenario that uses one, so scenarios can run side by side.
-for name in nvme nvme-intx nvme-gicv4 isolation vsmmu-strict vsmmu-lazy vsmmu-flood; do
+for name in nvme nvme-intx nvme-gicv4 nvme-reboot isolation vsmmu-strict vsmmu-lazy vsmmu-flood; do
     img=target/disks/$name.img
     head -c 4194304 < <(yes "smmuhyp: data prepared on the host for the passed-through NVMe disk") >"$img.new"
     truncate -s 16M "$img.new"
@@ -24,4 +24,4 @@ fi
 # asked for a block: 1 MiB of zeros.
 flood=target/disks/flood.img
 [ -e "$flood" ] || truncate -s 1M "$flood"
-echo "nvme disks: target/disks/{nvme,nvme-intx,nvme-gicv4,isolation,vsmmu-*}.img, first 4 MiB sha256 $(head -c 4194304 "$img" | sha256sum | cut -d' ' -f1)"
+echo "nvme disks: target/disks/{nvme,nvme-intx,nvme-gicv4,nvme-reboot,isolation,vsmmu-*}.img, first 4 MiB sha256 $(head -c 4194304 "$img" | sha256sum | cut -d' ' -f1)"

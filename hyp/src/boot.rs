@@ -249,6 +249,12 @@ extern "C" fn secondary_main(index: u64) -> ! {
     arch::halt();
 }
 
+/// The hypervisor's memory in use now: heap bytes allocated, and frames
+/// (4 KiB pages) taken from the frame allocator.
+pub fn memory_in_use() -> (usize, usize) {
+    (HEAP.lock().stats_alloc_actual(), FRAMES.stats().1)
+}
+
 fn footprint(image: &core::ops::Range<u64>, heap: u64) {
     let (_, used) = FRAMES.stats();
     info!(

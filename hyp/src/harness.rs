@@ -14,7 +14,7 @@
 use crate::arch::{fake, guest::GuestControls, TrapFrame};
 use crate::drivers::pci::{BarKind, Bdf, ConfigAccess};
 use crate::vdev::vgic::VGic;
-use crate::vdev::vits::{DeviceGrant, EventLpi, ItsConfig, VIts};
+use crate::vdev::vits::{DeviceGrant, EventLpi, ItsConfig};
 use crate::vdev::vpci::{VirtualBar, VirtualFunction, VirtualPciBus};
 use crate::vm::devices::{standard_bus, PciHostBridge};
 use crate::vm::ram::GuestRam;
@@ -66,6 +66,10 @@ pub enum Call {
     StopDevices,
     /// `Machine::vm_stopped`.
     Stopped(VmState),
+    /// `Machine::park_vcpus`, with the vCPU left out.
+    Park(Option<usize>),
+    /// `Machine::restart`.
+    Restart,
     /// `Machine::route_msi`.
     RouteMsi {
         /// The physical DeviceID.
@@ -81,6 +85,10 @@ pub enum Call {
 #[derive(Debug, Default)]
 pub struct Recorder {
     calls: RefCell<Vec<Call>>,
+    /// `park_vcpus` answers false (a vCPU that does not stop).
+    pub stuck_vcpu: bool,
+    /// `restart` fails with this.
+    pub restart_fails: Option<&'static str>,
 }
 
 impl Recorder {
@@ -113,6 +121,17 @@ impl Machine for Recorder {
     }
     fn vm_stopped(&self, _vm: &Vm, how: VmState) {
         self.calls.borrow_mut().push(Call::Stopped(how));
+    }
+    fn park_vcpus(&self, _vm: &Vm, except: Option<usize>) -> bool {
+        self.calls.borrow_mut().push(Call::Park(except));
+        !self.stuck_vcpu
+    }
+    fn restart(&self, _vm: &Vm) -> Result<(Ipa, u64), String> {
+        self.calls.borrow_mut().push(Call::Restart);
+        match self.restart_fails {
+            None => Ok((Ipa(RAM_BASE), RAM_BASE + 0x1000)),
+            Some(e) => Err(e.into()),
+        }
     }
     fn route_msi(
         &self,
@@ -263,7 +282,7 @@ impl GuestHarness {
                 events: 8,
             },
         );
-        vm.its = Some(spin::Mutex::new(VIts::new(ItsConfig { devices }, VCPUS)));
+        vm.give_its(ItsConfig { devices });
         Self {
             vm,
             machine: Recorder::default(),
@@ -335,7 +354,7 @@ impl GuestHarness {
                     );
                 }
                 Call::Line(l) => assert!(l.len() <= 1024, "console line of {}", l.len()),
-                Call::StopDevices | Call::Stopped(_) => {
+                Call::StopDevices | Call::Stopped(_) | Call::Park(_) | Call::Restart => {
                     assert!(was_running, "stopped twice: {t:x?}")
                 }
                 Call::RouteMsi { device, event, to } => {

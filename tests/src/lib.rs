@@ -359,6 +359,23 @@ pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// sha256 of `len` MiB at `offset` MiB of a disk image, by the host.
+pub fn host_sha256(image: &str, offset_mib: u32, len_mib: u32) -> String {
+    let path = workspace().join(image).display().to_string();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "dd if={path} bs=1M skip={offset_mib} count={len_mib} 2>/dev/null | sha256sum"
+        ))
+        .output()
+        .expect("sh");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
 /// The hypervisor image: `$HYP_BIN`, or `target/hyp.bin`.
 pub fn hyp_bin() -> PathBuf {
     let path = qemu_runner::hyp_bin(&workspace());

@@ -1,7 +1,7 @@
 //! PCI functions passed through to VMs on per-VM SMMU stage 2, and behind
 //! the guest's own virtual SMMU.
 
-use scenario_tests::{boot, boot_with_cmdline, Boot, Checks, TIMEOUT};
+use scenario_tests::{boot, boot_with_cmdline, host_sha256, Boot, Checks, TIMEOUT};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener};
 use std::process::{Command, Stdio};
@@ -21,23 +21,6 @@ const NVME_CHECKS: [&str; 5] = [
     "nvme-interrupts",
     "init-run-exit-status",
 ];
-
-/// sha256 of `len` MiB at `offset` MiB of a disk image, by the host.
-fn host_sha256(image: &str, offset_mib: u32, len_mib: u32) -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/..").to_string() + "/" + image;
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "dd if={path} bs=1M skip={offset_mib} count={len_mib} 2>/dev/null | sha256sum"
-        ))
-        .output()
-        .expect("sh");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string()
-}
 
 /// The sha256 of what the guest wrote to its disk (check
 /// `nvme-write-read-back`).

@@ -47,7 +47,10 @@
 //!   commands (Get Log Page of 4 bytes, or Identify of 4 KiB) whose data
 //!   buffer lies outside its RAM (with `nvme_flood_own`, in it), a DMA the
 //!   SMMU aborts each, for SECONDS or until a key arrives on its console
-//!   (see [`nvmeflood`]).
+//!   (see [`nvmeflood`]);
+//! - `reboot=N`: resets its VM (PSCI SYSTEM_RESET) until the hypervisor's
+//!   counters page says it restarted N times, checking in each new
+//!   incarnation that its free memory was scrubbed (see `reboot.rs`).
 //!
 //! Every run ends with the summary line `checks: N run, M failed` (also
 //! after an unexpected exception or a panic, each a failed check), then
@@ -82,11 +85,15 @@ mod nested;
 mod nvme;
 mod nvmeflood;
 #[cfg(target_os = "none")]
+mod reboot;
+#[cfg(target_os = "none")]
 mod time;
 
 use edu::Targets;
 use flat_device_tree::node::FdtNode;
 use flat_device_tree::Fdt;
+#[cfg(target_os = "none")]
+use hw::system_reset as psci_system_reset;
 
 /// Distance past the end of RAM that `bad_access` reads from.
 const BAD_ACCESS_GAP: u64 = 256 << 20;
@@ -125,6 +132,9 @@ enum Action<'a> {
     /// Flood the NVMe controller with commands whose DMA faults, for this
     /// many seconds.
     NvmeFaultFlood(u64),
+    /// Reset the VM until it has restarted this many times, checking that
+    /// each incarnation finds its memory scrubbed.
+    Reboot(u64),
 }
 
 /// The guest's command line (`/chosen/bootargs`), decoded.
@@ -188,6 +198,11 @@ impl<'a> Args<'a> {
                 Some(("edu_intx", v)) => {
                     if let Ok(n) = v.parse() {
                         args.action = Action::EduIntx(n);
+                    }
+                }
+                Some(("reboot", v)) => {
+                    if let Ok(n) = v.parse() {
+                        args.action = Action::Reboot(n);
                     }
                 }
                 Some(("nvme_fault_flood", v)) => {
@@ -349,6 +364,16 @@ mod hw {
     /// The address `bad_access` reads, once it is about to (0 before): the
     /// data abort there is the expected one.
     static BAD_ADDRESS: AtomicU64 = AtomicU64::new(0);
+
+    /// PSCI SYSTEM_RESET through the board's conduit; returns only if the
+    /// call does.
+    pub fn system_reset() -> Result<(), smccc::psci::Error> {
+        if CONDUIT.load(Ordering::Relaxed) == 1 {
+            smccc::psci::system_reset::<smccc::Smc>()
+        } else {
+            smccc::psci::system_reset::<smccc::Hvc>()
+        }
+    }
 
     /// PSCI SYSTEM_OFF; parks the CPU if the call returns.
     fn power_off() -> ! {
@@ -534,6 +559,7 @@ mod hw {
             Action::EduMsiAttack => super::msi::attack(&fdt, board.ram),
             Action::NvmeMsixAttack => super::msi::msix_attack(&fdt, board.ram),
             Action::EduIntx(n) => super::intx::run(&fdt, n),
+            Action::Reboot(n) => super::reboot::run(&fdt, dtb as u64, n),
             Action::NvmeFaultFlood(seconds) => super::nvmeflood::run(
                 &fdt,
                 board.ram,
@@ -622,6 +648,8 @@ mod tests {
             Args::parse("name=n nvme_msix_attack").action,
             Action::NvmeMsixAttack
         );
+        assert_eq!(Args::parse("reboot=3").action, Action::Reboot(3));
+        assert_eq!(Args::parse("reboot=x").action, Action::Done);
         assert_eq!(
             Args::parse("name=n edu_intx=1000").action,
             Action::EduIntx(1000)

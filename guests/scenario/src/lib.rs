@@ -144,6 +144,32 @@ impl MsiDelivery {
     }
 }
 
+/// `on_reset`, `on_poweroff`: what the hypervisor does when a VM's guest
+/// resets it (PSCI SYSTEM_RESET or SYSTEM_RESET2) or powers it off (PSCI
+/// SYSTEM_OFF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// `"restart"`: the VM is stopped, its devices quiesced, its memory
+    /// scrubbed, and it boots again from its images.
+    Restart,
+    /// `"stop"`: the VM is stopped for good.
+    Stop,
+}
+
+impl Lifecycle {
+    /// Every value, with its name in a scenario.
+    pub const ALL: [(Lifecycle, &'static str); 2] =
+        [(Lifecycle::Restart, "restart"), (Lifecycle::Stop, "stop")];
+
+    /// Its name in a scenario.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Restart => "restart",
+            Self::Stop => "stop",
+        }
+    }
+}
+
 /// GIC versions `gic_version` takes.
 pub const GIC_VERSIONS: [u8; 2] = [3, 4];
 
@@ -171,6 +197,10 @@ pub struct VmSpec {
     pub devices: Vec<String>,
     /// `vsmmu`: give the VM a virtual SMMUv3; default false.
     pub vsmmu: bool,
+    /// `on_reset`: what a reset by its guest does; default restart.
+    pub on_reset: Lifecycle,
+    /// `on_poweroff`: what a power-off by its guest does; default stop.
+    pub on_poweroff: Lifecycle,
     /// Line of the VM's `[[vm]]` header (0 when not parsed from text);
     /// validation errors cite it.
     pub line: usize,

@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use crate::error::{ErrorKind, ScenarioError, Section};
 use crate::syntax::{line_of, vm_name};
-use crate::{guest_layout, Machine, MsiDelivery, Scenario, VmSpec, GIC_VERSIONS};
+use crate::{guest_layout, Lifecycle, Machine, MsiDelivery, Scenario, VmSpec, GIC_VERSIONS};
 
 /// Longest string value.
 pub const MAX_STRING: usize = 4096;
@@ -32,7 +32,17 @@ const MACHINE_KEYS: &[&str] = &[
 ];
 
 const VM_KEYS: &[&str] = &[
-    "name", "cpus", "memory", "ram_base", "kernel", "initrd", "cmdline", "devices", "vsmmu",
+    "name",
+    "cpus",
+    "memory",
+    "ram_base",
+    "kernel",
+    "initrd",
+    "cmdline",
+    "devices",
+    "vsmmu",
+    "on_reset",
+    "on_poweroff",
 ];
 
 /// At most 40 characters of what the file writes, for a message.
@@ -341,6 +351,24 @@ fn msi_delivery(f: &Fields<'_, '_>) -> Result<Option<MsiDelivery>, ScenarioError
     }
 }
 
+fn lifecycle(f: &Fields<'_, '_>, key: &'static str) -> Result<Option<Lifecycle>, ScenarioError> {
+    let Some(v) = f.string(key)? else {
+        return Ok(None);
+    };
+    match Lifecycle::ALL.iter().find(|(_, name)| *name == v) {
+        Some(&(l, _)) => Ok(Some(l)),
+        None => {
+            let line = f.get(key).map_or(f.line, |e| e.line);
+            let kind = ErrorKind::BadChoice {
+                key,
+                value: alloc::format!("{:?}", shown(&v)),
+                allowed: "\"restart\" or \"stop\"",
+            };
+            Err(f.err(line, kind))
+        }
+    }
+}
+
 fn vm(text: &str, t: &DeTable<'_>, line: usize, index: usize) -> Result<VmSpec, ScenarioError> {
     let name = vm_name(t);
     let f = Fields::new(text, t, line, Section::Vm { name, index }, VM_KEYS)?;
@@ -354,6 +382,8 @@ fn vm(text: &str, t: &DeTable<'_>, line: usize, index: usize) -> Result<VmSpec, 
         cmdline: f.string("cmdline")?.unwrap_or_default(),
         devices: f.strings("devices")?,
         vsmmu: f.boolean("vsmmu")?.unwrap_or(false),
+        on_reset: lifecycle(&f, "on_reset")?.unwrap_or(Lifecycle::Restart),
+        on_poweroff: lifecycle(&f, "on_poweroff")?.unwrap_or(Lifecycle::Stop),
         line,
     })
 }
@@ -509,6 +539,26 @@ vsmmu = false       # virtual SMMU
     }
 
     #[test]
+    fn on_reset_and_on_poweroff() {
+        let vm = |keys: &str| {
+            let text = alloc::format!(
+                "[machine]\ncpus = 1\nmemory = \"1G\"\n[[vm]]\nname = \"a\"\ncpus = 1\n\
+                 memory = \"64M\"\nkernel = \"k\"\n{keys}"
+            );
+            Scenario::parse(&text).map(|s| (s.vms[0].on_reset, s.vms[0].on_poweroff))
+        };
+        assert_eq!(vm(""), Ok((Lifecycle::Restart, Lifecycle::Stop)));
+        assert_eq!(
+            vm("on_reset = \"stop\"\non_poweroff = \"restart\"\n"),
+            Ok((Lifecycle::Stop, Lifecycle::Restart))
+        );
+        assert_eq!(
+            vm("on_reset = \"reboot\"\n").unwrap_err().to_string(),
+            "line 9: vm \"a\": on_reset: \"reboot\" is not one of \"restart\" or \"stop\""
+        );
+    }
+
+    #[test]
     fn the_documented_example_parses() {
         let s = Scenario::parse(LINUX).unwrap();
         assert_eq!(
@@ -538,6 +588,8 @@ vsmmu = false       # virtual SMMU
                 cmdline: "console=ttyAMA0 nokaslr".into(),
                 devices: vec![],
                 vsmmu: false,
+                on_reset: Lifecycle::Restart,
+                on_poweroff: Lifecycle::Stop,
                 line: 10,
             }]
         );

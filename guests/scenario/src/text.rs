@@ -57,6 +57,8 @@ fn vm_table(out: &mut String, vm: &VmSpec) {
     key_string(out, "cmdline", &vm.cmdline);
     key_strings(out, "devices", &vm.devices);
     let _ = writeln!(out, "vsmmu = {}", vm.vsmmu);
+    key_string(out, "on_reset", vm.on_reset.name());
+    key_string(out, "on_poweroff", vm.on_poweroff.name());
 }
 
 /// `key = "value"`.

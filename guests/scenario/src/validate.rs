@@ -174,6 +174,8 @@ mod tests {
             cmdline: String::new(),
             devices: vec![],
             vsmmu: false,
+            on_reset: crate::Lifecycle::Restart,
+            on_poweroff: crate::Lifecycle::Stop,
             line: 10,
         }
     }

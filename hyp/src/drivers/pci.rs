@@ -84,6 +84,73 @@ pub mod reg {
     pub const CMD_MEM: u32 = 1 << 1;
     /// Command: bus master enable.
     pub const CMD_MASTER: u32 = 1 << 2;
+    /// Interrupt Line (7:0), Interrupt Pin (15:8).
+    pub const INTERRUPT: u16 = 0x3c;
+    /// Capability ID of PCI Express (PCIe Base 3.0 §7.8).
+    pub const CAP_ID_PCIE: u8 = 0x10;
+    /// In the PCI Express capability: Device Capabilities.
+    pub const PCIE_DEVCAP: u16 = 0x04;
+    /// Device Capabilities: Function Level Reset Capability, bit 28.
+    pub const DEVCAP_FLR: u32 = 1 << 28;
+    /// In the PCI Express capability: Device Control (15:0), Device
+    /// Status (31:16).
+    pub const PCIE_DEVCTL: u16 = 0x08;
+    /// Device Control: Initiate Function Level Reset, bit 15.
+    pub const DEVCTL_FLR: u32 = 1 << 15;
+    /// Device Status: Transactions Pending, bit 5 (of the high half).
+    pub const DEVSTA_TRANSACTIONS_PENDING: u32 = 1 << (16 + 5);
+}
+
+/// How [`reset_function`] reset a function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FunctionReset {
+    /// A Function Level Reset (PCIe Base 3.0 §6.6.2).
+    Flr,
+    /// None: the function has no FLR (a conventional PCI function, or a
+    /// PCIe one without the capability); its bus mastering and memory
+    /// decode are off, which is all a hypervisor can do for it alone.
+    Unsupported,
+}
+
+/// How long software waits after initiating an FLR before it touches the
+/// function again (PCIe Base 3.0 §6.6.2: 100 ms), and at most for its
+/// outstanding requests to complete before it (the same time).
+const FLR_WAIT_US: u64 = 100_000;
+
+/// Resets `bdf` by a Function Level Reset if it has one: waits (at most
+/// 100 ms) for its Transactions Pending to clear, initiates the FLR, waits
+/// the 100 ms the specification asks (`delay_us` waits), then writes back
+/// what the hypervisor placed (its BARs and Interrupt Line); its command
+/// register stays as the reset left it (decode and bus mastering off).
+pub fn reset_function(cfg: &dyn ConfigAccess, bdf: Bdf, delay_us: &dyn Fn(u64)) -> FunctionReset {
+    let pcie = capabilities(cfg, bdf)
+        .into_iter()
+        .find(|&(_, id)| id == reg::CAP_ID_PCIE);
+    let Some((at, _)) = pcie else {
+        return FunctionReset::Unsupported;
+    };
+    let at = u16::from(at);
+    if cfg.read32(bdf, at + reg::PCIE_DEVCAP) & reg::DEVCAP_FLR == 0 {
+        return FunctionReset::Unsupported;
+    }
+    const POLL_US: u64 = 1000;
+    for _ in 0..FLR_WAIT_US / POLL_US {
+        if cfg.read32(bdf, at + reg::PCIE_DEVCTL) & reg::DEVSTA_TRANSACTIONS_PENDING == 0 {
+            break;
+        }
+        delay_us(POLL_US);
+    }
+    let bars: Vec<u32> = (0..6).map(|i| cfg.read32(bdf, reg::BAR0 + 4 * i)).collect();
+    let interrupt = cfg.read32(bdf, reg::INTERRUPT);
+    // Device Status is write-one-to-clear: zeros there leave it alone.
+    let ctl = cfg.read32(bdf, at + reg::PCIE_DEVCTL) & 0xffff;
+    cfg.write32(bdf, at + reg::PCIE_DEVCTL, ctl | reg::DEVCTL_FLR);
+    delay_us(FLR_WAIT_US);
+    for (i, &bar) in bars.iter().enumerate() {
+        cfg.write32(bdf, reg::BAR0 + 4 * i as u16, bar);
+    }
+    cfg.write32(bdf, reg::INTERRUPT, interrupt);
+    FunctionReset::Flr
 }
 
 /// Kind of a BAR.
@@ -1323,5 +1390,89 @@ mod tests {
         assert_eq!(w.read(0x2020, 4), 0);
         assert_eq!(w.read(0x2004, 8), 0);
         assert_eq!(mem, [0x5a00, 0xdead_beef, u64::MAX, 0]);
+    }
+
+    /// A PCIe function with FLR: the reset clears its BARs, command and
+    /// interrupt line; its Transactions Pending clears after two reads.
+    struct FlrFunction {
+        space: RefCell<BTreeMap<u16, u32>>,
+        pending_reads: RefCell<u32>,
+        writes: RefCell<Vec<(u16, u32)>>,
+    }
+
+    impl ConfigAccess for FlrFunction {
+        fn read32(&self, _: Bdf, offset: u16) -> u32 {
+            let v = *self.space.borrow().get(&offset).unwrap_or(&0);
+            if offset == 0x48 {
+                let mut n = self.pending_reads.borrow_mut();
+                if *n > 0 {
+                    *n -= 1;
+                    return v | reg::DEVSTA_TRANSACTIONS_PENDING;
+                }
+            }
+            v
+        }
+        fn write32(&self, _: Bdf, offset: u16, value: u32) {
+            self.writes.borrow_mut().push((offset, value));
+            let mut s = self.space.borrow_mut();
+            if offset == 0x48 && value & reg::DEVCTL_FLR != 0 {
+                for o in [reg::COMMAND, reg::INTERRUPT, 0x10, 0x14, 0x18] {
+                    s.insert(o, 0);
+                }
+            } else {
+                s.insert(offset, value);
+            }
+        }
+    }
+
+    #[test]
+    fn function_reset_is_an_flr_that_keeps_the_placed_bars() {
+        let bdf = Bdf {
+            bus: 0,
+            dev: 1,
+            func: 0,
+        };
+        let space = BTreeMap::from([
+            (reg::COMMAND, (reg::STATUS_CAP_LIST << 16) | reg::CMD_MEM),
+            (reg::CAP_PTR, 0x40),
+            (0x40, u32::from(reg::CAP_ID_PCIE)),
+            (0x44, reg::DEVCAP_FLR),
+            (0x48, 0x2810),
+            (0x10, 0x1000_0004),
+            (0x14, 0x80),
+            (0x18, 0x1004_0000),
+            (reg::INTERRUPT, 0x0123),
+        ]);
+        let f = FlrFunction {
+            space: RefCell::new(space),
+            pending_reads: RefCell::new(2),
+            writes: RefCell::new(Vec::new()),
+        };
+        let waited = RefCell::new(Vec::new());
+        let r = reset_function(&f, bdf, &|us| waited.borrow_mut().push(us));
+        assert_eq!(r, FunctionReset::Flr);
+        // Two polls of Transactions Pending, then the FLR's 100 ms.
+        assert_eq!(*waited.borrow(), [1000, 1000, 100_000]);
+        let s = f.space.borrow();
+        assert_eq!(s[&0x10], 0x1000_0004);
+        assert_eq!(s[&0x14], 0x80);
+        assert_eq!(s[&0x18], 0x1004_0000);
+        assert_eq!(s[&reg::INTERRUPT], 0x0123);
+        assert_eq!(s[&reg::COMMAND], 0, "decode and bus mastering stay off");
+        // The FLR write kept Device Control and wrote no status bit.
+        assert!(f
+            .writes
+            .borrow()
+            .contains(&(0x48, 0x2810 | reg::DEVCTL_FLR)));
+        // Without the capability bit, or without a PCIe capability: nothing.
+        drop(s);
+        f.space.borrow_mut().insert(0x44, 0);
+        f.writes.borrow_mut().clear();
+        assert_eq!(reset_function(&f, bdf, &|_| ()), FunctionReset::Unsupported);
+        f.space
+            .borrow_mut()
+            .insert(0x40, u32::from(reg::CAP_ID_MSI));
+        assert_eq!(reset_function(&f, bdf, &|_| ()), FunctionReset::Unsupported);
+        assert!(f.writes.borrow().is_empty());
     }
 }

@@ -9,7 +9,7 @@ use smccc::psci::error::{
 use smccc::psci::{
     PSCI_AFFINITY_INFO_32, PSCI_AFFINITY_INFO_64, PSCI_CPU_OFF, PSCI_CPU_ON_32, PSCI_CPU_ON_64,
     PSCI_CPU_SUSPEND_32, PSCI_CPU_SUSPEND_64, PSCI_FEATURES, PSCI_MIGRATE_INFO_TYPE,
-    PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, PSCI_VERSION,
+    PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, PSCI_SYSTEM_RESET2_32, PSCI_SYSTEM_RESET2_64, PSCI_VERSION,
 };
 use smmu::addr::Ipa;
 
@@ -17,6 +17,9 @@ use smmu::addr::Ipa;
 const VERSION_1_1: u64 = 0x0001_0001;
 /// MIGRATE_INFO_TYPE: no Trusted OS, migration not required.
 const NO_TRUSTED_OS: u64 = 2;
+/// SYSTEM_RESET2 reset type SYSTEM_WARM_RESET (DEN 0022 §5.10.2): the
+/// only architectural type; bit 31 set would name a vendor-specific one.
+const SYSTEM_WARM_RESET: u64 = 0;
 
 /// Power state of a vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +82,8 @@ pub fn handle(x: [u64; 4], vcpus: &[VcpuPower], ram: Range<Ipa>) -> PsciAction {
             | PSCI_MIGRATE_INFO_TYPE
             | PSCI_SYSTEM_OFF
             | PSCI_SYSTEM_RESET
+            | PSCI_SYSTEM_RESET2_32
+            | PSCI_SYSTEM_RESET2_64
             | PSCI_FEATURES
             | SMCCC_VERSION => r(SUCCESS),
             _ => r(NOT_SUPPORTED),
@@ -119,6 +124,12 @@ pub fn handle(x: [u64; 4], vcpus: &[VcpuPower], ram: Range<Ipa>) -> PsciAction {
         PSCI_MIGRATE_INFO_TYPE => PsciAction::Return(NO_TRUSTED_OS),
         PSCI_SYSTEM_OFF => PsciAction::SystemOff,
         PSCI_SYSTEM_RESET => PsciAction::SystemReset,
+        // A warm reset restarts the VM as a cold one does (its memory is
+        // scrubbed either way); no vendor-specific reset type exists.
+        PSCI_SYSTEM_RESET2_32 | PSCI_SYSTEM_RESET2_64 => match arg(1) {
+            SYSTEM_WARM_RESET => PsciAction::SystemReset,
+            _ => r(INVALID_PARAMETERS),
+        },
         _ => r(NOT_SUPPORTED),
     }
 }
@@ -148,7 +159,8 @@ mod tests {
             PsciAction::Return(0x10001)
         );
         assert_eq!(handle([0x8400_000a, 0xc400_0003, 0, 0], &[On], RAM), r(0));
-        assert_eq!(handle([0x8400_000a, 0x8400_0012, 0, 0], &[On], RAM), r(-1));
+        assert_eq!(handle([0x8400_000a, 0x8400_0012, 0, 0], &[On], RAM), r(0));
+        assert_eq!(handle([0x8400_000a, 0x8400_000e, 0, 0], &[On], RAM), r(-1));
         assert_eq!(handle([0xdead, 0, 0, 0], &[On], RAM), r(-1));
     }
 
@@ -201,5 +213,13 @@ mod tests {
             handle([0x8400_0002, 0, 0, 0], &[On], RAM),
             PsciAction::CpuOff
         );
+        // SYSTEM_RESET2: a warm reset, 32- and 64-bit; any other type
+        // (reserved architectural, or vendor-specific with bit 31) is an
+        // invalid parameter and nothing happens.
+        for fid in [0x8400_0012, 0xc400_0012] {
+            assert_eq!(handle([fid, 0, 0, 0], &[On], RAM), PsciAction::SystemReset);
+            assert_eq!(handle([fid, 1, 0, 0], &[On], RAM), r(-2));
+            assert_eq!(handle([fid, 1 << 31, 0, 0], &[On], RAM), r(-2));
+        }
     }
 }

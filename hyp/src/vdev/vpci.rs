@@ -542,6 +542,17 @@ impl VirtualPciBus {
         Self { slots }
     }
 
+    /// The guest's view in its reset state: no BAR being sized, interrupt
+    /// line 0, the capability list read again from the functions (the
+    /// functions themselves are reset by the hypervisor, not here).
+    pub fn reset(&mut self) {
+        for s in &mut self.slots {
+            s.sizing = [false; 6];
+            s.interrupt_line = 0;
+            s.caps = None;
+        }
+    }
+
     /// The function behind ECAM `offset`, and the register offset in it.
     fn decode(&mut self, offset: u64) -> Option<(&mut Slot, u16)> {
         let bus = offset >> 20;

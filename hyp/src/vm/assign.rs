@@ -298,17 +298,45 @@ pub fn assign(
     })
 }
 
+/// Attaches a restarting VM's functions' streams to its IOMMU domain
+/// again, as [`assign`] left them: the devices reach the VM's memory through
+/// its stage 2 (their bus mastering stays off until the guest turns it on).
+pub fn reattach(
+    vm: &str,
+    devices: &[AssignedDevice],
+    domain: smmu::domain::DomainId,
+) -> Result<(), String> {
+    let iommu = crate::drivers::iommu::get().ok_or("no SMMU")?;
+    let mut h = iommu.lock();
+    for d in devices {
+        h.iommu
+            .attach(domain, d.sid)
+            .map_err(|e| format!("PCI {}: attach stream {}: {e}", d.phys, d.sid))?;
+        h.set_owner(d.sid, vm);
+    }
+    Ok(())
+}
+
 /// Stops a VM's assigned functions: bus mastering and memory decode off
-/// (they are nobody's now), then their streams abort (STE abort,
-/// CFGI_STE and SYNC), then the SMMU's TLB entries of the VM's VMID are
-/// invalidated (TLBI_S12_VMALL + SYNC), all before the VM's memory could
-/// be reused.
-pub fn release(devices: &[AssignedDevice], vmid: smmu::addr::Vmid) {
+/// (they are nobody's now), each function reset where it can be (an FLR;
+/// one line says which were and which could not be), then their streams
+/// abort (STE abort, CFGI_STE and SYNC), then the SMMU's TLB entries of the
+/// VM's VMID are invalidated (TLBI_S12_VMALL + SYNC), all before the VM's
+/// memory could be reused.
+pub fn release(vm: &str, devices: &[AssignedDevice], vmid: smmu::addr::Vmid) {
     let Some(cfg) = config() else { return };
     for d in devices {
         let cmd = cfg.read32(d.phys, pci::reg::COMMAND) & 0xffff;
         let off = pci::reg::CMD_MASTER | pci::reg::CMD_MEM;
         cfg.write32(d.phys, pci::reg::COMMAND, cmd & !off);
+        match pci::reset_function(cfg, d.phys, &crate::arch::delay_us) {
+            pci::FunctionReset::Flr => info!("VM {vm}: PCI {}: function-level reset", d.phys),
+            pci::FunctionReset::Unsupported => info!(
+                "VM {vm}: PCI {}: no function-level reset (the function has none): \
+                 bus mastering and memory decode off only",
+                d.phys
+            ),
+        }
         if let Some(h) = crate::drivers::iommu::get() {
             let mut h = h.lock();
             // Whether attached or not: a stream its guest configured

@@ -34,7 +34,7 @@ use crate::guest_fdt::{self, GuestDt};
 use crate::mm::{self, GUEST_MEM};
 use crate::platform::Platform;
 use crate::vdev::vgic::VGic;
-use crate::vdev::vits::{DeviceGrant, ItsConfig, VIts};
+use crate::vdev::vits::{DeviceGrant, ItsConfig};
 use crate::vm::devices::{standard_bus, PciHostBridge};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -79,6 +79,25 @@ fn resources(msg: impl Into<String>) -> StartError {
     StartError::Resources(msg.into())
 }
 
+/// One image a VM boots from.
+#[derive(Debug)]
+pub enum Image {
+    /// From the boot bundle, which stays in memory, unchanged.
+    Bundle(&'static [u8]),
+    /// Built by the hypervisor (the guest's device tree).
+    Built(Vec<u8>),
+}
+
+impl Image {
+    /// Its bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Bundle(b) => b,
+            Self::Built(b) => b,
+        }
+    }
+}
+
 /// What the runtime keeps of a VM beside the VM itself: the hardware it
 /// holds and where its first vCPU starts.
 #[derive(Debug)]
@@ -91,6 +110,9 @@ pub struct Built {
     pub vmid: Vmid,
     /// vCPU 0's entry point and x0 (the device tree).
     pub start: (Ipa, u64),
+    /// What was loaded into its RAM and where (kernel, initrd, device
+    /// tree): what a restart loads again.
+    pub images: Vec<(Ipa, Image)>,
     /// Its IPA space (the CPU's stage-2 table and the IOMMU domain), kept
     /// for as long as the VM may run.
     pub space: IpaSpace,
@@ -118,6 +140,10 @@ impl VirtualIommu for VmVsmmu {
     fn stats(&self) -> (u64, u64) {
         self.stats
     }
+
+    fn reset(&mut self) {
+        VmVsmmu::reset(self);
+    }
 }
 
 /// Builds the VMs of the scenario in the boot bundle, giving them physical
@@ -135,8 +161,9 @@ pub fn create(
     let (base, len) = (region.base as *const u8, region.size as usize);
     // SAFETY: the boot loader put the bundle there (DTB /chosen): RAM mapped
     // by map_everything, reserved from the frame allocator by boot, never
-    // written after boot.
-    let blob = unsafe { core::slice::from_raw_parts(base, len) };
+    // written after boot, for the hypervisor's lifetime (a restarting VM's
+    // images are loaded from it again).
+    let blob: &'static [u8] = unsafe { core::slice::from_raw_parts(base, len) };
     let (sc, bundle) = scenario::Scenario::from_bundle(blob)
         .map_err(|e| StartError::Scenario(alloc::format!("{e}")))?;
     let want: usize = sc.vms.iter().map(|v| v.cpus as usize).sum();
@@ -201,7 +228,7 @@ fn build_vm(
     index: usize,
     spec: &scenario::VmSpec,
     pcpus: Vec<usize>,
-    bundle: &scenario::bundle::Bundle<'_>,
+    bundle: &scenario::bundle::Bundle<'static>,
     p: &Platform,
     functions: &[crate::drivers::pci::Function],
     lines: &mut IntxForwarding,
@@ -340,6 +367,13 @@ fn build_vm(
         )));
     }
     load(dtb_ipa, &blob, "device tree")?;
+    let mut images = alloc::vec![(Ipa(kernel_ipa), Image::Bundle(kernel))];
+    if let (Some(name), Some((start, _))) = (&spec.initrd, initrd_range) {
+        if let Some(data) = bundle.get(name) {
+            images.push((Ipa(start), Image::Bundle(data)));
+        }
+    }
+    images.push((Ipa(dtb_ipa), Image::Built(blob)));
 
     let mpidrs: Vec<u64> = (0..u64::from(spec.cpus)).collect();
     let mut vgic = VGic::new(&mpidrs, NR_SPIS)
@@ -406,15 +440,15 @@ fn build_vm(
         .values()
         .map(|g| (DeviceId(g.physical), g.events))
         .collect();
-    vm.its = Some(spin::Mutex::new(VIts::new(
-        ItsConfig { devices: grants },
-        spec.cpus as usize,
-    )));
+    vm.give_its(ItsConfig { devices: grants });
+    vm.on_reset = spec.on_reset;
+    vm.on_poweroff = spec.on_poweroff;
     Ok(Built {
         vm,
         devices: assigned,
         vmid,
         start: (Ipa(kernel_ipa), dtb_ipa),
+        images,
         space,
         msi_devices,
         vpes,

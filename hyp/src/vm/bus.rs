@@ -38,6 +38,8 @@ pub trait MmioContext {
     fn msis_injected(&self) -> u64;
     /// The vSMMU's guest and physical command counts (0 without one).
     fn vsmmu_stats(&self) -> (u64, u64);
+    /// How often the VM restarted.
+    fn restarts(&self) -> u64;
     /// A register access to the VM's vITS at `offset` (`write`: the value
     /// written, `None` for a read): the value read (0 for a write).
     fn its_access(&self, offset: u64, size: u8, write: Option<u64>) -> u64;
@@ -69,6 +71,10 @@ pub trait MmioDevice: Send + Sync {
     fn read(&self, ctx: &dyn MmioContext, access: Access) -> u64;
     /// A guest write of `value` (its low `size` bytes).
     fn write(&self, ctx: &dyn MmioContext, access: Access, value: u64);
+    /// Puts the device back in its reset state: the VM restarts. Devices
+    /// whose state lives elsewhere (the VM's vGIC, vITS, vSMMU, UART) or
+    /// that have none keep the default, which does nothing.
+    fn reset(&self) {}
 }
 
 /// Why a device could not be registered.
@@ -164,6 +170,13 @@ impl MmioBus {
         let at = self.entries.partition_point(|e| e.range.start <= addr);
         let e = self.entries.get(at.checked_sub(1)?)?;
         (end <= e.range.end).then(|| (e.device.as_ref(), addr.raw() - e.range.start.raw()))
+    }
+
+    /// Puts every device on the bus back in its reset state.
+    pub fn reset(&self) {
+        for e in &self.entries {
+            e.device.reset();
+        }
     }
 
     /// The registered ranges and device names, in address order.

@@ -207,6 +207,7 @@ impl MmioDevice for GicRedistributors {
 /// | 0x08 | vSMMU: guest commands consumed (0 without a vSMMU) |
 /// | 0x10 | vSMMU: physical commands they became |
 /// | 0x18 | MSIs of its functions the hypervisor took and injected through the list registers (0 while the GIC delivers them directly) |
+/// | 0x20 | how often the VM restarted (0 in its first incarnation) |
 ///
 /// Anything else, and misaligned or odd-sized accesses, read as zero;
 /// writes are ignored.
@@ -220,7 +221,13 @@ impl MmioDevice for CountersPage {
 
     fn read(&self, ctx: &dyn MmioContext, a: Access) -> u64 {
         let (guest, phys) = ctx.vsmmu_stats();
-        let values = [ctx.traps(), guest, phys, ctx.msis_injected()];
+        let values = [
+            ctx.traps(),
+            guest,
+            phys,
+            ctx.msis_injected(),
+            ctx.restarts(),
+        ];
         let word = |i: u64| values.get(i as usize).copied().unwrap_or(0);
         let offset = a.offset;
         match a.size {
@@ -285,6 +292,12 @@ impl MmioDevice for PciHostBridge {
     fn write(&self, _: &dyn MmioContext, a: Access, value: u64) {
         if let Some((bus, cfg)) = &self.bus {
             bus.lock().write(cfg.as_ref(), a.offset, a.size, value);
+        }
+    }
+
+    fn reset(&self) {
+        if let Some((bus, _)) = &self.bus {
+            bus.lock().reset();
         }
     }
 }

@@ -43,6 +43,7 @@
 
 use crate::vdev::vgic::{Effects, VGic};
 use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
 
 /// The physical distributor's control of SPIs.
 pub trait LineControl {
@@ -138,6 +139,22 @@ impl IntxForwarding {
             }
         }
         fx
+    }
+
+    /// VM `vm` restarts (its devices were reset, their lines are low): its
+    /// lines are unmasked and forgotten as masked, so that the new
+    /// incarnation's first interrupt reaches it.
+    pub fn restart(&mut self, vm: usize, lines: &dyn LineControl) {
+        let mine: Vec<u32> = self
+            .owners
+            .iter()
+            .filter(|(_, &(owner, _))| owner == vm)
+            .map(|(&p, _)| p)
+            .collect();
+        for pintid in mine {
+            self.masked.remove(&pintid);
+            lines.set_enabled(pintid, true);
+        }
     }
 
     /// After an exit of VM `vm` has refilled its list registers: unmasks
@@ -334,6 +351,25 @@ mod tests {
         assert_eq!(lines.enables(), [(P, false)]);
         assert!(f.masks(0) && !f.masks(1));
         assert_eq!(f.fired(99, &lines), None, "not a forwarded line");
+    }
+
+    #[test]
+    fn a_restarting_vm_gets_its_lines_unmasked_and_only_its_own() {
+        let mut f = IntxForwarding::new();
+        f.add(P, 0, V);
+        f.add(P + 1, 1, V);
+        let lines = Lines::default();
+        f.fired(P, &lines);
+        f.fired(P + 1, &lines);
+        f.restart(0, &lines);
+        assert!(!f.masks(0), "VM 0's line is no longer masked");
+        assert!(f.masks(1), "VM 1's line stays masked");
+        assert_eq!(
+            lines.enables(),
+            [(P, false), (P + 1, false), (P, true)],
+            "only VM 0's line is enabled again"
+        );
+        assert_eq!(f.owner(P), Some((0, V)), "the line is still VM 0's");
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::gicv3::vlpi::VlpiTable;
 use crate::platform::{Irq, Platform};
 use crate::vdev::psci::VcpuPower;
 use crate::vdev::vits::{EventLpi, LpiConfig};
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use log::{error, info, warn};
@@ -34,13 +35,21 @@ use spin::{Mutex, Once};
 pub const MAX_CPUS: usize = 8;
 /// Failed MSI routes printed before they are only counted.
 const ROUTE_REPORTS: u32 = 4;
+/// How long a stop waits for a kicked vCPU to leave its guest and park. A
+/// vCPU parks at its next exit, which the kick forces at once; the bound
+/// only catches a hypervisor fault, generously enough for a loaded host.
+const PARK_TIMEOUT_US: u64 = 10_000_000;
 
 /// What a physical CPU runs.
 struct Slot {
     /// (VM index, vCPU index), fixed when the VMs are built.
     vcpu: Option<(usize, usize)>,
-    /// A pending start: (entry, x0), set by CPU_ON or at boot.
-    start: Mutex<Option<(Ipa, u64)>>,
+    /// A pending start: (entry, x0, the VM's incarnation it belongs to),
+    /// set by CPU_ON, at boot and by a restart.
+    start: Mutex<Option<(Ipa, u64, u32)>>,
+    /// The vCPU is in its guest or in the hypervisor on its behalf (from
+    /// the moment it is entered until it parks): a stop waits for it.
+    in_guest: AtomicBool,
     /// The frame `guest::run` copies from (static, never on a stack).
     frame: Mutex<TrapFrame>,
     /// With direct MSI delivery: the vCPU's vPE as this CPU's
@@ -53,7 +62,12 @@ struct VmHw {
     devices: Vec<super::assign::AssignedDevice>,
     vmid: Vmid,
     /// Its stage-2 tables: never changed while it runs.
-    _space: IpaSpace,
+    space: IpaSpace,
+    /// What its RAM is loaded with at its start, and where vCPU 0 starts.
+    images: Vec<(Ipa, build::Image)>,
+    start: (Ipa, u64),
+    /// The DeviceIDs whose MSIs it is granted, with their events.
+    msi_devices: Vec<(DeviceId, u32)>,
 }
 
 /// Everything the runtime knows, built once before any guest runs.
@@ -109,6 +123,7 @@ pub fn create(
         .map(|_| Slot {
             vcpu: None,
             start: Mutex::new(None),
+            in_guest: AtomicBool::new(false),
             frame: Mutex::new(TrapFrame::zeroed()),
             vpe: None,
         })
@@ -121,12 +136,13 @@ pub fn create(
         devices,
         vmid,
         start,
+        images,
         space,
         msi_devices,
         vpes,
     } in built
     {
-        for (device, events) in msi_devices {
+        for &(device, events) in &msi_devices {
             // A function is assigned to one VM only (its stream attaches
             // once), so neither is its DeviceID granted twice.
             assert!(
@@ -146,12 +162,15 @@ pub fn create(
             }
         }
         // vCPU 0 starts at the kernel entry with x0 = DTB.
-        *slots[vm.vcpu_pcpu[0]].start.lock() = Some(start);
+        *slots[vm.vcpu_pcpu[0]].start.lock() = Some((start.0, start.1, 0));
         vms.push(vm);
         hw.push(VmHw {
             devices,
             vmid,
-            _space: space,
+            space,
+            images,
+            start,
+            msi_devices,
         });
     }
     let running = vms.len();
@@ -241,23 +260,30 @@ pub fn cpu_main(pc: usize) -> ! {
 fn idle(pc: usize) -> ! {
     loop {
         let start = rt().slots[pc].start.lock().take();
-        if let Some((entry, x0)) = start {
-            enter(pc, entry, x0);
+        if let Some((entry, x0, generation)) = start {
+            enter(pc, entry, x0, generation);
         }
         arch::wait_for_interrupt();
         while handle_irq(pc) {}
     }
 }
 
-/// Enters this CPU's vCPU at `entry` with `x0`.
-fn enter(pc: usize, entry: Ipa, x0: u64) -> ! {
+/// Enters this CPU's vCPU at `entry` with `x0`, a start of the VM's
+/// incarnation `generation`; returns (to the idle loop) if the VM is not
+/// running or has restarted since.
+fn enter(pc: usize, entry: Ipa, x0: u64, generation: u32) {
     let r = rt();
     let Some((vm_i, vcpu)) = r.slots[pc].vcpu else {
-        idle_forever()
+        return;
     };
     let vm = &r.vms[vm_i];
-    if !vm.is_running() {
-        idle_forever();
+    // Marked first, checked second: a stop either sees this vCPU in its
+    // guest and waits for it, or this vCPU sees the stop (or the new
+    // incarnation) and does not enter (both sides use SeqCst).
+    r.slots[pc].in_guest.store(true, Ordering::SeqCst);
+    if !vm.is_running() || vm.generation() != generation {
+        r.slots[pc].in_guest.store(false, Ordering::SeqCst);
+        return;
     }
     vm.power.lock()[vcpu] = VcpuPower::On;
     let mut c = vm.controls;
@@ -303,15 +329,14 @@ fn vpe_out(pc: usize) {
     }
 }
 
-fn idle_forever() -> ! {
-    // No vCPU here any more: no maintenance interrupts for its leftovers,
-    // no vLPIs for it.
+/// The vCPU on this CPU stops (CPU_OFF, or its VM stopped or restarts):
+/// no maintenance interrupts for its leftovers, no vLPIs for it; it is
+/// out of its guest, and the CPU waits for its next start.
+fn park(pc: usize) -> ! {
     crate::vdev::vgic::hw::off();
-    vpe_out(arch::cpu_index());
-    loop {
-        arch::wait_for_interrupt();
-        while handle_irq(arch::cpu_index()) {}
-    }
+    vpe_out(pc);
+    rt().slots[pc].in_guest.store(false, Ordering::SeqCst);
+    idle(pc)
 }
 
 /// Handles a trap from the guest running on this CPU (`vector`: 8 sync,
@@ -341,19 +366,20 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
                 vm.name,
                 guest::esr()
             );
-            vm.stop(VmState::Crashed, r);
+            vm.stop(VmState::Crashed, Some(vcpu), r);
             Flow::Park
         }
     };
     if flow == Flow::Park || !vm.is_running() {
-        vm.power.lock()[vcpu] = VcpuPower::Off;
-        if vm.is_running() {
-            // CPU_OFF: this CPU waits for the vCPU's next CPU_ON.
-            crate::vdev::vgic::hw::off();
-            vpe_out(pc);
-            idle(pc);
+        {
+            // A restart by this vCPU has made vCPU 0 of the new
+            // incarnation on-pending already: leave that alone.
+            let mut power = vm.power.lock();
+            if power[vcpu] == VcpuPower::On {
+                power[vcpu] = VcpuPower::Off;
+            }
         }
-        idle_forever();
+        park(pc);
     }
     let fx = crate::vdev::vgic::hw::flush(&mut vm.vgic.lock(), vcpu);
     vm.apply(fx, r);
@@ -569,8 +595,98 @@ impl Machine for Runtime {
 
     fn start_vcpu(&self, vm: &Vm, vcpu: usize, entry: Ipa, x0: u64) {
         let pc = vm.vcpu_pcpu[vcpu];
-        *self.slots[pc].start.lock() = Some((entry, x0));
+        *self.slots[pc].start.lock() = Some((entry, x0, vm.generation()));
         gic::send_sgi(self.cpu_mpidr[pc], gic::SGI_KICK);
+    }
+
+    fn park_vcpus(&self, vm: &Vm, except: Option<usize>) -> bool {
+        let start = arch::uptime_us();
+        for (v, &pc) in vm.vcpu_pcpu.iter().enumerate() {
+            if Some(v) == except {
+                continue;
+            }
+            while self.slots[pc].in_guest.load(Ordering::SeqCst) {
+                if arch::uptime_us().saturating_sub(start) > PARK_TIMEOUT_US {
+                    error!(
+                        "VM {}: vCPU {v} did not leave its guest within {} s of the stop",
+                        vm.name,
+                        PARK_TIMEOUT_US / 1_000_000
+                    );
+                    return false;
+                }
+                // Its kick may have been taken before it saw the VM stop:
+                // ask again.
+                gic::send_sgi(self.cpu_mpidr[pc], gic::SGI_KICK);
+                arch::delay_us(100);
+            }
+        }
+        true
+    }
+
+    fn restart(&self, vm: &Vm) -> Result<(Ipa, u64), String> {
+        let hw = &self.hw[vm.index];
+        if vm.msi_delivery == Delivery::Direct {
+            return Err(
+                "restarting a VM whose MSIs the GIC delivers directly (GICv4) is not supported"
+                    .into(),
+            );
+        }
+        // Starts of the old incarnation are void (also by their
+        // generation): none may enter the new one.
+        for &pc in &vm.vcpu_pcpu {
+            *self.slots[pc].start.lock() = None;
+        }
+        // Nothing of the old incarnation survives in its memory; then the
+        // images as at boot, and what the CPUs wrote out to the point of
+        // coherency (the guest starts with its MMU and caches off).
+        let (host, len) = vm.ram.scrub();
+        for (ipa, image) in &hw.images {
+            vm.ram.write(*ipa, image.bytes()).map_err(|e| {
+                alloc::format!("loading {} bytes at {ipa}: {e}", image.bytes().len())
+            })?;
+        }
+        arch::clean_inval_dcache(host as u64, len);
+        arch::invalidate_icache();
+        if !hw.devices.is_empty() {
+            let domain = hw
+                .space
+                .domain()
+                .ok_or("its devices have no IOMMU domain")?;
+            super::assign::reattach(&vm.name, &hw.devices, domain)?;
+        }
+        if !hw.msi_devices.is_empty() {
+            // The grants again, and each device mapped in the physical ITS
+            // with a fresh ITT, as when the VM was built.
+            let its = its::get().ok_or("no physical ITS")?;
+            let mut msi = self.msi.lock();
+            for &(device, events) in &hw.msi_devices {
+                if !msi.grant(vm.index, device, events) {
+                    return Err(alloc::format!("{device} is granted to another VM"));
+                }
+                its.lock()
+                    .map_device(device, events)
+                    .map_err(|e| alloc::format!("mapping {device} in the ITS: {e}"))?;
+            }
+        }
+        let mut intx = self.intx.lock();
+        intx.restart(vm.index, &PhysicalLines);
+        for (_, owner, vintid) in intx.lines() {
+            if owner == vm.index {
+                if let Err(e) = vm.vgic.lock().set_resample(vintid, true) {
+                    warn!("VM {}: INTx INTID {vintid}: {e:?}", vm.name);
+                }
+            }
+        }
+        drop(intx);
+        let (heap, frames) = crate::boot::memory_in_use();
+        info!(
+            "VM {}: memory scrubbed ({} MiB), images loaded again, {} device(s) attached again; \
+             hypervisor memory in use: heap {heap} bytes, {frames} frames",
+            vm.name,
+            len >> 20,
+            hw.devices.len()
+        );
+        Ok(hw.start)
     }
 
     fn console_line(&self, vm: &Vm, line: &[u8]) {
@@ -596,7 +712,7 @@ impl Machine for Runtime {
                 }
             }
         }
-        super::assign::release(&hw.devices, hw.vmid);
+        super::assign::release(&vm.name, &hw.devices, hw.vmid);
         // Bus mastering is off: no MSI of the VM's functions is in flight.
         let mut msi = self.msi.lock();
         let routes = msi.routes();

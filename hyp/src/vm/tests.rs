@@ -183,7 +183,7 @@ fn cpu_off_parks_the_caller() {
 }
 
 #[test]
-fn system_off_stops_the_devices_before_anything_else() {
+fn system_off_parks_the_other_vcpus_then_stops_the_devices() {
     let h = GuestHarness::new(&[]);
     let (vm, m) = (&h.vm, &h.machine);
     // A partial console line is still printed, after the devices stopped.
@@ -194,28 +194,118 @@ fn system_off_stops_the_devices_before_anything_else() {
     assert_eq!(
         m.calls(),
         [
+            Call::Kick(1),
+            Call::Park(Some(0)),
             Call::StopDevices,
             Call::Line(String::from("x")),
-            Call::Kick(0),
-            Call::Kick(1),
             Call::Stopped(VmState::PoweredOff),
         ]
     );
     // A second stop (the other vCPU racing) does nothing.
     let m = Recorder::default();
-    vm.stop(VmState::Crashed, &m);
+    vm.stop(VmState::Crashed, Some(1), &m);
+    vm.restart(Some(1), &m);
     assert!(m.calls().is_empty());
     assert_eq!(vm.state(), VmState::PoweredOff);
 }
 
 #[test]
-fn system_reset_stops_the_vm_as_not_clean() {
+fn system_reset_restarts_the_vm_in_its_reset_state() {
     let h = GuestHarness::new(&[]);
     let (vm, m) = (&h.vm, &h.machine);
-    hvc(vm, 0, [0x8400_0009, 0, 0, 0], m);
-    assert_eq!(vm.state(), VmState::ResetRequested);
-    assert!(!vm.state().is_clean());
-    assert_eq!(m.calls().first(), Some(&Call::StopDevices));
+    let fresh_vgic = alloc::format!("{:?}", *vm.vgic.lock());
+    // The old incarnation's state: a pending SPI, a vITS command queue, a
+    // vCPU on, a partial console line, a bad access.
+    let _ = vm.vgic.lock().inject_edge(40, 0).unwrap();
+    vm.its_access(0, 0x80, 8, Some(0x8000_0000_4000_0000), m);
+    assert_ne!(vm.its_access(0, 0x80, 8, None, m), 0);
+    vm.power.lock()[1] = VcpuPower::On;
+    vm.uart.lock().write(0, 1, u64::from(b'y'));
+    vm.report(0, 0, format_args!("a bad access"));
+    let m = Recorder::default();
+    // SYSTEM_RESET from vCPU 1.
+    let (flow, _) = hvc(vm, 1, [0x8400_0009, 0, 0, 0], &m);
+    assert_eq!(flow, Flow::Park, "the caller's run ends");
+    assert_eq!(vm.state(), VmState::Running);
+    assert_eq!(vm.generation(), 1);
+    assert_eq!(
+        m.calls(),
+        [
+            Call::Kick(0),
+            Call::Park(Some(1)),
+            Call::StopDevices,
+            Call::Line(String::from("y")),
+            Call::Restart,
+            Call::Start {
+                vcpu: 0,
+                entry: Ipa(RAM_BASE),
+                x0: RAM_BASE + 0x1000,
+            },
+        ],
+        "every other vCPU parked before the devices stop, all before the restart"
+    );
+    assert_eq!(alloc::format!("{:?}", *vm.vgic.lock()), fresh_vgic);
+    assert_eq!(vm.its_access(0, 0x80, 8, None, &m), 0, "GITS_CBASER reset");
+    assert_eq!(*vm.power.lock(), [VcpuPower::OnPending, VcpuPower::Off]);
+    assert_eq!(vm.bad_accesses(), 0);
+    // The new incarnation reads how often the VM restarted at +0x20 of
+    // its counters page.
+    trap_at(layout::COUNTERS_BASE + 0x20, dabt(8, 3, false));
+    let mut f = frame(0x4000_2000);
+    handle_sync(vm, 0, &mut f, &m);
+    assert_eq!(f.x[3], 1);
+    // SYSTEM_RESET2 (a warm reset) restarts it again.
+    let m = Recorder::default();
+    hvc(vm, 0, [0xc400_0012, 0, 0, 0], &m);
+    assert_eq!((vm.state(), vm.generation()), (VmState::Running, 2));
+    assert!(m.calls().contains(&Call::Restart));
+}
+
+#[test]
+fn scenario_choices_for_reset_and_power_off() {
+    // on_reset = "stop": the VM stops, not cleanly.
+    let mut h = GuestHarness::new(&[]);
+    h.vm.on_reset = scenario::Lifecycle::Stop;
+    hvc(&h.vm, 0, [0x8400_0009, 0, 0, 0], &h.machine);
+    assert_eq!(h.vm.state(), VmState::ResetRequested);
+    assert!(!h.vm.state().is_clean());
+    assert_eq!(
+        h.machine.calls().last(),
+        Some(&Call::Stopped(VmState::ResetRequested))
+    );
+    // on_poweroff = "restart": SYSTEM_OFF restarts it.
+    let mut h = GuestHarness::new(&[]);
+    h.vm.on_poweroff = scenario::Lifecycle::Restart;
+    hvc(&h.vm, 0, [0x8400_0008, 0, 0, 0], &h.machine);
+    assert_eq!((h.vm.state(), h.vm.generation()), (VmState::Running, 1));
+    assert!(h.machine.calls().contains(&Call::Restart));
+}
+
+#[test]
+fn a_restart_that_cannot_finish_ends_the_vm_as_crashed() {
+    // A vCPU that does not park: the devices stop, nothing is reused.
+    let mut h = GuestHarness::new(&[]);
+    h.machine.stuck_vcpu = true;
+    hvc(&h.vm, 0, [0x8400_0009, 0, 0, 0], &h.machine);
+    assert_eq!(h.vm.state(), VmState::Crashed);
+    assert_eq!(
+        h.machine.calls(),
+        [
+            Call::Kick(1),
+            Call::Park(Some(0)),
+            Call::StopDevices,
+            Call::Stopped(VmState::Crashed),
+        ]
+    );
+    // The machine cannot restart it (no images, say).
+    let mut h = GuestHarness::new(&[]);
+    h.machine.restart_fails = Some("no images");
+    hvc(&h.vm, 0, [0x8400_0009, 0, 0, 0], &h.machine);
+    assert_eq!(h.vm.state(), VmState::Crashed);
+    assert_eq!(
+        h.machine.calls()[3..],
+        [Call::Restart, Call::Stopped(VmState::Crashed)]
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ use super::exception::{
 };
 use super::exit::{self, Exit, SysReg, SysRegAccess};
 use super::mmio::MmioAccess;
-use super::vm::{AccessContext, Machine, Vm, VmState};
+use super::vm::{AccessContext, End, Machine, Vm};
 use crate::arch::{self, TrapFrame};
 use crate::vdev::psci::{self, PsciAction, VcpuPower};
 
@@ -205,8 +205,16 @@ fn hypercall(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, m: &dyn Machine) -> Fl
             arch::wait_for_interrupt();
             frame.x[0] = 0;
         }
-        PsciAction::SystemOff => vm.stop(VmState::PoweredOff, m),
-        PsciAction::SystemReset => vm.stop(VmState::ResetRequested, m),
+        // The VM stops or restarts; either way this vCPU's run ends here
+        // (a restart starts vCPU 0 of the new incarnation afresh).
+        PsciAction::SystemOff => {
+            vm.end(vcpu, End::PowerOff, m);
+            return Flow::Park;
+        }
+        PsciAction::SystemReset => {
+            vm.end(vcpu, End::Reset, m);
+            return Flow::Park;
+        }
     }
     Flow::Resume
 }

@@ -13,7 +13,7 @@ use super::ram::GuestRam;
 use crate::arch;
 use crate::vdev::psci::VcpuPower;
 use crate::vdev::vgic::{Effects, VGic};
-use crate::vdev::vits::{EventLpi, ItsEnv, ItsOutcome, LpiConfig, PhysicalIts, VIts};
+use crate::vdev::vits::{EventLpi, ItsConfig, ItsEnv, ItsOutcome, LpiConfig, PhysicalIts, VIts};
 use crate::vdev::vuart::VirtualUart;
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -21,6 +21,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use log::{info, warn};
+use scenario::Lifecycle;
 use smmu::addr::Ipa;
 use smmu::event::Event;
 use spin::Mutex;
@@ -40,9 +41,12 @@ pub enum VmState {
     PoweredOff = 1,
     /// The hypervisor stopped it after an error it cannot recover from.
     Crashed = 2,
-    /// The guest asked for a reset (PSCI SYSTEM_RESET); restart is not
-    /// supported, so the VM is stopped.
+    /// The guest asked for a reset (PSCI SYSTEM_RESET) and the scenario
+    /// says a reset stops the VM.
     ResetRequested = 3,
+    /// Between a reset and the new incarnation's start: the vCPUs are
+    /// parked or parking, the devices quiesced, the memory scrubbed.
+    Restarting = 4,
 }
 
 impl VmState {
@@ -51,7 +55,8 @@ impl VmState {
             0 => Self::Running,
             1 => Self::PoweredOff,
             2 => Self::Crashed,
-            _ => Self::ResetRequested,
+            3 => Self::ResetRequested,
+            _ => Self::Restarting,
         }
     }
 
@@ -74,6 +79,18 @@ pub trait VirtualIommu: Send {
     fn inject_fault(&mut self, e: &Event) -> Option<u32>;
     /// Guest commands consumed, and the physical commands they became.
     fn stats(&self) -> (u64, u64);
+    /// Back to the reset state, for a VM that restarts (its streams are
+    /// attached to its stage 2 again, as when it was built).
+    fn reset(&mut self);
+}
+
+/// How a guest asks to end its run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// PSCI SYSTEM_OFF.
+    PowerOff,
+    /// PSCI SYSTEM_RESET or SYSTEM_RESET2.
+    Reset,
 }
 
 /// What the VMM asks of the physical machine.
@@ -86,9 +103,21 @@ pub trait Machine {
     fn start_vcpu(&self, vm: &Vm, vcpu: usize, entry: Ipa, x0: u64);
     /// Prints one line the guest wrote to its UART.
     fn console_line(&self, vm: &Vm, line: &[u8]);
-    /// Stops the VM's assigned devices: bus mastering off, streams abort,
-    /// the SMMU's TLB entries of its VMID invalidated.
+    /// Stops the VM's assigned devices: bus mastering off, each function
+    /// reset, streams abort, the SMMU's TLB entries of its VMID
+    /// invalidated, its MSI routes torn down.
     fn stop_devices(&self, vm: &Vm);
+    /// Waits until every vCPU of `vm` but `except` (the caller's, if it is
+    /// one of them) is out of the guest and parked, so that none can act
+    /// for the VM any more; false if one did not park in time (a
+    /// hypervisor fault: the VM must then not be restarted nor its memory
+    /// reused).
+    fn park_vcpus(&self, vm: &Vm, except: Option<usize>) -> bool;
+    /// Brings a VM whose vCPUs are parked and devices stopped back to its
+    /// start: its memory scrubbed, its images loaded again, its devices
+    /// attached and their MSIs granted again. Returns where vCPU 0 of the
+    /// new incarnation starts (entry, x0); Err says why it cannot restart.
+    fn restart(&self, vm: &Vm) -> Result<(Ipa, u64), String>;
     /// The VM has stopped for good (`how`); the machine ends when the last
     /// one has.
     fn vm_stopped(&self, vm: &Vm, how: VmState);
@@ -187,7 +216,18 @@ pub struct Vm {
     pub its: Option<Mutex<VIts>>,
     /// How its assigned functions' MSIs reach its vCPUs.
     pub msi_delivery: Delivery,
+    /// What a reset by its guest does.
+    pub on_reset: Lifecycle,
+    /// What a power-off by its guest does.
+    pub on_poweroff: Lifecycle,
+    /// The vGIC as built, which a restart starts from again.
+    vgic_reset: VGic,
+    /// What its vITS was built from, for a restart.
+    its_config: Option<ItsConfig>,
     state: AtomicU8,
+    /// Incarnations so far, minus one: how often it restarted. A vCPU
+    /// start belongs to one incarnation.
+    generation: AtomicU32,
     reports: AtomicU32,
     traps: AtomicU64,
 }
@@ -226,12 +266,17 @@ impl Vm {
             vcpu_pcpu,
             power: Mutex::new(power),
             uart: Mutex::new(VirtualUart::new()),
+            vgic_reset: vgic.clone(),
+            its_config: None,
             vgic: Mutex::new(vgic),
             bus: MmioBus::new(),
             vsmmu: None,
             its: None,
             msi_delivery: Delivery::ListRegisters,
+            on_reset: Lifecycle::Restart,
+            on_poweroff: Lifecycle::Stop,
             state: AtomicU8::new(VmState::Running as u8),
+            generation: AtomicU32::new(0),
             reports: AtomicU32::new(0),
             traps: AtomicU64::new(0),
         }
@@ -245,6 +290,19 @@ impl Vm {
     /// Whether its vCPUs may run.
     pub fn is_running(&self) -> bool {
         self.state() == VmState::Running
+    }
+
+    /// Its incarnation: how often it restarted.
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Gives the VM its vITS, with the events `config` grants; a restart
+    /// builds it again from the same.
+    pub fn give_its(&mut self, config: ItsConfig) {
+        let vcpus = self.vcpu_pcpu.len();
+        self.its_config = Some(config.clone());
+        self.its = Some(Mutex::new(VIts::new(config, vcpus)));
     }
 
     /// Counts a trap from one of its vCPUs.
@@ -401,41 +459,139 @@ impl Vm {
         }
     }
 
-    /// Stops the VM: first its devices (bus mastering off, streams abort,
-    /// before any of its memory could be reused), then its partial console
-    /// line is flushed, its other vCPUs are kicked (each parks at its next
-    /// trap), its figures reported, and the machine told. Only the first
-    /// call for a VM does anything.
-    pub fn stop(&self, how: VmState, m: &dyn Machine) {
-        debug_assert!(how != VmState::Running, "stopping into Running");
-        if self
-            .state
+    /// The guest asked to end its run (`why`, from vCPU `vcpu`): the VM
+    /// stops or restarts, as its scenario says.
+    pub fn end(&self, vcpu: usize, why: End, m: &dyn Machine) {
+        match (why, why_choice(self, why)) {
+            (_, Lifecycle::Restart) => self.restart(Some(vcpu), m),
+            (End::PowerOff, Lifecycle::Stop) => self.stop(VmState::PoweredOff, Some(vcpu), m),
+            (End::Reset, Lifecycle::Stop) => self.stop(VmState::ResetRequested, Some(vcpu), m),
+        }
+    }
+
+    /// Leaves `Running` for `to`; false if the VM was not running (another
+    /// vCPU is stopping or restarting it: nothing more to do here).
+    fn leave_running(&self, to: VmState) -> bool {
+        self.state
             .compare_exchange(
                 VmState::Running as u8,
-                how as u8,
+                to as u8,
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             )
-            .is_err()
-        {
-            return;
+            .is_ok()
+    }
+
+    /// The stop barrier: the VM has left `Running`, its vCPUs are told and
+    /// waited for, so none of them (but `from`, the caller's) can act for
+    /// it any more; then its devices stop. False if a vCPU did not park
+    /// (its devices are stopped anyway).
+    fn quiesce(&self, from: Option<usize>, m: &dyn Machine) -> bool {
+        for v in 0..self.vcpu_pcpu.len() {
+            if Some(v) != from {
+                m.kick(self, v);
+            }
         }
-        match how {
-            VmState::PoweredOff => info!("VM {}: powered off", self.name),
-            VmState::ResetRequested => warn!(
-                "VM {}: reset requested: the VM is stopped (restart is not supported)",
+        let parked = m.park_vcpus(self, from);
+        if !parked {
+            log::error!(
+                "VM {}: a vCPU did not stop in time: the VM's memory and VMID are not reused",
                 self.name
-            ),
-            VmState::Running | VmState::Crashed => {}
+            );
         }
         m.stop_devices(self);
         let partial = self.uart.lock().take_partial_line();
         if let Some(line) = partial {
             m.console_line(self, &line);
         }
-        for v in 0..self.vcpu_pcpu.len() {
-            m.kick(self, v);
+        parked
+    }
+
+    /// Stops the VM for good (`how`; `from` is the stopping vCPU, if a
+    /// vCPU stops it): every other vCPU is parked first, then its devices
+    /// stop (bus mastering off, reset, streams abort, before any of its
+    /// memory could be reused), its partial console line is flushed, its
+    /// figures reported, and the machine told. Only the first call for a
+    /// VM does anything.
+    pub fn stop(&self, how: VmState, from: Option<usize>, m: &dyn Machine) {
+        debug_assert!(
+            !matches!(how, VmState::Running | VmState::Restarting),
+            "stopping into {how:?}"
+        );
+        if !self.leave_running(how) {
+            return;
         }
+        match how {
+            VmState::PoweredOff => info!("VM {}: powered off", self.name),
+            VmState::ResetRequested => warn!(
+                "VM {}: reset requested: the VM is stopped (its scenario says on_reset = \"stop\")",
+                self.name
+            ),
+            _ => {}
+        }
+        self.quiesce(from, m);
+        self.report_figures();
+        m.vm_stopped(self, how);
+    }
+
+    /// Restarts the VM (`from` is the vCPU that reset it, if one did):
+    /// the stop barrier and its devices stopped as for [`Self::stop`],
+    /// then its emulated devices (vGIC, vITS, vSMMU, UART, PCI view) back
+    /// in their reset state, and the machine scrubs its memory, loads its
+    /// images again, attaches its devices and starts vCPU 0 of the new
+    /// incarnation. A VM that cannot restart is stopped as crashed. Only
+    /// the first call while the VM runs does anything.
+    pub fn restart(&self, from: Option<usize>, m: &dyn Machine) {
+        if !self.leave_running(VmState::Restarting) {
+            return;
+        }
+        // From here a vCPU start of the old incarnation is void.
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        info!("VM {}: reset: restarting (restart {generation})", self.name);
+        let parked = self.quiesce(from, m);
+        self.report_figures();
+        if !parked {
+            self.crashed_while_restarting(m);
+            return;
+        }
+        *self.vgic.lock() = self.vgic_reset.clone();
+        if let (Some(its), Some(config)) = (&self.its, &self.its_config) {
+            *its.lock() = VIts::new(config.clone(), self.vcpu_pcpu.len());
+        }
+        if let Some(v) = &self.vsmmu {
+            v.lock().reset();
+        }
+        *self.uart.lock() = VirtualUart::new();
+        self.bus.reset();
+        self.reports.store(0, Ordering::Relaxed);
+        {
+            let mut power = self.power.lock();
+            power.fill(VcpuPower::Off);
+            if let Some(first) = power.first_mut() {
+                *first = VcpuPower::OnPending;
+            }
+        }
+        let (entry, x0) = match m.restart(self) {
+            Ok(start) => start,
+            Err(why) => {
+                log::error!("VM {}: cannot restart: {why}", self.name);
+                self.crashed_while_restarting(m);
+                return;
+            }
+        };
+        self.state.store(VmState::Running as u8, Ordering::SeqCst);
+        m.start_vcpu(self, 0, entry, x0);
+    }
+
+    /// A restart that failed: the VM ends as crashed.
+    fn crashed_while_restarting(&self, m: &dyn Machine) {
+        self.state.store(VmState::Crashed as u8, Ordering::SeqCst);
+        m.vm_stopped(self, VmState::Crashed);
+    }
+
+    /// The figures of the incarnation that ends: traps, MSIs, vSMMU
+    /// commands, bad accesses.
+    fn report_figures(&self) {
         let traps = self.traps();
         let msis = match (&self.its, self.msi_delivery) {
             (None, _) => String::new(),
@@ -464,7 +620,14 @@ impl Vm {
                 self.name
             );
         }
-        m.vm_stopped(self, how);
+    }
+}
+
+/// What the VM's scenario says `why` does.
+fn why_choice(vm: &Vm, why: End) -> Lifecycle {
+    match why {
+        End::PowerOff => vm.on_poweroff,
+        End::Reset => vm.on_reset,
     }
 }
 
@@ -523,6 +686,10 @@ impl MmioContext for AccessContext<'_> {
 
     fn vsmmu_stats(&self) -> (u64, u64) {
         self.vm.vsmmu_stats()
+    }
+
+    fn restarts(&self) -> u64 {
+        u64::from(self.vm.generation())
     }
 
     fn its_access(&self, offset: u64, size: u8, write: Option<u64>) -> u64 {

@@ -119,9 +119,38 @@ impl PhysicalSmmu for HostSmmu {
     }
 }
 
+/// What a VM's vSMMU is built from, kept to build it again when the VM
+/// restarts.
+struct Making {
+    policy: VsmmuPolicy,
+    streams: BTreeMap<StreamId, StreamId>,
+    mem: GuestRam,
+    domain: DomainId,
+    vmid: Vmid,
+    s2: S2Config,
+}
+
+impl Making {
+    fn engine(&self) -> VsmmuEngine<HostSmmu, GuestRam> {
+        let phys = HostSmmu {
+            domain: self.domain,
+            stall: None,
+        };
+        VsmmuEngine::new(
+            self.policy,
+            self.vmid,
+            self.s2,
+            self.streams.clone(),
+            self.mem.clone(),
+            phys,
+        )
+    }
+}
+
 /// The vSMMU of one VM.
 pub struct VmVsmmu {
     engine: VsmmuEngine<HostSmmu, GuestRam>,
+    making: Making,
     /// Guest INTIDs of the event-queue and global-error interrupts.
     pub irqs: (u32, u32),
     /// Guest commands consumed, and physical commands they became
@@ -141,16 +170,28 @@ impl VmVsmmu {
         s2: S2Config,
         irqs: (u32, u32),
     ) -> Self {
-        let streams = map.into_iter().map(|(v, p)| (StreamId(v), p)).collect();
-        let phys = HostSmmu {
+        let making = Making {
+            policy,
+            streams: map.into_iter().map(|(v, p)| (StreamId(v), p)).collect(),
+            mem,
             domain,
-            stall: None,
+            vmid,
+            s2,
         };
         Self {
-            engine: VsmmuEngine::new(policy, vmid, s2, streams, mem, phys),
+            engine: making.engine(),
+            making,
             irqs,
             stats: (0, 0),
         }
+    }
+
+    /// Back to the reset state (SMMUEN 0, empty queues, no stream
+    /// configured by the guest), for a VM that restarts: its streams must
+    /// be attached to the VM's stage 2 again, as at the start.
+    pub fn reset(&mut self) {
+        self.engine = self.making.engine();
+        self.stats = (0, 0);
     }
 
     fn intid(&self, irq: GuestIrq) -> u32 {

@@ -170,6 +170,22 @@ pub fn clean_inval_dcache(start: u64, len: usize) {
     unsafe { core::arch::asm!("dsb sy", options(nostack, preserves_flags)) };
 }
 
+/// Invalidates all instruction caches to the point of unification, in the
+/// Inner Shareable domain (IC IALLUIS), and waits for it: code the
+/// hypervisor wrote into a guest's memory is what the guest fetches.
+pub fn invalidate_icache() {
+    // SAFETY: cache maintenance and barriers have no effect on memory
+    // safety.
+    unsafe {
+        core::arch::asm!(
+            "ic ialluis",
+            "dsb ish",
+            "isb",
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
 /// Ends the run through Arm semihosting SYS_EXIT with `code` as QEMU's
 /// exit status. Only valid when the runner enabled semihosting.
 pub fn semihosting_exit(code: u32) -> ! {

@@ -1,0 +1,113 @@
+//! VM lifecycle: a guest's reset restarts its VM in place (every vCPU
+//! parked, its devices stopped and reset, its memory scrubbed, its images
+//! loaded again), while the other VMs run on.
+
+use scenario_tests::{boot, host_sha256, Boot, TIMEOUT};
+use std::time::Duration;
+
+/// The hypervisor's memory in use after each restart of `vm`, from its
+/// restart lines (`hypervisor memory in use: heap N bytes, M frames`).
+fn memory_after_restarts(b: &Boot, vm: &str) -> Vec<String> {
+    let line = format!("VM {vm}: memory scrubbed");
+    b.console
+        .lines()
+        .filter(|l| l.contains(&line))
+        .map(|l| {
+            l.split_once("hypervisor memory in use: ")
+                .map_or_else(|| panic!("no figures in {l:?}"), |(_, m)| m.to_string())
+        })
+        .collect()
+}
+
+/// A bare-metal VM resets itself three times: each new incarnation finds
+/// the free memory the previous one filled with a pattern all zero, and
+/// reads how often it restarted from its counters page; the hypervisor's
+/// memory in use is the same after every restart; the VM next to it
+/// counts its ticks undisturbed, and the run ends cleanly.
+#[test]
+fn a_reset_restarts_the_vm_with_its_memory_scrubbed() {
+    let b = boot("reboot", &[], TIMEOUT);
+    b.checks("rebooter").assert_all_passed(&[
+        "restart-1-memory-scrubbed",
+        "restart-2-memory-scrubbed",
+        "restart-3-memory-scrubbed",
+        "restarts-counted",
+    ]);
+    for n in 1..=3 {
+        b.expect(&format!("VM rebooter: reset: restarting (restart {n})"));
+    }
+    assert_eq!(b.count("[rebooter] guest: hello from rebooter"), 4);
+    let memory = memory_after_restarts(&b, "rebooter");
+    assert_eq!(memory.len(), 3, "{memory:?}");
+    assert!(memory.windows(2).all(|w| w[0] == w[1]), "{memory:?}");
+    b.checks("neighbour").assert_all_passed(&[]);
+    b.expect("[neighbour] guest: tick 20");
+    b.reject(" ERROR ");
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    b.assert_exit(0);
+}
+
+/// Linux with its NVMe disk reboots from inside three times (`reboot -f`,
+/// PSCI SYSTEM_RESET) next to a bare-metal VM: at each reset the NVMe is
+/// stopped and function-level reset, the VM's memory scrubbed and its
+/// images loaded again; every incarnation finds its CPUs, checks the
+/// disk's data, writes and reads back fresh data (the last write is on the
+/// disk), and takes the NVMe's interrupts as MSI-X through its vITS. The
+/// hypervisor's memory in use is the same after every restart.
+#[test]
+fn linux_with_nvme_reboots_three_times() {
+    // Four Linux boots: a hang detector, not a performance bound.
+    let b = boot(
+        "linux-nvme-reboot",
+        &[],
+        2 * TIMEOUT + Duration::from_secs(60),
+    );
+    let mut expected = Vec::new();
+    for k in 0..=3 {
+        let suffix = if k == 0 {
+            String::new()
+        } else {
+            format!("-after-restart-{k}")
+        };
+        for name in [
+            "all-cpus-online",
+            "nvme-host-data",
+            "nvme-write-read-back",
+            "nvme-interrupts",
+            "init-run-exit-status",
+        ] {
+            expected.push(format!("{name}{suffix}"));
+        }
+    }
+    let names: Vec<&str> = expected.iter().map(String::as_str).collect();
+    let linux = b.checks("linux");
+    linux.assert_all_passed(&names);
+    for k in 0..=3 {
+        let check = if k == 0 {
+            "nvme-interrupts".to_string()
+        } else {
+            format!("nvme-interrupts-after-restart-{k}")
+        };
+        let detail = linux.detail(&check);
+        assert!(detail.starts_with("ITS-MSI, "), "{check}: {detail}");
+    }
+    let last = linux.detail("nvme-write-read-back-after-restart-3");
+    assert_eq!(
+        Some(host_sha256("target/disks/nvme-reboot.img", 8, 4).as_str()),
+        last.strip_prefix("sha256 ")
+    );
+    for n in 1..=3 {
+        b.expect(&format!("VM linux: reset: restarting (restart {n})"));
+    }
+    // At each of the three resets and at the final power-off.
+    assert_eq!(b.count("VM linux: PCI 00:01.0: function-level reset"), 4);
+    let memory = memory_after_restarts(&b, "linux");
+    assert_eq!(memory.len(), 3, "{memory:?}");
+    assert!(memory.windows(2).all(|w| w[0] == w[1]), "{memory:?}");
+    b.checks("neighbour").assert_all_passed(&[]);
+    b.expect("[neighbour] guest: tick 100");
+    b.reject(" ERROR ");
+    b.reject("WARN  VM linux");
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    b.assert_exit(0);
+}
