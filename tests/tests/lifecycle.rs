@@ -111,3 +111,28 @@ fn linux_with_nvme_reboots_three_times() {
     b.expect("all VMs have stopped (all powered off cleanly)");
     b.assert_exit(0);
 }
+
+/// A bare-metal VM resets itself while its NVMe controller has a full
+/// queue of 4 KiB writes into its free memory and its `edu` has a copy
+/// into it under way: the hypervisor turns both devices' bus mastering
+/// off, makes their streams abort and resets the NVMe before it scrubs the
+/// memory, so the new incarnation watches its free memory stay all zero
+/// and finds both devices stopped and the controller reset.
+#[test]
+fn a_reset_with_dma_in_flight_leaves_nothing_in_the_new_incarnation() {
+    let b = boot("reboot-under-dma", &[], TIMEOUT);
+    b.checks("rebooter").assert_all_passed(&[
+        "dma-after-restart-landed-nowhere",
+        "devices-stopped-by-restart",
+        "nvme-reset-by-restart",
+    ]);
+    b.expect(", 63 in flight, an edu transfer started: resetting");
+    b.expect("VM rebooter: reset: restarting (restart 1)");
+    b.expect("VM rebooter: PCI 00:01.0: function-level reset");
+    b.expect("VM rebooter: PCI 00:02.0: no function-level reset");
+    b.checks("neighbour").assert_all_passed(&[]);
+    b.expect("[neighbour] guest: tick 20");
+    b.reject(" ERROR ");
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    b.assert_exit(0);
+}

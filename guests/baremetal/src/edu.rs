@@ -441,6 +441,17 @@ mod hw {
             self.dma(EDU_BUF, to, DMA_LEN, DMA_TO_RAM)
         }
 
+        /// Starts a DMA of the whole `edu` buffer to bus address `to` and
+        /// returns without waiting: the device writes `to` about 100 ms
+        /// later (QEMU's `edu` runs a transfer on a timer).
+        pub fn start_dma_from_buffer(&self, to: u64) {
+            barrier::dsb(barrier::SY);
+            self.write64(EDU_DMA_SRC, EDU_BUF);
+            self.write64(EDU_DMA_DST, to);
+            self.write64(EDU_DMA_CNT, DMA_LEN as u64);
+            self.write64(EDU_DMA_CMD, DMA_TO_RAM | DMA_START);
+        }
+
         /// DMA of the buffer's first 4 bytes to bus address `to`: one
         /// 32-bit write by the device, the shape of an MSI.
         pub fn dma_word_from_buffer(&self, to: u64) -> Result<(), EduError> {

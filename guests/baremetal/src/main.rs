@@ -50,7 +50,10 @@
 //!   (see [`nvmeflood`]);
 //! - `reboot=N`: resets its VM (PSCI SYSTEM_RESET) until the hypervisor's
 //!   counters page says it restarted N times, checking in each new
-//!   incarnation that its free memory was scrubbed (see `reboot.rs`).
+//!   incarnation that its free memory was scrubbed (see `reboot.rs`);
+//! - `reboot_under_dma=MS`: resets its VM once while its NVMe controller
+//!   writes into its free memory, and checks in the new incarnation that
+//!   nothing landed there and the controller was stopped (see `reboot.rs`).
 //!
 //! Every run ends with the summary line `checks: N run, M failed` (also
 //! after an unexpected exception or a panic, each a failed check), then
@@ -135,6 +138,10 @@ enum Action<'a> {
     /// Reset the VM until it has restarted this many times, checking that
     /// each incarnation finds its memory scrubbed.
     Reboot(u64),
+    /// Reset the VM once after this many milliseconds of NVMe DMA into its
+    /// free memory, with the DMA in flight; check that none of it landed
+    /// in the new incarnation.
+    RebootUnderDma(u64),
 }
 
 /// The guest's command line (`/chosen/bootargs`), decoded.
@@ -198,6 +205,11 @@ impl<'a> Args<'a> {
                 Some(("edu_intx", v)) => {
                     if let Ok(n) = v.parse() {
                         args.action = Action::EduIntx(n);
+                    }
+                }
+                Some(("reboot_under_dma", v)) => {
+                    if let Ok(ms) = v.parse() {
+                        args.action = Action::RebootUnderDma(ms);
                     }
                 }
                 Some(("reboot", v)) => {
@@ -560,6 +572,7 @@ mod hw {
             Action::NvmeMsixAttack => super::msi::msix_attack(&fdt, board.ram),
             Action::EduIntx(n) => super::intx::run(&fdt, n),
             Action::Reboot(n) => super::reboot::run(&fdt, dtb as u64, n),
+            Action::RebootUnderDma(ms) => super::reboot::under_dma(&fdt, dtb as u64, ms),
             Action::NvmeFaultFlood(seconds) => super::nvmeflood::run(
                 &fdt,
                 board.ram,
@@ -650,6 +663,10 @@ mod tests {
         );
         assert_eq!(Args::parse("reboot=3").action, Action::Reboot(3));
         assert_eq!(Args::parse("reboot=x").action, Action::Done);
+        assert_eq!(
+            Args::parse("reboot_under_dma=200").action,
+            Action::RebootUnderDma(200)
+        );
         assert_eq!(
             Args::parse("name=n edu_intx=1000").action,
             Action::EduIntx(1000)

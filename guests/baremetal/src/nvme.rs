@@ -526,6 +526,11 @@ mod hw {
             self.r32(reg::CSTS)
         }
 
+        /// CC.
+        pub fn cc(&self) -> u32 {
+            self.r32(reg::CC)
+        }
+
         /// Waits until CSTS.RDY is `ready` (or CSTS.CFS), bounded by CAP.TO.
         fn wait_ready(&self, ready: bool) -> Result<(), NvmeError> {
             let timeout = time::ms_to_ticks(self.cap.ready_timeout_ms());

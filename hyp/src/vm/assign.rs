@@ -318,27 +318,22 @@ pub fn reattach(
 }
 
 /// Stops a VM's assigned functions: bus mastering and memory decode off
-/// (they are nobody's now), each function reset where it can be (an FLR;
-/// one line says which were and which could not be), then their streams
-/// abort (STE abort, CFGI_STE and SYNC), then the SMMU's TLB entries of the
-/// VM's VMID are invalidated (TLBI_S12_VMALL + SYNC), all before the VM's
-/// memory could be reused.
+/// for all of them first (they are nobody's now, and none DMAs any more),
+/// then their streams abort (STE abort, CFGI_STE and SYNC), then each
+/// function is reset where it can be (an FLR; one line says which were and
+/// which could not be), then the SMMU's TLB entries of the VM's VMID are
+/// invalidated (TLBI_S12_VMALL + SYNC), all before the VM's memory could be
+/// reused.
 pub fn release(vm: &str, devices: &[AssignedDevice], vmid: smmu::addr::Vmid) {
     let Some(cfg) = config() else { return };
     for d in devices {
         let cmd = cfg.read32(d.phys, pci::reg::COMMAND) & 0xffff;
         let off = pci::reg::CMD_MASTER | pci::reg::CMD_MEM;
         cfg.write32(d.phys, pci::reg::COMMAND, cmd & !off);
-        match pci::reset_function(cfg, d.phys, &crate::arch::delay_us) {
-            pci::FunctionReset::Flr => info!("VM {vm}: PCI {}: function-level reset", d.phys),
-            pci::FunctionReset::Unsupported => info!(
-                "VM {vm}: PCI {}: no function-level reset (the function has none): \
-                 bus mastering and memory decode off only",
-                d.phys
-            ),
-        }
-        if let Some(h) = crate::drivers::iommu::get() {
-            let mut h = h.lock();
+    }
+    if let Some(h) = crate::drivers::iommu::get() {
+        let mut h = h.lock();
+        for d in devices {
             // Whether attached or not: a stream its guest configured
             // through its vSMMU may be attached to nothing yet not abort
             // (the invalid STE of a refused guest STE).
@@ -347,6 +342,16 @@ pub fn release(vm: &str, devices: &[AssignedDevice], vmid: smmu::addr::Vmid) {
                 log::error!("PCI {}: cannot make stream {} abort: {e}", d.phys, d.sid);
             }
             h.set_owner(d.sid, "nobody");
+        }
+    }
+    for d in devices {
+        match pci::reset_function(cfg, d.phys, &crate::arch::delay_us) {
+            pci::FunctionReset::Flr => info!("VM {vm}: PCI {}: function-level reset", d.phys),
+            pci::FunctionReset::Unsupported => info!(
+                "VM {vm}: PCI {}: no function-level reset (the function has none): \
+                 bus mastering and memory decode off only",
+                d.phys
+            ),
         }
     }
     if let Some(h) = crate::drivers::iommu::get() {
