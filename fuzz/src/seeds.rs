@@ -924,7 +924,7 @@ fn its_linux_direct() -> VitsSeed {
 mod tests {
     use super::*;
     use crate::ops::{decode_all, encode_all};
-    use crate::{decoders, harness, vits};
+    use crate::{decoders, guest, harness, vits};
     use std::path::{Path, PathBuf};
     use std::{env, fs};
 
@@ -985,7 +985,7 @@ mod tests {
     /// Every file in `fuzz/seeds/<target>/`, generated or a kept crash.
     #[test]
     fn committed_seeds_pass() {
-        for target in ["vsmmu", "decoders", "vits"] {
+        for target in ["vsmmu", "decoders", "vits", "guest"] {
             for entry in fs::read_dir(dir(target)).unwrap() {
                 let data = fs::read(entry.unwrap().path()).unwrap();
                 match target {
@@ -995,6 +995,7 @@ mod tests {
                     "vits" => {
                         vits::run(&data);
                     }
+                    "guest" => guest::run(&data),
                     _ => decoders::run(&data),
                 }
             }

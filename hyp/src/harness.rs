@@ -376,10 +376,13 @@ impl GuestHarness {
     }
 }
 
-/// How many log lines a run may print at most, whatever the guest does:
-/// the rate-limited reports ([`REPORTS_PER_VM`] and one line saying the
-/// rest are counted) and the few lines of stopping a VM.
-pub const MAX_LOG_LINES: usize = REPORTS_PER_VM as usize + 1 + 8;
+/// How many log lines a run of at most 256 traps may print, whatever the
+/// guest does: the rate-limited reports ([`REPORTS_PER_VM`] and one line
+/// saying the rest are counted), the few lines of stopping a VM, and for a
+/// guest that resets its VM at every trap the three lines of each of the
+/// ten restarts reported (1 to 4, 8, 16, ..., 256) and the line saying
+/// only some are.
+pub const MAX_LOG_LINES: usize = REPORTS_PER_VM as usize + 1 + 8 + 3 * 10 + 1;
 
 std::thread_local! {
     static LOG_LINES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };

@@ -34,7 +34,7 @@ fn a_reset_restarts_the_vm_with_its_memory_scrubbed() {
         "restarts-counted",
     ]);
     for n in 1..=3 {
-        b.expect(&format!("VM rebooter: reset: restarting (restart {n})"));
+        b.expect(&format!("VM rebooter: restarting (restart {n})"));
     }
     assert_eq!(b.count("[rebooter] guest: hello from rebooter"), 4);
     let memory = memory_after_restarts(&b, "rebooter");
@@ -97,7 +97,7 @@ fn linux_with_nvme_reboots_three_times() {
         last.strip_prefix("sha256 ")
     );
     for n in 1..=3 {
-        b.expect(&format!("VM linux: reset: restarting (restart {n})"));
+        b.expect(&format!("VM linux: restarting (restart {n})"));
     }
     // At each of the three resets and at the final power-off.
     assert_eq!(b.count("VM linux: PCI 00:01.0: function-level reset"), 4);
@@ -127,11 +127,57 @@ fn a_reset_with_dma_in_flight_leaves_nothing_in_the_new_incarnation() {
         "nvme-reset-by-restart",
     ]);
     b.expect(", 63 in flight, an edu transfer started: resetting");
-    b.expect("VM rebooter: reset: restarting (restart 1)");
+    b.expect("VM rebooter: restarting (restart 1)");
     b.expect("VM rebooter: PCI 00:01.0: function-level reset");
     b.expect("VM rebooter: PCI 00:02.0: no function-level reset");
     b.checks("neighbour").assert_all_passed(&[]);
     b.expect("[neighbour] guest: tick 20");
+    b.reject(" ERROR ");
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    b.assert_exit(0);
+}
+
+/// The hypervisor's console drives the VMs: Ctrl-] h prints the help line,
+/// Ctrl-] l one line per VM; on the second VM, Ctrl-] r restarts it,
+/// Ctrl-] s stops it, Ctrl-] b starts it again, each time while the first
+/// VM counts on; an unknown letter gets a one-line answer; both VMs
+/// stopped from the console end the run cleanly.
+#[test]
+fn the_console_lists_restarts_stops_and_starts_vms() {
+    let b = scenario_tests::boot_typing(
+        "console",
+        &[],
+        TIMEOUT,
+        &[
+            ("[second] guest: tick 2", b"\x1dh"),
+            ("[hyp] Ctrl-] then:", b"\x1dl"),
+            ("[hyp] VM 1 second:", b"\x1d1\x1dr"),
+            ("[second] guest: hello from second (restart 1)", b"\x1ds"),
+            ("VM second: stopped from the console", b"\x1db"),
+            ("[second] guest: hello from second (restart 2)", b"\x1dq"),
+            ("unknown command 'q'", b"\x1d0\x1ds"),
+            ("VM first: stopped from the console", b"\x1d1\x1ds"),
+        ],
+    );
+    b.expect("[hyp] Ctrl-] then: a digit sends the input to that VM; l lists the VMs;");
+    b.expect("[hyp] VM 0 first: running, 1 vCPU(s) on CPU(s) [0], 16 MiB, devices [], ");
+    b.expect("[hyp] VM 1 second: running, 1 vCPU(s) on CPU(s) [1], 16 MiB, devices [], ");
+    b.expect(" 0 SMMU faults, 0 restart(s)");
+    b.expect("[hyp] VM second: restarting");
+    b.expect("VM second: restarting (restart 1)");
+    b.expect("[hyp] VM second: stopping");
+    b.expect("[hyp] VM second: starting again");
+    b.expect("[hyp] unknown command 'q' after Ctrl-] (Ctrl-] h: help)");
+    // Three incarnations of the second VM; the first VM booted once and
+    // counted through all of it.
+    assert_eq!(
+        b.count("[second] guest: hello from second"),
+        3,
+        "{}",
+        b.console
+    );
+    assert_eq!(b.count("[first] guest: hello from first"), 1);
+    assert_eq!(b.count("stopped from the console"), 3, "{}", b.console);
     b.reject(" ERROR ");
     b.expect("all VMs have stopped (all powered off cleanly)");
     b.assert_exit(0);

@@ -533,7 +533,10 @@ mod hw {
         CONDUIT.store(u8::from(board.conduit == Conduit::Smc), Ordering::Relaxed);
 
         let args = Args::parse(board.bootargs);
-        say!("guest: hello from {}", args.name);
+        match super::reboot::restarts(&fdt) {
+            Some(k) if k > 0 => say!("guest: hello from {} (restart {})", args.name, k),
+            _ => say!("guest: hello from {}", args.name),
+        }
         say!(
             "guest: {} cpus, RAM {:#x}..{:#x}, PL011 at {:#x}",
             board.cpus,

@@ -56,7 +56,7 @@ const WATCH_MS: u64 = 1000;
 
 /// The VM's restarts so far (the counters page's word at +0x20); None
 /// without a counters page.
-fn restarts(fdt: &Fdt<'_>) -> Option<u64> {
+pub fn restarts(fdt: &Fdt<'_>) -> Option<u64> {
     let counters = fdt
         .find_compatible(&["smmuhyp,vm-counters"])?
         .reg()

@@ -1,10 +1,35 @@
-//! Which VM gets the keyboard: Ctrl-] then a digit switches the input to
-//! that VM (if it exists); everything else goes to the focused VM.
-//! Output needs no multiplexing here: each VM's lines carry its name.
-//! (Not Ctrl-A: QEMU's `-nographic` console keeps that one for itself.)
+//! Which VM gets the keyboard, and the hypervisor's console commands:
+//! Ctrl-] then a digit switches the input to that VM (if it exists);
+//! Ctrl-] then a command letter (see [`HELP`]) asks the hypervisor to list
+//! the VMs or to restart, stop or start the focused one; everything else
+//! goes to the focused VM. Output needs no multiplexing here: each VM's
+//! lines carry its name. (Not Ctrl-A: QEMU's `-nographic` console keeps
+//! that one for itself.)
 
 /// Ctrl-].
 const ESCAPE: u8 = 0x1d;
+
+/// The help line of the console commands.
+pub const HELP: &str = "Ctrl-] then: a digit sends the input to that VM; l lists the VMs; \
+r restarts, s stops, b boots (starts again) the VM the input goes to; h this help; \
+Ctrl-] sends one Ctrl-] to the VM";
+
+/// A console command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `h` (or `?`): the help line.
+    Help,
+    /// `l`: one line per VM.
+    List,
+    /// `r`: restart VM `n`.
+    Restart(usize),
+    /// `s`: stop VM `n`.
+    Stop(usize),
+    /// `b`: boot stopped VM `n` again.
+    Start(usize),
+    /// Any other byte after Ctrl-].
+    Unknown(u8),
+}
 
 /// What to do with one byte of console input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +45,8 @@ pub enum Input {
     Switched(usize),
     /// Part of an escape sequence: nothing to deliver.
     Swallowed,
+    /// A command for the hypervisor.
+    Command(Command),
 }
 
 /// The input multiplexer.
@@ -49,11 +76,14 @@ impl ConsoleMux {
                 return Input::Swallowed;
             }
             if byte != ESCAPE {
-                // Not a switch: the escape was for nobody; deliver the byte.
-                return Input::Deliver {
-                    vm: self.focus,
-                    byte,
-                };
+                return Input::Command(match byte {
+                    b'h' | b'?' => Command::Help,
+                    b'l' => Command::List,
+                    b'r' => Command::Restart(self.focus),
+                    b's' => Command::Stop(self.focus),
+                    b'b' => Command::Start(self.focus),
+                    other => Command::Unknown(other),
+                });
             }
             // Ctrl-] Ctrl-] sends one Ctrl-] to the guest.
             return Input::Deliver {
@@ -91,6 +121,25 @@ mod tests {
         m.feed(ESCAPE, 2);
         assert_eq!(m.feed(b'7', 2), Input::Swallowed);
         assert_eq!(m.feed(b'x', 2), Input::Deliver { vm: 0, byte: b'x' });
+    }
+
+    #[test]
+    fn commands_act_on_the_focused_vm() {
+        let mut m = ConsoleMux::default();
+        let mut after_escape = |byte| {
+            m.feed(ESCAPE, 3);
+            m.feed(byte, 3)
+        };
+        assert_eq!(after_escape(b'h'), Input::Command(Command::Help));
+        assert_eq!(after_escape(b'?'), Input::Command(Command::Help));
+        assert_eq!(after_escape(b'l'), Input::Command(Command::List));
+        assert_eq!(after_escape(b'r'), Input::Command(Command::Restart(0)));
+        assert_eq!(after_escape(b'2'), Input::Switched(2));
+        assert_eq!(after_escape(b's'), Input::Command(Command::Stop(2)));
+        assert_eq!(after_escape(b'b'), Input::Command(Command::Start(2)));
+        assert_eq!(after_escape(b'q'), Input::Command(Command::Unknown(b'q')));
+        // The letters alone are the guest's.
+        assert_eq!(m.feed(b'r', 3), Input::Deliver { vm: 2, byte: b'r' });
     }
 
     #[test]

@@ -8,13 +8,13 @@
 //! run).
 
 use super::build::{self, Built, StartError};
-use super::console_mux::{ConsoleMux, Input};
+use super::console_mux::{Command, ConsoleMux, Input, HELP};
 use super::exception::{take_vtimer, SPSR_EL1H};
 use super::intx::{IntxForwarding, LineControl};
 use super::msi::{Delivery, MsiRouter, PhysicalMsi, RouteError};
 use super::space::IpaSpace;
 use super::trap::{self, Flow};
-use super::vm::{Machine, Vm, VmState};
+use super::vm::{Machine, Request, Vm, VmState};
 use crate::arch::{self, guest, TrapFrame};
 use crate::drivers::{gic, its};
 use crate::gicv3::intid::Kind;
@@ -259,7 +259,14 @@ pub fn cpu_main(pc: usize) -> ! {
 /// forward. Never returns.
 fn idle(pc: usize) -> ! {
     loop {
-        let start = rt().slots[pc].start.lock().take();
+        let r = rt();
+        if let Some((vm_i, _)) = r.slots[pc].vcpu {
+            let vm = &r.vms[vm_i];
+            if let Some(req) = vm.take_request() {
+                vm.serve(req, None, r);
+            }
+        }
+        let start = r.slots[pc].start.lock().take();
         if let Some((entry, x0, generation)) = start {
             enter(pc, entry, x0, generation);
         }
@@ -354,7 +361,7 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
     let fx = crate::vdev::vgic::hw::sync(&mut vm.vgic.lock(), vcpu);
     vm.apply(fx, r);
     r.sample_lines(vm, vcpu);
-    let flow = match vector {
+    let mut flow = match vector {
         8 => trap::handle_sync(vm, vcpu, frame, r),
         9 | 10 => {
             while handle_irq(pc) {}
@@ -370,6 +377,13 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
             Flow::Park
         }
     };
+    // A console request for this VM (the console may have taken its
+    // input on this very CPU, in this trap).
+    if let Some(req) = vm.take_request() {
+        if vm.serve(req, Some(vcpu), r) {
+            flow = Flow::Park;
+        }
+    }
     if flow == Flow::Park || !vm.is_running() {
         {
             // A restart by this vCPU has made vCPU 0 of the new
@@ -579,8 +593,100 @@ impl Runtime {
                     vm.uart.lock().push_input(byte);
                     vm.update_uart_irq(self);
                 }
+                Input::Command(c) => self.console_command(c),
             }
         }
+    }
+}
+
+impl Runtime {
+    /// Carries out a console command (`console_mux::Command`), answering
+    /// with `[hyp]` lines.
+    fn console_command(&self, c: Command) {
+        let say = |args: core::fmt::Arguments<'_>| {
+            crate::console::write_fmt(format_args!("[hyp] {args}\n"))
+        };
+        let (vm, ask) = match c {
+            Command::Help => return say(format_args!("{HELP}")),
+            Command::List => {
+                for vm in &self.vms {
+                    self.list_line(vm);
+                }
+                return;
+            }
+            Command::Unknown(b) => {
+                return say(format_args!(
+                    "unknown command {:?} after Ctrl-] (Ctrl-] h: help)",
+                    b as char
+                ))
+            }
+            Command::Restart(i) => (&self.vms[i], Request::Restart),
+            Command::Stop(i) => (&self.vms[i], Request::Stop),
+            Command::Start(i) => (&self.vms[i], Request::Start),
+        };
+        let state = vm.state();
+        let what = match (ask, state) {
+            (Request::Restart, VmState::Running) => "restarting",
+            (Request::Stop, VmState::Running) => "stopping",
+            (Request::Restart | Request::Start, s) if s.may_start_again() => "starting again",
+            (Request::Start, VmState::Running) => {
+                return say(format_args!(
+                    "VM {}: running already (Ctrl-] r restarts it)",
+                    vm.name
+                ))
+            }
+            (_, s) => {
+                return say(format_args!(
+                    "VM {}: {}, nothing to do{}",
+                    vm.name,
+                    s.name(),
+                    if s == VmState::Crashed {
+                        " (a crashed VM is not started again)"
+                    } else {
+                        ""
+                    }
+                ))
+            }
+        };
+        say(format_args!("VM {}: {what}", vm.name));
+        vm.ask(ask);
+        // One of its CPUs carries it out: each is kicked out of its guest
+        // or its idle loop (this CPU, if it is one, checks on its way
+        // back).
+        for &pc in &vm.vcpu_pcpu {
+            if pc != arch::cpu_index() {
+                gic::send_sgi(self.cpu_mpidr[pc], gic::SGI_KICK);
+            }
+        }
+    }
+
+    /// The console's line for `vm`: state, vCPUs, memory, devices, traps,
+    /// SMMU faults, restarts.
+    fn list_line(&self, vm: &Vm) {
+        let hw = &self.hw[vm.index];
+        let range = vm.ram.ipa_range();
+        let faults: u64 = crate::drivers::iommu::get().map_or(0, |h| {
+            let h = h.lock();
+            hw.devices.iter().map(|d| h.faults_of(d.sid)).sum()
+        });
+        let devices: Vec<String> = hw
+            .devices
+            .iter()
+            .map(|d| alloc::format!("{}", d.phys))
+            .collect();
+        crate::console::write_fmt(format_args!(
+            "[hyp] VM {} {}: {}, {} vCPU(s) on CPU(s) {:?}, {} MiB, devices [{}], {} traps, {} SMMU faults, {} restart(s)\n",
+            vm.index,
+            vm.name,
+            vm.state().name(),
+            vm.vcpu_pcpu.len(),
+            vm.vcpu_pcpu,
+            (range.end.raw() - range.start.raw()) >> 20,
+            devices.join(", "),
+            vm.traps(),
+            faults,
+            vm.generation()
+        ));
     }
 }
 
@@ -679,6 +785,9 @@ impl Machine for Runtime {
         }
         drop(intx);
         let (heap, frames) = crate::boot::memory_in_use();
+        if !super::vm::restart_reported(vm.generation()) {
+            return Ok(hw.start);
+        }
         info!(
             "VM {}: memory scrubbed ({} MiB), images loaded again, {} device(s) attached again; \
              hypervisor memory in use: heap {heap} bytes, {frames} frames",
@@ -731,6 +840,10 @@ impl Machine for Runtime {
              {routes} MSI route(s) and its devices unmapped from the ITS",
             vm.name
         );
+    }
+
+    fn vm_started(&self, _vm: &Vm) {
+        self.running.fetch_add(1, Ordering::SeqCst);
     }
 
     fn vm_stopped(&self, _vm: &Vm, how: VmState) {

@@ -4,7 +4,7 @@
 //! that records what the VMM asked of it.
 
 use super::trap::{handle_sync, Flow};
-use super::vm::{Vm, VmState};
+use super::vm::{Request, Vm, VmState};
 use crate::arch::{fake, TrapFrame};
 use crate::harness::{capture_log, log_lines, Call, GuestHarness, Recorder, RAM_BASE};
 use crate::vdev::psci::VcpuPower;
@@ -247,7 +247,7 @@ fn system_reset_restarts_the_vm_in_its_reset_state() {
     assert_eq!(alloc::format!("{:?}", *vm.vgic.lock()), fresh_vgic);
     assert_eq!(vm.its_access(0, 0x80, 8, None, &m), 0, "GITS_CBASER reset");
     assert_eq!(*vm.power.lock(), [VcpuPower::OnPending, VcpuPower::Off]);
-    assert_eq!(vm.bad_accesses(), 0);
+    assert_eq!(vm.bad_accesses(), 1, "counted across restarts");
     // The new incarnation reads how often the VM restarted at +0x20 of
     // its counters page.
     trap_at(layout::COUNTERS_BASE + 0x20, dabt(8, 3, false));
@@ -279,6 +279,73 @@ fn scenario_choices_for_reset_and_power_off() {
     hvc(&h.vm, 0, [0x8400_0008, 0, 0, 0], &h.machine);
     assert_eq!((h.vm.state(), h.vm.generation()), (VmState::Running, 1));
     assert!(h.machine.calls().contains(&Call::Restart));
+}
+
+#[test]
+fn console_requests_stop_and_start_the_vm_again() {
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
+    assert_eq!(vm.take_request(), None);
+    // Stop, served by a CPU of the VM whose vCPU is parked.
+    vm.ask(Request::Stop);
+    let req = vm.take_request().unwrap();
+    assert_eq!(vm.take_request(), None, "taken once");
+    assert!(vm.serve(req, None, m));
+    assert_eq!(vm.state(), VmState::Stopped);
+    assert!(vm.state().is_clean(), "an operator's stop is not a failure");
+    assert_eq!(
+        m.take(),
+        [
+            Call::Kick(0),
+            Call::Kick(1),
+            Call::Park(None),
+            Call::StopDevices,
+            Call::Stopped(VmState::Stopped),
+        ]
+    );
+    // Stopping it again, or starting it while it runs, does nothing.
+    assert!(!vm.serve(Request::Stop, None, m));
+    // Started again: a new incarnation, as after a restart.
+    assert!(vm.serve(Request::Start, None, m));
+    assert_eq!((vm.state(), vm.generation()), (VmState::Running, 1));
+    let calls = m.take();
+    assert_eq!(calls.first(), Some(&Call::Restart));
+    assert!(matches!(calls.last(), Some(Call::Start { vcpu: 0, .. })));
+    assert!(!vm.serve(Request::Start, None, m));
+    assert!(m.take().is_empty());
+    // Restart while running, from a vCPU in a trap.
+    assert!(vm.serve(Request::Restart, Some(1), m));
+    assert_eq!((vm.state(), vm.generation()), (VmState::Running, 2));
+}
+
+#[test]
+fn a_vm_resetting_in_a_loop_logs_a_bounded_number_of_lines() {
+    use super::vm::restart_reported;
+    let reported: Vec<u32> = (1..=300).filter(|&n| restart_reported(n)).collect();
+    assert_eq!(reported, [1, 2, 3, 4, 8, 16, 32, 64, 128, 256]);
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
+    capture_log();
+    for _ in 0..300 {
+        vm.report(0, 0, format_args!("a bad access"));
+        hvc(vm, 0, [0x8400_0009, 0, 0, 0], m);
+    }
+    assert_eq!(vm.generation(), 300);
+    let lines = log_lines();
+    // 5 bad-access lines in all (4 and "only counted"), 3 lines for each of
+    // the 10 restarts reported, 1 saying only some are.
+    assert_eq!(lines.len(), 5 + 3 * 10 + 1, "{lines:#?}");
+}
+
+#[test]
+fn a_crashed_vm_is_not_started_again() {
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
+    vm.stop(VmState::Crashed, None, m);
+    m.take();
+    assert!(!vm.serve(Request::Start, None, m));
+    assert_eq!(vm.state(), VmState::Crashed);
+    assert!(m.take().is_empty(), "nothing is rebuilt");
 }
 
 #[test]

@@ -47,6 +47,21 @@ pub enum VmState {
     /// Between a reset and the new incarnation's start: the vCPUs are
     /// parked or parking, the devices quiesced, the memory scrubbed.
     Restarting = 4,
+    /// Stopped from the hypervisor's console.
+    Stopped = 5,
+}
+
+/// What the hypervisor's console asks of a VM, carried out by one of the
+/// VM's own CPUs (`Vm::serve`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Request {
+    /// Restart it (running), or start it again (stopped).
+    Restart = 1,
+    /// Stop it.
+    Stop = 2,
+    /// Start it again (stopped).
+    Start = 3,
 }
 
 impl VmState {
@@ -56,13 +71,36 @@ impl VmState {
             1 => Self::PoweredOff,
             2 => Self::Crashed,
             3 => Self::ResetRequested,
-            _ => Self::Restarting,
+            4 => Self::Restarting,
+            _ => Self::Stopped,
         }
     }
 
-    /// Whether the VM ended as its guest wanted (a clean power-off).
+    /// Whether the VM ended as its guest or its operator wanted (a clean
+    /// power-off, a stop from the console).
     pub fn is_clean(self) -> bool {
-        self == Self::PoweredOff
+        matches!(self, Self::PoweredOff | Self::Stopped)
+    }
+
+    /// Its name in the console's list.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::PoweredOff => "powered off",
+            Self::Crashed => "crashed",
+            Self::ResetRequested => "stopped by a reset",
+            Self::Restarting => "restarting",
+            Self::Stopped => "stopped from the console",
+        }
+    }
+
+    /// Whether a stopped VM in this state may be started again: not after
+    /// a crash (a vCPU may not have parked: its memory is not reused).
+    pub fn may_start_again(self) -> bool {
+        matches!(
+            self,
+            Self::PoweredOff | Self::ResetRequested | Self::Stopped
+        )
     }
 }
 
@@ -118,9 +156,12 @@ pub trait Machine {
     /// attached and their MSIs granted again. Returns where vCPU 0 of the
     /// new incarnation starts (entry, x0); Err says why it cannot restart.
     fn restart(&self, vm: &Vm) -> Result<(Ipa, u64), String>;
-    /// The VM has stopped for good (`how`); the machine ends when the last
-    /// one has.
+    /// The VM has stopped (`how`); the machine ends when the last one has.
     fn vm_stopped(&self, vm: &Vm, how: VmState);
+    /// A stopped VM runs again (the console started it).
+    fn vm_started(&self, vm: &Vm) {
+        let _ = vm;
+    }
     /// Routes the MSIs of `vm`'s physical device `device` with EventID
     /// `event` to the LPI `to` (`Some`) or stops routing them (`None`: they
     /// are dropped). Through the list registers, they arrive on the
@@ -228,6 +269,8 @@ pub struct Vm {
     /// Incarnations so far, minus one: how often it restarted. A vCPU
     /// start belongs to one incarnation.
     generation: AtomicU32,
+    /// A console request not yet served ([`Request`] as u8, 0 for none).
+    request: AtomicU8,
     reports: AtomicU32,
     traps: AtomicU64,
 }
@@ -277,6 +320,7 @@ impl Vm {
             on_poweroff: Lifecycle::Stop,
             state: AtomicU8::new(VmState::Running as u8),
             generation: AtomicU32::new(0),
+            request: AtomicU8::new(0),
             reports: AtomicU32::new(0),
             traps: AtomicU64::new(0),
         }
@@ -290,6 +334,42 @@ impl Vm {
     /// Whether its vCPUs may run.
     pub fn is_running(&self) -> bool {
         self.state() == VmState::Running
+    }
+
+    /// Asks one of the VM's CPUs to carry out `r` (the console's request;
+    /// the caller kicks the VM's vCPUs so that one sees it soon).
+    pub fn ask(&self, r: Request) {
+        self.request.store(r as u8, Ordering::SeqCst);
+    }
+
+    /// Takes the pending console request, if any (a plain load first: a
+    /// trap that finds none pays no atomic write).
+    pub fn take_request(&self) -> Option<Request> {
+        if self.request.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        match self.request.swap(0, Ordering::SeqCst) {
+            1 => Some(Request::Restart),
+            2 => Some(Request::Stop),
+            3 => Some(Request::Start),
+            _ => None,
+        }
+    }
+
+    /// Carries out console request `r`, on a CPU of the VM: `from` is its
+    /// vCPU if that vCPU is in a trap. Returns whether the VM's run changed
+    /// (stopped or restarted): the calling vCPU, if any, then parks.
+    pub fn serve(&self, r: Request, from: Option<usize>, m: &dyn Machine) -> bool {
+        match (r, self.is_running()) {
+            (Request::Restart, true) => self.restart(from, m),
+            (Request::Stop, true) => {
+                info!("VM {}: stopped from the console", self.name);
+                self.stop(VmState::Stopped, from, m)
+            }
+            (Request::Restart | Request::Start, false) => return self.start_again(m),
+            (Request::Start, true) | (Request::Stop, false) => return false,
+        }
+        true
     }
 
     /// Its incarnation: how often it restarted.
@@ -547,13 +627,68 @@ impl Vm {
         }
         // From here a vCPU start of the old incarnation is void.
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        info!("VM {}: reset: restarting (restart {generation})", self.name);
+        let loud = self.restart_said(generation, "restarting");
         let parked = self.quiesce(from, m);
-        self.report_figures();
+        if loud {
+            self.report_figures();
+        }
         if !parked {
             self.crashed_while_restarting(m);
             return;
         }
+        self.rebuild(m);
+    }
+
+    /// Starts a stopped VM again (the console asked): its devices were
+    /// stopped when it stopped; it then boots as after a restart. A VM that
+    /// crashed is not started again.
+    pub fn start_again(&self, m: &dyn Machine) -> bool {
+        let state = self.state();
+        if !state.may_start_again()
+            || self
+                .state
+                .compare_exchange(
+                    state as u8,
+                    VmState::Restarting as u8,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
+                .is_err()
+        {
+            return false;
+        }
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.restart_said(generation, "starting again");
+        m.vm_started(self);
+        self.rebuild(m);
+        true
+    }
+
+    /// Says `what` of restart `generation` if it is one that is reported
+    /// ([`restart_reported`]); one line says when the VM restarts so often
+    /// that only some are. Whether it was.
+    fn restart_said(&self, generation: u32, what: &str) -> bool {
+        if restart_reported(generation) {
+            info!("VM {}: {what} (restart {generation})", self.name);
+            return true;
+        }
+        if generation == RESTARTS_REPORTED + 1 {
+            info!(
+                "VM {}: restarts again and again: from here only restarts {}, {}, {}, ... are reported \
+                 (the console's list counts them all)",
+                self.name,
+                2 * RESTARTS_REPORTED,
+                4 * RESTARTS_REPORTED,
+                8 * RESTARTS_REPORTED
+            );
+        }
+        false
+    }
+
+    /// The second half of a restart, from parked vCPUs and stopped devices:
+    /// the emulated devices back in their reset state, the machine's part,
+    /// then vCPU 0 of the new incarnation.
+    fn rebuild(&self, m: &dyn Machine) {
         *self.vgic.lock() = self.vgic_reset.clone();
         if let (Some(its), Some(config)) = (&self.its, &self.its_config) {
             *its.lock() = VIts::new(config.clone(), self.vcpu_pcpu.len());
@@ -563,7 +698,6 @@ impl Vm {
         }
         *self.uart.lock() = VirtualUart::new();
         self.bus.reset();
-        self.reports.store(0, Ordering::Relaxed);
         {
             let mut power = self.power.lock();
             power.fill(VcpuPower::Off);
@@ -621,6 +755,19 @@ impl Vm {
             );
         }
     }
+}
+
+/// Restarts reported line by line: the first few; after them only those
+/// whose number is a power of two ([`restart_reported`]).
+pub const RESTARTS_REPORTED: u32 = 4;
+
+/// Whether restart `n` (from 1) is reported line by line: the first
+/// [`RESTARTS_REPORTED`], then each power of two, so that a guest that
+/// resets its VM in a loop makes the log grow only with the logarithm of
+/// its restarts (its bad accesses are counted across restarts, so those
+/// stay bounded too).
+pub fn restart_reported(n: u32) -> bool {
+    n <= RESTARTS_REPORTED || n.is_power_of_two()
 }
 
 /// What the VM's scenario says `why` does.
