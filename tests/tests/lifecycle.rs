@@ -112,6 +112,42 @@ fn linux_with_nvme_reboots_three_times() {
     b.assert_exit(0);
 }
 
+/// Linux with its NVMe behind its own virtual SMMUv3 (strict) reboots
+/// once: the vSMMU is back in its reset state, the guest's `arm-smmu-v3`
+/// driver sets it up again, and the second incarnation's NVMe checks pass
+/// through it, its interrupts MSI-X through the vITS.
+#[test]
+fn linux_behind_its_vsmmu_reboots() {
+    let b = boot("vsmmu-nvme-reboot", &[], TIMEOUT);
+    let linux = b.checks("linux");
+    let names = [
+        "all-cpus-online",
+        "nvme-host-data",
+        "nvme-write-read-back",
+        "nvme-interrupts",
+        "init-run-exit-status",
+    ];
+    let mut expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    expected.extend(names.iter().map(|n| format!("{n}-after-restart-1")));
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    linux.assert_all_passed(&expected);
+    let irqs = linux.detail("nvme-interrupts-after-restart-1");
+    assert!(irqs.starts_with("ITS-MSI, "), "{irqs}");
+    let last = linux.detail("nvme-write-read-back-after-restart-1");
+    assert_eq!(
+        Some(host_sha256("target/disks/vsmmu-reboot.img", 8, 4).as_str()),
+        last.strip_prefix("sha256 ")
+    );
+    b.expect("VM linux: restarting (restart 1)");
+    assert_eq!(
+        b.count("arm-smmu-v3 9050000.iommu: ias 40-bit, oas 40-bit"),
+        2
+    );
+    b.reject(" ERROR ");
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    b.assert_exit(0);
+}
+
 /// A bare-metal VM resets itself while its NVMe controller has a full
 /// queue of 4 KiB writes into its free memory and its `edu` has a copy
 /// into it under way: the hypervisor turns both devices' bus mastering
