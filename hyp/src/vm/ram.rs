@@ -99,13 +99,28 @@ impl GuestRam {
 }
 
 impl GuestRam {
-    /// Zeroes all of the VM's RAM (a restart: nothing of the old
-    /// incarnation survives in it). Returns the host range written, for
-    /// the caller's cache maintenance.
-    pub fn scrub(&self) -> (usize, usize) {
+    /// Where the VM's RAM is in host memory: (address, length).
+    pub fn host_range(&self) -> (usize, usize) {
         let len = (self.ipa.end.raw() - self.ipa.start.raw()) as usize;
-        let mut at = self.host;
-        let end = self.host + len;
+        (self.host, len)
+    }
+
+    /// Zeroes part `i` of `parts` of the VM's RAM (a restart: nothing of
+    /// the old incarnation survives in it) (0 < `parts`; the parts are 4 KiB
+    /// aligned, the last takes the rest, together they cover the RAM
+    /// exactly once), so that several CPUs can scrub one VM's RAM at once.
+    /// Returns the host range written.
+    pub fn scrub_part(&self, i: usize, parts: usize) -> (usize, usize) {
+        let total = (self.ipa.end.raw() - self.ipa.start.raw()) as usize;
+        let parts = parts.max(1);
+        let step = (total / parts) & !0xfff;
+        let start = self.host + step * i.min(parts - 1);
+        let end = if i + 1 >= parts {
+            self.host + total
+        } else {
+            start + step
+        };
+        let (len, mut at) = (end - start, start);
         while at < end && !at.is_multiple_of(8) {
             // SAFETY: one byte of the VM's RAM, mapped read-write as
             // `new`'s caller vouched, holding no hypervisor object.
@@ -122,7 +137,7 @@ impl GuestRam {
             unsafe { core::ptr::write_volatile(at as *mut u8, 0) };
             at += 1;
         }
-        (self.host, len)
+        (start, len)
     }
 }
 
@@ -174,12 +189,30 @@ mod tests {
             let base = backing.as_mut_ptr() as usize + 8 + 3;
             // SAFETY: 29 bytes inside the buffer, which outlives `r`.
             let r = unsafe { GuestRam::new(Ipa(0x4000_0000)..Ipa(0x4000_0000 + 29), base) };
-            assert_eq!(r.scrub(), (base, 29));
+            assert_eq!(r.scrub_part(0, 1), (base, 29));
         }
         let bytes: alloc::vec::Vec<u8> = backing.iter().flat_map(|w| w.to_ne_bytes()).collect();
         assert!(bytes[..11].iter().all(|&b| b == 0xff));
         assert!(bytes[11..40].iter().all(|&b| b == 0));
         assert!(bytes[40..].iter().all(|&b| b == 0xff));
+    }
+
+    #[test]
+    fn scrub_parts_cover_the_ram_once() {
+        let mut backing = vec![u64::MAX; 3 * 512 + 7];
+        let base = backing.as_mut_ptr() as usize;
+        let len = backing.len() * 8;
+        // SAFETY: the buffer outlives `r`.
+        let r = unsafe { GuestRam::new(Ipa(0x4000_0000)..Ipa(0x4000_0000 + len as u64), base) };
+        let parts: alloc::vec::Vec<_> = (0..3).map(|i| r.scrub_part(i, 3)).collect();
+        assert_eq!(
+            parts,
+            [(base, 4096), (base + 4096, 4096), (base + 8192, len - 8192)]
+        );
+        assert!(backing.iter().all(|&w| w == 0));
+        // More parts than pages: the last part takes everything left.
+        assert_eq!(r.scrub_part(0, 1 << 20), (base, 0));
+        assert_eq!(r.scrub_part(1 << 20, 1 << 20), (base, len));
     }
 
     #[test]

@@ -50,6 +50,11 @@ struct Slot {
     /// The vCPU is in its guest or in the hypervisor on its behalf (from
     /// the moment it is entered until it parks): a stop waits for it.
     in_guest: AtomicBool,
+    /// Part of its VM's RAM to zero while its vCPU is parked, for a
+    /// restart: (part, of how many).
+    scrub: Mutex<Option<(usize, usize)>>,
+    /// Set when this CPU has zeroed the part it was given.
+    scrubbed: AtomicBool,
     /// The frame `guest::run` copies from (static, never on a stack).
     frame: Mutex<TrapFrame>,
     /// With direct MSI delivery: the vCPU's vPE as this CPU's
@@ -124,6 +129,8 @@ pub fn create(
             vcpu: None,
             start: Mutex::new(None),
             in_guest: AtomicBool::new(false),
+            scrub: Mutex::new(None),
+            scrubbed: AtomicBool::new(false),
             frame: Mutex::new(TrapFrame::zeroed()),
             vpe: None,
         })
@@ -262,6 +269,11 @@ fn idle(pc: usize) -> ! {
         let r = rt();
         if let Some((vm_i, _)) = r.slots[pc].vcpu {
             let vm = &r.vms[vm_i];
+            let part = r.slots[pc].scrub.lock().take();
+            if let Some((i, parts)) = part {
+                vm.ram.scrub_part(i, parts);
+                r.slots[pc].scrubbed.store(true, Ordering::SeqCst);
+            }
             if let Some(req) = vm.take_request() {
                 vm.serve(req, None, r);
             }
@@ -600,6 +612,45 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// Zeroes `vm`'s RAM with all of its CPUs (its vCPUs are parked, their
+    /// CPUs idle): each other CPU is given a part and kicked, this one
+    /// zeroes the first part and waits for the others. A CPU that has not
+    /// finished its part in time has it zeroed again here (two CPUs
+    /// writing zeros to the same bytes is harmless). Returns the RAM's host
+    /// range.
+    fn scrub(&self, vm: &Vm) -> (usize, usize) {
+        let me = arch::cpu_index();
+        let others: Vec<usize> = vm
+            .vcpu_pcpu
+            .iter()
+            .copied()
+            .filter(|&pc| pc != me)
+            .collect();
+        let parts = others.len() + 1;
+        for (i, &pc) in others.iter().enumerate() {
+            self.slots[pc].scrubbed.store(false, Ordering::SeqCst);
+            *self.slots[pc].scrub.lock() = Some((i + 1, parts));
+            gic::send_sgi(self.cpu_mpidr[pc], gic::SGI_KICK);
+        }
+        vm.ram.scrub_part(0, parts);
+        let start = arch::uptime_us();
+        for (i, &pc) in others.iter().enumerate() {
+            while !self.slots[pc].scrubbed.load(Ordering::SeqCst) {
+                if arch::uptime_us().saturating_sub(start) > PARK_TIMEOUT_US {
+                    warn!(
+                        "VM {}: CPU {pc} did not scrub its part of the RAM in time: done here",
+                        vm.name
+                    );
+                    vm.ram.scrub_part(i + 1, parts);
+                    break;
+                }
+                core::hint::spin_loop();
+            }
+            *self.slots[pc].scrub.lock() = None;
+        }
+        vm.ram.host_range()
+    }
+
     /// Carries out a console command (`console_mux::Command`), answering
     /// with `[hyp]` lines.
     fn console_command(&self, c: Command) {
@@ -745,7 +796,7 @@ impl Machine for Runtime {
         // Nothing of the old incarnation survives in its memory; then the
         // images as at boot, and what the CPUs wrote out to the point of
         // coherency (the guest starts with its MMU and caches off).
-        let (host, len) = vm.ram.scrub();
+        let (host, len) = self.scrub(vm);
         for (ipa, image) in &hw.images {
             vm.ram.write(*ipa, image.bytes()).map_err(|e| {
                 alloc::format!("loading {} bytes at {ipa}: {e}", image.bytes().len())
