@@ -147,6 +147,33 @@ fn linux_behind_its_vsmmu_reboots() {
     b.assert_exit(0);
 }
 
+/// Linux whose NVMe MSIs the GIC delivers directly (GICv4) reboots once:
+/// its vPEs are reset with it, and in the second incarnation the 1000
+/// reads' interrupts again arrive with none injected by the hypervisor.
+#[test]
+fn linux_with_direct_msi_delivery_reboots() {
+    let b = boot("linux-nvme-gicv4-reboot", &[], TIMEOUT);
+    let mut expected = linux_nvme_checks(1);
+    expected.push("nvme-msi-traps".into());
+    expected.push("nvme-msi-traps-after-restart-1".into());
+    let names: Vec<&str> = expected.iter().map(String::as_str).collect();
+    let linux = b.checks("linux");
+    linux.assert_all_passed(&names);
+    for check in ["nvme-msi-traps", "nvme-msi-traps-after-restart-1"] {
+        let detail = linux.detail(check);
+        assert!(
+            detail.starts_with("1000 reads, ") && detail.ends_with(" traps, 0 injected"),
+            "{check}: {detail}"
+        );
+    }
+    b.expect("VM linux: restarting (restart 1)");
+    b.reject("cannot be made resident");
+    b.reject("cannot restart");
+    b.reject(" ERROR ");
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    b.assert_exit(0);
+}
+
 /// A bare-metal VM resets itself while its NVMe controller has a full
 /// queue of 4 KiB writes into its free memory and its `edu` has a copy
 /// into it under way: the hypervisor turns both devices' bus mastering

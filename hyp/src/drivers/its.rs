@@ -965,12 +965,41 @@ impl Its {
         })
     }
 
-    /// Unmaps the vPEs of `set` (VMAPP with V = 0, then each vPE's VSYNC)
-    /// and frees their tables; refused while one of them is resident on
-    /// its redistributor (which may then write its pending table). Events
-    /// still mapped to them are dropped by the ITS from then on. Their IDs
-    /// are not handed out again.
-    pub fn destroy_vpes(&mut self, set: VpeSet) -> Result<(), ItsError> {
+    /// Puts the vPEs of `set` back as [`Self::create_vpes`] made them, for
+    /// a VM that restarts: each virtual pending table zeroed, every vLPI of
+    /// the configuration table disabled, then VINVALL and VSYNC of each vPE
+    /// (their redistributors drop what they cached; GICR_VPENDBASER.IDAI is
+    /// set at every residency, so nothing of the old tables is used).
+    /// Refused while one of them is resident on its redistributor.
+    pub fn reset_vpes(&mut self, set: &VpeSet) -> Result<(), ItsError> {
+        self.check_not_resident(set)?;
+        let v = self.virt()?;
+        for vpe in &set.vpes {
+            if let Some((_, vpt)) = v.vpes.get(&vpe.id) {
+                for w in 0..vpt.words() {
+                    vpt.write(w, 0);
+                }
+                arch::clean_inval_dcache(vpt.pa().raw(), vpt.len());
+            }
+        }
+        if let Some(config) = v.tables.get(&set.table) {
+            let disabled = u64::from_ne_bytes([vlpi::DISABLED; 8]);
+            for w in 0..config.words() {
+                config.write(w, disabled);
+            }
+            arch::clean_inval_dcache(config.pa().raw(), config.len());
+        }
+        let mut cmds = Vec::new();
+        for vpe in &set.vpes {
+            cmds.push(Command::Vinvall { vpe: vpe.id });
+            cmds.push(Command::Vsync { vpe: vpe.id });
+        }
+        self.submit(&cmds)
+    }
+
+    /// Fails unless every vPE of `set` is known and resident on no
+    /// redistributor (which may write its pending table while it is).
+    fn check_not_resident(&mut self, set: &VpeSet) -> Result<(), ItsError> {
         for vpe in &set.vpes {
             let (cpu, vpt) = match self.virt()?.vpes.get(&vpe.id) {
                 Some((cpu, vpt)) => (*cpu, vpt.pa()),
@@ -982,6 +1011,16 @@ impl Its {
                 return Err(ItsError::VpeResident(vpe.id));
             }
         }
+        Ok(())
+    }
+
+    /// Unmaps the vPEs of `set` (VMAPP with V = 0, then each vPE's VSYNC)
+    /// and frees their tables; refused while one of them is resident on
+    /// its redistributor (which may then write its pending table). Events
+    /// still mapped to them are dropped by the ITS from then on. Their IDs
+    /// are not handed out again.
+    pub fn destroy_vpes(&mut self, set: VpeSet) -> Result<(), ItsError> {
+        self.check_not_resident(&set)?;
         let mut cmds = Vec::new();
         for vpe in &set.vpes {
             cmds.push(Command::Vmapp {

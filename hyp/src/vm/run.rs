@@ -73,6 +73,8 @@ struct VmHw {
     start: (Ipa, u64),
     /// The DeviceIDs whose MSIs it is granted, with their events.
     msi_devices: Vec<(DeviceId, u32)>,
+    /// With direct delivery: its vPEs and their tables, kept for good.
+    vpes: Option<its::VpeSet>,
 }
 
 /// Everything the runtime knows, built once before any guest runs.
@@ -160,7 +162,7 @@ pub fn create(
         for (v, &pc) in vm.vcpu_pcpu.iter().enumerate() {
             slots[pc].vcpu = Some((vm.index, v));
         }
-        if let Some(set) = vpes {
+        if let Some(set) = &vpes {
             let ids = set.vpes.iter().map(|v| v.id).collect();
             msi.deliver_directly(vm.index, set.table, ids)
                 .map_err(|e| StartError::Resources(alloc::format!("VM {}: {e}", vm.name)))?;
@@ -178,6 +180,7 @@ pub fn create(
             images,
             start,
             msi_devices,
+            vpes,
         });
     }
     let running = vms.len();
@@ -782,12 +785,6 @@ impl Machine for Runtime {
 
     fn restart(&self, vm: &Vm) -> Result<(Ipa, u64), String> {
         let hw = &self.hw[vm.index];
-        if vm.msi_delivery == Delivery::Direct {
-            return Err(
-                "restarting a VM whose MSIs the GIC delivers directly (GICv4) is not supported"
-                    .into(),
-            );
-        }
         // Starts of the old incarnation are void (also by their
         // generation): none may enter the new one.
         for &pc in &vm.vcpu_pcpu {
@@ -816,6 +813,18 @@ impl Machine for Runtime {
             // with a fresh ITT, as when the VM was built.
             let its = its::get().ok_or("no physical ITS")?;
             let mut msi = self.msi.lock();
+            if let Some(set) = &hw.vpes {
+                // The vPEs as they were created: nothing pending, every
+                // vLPI disabled. This CPU's vPE leaves its redistributor
+                // first (the others left when their vCPUs parked).
+                vpe_out(arch::cpu_index());
+                its.lock()
+                    .reset_vpes(set)
+                    .map_err(|e| alloc::format!("resetting its vPEs: {e}"))?;
+                let ids = set.vpes.iter().map(|v| v.id).collect();
+                msi.deliver_directly(vm.index, set.table, ids)
+                    .map_err(|e| alloc::format!("its vPEs: {e}"))?;
+            }
             for &(device, events) in &hw.msi_devices {
                 if !msi.grant(vm.index, device, events) {
                     return Err(alloc::format!("{device} is granted to another VM"));
