@@ -19,6 +19,24 @@ fn memory_after_restarts(b: &Boot, vm: &str) -> Vec<String> {
         .collect()
 }
 
+/// `vm` restarted `n` times, each said, and the hypervisor's memory in use
+/// is the same after every restart.
+fn restarted_with_steady_memory(b: &Boot, vm: &str, n: u32) {
+    for k in 1..=n {
+        b.expect(&format!("VM {vm}: restarting (restart {k})"));
+    }
+    let memory = memory_after_restarts(b, vm);
+    assert_eq!(memory.len(), n as usize, "{memory:?}");
+    assert!(memory.windows(2).all(|w| w[0] == w[1]), "{memory:?}");
+}
+
+/// No hypervisor error, every VM stopped cleanly, QEMU's exit status 0.
+fn ends_cleanly(b: &Boot) {
+    b.reject(" ERROR ");
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    b.assert_exit(0);
+}
+
 /// A bare-metal VM resets itself three times: each new incarnation finds
 /// the free memory the previous one filled with a pattern all zero, and
 /// reads how often it restarted from its counters page; the hypervisor's
@@ -33,18 +51,11 @@ fn a_reset_restarts_the_vm_with_its_memory_scrubbed() {
         "restart-3-memory-scrubbed",
         "restarts-counted",
     ]);
-    for n in 1..=3 {
-        b.expect(&format!("VM rebooter: restarting (restart {n})"));
-    }
+    restarted_with_steady_memory(&b, "rebooter", 3);
     assert_eq!(b.count("[rebooter] guest: hello from rebooter"), 4);
-    let memory = memory_after_restarts(&b, "rebooter");
-    assert_eq!(memory.len(), 3, "{memory:?}");
-    assert!(memory.windows(2).all(|w| w[0] == w[1]), "{memory:?}");
     b.checks("neighbour").assert_all_passed(&[]);
     b.expect("[neighbour] guest: tick 20");
-    b.reject(" ERROR ");
-    b.expect("all VMs have stopped (all powered off cleanly)");
-    b.assert_exit(0);
+    ends_cleanly(&b);
 }
 
 /// The names of the checks `nvme-check` and the init print in
@@ -103,20 +114,13 @@ fn linux_with_nvme_reboots_three_times() {
         Some(host_sha256("target/disks/nvme-reboot.img", 8, 4).as_str()),
         last.strip_prefix("sha256 ")
     );
-    for n in 1..=3 {
-        b.expect(&format!("VM linux: restarting (restart {n})"));
-    }
+    restarted_with_steady_memory(&b, "linux", 3);
     // At each of the three resets and at the final power-off.
     assert_eq!(b.count("VM linux: PCI 00:01.0: function-level reset"), 4);
-    let memory = memory_after_restarts(&b, "linux");
-    assert_eq!(memory.len(), 3, "{memory:?}");
-    assert!(memory.windows(2).all(|w| w[0] == w[1]), "{memory:?}");
     b.checks("neighbour").assert_all_passed(&[]);
     b.expect("[neighbour] guest: tick 100");
-    b.reject(" ERROR ");
     b.reject("WARN  VM linux");
-    b.expect("all VMs have stopped (all powered off cleanly)");
-    b.assert_exit(0);
+    ends_cleanly(&b);
 }
 
 /// Linux with its NVMe behind its own virtual SMMUv3 (strict) reboots
@@ -142,9 +146,7 @@ fn linux_behind_its_vsmmu_reboots() {
         b.count("arm-smmu-v3 9050000.iommu: ias 40-bit, oas 40-bit"),
         2
     );
-    b.reject(" ERROR ");
-    b.expect("all VMs have stopped (all powered off cleanly)");
-    b.assert_exit(0);
+    ends_cleanly(&b);
 }
 
 /// Linux whose NVMe MSIs the GIC delivers directly (GICv4) reboots once:
@@ -169,9 +171,7 @@ fn linux_with_direct_msi_delivery_reboots() {
     b.expect("VM linux: restarting (restart 1)");
     b.reject("cannot be made resident");
     b.reject("cannot restart");
-    b.reject(" ERROR ");
-    b.expect("all VMs have stopped (all powered off cleanly)");
-    b.assert_exit(0);
+    ends_cleanly(&b);
 }
 
 /// A bare-metal VM resets itself while its NVMe controller has a full
@@ -194,9 +194,7 @@ fn a_reset_with_dma_in_flight_leaves_nothing_in_the_new_incarnation() {
     b.expect("VM rebooter: PCI 00:02.0: no function-level reset");
     b.checks("neighbour").assert_all_passed(&[]);
     b.expect("[neighbour] guest: tick 20");
-    b.reject(" ERROR ");
-    b.expect("all VMs have stopped (all powered off cleanly)");
-    b.assert_exit(0);
+    ends_cleanly(&b);
 }
 
 /// The hypervisor's console drives the VMs: Ctrl-] h prints the help line,
@@ -240,9 +238,7 @@ fn the_console_lists_restarts_stops_and_starts_vms() {
     );
     assert_eq!(b.count("[first] guest: hello from first"), 1);
     assert_eq!(b.count("stopped from the console"), 3, "{}", b.console);
-    b.reject(" ERROR ");
-    b.expect("all VMs have stopped (all powered off cleanly)");
-    b.assert_exit(0);
+    ends_cleanly(&b);
 }
 
 /// The soak (`./hv soak`, not in CI): `linux-nvme-reboot` with 100
@@ -263,7 +259,5 @@ fn soak_linux_with_nvme_reboots_100_times() {
     assert_eq!(memory.len(), 8, "{memory:?}");
     assert!(memory.windows(2).all(|w| w[0] == w[1]), "{memory:?}");
     b.expect("VM linux: restarting (restart 64)");
-    b.reject(" ERROR ");
-    b.expect("all VMs have stopped (all powered off cleanly)");
-    b.assert_exit(0);
+    ends_cleanly(&b);
 }

@@ -503,11 +503,11 @@ mod hw {
         /// Writes a register; the caller makes sure whatever DMA it
         /// starts reaches only memory no Rust object occupies.
         fn w32(&self, off: u64, v: u32) {
-            // SAFETY: a register as in `r32`. The writes made here (CC,
-            // INTMS, AQA, ASQ, ACQ, the admin doorbells) make the
-            // controller DMA to its queues (arena pages) and to the data
-            // buffers of the commands `queue` took, which its caller
-            // vouched for.
+            // The writes made here (CC, INTMS, AQA, ASQ, ACQ, the admin
+            // doorbells) make the controller DMA to its queues (arena pages)
+            // and to the data buffers of the commands `queue` took.
+            // SAFETY: a register as in `r32`; the DMA reaches only memory
+            // no Rust object occupies (`queue`'s callers vouched for theirs).
             unsafe { mmio::write32(self.bar0 + off, v) }
         }
 

@@ -83,6 +83,18 @@ fn first_nonzero(start: u64, end: u64) -> Option<(u64, u64)> {
     })
 }
 
+/// Closes this incarnation's checks and resets the VM; a reset that
+/// returns is a failed check of the next run.
+fn reset_now() {
+    checks::close();
+    let result = crate::psci_system_reset();
+    check(
+        "system-reset-returned",
+        false,
+        format_args!("SYSTEM_RESET returned {result:?}"),
+    );
+}
+
 /// `reboot_under_dma=MS`: see the module documentation.
 pub fn under_dma(fdt: &Fdt<'_>, dtb: u64, ms: u64) {
     let Some(k) = restarts(fdt) else {
@@ -214,13 +226,7 @@ fn flood_then_reset(host: &PciHost, (start, end): (u64, u64), ms: u64) -> Result
         done,
         nvme.outstanding()
     );
-    checks::close();
-    let result = crate::psci_system_reset();
-    check(
-        "system-reset-returned",
-        false,
-        format_args!("SYSTEM_RESET returned {result:?}"),
-    );
+    reset_now();
     Ok(())
 }
 
@@ -274,11 +280,5 @@ pub fn run(fdt: &Fdt<'_>, dtb: u64, n: u64) {
         k + 1,
         n
     );
-    checks::close();
-    let result = crate::psci_system_reset();
-    check(
-        "system-reset-returned",
-        false,
-        format_args!("SYSTEM_RESET returned {result:?}"),
-    );
+    reset_now();
 }

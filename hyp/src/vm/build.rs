@@ -159,10 +159,10 @@ pub fn create(
         return Ok(Vec::new());
     };
     let (base, len) = (region.base as *const u8, region.size as usize);
+    // The bundle stays for the hypervisor's lifetime: a restarting VM's
+    // images are loaded from it again.
     // SAFETY: the boot loader put the bundle there (DTB /chosen): RAM mapped
-    // by map_everything, reserved from the frame allocator by boot, never
-    // written after boot, for the hypervisor's lifetime (a restarting VM's
-    // images are loaded from it again).
+    // by map_everything, reserved from the frame allocator, never written.
     let blob: &'static [u8] = unsafe { core::slice::from_raw_parts(base, len) };
     let (sc, bundle) = scenario::Scenario::from_bundle(blob)
         .map_err(|e| StartError::Scenario(alloc::format!("{e}")))?;

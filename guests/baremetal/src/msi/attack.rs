@@ -97,22 +97,28 @@ pub fn run(fdt: &Fdt<'_>, ram: (u64, u64)) {
     }
 }
 
-/// The edu's MSI capability, as the guest programs it.
-struct Msi<'a> {
-    host: &'a PciHost,
-    device: u8,
-    at: u16,
+/// A capability of bus 0 `device`, at `at` in its configuration space.
+pub(super) struct Capability<'a> {
+    pub host: &'a PciHost,
+    pub device: u8,
+    pub at: u16,
 }
 
-impl Msi<'_> {
-    fn control(&self) -> u32 {
+impl Capability<'_> {
+    /// Its first dword: ID, next pointer, Message Control.
+    pub fn control(&self) -> u32 {
         config_read(self.host, self.device, self.at)
     }
 
-    fn set_control(&self, v: u32) {
+    pub fn set_control(&self, v: u32) {
         config_write(self.host, self.device, self.at, v)
     }
+}
 
+/// The edu's MSI capability, as the guest programs it.
+type Msi<'a> = Capability<'a>;
+
+impl Msi<'_> {
     /// Disables MSI, writes the message, enables it (one vector).
     fn aim(&self, address: u64, data: u16) {
         let control = self.control();

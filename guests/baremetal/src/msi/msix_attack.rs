@@ -35,7 +35,7 @@
 //!
 //! What stops the checks early is a failed check `nvme-msix-attack-ran`.
 
-use super::attack::{aim_outside, quiet, raises};
+use super::attack::{aim_outside, quiet, raises, Capability};
 use super::hw::{any_within, ipa, lpi_within, setup_its, Page, Stop, EVENT};
 use super::{cmd, msi_cap, msix_cap, LPI, TRANSLATER};
 use crate::checks::check;
@@ -81,10 +81,8 @@ pub fn run(fdt: &Fdt<'_>, ram: (u64, u64)) {
 /// The controller's MSI-X table entry 0 and PBA, as the guest reaches them
 /// in its BAR.
 struct Vector<'a> {
-    host: &'a PciHost,
-    device: u8,
-    /// Where the capability is in configuration space.
-    at: u16,
+    /// The MSI-X capability in configuration space.
+    cap: Capability<'a>,
     layout: msix_cap::Layout,
     /// The BAR holding both the table and the PBA.
     bar: u64,
@@ -134,23 +132,16 @@ impl Vector<'_> {
         unsafe { mmio::read64(self.bar + off) & bit != 0 }
     }
 
-    fn control(&self) -> u32 {
-        config_read(self.host, self.device, self.at)
-    }
-
-    fn set_control(&self, v: u32) {
-        config_write(self.host, self.device, self.at, v)
-    }
-
     fn set_decode(&self, on: bool) {
         // Status (the high half) is write-one-to-clear: write zeros there.
-        let cmd = config_read(self.host, self.device, CFG_COMMAND) & 0xffff;
+        let (host, device) = (self.cap.host, self.cap.device);
+        let cmd = config_read(host, device, CFG_COMMAND) & 0xffff;
         let cmd = if on {
             cmd | CMD_MEMORY
         } else {
             cmd & !CMD_MEMORY
         };
-        config_write(self.host, self.device, CFG_COMMAND, cmd);
+        config_write(host, device, CFG_COMMAND, cmd);
     }
 }
 
@@ -216,9 +207,11 @@ fn checks(fdt: &Fdt<'_>, ram: (u64, u64)) -> Result<(), Stop> {
         LPI
     );
     let v = Vector {
-        host: &host,
-        device,
-        at,
+        cap: Capability {
+            host: &host,
+            device,
+            at,
+        },
         layout,
         bar: nvme.bar0,
     };
@@ -226,8 +219,9 @@ fn checks(fdt: &Fdt<'_>, ram: (u64, u64)) -> Result<(), Stop> {
     // MSI-X on with entry 0 masked, then the controller: its admin
     // completion queue interrupts through vector 0.
     v.mask(true);
-    let control = v.control();
-    v.set_control((control | msix_cap::ENABLE) & !msix_cap::FUNCTION_MASK);
+    let control = v.cap.control();
+    v.cap
+        .set_control((control | msix_cap::ENABLE) & !msix_cap::FUNCTION_MASK);
     nvme.start(Interrupts::MsiX)?;
 
     let doorbell = dt.its + TRANSLATER;
@@ -339,7 +333,7 @@ fn checks(fdt: &Fdt<'_>, ram: (u64, u64)) -> Result<(), Stop> {
         send(&mut nvme, &v, (doorbell, EVENT), &[LPI], MUST_MS)?,
     );
     v.mask(true);
-    v.set_control(control & !msix_cap::ENABLE);
+    v.cap.set_control(control & !msix_cap::ENABLE);
     nvme.stop()?;
     Ok(())
 }
