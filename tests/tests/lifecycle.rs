@@ -197,6 +197,44 @@ fn a_reset_with_dma_in_flight_leaves_nothing_in_the_new_incarnation() {
     ends_cleanly(&b);
 }
 
+/// A VM with three vCPUs is stopped three times by a reset and once by a
+/// power-off while its vCPU 1 races each stop: it keeps turning its
+/// `edu`'s bus mastering on, starting copies into free memory,
+/// re-attaching the `edu`'s stream through its vSMMU (CFGI_STE) and
+/// starting vCPU 2 (CPU_ON). Every stop ends with the devices stopped,
+/// and every new incarnation finds nothing of the race: its free memory
+/// all zero, vCPUs 1 and 2 off, bus mastering off, its vSMMU reset.
+#[test]
+fn a_stop_raced_by_the_vms_other_vcpus_ends_stopped_and_quiesced() {
+    let b = boot("reboot-raced", &[], TIMEOUT);
+    let mut names = vec!["restarts-counted".to_string()];
+    for k in 0..=3 {
+        names.push(format!("race-{k}-ran"));
+    }
+    for k in 1..=3 {
+        for what in [
+            "dma-landed-nowhere",
+            "other-cpus-off",
+            "edu-stopped",
+            "vsmmu-reset",
+        ] {
+            names.push(format!("restart-{k}-{what}"));
+        }
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    b.checks("racer").assert_all_passed(&names);
+    restarted_with_steady_memory(&b, "racer", 3);
+    b.expect("VM racer: powered off");
+    // Four stops, each with the devices stopped after the vCPUs parked.
+    assert_eq!(
+        b.count("VM racer: its devices are stopped: bus mastering off, streams abort"),
+        4,
+        "{}",
+        b.console
+    );
+    ends_cleanly(&b);
+}
+
 /// The hypervisor's console drives the VMs: Ctrl-] h prints the help line,
 /// Ctrl-] l one line per VM; on the second VM, Ctrl-] r restarts it,
 /// Ctrl-] s stops it, Ctrl-] b starts it again, each time while the first

@@ -10,8 +10,8 @@ use core::cell::UnsafeCell;
 #[repr(C, align(65536))]
 pub struct Arena<const N: usize>(UnsafeCell<[[u8; 4096]; N]>);
 
-// SAFETY: only the boot CPU runs guest code, and every access goes through
-// volatile raw-pointer accesses.
+// SAFETY: one CPU at a time uses an arena (the boot CPU, or the secondary
+// whose job owns it, `smp.rs`), through volatile raw-pointer accesses only.
 unsafe impl<const N: usize> Sync for Arena<N> {}
 
 impl<const N: usize> Arena<N> {

@@ -6,7 +6,7 @@
 use core::fmt::{self, Display, Write};
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-// Only the boot CPU runs guest code, and with the MMU off there are no
+// Only the boot CPU reports checks, and with the MMU off there are no
 // exclusives on this memory: plain loads and stores, no read-modify-write.
 /// Checks reported so far.
 static RUN: AtomicU32 = AtomicU32::new(0);

@@ -1,6 +1,7 @@
 /*
  * Entry of the bare-metal test guest: arm64 Image header, self-relocation,
- * BSS, stack, FP/SIMD access, EL1 vectors, then `guest_main(dtb)`.
+ * BSS, stack, FP/SIMD access, EL1 vectors, then `guest_main(dtb)`; and
+ * the entry of secondary CPUs (`secondary_entry`).
  *
  * Boot contract (Linux Documentation/arch/arm64/booting.rst): loaded at a
  * 2 MiB-aligned RAM base + text_offset, entered at _start at EL1 with the MMU
@@ -53,19 +54,38 @@ guest_entry:
 4:  adrp    x1, __stack_end
     add     x1, x1, :lo12:__stack_end
     mov     sp, x1
+    bl      cpu_setup
+    mov     x0, x19
+    bl      guest_main
 
-    /* FP/SIMD at EL1 and EL0 without traps (CPACR_EL1.FPEN = 0b11): the
-     * compiler uses the SIMD registers. */
+park:
+    wfi
+    b       park
+
+/*
+ * What every CPU sets up before Rust runs (clobbers x1): FP/SIMD at EL1 and
+ * EL0 without traps (CPACR_EL1.FPEN = 0b11, the compiler uses the SIMD
+ * registers) and the EL1 vectors.
+ */
+cpu_setup:
     mov     x1, #(3 << 20)
     msr     cpacr_el1, x1
     adrp    x1, guest_vectors
     add     x1, x1, :lo12:guest_vectors
     msr     vbar_el1, x1
     isb
+    ret
 
-    mov     x0, x19
-    bl      guest_main
-
-park:
-    wfi
+/*
+ * Entry of a secondary CPU started by PSCI CPU_ON (`smp.rs`), after the boot
+ * CPU relocated the image and zeroed BSS: x0 = the context ID, the top of
+ * the stack `smp.rs` gave this CPU. MMU off, as at _start.
+ */
+.global secondary_entry
+secondary_entry:
+    mov     sp, x0
+    bl      cpu_setup
+    mrs     x0, mpidr_el1
+    and     x0, x0, #0xff           /* Aff0: the hypervisor numbers vCPUs there */
+    bl      guest_secondary
     b       park

@@ -53,7 +53,12 @@
 //!   incarnation that its free memory was scrubbed (see `reboot.rs`);
 //! - `reboot_under_dma=MS`: resets its VM once while its NVMe controller
 //!   writes into its free memory, and checks in the new incarnation that
-//!   nothing landed there and the controller was stopped (see `reboot.rs`).
+//!   nothing landed there and the controller was stopped (see `reboot.rs`);
+//! - `reboot_raced=N`: resets its VM N times, then powers it off, each time
+//!   while its vCPU 1 keeps turning its `edu`'s bus mastering on, starting
+//!   copies, re-attaching the stream through its vSMMU (CFGI_STE) and
+//!   starting vCPU 2, and checks in each new incarnation that none of it
+//!   survived the stop (see `race.rs`; secondary CPUs in `smp.rs`).
 //!
 //! Every run ends with the summary line `checks: N run, M failed` (also
 //! after an unexpected exception or a panic, each a failed check), then
@@ -88,7 +93,11 @@ mod nested;
 mod nvme;
 mod nvmeflood;
 #[cfg(target_os = "none")]
+mod race;
+#[cfg(target_os = "none")]
 mod reboot;
+#[cfg(target_os = "none")]
+mod smp;
 #[cfg(target_os = "none")]
 mod time;
 
@@ -142,6 +151,9 @@ enum Action<'a> {
     /// free memory, with the DMA in flight; check that none of it landed
     /// in the new incarnation.
     RebootUnderDma(u64),
+    /// Reset the VM this many times, then power it off, each time while
+    /// another vCPU races the stop; check that the race undid nothing.
+    RebootRaced(u64),
 }
 
 /// The guest's command line (`/chosen/bootargs`), decoded.
@@ -210,6 +222,11 @@ impl<'a> Args<'a> {
                 Some(("reboot_under_dma", v)) => {
                     if let Ok(ms) = v.parse() {
                         args.action = Action::RebootUnderDma(ms);
+                    }
+                }
+                Some(("reboot_raced", v)) => {
+                    if let Ok(n) = v.parse() {
+                        args.action = Action::RebootRaced(n);
                     }
                 }
                 Some(("reboot", v)) => {
@@ -380,16 +397,50 @@ mod hw {
     /// PSCI SYSTEM_RESET through the board's conduit; returns only if the
     /// call does.
     pub fn system_reset() -> Result<(), smccc::psci::Error> {
-        if CONDUIT.load(Ordering::Relaxed) == 1 {
+        if smc() {
             smccc::psci::system_reset::<smccc::Smc>()
         } else {
             smccc::psci::system_reset::<smccc::Hvc>()
         }
     }
 
+    fn smc() -> bool {
+        CONDUIT.load(Ordering::Relaxed) == 1
+    }
+
+    /// PSCI CPU_ON through the board's conduit: vCPU `cpu` (its MPIDR
+    /// affinity) starts at `entry` with x0 = `context`.
+    pub fn cpu_on(cpu: u64, entry: u64, context: u64) -> Result<(), smccc::psci::Error> {
+        if smc() {
+            smccc::psci::cpu_on::<smccc::Smc>(cpu, entry, context)
+        } else {
+            smccc::psci::cpu_on::<smccc::Hvc>(cpu, entry, context)
+        }
+    }
+
+    /// PSCI CPU_OFF; returns only if the call fails.
+    pub fn cpu_off() -> smccc::psci::Error {
+        let result = if smc() {
+            smccc::psci::cpu_off::<smccc::Smc>()
+        } else {
+            smccc::psci::cpu_off::<smccc::Hvc>()
+        };
+        result.err().unwrap_or(smccc::psci::Error::Unknown(0))
+    }
+
+    /// PSCI AFFINITY_INFO of vCPU `cpu` (its affinity, all levels valid).
+    pub fn affinity_info(cpu: u64) -> Result<smccc::psci::AffinityState, smccc::psci::Error> {
+        use smccc::psci::LowestAffinityLevel::All;
+        if smc() {
+            smccc::psci::affinity_info::<smccc::Smc>(cpu, All)
+        } else {
+            smccc::psci::affinity_info::<smccc::Hvc>(cpu, All)
+        }
+    }
+
     /// PSCI SYSTEM_OFF; parks the CPU if the call returns.
     fn power_off() -> ! {
-        let result = if CONDUIT.load(Ordering::Relaxed) == 1 {
+        let result = if smc() {
             smccc::psci::system_off::<smccc::Smc>()
         } else {
             smccc::psci::system_off::<smccc::Hvc>()
@@ -409,8 +460,8 @@ mod hw {
     #[repr(C, align(4096))]
     struct DmaPages(UnsafeCell<[[u8; DMA_LEN]; 2]>);
 
-    // SAFETY: only the boot CPU runs guest code; the pages are accessed
-    // through volatile raw-pointer accesses only.
+    // SAFETY: only the boot CPU uses them (no secondary job does), through
+    // volatile raw-pointer accesses only.
     unsafe impl Sync for DmaPages {}
 
     static DMA_PAGES: DmaPages = DmaPages(UnsafeCell::new([[0; DMA_LEN]; 2]));
@@ -576,6 +627,7 @@ mod hw {
             Action::EduIntx(n) => super::intx::run(&fdt, n),
             Action::Reboot(n) => super::reboot::run(&fdt, dtb as u64, n),
             Action::RebootUnderDma(ms) => super::reboot::under_dma(&fdt, dtb as u64, ms),
+            Action::RebootRaced(n) => super::race::run(&fdt, dtb as u64, n),
             Action::NvmeFaultFlood(seconds) => super::nvmeflood::run(
                 &fdt,
                 board.ram,
@@ -666,6 +718,7 @@ mod tests {
         );
         assert_eq!(Args::parse("reboot=3").action, Action::Reboot(3));
         assert_eq!(Args::parse("reboot=x").action, Action::Done);
+        assert_eq!(Args::parse("reboot_raced=2").action, Action::RebootRaced(2));
         assert_eq!(
             Args::parse("reboot_under_dma=200").action,
             Action::RebootUnderDma(200)

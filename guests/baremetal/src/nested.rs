@@ -68,6 +68,12 @@ pub fn ste_abort() -> [u64; 8] {
     [1, 0, 0, 0, 0, 0, 0, 0]
 }
 
+/// An STE with V = 1 and Config = 0b100 (bypass): the device's addresses
+/// go to stage 2 untranslated (§5.2).
+pub fn ste_bypass() -> [u64; 8] {
+    [1 | 0b100 << 1, 0, 0, 0, 0, 0, 0, 0]
+}
+
 /// An STE with V = 1 and Config = 0b110 (stage 2 translate): ILLEGAL on
 /// an SMMU without stage 2 (§5.2).
 pub fn ste_illegal() -> [u64; 8] {
@@ -355,7 +361,7 @@ impl FromIterator<u32> for Triples {
 }
 
 #[cfg(target_os = "none")]
-pub use hw::{flood, run};
+pub use hw::{cr0, flood, run, BypassStream};
 
 #[cfg(target_os = "none")]
 mod hw;
@@ -369,6 +375,7 @@ mod tests {
     fn ste_encodings() {
         assert_eq!(ste_abort()[0], 1, "V = 1, Config = 0b000 abort");
         assert_eq!(ste_illegal()[0] >> 1 & 7, 0b110, "Config: stage 2");
+        assert_eq!(ste_bypass()[0], 0b1001, "V = 1, Config = 0b100 bypass");
         let s = ste_stage1(0x8000_1000);
         assert_eq!(s[0] & 1, 1, "V");
         assert_eq!(s[0] >> 1 & 7, 0b101, "Config: stage 1 translate");

@@ -52,7 +52,7 @@ fn pattern(k: u64, addr: u64) -> u64 {
 
 /// How long incarnation 1 watches its free RAM for DMA of the old one:
 /// longer than the `edu`'s transfer takes.
-const WATCH_MS: u64 = 1000;
+pub const WATCH_MS: u64 = 1000;
 
 /// The VM's restarts so far (the counters page's word at +0x20); None
 /// without a counters page.
@@ -67,8 +67,31 @@ pub fn restarts(fdt: &Fdt<'_>) -> Option<u64> {
     Some(unsafe { mmio::read64(counters + RESTARTS) })
 }
 
+/// The VM's restarts so far; without a counters page, a failed check
+/// `name` and None.
+pub fn restarts_or_fail(name: &str, fdt: &Fdt<'_>) -> Option<u64> {
+    let k = restarts(fdt);
+    if k.is_none() {
+        check(
+            name,
+            false,
+            "no counters page (smmuhyp,vm-counters) in the device tree",
+        );
+    }
+    k
+}
+
+/// Check `restarts-counted`: the run has restarted `k` times of `n` asked.
+pub fn check_restarts_counted(k: u64, n: u64) {
+    check(
+        "restarts-counted",
+        k == n,
+        format_args!("{k} restarts, {n} asked"),
+    );
+}
+
 /// The free RAM: from the end of our image to the page of the device tree.
-fn free_ram(dtb: u64) -> (u64, u64) {
+pub fn free_ram(dtb: u64) -> (u64, u64) {
     // Only the symbol's address is used.
     (core::ptr::addr_of!(__image_end) as u64, dtb & !0xfff)
 }
@@ -83,9 +106,25 @@ fn first_nonzero(start: u64, end: u64) -> Option<(u64, u64)> {
     })
 }
 
+/// Check `name`: `[start, end)` reads all zero, and stays so for `ms`
+/// milliseconds (DMA of an old incarnation would land there).
+pub fn check_stays_zero(name: impl core::fmt::Display, (start, end): (u64, u64), ms: u64) {
+    let since = time::now();
+    let mut found = first_nonzero(start, end);
+    while found.is_none() && time::elapsed_ms(since) < ms {
+        found = first_nonzero(start, end);
+    }
+    let kib = (end - start) >> 10;
+    match found {
+        None if ms == 0 => check(name, true, format_args!("{kib} KiB all zero")),
+        None => check(name, true, format_args!("{kib} KiB all zero for {ms} ms")),
+        Some((addr, v)) => check(name, false, format_args!("{v:#x} at {addr:#x}")),
+    };
+}
+
 /// Closes this incarnation's checks and resets the VM; a reset that
 /// returns is a failed check of the next run.
-fn reset_now() {
+pub fn reset_now() {
     checks::close();
     let result = crate::psci_system_reset();
     check(
@@ -97,12 +136,7 @@ fn reset_now() {
 
 /// `reboot_under_dma=MS`: see the module documentation.
 pub fn under_dma(fdt: &Fdt<'_>, dtb: u64, ms: u64) {
-    let Some(k) = restarts(fdt) else {
-        check(
-            "reboot-under-dma-ran",
-            false,
-            "no counters page (smmuhyp,vm-counters)",
-        );
+    let Some(k) = restarts_or_fail("reboot-under-dma-ran", fdt) else {
         return;
     };
     let Some(host) = PciHost::from_fdt(fdt) else {
@@ -121,23 +155,7 @@ pub fn under_dma(fdt: &Fdt<'_>, dtb: u64, ms: u64) {
         return;
     }
     // Watch the free RAM: DMA of the old incarnation would land there.
-    let since = time::now();
-    let mut found = first_nonzero(start, end);
-    while found.is_none() && time::elapsed_ms(since) < WATCH_MS {
-        found = first_nonzero(start, end);
-    }
-    match found {
-        None => check(
-            "dma-after-restart-landed-nowhere",
-            true,
-            format_args!("{} KiB all zero for {WATCH_MS} ms", (end - start) >> 10),
-        ),
-        Some((addr, v)) => check(
-            "dma-after-restart-landed-nowhere",
-            false,
-            format_args!("{v:#x} at {addr:#x}"),
-        ),
-    };
+    check_stays_zero("dma-after-restart-landed-nowhere", (start, end), WATCH_MS);
     // Bus mastering as the new incarnation finds it, before anything of
     // ours turns it on.
     let master = |vendor, device| {
@@ -234,12 +252,7 @@ fn flood_then_reset(host: &PciHost, (start, end): (u64, u64), ms: u64) -> Result
 /// usual (K = N, or nothing to go on with). `dtb` is where the device tree
 /// lies, the end of the free RAM.
 pub fn run(fdt: &Fdt<'_>, dtb: u64, n: u64) {
-    let Some(k) = restarts(fdt) else {
-        check(
-            "restarts-counted",
-            false,
-            "no counters page (smmuhyp,vm-counters) in the device tree",
-        );
+    let Some(k) = restarts_or_fail("restarts-counted", fdt) else {
         return;
     };
     let (start, end) = free_ram(dtb);
@@ -251,23 +264,10 @@ pub fn run(fdt: &Fdt<'_>, dtb: u64, n: u64) {
         end
     );
     if k >= 1 {
-        let first = first_nonzero(start, end);
-        let name = format_args!("restart-{k}-memory-scrubbed");
-        match first {
-            None => check(
-                name,
-                true,
-                format_args!("{} KiB all zero", (end - start) >> 10),
-            ),
-            Some((addr, v)) => check(name, false, format_args!("{v:#x} at {addr:#x}")),
-        };
+        check_stays_zero(format_args!("restart-{k}-memory-scrubbed"), (start, end), 0);
     }
     if k >= n {
-        check(
-            "restarts-counted",
-            k == n,
-            format_args!("{k} restarts, {n} asked"),
-        );
+        check_restarts_counted(k, n);
         return;
     }
     for addr in (start..end).step_by(8) {

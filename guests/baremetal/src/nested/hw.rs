@@ -29,9 +29,9 @@
 //! table and queue accesses below are aligned volatile 32/64-bit ones.
 
 use super::{
-    cd, ste_abort, ste_illegal, ste_stage1, CERROR_ILL, CMD_BYTES, CONS_ERR_SHIFT, CR0_CMDQEN,
-    CR0_EVENTQEN, CR0_SMMUEN, CR1_WB_ISH, CR2_RECINVSID_PTM, C_BAD_STE, EVT_BYTES, F_PERMISSION,
-    F_TRANSLATION, GERROR_CMDQ_ERR, IRQ_EVENTQ, IRQ_GERROR, Q_BASE_RWA, STE_BYTES,
+    cd, ste_abort, ste_bypass, ste_illegal, ste_stage1, CERROR_ILL, CMD_BYTES, CONS_ERR_SHIFT,
+    CR0_CMDQEN, CR0_EVENTQEN, CR0_SMMUEN, CR1_WB_ISH, CR2_RECINVSID_PTM, C_BAD_STE, EVT_BYTES,
+    F_PERMISSION, F_TRANSLATION, GERROR_CMDQ_ERR, IRQ_EVENTQ, IRQ_GERROR, Q_BASE_RWA, STE_BYTES,
 };
 use super::{cmd, event_name, pte, reg, EventRecord, VSmmuDt};
 use crate::arena::Arena;
@@ -124,7 +124,7 @@ const SEED_D: u8 = 0x44;
 
 /// Why the checks could not run, or stopped.
 #[derive(Debug)]
-enum Setup {
+pub enum Setup {
     NoPci,
     NoVsmmu,
     NoStream,
@@ -457,6 +457,47 @@ pub fn run(fdt: &Fdt<'_>) {
     if let Err(e) = checks(fdt) {
         check("vsmmu-checks-ran", false, e);
     }
+}
+
+/// A vSMMU with its queues and translation on and one stream in bypass
+/// (the VM's stage 2 alone): the racer of `reboot_raced` (`race.rs`), the
+/// only user of this module's pages while it runs.
+pub struct BypassStream {
+    s: Smmu,
+    vsid: u32,
+}
+
+impl BypassStream {
+    /// Sets the vSMMU up with the stream of function 00:`device`.0 in
+    /// bypass.
+    pub fn new(fdt: &Fdt<'_>, device: u8) -> Result<Self, Setup> {
+        let dt = VSmmuDt::from_fdt(fdt).ok_or(Setup::NoVsmmu)?;
+        let vsid = VSmmuDt::stream_of(fdt, device)
+            .filter(|&v| v < 64)
+            .ok_or(Setup::NoStream)?;
+        let s = Smmu::init(dt, vsid)?;
+        s.write_ste(vsid, ste_bypass());
+        barrier::dsb(barrier::SY);
+        s.set_cr0(CR0_CMDQEN | CR0_EVENTQEN | CR0_SMMUEN)?;
+        let mut b = BypassStream { s, vsid };
+        b.refresh()?;
+        Ok(b)
+    }
+
+    /// Writes the stream's STE again and has the vSMMU read it (CFGI_STE,
+    /// CMD_SYNC, waited for).
+    pub fn refresh(&mut self) -> Result<(), Setup> {
+        self.s.write_ste(self.vsid, ste_bypass());
+        self.s.submit(&[cmd::cfgi_ste(self.vsid)])
+    }
+}
+
+/// CR0 of the vSMMU the device tree names; None without one.
+pub fn cr0(fdt: &Fdt<'_>) -> Option<u32> {
+    let dt = VSmmuDt::from_fdt(fdt)?;
+    // SAFETY: CR0, a 32-bit register of the vSMMU's frame our device tree
+    // names; Device memory.
+    Some(unsafe { mmio::read32(dt.base + reg::CR0) })
 }
 
 /// `vsmmu_flood=MS`: keeps the vSMMU's command queue full of valid
