@@ -241,7 +241,7 @@ fn start_secondaries(p: &Platform) {
 extern "C" fn secondary_main(index: u64) -> ! {
     // SAFETY: the boot CPU enabled its MMU before starting us.
     unsafe { mmu::enable_secondary() };
-    if crate::vm::run::hosts_vcpu(index as usize) {
+    if crate::vm::run::serves_runtime(index as usize) {
         crate::vm::run::cpu_main(index as usize);
     }
     info!("CPU {index} (MPIDR {:#x}) online, parked", arch::mpidr());

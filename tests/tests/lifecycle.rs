@@ -38,7 +38,8 @@ fn ends_cleanly(b: &Boot) {
 }
 
 /// A bare-metal VM resets itself three times: each new incarnation finds
-/// the free memory the previous one filled with a pattern all zero, and
+/// the free memory the previous one filled with a pattern all zero (zeroed
+/// by its own CPU and the machine's idle one), and
 /// reads how often it restarted from its counters page; the hypervisor's
 /// memory in use is the same after every restart; the VM next to it
 /// counts its ticks undisturbed, and the run ends cleanly.
@@ -52,6 +53,11 @@ fn a_reset_restarts_the_vm_with_its_memory_scrubbed() {
         "restarts-counted",
     ]);
     restarted_with_steady_memory(&b, "rebooter", 3);
+    // Its own CPU and the idle third one, never the neighbour's.
+    assert_eq!(
+        b.count("VM rebooter: memory scrubbed (16 MiB, by 2 CPU(s))"),
+        3
+    );
     assert_eq!(b.count("[rebooter] guest: hello from rebooter"), 4);
     b.checks("neighbour").assert_all_passed(&[]);
     b.expect("[neighbour] guest: tick 20");
@@ -224,6 +230,11 @@ fn a_stop_raced_by_the_vms_other_vcpus_ends_stopped_and_quiesced() {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     b.checks("racer").assert_all_passed(&names);
     restarted_with_steady_memory(&b, "racer", 3);
+    // All three of its CPUs, parked, scrub.
+    assert_eq!(
+        b.count("VM racer: memory scrubbed (16 MiB, by 3 CPU(s))"),
+        3
+    );
     b.expect("VM racer: powered off");
     // Four stops, each with the devices stopped after the vCPUs parked.
     assert_eq!(

@@ -26,7 +26,7 @@ use crate::vdev::psci::VcpuPower;
 use crate::vdev::vits::{EventLpi, LpiConfig};
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use log::{error, info, warn};
 use smmu::addr::{Ipa, Vmid};
 use spin::{Mutex, Once};
@@ -50,16 +50,29 @@ struct Slot {
     /// The vCPU is in its guest or in the hypervisor on its behalf (from
     /// the moment it is entered until it parks): a stop waits for it.
     in_guest: AtomicBool,
-    /// Part of its VM's RAM to zero while its vCPU is parked, for a
-    /// restart: (part, of how many).
-    scrub: Mutex<Option<(usize, usize)>>,
-    /// Set when this CPU has zeroed the part it was given.
-    scrubbed: AtomicBool,
+    /// The CPU was started for the runtime (it runs, or is on its way to,
+    /// the idle loop, where it takes the parts it is given).
+    online: AtomicBool,
+    /// Part of a restarting VM's RAM for this CPU to zero while it is idle.
+    scrub: Mutex<Option<ScrubPart>>,
+    /// The [`ScrubPart::seq`] of the last part this CPU zeroed.
+    scrubbed: AtomicU64,
     /// The frame `guest::run` copies from (static, never on a stack).
     frame: Mutex<TrapFrame>,
     /// With direct MSI delivery: the vCPU's vPE as this CPU's
     /// redistributor makes it resident (GICR_VPROPBASER, GICR_VPENDBASER).
     vpe: Option<(u64, u64)>,
+}
+
+/// Part `part` of `parts` of VM `vm`'s RAM, for an idle CPU to zero;
+/// `seq` tells one hand-out from another (a late CPU's completion of an
+/// earlier part is not taken for this one's).
+#[derive(Clone, Copy, Debug)]
+struct ScrubPart {
+    vm: usize,
+    part: usize,
+    parts: usize,
+    seq: u64,
 }
 
 /// What the runtime keeps per VM besides the [`Vm`]: the hardware it holds.
@@ -94,6 +107,9 @@ pub struct Runtime {
     /// Failed MSI routes so far.
     route_failures: AtomicU32,
     mux: Mutex<ConsoleMux>,
+    /// Held by the restart that hands out scrub parts (one at a time), with
+    /// the last hand-out's sequence number.
+    scrubbing: Mutex<u64>,
 }
 
 impl core::fmt::Debug for Runtime {
@@ -131,8 +147,9 @@ pub fn create(
             vcpu: None,
             start: Mutex::new(None),
             in_guest: AtomicBool::new(false),
+            online: AtomicBool::new(false),
             scrub: Mutex::new(None),
-            scrubbed: AtomicBool::new(false),
+            scrubbed: AtomicU64::new(0),
             frame: Mutex::new(TrapFrame::zeroed()),
             vpe: None,
         })
@@ -199,6 +216,7 @@ pub fn create(
         msi: Mutex::new(msi),
         route_failures: AtomicU32::new(0),
         mux: Mutex::new(ConsoleMux::new()),
+        scrubbing: Mutex::new(0),
     });
     Ok(Workload::Guests)
 }
@@ -209,15 +227,14 @@ fn rt() -> &'static Runtime {
         .expect("the runtime is built before any vCPU runs")
 }
 
-/// Whether physical CPU `pc` hosts a vCPU.
-pub fn hosts_vcpu(pc: usize) -> bool {
-    RUNTIME
-        .get()
-        .and_then(|r| r.slots.get(pc))
-        .is_some_and(|s| s.vcpu.is_some())
+/// Whether physical CPU `pc` serves the runtime: it hosts a vCPU, or
+/// helps with the work of idle CPUs (scrubbing a restarting VM's RAM).
+pub fn serves_runtime(pc: usize) -> bool {
+    RUNTIME.get().is_some_and(|r| pc < r.slots.len())
 }
 
-/// Starts every physical CPU that hosts a vCPU and enters this CPU's vCPU.
+/// Starts every physical CPU (those that host no vCPU idle, to help with
+/// scrubbing) and enters this CPU's vCPU.
 pub fn start(p: &Platform) -> ! {
     let r = rt();
     arch::set_guest_trap_handler(handle_trap);
@@ -233,22 +250,24 @@ pub fn start(p: &Platform) -> ! {
         }
         gic::enable_spi(pintid, r.cpu_mpidr[vm.vcpu_pcpu[0]], false);
     }
+    r.slots[0].online.store(true, Ordering::SeqCst);
     for pc in 1..r.slots.len().min(r.cpu_mpidr.len()) {
-        if r.slots[pc].vcpu.is_none() {
-            continue;
-        }
         match p.psci {
             Some(c) => {
-                if let Err(e) = arch::psci::cpu_on(
+                match arch::psci::cpu_on(
                     c,
                     r.cpu_mpidr[pc],
                     arch::secondary_entry as *const () as u64,
                     pc as u64,
                 ) {
-                    error!("physical CPU {pc}: CPU_ON failed: {e:?}");
+                    Ok(()) => r.slots[pc].online.store(true, Ordering::SeqCst),
+                    Err(e) => error!("physical CPU {pc}: CPU_ON failed: {e:?}"),
                 }
             }
-            None => error!("no PSCI: physical CPU {pc} cannot host its vCPU"),
+            None if r.slots[pc].vcpu.is_some() => {
+                error!("no PSCI: physical CPU {pc} cannot host its vCPU")
+            }
+            None => {}
         }
     }
     cpu_main(0)
@@ -270,13 +289,13 @@ pub fn cpu_main(pc: usize) -> ! {
 fn idle(pc: usize) -> ! {
     loop {
         let r = rt();
+        let part = r.slots[pc].scrub.lock().take();
+        if let Some(p) = part {
+            r.vms[p.vm].ram.scrub_part(p.part, p.parts);
+            r.slots[pc].scrubbed.store(p.seq, Ordering::SeqCst);
+        }
         if let Some((vm_i, _)) = r.slots[pc].vcpu {
             let vm = &r.vms[vm_i];
-            let part = r.slots[pc].scrub.lock().take();
-            if let Some((i, parts)) = part {
-                vm.ram.scrub_part(i, parts);
-                r.slots[pc].scrubbed.store(true, Ordering::SeqCst);
-            }
             if let Some(req) = vm.take_request() {
                 vm.serve(req, None, r);
             }
@@ -615,43 +634,68 @@ impl Runtime {
 }
 
 impl Runtime {
-    /// Zeroes `vm`'s RAM with all of its CPUs (its vCPUs are parked, their
-    /// CPUs idle): each other CPU is given a part and kicked, this one
-    /// zeroes the first part and waits for the others. A CPU that has not
-    /// finished its part in time has it zeroed again here (two CPUs
-    /// writing zeros to the same bytes is harmless). Returns the RAM's host
-    /// range.
-    fn scrub(&self, vm: &Vm) -> (usize, usize) {
+    /// Zeroes `vm`'s RAM with every idle CPU (its own vCPUs are parked,
+    /// their CPUs idle; so are CPUs that host no vCPU, whose vCPU is off or
+    /// whose VM is stopped): each is given a part and kicked, this one
+    /// zeroes the first part and waits for the others. A part whose CPU
+    /// entered its guest before taking it, or has not finished it in time,
+    /// is zeroed here (two CPUs writing zeros to the same bytes is
+    /// harmless). One restart hands out parts at a time. Returns the RAM's
+    /// host range and how many CPUs shared the work.
+    fn scrub(&self, vm: &Vm) -> ((usize, usize), usize) {
+        let mut seq = self.scrubbing.lock();
         let me = arch::cpu_index();
-        let others: Vec<usize> = vm
-            .vcpu_pcpu
-            .iter()
-            .copied()
-            .filter(|&pc| pc != me)
+        // Idle now: online and out of any guest (the VM's own parked CPUs,
+        // CPUs that host no vCPU, CPUs whose vCPU is off or whose VM is
+        // stopped). One that starts its vCPU meanwhile zeroes its part
+        // first.
+        let helpers: Vec<usize> = (0..self.slots.len().min(self.cpu_mpidr.len()))
+            .filter(|&pc| {
+                let s = &self.slots[pc];
+                pc != me && s.online.load(Ordering::SeqCst) && !s.in_guest.load(Ordering::SeqCst)
+            })
             .collect();
-        let parts = others.len() + 1;
-        for (i, &pc) in others.iter().enumerate() {
-            self.slots[pc].scrubbed.store(false, Ordering::SeqCst);
-            *self.slots[pc].scrub.lock() = Some((i + 1, parts));
+        let parts = helpers.len() + 1;
+        let mut given = Vec::with_capacity(helpers.len());
+        for (i, &pc) in helpers.iter().enumerate() {
+            *seq += 1;
+            let part = ScrubPart {
+                vm: vm.index,
+                part: i + 1,
+                parts,
+                seq: *seq,
+            };
+            *self.slots[pc].scrub.lock() = Some(part);
             gic::send_sgi(self.cpu_mpidr[pc], gic::SGI_KICK);
+            given.push((pc, part));
         }
         vm.ram.scrub_part(0, parts);
         let start = arch::uptime_us();
-        for (i, &pc) in others.iter().enumerate() {
-            while !self.slots[pc].scrubbed.load(Ordering::SeqCst) {
-                if arch::uptime_us().saturating_sub(start) > PARK_TIMEOUT_US {
-                    warn!(
-                        "VM {}: CPU {pc} did not scrub its part of the RAM in time: done here",
-                        vm.name
-                    );
-                    vm.ram.scrub_part(i + 1, parts);
-                    break;
+        for (pc, part) in given {
+            let slot = &self.slots[pc];
+            while slot.scrubbed.load(Ordering::SeqCst) != part.seq {
+                // A CPU that entered its guest before it took its part (its
+                // start raced the hand-out) does not come back for it.
+                let timed_out = arch::uptime_us().saturating_sub(start) > PARK_TIMEOUT_US;
+                if timed_out || slot.in_guest.load(Ordering::SeqCst) {
+                    let untaken = slot.scrub.lock().take().is_some();
+                    if untaken || timed_out {
+                        if timed_out {
+                            warn!(
+                                "VM {}: CPU {pc} did not scrub its part of the RAM in time: \
+                                 done here",
+                                vm.name
+                            );
+                        }
+                        vm.ram.scrub_part(part.part, parts);
+                        break;
+                    }
                 }
                 core::hint::spin_loop();
             }
-            *self.slots[pc].scrub.lock() = None;
+            *slot.scrub.lock() = None;
         }
-        vm.ram.host_range()
+        (vm.ram.host_range(), parts)
     }
 
     /// Carries out a console command (`console_mux::Command`), answering
@@ -793,7 +837,7 @@ impl Machine for Runtime {
         // Nothing of the old incarnation survives in its memory; then the
         // images as at boot, and what the CPUs wrote out to the point of
         // coherency (the guest starts with its MMU and caches off).
-        let (host, len) = self.scrub(vm);
+        let ((host, len), cpus) = self.scrub(vm);
         for (ipa, image) in &hw.images {
             vm.ram.write(*ipa, image.bytes()).map_err(|e| {
                 alloc::format!("loading {} bytes at {ipa}: {e}", image.bytes().len())
@@ -849,8 +893,9 @@ impl Machine for Runtime {
             return Ok(hw.start);
         }
         info!(
-            "VM {}: memory scrubbed ({} MiB), images loaded again, {} device(s) attached again; \
-             hypervisor memory in use: heap {heap} bytes, {frames} frames",
+            "VM {}: memory scrubbed ({} MiB, by {cpus} CPU(s)), images loaded again, \
+             {} device(s) attached again; hypervisor memory in use: heap {heap} bytes, \
+             {frames} frames",
             vm.name,
             len >> 20,
             hw.devices.len()
