@@ -62,8 +62,11 @@ fn r(code: i32) -> PsciAction {
 
 /// Handles a call with function ID `x[0]` and arguments `x[1..4]` from a VM
 /// whose vCPUs are in `vcpus`; `ram` is the VM's RAM (entry points must lie
-/// there).
-pub fn handle(x: [u64; 4], vcpus: &[VcpuPower], ram: Range<Ipa>) -> PsciAction {
+/// there). A CPU_ON that succeeds marks its target on-pending here, in the
+/// same call that found it off: a caller that holds the states' lock for
+/// the call gets exactly one success among CPU_ON calls racing for a vCPU,
+/// and never marks a vCPU that started meanwhile on-pending again.
+pub fn handle(x: [u64; 4], vcpus: &mut [VcpuPower], ram: Range<Ipa>) -> PsciAction {
     let fid = x[0] as u32;
     let is32 = fid & 0x4000_0000 == 0;
     let arg = |i: usize| if is32 { x[i] & 0xffff_ffff } else { x[i] };
@@ -99,11 +102,14 @@ pub fn handle(x: [u64; 4], vcpus: &[VcpuPower], ram: Range<Ipa>) -> PsciAction {
                 return r(INVALID_ADDRESS);
             }
             match vcpus[vcpu] {
-                VcpuPower::Off => PsciAction::CpuOn {
-                    vcpu,
-                    entry,
-                    context: arg(3),
-                },
+                VcpuPower::Off => {
+                    vcpus[vcpu] = VcpuPower::OnPending;
+                    PsciAction::CpuOn {
+                        vcpu,
+                        entry,
+                        context: arg(3),
+                    }
+                }
                 VcpuPower::On => r(ALREADY_ON),
                 VcpuPower::OnPending => r(ON_PENDING),
             }
@@ -151,43 +157,57 @@ mod tests {
     #[test]
     fn versions_and_features() {
         assert_eq!(
-            handle([0x8400_0000, 0, 0, 0], &[On], RAM),
+            handle([0x8400_0000, 0, 0, 0], &mut [On], RAM),
             PsciAction::Return(0x10001)
         );
         assert_eq!(
-            handle([0x8000_0000, 0, 0, 0], &[On], RAM),
+            handle([0x8000_0000, 0, 0, 0], &mut [On], RAM),
             PsciAction::Return(0x10001)
         );
-        assert_eq!(handle([0x8400_000a, 0xc400_0003, 0, 0], &[On], RAM), r(0));
-        assert_eq!(handle([0x8400_000a, 0x8400_0012, 0, 0], &[On], RAM), r(0));
-        assert_eq!(handle([0x8400_000a, 0x8400_000e, 0, 0], &[On], RAM), r(-1));
-        assert_eq!(handle([0xdead, 0, 0, 0], &[On], RAM), r(-1));
+        assert_eq!(
+            handle([0x8400_000a, 0xc400_0003, 0, 0], &mut [On], RAM),
+            r(0)
+        );
+        assert_eq!(
+            handle([0x8400_000a, 0x8400_0012, 0, 0], &mut [On], RAM),
+            r(0)
+        );
+        assert_eq!(
+            handle([0x8400_000a, 0x8400_000e, 0, 0], &mut [On], RAM),
+            r(-1)
+        );
+        assert_eq!(handle([0xdead, 0, 0, 0], &mut [On], RAM), r(-1));
     }
 
     #[test]
     fn cpu_on_checks_target_state_and_entry() {
-        let v = [On, Off];
+        let mut v = [On, Off];
         assert_eq!(
-            handle([0xc400_0003, 1, 0x4008_0000, 7], &v, RAM),
+            handle([0xc400_0003, 1, 0x4008_0000, 7], &mut v, RAM),
             PsciAction::CpuOn {
                 vcpu: 1,
                 entry: Ipa(0x4008_0000),
                 context: 7
             }
         );
-        assert_eq!(handle([0xc400_0003, 0, 0x4008_0000, 0], &v, RAM), r(-4));
-        assert_eq!(handle([0xc400_0003, 2, 0x4008_0000, 0], &v, RAM), r(-2));
-        assert_eq!(handle([0xc400_0003, 1, 0x1000, 0], &v, RAM), r(-9));
+        // Marked on-pending by the call that started it: a second CPU_ON,
+        // racing or not, gets ON_PENDING and starts nothing.
+        assert_eq!(v, [On, OnPending]);
+        assert_eq!(handle([0xc400_0003, 1, 0x4008_0000, 7], &mut v, RAM), r(-5));
+        assert_eq!(v, [On, OnPending]);
+        assert_eq!(handle([0xc400_0003, 0, 0x4008_0000, 0], &mut v, RAM), r(-4));
+        assert_eq!(handle([0xc400_0003, 2, 0x4008_0000, 0], &mut v, RAM), r(-2));
+        assert_eq!(handle([0xc400_0003, 1, 0x1000, 0], &mut v, RAM), r(-9));
         assert_eq!(
-            handle([0xc400_0003, 1 << 8, 0x4008_0000, 0], &v, RAM),
+            handle([0xc400_0003, 1 << 8, 0x4008_0000, 0], &mut v, RAM),
             r(-2)
         );
     }
 
     #[test]
     fn affinity_info_reports_states() {
-        let v = [On, Off, OnPending];
-        let q = |c| handle([0xc400_0004, c, 0, 0], &v, RAM);
+        let mut v = [On, Off, OnPending];
+        let mut q = |c| handle([0xc400_0004, c, 0, 0], &mut v, RAM);
         assert_eq!(
             (q(0), q(1), q(2)),
             (
@@ -202,24 +222,27 @@ mod tests {
     #[test]
     fn power_calls() {
         assert_eq!(
-            handle([0x8400_0008, 0, 0, 0], &[On], RAM),
+            handle([0x8400_0008, 0, 0, 0], &mut [On], RAM),
             PsciAction::SystemOff
         );
         assert_eq!(
-            handle([0x8400_0009, 0, 0, 0], &[On], RAM),
+            handle([0x8400_0009, 0, 0, 0], &mut [On], RAM),
             PsciAction::SystemReset
         );
         assert_eq!(
-            handle([0x8400_0002, 0, 0, 0], &[On], RAM),
+            handle([0x8400_0002, 0, 0, 0], &mut [On], RAM),
             PsciAction::CpuOff
         );
         // SYSTEM_RESET2: a warm reset, 32- and 64-bit; any other type
         // (reserved architectural, or vendor-specific with bit 31) is an
         // invalid parameter and nothing happens.
         for fid in [0x8400_0012, 0xc400_0012] {
-            assert_eq!(handle([fid, 0, 0, 0], &[On], RAM), PsciAction::SystemReset);
-            assert_eq!(handle([fid, 1, 0, 0], &[On], RAM), r(-2));
-            assert_eq!(handle([fid, 1 << 31, 0, 0], &[On], RAM), r(-2));
+            assert_eq!(
+                handle([fid, 0, 0, 0], &mut [On], RAM),
+                PsciAction::SystemReset
+            );
+            assert_eq!(handle([fid, 1, 0, 0], &mut [On], RAM), r(-2));
+            assert_eq!(handle([fid, 1 << 31, 0, 0], &mut [On], RAM), r(-2));
         }
     }
 }

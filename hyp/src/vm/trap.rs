@@ -182,10 +182,9 @@ fn system_register(
 /// An HVC (or trapped SMC): PSCI and SMCCC, the only hypercalls there are.
 fn hypercall(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, m: &dyn Machine) -> Flow {
     let x = [frame.x[0], frame.x[1], frame.x[2], frame.x[3]];
-    let action = {
-        let power = vm.power.lock();
-        psci::handle(x, &power, vm.ram.ipa_range())
-    };
+    // One lock for the decision and the state it records (a CPU_ON marks
+    // its target on-pending in `psci::handle`).
+    let action = psci::handle(x, &mut vm.power.lock(), vm.ram.ipa_range());
     match action {
         PsciAction::Return(v) => frame.x[0] = v,
         PsciAction::CpuOn {
@@ -193,7 +192,6 @@ fn hypercall(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, m: &dyn Machine) -> Fl
             entry,
             context,
         } => {
-            vm.power.lock()[target] = VcpuPower::OnPending;
             m.start_vcpu(vm, target, entry, context);
             frame.x[0] = 0;
         }
