@@ -61,6 +61,32 @@ fn two_vms() {
     b.assert_exit(0);
 }
 
+/// A guest reads its ID registers through the hypervisor (HCR_EL2.TID3):
+/// no PMU, trace, RAS, activity monitors, MTE or SME, which its VM does
+/// not get; FP, Advanced SIMD and debug as the CPU has them. Touching a
+/// PMU register is an undefined instruction, reported once.
+#[test]
+fn guest_sees_only_the_cpu_features_its_vm_has() {
+    let b = boot("cpu-features", &[], TIMEOUT);
+    let features = b.checks("features");
+    features.assert_all_passed(&[
+        "id-pmu-and-trace-hidden",
+        "id-ras-amu-mte-sme-hidden",
+        "id-basic-features-shown",
+        "pmu-register-undefined",
+    ]);
+    assert_eq!(
+        features.detail("pmu-register-undefined"),
+        "vector 4 ESR=0x2000000"
+    );
+    b.expect(
+        "VM features: vCPU 0: read of system register S3_3_C9_C12_0, which it does not have: \
+         undefined instruction injected",
+    );
+    b.expect("all VMs have stopped (all powered off cleanly)");
+    b.assert_exit(0);
+}
+
 #[test]
 fn guest_bad_access() {
     let b = boot("bad-access", &[], TIMEOUT);

@@ -11,6 +11,10 @@
 //! - `bad_access`: reads 256 MiB past the end of its RAM; its EL1 vectors
 //!   check that the read took a synchronous external abort there
 //!   (`check bad-access-aborts: pass FAR=0x... ESR=0x...`);
+//! - `cpu_features`: checks that its ID registers show no PMU, trace, RAS,
+//!   AMU, MTE or SME but do show FP, Advanced SIMD and debug, and that
+//!   reading PMCR_EL0 takes an undefined-instruction exception (see
+//!   `cpu.rs`);
 //! - `count=N`: prints `guest: tick 1` .. `guest: tick N`, one every
 //!   `tick_ms=` milliseconds (default 100) of the virtual counter;
 //! - `edu_attack=ADDR[,ADDR...]` [`edu_flood=N`]: drives QEMU's `edu` PCI
@@ -82,6 +86,8 @@ mod console;
 mod barpage;
 #[cfg(target_os = "none")]
 mod checks;
+#[cfg(target_os = "none")]
+mod cpu;
 mod edu;
 #[cfg(target_os = "none")]
 mod gic;
@@ -120,6 +126,9 @@ enum Action<'a> {
     Done,
     /// Read outside RAM and report the data abort.
     BadAccess,
+    /// Check the CPU features the ID registers show, and that a PMU
+    /// register is undefined.
+    CpuFeatures,
     /// Print this many ticks, spaced by the virtual timer.
     Count(u64),
     /// DMA with the `edu` device: own memory, then at these addresses.
@@ -245,6 +254,7 @@ impl<'a> Args<'a> {
                     }
                 }
                 None if word == "bad_access" => args.action = Action::BadAccess,
+                None if word == "cpu_features" => args.action = Action::CpuFeatures,
                 None if word == "vsmmu_edu" => args.action = Action::VsmmuEdu,
                 None if word == "edu_msi" => args.action = Action::EduMsi,
                 None if word == "edu_msi_attack" => args.action = Action::EduMsiAttack,
@@ -611,6 +621,7 @@ mod hw {
                     format_args!("no abort: read {:#x} from {:#x}", value, addr),
                 );
             }
+            Action::CpuFeatures => super::cpu::features(),
             Action::Count(n) => {
                 for i in 1..=n {
                     super::time::delay_ms(args.tick_ms);
@@ -651,7 +662,14 @@ mod hw {
     #[no_mangle]
     extern "C" fn guest_exception(vector: u64, esr: u64, far: u64, elr: u64) -> ! {
         let expected = BAD_ADDRESS.load(Ordering::Relaxed);
-        if expected != 0 && is_same_el_data_abort(vector, esr) {
+        if super::cpu::EXPECT_UNDEF.load(Ordering::Relaxed) {
+            // EC 0 with IL, at the current EL's synchronous vector.
+            check(
+                "pmu-register-undefined",
+                vector == super::VECTOR_CURRENT_SPX_SYNC && esr == 1 << 25,
+                format_args!("vector {} ESR={:#x}", vector, esr),
+            );
+        } else if expected != 0 && is_same_el_data_abort(vector, esr) {
             check(
                 "bad-access-aborts",
                 far == expected && is_sync_external_abort(esr),
@@ -704,6 +722,7 @@ mod tests {
         assert_eq!(a.action, Action::Count(5));
         assert_eq!(a.tick_ms, 20);
         assert_eq!(Args::parse("name=x bad_access").action, Action::BadAccess);
+        assert_eq!(Args::parse("cpu_features").action, Action::CpuFeatures);
         // The last action wins; malformed numbers and unknown words are ignored.
         assert_eq!(Args::parse("count=3 bad_access").action, Action::BadAccess);
         assert_eq!(Args::parse("name=n vsmmu_edu").action, Action::VsmmuEdu);

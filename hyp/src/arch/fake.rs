@@ -34,6 +34,8 @@ pub struct FakeCpu {
     pub el1_exception: Option<[u64; 4]>,
     /// The guest's CNTV_CTL_EL0.
     pub cntv_ctl: u64,
+    /// The CPU's ID registers, by (CRm, Op2); absent ones read as zero.
+    pub id_regs: Vec<((u8, u8), u64)>,
     /// Interrupts `ack` hands out, in order (then 1023, spurious).
     pub pending: VecDeque<u32>,
     /// INTIDs written to ICC_EOIR1_EL1.
@@ -149,6 +151,16 @@ pub mod guest {
     /// The guest's CNTV_CTL_EL0.
     pub fn vtimer_ctl() -> u64 {
         with(|c| c.cntv_ctl)
+    }
+
+    /// The CPU's ID register S3_0_C0_C`crm`_`op2`.
+    pub fn id_register(crm: u8, op2: u8) -> u64 {
+        with(|c| {
+            c.id_regs
+                .iter()
+                .find(|(at, _)| *at == (crm, op2))
+                .map_or(0, |&(_, v)| v)
+        })
     }
 
     /// Writes the guest's CNTV_CTL_EL0 (ISTATUS is the timer's, read-only).

@@ -16,6 +16,7 @@
 //! All of it is pure logic over the VM's state and runs in host tests and
 //! fuzz targets; what a guest writes is hostile input.
 
+pub mod idregs;
 pub mod msix;
 pub mod psci;
 pub mod vgic;

@@ -33,6 +33,11 @@ impl SysReg {
     /// ICC_SGI1R_EL1: a guest sends an SGI (trapped: the virtual CPU
     /// interface cannot reach other vCPUs).
     pub const ICC_SGI1R_EL1: Self = Self::new(3, 0, 12, 11, 5);
+    /// ICC_SGI0R_EL1: a Group 0 SGI (trapped likewise).
+    pub const ICC_SGI0R_EL1: Self = Self::new(3, 0, 12, 11, 7);
+    /// ICC_ASGI1R_EL1: a Group 1 SGI for the other Security state (trapped
+    /// likewise).
+    pub const ICC_ASGI1R_EL1: Self = Self::new(3, 0, 12, 11, 6);
 
     /// The register `S<op0>_<op1>_C<crn>_C<crm>_<op2>`.
     pub const fn new(op0: u8, op1: u8, crn: u8, crm: u8, op2: u8) -> Self {

@@ -375,8 +375,35 @@ fn a_restart_that_cannot_finish_ends_the_vm_as_crashed() {
     );
 }
 
+/// ESR_EL2 of a trapped MRS (`read`) or MSR of S`op0`_`op1`_C`crn`_C`crm`_`op2`
+/// with register `rt`.
+fn sysreg(op0: u64, op1: u64, crn: u64, crm: u64, op2: u64, rt: u64, read: bool) -> u64 {
+    let iss = (op0 << 20) | (op2 << 17) | (op1 << 14) | (crn << 10) | (rt << 5) | (crm << 1);
+    (0x18 << 26) | (1 << 25) | iss | u64::from(read)
+}
+
+/// Runs one trapped system register access with x4 = 0xdead; returns x4,
+/// where the vCPU resumes and the injected syndrome, if any.
+fn sysreg_trap(
+    vm: &Vm,
+    m: &Recorder,
+    esr: u64,
+    ids: &[((u8, u8), u64)],
+) -> (u64, u64, Option<u64>) {
+    fake::reset();
+    fake::with(|c| {
+        c.esr_el2 = esr;
+        c.vbar_el1 = 0x4008_0000;
+        c.id_regs = ids.to_vec();
+    });
+    let mut f = frame(0x4000_0000);
+    f.x[4] = 0xdead;
+    handle_sync(vm, 0, &mut f, m);
+    (f.x[4], f.elr, fake::with(|c| c.el1_exception).map(|e| e[0]))
+}
+
 #[test]
-fn unknown_traps_get_undef_and_unknown_sysregs_read_as_zero() {
+fn unknown_traps_and_registers_the_vm_does_not_have_are_undefined() {
     let h = GuestHarness::new(&[]);
     let (vm, m) = (&h.vm, &h.machine);
     // EC 0x07 (FP access; never trapped, so unknown here).
@@ -385,15 +412,64 @@ fn unknown_traps_get_undef_and_unknown_sysregs_read_as_zero() {
     let mut f = frame(0x4000_0000);
     handle_sync(vm, 0, &mut f, m);
     assert_eq!(fake::with(|c| c.el1_exception).unwrap()[0] >> 26, 0);
-    // MRS x4, S3_0_C15_C2_0 (implementation defined).
-    fake::reset();
-    let iss = (3 << 20) | (15 << 10) | (4 << 5) | (2 << 1) | 1;
-    fake::with(|c| c.esr_el2 = (0x18 << 26) | (1 << 25) | iss);
-    let mut f = frame(0x4000_0000);
-    f.x[4] = 0xdead;
-    handle_sync(vm, 0, &mut f, m);
-    assert_eq!((f.x[4], f.elr), (0, 0x4000_0004));
-    assert_eq!(fake::with(|c| c.el1_exception), None);
+    // MRS x4, S3_0_C15_C2_0 (implementation defined), MRS x4, PMCR_EL0 (the
+    // PMU is hidden), MSR PMCR_EL0, x4: undefined, x4 untouched, at the
+    // vector (EL1h, current EL with SP_ELx: +0x200).
+    for esr in [
+        sysreg(3, 0, 15, 2, 0, 4, true),
+        sysreg(3, 3, 9, 12, 0, 4, true),
+        sysreg(3, 3, 9, 12, 0, 4, false),
+    ] {
+        let (x4, elr, injected) = sysreg_trap(vm, m, esr, &[]);
+        assert_eq!(
+            (x4, elr, injected),
+            (0xdead, 0x4008_0200, Some(1 << 25)),
+            "{esr:#x}"
+        );
+    }
+}
+
+#[test]
+fn id_registers_read_the_cpus_values_without_hidden_features() {
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
+    // A CPU with a PMUv3, trace, MTE and SME, and some instructions.
+    let ids = [
+        ((5, 0), 0x0000_0000_1030_5116_u64),
+        ((4, 1), 0x0000_0000_0100_0221),
+        ((6, 0), 0x0000_0000_1011_2120),
+    ];
+    // ID_AA64DFR0_EL1: DebugVer, BRPs, WRPs, CTX_CMPs stay; TraceVer and
+    // PMUVer read 0.
+    let (x4, elr, injected) = sysreg_trap(vm, m, sysreg(3, 0, 0, 5, 0, 4, true), &ids);
+    assert_eq!(
+        (x4, elr, injected),
+        (0x0000_0000_1030_5006, 0x4000_0004, None)
+    );
+    // ID_AA64PFR1_EL1: BT and SSBS stay, MTE and SME read 0.
+    let (x4, ..) = sysreg_trap(vm, m, sysreg(3, 0, 0, 4, 1, 4, true), &ids);
+    assert_eq!(x4, 0x21);
+    // ID_AA64ISAR0_EL1: as the CPU has it.
+    let (x4, ..) = sysreg_trap(vm, m, sysreg(3, 0, 0, 6, 0, 4, true), &ids);
+    assert_eq!(x4, 0x0000_0000_1011_2120);
+    // An unallocated encoding of the ID space reads as zero, as on the CPU.
+    let (x4, elr, _) = sysreg_trap(vm, m, sysreg(3, 0, 0, 7, 7, 4, true), &ids);
+    assert_eq!((x4, elr), (0, 0x4000_0004));
+    // ID registers are read-only: a write is undefined.
+    let (x4, elr, injected) = sysreg_trap(vm, m, sysreg(3, 0, 0, 5, 0, 4, false), &ids);
+    assert_eq!((x4, elr, injected), (0xdead, 0x4008_0200, Some(1 << 25)));
+}
+
+#[test]
+fn group_0_sgis_are_sent_and_other_security_state_ones_ignored() {
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
+    // MSR ICC_SGI0R_EL1, x4 and MSR ICC_ASGI1R_EL1, x4: emulated, the
+    // instruction done.
+    for op2 in [7, 6] {
+        let (_, elr, injected) = sysreg_trap(vm, m, sysreg(3, 0, 12, 11, op2, 4, false), &[]);
+        assert_eq!((elr, injected), (0x4000_0004, None), "op2 {op2}");
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The synchronous trap handler: what a vCPU's exit means and what the
 //! hypervisor does about it. WFI sleeps, HVC/SMC go to PSCI/SMCCC, a
-//! trapped system register is emulated or read-as-zero, a data abort is
+//! trapped system register is emulated (SGIs, ID registers) or undefined, a
+//! data abort is
 //! routed by the VM's MMIO bus to the device that claims its address (or
 //! gets an external abort), anything else an undefined-instruction
 //! exception.
@@ -13,6 +14,7 @@ use super::exit::{self, Exit, SysReg, SysRegAccess};
 use super::mmio::MmioAccess;
 use super::vm::{AccessContext, End, Machine, Vm};
 use crate::arch::{self, TrapFrame};
+use crate::vdev::idregs::IdReg;
 use crate::vdev::psci::{self, PsciAction, VcpuPower};
 
 /// What the vCPU does after its trap was handled.
@@ -43,8 +45,11 @@ pub fn handle_sync(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, m: &dyn Machine)
             hypercall(vm, vcpu, frame, m)
         }
         Exit::SysReg(access) => {
-            system_register(vm, vcpu, frame, access, m);
-            skip_instruction(frame);
+            if system_register(vm, vcpu, frame, access, m) {
+                skip_instruction(frame);
+            } else {
+                inject_undef(frame);
+            }
             Flow::Resume
         }
         Exit::DataAbort(Ok(access)) => {
@@ -146,20 +151,21 @@ fn data_abort(
     skip_instruction(frame);
 }
 
-/// A trapped MSR/MRS: ICC_SGI1R_EL1 writes send SGIs through the vGIC;
-/// anything else reads as zero and ignores writes (reported).
+/// A trapped MSR/MRS; returns whether it was emulated. ICC_SGI1R_EL1 and
+/// ICC_SGI0R_EL1 writes send SGIs through the vGIC, ICC_ASGI1R_EL1 writes
+/// are ignored (a VM has no Secure state to send them to), the ID
+/// registers read as `vdev::idregs` says. Anything else is a register the
+/// VM does not have (the PMU's, trace, RAS, MTE, ...: their features are
+/// hidden) or a write to a read-only one: reported, and the caller injects
+/// an undefined-instruction exception, as a CPU without the register would
+/// take.
 fn system_register(
     vm: &Vm,
     vcpu: usize,
     frame: &mut TrapFrame,
     access: SysRegAccess,
     m: &dyn Machine,
-) {
-    if access.reg == SysReg::ICC_SGI1R_EL1 && !access.read {
-        let fx = vm.vgic.lock().send_sgi(vcpu, frame.reg(access.rt));
-        vm.apply(fx, m);
-        return;
-    }
+) -> bool {
     let SysReg {
         op0,
         op1,
@@ -167,16 +173,39 @@ fn system_register(
         crm,
         op2,
     } = access.reg;
+    if !access.read {
+        let sgi = match access.reg {
+            SysReg::ICC_SGI1R_EL1 => Some(true),
+            SysReg::ICC_SGI0R_EL1 => Some(false),
+            SysReg::ICC_ASGI1R_EL1 => return true,
+            _ => None,
+        };
+        if let Some(group1) = sgi {
+            let value = frame.reg(access.rt);
+            let fx = if group1 {
+                vm.vgic.lock().send_sgi(vcpu, value)
+            } else {
+                vm.vgic.lock().send_sgi0(vcpu, value)
+            };
+            vm.apply(fx, m);
+            return true;
+        }
+    }
+    if let Some(id) = IdReg::of(op0, op1, crn, crm, op2).filter(|_| access.read) {
+        let value = id.guest_view(arch::guest::id_register(crm, op2));
+        frame.set_reg(access.rt, value);
+        return true;
+    }
+    let rw = if access.read { "read" } else { "write" };
     vm.report(
         vcpu,
         frame.elr,
         format_args!(
-            "trapped system register access S{op0}_{op1}_C{crn}_C{crm}_{op2}: read as zero / write ignored"
+            "{rw} of system register S{op0}_{op1}_C{crn}_C{crm}_{op2}, which it does not have: \
+             undefined instruction injected"
         ),
     );
-    if access.read {
-        frame.set_reg(access.rt, 0);
-    }
+    false
 }
 
 /// An HVC (or trapped SMC): PSCI and SMCCC, the only hypercalls there are.
