@@ -61,13 +61,17 @@ fn two_vms() {
     b.assert_exit(0);
 }
 
-/// A guest reads its ID registers through the hypervisor (HCR_EL2.TID3):
-/// no PMU, trace, RAS, activity monitors, MTE or SME, which its VM does
-/// not get; FP, Advanced SIMD and debug as the CPU has them. Touching a
-/// PMU register is an undefined instruction, reported once.
+/// What guests see of the CPU. One reads its ID registers through the
+/// hypervisor (HCR_EL2.TID3): no PMU, trace, RAS, activity monitors, MTE
+/// or SME, which its VM does not get; FP, Advanced SIMD and debug as the
+/// CPU has them; touching a PMU register is an undefined instruction,
+/// reported once. The other's EL1 timers, virtual and physical, interrupt
+/// it exactly while they assert: taken when they fire, again while still
+/// asserted, not while masked, and no longer pending once disabled or
+/// reprogrammed.
 #[test]
-fn guest_sees_only_the_cpu_features_its_vm_has() {
-    let b = boot("cpu-features", &[], TIMEOUT);
+fn guest_sees_only_the_cpu_features_its_vm_has_and_both_timers() {
+    let b = boot("cpu", &[], TIMEOUT);
     let features = b.checks("features");
     features.assert_all_passed(&[
         "id-pmu-and-trace-hidden",
@@ -83,6 +87,21 @@ fn guest_sees_only_the_cpu_features_its_vm_has() {
         "VM features: vCPU 0: read of system register S3_3_C9_C12_0, which it does not have: \
          undefined instruction injected",
     );
+    let mut names = Vec::new();
+    for t in ["vtimer", "ptimer"] {
+        for what in [
+            "interrupt-taken",
+            "still-asserted-is-taken-again",
+            "masked-is-not-taken",
+            "pending-while-asserted",
+            "disabled-is-not-pending",
+            "reprogrammed-is-not-pending",
+        ] {
+            names.push(format!("{t}-{what}"));
+        }
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    b.checks("timers").assert_all_passed(&names);
     b.expect("all VMs have stopped (all powered off cleanly)");
     b.assert_exit(0);
 }

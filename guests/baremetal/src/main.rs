@@ -15,6 +15,9 @@
 //!   AMU, MTE or SME but do show FP, Advanced SIMD and debug, and that
 //!   reading PMCR_EL0 takes an undefined-instruction exception (see
 //!   `cpu.rs`);
+//! - `timers`: checks both EL1 timers' interrupts: taken when they fire,
+//!   taken again while still asserted, not while masked, no longer pending
+//!   once disabled or reprogrammed (see `timers.rs`);
 //! - `count=N`: prints `guest: tick 1` .. `guest: tick N`, one every
 //!   `tick_ms=` milliseconds (default 100) of the virtual counter;
 //! - `edu_attack=ADDR[,ADDR...]` [`edu_flood=N`]: drives QEMU's `edu` PCI
@@ -106,6 +109,8 @@ mod reboot;
 mod smp;
 #[cfg(target_os = "none")]
 mod time;
+#[cfg(target_os = "none")]
+mod timers;
 
 use edu::Targets;
 use flat_device_tree::node::FdtNode;
@@ -129,6 +134,9 @@ enum Action<'a> {
     /// Check the CPU features the ID registers show, and that a PMU
     /// register is undefined.
     CpuFeatures,
+    /// Check both EL1 timers' interrupts against the architecture's level
+    /// semantics.
+    Timers,
     /// Print this many ticks, spaced by the virtual timer.
     Count(u64),
     /// DMA with the `edu` device: own memory, then at these addresses.
@@ -255,6 +263,7 @@ impl<'a> Args<'a> {
                 }
                 None if word == "bad_access" => args.action = Action::BadAccess,
                 None if word == "cpu_features" => args.action = Action::CpuFeatures,
+                None if word == "timers" => args.action = Action::Timers,
                 None if word == "vsmmu_edu" => args.action = Action::VsmmuEdu,
                 None if word == "edu_msi" => args.action = Action::EduMsi,
                 None if word == "edu_msi_attack" => args.action = Action::EduMsiAttack,
@@ -622,6 +631,7 @@ mod hw {
                 );
             }
             Action::CpuFeatures => super::cpu::features(),
+            Action::Timers => super::timers::run(&fdt),
             Action::Count(n) => {
                 for i in 1..=n {
                     super::time::delay_ms(args.tick_ms);
@@ -723,6 +733,7 @@ mod tests {
         assert_eq!(a.tick_ms, 20);
         assert_eq!(Args::parse("name=x bad_access").action, Action::BadAccess);
         assert_eq!(Args::parse("cpu_features").action, Action::CpuFeatures);
+        assert_eq!(Args::parse("timers").action, Action::Timers);
         // The last action wins; malformed numbers and unknown words are ignored.
         assert_eq!(Args::parse("count=3 bad_access").action, Action::BadAccess);
         assert_eq!(Args::parse("name=n vsmmu_edu").action, Action::VsmmuEdu);

@@ -34,6 +34,8 @@ pub struct FakeCpu {
     pub el1_exception: Option<[u64; 4]>,
     /// The guest's CNTV_CTL_EL0.
     pub cntv_ctl: u64,
+    /// The guest's CNTP_CTL_EL0.
+    pub cntp_ctl: u64,
     /// The CPU's ID registers, by (CRm, Op2); absent ones read as zero.
     pub id_regs: Vec<((u8, u8), u64)>,
     /// Interrupts `ack` hands out, in order (then 1023, spurious).
@@ -148,9 +150,15 @@ pub mod guest {
         with(|c| c.el1_exception = Some([esr, far, elr, spsr]));
     }
 
-    /// The guest's CNTV_CTL_EL0.
-    pub fn vtimer_ctl() -> u64 {
-        with(|c| c.cntv_ctl)
+    /// The guest's CNTV_CTL_EL0 (`virtual_timer`) or CNTP_CTL_EL0.
+    pub fn timer_ctl(virtual_timer: bool) -> u64 {
+        with(|c| {
+            if virtual_timer {
+                c.cntv_ctl
+            } else {
+                c.cntp_ctl
+            }
+        })
     }
 
     /// The CPU's ID register S3_0_C0_C`crm`_`op2`.
@@ -161,11 +169,6 @@ pub mod guest {
                 .find(|(at, _)| *at == (crm, op2))
                 .map_or(0, |&(_, v)| v)
         })
-    }
-
-    /// Writes the guest's CNTV_CTL_EL0 (ISTATUS is the timer's, read-only).
-    pub fn set_vtimer_ctl(v: u64) {
-        with(|c| c.cntv_ctl = (v & 0b11) | (c.cntv_ctl & 0b100));
     }
 }
 

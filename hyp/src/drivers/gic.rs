@@ -22,6 +22,8 @@ pub const SGI_KICK: u32 = 8;
 pub const PPI_MAINTENANCE: u32 = 25;
 /// PPI of the EL1 virtual timer.
 pub const PPI_VTIMER: u32 = 27;
+/// The EL1 physical timer's PPI.
+pub const PPI_PTIMER: u32 = 30;
 
 use crate::gicv3::attrs::{negotiate, NotKept};
 use crate::gicv3::lpi::{PENDBASER_ATTRS, PROPBASER_ATTRS};
@@ -115,7 +117,7 @@ fn my_redist(mpidr: u64) -> Option<Frame> {
 }
 
 /// Sets up this CPU's redistributor and CPU interface: wakes it, enables
-/// the kick SGI, the maintenance PPI and the virtual timer PPI, priority
+/// the kick SGI, the maintenance PPI and both EL1 timer PPIs, priority
 /// mask open, EOImode=1 (priority drop and deactivation separate, so a
 /// virtual interrupt with HW=1 deactivates the physical one).
 pub fn init_cpu(mpidr: u64) {
@@ -138,7 +140,7 @@ pub fn init_cpu(mpidr: u64) {
     }
     rd.w32(
         gicr::ISENABLER0,
-        (1 << SGI_KICK) | (1 << PPI_MAINTENANCE) | (1 << PPI_VTIMER),
+        (1 << SGI_KICK) | (1 << PPI_MAINTENANCE) | (1 << PPI_VTIMER) | (1 << PPI_PTIMER),
     );
     // Whatever vPE an earlier owner of the GIC left resident goes: only
     // this hypervisor's vCPUs' vPEs are resident here.
@@ -146,6 +148,16 @@ pub fn init_cpu(mpidr: u64) {
         warn!("GIC: CPU {mpidr:#x}: a vPE left resident stays: {e}");
     }
     crate::arch::gicv3::init_cpu_interface();
+}
+
+/// Clears the active state of PPIs `ppis` at the redistributor of the CPU
+/// with affinity `mpidr` (GICR_ICACTIVER0: well defined whether or not
+/// they are active).
+pub fn deactivate_ppis(mpidr: u64, ppis: impl Iterator<Item = u32>) {
+    if let Some(rd) = my_redist(mpidr) {
+        let mask = ppis.filter(|&p| p < 32).fold(0u32, |m, p| m | 1 << p);
+        rd.w32(gicr::ICACTIVER0, mask);
+    }
 }
 
 /// Routes SPI `intid` to the CPU with affinity `mpidr`, level or edge, and

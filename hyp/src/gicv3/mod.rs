@@ -142,6 +142,8 @@ pub mod gicr {
     pub const ISENABLER0: u64 = FRAME_SIZE + 0x0100;
     /// GICR_ICENABLER0.
     pub const ICENABLER0: u64 = FRAME_SIZE + 0x0180;
+    /// GICR_ICACTIVER0.
+    pub const ICACTIVER0: u64 = FRAME_SIZE + 0x0380;
     /// GICR_IPRIORITYR0-7.
     pub const IPRIORITYR: u64 = FRAME_SIZE + 0x0400;
     /// GICR_ICFGR0 (SGIs) and GICR_ICFGR1 (PPIs).

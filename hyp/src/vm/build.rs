@@ -379,6 +379,8 @@ fn build_vm(
     let mut vgic = VGic::new(&mpidrs, NR_SPIS)
         .map_err(|e| resources(alloc::format!("VM {}: virtual GIC: {e:?}", spec.name)))?;
     vgic.enable_lpis();
+    super::timer::link(&mut vgic)
+        .map_err(|e| resources(alloc::format!("VM {}: timer interrupts: {e:?}", spec.name)))?;
     // Only a VM with MSIs to deliver gets vPEs.
     let vpes = match delivery {
         Delivery::Direct if !grants.is_empty() => {

@@ -1,8 +1,7 @@
 //! Exceptions the hypervisor gives a guest, as the hardware would take
 //! them to EL1 (Arm ARM D1.10, "Exception entry"): the syndrome and fault
 //! address in ESR_EL1/FAR_EL1, the return state in ELR_EL1/SPSR_EL1, and
-//! execution resuming at the guest's vector for the EL it came from. Also
-//! the guest's virtual timer, whose interrupt the hypervisor forwards.
+//! execution resuming at the guest's vector for the EL it came from.
 
 use crate::arch::{self, TrapFrame};
 
@@ -96,24 +95,6 @@ pub fn skip_instruction(frame: &mut TrapFrame) {
     frame.elr = frame.elr.wrapping_add(4);
 }
 
-/// CNTV_CTL_EL0 bits.
-const TIMER_ENABLE: u64 = 1 << 0;
-const TIMER_IMASK: u64 = 1 << 1;
-const TIMER_ISTATUS: u64 = 1 << 2;
-
-/// If the guest's EL1 virtual timer is firing (CNTV_CTL_EL0: ENABLE and
-/// ISTATUS set, IMASK clear), masks it (IMASK) so its level drops until the
-/// guest reprograms the timer, and returns true. False for a stale
-/// interrupt: the guest already reprogrammed, disabled or masked the timer.
-pub fn take_vtimer() -> bool {
-    let ctl = arch::guest::vtimer_ctl();
-    if ctl & (TIMER_ENABLE | TIMER_IMASK | TIMER_ISTATUS) != TIMER_ENABLE | TIMER_ISTATUS {
-        return false;
-    }
-    arch::guest::set_vtimer_ctl(ctl | TIMER_IMASK);
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,19 +155,5 @@ mod tests {
         let mut f = frame_at(0x1000, 0x3c5);
         inject_undef(&mut f);
         assert_eq!(fake::with(|c| c.el1_exception).unwrap()[0], IL);
-    }
-
-    #[test]
-    fn vtimer_is_taken_only_while_it_fires() {
-        fake::reset();
-        fake::with(|c| c.cntv_ctl = TIMER_ENABLE | TIMER_ISTATUS);
-        assert!(take_vtimer());
-        assert_eq!(
-            fake::with(|c| c.cntv_ctl),
-            TIMER_ENABLE | TIMER_IMASK | TIMER_ISTATUS
-        );
-        assert!(!take_vtimer(), "masked now");
-        fake::with(|c| c.cntv_ctl = TIMER_ISTATUS);
-        assert!(!take_vtimer(), "disabled");
     }
 }

@@ -16,6 +16,8 @@
 //!   routing of their physical LPIs to VMs;
 //! - [`space`]: the IPA space and its two stage-2 tables (the CPU's and
 //!   the devices'), built from one list of mappings;
+//! - [`timer`]: the guest's EL1 timers, their interrupts with level
+//!   semantics;
 //! - [`ram`], [`image`], [`console_mux`].
 //!
 //! Bare-metal only: [`run`] (the runtime: physical CPUs, interrupts, the
@@ -35,6 +37,7 @@ pub mod mmio;
 pub mod msi;
 pub mod ram;
 pub mod space;
+pub mod timer;
 pub mod trap;
 #[allow(clippy::module_inception)]
 pub mod vm;

@@ -9,10 +9,11 @@
 
 use super::build::{self, Built, StartError};
 use super::console_mux::{Command, ConsoleMux, Input, HELP};
-use super::exception::{take_vtimer, SPSR_EL1H};
+use super::exception::SPSR_EL1H;
 use super::intx::{IntxForwarding, LineControl};
 use super::msi::{Delivery, MsiRouter, PhysicalMsi, RouteError};
 use super::space::IpaSpace;
+use super::timer;
 use super::trap::{self, Flow};
 use super::vm::{Machine, Request, Vm, VmState};
 use crate::arch::{self, guest, TrapFrame};
@@ -375,6 +376,12 @@ fn vpe_out(pc: usize) {
 /// out of its guest, and the CPU waits for its next start.
 fn park(pc: usize) -> ! {
     crate::vdev::vgic::hw::off();
+    // A timer interrupt the guest never deactivated would otherwise stay
+    // active, and that timer never fire again for the next vCPU here.
+    gic::deactivate_ppis(
+        rt().cpu_mpidr[pc],
+        timer::Timer::ALL.map(timer::Timer::ppi).into_iter(),
+    );
     vpe_out(pc);
     rt().slots[pc].in_guest.store(false, Ordering::SeqCst);
     idle(pc)
@@ -392,7 +399,12 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
     vm.count_trap();
     // What the guest did in its list registers first, then the levels of
     // its forwarded lines: the exit's trapped GIC accesses see both.
-    let fx = crate::vdev::vgic::hw::sync(&mut vm.vgic.lock(), vcpu);
+    let fx = {
+        let mut vgic = vm.vgic.lock();
+        let mut fx = crate::vdev::vgic::hw::sync(&mut vgic, vcpu);
+        fx.merge(timer::resample(&mut vgic, vcpu));
+        fx
+    };
     vm.apply(fx, r);
     r.sample_lines(vm, vcpu);
     let mut flow = match vector {
@@ -466,18 +478,22 @@ fn handle_irq(pc: usize) -> bool {
     }
     let here = r.slots.get(pc).and_then(|s| s.vcpu);
     match intid {
-        gic::PPI_VTIMER => {
-            // The guest's virtual timer fired. Mask it at its source (the
-            // guest's timer handler reprograms it, which unmasks it), so the
-            // physical interrupt can be deactivated at once, and give the
-            // guest the virtual interrupt.
-            let fired = take_vtimer();
-            finish(intid);
-            if let Some((vm_i, vcpu)) = here.filter(|_| fired) {
-                let vm = &r.vms[vm_i];
-                if let Ok(fx) = vm.vgic.lock().inject_edge(gic::PPI_VTIMER, vcpu) {
+        gic::PPI_VTIMER | gic::PPI_PTIMER => {
+            // One of the guest's EL1 timers fired: its physical PPI stays
+            // active on the guest's behalf (priority drop only) while the
+            // guest has the virtual one (`vm::timer`); a stale one, or one
+            // with no vCPU here, is deactivated.
+            arch::gicv3::eoi(intid);
+            let given = here
+                .zip(timer::Timer::of_ppi(intid))
+                .and_then(|((vm_i, vcpu), t)| {
+                    let vm = &r.vms[vm_i];
+                    let fx = timer::fired(&mut vm.vgic.lock(), vcpu, t)?;
                     vm.apply(fx, r);
-                }
+                    Some(())
+                });
+            if given.is_none() {
+                arch::gicv3::deactivate(intid);
             }
         }
         _ if Some(intid) == r.smmu_eventq_irq => {

@@ -10,9 +10,9 @@
 use super::super::TrapFrame;
 use crate::vdev::idregs;
 use aarch64_cpu::registers::{
-    ReadWriteable, Readable, Writeable, CNTHCTL_EL2, CNTVOFF_EL2, CNTV_CTL_EL0, CPTR_EL2, ELR_EL1,
-    ESR_EL1, ESR_EL2, FAR_EL1, FAR_EL2, HCR_EL2, HPFAR_EL2, MDCR_EL2, MIDR_EL1, SCTLR_EL1,
-    SPSR_EL1, VBAR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
+    ReadWriteable, Readable, Writeable, CNTHCTL_EL2, CNTP_CTL_EL0, CNTVOFF_EL2, CNTV_CTL_EL0,
+    CPTR_EL2, ELR_EL1, ESR_EL1, ESR_EL2, FAR_EL1, FAR_EL2, HCR_EL2, HPFAR_EL2, MDCR_EL2, MIDR_EL1,
+    SCTLR_EL1, SPSR_EL1, VBAR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
 };
 use core::arch::asm;
 
@@ -66,6 +66,10 @@ pub unsafe fn configure(c: &GuestControls) {
     // CNTHCTL_EL2: EL1 may use the physical counter and timer.
     CNTHCTL_EL2.write(CNTHCTL_EL2::EL1PCTEN::SET + CNTHCTL_EL2::EL1PCEN::SET);
     CNTVOFF_EL2.set(0);
+    // Both EL1 timers off, as a warm reset leaves them (ENABLE resets to
+    // 0): nothing of an earlier vCPU on this CPU fires into this one.
+    CNTV_CTL_EL0.set(0);
+    CNTP_CTL_EL0.set(0);
     // MDCR_EL2: keep HPMN; the PMU's registers trapped (TPM, TPMCR: the
     // guest sees no PMU, so none can count EL2); SPE's trapped (TPMS, bit
     // 14, with FEAT_SPE; E2PB = 0 traps its buffer's); TRBE's trapped
@@ -200,13 +204,13 @@ pub fn id_register(crm: u8, op2: u8) -> u64 {
     }
 }
 
-/// The guest's CNTV_CTL_EL0.
-pub fn vtimer_ctl() -> u64 {
-    CNTV_CTL_EL0.get()
-}
-
-/// Writes the guest's CNTV_CTL_EL0.
-pub fn set_vtimer_ctl(v: u64) {
-    CNTV_CTL_EL0.set(v);
-    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+/// The guest's CNTV_CTL_EL0 (`virtual_timer`) or CNTP_CTL_EL0 (the EL1
+/// physical timer, which is what that name reaches at EL2 with
+/// HCR_EL2.E2H = 0).
+pub fn timer_ctl(virtual_timer: bool) -> u64 {
+    if virtual_timer {
+        CNTV_CTL_EL0.get()
+    } else {
+        CNTP_CTL_EL0.get()
+    }
 }

@@ -638,6 +638,37 @@ impl VGic {
         Ok(fx)
     }
 
+    /// Whether hardware-linked `intid` (of `vcpu`) is pending, not yet
+    /// taken by the guest, with its physical interrupt active on the
+    /// guest's behalf: what [`VGic::lower_hw_line`] would retract.
+    pub fn hw_line_waiting(&self, intid: u32, vcpu: usize) -> bool {
+        self.irq(vcpu, intid).is_some_and(|irq| {
+            irq.hw.is_some() && irq.phys_active && irq.latch && !irq.active && irq.owner.is_none()
+        })
+    }
+
+    /// The physical source of hardware-linked `intid` (a PPI of `vcpu`, or
+    /// an SPI) stopped asserting before the guest took the interrupt: it
+    /// is pending no more, and its physical interrupt, active on the
+    /// guest's behalf, is returned for deactivation (so that it fires when
+    /// the source asserts again). Call between folding the vCPU's list
+    /// registers back and refilling them. An interrupt the guest has taken
+    /// is left to its deactivation (ICH_LR.HW). This is level semantics
+    /// for a source whose level changes without the hypervisor seeing it:
+    /// a timer the guest disabled, masked or reprogrammed.
+    pub fn lower_hw_line(&mut self, intid: u32, vcpu: usize) -> Result<Effects, VgicError> {
+        self.check(intid, vcpu)?;
+        let mut fx = Effects::none();
+        if !self.hw_line_waiting(intid, vcpu) {
+            return Ok(fx);
+        }
+        if let Some(irq) = self.irq_mut(vcpu, intid) {
+            irq.latch = false;
+        }
+        self.note_change(vcpu, intid, &mut fx);
+        Ok(fx)
+    }
+
     /// A guest write of `value` to ICC_SGI1R_EL1 on `from` (trapped: EC
     /// 0x18 with HCR_EL2.IMO = 1): makes SGI INTID pending on every target
     /// vCPU where that SGI is Group 1 (IHI 0069 §8.2 ICC_SGI1R_EL1,
