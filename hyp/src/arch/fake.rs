@@ -150,6 +150,11 @@ pub mod guest {
         with(|c| c.el1_exception = Some([esr, far, elr, spsr]));
     }
 
+    /// Turns both of the guest's timers off.
+    pub fn timers_off() {
+        with(|c| (c.cntv_ctl, c.cntp_ctl) = (0, 0));
+    }
+
     /// The guest's CNTV_CTL_EL0 (`virtual_timer`) or CNTP_CTL_EL0.
     pub fn timer_ctl(virtual_timer: bool) -> u64 {
         with(|c| {

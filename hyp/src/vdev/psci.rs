@@ -21,6 +21,10 @@ const NO_TRUSTED_OS: u64 = 2;
 /// only architectural type; bit 31 set would name a vendor-specific one.
 const SYSTEM_WARM_RESET: u64 = 0;
 
+/// CPU_SUSPEND power_state bits a core-level request may set: StateID
+/// [15:0] and StateType [16].
+const POWER_STATE_CORE: u64 = 0x1_ffff;
+
 /// Power state of a vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VcpuPower {
@@ -91,7 +95,19 @@ pub fn handle(x: [u64; 4], vcpus: &mut [VcpuPower], ram: Range<Ipa>) -> PsciActi
             | SMCCC_VERSION => r(SUCCESS),
             _ => r(NOT_SUPPORTED),
         },
-        PSCI_CPU_SUSPEND_32 | PSCI_CPU_SUSPEND_64 => PsciAction::Suspend,
+        // power_state in the original format (PSCI_FEATURES says so):
+        // StateID [15:0] and StateType [16] (standby or powerdown; both
+        // wait for an interrupt and return, as a powerdown may when a
+        // wake-up is pending, so no context is lost); PowerLevel [25:24]
+        // above the core and the reserved bits are invalid here, as on
+        // QEMU's own PSCI.
+        PSCI_CPU_SUSPEND_32 | PSCI_CPU_SUSPEND_64 => {
+            if arg(1) & !POWER_STATE_CORE != 0 {
+                r(INVALID_PARAMETERS)
+            } else {
+                PsciAction::Suspend
+            }
+        }
         PSCI_CPU_OFF => PsciAction::CpuOff,
         PSCI_CPU_ON_32 | PSCI_CPU_ON_64 => {
             let Some(vcpu) = vcpu_of(arg(1), vcpus.len()) else {
@@ -217,6 +233,26 @@ mod tests {
             )
         );
         assert_eq!(q(3), r(-2));
+    }
+
+    #[test]
+    fn cpu_suspend_takes_core_level_states_only() {
+        for fid in [0x8400_0001, 0xc400_0001] {
+            for state in [0, 0x1, 0x1_0000, 0x1_ffff] {
+                let a = handle([fid, state, 0x4008_0000, 0], &mut [On], RAM);
+                assert_eq!(a, PsciAction::Suspend, "{state:#x}");
+            }
+            // A cluster or system PowerLevel, reserved bits.
+            for state in [0x100_0000, 0x300_0000, 0x2_0000, 0x8000_0000] {
+                let a = handle([fid, state, 0x4008_0000, 0], &mut [On], RAM);
+                assert_eq!(a, r(-2), "{state:#x}");
+            }
+        }
+        // The 32-bit call sees only the low word.
+        assert_eq!(
+            handle([0x8400_0001, 1 << 32, 0, 0], &mut [On], RAM),
+            PsciAction::Suspend
+        );
     }
 
     #[test]

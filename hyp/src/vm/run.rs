@@ -376,8 +376,10 @@ fn vpe_out(pc: usize) {
 /// out of its guest, and the CPU waits for its next start.
 fn park(pc: usize) -> ! {
     crate::vdev::vgic::hw::off();
-    // A timer interrupt the guest never deactivated would otherwise stay
-    // active, and that timer never fire again for the next vCPU here.
+    // Its timers stop asserting, and a timer interrupt the guest never
+    // deactivated is deactivated: it would otherwise stay active, and that
+    // timer never fire for the next vCPU here.
+    guest::timers_off();
     gic::deactivate_ppis(
         rt().cpu_mpidr[pc],
         timer::Timer::ALL.map(timer::Timer::ppi).into_iter(),
@@ -482,9 +484,15 @@ fn handle_irq(pc: usize) -> bool {
             // One of the guest's EL1 timers fired: its physical PPI stays
             // active on the guest's behalf (priority drop only) while the
             // guest has the virtual one (`vm::timer`); a stale one, or one
-            // with no vCPU here, is deactivated.
+            // taken while no vCPU is in its guest here (parked: its timers
+            // are off), is deactivated.
             arch::gicv3::eoi(intid);
+            let in_guest = r
+                .slots
+                .get(pc)
+                .is_some_and(|s| s.in_guest.load(Ordering::SeqCst));
             let given = here
+                .filter(|_| in_guest)
                 .zip(timer::Timer::of_ppi(intid))
                 .and_then(|((vm_i, vcpu), t)| {
                     let vm = &r.vms[vm_i];

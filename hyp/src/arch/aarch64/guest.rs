@@ -68,8 +68,7 @@ pub unsafe fn configure(c: &GuestControls) {
     CNTVOFF_EL2.set(0);
     // Both EL1 timers off, as a warm reset leaves them (ENABLE resets to
     // 0): nothing of an earlier vCPU on this CPU fires into this one.
-    CNTV_CTL_EL0.set(0);
-    CNTP_CTL_EL0.set(0);
+    timers_off();
     // MDCR_EL2: keep HPMN; the PMU's registers trapped (TPM, TPMCR: the
     // guest sees no PMU, so none can count EL2); SPE's trapped (TPMS, bit
     // 14, with FEAT_SPE; E2PB = 0 traps its buffer's); TRBE's trapped
@@ -202,6 +201,14 @@ pub fn id_register(crm: u8, op2: u8) -> u64 {
         6: 0 1 2 3 4 5 6 7;
         7: 0 1 2 3 4 5 6 7;
     }
+}
+
+/// Turns both of the guest's EL1 timers off (CNTV_CTL_EL0 and CNTP_CTL_EL0
+/// = 0): their interrupts are no longer asserted.
+pub fn timers_off() {
+    CNTV_CTL_EL0.set(0);
+    CNTP_CTL_EL0.set(0);
+    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
 }
 
 /// The guest's CNTV_CTL_EL0 (`virtual_timer`) or CNTP_CTL_EL0 (the EL1
