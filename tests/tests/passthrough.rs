@@ -437,6 +437,22 @@ fn scenario_conflict_refused() {
     b.assert_exit(1);
 }
 
+/// A function with an I/O BAR (QEMU's pci-testdev) is not assigned at
+/// all: guests get no port I/O, and a half-working device is worse than
+/// none. One line says why, and no guest starts.
+#[test]
+fn a_function_with_an_io_bar_is_refused() {
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/io-bar.toml");
+    let b = boot(scenario, &[], TIMEOUT);
+    b.expect(
+        "VM porty: PCI 00:01.0: BAR1 is an I/O BAR (256 bytes), and guests get no port I/O: \
+         not assigned",
+    );
+    b.expect("no guest is started");
+    b.assert_silent("porty");
+    b.assert_exit(1);
+}
+
 /// Linux's own arm-smmu-v3 driver on the virtual SMMUv3: the NVMe sits in a
 /// translated IOMMU group, its stream is nested (guest stage 1 over the
 /// VM's stage 2), and checksummed I/O passes with invalidation mode `mode`.

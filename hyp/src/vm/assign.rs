@@ -123,6 +123,13 @@ fn routed_msix(cfg: &dyn ConfigAccess, f: &Function) -> Option<MsixLayout> {
     (inside(l.table_bar, l.table()) && inside(l.pba_bar, l.pba())).then_some(l)
 }
 
+/// `f`'s first I/O BAR, if it has one.
+fn io_bar(f: &Function) -> Option<&pci::Bar> {
+    f.bars
+        .iter()
+        .find(|b| b.kind == pci::BarKind::Io && b.size > 0)
+}
+
 /// Whether `f`'s MSI capability is shown: it has one and the hypervisor
 /// routes its MSIs (the machine has an ITS).
 fn routed_msi(cfg: &dyn ConfigAccess, f: &Function) -> bool {
@@ -176,6 +183,15 @@ pub fn assign(
         }
         if cfg.read32(bdf, pci::reg::HEADER) >> 16 & 0x7f != 0 {
             return Err(format!("PCI {bdf}: a bridge cannot be assigned"));
+        }
+        // No port I/O for guests: a function that needs it would be half
+        // there, so it is not assigned at all.
+        if let Some(io) = io_bar(f) {
+            return Err(format!(
+                "PCI {bdf}: BAR{} is an I/O BAR ({} bytes), and guests get no port I/O: \
+                 not assigned (for a virtio device, disable-legacy=on leaves memory BARs only)",
+                io.index, io.size
+            ));
         }
         let sid = iommu
             .lock()
