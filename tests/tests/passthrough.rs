@@ -357,10 +357,12 @@ fn linux_nvme_intx() {
 #[test]
 fn isolation_edu_attacker() {
     let b = boot("isolation", &[], TIMEOUT);
-    // Every foreign target: the victim's memory, the hypervisor's, the GIC,
-    // UART and SMMU registers, unmapped space.
+    // Every foreign target: the victim's memory, the victim's NVMe BAR
+    // (peer to peer), the hypervisor's memory, the GIC, UART and SMMU
+    // registers, unmapped space.
     let targets = [
         "0x60000000",
+        "0x8000000000",
         "0x40200000",
         "0x8000000",
         "0x9000000",
