@@ -622,10 +622,19 @@ pub fn bare_linux_qemu(extra: &[&str], append: &str) -> std::process::Command {
 /// baseline a scenario with the same guest compares with. Run from the
 /// repository root.
 pub fn bare_baremetal_qemu(devices: &[&str], append: &str) -> std::process::Command {
+    bare_baremetal_qemu_smp(1, devices, append)
+}
+
+/// [`bare_baremetal_qemu`] with `cpus` CPUs.
+pub fn bare_baremetal_qemu_smp(
+    cpus: usize,
+    devices: &[&str],
+    append: &str,
+) -> std::process::Command {
     let mut c = std::process::Command::new("qemu-system-aarch64");
     c.current_dir(workspace())
         .args(["-M", "virt,gic-version=3", "-cpu", "cortex-a57"])
-        .args(["-smp", "1", "-m", "512M"])
+        .args(["-smp", &cpus.to_string(), "-m", "512M"])
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .args(["-kernel", "target/guests/baremetal.bin"])
         .args(["-append", append]);

@@ -50,6 +50,12 @@ pub fn init(gicd: u64, intids: &[u32]) {
         route(gicd, i, my_affinity());
         w32(gicd + GICD_ISENABLER + word, bit);
     }
+    init_cpu_interface();
+}
+
+/// Enables this CPU's interface (system registers, priority mask open,
+/// Group 1), PSTATE.I left masked.
+pub fn init_cpu_interface() {
     // SAFETY: system-register setup of our own CPU interface: system
     // register access, priority mask, group 1 enabled.
     unsafe {
@@ -167,4 +173,65 @@ pub fn end(intid: u32) {
     // interrupt state only (priority drop, deactivation), never memory;
     // callers pass an INTID [`acknowledge`] returned.
     unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) u64::from(intid)) };
+}
+
+/// GICR_TYPER (64-bit): Affinity \[63:32\], Last \[4\], VLPIS \[1\].
+const GICR_TYPER: u64 = 0x8;
+/// GICR_IGROUPR0, GICR_ISENABLER0 and GICR_ISPENDR0, in the SGI frame.
+const GICR_IGROUPR0: u64 = 0x1_0080;
+const GICR_ISENABLER0: u64 = 0x1_0100;
+const GICR_ISPENDR0: u64 = 0x1_0200;
+
+/// A redistributor: its SGIs and PPIs.
+pub struct Redist(u64);
+
+impl Redist {
+    /// The calling CPU's redistributor, found from `base` (the GIC node's
+    /// second `reg`) by its GICR_TYPER affinity.
+    pub fn mine(base: u64) -> Option<Self> {
+        let me = my_affinity();
+        // Aff3.Aff2.Aff1.Aff0 as GICR_TYPER holds it.
+        let want = (me >> 8 & 0xff00_0000) | (me & 0xff_ffff);
+        let mut at = base;
+        for _ in 0..64 {
+            // SAFETY: GICR_TYPER of a redistributor frame in the region our
+            // device tree names (the walk stops at the one marked Last);
+            // Device memory, a 64-bit register.
+            let typer = unsafe { mmio::read64(at + GICR_TYPER) };
+            if typer >> 32 == want {
+                return Some(Self(at));
+            }
+            if typer & 1 << 4 != 0 {
+                return None;
+            }
+            // Two 64 KiB frames, four with virtual LPIs.
+            at += if typer & 1 << 1 != 0 {
+                0x4_0000
+            } else {
+                0x2_0000
+            };
+        }
+        None
+    }
+
+    /// Makes SGI or PPI `intid` Group 1 and enables it.
+    pub fn enable(&self, intid: u32) {
+        let bit = 1 << (intid % 32);
+        w32(self.0 + GICR_IGROUPR0, r32(self.0 + GICR_IGROUPR0) | bit);
+        w32(self.0 + GICR_ISENABLER0, bit);
+    }
+
+    /// Whether SGI or PPI `intid` is pending (GICR_ISPENDR0).
+    pub fn pending(&self, intid: u32) -> bool {
+        r32(self.0 + GICR_ISPENDR0) & 1 << (intid % 32) != 0
+    }
+}
+
+/// Sends SGI `intid` to the CPU with Aff0 `cpu` in our cluster
+/// (ICC_SGI1R_EL1: INTID \[27:24\], TargetList \[15:0\]).
+pub fn send_sgi(intid: u32, cpu: u32) {
+    let v = u64::from(intid & 0xf) << 24 | 1 << (cpu & 0xf);
+    // SAFETY: writes ICC_SGI1R_EL1 of our own CPU interface: it makes an
+    // SGI pending at the target, never touches memory.
+    unsafe { asm!("msr icc_sgi1r_el1, {}", "isb", in(reg) v) };
 }

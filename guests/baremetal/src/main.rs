@@ -18,6 +18,9 @@
 //! - `timers`: checks both EL1 timers' interrupts: taken when they fire,
 //!   taken again while still asserted, not while masked, no longer pending
 //!   once disabled or reprogrammed (see `timers.rs`);
+//! - `trap_bench=N`: times N hypercalls, MMIO reads and writes, IPI round
+//!   trips to vCPU 1 and timer interrupts, one `bench` line each (see
+//!   `trapbench.rs`; `tests/benches/traps.rs` runs it);
 //! - `count=N`: prints `guest: tick 1` .. `guest: tick N`, one every
 //!   `tick_ms=` milliseconds (default 100) of the virtual counter;
 //! - `edu_attack=ADDR[,ADDR...]` [`edu_flood=N`]: drives QEMU's `edu` PCI
@@ -111,6 +114,8 @@ mod smp;
 mod time;
 #[cfg(target_os = "none")]
 mod timers;
+#[cfg(target_os = "none")]
+mod trapbench;
 
 use edu::Targets;
 use flat_device_tree::node::FdtNode;
@@ -137,6 +142,8 @@ enum Action<'a> {
     /// Check both EL1 timers' interrupts against the architecture's level
     /// semantics.
     Timers,
+    /// Time this many hypercalls, MMIO accesses, IPIs and timer interrupts.
+    TrapBench(u64),
     /// Print this many ticks, spaced by the virtual timer.
     Count(u64),
     /// DMA with the `edu` device: own memory, then at these addresses.
@@ -239,6 +246,11 @@ impl<'a> Args<'a> {
                 Some(("reboot_under_dma", v)) => {
                     if let Ok(ms) = v.parse() {
                         args.action = Action::RebootUnderDma(ms);
+                    }
+                }
+                Some(("trap_bench", v)) => {
+                    if let Ok(n) = v.parse() {
+                        args.action = Action::TrapBench(n);
                     }
                 }
                 Some(("reboot_raced", v)) => {
@@ -457,6 +469,15 @@ mod hw {
         }
     }
 
+    /// PSCI_VERSION: a call that does nothing else.
+    pub fn psci_version() -> Result<smccc::psci::Version, smccc::psci::Error> {
+        if smc() {
+            smccc::psci::version::<smccc::Smc>()
+        } else {
+            smccc::psci::version::<smccc::Hvc>()
+        }
+    }
+
     /// PSCI SYSTEM_OFF; parks the CPU if the call returns.
     fn power_off() -> ! {
         let result = if smc() {
@@ -632,6 +653,7 @@ mod hw {
             }
             Action::CpuFeatures => super::cpu::features(),
             Action::Timers => super::timers::run(&fdt),
+            Action::TrapBench(n) => super::trapbench::run(&fdt, n),
             Action::Count(n) => {
                 for i in 1..=n {
                     super::time::delay_ms(args.tick_ms);
@@ -734,6 +756,7 @@ mod tests {
         assert_eq!(Args::parse("name=x bad_access").action, Action::BadAccess);
         assert_eq!(Args::parse("cpu_features").action, Action::CpuFeatures);
         assert_eq!(Args::parse("timers").action, Action::Timers);
+        assert_eq!(Args::parse("trap_bench=9").action, Action::TrapBench(9));
         // The last action wins; malformed numbers and unknown words are ignored.
         assert_eq!(Args::parse("count=3 bad_access").action, Action::BadAccess);
         assert_eq!(Args::parse("name=n vsmmu_edu").action, Action::VsmmuEdu);

@@ -20,6 +20,8 @@ pub enum Job {
     Off = 0,
     /// The racer of `reboot_raced` (`race.rs`).
     Race = 1,
+    /// Answers SGIs for `trap_bench` (`trapbench.rs`).
+    Echo = 2,
 }
 
 /// The secondary CPUs' stacks, vCPU N's at index N - 1.
@@ -62,6 +64,9 @@ extern "C" fn guest_secondary(cpu: u64) -> ! {
         .map_or(Job::Off as u8, |j| j.load(Ordering::Acquire));
     if job == Job::Race as u8 {
         crate::race::racer();
+    }
+    if job == Job::Echo as u8 {
+        crate::trapbench::echo();
     }
     let _ = crate::hw::cpu_off();
     loop {

@@ -21,7 +21,8 @@
 //! What stops the checks early is a failed check `timers-ran`.
 
 use crate::checks::check;
-use crate::{gic, mmio, time};
+use crate::gic::{self, Redist};
+use crate::time;
 use aarch64_cpu::registers::{
     Readable, Writeable, CNTPCT_EL0, CNTP_CTL_EL0, CNTP_CVAL_EL0, CNTV_CTL_EL0, CNTV_CVAL_EL0,
 };
@@ -30,10 +31,6 @@ use flat_device_tree::Fdt;
 /// CNTx_CTL_EL0 bits.
 const ENABLE: u64 = 1 << 0;
 const IMASK: u64 = 1 << 1;
-
-/// GICR_ISENABLER0 and GICR_ISPENDR0, in the redistributor's SGI frame.
-const GICR_ISENABLER0: u64 = 0x1_0100;
-const GICR_ISPENDR0: u64 = 0x1_0200;
 
 /// How long anything that must happen may take.
 const TIMEOUT_MS: u64 = 2000;
@@ -83,22 +80,6 @@ impl Timer {
             Self::Physical => CNTP_CVAL_EL0.set(v),
         }
         aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
-    }
-}
-
-/// Our redistributor (the GIC node's second `reg`; one vCPU, ours first).
-struct Redist(u64);
-
-impl Redist {
-    fn pending(&self, ppi: u32) -> bool {
-        // SAFETY: GICR_ISPENDR0 of the redistributor our device tree names;
-        // Device memory, a 32-bit register.
-        unsafe { mmio::read32(self.0 + GICR_ISPENDR0) & 1 << ppi != 0 }
-    }
-
-    fn enable(&self, ppi: u32) {
-        // SAFETY: as in `pending`: GICR_ISENABLER0, write-one-to-set.
-        unsafe { mmio::write32(self.0 + GICR_ISENABLER0, 1 << ppi) }
     }
 }
 
@@ -211,7 +192,10 @@ pub fn run(fdt: &Fdt<'_>) {
         return;
     };
     gic::init(gicd.starting_address as u64, &[]);
-    let rd = Redist(gicr.starting_address as u64);
+    let Some(rd) = Redist::mine(gicr.starting_address as u64) else {
+        check("timers-ran", false, "no redistributor with our affinity");
+        return;
+    };
     for t in [Timer::Virtual, Timer::Physical] {
         run_timer(t, &rd);
     }
