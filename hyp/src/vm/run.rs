@@ -415,15 +415,7 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
             while handle_irq(pc) {}
             Flow::Resume
         }
-        _ => {
-            error!(
-                "VM {}: vCPU {vcpu}: SError (ESR {:#x}): stopping the VM",
-                vm.name,
-                guest::esr()
-            );
-            vm.stop(VmState::Crashed, Some(vcpu), r);
-            Flow::Park
-        }
+        _ => trap::handle_serror(vm, vcpu, r),
     };
     // A console request for this VM (the console may have taken its
     // input on this very CPU, in this trap).

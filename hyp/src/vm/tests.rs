@@ -172,6 +172,29 @@ fn psci_cpu_on_starts_the_target_through_the_machine() {
 }
 
 #[test]
+fn an_serror_stops_the_vm_as_crashed_devices_first() {
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
+    capture_log();
+    fake::reset();
+    fake::with(|c| c.esr_el2 = 0x2f << 26 | 1 << 25);
+    assert_eq!(super::trap::handle_serror(vm, 0, m), Flow::Park);
+    assert!(!vm.is_running());
+    let calls = m.calls();
+    let stop = calls.iter().position(|c| *c == Call::StopDevices);
+    let stopped = calls
+        .iter()
+        .position(|c| *c == Call::Stopped(VmState::Crashed));
+    assert!(
+        matches!((stop, stopped), (Some(a), Some(b)) if a < b),
+        "{calls:?}"
+    );
+    assert!(log_lines()
+        .iter()
+        .any(|l| l.contains("VM t: vCPU 0: SError (ESR 0xbe000000): stopping the VM")));
+}
+
+#[test]
 fn cpu_off_parks_the_caller() {
     let h = GuestHarness::new(&[]);
     let vm = &h.vm;

@@ -12,7 +12,7 @@ use super::exception::{
 };
 use super::exit::{self, Exit, SysReg, SysRegAccess};
 use super::mmio::MmioAccess;
-use super::vm::{AccessContext, End, Machine, Vm};
+use super::vm::{AccessContext, End, Machine, Vm, VmState};
 use crate::arch::{self, TrapFrame};
 use crate::vdev::idregs::IdReg;
 use crate::vdev::psci::{self, PsciAction, VcpuPower};
@@ -95,6 +95,21 @@ pub fn handle_sync(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, m: &dyn Machine)
     } else {
         Flow::Park
     }
+}
+
+/// An SError taken from the guest (an asynchronous external abort: the
+/// system may have lost state on the VM's behalf). Nothing says which
+/// access caused it or that the guest can recover, so the VM stops as
+/// crashed, its devices first, and its memory is not reused; the other
+/// VMs run on.
+pub fn handle_serror(vm: &Vm, vcpu: usize, m: &dyn Machine) -> Flow {
+    log::error!(
+        "VM {}: vCPU {vcpu}: SError (ESR {:#x}): stopping the VM",
+        vm.name,
+        arch::guest::esr()
+    );
+    vm.stop(VmState::Crashed, Some(vcpu), m);
+    Flow::Park
 }
 
 /// WFI (HCR_EL2.TWI is never set, so only if a CPU traps it anyway): sleep
