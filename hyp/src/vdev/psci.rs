@@ -156,6 +156,25 @@ pub fn handle(x: [u64; 4], vcpus: &mut [VcpuPower], ram: Range<Ipa>) -> PsciActi
     }
 }
 
+/// Whether function `fid` only answers (versions, features, AFFINITY_INFO,
+/// MIGRATE_INFO_TYPE, anything unknown): [`handle`] returns
+/// [`PsciAction::Return`] for it and changes no vCPU state, so it needs
+/// nothing of the hypervisor but the answer.
+pub fn is_query(fid: u32) -> bool {
+    !matches!(
+        fid,
+        PSCI_CPU_ON_32
+            | PSCI_CPU_ON_64
+            | PSCI_CPU_OFF
+            | PSCI_CPU_SUSPEND_32
+            | PSCI_CPU_SUSPEND_64
+            | PSCI_SYSTEM_OFF
+            | PSCI_SYSTEM_RESET
+            | PSCI_SYSTEM_RESET2_32
+            | PSCI_SYSTEM_RESET2_64
+    )
+}
+
 /// vCPU index of a guest MPIDR (the hypervisor gives vCPU n affinity n in
 /// Aff0); None for anything else.
 pub fn vcpu_of(mpidr: u64, count: usize) -> Option<usize> {
@@ -253,6 +272,35 @@ mod tests {
             handle([0x8400_0001, 1 << 32, 0, 0], &mut [On], RAM),
             PsciAction::Suspend
         );
+    }
+
+    #[test]
+    fn queries_only_answer() {
+        let mut v = [On, Off];
+        for fid in [
+            0x8400_0000u32,
+            0x8000_0000,
+            0x8000_0001,
+            0x8400_000a,
+            0xc400_0004,
+            0x8400_0006,
+            0xdead,
+        ] {
+            assert!(is_query(fid), "{fid:#x}");
+            let a = handle([u64::from(fid), 1, 0, 0], &mut v, RAM);
+            assert!(matches!(a, PsciAction::Return(_)), "{fid:#x}: {a:?}");
+            assert_eq!(v, [On, Off], "{fid:#x}");
+        }
+        for fid in [
+            0xc400_0003u32,
+            0x8400_0002,
+            0x8400_0001,
+            0x8400_0008,
+            0x8400_0009,
+            0xc400_0012,
+        ] {
+            assert!(!is_query(fid), "{fid:#x}");
+        }
     }
 
     #[test]

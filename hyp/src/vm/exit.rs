@@ -5,7 +5,7 @@ use super::mmio::{self, DecodeError, MmioAccess};
 use smmu::addr::Ipa;
 
 /// Exception classes the hypervisor handles (ESR_EL2.EC).
-mod ec {
+pub mod ec {
     pub const WFX: u8 = 0x01;
     pub const HVC64: u8 = 0x16;
     pub const SMC64: u8 = 0x17;

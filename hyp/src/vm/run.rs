@@ -399,6 +399,9 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
     };
     let vm = &r.vms[vm_i];
     vm.count_trap();
+    if vector == 8 && vm.is_running() && trap::quick_hypercall(vm, frame) {
+        return;
+    }
     // What the guest did in its list registers first, then the levels of
     // its forwarded lines: the exit's trapped GIC accesses see both.
     let fx = {

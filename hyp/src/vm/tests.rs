@@ -195,6 +195,27 @@ fn an_serror_stops_the_vm_as_crashed_devices_first() {
 }
 
 #[test]
+fn a_query_hypercall_takes_the_quick_path_and_nothing_else_does() {
+    let h = GuestHarness::new(&[]);
+    let vm = &h.vm;
+    fake::reset();
+    fake::with(|c| c.esr_el2 = HVC);
+    let mut f = frame(0x4000_0100);
+    f.x[0] = 0x8400_0000; // PSCI_VERSION
+    assert!(super::trap::quick_hypercall(vm, &mut f));
+    assert_eq!((f.x[0], f.elr), (0x1_0001, 0x4000_0100));
+    // CPU_ON changes a vCPU's state: the full path.
+    let mut f = frame(0x4000_0100);
+    f.x[..4].copy_from_slice(&[0xc400_0003, 1, RAM_BASE + 0x100, 0]);
+    assert!(!super::trap::quick_hypercall(vm, &mut f));
+    assert_eq!(vm.power.lock()[1], VcpuPower::Off, "nothing started");
+    // Not a hypercall at all.
+    fake::with(|c| c.esr_el2 = dabt(4, 0, false));
+    let mut f = frame(0x4000_0100);
+    assert!(!super::trap::quick_hypercall(vm, &mut f));
+}
+
+#[test]
 fn cpu_off_parks_the_caller() {
     let h = GuestHarness::new(&[]);
     let vm = &h.vm;

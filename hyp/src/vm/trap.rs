@@ -97,6 +97,26 @@ pub fn handle_sync(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, m: &dyn Machine)
     }
 }
 
+/// The fast path of a hypercall that only answers ([`psci::is_query`]):
+/// answered here, before anything else an exit does (no list registers
+/// read or written, no lines sampled), and true; false for every other
+/// trap, which takes the full path. The VM must be running (a stopping
+/// VM's vCPUs take the full path, which parks them).
+pub fn quick_hypercall(vm: &Vm, frame: &mut TrapFrame) -> bool {
+    let esr = arch::guest::esr();
+    if (esr >> 26) & 0x3f != exit::ec::HVC64 as u64 || !psci::is_query(frame.x[0] as u32) {
+        return false;
+    }
+    let x = [frame.x[0], frame.x[1], frame.x[2], frame.x[3]];
+    match psci::handle(x, &mut vm.power.lock(), vm.ram.ipa_range()) {
+        PsciAction::Return(v) => {
+            frame.x[0] = v;
+            true
+        }
+        _ => false,
+    }
+}
+
 /// An SError taken from the guest (an asynchronous external abort: the
 /// system may have lost state on the VM's behalf). Nothing says which
 /// access caused it or that the guest can recover, so the VM stops as
