@@ -46,6 +46,9 @@ pub struct FakeCpu {
     pub lrs: Vec<u64>,
     /// ICH_HCR_EL2.
     pub ich_hcr: u64,
+    /// Reads of ICH_LR<n>_EL2, writes of ICH_LR<n>_EL2 and of ICH_HCR_EL2
+    /// so far.
+    pub lr_accesses: (usize, usize, usize),
     /// ICH_VMCR_EL2.
     pub ich_vmcr: u64,
 }
@@ -191,12 +194,16 @@ pub mod gicv3 {
 
     /// ICH_LR<i>_EL2.
     pub fn read_lr(i: usize) -> u64 {
-        with(|c| c.lrs.get(i).copied().unwrap_or(0))
+        with(|c| {
+            c.lr_accesses.0 += 1;
+            c.lrs.get(i).copied().unwrap_or(0)
+        })
     }
 
     /// Writes ICH_LR<i>_EL2.
     pub fn write_lr(i: usize, v: u64) {
         with(|c| {
+            c.lr_accesses.1 += 1;
             if let Some(lr) = c.lrs.get_mut(i) {
                 *lr = v;
             }
@@ -205,7 +212,10 @@ pub mod gicv3 {
 
     /// ICH_HCR_EL2.
     pub fn write_hcr(v: u64) {
-        with(|c| c.ich_hcr = v);
+        with(|c| {
+            c.lr_accesses.2 += 1;
+            c.ich_hcr = v;
+        });
     }
 
     /// ICH_VMCR_EL2.

@@ -314,7 +314,7 @@ fn enter(pc: usize, entry: Ipa, x0: u64, generation: u32) {
     // its RAM and its functions' BARs, never the MSI doorbell, and lives in
     // the runtime (`VmHw`) for the hypervisor's lifetime.
     unsafe { guest::configure(&c) };
-    crate::vdev::vgic::hw::init_cpu();
+    crate::vdev::vgic::hw::init_cpu(&mut vm.vgic.lock(), vcpu);
     if let Some((vpropbaser, vpendbaser)) = r.slots[pc].vpe {
         // From here until the vCPU stops, the redistributor presents the
         // vCPU's directly delivered MSIs to it.
