@@ -106,6 +106,22 @@ pub fn wait_for_interrupt() {
     });
 }
 
+/// Zeroes `[start, start + len)`; the host's caches are coherent.
+///
+/// # Safety
+///
+/// The range is writable memory that holds no Rust object in use.
+pub unsafe fn zero_to_poc(start: usize, len: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe { core::ptr::write_bytes(start as *mut u8, 0, len) };
+}
+
+/// Nothing to clean: the host's caches are coherent.
+pub fn clean_inval_dcache(_start: u64, _len: usize) {}
+
+/// Nothing to invalidate on the host.
+pub fn invalidate_icache() {}
+
 /// The fake has no vectors: the handler is not called by anything.
 pub fn set_guest_trap_handler(_handler: fn(&mut super::TrapFrame, u64)) {}
 

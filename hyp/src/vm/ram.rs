@@ -45,6 +45,24 @@ impl GuestRam {
             .then(|| self.host + (ipa.raw() - self.ipa.start.raw()) as usize)
     }
 
+    /// Whether `[ipa, ipa + len)` lies in the VM's RAM.
+    pub fn check(&self, ipa: Ipa, len: usize) -> Result<(), GuestMemError> {
+        self.host_addr(ipa, len)
+            .map(|_| ())
+            .ok_or(GuestMemError::OutOfRange(ipa))
+    }
+
+    /// Cleans and invalidates `[ipa, ipa + len)` to the point of coherency
+    /// (what the hypervisor wrote there reaches memory, which a guest with
+    /// its MMU and caches off reads).
+    pub fn clean_to_poc(&self, ipa: Ipa, len: usize) -> Result<(), GuestMemError> {
+        let at = self
+            .host_addr(ipa, len)
+            .ok_or(GuestMemError::OutOfRange(ipa))?;
+        crate::arch::clean_inval_dcache(at as u64, len);
+        Ok(())
+    }
+
     /// Copies `buf.len()` bytes of the guest's memory at `ipa` into `buf`.
     pub fn read(&self, ipa: Ipa, buf: &mut [u8]) -> Result<(), GuestMemError> {
         let src = self
@@ -105,11 +123,14 @@ impl GuestRam {
         (self.host, len)
     }
 
-    /// Zeroes part `i` of `parts` of the VM's RAM (a restart: nothing of
-    /// the old incarnation survives in it) (0 < `parts`; the parts are 4 KiB
-    /// aligned, the last takes the rest, together they cover the RAM
-    /// exactly once), so that several CPUs can scrub one VM's RAM at once.
-    /// Returns the host range written.
+    /// Zeroes part `i` of `parts` of the VM's RAM (0 < `parts`; the parts
+    /// are 4 KiB aligned, the last takes the rest, together they cover the
+    /// RAM exactly once), so that several CPUs can scrub one VM's RAM at
+    /// once, before it first starts and at each restart: nothing of what
+    /// the memory held before reaches the guest. The zeroes reach the
+    /// point of coherency (`arch::zero_to_poc`): a guest starts with its
+    /// MMU and caches off and reads memory, not the caches. Returns the
+    /// host range written.
     pub fn scrub_part(&self, i: usize, parts: usize) -> (usize, usize) {
         let total = (self.ipa.end.raw() - self.ipa.start.raw()) as usize;
         let parts = parts.max(1);
@@ -120,24 +141,28 @@ impl GuestRam {
         } else {
             start + step
         };
-        let (len, mut at) = (end - start, start);
-        while at < end && !at.is_multiple_of(8) {
+        // The 64-byte aligned body in runs of stores, the edges (none in
+        // RAM the hypervisor allocates, page aligned) a byte at a time.
+        let body_start = start.next_multiple_of(64).min(end);
+        let body = body_start..(end & !63).max(body_start);
+        for at in (start..body.start).chain(body.end..end) {
             // SAFETY: one byte of the VM's RAM, mapped read-write as
             // `new`'s caller vouched, holding no hypervisor object.
             unsafe { core::ptr::write_volatile(at as *mut u8, 0) };
-            at += 1;
         }
-        while at + 8 <= end {
-            // SAFETY: as above, an aligned doubleword inside the RAM.
-            unsafe { core::ptr::write_volatile(at as *mut u64, 0) };
-            at += 8;
+        for (at, len) in [(start, body.start - start), (body.end, end - body.end)] {
+            if len > 0 {
+                crate::arch::clean_inval_dcache(at as u64, len);
+            }
         }
-        while at < end {
-            // SAFETY: as above, one byte inside the RAM.
-            unsafe { core::ptr::write_volatile(at as *mut u8, 0) };
-            at += 1;
+        if !body.is_empty() {
+            // SAFETY: the body lies in the VM's RAM, mapped read-write as
+            // `new`'s caller vouched, holds no hypervisor object, and its
+            // ends are multiples of 64; the VM's vCPUs are not running
+            // (the caller's part of the contract of a scrub).
+            unsafe { crate::arch::zero_to_poc(body.start, body.end - body.start) };
         }
-        (start, len)
+        (start, end - start)
     }
 }
 

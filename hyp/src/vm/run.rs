@@ -170,8 +170,8 @@ pub fn create(
                 slots[vpe.cpu].vpe = Some((set.vpropbaser, vpe.vpendbaser));
             }
         }
-        // vCPU 0 starts at the kernel entry with x0 = DTB.
-        *slots[vm.vcpu_pcpu[0]].start.lock() = Some((start.0, start.1, 0));
+        // vCPU 0 starts at the kernel entry with x0 = DTB, once its RAM
+        // is scrubbed and loaded (`start`).
         vms.push(vm);
         hw.push(VmHw {
             devices,
@@ -250,6 +250,24 @@ pub fn start(p: &Platform) -> ! {
             }
             None => error!("no PSCI: physical CPU {pc} cannot host its vCPU"),
         }
+    }
+    // Every VM's RAM scrubbed and loaded with the help of its CPUs, which
+    // wait in their idle loops meanwhile; then its vCPU 0 starts.
+    for vm in &r.vms {
+        let t = arch::uptime_us();
+        if let Err(why) = r.fresh_memory(vm) {
+            error!("VM {}: cannot start: {why}", vm.name);
+            vm.stop(VmState::Crashed, None, r);
+            continue;
+        }
+        info!(
+            "VM {}: starting: {} MiB scrubbed and its images loaded in {} ms",
+            vm.name,
+            vm.ram.host_range().1 >> 20,
+            (arch::uptime_us() - t) / 1000
+        );
+        let (entry, x0) = r.hw[vm.index].start;
+        r.start_vcpu(vm, 0, entry, x0);
     }
     cpu_main(0)
 }
@@ -615,13 +633,13 @@ impl Runtime {
 }
 
 impl Runtime {
-    /// Zeroes `vm`'s RAM with all of its CPUs (its vCPUs are parked, their
-    /// CPUs idle): each other CPU is given a part and kicked, this one
+    /// Zeroes `vm`'s RAM with all of its CPUs (its vCPUs are parked or not
+    /// started yet, their CPUs idle): each other CPU is given a part and
+    /// kicked, this one (one of them, or the boot CPU before any VM starts)
     /// zeroes the first part and waits for the others. A CPU that has not
     /// finished its part in time has it zeroed again here (two CPUs
-    /// writing zeros to the same bytes is harmless). Returns the RAM's host
-    /// range.
-    fn scrub(&self, vm: &Vm) -> (usize, usize) {
+    /// writing zeros to the same bytes is harmless).
+    fn scrub(&self, vm: &Vm) {
         let me = arch::cpu_index();
         let others: Vec<usize> = vm
             .vcpu_pcpu
@@ -651,7 +669,27 @@ impl Runtime {
             }
             *self.slots[pc].scrub.lock() = None;
         }
-        vm.ram.host_range()
+    }
+
+    /// Gives `vm` the memory it starts with, before its first start and
+    /// at each restart (its vCPUs parked or not started yet, its devices'
+    /// bus mastering off): all of its RAM scrubbed by its CPUs together
+    /// ([`Self::scrub`]), its images written (kernel and initrd from the
+    /// boot bundle, which stays in memory unchanged, and the device tree
+    /// it built), what they wrote cleaned to the point of coherency and
+    /// the instruction caches invalidated: the guest starts with its MMU
+    /// and caches off.
+    fn fresh_memory(&self, vm: &Vm) -> Result<(), String> {
+        self.scrub(vm);
+        for (ipa, image) in &self.hw[vm.index].images {
+            let bytes = image.bytes();
+            vm.ram
+                .write(*ipa, bytes)
+                .and_then(|()| vm.ram.clean_to_poc(*ipa, bytes.len()))
+                .map_err(|e| alloc::format!("loading {} bytes at {ipa}: {e}", bytes.len()))?;
+        }
+        arch::invalidate_icache();
+        Ok(())
     }
 
     /// Carries out a console command (`console_mux::Command`), answering
@@ -791,16 +829,9 @@ impl Machine for Runtime {
             *self.slots[pc].start.lock() = None;
         }
         // Nothing of the old incarnation survives in its memory; then the
-        // images as at boot, and what the CPUs wrote out to the point of
-        // coherency (the guest starts with its MMU and caches off).
-        let (host, len) = self.scrub(vm);
-        for (ipa, image) in &hw.images {
-            vm.ram.write(*ipa, image.bytes()).map_err(|e| {
-                alloc::format!("loading {} bytes at {ipa}: {e}", image.bytes().len())
-            })?;
-        }
-        arch::clean_inval_dcache(host as u64, len);
-        arch::invalidate_icache();
+        // images as at boot.
+        self.fresh_memory(vm)?;
+        let len = vm.ram.host_range().1;
         if !hw.devices.is_empty() {
             let domain = hw
                 .space
