@@ -389,12 +389,40 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
     };
     let vm = &r.vms[vm_i];
     vm.count_trap();
+    // A console access that leaves the UART's interrupt level as it was
+    // changes nothing in the vGIC, so the list registers need neither
+    // folding in nor refilling: the guest resumes with them as it left
+    // them, as if it had not exited. Everything else, and anything that
+    // waits for this exit (a console request, a stop, forwarded lines to
+    // sample), takes the whole path below.
+    let console = if vector == 8 {
+        trap::console_access(vm, frame, r)
+    } else {
+        None
+    };
+    if console == Some(false)
+        && vm.is_running()
+        && !vm.has_request()
+        && !r.intx.lock().masks(vm.index)
+    {
+        return;
+    }
     // What the guest did in its list registers first, then the levels of
     // its forwarded lines: the exit's trapped GIC accesses see both.
     let fx = crate::vdev::vgic::hw::sync(&mut vm.vgic.lock(), vcpu);
     vm.apply(fx, r);
     r.sample_lines(vm, vcpu);
     let mut flow = match vector {
+        8 if console.is_some() => {
+            if console == Some(true) {
+                vm.update_uart_irq(r);
+            }
+            if vm.is_running() {
+                Flow::Resume
+            } else {
+                Flow::Park
+            }
+        }
         8 => trap::handle_sync(vm, vcpu, frame, r),
         9 | 10 => {
             while handle_irq(pc) {}

@@ -76,6 +76,55 @@ fn a_load_from_the_vuart_lands_in_its_register_zero_extended() {
 }
 
 #[test]
+fn a_console_access_is_the_same_without_the_vgic() {
+    use super::trap::console_access;
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
+    // "ok\n" to UARTDR, each store answered without the vGIC: the UART's
+    // interrupt (nothing unmasked in UARTIMSC) stays low.
+    for b in *b"ok\n" {
+        trap_at(layout::UART_BASE, dabt(1, 5, true));
+        let mut f = frame(0x4000_1000);
+        f.x[5] = u64::from(b);
+        assert_eq!(console_access(vm, &mut f, m), Some(false));
+        assert_eq!(f.elr, 0x4000_1004, "the store is skipped");
+    }
+    assert_eq!(m.calls(), [Call::Line(String::from("ok"))]);
+    // UARTFR reads as it does through the bus.
+    trap_at(layout::UART_BASE + 0x18, dabt(4, 7, false));
+    let mut f = frame(0x4000_2000);
+    f.x[7] = u64::MAX;
+    assert_eq!(console_access(vm, &mut f, m), Some(false));
+    let mut g = frame(0x4000_2000);
+    g.x[7] = u64::MAX;
+    handle_sync(vm, 0, &mut g, m);
+    assert_eq!((f.x[7], f.elr), (g.x[7], g.elr));
+    // The transmit interrupt unmasked (UARTIMSC.TXIM) and cleared
+    // (UARTICR): the next character raises it, which the vGIC must hear.
+    for (offset, value) in [(0x38, 1 << 5), (0x44, 1 << 5)] {
+        trap_at(layout::UART_BASE + offset, dabt(4, 1, true));
+        let mut f = frame(0x4000_3000);
+        f.x[1] = value;
+        console_access(vm, &mut f, m);
+    }
+    trap_at(layout::UART_BASE, dabt(1, 5, true));
+    let mut f = frame(0x4000_1000);
+    f.x[5] = u64::from(b'x');
+    assert_eq!(console_access(vm, &mut f, m), Some(true), "level changed");
+    // Anything else is left alone: the GIC distributor, an access
+    // straddling the UART's end.
+    for (ipa, size) in [
+        (layout::GICD_BASE, 4),
+        (layout::UART_BASE + layout::UART_SIZE - 4, 8),
+    ] {
+        trap_at(ipa, dabt(size, 1, false));
+        let mut f = frame(0x4000_4000);
+        assert_eq!(console_access(vm, &mut f, m), None);
+        assert_eq!(f.elr, 0x4000_4000);
+    }
+}
+
+#[test]
 fn an_access_between_devices_gets_a_synchronous_external_abort() {
     let h = GuestHarness::new(&[]);
     let (vm, m) = (&h.vm, &h.machine);

@@ -14,6 +14,7 @@ use super::mmio::MmioAccess;
 use super::vm::{AccessContext, End, Machine, Vm};
 use crate::arch::{self, TrapFrame};
 use crate::vdev::psci::{self, PsciAction, VcpuPower};
+use scenario::guest_layout as layout;
 
 /// What the vCPU does after its trap was handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +91,36 @@ pub fn handle_sync(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, m: &dyn Machine)
     } else {
         Flow::Park
     }
+}
+
+/// A trapped access to the VM's vUART (a booting guest's console output
+/// is most of its exits), carried out and its instruction completed
+/// without the vGIC: returns whether the UART's interrupt level changed,
+/// which the caller hands the vGIC ([`Vm::update_uart_irq`]) once it has
+/// folded in the vCPU's list registers. `None`, with nothing done, for
+/// any other exit.
+pub fn console_access(vm: &Vm, frame: &mut TrapFrame, m: &dyn Machine) -> Option<bool> {
+    let Exit::DataAbort(Ok(a)) =
+        exit::decode(arch::guest::esr(), arch::guest::hpfar(), arch::guest::far())
+    else {
+        return None;
+    };
+    let end = a.ipa.checked_add(u64::from(a.size))?;
+    if a.ipa.raw() < layout::UART.base || end.raw() > layout::UART.end() {
+        return None;
+    }
+    let access = Access {
+        offset: a.ipa.raw() - layout::UART.base,
+        size: a.size,
+    };
+    let write = a.write.then(|| a.store_value(frame.reg(a.reg)));
+    let (value, changed) =
+        super::devices::uart_access(&vm.uart, access, write, |line| m.console_line(vm, line));
+    if !a.write {
+        frame.set_reg(a.reg, a.load_value(value));
+    }
+    skip_instruction(frame);
+    Some(changed)
 }
 
 /// WFI (HCR_EL2.TWI is never set, so only if a CPU traps it anyway): sleep

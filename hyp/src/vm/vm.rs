@@ -342,6 +342,11 @@ impl Vm {
         self.request.store(r as u8, Ordering::SeqCst);
     }
 
+    /// Whether a console request waits ([`Self::take_request`] takes it).
+    pub fn has_request(&self) -> bool {
+        self.request.load(Ordering::Relaxed) != 0
+    }
+
     /// Takes the pending console request, if any (a plain load first: a
     /// trap that finds none pays no atomic write).
     pub fn take_request(&self) -> Option<Request> {
