@@ -116,6 +116,18 @@ pub unsafe fn zero_to_poc(start: usize, len: usize) {
     unsafe { core::ptr::write_bytes(start as *mut u8, 0, len) };
 }
 
+/// Copies `len` bytes from `src` to `dst`; the host's caches are
+/// coherent.
+///
+/// # Safety
+///
+/// Both ranges are valid, do not overlap, and `dst` holds no Rust object
+/// in use.
+pub unsafe fn copy_to_poc(dst: usize, src: usize, len: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe { core::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+}
+
 /// Nothing to clean: the host's caches are coherent.
 pub fn clean_inval_dcache(_start: u64, _len: usize) {}
 

@@ -712,8 +712,7 @@ impl Runtime {
         for (ipa, image) in &self.hw[vm.index].images {
             let bytes = image.bytes();
             vm.ram
-                .write(*ipa, bytes)
-                .and_then(|()| vm.ram.clean_to_poc(*ipa, bytes.len()))
+                .load(*ipa, bytes)
                 .map_err(|e| alloc::format!("loading {} bytes at {ipa}: {e}", bytes.len()))?;
         }
         arch::invalidate_icache();
