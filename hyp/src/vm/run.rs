@@ -14,7 +14,7 @@ use super::intx::{IntxForwarding, LineControl};
 use super::msi::{Delivery, MsiRouter, PhysicalMsi, RouteError};
 use super::space::IpaSpace;
 use super::trap::{self, Flow};
-use super::vm::{Machine, Request, Vm, VmState};
+use super::vm::{Machine, Request, TrapKind, Vm, VmState};
 use crate::arch::{self, guest, TrapFrame};
 use crate::drivers::{gic, its};
 use crate::gicv3::intid::Kind;
@@ -388,7 +388,6 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
         panic!("trap from EL1 on CPU {pc}, which runs no vCPU");
     };
     let vm = &r.vms[vm_i];
-    vm.count_trap();
     // A console access that leaves the UART's interrupt level as it was
     // changes nothing in the vGIC, so the list registers need neither
     // folding in nor refilling: the guest resumes with them as it left
@@ -400,6 +399,12 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
     } else {
         None
     };
+    vm.count_trap(match (vector, console) {
+        (8, Some(_)) => TrapKind::Console,
+        (8, None) => trap::kind(guest::esr()),
+        (9 | 10, _) => TrapKind::Interrupt,
+        _ => TrapKind::Other,
+    });
     if console == Some(false)
         && vm.is_running()
         && !vm.has_request()

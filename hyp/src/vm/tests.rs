@@ -159,7 +159,7 @@ fn the_counters_page_counts_nothing_it_is_not_told() {
     let h = GuestHarness::new(&[]);
     let (vm, m) = (&h.vm, &h.machine);
     for _ in 0..3 {
-        vm.count_trap();
+        vm.count_trap(super::vm::TrapKind::Mmio);
     }
     trap_at(layout::COUNTERS_BASE, dabt(8, 2, false));
     let mut f = frame(0);
@@ -381,9 +381,10 @@ fn a_vm_resetting_in_a_loop_logs_a_bounded_number_of_lines() {
     }
     assert_eq!(vm.generation(), 300);
     let lines = log_lines();
-    // 5 bad-access lines in all (4 and "only counted"), 3 lines for each of
-    // the 10 restarts reported, 1 saying only some are.
-    assert_eq!(lines.len(), 5 + 3 * 10 + 1, "{lines:#?}");
+    // 5 bad-access lines in all (4 and "only counted"), 4 lines for each of
+    // the 10 restarts reported (restarting, traps, traps by kind, bad
+    // accesses), 1 saying only some are.
+    assert_eq!(lines.len(), 5 + 4 * 10 + 1, "{lines:#?}");
 }
 
 #[test]

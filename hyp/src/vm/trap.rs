@@ -11,7 +11,7 @@ use super::exception::{
 };
 use super::exit::{self, Exit, SysReg, SysRegAccess};
 use super::mmio::MmioAccess;
-use super::vm::{AccessContext, End, Machine, Vm};
+use super::vm::{AccessContext, End, Machine, TrapKind, Vm};
 use crate::arch::{self, TrapFrame};
 use crate::vdev::psci::{self, PsciAction, VcpuPower};
 use scenario::guest_layout as layout;
@@ -90,6 +90,17 @@ pub fn handle_sync(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, m: &dyn Machine)
         flow
     } else {
         Flow::Park
+    }
+}
+
+/// What kind of trap the syndrome `esr` (ESR_EL2) of a synchronous
+/// exception says it is, for the VM's figures.
+pub fn kind(esr: u64) -> TrapKind {
+    match exit::decode(esr, 0, 0) {
+        Exit::DataAbort(_) => TrapKind::Mmio,
+        Exit::SysReg(_) => TrapKind::SystemRegister,
+        Exit::Hvc { .. } | Exit::Smc { .. } => TrapKind::Hypercall,
+        _ => TrapKind::Other,
     }
 }
 
