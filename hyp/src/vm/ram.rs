@@ -52,48 +52,6 @@ impl GuestRam {
             .ok_or(GuestMemError::OutOfRange(ipa))
     }
 
-    /// Cleans and invalidates `[ipa, ipa + len)` to the point of coherency
-    /// (what the hypervisor wrote there reaches memory, which a guest with
-    /// its MMU and caches off reads).
-    pub fn clean_to_poc(&self, ipa: Ipa, len: usize) -> Result<(), GuestMemError> {
-        let at = self
-            .host_addr(ipa, len)
-            .ok_or(GuestMemError::OutOfRange(ipa))?;
-        crate::arch::clean_inval_dcache(at as u64, len);
-        Ok(())
-    }
-
-    /// Writes an image at `ipa`, before the VM starts or restarts (its
-    /// vCPUs not running, its devices' bus mastering off), and cleans it to
-    /// the point of coherency as it goes: the guest starts with its MMU and
-    /// caches off. Most of it is copied 64 bytes at a time
-    /// (`arch::copy_to_poc`).
-    pub fn load(&self, ipa: Ipa, data: &[u8]) -> Result<(), GuestMemError> {
-        let dst = self
-            .host_addr(ipa, data.len())
-            .ok_or(GuestMemError::OutOfRange(ipa))?;
-        let head = (dst.next_multiple_of(64) - dst).min(data.len());
-        let body = (data.len() - head) & !63;
-        let src = data.as_ptr() as usize + head;
-        if body == 0 || !src.is_multiple_of(8) {
-            self.write(ipa, data)?;
-            return self.clean_to_poc(ipa, data.len());
-        }
-        let tail = Ipa(ipa.raw() + (head + body) as u64);
-        self.write(ipa, &data[..head])?;
-        self.clean_to_poc(ipa, head)?;
-        // SAFETY: `dst + head .. + body` lies in the VM's RAM (host_addr
-        // checked the whole image), mapped read-write as `new`'s caller
-        // vouched, holding no hypervisor object, unused while the VM is
-        // stopped (this function's contract); the source is the rest of a
-        // shared slice, which nothing writes; they cannot overlap (a VM's
-        // RAM is its own); `dst + head` and `body` are multiples of 64,
-        // `src` of 8 (checked above).
-        unsafe { crate::arch::copy_to_poc(dst + head, src, body) };
-        self.write(tail, &data[head + body..])?;
-        self.clean_to_poc(tail, data.len() - head - body)
-    }
-
     /// Copies `buf.len()` bytes of the guest's memory at `ipa` into `buf`.
     pub fn read(&self, ipa: Ipa, buf: &mut [u8]) -> Result<(), GuestMemError> {
         let src = self
@@ -154,15 +112,10 @@ impl GuestRam {
         (self.host, len)
     }
 
-    /// Zeroes part `i` of `parts` of the VM's RAM (0 < `parts`; the parts
-    /// are 4 KiB aligned, the last takes the rest, together they cover the
-    /// RAM exactly once), so that several CPUs can scrub one VM's RAM at
-    /// once, before it first starts and at each restart: nothing of what
-    /// the memory held before reaches the guest. The zeroes reach the
-    /// point of coherency (`arch::zero_to_poc`): a guest starts with its
-    /// MMU and caches off and reads memory, not the caches. Returns the
-    /// host range written.
-    pub fn scrub_part(&self, i: usize, parts: usize) -> (usize, usize) {
+    /// The host range of part `i` of `parts` of the VM's RAM (0 <
+    /// `parts`; the parts are 4 KiB aligned, the last takes the rest,
+    /// together they cover the RAM exactly once).
+    fn part(&self, i: usize, parts: usize) -> (usize, usize) {
         let total = (self.ipa.end.raw() - self.ipa.start.raw()) as usize;
         let parts = parts.max(1);
         let step = (total / parts) & !0xfff;
@@ -172,8 +125,15 @@ impl GuestRam {
         } else {
             start + step
         };
-        // The 64-byte aligned body in runs of stores, the edges (none in
-        // RAM the hypervisor allocates, page aligned) a byte at a time.
+        (start, end)
+    }
+
+    /// Zeroes the host range `[start, end)` of the VM's RAM to the point of
+    /// coherency: the 64-byte aligned body in runs of stores
+    /// (`arch::zero_to_poc`), the edges (none in RAM the hypervisor
+    /// allocates, page aligned) a byte at a time.
+    fn zero_host(&self, start: usize, end: usize) {
+        debug_assert!(self.host <= start && start <= end);
         let body_start = start.next_multiple_of(64).min(end);
         let body = body_start..(end & !63).max(body_start);
         for at in (start..body.start).chain(body.end..end) {
@@ -190,10 +150,93 @@ impl GuestRam {
             // SAFETY: the body lies in the VM's RAM, mapped read-write as
             // `new`'s caller vouched, holds no hypervisor object, and its
             // ends are multiples of 64; the VM's vCPUs are not running
-            // (the caller's part of the contract of a scrub).
+            // (the contract of a scrub and a fill).
             unsafe { crate::arch::zero_to_poc(body.start, body.end - body.start) };
         }
+    }
+
+    /// Copies `data` to the host address `dst` of the VM's RAM (the whole
+    /// of it inside) to the point of coherency: most of it 64 bytes at a
+    /// time (`arch::copy_to_poc`), the edges through [`Self::write`].
+    fn copy_host(&self, dst: usize, data: &[u8]) {
+        let ipa = |host: usize| Ipa(self.ipa.start.raw() + (host - self.host) as u64);
+        let head = (dst.next_multiple_of(64) - dst).min(data.len());
+        let body = (data.len() - head) & !63;
+        let src = data.as_ptr() as usize + head;
+        let (head, body) = if body == 0 || !src.is_multiple_of(8) {
+            (data.len(), 0)
+        } else {
+            (head, body)
+        };
+        let tail = head + body;
+        for (at, bytes) in [(dst, &data[..head]), (dst + tail, &data[tail..])] {
+            if !bytes.is_empty() {
+                // Inside the RAM: the caller's precondition.
+                let _ = self.write(ipa(at), bytes);
+                crate::arch::clean_inval_dcache(at as u64, bytes.len());
+            }
+        }
+        if body > 0 {
+            // SAFETY: `dst + head .. + body` lies in the VM's RAM (the
+            // caller's precondition), mapped read-write as `new`'s caller
+            // vouched, holding no hypervisor object, unused while the VM is
+            // stopped (the contract of a fill); the source is part of a
+            // shared slice, which nothing writes, and cannot overlap the
+            // VM's own RAM; `dst + head` and `body` are multiples of 64,
+            // `src` of 8 (checked above).
+            unsafe { crate::arch::copy_to_poc(dst + head, src, body) };
+        }
+    }
+
+    /// Zeroes part `i` of `parts` of the VM's RAM (see [`Self::fill_part`],
+    /// with no images). Returns the host range written.
+    pub fn scrub_part(&self, i: usize, parts: usize) -> (usize, usize) {
+        let (start, end) = self.part(i, parts);
+        self.zero_host(start, end);
         (start, end - start)
+    }
+
+    /// Writes part `i` of `parts` of the VM's RAM as the VM starts with it,
+    /// before it first starts and at each restart (its vCPUs not running,
+    /// its devices' bus mastering off), so that several CPUs can share the
+    /// work (0 < `parts`; the parts are 4 KiB aligned, the last takes the
+    /// rest, together they cover the RAM exactly once): `images` (IPA and
+    /// bytes, each entirely inside the RAM; where two overlap, the lower
+    /// one's bytes) where they lie, zeroes everywhere else, so that
+    /// nothing of what the memory held before reaches the guest. All of it
+    /// reaches the point of coherency: a guest starts with its MMU and
+    /// caches off and reads memory, not the caches. Returns the host range
+    /// written, or the first image outside the RAM (then nothing is
+    /// written).
+    pub fn fill_part(
+        &self,
+        i: usize,
+        parts: usize,
+        images: &[(Ipa, &[u8])],
+    ) -> Result<(usize, usize), GuestMemError> {
+        let (start, end) = self.part(i, parts);
+        let mut spans = images
+            .iter()
+            .map(|&(ipa, data)| {
+                let at = self
+                    .host_addr(ipa, data.len())
+                    .ok_or(GuestMemError::OutOfRange(ipa))?;
+                Ok((at, data))
+            })
+            .collect::<Result<alloc::vec::Vec<_>, _>>()?;
+        spans.sort_by_key(|&(at, _)| at);
+        let mut at = start;
+        for (host, data) in spans {
+            let (from, to) = (host.max(at), (host + data.len()).min(end));
+            if from >= to {
+                continue;
+            }
+            self.zero_host(at, from);
+            self.copy_host(from, &data[from - host..to - host]);
+            at = to;
+        }
+        self.zero_host(at, end);
+        Ok((start, end - start))
     }
 }
 
@@ -272,22 +315,40 @@ mod tests {
     }
 
     #[test]
-    fn an_image_loads_at_any_offset_and_length() {
-        let mut backing = vec![0u64; 64];
+    fn a_fill_writes_the_images_and_zeroes_the_rest_in_any_parts() {
+        let len = 3 * 4096 + 200;
+        let mut backing = vec![u64::MAX; len / 8];
         let r = ram(&mut backing);
-        let data: alloc::vec::Vec<u8> = (0..300u32).map(|i| (i * 7 + 1) as u8).collect();
-        for (offset, len) in [(0, 300), (3, 300), (64, 128), (5, 40), (61, 200), (0, 0)] {
-            r.scrub_part(0, 1);
-            let at = Ipa(0x4000_0000 + offset);
-            r.load(at, &data[..len]).unwrap();
-            let mut back = vec![0u8; 512];
-            r.read(Ipa(0x4000_0000), &mut back).unwrap();
-            let o = offset as usize;
-            assert!(back[..o].iter().all(|&b| b == 0), "{offset} {len}");
-            assert_eq!(&back[o..o + len], &data[..len], "{offset} {len}");
-            assert!(back[o + len..].iter().all(|&b| b == 0), "{offset} {len}");
+        let a: alloc::vec::Vec<u8> = (0..5000u32).map(|i| (i * 7 + 1) as u8).collect();
+        let b: alloc::vec::Vec<u8> = (0..300u32).map(|i| (i * 3 + 2) as u8).collect();
+        let mut want = vec![0u8; len];
+        for (offset, len, data) in [(61usize, 5000usize, &a), (9000, 300, &b), (12_000, 3, &b)] {
+            want[offset..offset + len].copy_from_slice(&data[..len]);
         }
-        assert!(r.load(Ipa(0x4000_0000 + 400), &data).is_err());
+        let images = [
+            (Ipa(0x4000_0000 + 9000), &b[..]),
+            (Ipa(0x4000_0000 + 61), &a[..]),
+            (Ipa(0x4000_0000 + 12_000), &b[..3]),
+        ];
+        for parts in [1, 2, 3, 5] {
+            r.scrub_part(0, 1);
+            let mut covered = 0;
+            for i in 0..parts {
+                covered += r.fill_part(i, parts, &images).unwrap().1;
+            }
+            assert_eq!(covered, len);
+            let mut back = vec![0xaau8; len];
+            r.read(Ipa(0x4000_0000), &mut back).unwrap();
+            assert!(back == want, "{parts} parts");
+        }
+        // An image reaching past the RAM: nothing is written.
+        r.scrub_part(0, 1);
+        assert!(r
+            .fill_part(0, 1, &[(Ipa(0x4000_0000 + len as u64 - 2), &b[..3])])
+            .is_err());
+        let mut back = vec![0xaau8; len];
+        r.read(Ipa(0x4000_0000), &mut back).unwrap();
+        assert!(back.iter().all(|&x| x == 0));
     }
 
     #[test]

@@ -50,10 +50,10 @@ struct Slot {
     /// The vCPU is in its guest or in the hypervisor on its behalf (from
     /// the moment it is entered until it parks): a stop waits for it.
     in_guest: AtomicBool,
-    /// Part of its VM's RAM to zero while its vCPU is parked, for a
-    /// restart: (part, of how many).
+    /// Part of its VM's RAM to scrub and load while its vCPU is parked or
+    /// not started yet (`Runtime::fresh_memory`): (part, of how many).
     scrub: Mutex<Option<(usize, usize)>>,
-    /// Set when this CPU has zeroed the part it was given.
+    /// Set when this CPU has written the part it was given.
     scrubbed: AtomicBool,
     /// The frame `guest::run` copies from (static, never on a stack).
     frame: Mutex<TrapFrame>,
@@ -292,7 +292,7 @@ fn idle(pc: usize) -> ! {
             let vm = &r.vms[vm_i];
             let part = r.slots[pc].scrub.lock().take();
             if let Some((i, parts)) = part {
-                vm.ram.scrub_part(i, parts);
+                r.fill_part(vm, i, parts);
                 r.slots[pc].scrubbed.store(true, Ordering::SeqCst);
             }
             if let Some(req) = vm.take_request() {
@@ -666,13 +666,42 @@ impl Runtime {
 }
 
 impl Runtime {
-    /// Zeroes `vm`'s RAM with all of its CPUs (its vCPUs are parked or not
-    /// started yet, their CPUs idle): each other CPU is given a part and
-    /// kicked, this one (one of them, or the boot CPU before any VM starts)
-    /// zeroes the first part and waits for the others. A CPU that has not
-    /// finished its part in time has it zeroed again here (two CPUs
-    /// writing zeros to the same bytes is harmless).
-    fn scrub(&self, vm: &Vm) {
+    /// Writes part `i` of `parts` of `vm`'s RAM as it starts
+    /// (`GuestRam::fill_part`): its images (kernel and initrd from the boot
+    /// bundle, which stays in memory unchanged, and the device tree it
+    /// built) where they lie, zeroes everywhere else.
+    fn fill_part(&self, vm: &Vm, i: usize, parts: usize) {
+        let images: Vec<(Ipa, &[u8])> = self.hw[vm.index]
+            .images
+            .iter()
+            .map(|(ipa, image)| (*ipa, image.bytes()))
+            .collect();
+        if let Err(e) = vm.ram.fill_part(i, parts, &images) {
+            // `fresh_memory` checked the images first: never here.
+            error!("VM {}: {e}: its RAM is only scrubbed", vm.name);
+            vm.ram.scrub_part(i, parts);
+        }
+    }
+
+    /// Gives `vm` the memory it starts with, before its first start and
+    /// at each restart (its vCPUs parked or not started yet, their CPUs
+    /// idle, its devices' bus mastering off), with all of its CPUs: each
+    /// other CPU is given a part of its RAM ([`Self::fill_part`]: the
+    /// images where they lie, zeroes everywhere else, all of it cleaned to
+    /// the point of coherency) and kicked, this one (one of them, or the
+    /// boot CPU before any VM starts) writes the first part and waits for
+    /// the others, then invalidates the instruction caches: the guest
+    /// starts with its MMU and caches off. A CPU that has not finished its
+    /// part in time has it written again here (two CPUs writing the same
+    /// bytes to the same place is harmless). Nothing of what the memory
+    /// held before reaches the guest.
+    fn fresh_memory(&self, vm: &Vm) -> Result<(), String> {
+        for (ipa, image) in &self.hw[vm.index].images {
+            let len = image.bytes().len();
+            vm.ram
+                .check(*ipa, len)
+                .map_err(|e| alloc::format!("an image of {len} bytes at {ipa}: {e}"))?;
+        }
         let me = arch::cpu_index();
         let others: Vec<usize> = vm
             .vcpu_pcpu
@@ -686,39 +715,21 @@ impl Runtime {
             *self.slots[pc].scrub.lock() = Some((i + 1, parts));
             gic::send_sgi(self.cpu_mpidr[pc], gic::SGI_KICK);
         }
-        vm.ram.scrub_part(0, parts);
+        self.fill_part(vm, 0, parts);
         let start = arch::uptime_us();
         for (i, &pc) in others.iter().enumerate() {
             while !self.slots[pc].scrubbed.load(Ordering::SeqCst) {
                 if arch::uptime_us().saturating_sub(start) > PARK_TIMEOUT_US {
                     warn!(
-                        "VM {}: CPU {pc} did not scrub its part of the RAM in time: done here",
+                        "VM {}: CPU {pc} did not write its part of the RAM in time: done here",
                         vm.name
                     );
-                    vm.ram.scrub_part(i + 1, parts);
+                    self.fill_part(vm, i + 1, parts);
                     break;
                 }
                 core::hint::spin_loop();
             }
             *self.slots[pc].scrub.lock() = None;
-        }
-    }
-
-    /// Gives `vm` the memory it starts with, before its first start and
-    /// at each restart (its vCPUs parked or not started yet, its devices'
-    /// bus mastering off): all of its RAM scrubbed by its CPUs together
-    /// ([`Self::scrub`]), its images written (kernel and initrd from the
-    /// boot bundle, which stays in memory unchanged, and the device tree
-    /// it built), what they wrote cleaned to the point of coherency and
-    /// the instruction caches invalidated: the guest starts with its MMU
-    /// and caches off.
-    fn fresh_memory(&self, vm: &Vm) -> Result<(), String> {
-        self.scrub(vm);
-        for (ipa, image) in &self.hw[vm.index].images {
-            let bytes = image.bytes();
-            vm.ram
-                .load(*ipa, bytes)
-                .map_err(|e| alloc::format!("loading {} bytes at {ipa}: {e}", bytes.len()))?;
         }
         arch::invalidate_icache();
         Ok(())
