@@ -129,7 +129,7 @@ impl GuestRam {
     }
 
     /// Zeroes the host range `[start, end)` of the VM's RAM to the point of
-    /// coherency: the 64-byte aligned body in runs of stores
+    /// coherency: the 64-byte aligned body 64 bytes at a time
     /// (`arch::zero_to_poc`), the edges (none in RAM the hypervisor
     /// allocates, page aligned) a byte at a time.
     fn zero_host(&self, start: usize, end: usize) {

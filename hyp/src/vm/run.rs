@@ -26,7 +26,7 @@ use crate::vdev::psci::VcpuPower;
 use crate::vdev::vits::{EventLpi, LpiConfig};
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use log::{error, info, warn};
 use smmu::addr::{Ipa, Vmid};
 use spin::{Mutex, Once};
@@ -50,11 +50,9 @@ struct Slot {
     /// The vCPU is in its guest or in the hypervisor on its behalf (from
     /// the moment it is entered until it parks): a stop waits for it.
     in_guest: AtomicBool,
-    /// Part of its VM's RAM to scrub and load while its vCPU is parked or
-    /// not started yet (`Runtime::fresh_memory`): (part, of how many).
-    scrub: Mutex<Option<(usize, usize)>>,
-    /// Set when this CPU has written the part it was given.
-    scrubbed: AtomicBool,
+    /// Set when this CPU is to help write its VM's RAM while its vCPU is
+    /// parked or not started yet (`Runtime::fresh_memory`).
+    help_fill: AtomicBool,
     /// The frame `guest::run` copies from (static, never on a stack).
     frame: Mutex<TrapFrame>,
     /// With direct MSI delivery: the vCPU's vPE as this CPU's
@@ -75,7 +73,18 @@ struct VmHw {
     msi_devices: Vec<(DeviceId, u32)>,
     /// With direct delivery: its vPEs and their tables, kept for good.
     vpes: Option<its::VpeSet>,
+    /// Its RAM being written as it starts (`Runtime::fresh_memory`): the
+    /// next of its [`FILL_CHUNKS`] chunks to take, and those written (one
+    /// bit each).
+    fill: (AtomicUsize, AtomicU64),
 }
+
+/// The chunks a VM's RAM is written in as it starts, which its CPUs take
+/// in turn: the cost of a chunk varies (under TCG, rewriting pages that
+/// hold translated code costs more, and the first touch of a page costs
+/// the host a fault), so each CPU takes the next one as it gets there.
+const FILL_CHUNKS: usize = 16;
+const _: () = assert!(FILL_CHUNKS <= 64, "one bit per chunk in a u64");
 
 /// Everything the runtime knows, built once before any guest runs.
 pub struct Runtime {
@@ -131,8 +140,7 @@ pub fn create(
             vcpu: None,
             start: Mutex::new(None),
             in_guest: AtomicBool::new(false),
-            scrub: Mutex::new(None),
-            scrubbed: AtomicBool::new(false),
+            help_fill: AtomicBool::new(false),
             frame: Mutex::new(TrapFrame::zeroed()),
             vpe: None,
         })
@@ -181,6 +189,7 @@ pub fn create(
             start,
             msi_devices,
             vpes,
+            fill: (AtomicUsize::new(FILL_CHUNKS), AtomicU64::new(0)),
         });
     }
     let running = vms.len();
@@ -290,10 +299,8 @@ fn idle(pc: usize) -> ! {
         let r = rt();
         if let Some((vm_i, _)) = r.slots[pc].vcpu {
             let vm = &r.vms[vm_i];
-            let part = r.slots[pc].scrub.lock().take();
-            if let Some((i, parts)) = part {
-                r.fill_part(vm, i, parts);
-                r.slots[pc].scrubbed.store(true, Ordering::SeqCst);
+            if r.slots[pc].help_fill.swap(false, Ordering::SeqCst) {
+                r.fill_chunks(vm);
             }
             if let Some(req) = vm.take_request() {
                 vm.serve(req, None, r);
@@ -683,53 +690,63 @@ impl Runtime {
         }
     }
 
+    /// Takes and writes chunks of `vm`'s RAM ([`Self::fill_part`]) until
+    /// none is left.
+    fn fill_chunks(&self, vm: &Vm) {
+        let (next, done) = &self.hw[vm.index].fill;
+        loop {
+            let i = next.fetch_add(1, Ordering::SeqCst);
+            if i >= FILL_CHUNKS {
+                return;
+            }
+            self.fill_part(vm, i, FILL_CHUNKS);
+            done.fetch_or(1 << i, Ordering::SeqCst);
+        }
+    }
+
     /// Gives `vm` the memory it starts with, before its first start and
     /// at each restart (its vCPUs parked or not started yet, their CPUs
-    /// idle, its devices' bus mastering off), with all of its CPUs: each
-    /// other CPU is given a part of its RAM ([`Self::fill_part`]: the
-    /// images where they lie, zeroes everywhere else, all of it cleaned to
-    /// the point of coherency) and kicked, this one (one of them, or the
-    /// boot CPU before any VM starts) writes the first part and waits for
-    /// the others, then invalidates the instruction caches: the guest
-    /// starts with its MMU and caches off. A CPU that has not finished its
-    /// part in time has it written again here (two CPUs writing the same
-    /// bytes to the same place is harmless). Nothing of what the memory
-    /// held before reaches the guest.
+    /// idle, its devices' bus mastering off), with all of its CPUs: they
+    /// are kicked, and each of them and this one (one of them, or the boot
+    /// CPU before any VM starts) take chunks of its RAM in turn
+    /// ([`Self::fill_part`]: the images where they lie, zeroes everywhere
+    /// else, all of it cleaned to the point of coherency) until all are
+    /// written; then this one invalidates the instruction caches: the
+    /// guest starts with its MMU and caches off. A chunk not written in
+    /// time is written again here (two CPUs writing the same bytes to the
+    /// same place is harmless). Nothing of what the memory held before
+    /// reaches the guest.
     fn fresh_memory(&self, vm: &Vm) -> Result<(), String> {
-        for (ipa, image) in &self.hw[vm.index].images {
+        let hw = &self.hw[vm.index];
+        for (ipa, image) in &hw.images {
             let len = image.bytes().len();
             vm.ram
                 .check(*ipa, len)
                 .map_err(|e| alloc::format!("an image of {len} bytes at {ipa}: {e}"))?;
         }
+        let (next, done) = &hw.fill;
+        done.store(0, Ordering::SeqCst);
+        next.store(0, Ordering::SeqCst);
         let me = arch::cpu_index();
-        let others: Vec<usize> = vm
-            .vcpu_pcpu
-            .iter()
-            .copied()
-            .filter(|&pc| pc != me)
-            .collect();
-        let parts = others.len() + 1;
-        for (i, &pc) in others.iter().enumerate() {
-            self.slots[pc].scrubbed.store(false, Ordering::SeqCst);
-            *self.slots[pc].scrub.lock() = Some((i + 1, parts));
+        for &pc in vm.vcpu_pcpu.iter().filter(|&&pc| pc != me) {
+            self.slots[pc].help_fill.store(true, Ordering::SeqCst);
             gic::send_sgi(self.cpu_mpidr[pc], gic::SGI_KICK);
         }
-        self.fill_part(vm, 0, parts);
+        self.fill_chunks(vm);
+        let all = (1u64 << FILL_CHUNKS) - 1;
         let start = arch::uptime_us();
-        for (i, &pc) in others.iter().enumerate() {
-            while !self.slots[pc].scrubbed.load(Ordering::SeqCst) {
-                if arch::uptime_us().saturating_sub(start) > PARK_TIMEOUT_US {
-                    warn!(
-                        "VM {}: CPU {pc} did not write its part of the RAM in time: done here",
-                        vm.name
-                    );
-                    self.fill_part(vm, i + 1, parts);
-                    break;
+        while done.load(Ordering::SeqCst) != all {
+            if arch::uptime_us().saturating_sub(start) > PARK_TIMEOUT_US {
+                warn!(
+                    "VM {}: its CPUs did not write their chunks of its RAM in time: done here",
+                    vm.name
+                );
+                for i in (0..FILL_CHUNKS).filter(|i| done.load(Ordering::SeqCst) & (1 << i) == 0) {
+                    self.fill_part(vm, i, FILL_CHUNKS);
+                    done.fetch_or(1 << i, Ordering::SeqCst);
                 }
-                core::hint::spin_loop();
             }
-            *self.slots[pc].scrub.lock() = None;
+            core::hint::spin_loop();
         }
         arch::invalidate_icache();
         Ok(())

@@ -146,14 +146,38 @@ pub unsafe fn zero_by_blocks(pa: usize, len: usize, align: usize) -> bool {
     true
 }
 
-/// Zeroes `[start, start + len)` with paired 64-bit stores, 64 bytes at a
-/// time, and cleans and invalidates each cache line written to the point
-/// of coherency (DC CIVAC) right after it, then waits for all of it (DSB
-/// SY). A guest that starts with its MMU off reads memory non-cacheably:
-/// zeroes still in a cache would let it see what the memory held before.
-/// (Under TCG, where `DC ZVA` is a call into the emulator per 64-byte
-/// block, the stores take half the time; the cleaning is the same either
-/// way.)
+/// The smallest data cache line (CTR_EL0.DminLine), in bytes.
+fn dcache_line() -> usize {
+    let ctr: u64;
+    // SAFETY: reading CTR_EL0 has no side effects.
+    unsafe { core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
+    // CTR_EL0.DminLine, bits [19:16]: log2 of the smallest line in words.
+    4usize << ((ctr >> 16) & 0xf)
+}
+
+/// Cleans and invalidates the cache lines of the 64 bytes at `p` to the
+/// point of coherency (no barrier: the caller's DSB waits for them).
+fn clean_block(p: usize, line: usize) {
+    let mut l = p;
+    while l < p + 64 {
+        // SAFETY: cache maintenance of a mapped line has no effect on
+        // memory safety.
+        unsafe { core::arch::asm!("dc civac, {}", in(reg) l, options(nostack, preserves_flags)) };
+        l += line;
+    }
+}
+
+/// Makes `[start, start + len)` all zero at the point of coherency, 64
+/// bytes at a time: a block that does not read as zero already is written
+/// with paired 64-bit stores, and every block is cleaned and invalidated
+/// (DC CIVAC) right after, then all of it waited for (DSB SY). A guest
+/// that starts with its MMU and caches off reads memory, not the caches:
+/// a block that reads as zero holds zero at the point of coherency once
+/// its lines are cleaned, whatever the caches held. Writing only what
+/// differs is what makes it fast under TCG, where a store to a page that
+/// never held anything costs the host a page fault and a store to a page
+/// of translated code invalidates it, while `DC ZVA` would be a call into
+/// the emulator per block.
 ///
 /// # Safety
 ///
@@ -161,11 +185,7 @@ pub unsafe fn zero_by_blocks(pa: usize, len: usize, align: usize) -> bool {
 /// no object of the hypervisor and that nothing else uses meanwhile;
 /// `start` and `len` are multiples of 64.
 pub unsafe fn zero_to_poc(start: usize, len: usize) {
-    let ctr: u64;
-    // SAFETY: reading CTR_EL0 has no side effects.
-    unsafe { core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
-    // CTR_EL0.DminLine, bits [19:16]: log2 of the smallest line in words.
-    let line = 4usize << ((ctr >> 16) & 0xf);
+    let line = dcache_line();
     let mut p = start;
     while p < start + len {
         // SAFETY: `p..p + 64` lies in the range (both are multiples of
@@ -173,33 +193,48 @@ pub unsafe fn zero_to_poc(start: usize, len: usize) {
         // uses.
         unsafe {
             core::arch::asm!(
+                "ldp {a}, {b}, [{p}]",
+                "ldp {c}, {d}, [{p}, #16]",
+                "orr {a}, {a}, {b}",
+                "orr {a}, {a}, {c}",
+                "orr {a}, {a}, {d}",
+                "ldp {b}, {c}, [{p}, #32]",
+                "ldp {d}, {e}, [{p}, #48]",
+                "orr {a}, {a}, {b}",
+                "orr {a}, {a}, {c}",
+                "orr {a}, {a}, {d}",
+                "orr {a}, {a}, {e}",
+                "cbz {a}, 2f",
                 "stp xzr, xzr, [{p}]",
                 "stp xzr, xzr, [{p}, #16]",
                 "stp xzr, xzr, [{p}, #32]",
                 "stp xzr, xzr, [{p}, #48]",
+                "2:",
                 p = in(reg) p,
+                a = out(reg) _,
+                b = out(reg) _,
+                c = out(reg) _,
+                d = out(reg) _,
+                e = out(reg) _,
                 options(nostack, preserves_flags)
             )
         };
-        let mut l = p;
-        while l < p + 64 {
-            // SAFETY: cache maintenance of a line just written; no effect
-            // on memory safety.
-            unsafe {
-                core::arch::asm!("dc civac, {}", in(reg) l, options(nostack, preserves_flags))
-            };
-            l += line;
-        }
+        clean_block(p, line);
         p += 64;
     }
     // SAFETY: a barrier has no effect on memory safety.
     unsafe { core::arch::asm!("dsb sy", options(nostack, preserves_flags)) };
 }
 
-/// Copies `len` bytes from `src` to `dst`, 64 at a time with paired 64-bit
-/// loads and stores, and cleans and invalidates each cache line written to
-/// the point of coherency (DC CIVAC) right after it, then waits for all of
-/// it (DSB SY): an image a guest will read with its MMU and caches off.
+/// Makes `[dst, dst + len)` hold the `len` bytes at `src` at the point of
+/// coherency, 16 bytes at a time with paired 64-bit loads, storing only
+/// the pairs that differ from what `dst` holds already, and cleaning and
+/// invalidating each 64-byte block (DC CIVAC) right after, then waiting for
+/// all of it (DSB SY): an image a guest will read with its MMU and caches
+/// off. As for [`zero_to_poc`], what reads as the image holds it at the
+/// point of coherency once cleaned; and under TCG, rewriting a kernel
+/// image over the one a restarting guest ran would invalidate the
+/// translated code of every page it stores to.
 ///
 /// # Safety
 ///
@@ -209,40 +244,34 @@ pub unsafe fn zero_to_poc(start: usize, len: usize) {
 /// meanwhile; the two do not overlap; `dst` and `len` are multiples of
 /// 64, `src` of 8.
 pub unsafe fn copy_to_poc(dst: usize, src: usize, len: usize) {
-    let ctr: u64;
-    // SAFETY: reading CTR_EL0 has no side effects.
-    unsafe { core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
-    let line = 4usize << ((ctr >> 16) & 0xf);
+    let line = dcache_line();
     let mut off = 0;
     while off < len {
-        // SAFETY: 64 bytes inside both ranges, which the caller vouches
-        // for (readable source, writable destination nobody else uses).
-        unsafe {
-            core::arch::asm!(
-                "ldp {a}, {b}, [{s}]",
-                "stp {a}, {b}, [{d}]",
-                "ldp {a}, {b}, [{s}, #16]",
-                "stp {a}, {b}, [{d}, #16]",
-                "ldp {a}, {b}, [{s}, #32]",
-                "stp {a}, {b}, [{d}, #32]",
-                "ldp {a}, {b}, [{s}, #48]",
-                "stp {a}, {b}, [{d}, #48]",
-                s = in(reg) src + off,
-                d = in(reg) dst + off,
-                a = out(reg) _,
-                b = out(reg) _,
-                options(nostack, preserves_flags)
-            )
-        };
-        let mut l = dst + off;
-        while l < dst + off + 64 {
-            // SAFETY: cache maintenance of a line just written; no effect
-            // on memory safety.
+        let d = dst + off;
+        for half in [0, 16, 32, 48] {
+            // SAFETY: 16 bytes inside both ranges, which the caller
+            // vouches for (readable source, writable destination nobody
+            // else uses).
             unsafe {
-                core::arch::asm!("dc civac, {}", in(reg) l, options(nostack, preserves_flags))
+                core::arch::asm!(
+                    "ldp {a}, {b}, [{s}]",
+                    "ldp {c}, {e}, [{d}]",
+                    "cmp {a}, {c}",
+                    "ccmp {b}, {e}, #0, eq",
+                    "b.eq 2f",
+                    "stp {a}, {b}, [{d}]",
+                    "2:",
+                    s = in(reg) src + off + half,
+                    d = in(reg) d + half,
+                    a = out(reg) _,
+                    b = out(reg) _,
+                    c = out(reg) _,
+                    e = out(reg) _,
+                    options(nostack)
+                )
             };
-            l += line;
         }
+        clean_block(d, line);
         off += 64;
     }
     // SAFETY: a barrier has no effect on memory safety.
