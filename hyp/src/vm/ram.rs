@@ -147,10 +147,10 @@ impl GuestRam {
             }
         }
         if !body.is_empty() {
-            // SAFETY: the body lies in the VM's RAM, mapped read-write as
-            // `new`'s caller vouched, holds no hypervisor object, and its
-            // ends are multiples of 64; the VM's vCPUs are not running
-            // (the contract of a scrub and a fill).
+            // The VM's vCPUs are not running (the contract of a scrub and
+            // a fill), and the body's ends are multiples of 64.
+            // SAFETY: the body is VM RAM, writable and holding no hypervisor
+            // object (`new`'s contract), unused meanwhile, 64-byte aligned.
             unsafe { crate::arch::zero_to_poc(body.start, body.end - body.start) };
         }
     }
@@ -177,13 +177,12 @@ impl GuestRam {
             }
         }
         if body > 0 {
-            // SAFETY: `dst + head .. + body` lies in the VM's RAM (the
-            // caller's precondition), mapped read-write as `new`'s caller
-            // vouched, holding no hypervisor object, unused while the VM is
-            // stopped (the contract of a fill); the source is part of a
-            // shared slice, which nothing writes, and cannot overlap the
-            // VM's own RAM; `dst + head` and `body` are multiples of 64,
-            // `src` of 8 (checked above).
+            // `dst + head .. + body` lies in the VM's RAM (the caller's
+            // precondition), unused while the VM is stopped (the contract
+            // of a fill); the source is part of a shared slice, which
+            // nothing writes and which is not the VM's RAM.
+            // SAFETY: so both ranges are valid and disjoint, the destination
+            // writable VM RAM (`new`'s contract); alignment checked above.
             unsafe { crate::arch::copy_to_poc(dst + head, src, body) };
         }
     }

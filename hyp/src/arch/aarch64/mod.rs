@@ -188,9 +188,8 @@ pub unsafe fn zero_to_poc(start: usize, len: usize) {
     let line = dcache_line();
     let mut p = start;
     while p < start + len {
-        // SAFETY: `p..p + 64` lies in the range (both are multiples of
-        // 64), which the caller vouches is writable memory nobody else
-        // uses.
+        // SAFETY: `p..p + 64` is inside the range (both multiples of 64),
+        // writable memory nobody else uses, as the caller vouches.
         unsafe {
             core::arch::asm!(
                 "ldp {a}, {b}, [{p}]",
@@ -249,9 +248,8 @@ pub unsafe fn copy_to_poc(dst: usize, src: usize, len: usize) {
     while off < len {
         let d = dst + off;
         for half in [0, 16, 32, 48] {
-            // SAFETY: 16 bytes inside both ranges, which the caller
-            // vouches for (readable source, writable destination nobody
-            // else uses).
+            // SAFETY: 16 bytes inside both ranges, which the caller vouches
+            // for: a readable source, a writable destination nobody uses.
             unsafe {
                 core::arch::asm!(
                     "ldp {a}, {b}, [{s}]",
