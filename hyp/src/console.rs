@@ -100,15 +100,19 @@ pub fn input_intid() -> Option<u32> {
     INPUT_INTID.get().copied()
 }
 
-/// One byte of console input, if any.
+/// One byte of console input, if any. Once the FIFO reads empty, the
+/// receive interrupts are cleared and the FIFO is read once more: a byte
+/// that arrived between the empty read and the clear would otherwise wait
+/// with its interrupt cleared (the PL011 raises it as a byte arrives, not
+/// while bytes wait), and console input would stop for good.
 pub fn read_byte() -> Option<u8> {
     let uart = UART.get()?;
     let mut u = uart.lock();
-    let b = u.getc();
-    if b.is_none() {
-        u.regs().icr.set(RX_INTS);
+    if let Some(b) = u.getc() {
+        return Some(b);
     }
-    b
+    u.regs().icr.set(RX_INTS);
+    u.getc()
 }
 static UART_BASE: Once<usize> = Once::new();
 

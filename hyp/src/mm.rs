@@ -94,6 +94,15 @@ impl Frames {
     }
 
     fn alloc(&self, pages: usize, align: usize) -> Option<PhysAddr> {
+        let pa = self.alloc_unzeroed(pages, align)?;
+        // SAFETY: the frames are free RAM handed to us by `add`, identity
+        // mapped read-write (Normal memory), and now exclusively ours.
+        unsafe { zero(pa.0, pages * PAGE_SIZE) };
+        Some(pa)
+    }
+
+    /// Frames as they are, whatever they held.
+    fn alloc_unzeroed(&self, pages: usize, align: usize) -> Option<PhysAddr> {
         let align_pages = (align / PAGE_SIZE).max(1);
         let n = pages.max(align_pages).next_power_of_two();
         let mut inner = self.inner.lock();
@@ -103,11 +112,7 @@ impl Frames {
         inner.live.insert(frame, n);
         inner.used += n;
         drop(inner);
-        let pa = (frame * PAGE_SIZE) as u64;
-        // SAFETY: the frames are free RAM handed to us by `add`, identity
-        // mapped read-write (Normal memory), and now exclusively ours.
-        unsafe { zero(pa, pages * PAGE_SIZE) };
-        Some(PhysAddr(pa))
+        Some(PhysAddr((frame * PAGE_SIZE) as u64))
     }
 
     fn free(&self, pa: PhysAddr) {
@@ -152,6 +157,16 @@ impl Accounted {
     /// Who this is.
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// `pages` frames aligned to `align` bytes, *not* zeroed: for a VM's
+    /// RAM, which its CPUs scrub together before the VM first starts
+    /// (`GuestRam::scrub_part`), rather than this CPU alone now. The
+    /// caller must scrub it before anything but the hypervisor reads it.
+    pub fn alloc_unscrubbed(&self, pages: usize, align: usize) -> Option<PhysAddr> {
+        let pa = FRAMES.alloc_unzeroed(pages, align)?;
+        self.pages.fetch_add(pages, Ordering::Relaxed);
+        Some(pa)
     }
 
     /// Bytes held now.

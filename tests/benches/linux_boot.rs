@@ -1,8 +1,11 @@
 //! Linux boot benchmark: the same Debian kernel and busybox initramfs boot
 //! to init on bare QEMU and under the hypervisor (scenario `linux`), side by
 //! side in one run (interleaved, median of the repetitions), and the ratio
-//! is printed. Wall-clock times under TCG are noisy: only the ratio measured
-//! in one run means anything.
+//! is printed. A third run of the same scenario reboots its guest once
+//! (`init.reboot=1`: `reboot -f` inside, PSCI SYSTEM_RESET), which times a
+//! restart (from the hypervisor's `restarting` line to the guest's init)
+//! against that run's own cold boot (VM start to init). Wall-clock times
+//! under TCG are noisy: only the ratios measured in one run mean anything.
 //!
 //! `cargo bench -p scenario-tests --bench linux_boot` (needs `./hv build`
 //! and `guests/linux/fetch.sh` first; `./hv bench` does all of it).
@@ -14,18 +17,24 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const MARK: &str = "init: reached on";
+/// The guest's init says it runs.
+const INIT: &str = "init: reached on";
+/// The hypervisor's line when the VM's memory is scrubbed and loaded and
+/// its vCPU 0 is about to start.
+const VM_START: &str = "VM linux: starting";
+/// The hypervisor's line when the guest reset its VM (PSCI SYSTEM_RESET)
+/// and the VM restarts: its vCPUs are parked, its memory scrubbed and its
+/// images loaded again before it boots.
+const RESTART: &str = "VM linux: restarting (restart 1)";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The hypervisor's line saying the VM is built and about to start.
-const VM_START: &str = "VM linux: 2 vCPU(s)";
-
-/// Seconds from spawning `cmd` to the first console line containing MARK,
-/// to QEMU's exit, and to the hypervisor starting the VM (0 on bare QEMU).
-fn time_boot(mut cmd: Command) -> (f64, f64, f64) {
+/// When each console line containing one of `marks` appeared, in seconds
+/// from spawning `cmd` (per mark, every occurrence in order), and when
+/// QEMU exited.
+fn time_marks(mut cmd: Command, marks: &[&str]) -> (Vec<Vec<f64>>, f64) {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -34,15 +43,14 @@ fn time_boot(mut cmd: Command) -> (f64, f64, f64) {
         .spawn()
         .expect("cannot start QEMU");
     let out = child.stdout.take().unwrap();
-    let mut to_init = None;
-    let mut to_vm = 0.0;
+    let mut seen = vec![Vec::new(); marks.len()];
     for line in BufReader::new(out).lines() {
         let Ok(line) = line else { break };
-        if to_vm == 0.0 && line.contains(VM_START) {
-            to_vm = start.elapsed().as_secs_f64();
-        }
-        if to_init.is_none() && line.contains(MARK) {
-            to_init = Some(start.elapsed().as_secs_f64());
+        let now = start.elapsed().as_secs_f64();
+        for (mark, at) in marks.iter().zip(&mut seen) {
+            if line.contains(mark) {
+                at.push(now);
+            }
         }
         if start.elapsed() > Duration::from_secs(120) {
             let _ = child.kill();
@@ -52,15 +60,28 @@ fn time_boot(mut cmd: Command) -> (f64, f64, f64) {
     let status = child.wait().unwrap();
     let total = start.elapsed().as_secs_f64();
     assert!(status.success(), "QEMU exited with {status}");
-    (to_init.expect("the guest never reached init"), total, to_vm)
+    (seen, total)
+}
+
+/// The `n`-th time (from 0) `mark` of `marks` appeared.
+fn nth(seen: &[Vec<f64>], marks: &[&str], mark: &str, n: usize) -> f64 {
+    let i = marks.iter().position(|m| *m == mark).unwrap();
+    *seen[i]
+        .get(n)
+        .unwrap_or_else(|| panic!("{mark:?} appeared {} time(s), not {}", seen[i].len(), n + 1))
 }
 
 fn bare_qemu() -> Command {
     scenario_tests::bare_linux_qemu(&[], "console=ttyAMA0 nokaslr panic=-1")
 }
 
-fn hypervisor() -> Command {
-    qemu_runner::prepare(&root(), "linux", &[]).expect("scenario linux")
+/// Scenario `linux` under the hypervisor, `words` added to its guest's
+/// command line; the bundle made for this run alone, if one was.
+fn hypervisor(words: &[(&str, &str)]) -> (Command, Option<PathBuf>) {
+    let root = root();
+    let p = qemu_runner::prepare_run(&root, "linux", &[], words, &qemu_runner::hyp_bin(&root))
+        .expect("scenario linux");
+    (p.command, p.own_bundle)
 }
 
 fn main() {
@@ -68,11 +89,24 @@ fn main() {
     let runs = if smoke { 1 } else { 5 };
     let (mut bare_init, mut bare_total) = (vec![], vec![]);
     let (mut hyp_init, mut hyp_total, mut guest_part) = (vec![], vec![], vec![]);
+    let (mut cold, mut restart) = (vec![], vec![]);
     for i in 0..runs {
-        let (a, b, _) = time_boot(bare_qemu());
-        let (c, d, vm) = time_boot(hypervisor());
+        let (seen, b) = time_marks(bare_qemu(), &[INIT]);
+        let a = seen[0][0];
+        let marks = [VM_START, INIT];
+        let (seen, d) = time_marks(hypervisor(&[]).0, &marks);
+        let (vm, c) = (nth(&seen, &marks, VM_START, 0), nth(&seen, &marks, INIT, 0));
+        let marks = [VM_START, INIT, RESTART];
+        let (cmd, bundle) = hypervisor(&[("linux", "init.reboot=1")]);
+        let (seen, _) = time_marks(cmd, &marks);
+        if let Some(b) = bundle {
+            let _ = std::fs::remove_file(b);
+        }
+        let first = nth(&seen, &marks, INIT, 0) - nth(&seen, &marks, VM_START, 0);
+        let again = nth(&seen, &marks, INIT, 1) - nth(&seen, &marks, RESTART, 0);
         println!(
-            "run {}: bare QEMU {a:.2} s to init ({b:.2} s total), hypervisor {c:.2} s to init ({d:.2} s total, VM started after {vm:.2} s)",
+            "run {}: bare QEMU {a:.2} s to init ({b:.2} s total), hypervisor {c:.2} s to init ({d:.2} s total, VM started after {vm:.2} s); \
+             rebooting guest: VM start to init {first:.2} s, restart to init {again:.2} s",
             i + 1
         );
         bare_init.push(a);
@@ -80,6 +114,8 @@ fn main() {
         hyp_init.push(c);
         hyp_total.push(d);
         guest_part.push(c - vm);
+        cold.push(first);
+        restart.push(again);
     }
     let (bi, bt) = (median(&mut bare_init), median(&mut bare_total));
     let (hi, ht, gp) = (
@@ -87,6 +123,7 @@ fn main() {
         median(&mut hyp_total),
         median(&mut guest_part),
     );
+    let (co, re) = (median(&mut cold), median(&mut restart));
     println!(
         "linux boot to init (2 vCPUs, 512 MiB, cortex-a57, median of {runs}): bare QEMU {bi:.2} s, under the hypervisor {hi:.2} s, ratio {:.2}",
         hi / bi
@@ -96,7 +133,11 @@ fn main() {
         ht / bt
     );
     println!(
-        "of which the guest's own boot (VM start to init): {gp:.2} s, ratio to bare QEMU {:.2}; the rest is the hypervisor's boot and VM set-up (zeroing 512 MiB of guest RAM, loading the images)",
+        "of which the guest's own boot (VM start to init): {gp:.2} s, ratio to bare QEMU {:.2}; the rest is the hypervisor's boot and VM set-up (scrubbing 512 MiB of guest RAM, loading the images)",
         gp / bi
+    );
+    println!(
+        "restart (reboot -f in the guest) to init: {re:.2} s, against the same runs' cold boot (VM start to init) {co:.2} s, ratio {:.2}; the restart includes parking the vCPUs, scrubbing the RAM and loading the images again",
+        re / co
     );
 }

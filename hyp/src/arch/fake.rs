@@ -50,6 +50,9 @@ pub struct FakeCpu {
     pub lrs: Vec<u64>,
     /// ICH_HCR_EL2.
     pub ich_hcr: u64,
+    /// Reads of ICH_LR<n>_EL2, writes of ICH_LR<n>_EL2 and of ICH_HCR_EL2
+    /// so far.
+    pub lr_accesses: (usize, usize, usize),
     /// ICH_VMCR_EL2.
     pub ich_vmcr: u64,
 }
@@ -106,6 +109,34 @@ pub fn wait_for_interrupt() {
         c.counter += 1;
     });
 }
+
+/// Zeroes `[start, start + len)`; the host's caches are coherent.
+///
+/// # Safety
+///
+/// The range is writable memory that holds no Rust object in use.
+pub unsafe fn zero_to_poc(start: usize, len: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe { core::ptr::write_bytes(start as *mut u8, 0, len) };
+}
+
+/// Copies `len` bytes from `src` to `dst`; the host's caches are
+/// coherent.
+///
+/// # Safety
+///
+/// Both ranges are valid, do not overlap, and `dst` holds no Rust object
+/// in use.
+pub unsafe fn copy_to_poc(dst: usize, src: usize, len: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe { core::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+}
+
+/// Nothing to clean: the host's caches are coherent.
+pub fn clean_inval_dcache(_start: u64, _len: usize) {}
+
+/// Nothing to invalidate on the host.
+pub fn invalidate_icache() {}
 
 /// The fake has no vectors: the handler is not called by anything.
 pub fn set_guest_trap_handler(_handler: fn(&mut super::TrapFrame, u64)) {}
@@ -211,12 +242,16 @@ pub mod gicv3 {
 
     /// ICH_LR<i>_EL2.
     pub fn read_lr(i: usize) -> u64 {
-        with(|c| c.lrs.get(i).copied().unwrap_or(0))
+        with(|c| {
+            c.lr_accesses.0 += 1;
+            c.lrs.get(i).copied().unwrap_or(0)
+        })
     }
 
     /// Writes ICH_LR<i>_EL2.
     pub fn write_lr(i: usize, v: u64) {
         with(|c| {
+            c.lr_accesses.1 += 1;
             if let Some(lr) = c.lrs.get_mut(i) {
                 *lr = v;
             }
@@ -225,7 +260,10 @@ pub mod gicv3 {
 
     /// ICH_HCR_EL2.
     pub fn write_hcr(v: u64) {
-        with(|c| c.ich_hcr = v);
+        with(|c| {
+            c.lr_accesses.2 += 1;
+            c.ich_hcr = v;
+        });
     }
 
     /// ICH_VMCR_EL2.

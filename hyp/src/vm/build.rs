@@ -44,7 +44,7 @@ use log::info;
 use scenario::guest_layout as layout;
 use smmu::addr::{Ipa, StreamId, Vmid};
 use smmu::event::Event;
-use smmu::hw::{PageAllocator, PAGE_SIZE};
+use smmu::hw::PAGE_SIZE;
 use smmu::stage2::Stage2;
 
 /// IPA size of every VM.
@@ -237,7 +237,9 @@ fn build_vm(
     let size = spec.memory;
     let ram = spec.ram_base..spec.ram_base + size;
     let pages = (size / PAGE_SIZE as u64) as usize;
-    let ram_pa = GUEST_MEM.alloc_pages(pages, 2 << 20).ok_or_else(|| {
+    // Scrubbed, and its images loaded, by the VM's CPUs together before
+    // it starts (`run::start`).
+    let ram_pa = GUEST_MEM.alloc_unscrubbed(pages, 2 << 20).ok_or_else(|| {
         resources(alloc::format!(
             "VM {}: no {} MiB of contiguous RAM left",
             spec.name,
@@ -289,9 +291,10 @@ fn build_vm(
     };
 
     // Images, as a boot loader would place them (Linux booting.rst).
+    // Only checked here: they are written once the RAM is scrubbed.
     let load = |ipa: u64, data: &[u8], what: &str| {
         guest_ram
-            .write(Ipa(ipa), data)
+            .check(Ipa(ipa), data.len())
             .map_err(|e| resources(alloc::format!("VM {}: {what}: {e}", spec.name)))
     };
     let kernel = bundle.get(&spec.kernel).ok_or_else(|| {

@@ -10,6 +10,7 @@ use super::bus::{Access, BusError, MmioBus, MmioContext, MmioDevice};
 use crate::drivers::pci::{self, BarRange, Bdf, ConfigAccess};
 use crate::vdev::msix::MsixPages;
 use crate::vdev::vpci::VirtualPciBus;
+use crate::vdev::vuart::VirtualUart;
 use alloc::boxed::Box;
 use smmu::addr::Ipa;
 use spin::Mutex;
@@ -140,18 +141,40 @@ impl MmioDevice for Uart {
     }
 
     fn read(&self, ctx: &dyn MmioContext, a: Access) -> u64 {
-        let v = ctx.uart().lock().read(a.offset, a.size);
+        let (v, _) = uart_access(ctx.uart(), a, None, |line| ctx.console_line(line));
         ctx.update_uart_irq();
         v
     }
 
     fn write(&self, ctx: &dyn MmioContext, a: Access, value: u64) {
-        let line = ctx.uart().lock().write(a.offset, a.size, value).line;
-        if let Some(line) = line {
-            ctx.console_line(&line);
-        }
+        uart_access(ctx.uart(), a, Some(value), |line| ctx.console_line(line));
         ctx.update_uart_irq();
     }
+}
+
+/// An access to a VM's vUART, a read or (`write`) a write: the value read
+/// (0 for a write), a line of output it finished handed to `console`, and
+/// whether the UART's interrupt level changed, which only then needs to
+/// reach the vGIC (the vGIC's line holds the level the UART had after the
+/// previous access: every change is handed to it).
+pub fn uart_access(
+    uart: &Mutex<VirtualUart>,
+    a: Access,
+    write: Option<u64>,
+    console: impl FnOnce(&[u8]),
+) -> (u64, bool) {
+    let mut u = uart.lock();
+    let before = u.irq_level();
+    let (value, line) = match write {
+        Some(v) => (0, u.write(a.offset, a.size, v).line),
+        None => (u.read(a.offset, a.size), None),
+    };
+    let changed = u.irq_level() != before;
+    drop(u);
+    if let Some(line) = line {
+        console(&line);
+    }
+    (value, changed)
 }
 
 /// The GIC distributor (`vgic`).

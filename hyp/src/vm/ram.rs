@@ -45,6 +45,13 @@ impl GuestRam {
             .then(|| self.host + (ipa.raw() - self.ipa.start.raw()) as usize)
     }
 
+    /// Whether `[ipa, ipa + len)` lies in the VM's RAM.
+    pub fn check(&self, ipa: Ipa, len: usize) -> Result<(), GuestMemError> {
+        self.host_addr(ipa, len)
+            .map(|_| ())
+            .ok_or(GuestMemError::OutOfRange(ipa))
+    }
+
     /// Copies `buf.len()` bytes of the guest's memory at `ipa` into `buf`.
     pub fn read(&self, ipa: Ipa, buf: &mut [u8]) -> Result<(), GuestMemError> {
         let src = self
@@ -105,12 +112,10 @@ impl GuestRam {
         (self.host, len)
     }
 
-    /// Zeroes part `i` of `parts` of the VM's RAM (a restart: nothing of
-    /// the old incarnation survives in it) (0 < `parts`; the parts are 4 KiB
-    /// aligned, the last takes the rest, together they cover the RAM
-    /// exactly once), so that several CPUs can scrub one VM's RAM at once.
-    /// Returns the host range written.
-    pub fn scrub_part(&self, i: usize, parts: usize) -> (usize, usize) {
+    /// The host range of part `i` of `parts` of the VM's RAM (0 <
+    /// `parts`; the parts are 4 KiB aligned, the last takes the rest,
+    /// together they cover the RAM exactly once).
+    fn part(&self, i: usize, parts: usize) -> (usize, usize) {
         let total = (self.ipa.end.raw() - self.ipa.start.raw()) as usize;
         let parts = parts.max(1);
         let step = (total / parts) & !0xfff;
@@ -120,24 +125,117 @@ impl GuestRam {
         } else {
             start + step
         };
-        let (len, mut at) = (end - start, start);
-        while at < end && !at.is_multiple_of(8) {
+        (start, end)
+    }
+
+    /// Zeroes the host range `[start, end)` of the VM's RAM to the point of
+    /// coherency: the 64-byte aligned body 64 bytes at a time
+    /// (`arch::zero_to_poc`), the edges (none in RAM the hypervisor
+    /// allocates, page aligned) a byte at a time.
+    fn zero_host(&self, start: usize, end: usize) {
+        debug_assert!(self.host <= start && start <= end);
+        let body_start = start.next_multiple_of(64).min(end);
+        let body = body_start..(end & !63).max(body_start);
+        for at in (start..body.start).chain(body.end..end) {
             // SAFETY: one byte of the VM's RAM, mapped read-write as
             // `new`'s caller vouched, holding no hypervisor object.
             unsafe { core::ptr::write_volatile(at as *mut u8, 0) };
-            at += 1;
         }
-        while at + 8 <= end {
-            // SAFETY: as above, an aligned doubleword inside the RAM.
-            unsafe { core::ptr::write_volatile(at as *mut u64, 0) };
-            at += 8;
+        for (at, len) in [(start, body.start - start), (body.end, end - body.end)] {
+            if len > 0 {
+                crate::arch::clean_inval_dcache(at as u64, len);
+            }
         }
-        while at < end {
-            // SAFETY: as above, one byte inside the RAM.
-            unsafe { core::ptr::write_volatile(at as *mut u8, 0) };
-            at += 1;
+        if !body.is_empty() {
+            // The VM's vCPUs are not running (the contract of a scrub and
+            // a fill), and the body's ends are multiples of 64.
+            // SAFETY: the body is VM RAM, writable and holding no hypervisor
+            // object (`new`'s contract), unused meanwhile, 64-byte aligned.
+            unsafe { crate::arch::zero_to_poc(body.start, body.end - body.start) };
         }
-        (start, len)
+    }
+
+    /// Copies `data` to the host address `dst` of the VM's RAM (the whole
+    /// of it inside) to the point of coherency: most of it 64 bytes at a
+    /// time (`arch::copy_to_poc`), the edges through [`Self::write`].
+    fn copy_host(&self, dst: usize, data: &[u8]) {
+        let ipa = |host: usize| Ipa(self.ipa.start.raw() + (host - self.host) as u64);
+        let head = (dst.next_multiple_of(64) - dst).min(data.len());
+        let body = (data.len() - head) & !63;
+        let src = data.as_ptr() as usize + head;
+        let (head, body) = if body == 0 || !src.is_multiple_of(8) {
+            (data.len(), 0)
+        } else {
+            (head, body)
+        };
+        let tail = head + body;
+        for (at, bytes) in [(dst, &data[..head]), (dst + tail, &data[tail..])] {
+            if !bytes.is_empty() {
+                // Inside the RAM: the caller's precondition.
+                let _ = self.write(ipa(at), bytes);
+                crate::arch::clean_inval_dcache(at as u64, bytes.len());
+            }
+        }
+        if body > 0 {
+            // `dst + head .. + body` lies in the VM's RAM (the caller's
+            // precondition), unused while the VM is stopped (the contract
+            // of a fill); the source is part of a shared slice, which
+            // nothing writes and which is not the VM's RAM.
+            // SAFETY: so both ranges are valid and disjoint, the destination
+            // writable VM RAM (`new`'s contract); alignment checked above.
+            unsafe { crate::arch::copy_to_poc(dst + head, src, body) };
+        }
+    }
+
+    /// Zeroes part `i` of `parts` of the VM's RAM (see [`Self::fill_part`],
+    /// with no images). Returns the host range written.
+    pub fn scrub_part(&self, i: usize, parts: usize) -> (usize, usize) {
+        let (start, end) = self.part(i, parts);
+        self.zero_host(start, end);
+        (start, end - start)
+    }
+
+    /// Writes part `i` of `parts` of the VM's RAM as the VM starts with it,
+    /// before it first starts and at each restart (its vCPUs not running,
+    /// its devices' bus mastering off), so that several CPUs can share the
+    /// work (0 < `parts`; the parts are 4 KiB aligned, the last takes the
+    /// rest, together they cover the RAM exactly once): `images` (IPA and
+    /// bytes, each entirely inside the RAM; where two overlap, the lower
+    /// one's bytes) where they lie, zeroes everywhere else, so that
+    /// nothing of what the memory held before reaches the guest. All of it
+    /// reaches the point of coherency: a guest starts with its MMU and
+    /// caches off and reads memory, not the caches. Returns the host range
+    /// written, or the first image outside the RAM (then nothing is
+    /// written).
+    pub fn fill_part(
+        &self,
+        i: usize,
+        parts: usize,
+        images: &[(Ipa, &[u8])],
+    ) -> Result<(usize, usize), GuestMemError> {
+        let (start, end) = self.part(i, parts);
+        let mut spans = images
+            .iter()
+            .map(|&(ipa, data)| {
+                let at = self
+                    .host_addr(ipa, data.len())
+                    .ok_or(GuestMemError::OutOfRange(ipa))?;
+                Ok((at, data))
+            })
+            .collect::<Result<alloc::vec::Vec<_>, _>>()?;
+        spans.sort_by_key(|&(at, _)| at);
+        let mut at = start;
+        for (host, data) in spans {
+            let (from, to) = (host.max(at), (host + data.len()).min(end));
+            if from >= to {
+                continue;
+            }
+            self.zero_host(at, from);
+            self.copy_host(from, &data[from - host..to - host]);
+            at = to;
+        }
+        self.zero_host(at, end);
+        Ok((start, end - start))
     }
 }
 
@@ -213,6 +311,43 @@ mod tests {
         // More parts than pages: the last part takes everything left.
         assert_eq!(r.scrub_part(0, 1 << 20), (base, 0));
         assert_eq!(r.scrub_part(1 << 20, 1 << 20), (base, len));
+    }
+
+    #[test]
+    fn a_fill_writes_the_images_and_zeroes_the_rest_in_any_parts() {
+        let len = 3 * 4096 + 200;
+        let mut backing = vec![u64::MAX; len / 8];
+        let r = ram(&mut backing);
+        let a: alloc::vec::Vec<u8> = (0..5000u32).map(|i| (i * 7 + 1) as u8).collect();
+        let b: alloc::vec::Vec<u8> = (0..300u32).map(|i| (i * 3 + 2) as u8).collect();
+        let mut want = vec![0u8; len];
+        for (offset, len, data) in [(61usize, 5000usize, &a), (9000, 300, &b), (12_000, 3, &b)] {
+            want[offset..offset + len].copy_from_slice(&data[..len]);
+        }
+        let images = [
+            (Ipa(0x4000_0000 + 9000), &b[..]),
+            (Ipa(0x4000_0000 + 61), &a[..]),
+            (Ipa(0x4000_0000 + 12_000), &b[..3]),
+        ];
+        for parts in [1, 2, 3, 5] {
+            r.scrub_part(0, 1);
+            let mut covered = 0;
+            for i in 0..parts {
+                covered += r.fill_part(i, parts, &images).unwrap().1;
+            }
+            assert_eq!(covered, len);
+            let mut back = vec![0xaau8; len];
+            r.read(Ipa(0x4000_0000), &mut back).unwrap();
+            assert!(back == want, "{parts} parts");
+        }
+        // An image reaching past the RAM: nothing is written.
+        r.scrub_part(0, 1);
+        assert!(r
+            .fill_part(0, 1, &[(Ipa(0x4000_0000 + len as u64 - 2), &b[..3])])
+            .is_err());
+        let mut back = vec![0xaau8; len];
+        r.read(Ipa(0x4000_0000), &mut back).unwrap();
+        assert!(back.iter().all(|&x| x == 0));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::msi::{Delivery, MsiRouter, PhysicalMsi, RouteError};
 use super::space::IpaSpace;
 use super::timer;
 use super::trap::{self, Flow};
-use super::vm::{Machine, Request, Vm, VmState};
+use super::vm::{Machine, Request, TrapKind, Vm, VmState};
 use crate::arch::{self, guest, TrapFrame};
 use crate::drivers::{gic, its};
 use crate::gicv3::intid::Kind;
@@ -52,28 +52,16 @@ struct Slot {
     /// the moment it is entered until it parks): a stop waits for it.
     in_guest: AtomicBool,
     /// The CPU was started for the runtime (it runs, or is on its way to,
-    /// the idle loop, where it takes the parts it is given).
+    /// the idle loop, where it takes the work it is given).
     online: AtomicBool,
-    /// Part of a restarting VM's RAM for this CPU to zero while it is idle.
-    scrub: Mutex<Option<ScrubPart>>,
-    /// The [`ScrubPart::seq`] of the last part this CPU zeroed.
-    scrubbed: AtomicU64,
+    /// The index + 1 of a VM whose RAM this CPU is to help write while it
+    /// is idle (`Runtime::fresh_memory`); 0 for none.
+    help_fill: AtomicUsize,
     /// The frame `guest::run` copies from (static, never on a stack).
     frame: Mutex<TrapFrame>,
     /// With direct MSI delivery: the vCPU's vPE as this CPU's
     /// redistributor makes it resident (GICR_VPROPBASER, GICR_VPENDBASER).
     vpe: Option<(u64, u64)>,
-}
-
-/// Part `part` of `parts` of VM `vm`'s RAM, for an idle CPU to zero;
-/// `seq` tells one hand-out from another (a late CPU's completion of an
-/// earlier part is not taken for this one's).
-#[derive(Clone, Copy, Debug)]
-struct ScrubPart {
-    vm: usize,
-    part: usize,
-    parts: usize,
-    seq: u64,
 }
 
 /// What the runtime keeps per VM besides the [`Vm`]: the hardware it holds.
@@ -89,7 +77,18 @@ struct VmHw {
     msi_devices: Vec<(DeviceId, u32)>,
     /// With direct delivery: its vPEs and their tables, kept for good.
     vpes: Option<its::VpeSet>,
+    /// Its RAM being written as it starts (`Runtime::fresh_memory`): the
+    /// next of its [`FILL_CHUNKS`] chunks to take, and those written (one
+    /// bit each).
+    fill: (AtomicUsize, AtomicU64),
 }
+
+/// The chunks a VM's RAM is written in as it starts, which its CPUs take
+/// in turn: the cost of a chunk varies (under TCG, rewriting pages that
+/// hold translated code costs more, and the first touch of a page costs
+/// the host a fault), so each CPU takes the next one as it gets there.
+const FILL_CHUNKS: usize = 16;
+const _: () = assert!(FILL_CHUNKS <= 64, "one bit per chunk in a u64");
 
 /// Everything the runtime knows, built once before any guest runs.
 pub struct Runtime {
@@ -108,9 +107,6 @@ pub struct Runtime {
     /// Failed MSI routes so far.
     route_failures: AtomicU32,
     mux: Mutex<ConsoleMux>,
-    /// Held by the restart that hands out scrub parts (one at a time), with
-    /// the last hand-out's sequence number.
-    scrubbing: Mutex<u64>,
 }
 
 impl core::fmt::Debug for Runtime {
@@ -149,8 +145,7 @@ pub fn create(
             start: Mutex::new(None),
             in_guest: AtomicBool::new(false),
             online: AtomicBool::new(false),
-            scrub: Mutex::new(None),
-            scrubbed: AtomicU64::new(0),
+            help_fill: AtomicUsize::new(0),
             frame: Mutex::new(TrapFrame::zeroed()),
             vpe: None,
         })
@@ -188,8 +183,8 @@ pub fn create(
                 slots[vpe.cpu].vpe = Some((set.vpropbaser, vpe.vpendbaser));
             }
         }
-        // vCPU 0 starts at the kernel entry with x0 = DTB.
-        *slots[vm.vcpu_pcpu[0]].start.lock() = Some((start.0, start.1, 0));
+        // vCPU 0 starts at the kernel entry with x0 = DTB, once its RAM
+        // is scrubbed and loaded (`start`).
         vms.push(vm);
         hw.push(VmHw {
             devices,
@@ -199,6 +194,7 @@ pub fn create(
             start,
             msi_devices,
             vpes,
+            fill: (AtomicUsize::new(FILL_CHUNKS), AtomicU64::new(0)),
         });
     }
     let running = vms.len();
@@ -217,7 +213,6 @@ pub fn create(
         msi: Mutex::new(msi),
         route_failures: AtomicU32::new(0),
         mux: Mutex::new(ConsoleMux::new()),
-        scrubbing: Mutex::new(0),
     });
     Ok(Workload::Guests)
 }
@@ -229,13 +224,13 @@ fn rt() -> &'static Runtime {
 }
 
 /// Whether physical CPU `pc` serves the runtime: it hosts a vCPU, or
-/// helps with the work of idle CPUs (scrubbing a restarting VM's RAM).
+/// helps with the work of idle CPUs (writing a starting VM's RAM).
 pub fn serves_runtime(pc: usize) -> bool {
     RUNTIME.get().is_some_and(|r| pc < r.slots.len())
 }
 
-/// Starts every physical CPU (those that host no vCPU idle, to help with
-/// scrubbing) and enters this CPU's vCPU.
+/// Starts every physical CPU (those that host no vCPU idle, to help write
+/// starting VMs' RAM) and enters this CPU's vCPU.
 pub fn start(p: &Platform) -> ! {
     let r = rt();
     arch::set_guest_trap_handler(handle_trap);
@@ -271,6 +266,27 @@ pub fn start(p: &Platform) -> ! {
             None => {}
         }
     }
+    // Every VM's RAM scrubbed and loaded with the help of the other CPUs,
+    // which wait in their idle loops meanwhile; then its vCPU 0 starts.
+    for vm in &r.vms {
+        let t = arch::uptime_us();
+        let cpus = match r.fresh_memory(vm) {
+            Ok(cpus) => cpus,
+            Err(why) => {
+                error!("VM {}: cannot start: {why}", vm.name);
+                vm.stop(VmState::Crashed, None, r);
+                continue;
+            }
+        };
+        info!(
+            "VM {}: starting: {} MiB scrubbed and its images loaded in {} ms by {cpus} CPU(s)",
+            vm.name,
+            vm.ram.host_range().1 >> 20,
+            (arch::uptime_us() - t) / 1000
+        );
+        let (entry, x0) = r.hw[vm.index].start;
+        r.start_vcpu(vm, 0, entry, x0);
+    }
     cpu_main(0)
 }
 
@@ -290,10 +306,9 @@ pub fn cpu_main(pc: usize) -> ! {
 fn idle(pc: usize) -> ! {
     loop {
         let r = rt();
-        let part = r.slots[pc].scrub.lock().take();
-        if let Some(p) = part {
-            r.vms[p.vm].ram.scrub_part(p.part, p.parts);
-            r.slots[pc].scrubbed.store(p.seq, Ordering::SeqCst);
+        let help = r.slots[pc].help_fill.swap(0, Ordering::SeqCst);
+        if let Some(vm) = help.checked_sub(1).and_then(|i| r.vms.get(i)) {
+            r.fill_chunks(vm);
         }
         if let Some((vm_i, _)) = r.slots[pc].vcpu {
             let vm = &r.vms[vm_i];
@@ -334,7 +349,7 @@ fn enter(pc: usize, entry: Ipa, x0: u64, generation: u32) {
     // its RAM and its functions' BARs, never the MSI doorbell, and lives in
     // the runtime (`VmHw`) for the hypervisor's lifetime.
     unsafe { guest::configure(&c) };
-    crate::vdev::vgic::hw::init_cpu();
+    crate::vdev::vgic::hw::init_cpu(&mut vm.vgic.lock(), vcpu);
     if let Some((vpropbaser, vpendbaser)) = r.slots[pc].vpe {
         // From here until the vCPU stops, the redistributor presents the
         // vCPU's directly delivered MSIs to it.
@@ -398,12 +413,35 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
         panic!("trap from EL1 on CPU {pc}, which runs no vCPU");
     };
     let vm = &r.vms[vm_i];
-    vm.count_trap();
-    if vector == 8 && vm.is_running() && trap::quick_hypercall(vm, frame) {
+    // A console access that leaves the UART's interrupt level as it was,
+    // and a hypercall that only answers, change nothing in the vGIC, so
+    // the list registers need neither folding in nor refilling: the guest
+    // resumes with them as it left them, as if it had not exited.
+    // Everything else, and anything that waits for this exit (a console
+    // request, a stop, forwarded lines to sample), takes the whole path
+    // below.
+    let console = if vector == 8 {
+        trap::console_access(vm, frame, r)
+    } else {
+        None
+    };
+    vm.count_trap(match (vector, console) {
+        (8, Some(_)) => TrapKind::Console,
+        (8, None) => trap::kind(guest::esr()),
+        (9 | 10, _) => TrapKind::Interrupt,
+        _ => TrapKind::Other,
+    });
+    let answered = vector == 8 && console.is_none() && trap::quick_hypercall(vm, frame);
+    if (console == Some(false) || answered)
+        && vm.is_running()
+        && !vm.has_request()
+        && !r.intx.lock().masks(vm.index)
+    {
         return;
     }
-    // What the guest did in its list registers first, then the levels of
-    // its forwarded lines: the exit's trapped GIC accesses see both.
+    // What the guest did in its list registers first, then its timers and
+    // the levels of its forwarded lines: the exit's trapped GIC accesses
+    // see all of it.
     let fx = {
         let mut vgic = vm.vgic.lock();
         let mut fx = crate::vdev::vgic::hw::sync(&mut vgic, vcpu);
@@ -413,6 +451,23 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
     vm.apply(fx, r);
     r.sample_lines(vm, vcpu);
     let mut flow = match vector {
+        8 if answered => {
+            if vm.is_running() {
+                Flow::Resume
+            } else {
+                Flow::Park
+            }
+        }
+        8 if console.is_some() => {
+            if console == Some(true) {
+                vm.update_uart_irq(r);
+            }
+            if vm.is_running() {
+                Flow::Resume
+            } else {
+                Flow::Park
+            }
+        }
         8 => trap::handle_sync(vm, vcpu, frame, r),
         9 | 10 => {
             while handle_irq(pc) {}
@@ -653,68 +708,95 @@ impl Runtime {
 }
 
 impl Runtime {
-    /// Zeroes `vm`'s RAM with every idle CPU (its own vCPUs are parked,
-    /// their CPUs idle; so are CPUs that host no vCPU, whose vCPU is off or
-    /// whose VM is stopped): each is given a part and kicked, this one
-    /// zeroes the first part and waits for the others. A part whose CPU
-    /// entered its guest before taking it, or has not finished it in time,
-    /// is zeroed here (two CPUs writing zeros to the same bytes is
-    /// harmless). One restart hands out parts at a time. Returns the RAM's
-    /// host range and how many CPUs shared the work.
-    fn scrub(&self, vm: &Vm) -> ((usize, usize), usize) {
-        let mut seq = self.scrubbing.lock();
-        let me = arch::cpu_index();
-        // Idle now: online and out of any guest (the VM's own parked CPUs,
-        // CPUs that host no vCPU, CPUs whose vCPU is off or whose VM is
-        // stopped). One that starts its vCPU meanwhile zeroes its part
-        // first.
-        let helpers: Vec<usize> = (0..self.slots.len().min(self.cpu_mpidr.len()))
-            .filter(|&pc| {
-                let s = &self.slots[pc];
-                pc != me && s.online.load(Ordering::SeqCst) && !s.in_guest.load(Ordering::SeqCst)
-            })
+    /// Writes part `i` of `parts` of `vm`'s RAM as it starts
+    /// (`GuestRam::fill_part`): its images (kernel and initrd from the boot
+    /// bundle, which stays in memory unchanged, and the device tree it
+    /// built) where they lie, zeroes everywhere else.
+    fn fill_part(&self, vm: &Vm, i: usize, parts: usize) {
+        let images: Vec<(Ipa, &[u8])> = self.hw[vm.index]
+            .images
+            .iter()
+            .map(|(ipa, image)| (*ipa, image.bytes()))
             .collect();
-        let parts = helpers.len() + 1;
-        let mut given = Vec::with_capacity(helpers.len());
-        for (i, &pc) in helpers.iter().enumerate() {
-            *seq += 1;
-            let part = ScrubPart {
-                vm: vm.index,
-                part: i + 1,
-                parts,
-                seq: *seq,
-            };
-            *self.slots[pc].scrub.lock() = Some(part);
-            gic::send_sgi(self.cpu_mpidr[pc], gic::SGI_KICK);
-            given.push((pc, part));
+        if let Err(e) = vm.ram.fill_part(i, parts, &images) {
+            // `fresh_memory` checked the images first: never here.
+            error!("VM {}: {e}: its RAM is only scrubbed", vm.name);
+            vm.ram.scrub_part(i, parts);
         }
-        vm.ram.scrub_part(0, parts);
-        let start = arch::uptime_us();
-        for (pc, part) in given {
-            let slot = &self.slots[pc];
-            while slot.scrubbed.load(Ordering::SeqCst) != part.seq {
-                // A CPU that entered its guest before it took its part (its
-                // start raced the hand-out) does not come back for it.
-                let timed_out = arch::uptime_us().saturating_sub(start) > PARK_TIMEOUT_US;
-                if timed_out || slot.in_guest.load(Ordering::SeqCst) {
-                    let untaken = slot.scrub.lock().take().is_some();
-                    if untaken || timed_out {
-                        if timed_out {
-                            warn!(
-                                "VM {}: CPU {pc} did not scrub its part of the RAM in time: \
-                                 done here",
-                                vm.name
-                            );
-                        }
-                        vm.ram.scrub_part(part.part, parts);
-                        break;
-                    }
-                }
-                core::hint::spin_loop();
+    }
+
+    /// Takes and writes chunks of `vm`'s RAM ([`Self::fill_part`]) until
+    /// none is left.
+    fn fill_chunks(&self, vm: &Vm) {
+        let (next, done) = &self.hw[vm.index].fill;
+        loop {
+            let i = next.fetch_add(1, Ordering::SeqCst);
+            if i >= FILL_CHUNKS {
+                return;
             }
-            *slot.scrub.lock() = None;
+            self.fill_part(vm, i, FILL_CHUNKS);
+            done.fetch_or(1 << i, Ordering::SeqCst);
         }
-        (vm.ram.host_range(), parts)
+    }
+
+    /// Gives `vm` the memory it starts with, before its first start and
+    /// at each restart (its vCPUs parked or not started yet, their CPUs
+    /// idle, its devices' bus mastering off), with every idle CPU: they
+    /// are kicked, and each of them and this one (one of the VM's, or the
+    /// boot CPU before any VM starts) take chunks of its RAM in turn
+    /// ([`Self::fill_part`]: the images where they lie, zeroes everywhere
+    /// else, all of it cleaned to the point of coherency) until all are
+    /// written; then this one invalidates the instruction caches: the
+    /// guest starts with its MMU and caches off. A chunk not written in
+    /// time is written again here (two CPUs writing the same bytes to the
+    /// same place is harmless). Nothing of what the memory held before
+    /// reaches the guest. Returns how many CPUs were asked to help, this
+    /// one included.
+    fn fresh_memory(&self, vm: &Vm) -> Result<usize, String> {
+        let hw = &self.hw[vm.index];
+        for (ipa, image) in &hw.images {
+            let len = image.bytes().len();
+            vm.ram
+                .check(*ipa, len)
+                .map_err(|e| alloc::format!("an image of {len} bytes at {ipa}: {e}"))?;
+        }
+        let (next, done) = &hw.fill;
+        done.store(0, Ordering::SeqCst);
+        next.store(0, Ordering::SeqCst);
+        // Every idle CPU helps: online and out of any guest (the VM's own
+        // CPUs, parked or not started yet, CPUs that host no vCPU, CPUs
+        // whose vCPU is off or whose VM is stopped). One that starts its
+        // vCPU meanwhile takes its chunks first; one that another VM's
+        // restart asks at the same time helps that one instead.
+        let me = arch::cpu_index();
+        let mut cpus = 1;
+        for pc in 0..self.slots.len().min(self.cpu_mpidr.len()) {
+            let s = &self.slots[pc];
+            if pc == me || !s.online.load(Ordering::SeqCst) || s.in_guest.load(Ordering::SeqCst) {
+                continue;
+            }
+            s.help_fill.store(vm.index + 1, Ordering::SeqCst);
+            gic::send_sgi(self.cpu_mpidr[pc], gic::SGI_KICK);
+            cpus += 1;
+        }
+        self.fill_chunks(vm);
+        let all = (1u64 << FILL_CHUNKS) - 1;
+        let start = arch::uptime_us();
+        while done.load(Ordering::SeqCst) != all {
+            if arch::uptime_us().saturating_sub(start) > PARK_TIMEOUT_US {
+                warn!(
+                    "VM {}: its CPUs did not write their chunks of its RAM in time: done here",
+                    vm.name
+                );
+                for i in (0..FILL_CHUNKS).filter(|i| done.load(Ordering::SeqCst) & (1 << i) == 0) {
+                    self.fill_part(vm, i, FILL_CHUNKS);
+                    done.fetch_or(1 << i, Ordering::SeqCst);
+                }
+            }
+            core::hint::spin_loop();
+        }
+        arch::invalidate_icache();
+        Ok(cpus)
     }
 
     /// Carries out a console command (`console_mux::Command`), answering
@@ -854,16 +936,9 @@ impl Machine for Runtime {
             *self.slots[pc].start.lock() = None;
         }
         // Nothing of the old incarnation survives in its memory; then the
-        // images as at boot, and what the CPUs wrote out to the point of
-        // coherency (the guest starts with its MMU and caches off).
-        let ((host, len), cpus) = self.scrub(vm);
-        for (ipa, image) in &hw.images {
-            vm.ram.write(*ipa, image.bytes()).map_err(|e| {
-                alloc::format!("loading {} bytes at {ipa}: {e}", image.bytes().len())
-            })?;
-        }
-        arch::clean_inval_dcache(host as u64, len);
-        arch::invalidate_icache();
+        // images as at boot.
+        let cpus = self.fresh_memory(vm)?;
+        let len = vm.ram.host_range().1;
         if !hw.devices.is_empty() {
             let domain = hw
                 .space

@@ -76,6 +76,55 @@ fn a_load_from_the_vuart_lands_in_its_register_zero_extended() {
 }
 
 #[test]
+fn a_console_access_is_the_same_without_the_vgic() {
+    use super::trap::console_access;
+    let h = GuestHarness::new(&[]);
+    let (vm, m) = (&h.vm, &h.machine);
+    // "ok\n" to UARTDR, each store answered without the vGIC: the UART's
+    // interrupt (nothing unmasked in UARTIMSC) stays low.
+    for b in *b"ok\n" {
+        trap_at(layout::UART_BASE, dabt(1, 5, true));
+        let mut f = frame(0x4000_1000);
+        f.x[5] = u64::from(b);
+        assert_eq!(console_access(vm, &mut f, m), Some(false));
+        assert_eq!(f.elr, 0x4000_1004, "the store is skipped");
+    }
+    assert_eq!(m.calls(), [Call::Line(String::from("ok"))]);
+    // UARTFR reads as it does through the bus.
+    trap_at(layout::UART_BASE + 0x18, dabt(4, 7, false));
+    let mut f = frame(0x4000_2000);
+    f.x[7] = u64::MAX;
+    assert_eq!(console_access(vm, &mut f, m), Some(false));
+    let mut g = frame(0x4000_2000);
+    g.x[7] = u64::MAX;
+    handle_sync(vm, 0, &mut g, m);
+    assert_eq!((f.x[7], f.elr), (g.x[7], g.elr));
+    // The transmit interrupt unmasked (UARTIMSC.TXIM) and cleared
+    // (UARTICR): the next character raises it, which the vGIC must hear.
+    for (offset, value) in [(0x38, 1 << 5), (0x44, 1 << 5)] {
+        trap_at(layout::UART_BASE + offset, dabt(4, 1, true));
+        let mut f = frame(0x4000_3000);
+        f.x[1] = value;
+        console_access(vm, &mut f, m);
+    }
+    trap_at(layout::UART_BASE, dabt(1, 5, true));
+    let mut f = frame(0x4000_1000);
+    f.x[5] = u64::from(b'x');
+    assert_eq!(console_access(vm, &mut f, m), Some(true), "level changed");
+    // Anything else is left alone: the GIC distributor, an access
+    // straddling the UART's end.
+    for (ipa, size) in [
+        (layout::GICD_BASE, 4),
+        (layout::UART_BASE + layout::UART_SIZE - 4, 8),
+    ] {
+        trap_at(ipa, dabt(size, 1, false));
+        let mut f = frame(0x4000_4000);
+        assert_eq!(console_access(vm, &mut f, m), None);
+        assert_eq!(f.elr, 0x4000_4000);
+    }
+}
+
+#[test]
 fn an_access_between_devices_gets_a_synchronous_external_abort() {
     let h = GuestHarness::new(&[]);
     let (vm, m) = (&h.vm, &h.machine);
@@ -110,7 +159,7 @@ fn the_counters_page_counts_nothing_it_is_not_told() {
     let h = GuestHarness::new(&[]);
     let (vm, m) = (&h.vm, &h.machine);
     for _ in 0..3 {
-        vm.count_trap();
+        vm.count_trap(super::vm::TrapKind::Mmio);
     }
     trap_at(layout::COUNTERS_BASE, dabt(8, 2, false));
     let mut f = frame(0);
@@ -376,9 +425,10 @@ fn a_vm_resetting_in_a_loop_logs_a_bounded_number_of_lines() {
     }
     assert_eq!(vm.generation(), 300);
     let lines = log_lines();
-    // 5 bad-access lines in all (4 and "only counted"), 3 lines for each of
-    // the 10 restarts reported, 1 saying only some are.
-    assert_eq!(lines.len(), 5 + 3 * 10 + 1, "{lines:#?}");
+    // 5 bad-access lines in all (4 and "only counted"), 4 lines for each of
+    // the 10 restarts reported (restarting, traps, traps by kind, bad
+    // accesses), 1 saying only some are.
+    assert_eq!(lines.len(), 5 + 4 * 10 + 1, "{lines:#?}");
 }
 
 #[test]

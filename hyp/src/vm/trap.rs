@@ -12,10 +12,11 @@ use super::exception::{
 };
 use super::exit::{self, Exit, SysReg, SysRegAccess};
 use super::mmio::MmioAccess;
-use super::vm::{AccessContext, End, Machine, Vm, VmState};
+use super::vm::{AccessContext, End, Machine, TrapKind, Vm, VmState};
 use crate::arch::{self, TrapFrame};
 use crate::vdev::idregs::IdReg;
 use crate::vdev::psci::{self, PsciAction, VcpuPower};
+use scenario::guest_layout as layout;
 
 /// What the vCPU does after its trap was handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +131,47 @@ pub fn handle_serror(vm: &Vm, vcpu: usize, m: &dyn Machine) -> Flow {
     );
     vm.stop(VmState::Crashed, Some(vcpu), m);
     Flow::Park
+}
+
+/// What kind of trap the syndrome `esr` (ESR_EL2) of a synchronous
+/// exception says it is, for the VM's figures.
+pub fn kind(esr: u64) -> TrapKind {
+    match exit::decode(esr, 0, 0) {
+        Exit::DataAbort(_) => TrapKind::Mmio,
+        Exit::SysReg(_) => TrapKind::SystemRegister,
+        Exit::Hvc { .. } | Exit::Smc { .. } => TrapKind::Hypercall,
+        _ => TrapKind::Other,
+    }
+}
+
+/// A trapped access to the VM's vUART (a booting guest's console output
+/// is most of its exits), carried out and its instruction completed
+/// without the vGIC: returns whether the UART's interrupt level changed,
+/// which the caller hands the vGIC ([`Vm::update_uart_irq`]) once it has
+/// folded in the vCPU's list registers. `None`, with nothing done, for
+/// any other exit.
+pub fn console_access(vm: &Vm, frame: &mut TrapFrame, m: &dyn Machine) -> Option<bool> {
+    let Exit::DataAbort(Ok(a)) =
+        exit::decode(arch::guest::esr(), arch::guest::hpfar(), arch::guest::far())
+    else {
+        return None;
+    };
+    let end = a.ipa.checked_add(u64::from(a.size))?;
+    if a.ipa.raw() < layout::UART.base || end.raw() > layout::UART.end() {
+        return None;
+    }
+    let access = Access {
+        offset: a.ipa.raw() - layout::UART.base,
+        size: a.size,
+    };
+    let write = a.write.then(|| a.store_value(frame.reg(a.reg)));
+    let (value, changed) =
+        super::devices::uart_access(&vm.uart, access, write, |line| m.console_line(vm, line));
+    if !a.write {
+        frame.set_reg(a.reg, a.load_value(value));
+    }
+    skip_instruction(frame);
+    Some(changed)
 }
 
 /// WFI (HCR_EL2.TWI is never set, so only if a CPU traps it anyway): sleep

@@ -122,6 +122,49 @@ pub trait VirtualIommu: Send {
     fn reset(&mut self);
 }
 
+/// What made a vCPU trap, as its VM counts them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrapKind {
+    /// An access to its console UART.
+    Console,
+    /// An access to another emulated device (vGIC, vITS, PCI, vSMMU,
+    /// counters page) or to nothing (an external abort).
+    Mmio,
+    /// A physical interrupt (its timer, a kick, a device's interrupt, a
+    /// maintenance interrupt).
+    Interrupt,
+    /// A system register access (ICC_SGI1R_EL1: an SGI).
+    SystemRegister,
+    /// HVC or SMC: PSCI.
+    Hypercall,
+    /// Anything else (WFx, an instruction abort, an SError, ...).
+    Other,
+}
+
+impl TrapKind {
+    /// Every kind, in the order the VM reports them.
+    pub const ALL: [Self; 6] = [
+        Self::Console,
+        Self::Mmio,
+        Self::Interrupt,
+        Self::SystemRegister,
+        Self::Hypercall,
+        Self::Other,
+    ];
+
+    /// How the VM's figures name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Console => "console",
+            Self::Mmio => "MMIO",
+            Self::Interrupt => "interrupts",
+            Self::SystemRegister => "system registers",
+            Self::Hypercall => "hypercalls",
+            Self::Other => "other",
+        }
+    }
+}
+
 /// How a guest asks to end its run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {
@@ -272,7 +315,8 @@ pub struct Vm {
     /// A console request not yet served ([`Request`] as u8, 0 for none).
     request: AtomicU8,
     reports: AtomicU32,
-    traps: AtomicU64,
+    /// Traps by [`TrapKind`].
+    traps: [AtomicU64; TrapKind::ALL.len()],
 }
 
 impl fmt::Debug for Vm {
@@ -322,7 +366,7 @@ impl Vm {
             generation: AtomicU32::new(0),
             request: AtomicU8::new(0),
             reports: AtomicU32::new(0),
-            traps: AtomicU64::new(0),
+            traps: [const { AtomicU64::new(0) }; TrapKind::ALL.len()],
         }
     }
 
@@ -340,6 +384,11 @@ impl Vm {
     /// the caller kicks the VM's vCPUs so that one sees it soon).
     pub fn ask(&self, r: Request) {
         self.request.store(r as u8, Ordering::SeqCst);
+    }
+
+    /// Whether a console request waits ([`Self::take_request`] takes it).
+    pub fn has_request(&self) -> bool {
+        self.request.load(Ordering::Relaxed) != 0
     }
 
     /// Takes the pending console request, if any (a plain load first: a
@@ -386,13 +435,19 @@ impl Vm {
     }
 
     /// Counts a trap from one of its vCPUs.
-    pub fn count_trap(&self) {
-        self.traps.fetch_add(1, Ordering::Relaxed);
+    pub fn count_trap(&self, kind: TrapKind) {
+        self.traps[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Traps taken from its vCPUs so far.
     pub fn traps(&self) -> u64 {
-        self.traps.load(Ordering::Relaxed)
+        self.traps.iter().map(|t| t.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Traps taken from its vCPUs so far, by kind (in [`TrapKind::ALL`]'s
+    /// order).
+    pub fn traps_by_kind(&self) -> [u64; TrapKind::ALL.len()] {
+        core::array::from_fn(|i| self.traps[i].load(Ordering::Relaxed))
     }
 
     /// Bad accesses and unhandled traps so far.
@@ -747,6 +802,12 @@ impl Vm {
             }
             None => info!("VM {}: {traps} traps{msis}", self.name),
         }
+        let kinds: Vec<String> = TrapKind::ALL
+            .iter()
+            .zip(self.traps_by_kind())
+            .map(|(k, n)| alloc::format!("{} {n}", k.name()))
+            .collect();
+        info!("VM {}: traps by kind: {}", self.name, kinds.join(", "));
         let bad = self.bad_accesses();
         if bad > 0 {
             info!(

@@ -146,6 +146,136 @@ pub unsafe fn zero_by_blocks(pa: usize, len: usize, align: usize) -> bool {
     true
 }
 
+/// The smallest data cache line (CTR_EL0.DminLine), in bytes.
+fn dcache_line() -> usize {
+    let ctr: u64;
+    // SAFETY: reading CTR_EL0 has no side effects.
+    unsafe { core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
+    // CTR_EL0.DminLine, bits [19:16]: log2 of the smallest line in words.
+    4usize << ((ctr >> 16) & 0xf)
+}
+
+/// Cleans and invalidates the cache lines of the 64 bytes at `p` to the
+/// point of coherency (no barrier: the caller's DSB waits for them).
+fn clean_block(p: usize, line: usize) {
+    let mut l = p;
+    while l < p + 64 {
+        // SAFETY: cache maintenance of a mapped line has no effect on
+        // memory safety.
+        unsafe { core::arch::asm!("dc civac, {}", in(reg) l, options(nostack, preserves_flags)) };
+        l += line;
+    }
+}
+
+/// Makes `[start, start + len)` all zero at the point of coherency, 64
+/// bytes at a time: a block that does not read as zero already is written
+/// with paired 64-bit stores, and every block is cleaned and invalidated
+/// (DC CIVAC) right after, then all of it waited for (DSB SY). A guest
+/// that starts with its MMU and caches off reads memory, not the caches:
+/// a block that reads as zero holds zero at the point of coherency once
+/// its lines are cleaned, whatever the caches held. Writing only what
+/// differs is what makes it fast under TCG, where a store to a page that
+/// never held anything costs the host a page fault and a store to a page
+/// of translated code invalidates it, while `DC ZVA` would be a call into
+/// the emulator per block.
+///
+/// # Safety
+///
+/// The range is identity-mapped Normal memory, writable at EL2, that holds
+/// no object of the hypervisor and that nothing else uses meanwhile;
+/// `start` and `len` are multiples of 64.
+pub unsafe fn zero_to_poc(start: usize, len: usize) {
+    let line = dcache_line();
+    let mut p = start;
+    while p < start + len {
+        // SAFETY: `p..p + 64` is inside the range (both multiples of 64),
+        // writable memory nobody else uses, as the caller vouches.
+        unsafe {
+            core::arch::asm!(
+                "ldp {a}, {b}, [{p}]",
+                "ldp {c}, {d}, [{p}, #16]",
+                "orr {a}, {a}, {b}",
+                "orr {a}, {a}, {c}",
+                "orr {a}, {a}, {d}",
+                "ldp {b}, {c}, [{p}, #32]",
+                "ldp {d}, {e}, [{p}, #48]",
+                "orr {a}, {a}, {b}",
+                "orr {a}, {a}, {c}",
+                "orr {a}, {a}, {d}",
+                "orr {a}, {a}, {e}",
+                "cbz {a}, 2f",
+                "stp xzr, xzr, [{p}]",
+                "stp xzr, xzr, [{p}, #16]",
+                "stp xzr, xzr, [{p}, #32]",
+                "stp xzr, xzr, [{p}, #48]",
+                "2:",
+                p = in(reg) p,
+                a = out(reg) _,
+                b = out(reg) _,
+                c = out(reg) _,
+                d = out(reg) _,
+                e = out(reg) _,
+                options(nostack, preserves_flags)
+            )
+        };
+        clean_block(p, line);
+        p += 64;
+    }
+    // SAFETY: a barrier has no effect on memory safety.
+    unsafe { core::arch::asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
+/// Makes `[dst, dst + len)` hold the `len` bytes at `src` at the point of
+/// coherency, 16 bytes at a time with paired 64-bit loads, storing only
+/// the pairs that differ from what `dst` holds already, and cleaning and
+/// invalidating each 64-byte block (DC CIVAC) right after, then waiting for
+/// all of it (DSB SY): an image a guest will read with its MMU and caches
+/// off. As for [`zero_to_poc`], what reads as the image holds it at the
+/// point of coherency once cleaned; and under TCG, rewriting a kernel
+/// image over the one a restarting guest ran would invalidate the
+/// translated code of every page it stores to.
+///
+/// # Safety
+///
+/// `[src, src + len)` is readable memory nothing writes meanwhile;
+/// `[dst, dst + len)` is identity-mapped Normal memory, writable at EL2,
+/// that holds no object of the hypervisor and that nothing else uses
+/// meanwhile; the two do not overlap; `dst` and `len` are multiples of
+/// 64, `src` of 8.
+pub unsafe fn copy_to_poc(dst: usize, src: usize, len: usize) {
+    let line = dcache_line();
+    let mut off = 0;
+    while off < len {
+        let d = dst + off;
+        for half in [0, 16, 32, 48] {
+            // SAFETY: 16 bytes inside both ranges, which the caller vouches
+            // for: a readable source, a writable destination nobody uses.
+            unsafe {
+                core::arch::asm!(
+                    "ldp {a}, {b}, [{s}]",
+                    "ldp {c}, {e}, [{d}]",
+                    "cmp {a}, {c}",
+                    "ccmp {b}, {e}, #0, eq",
+                    "b.eq 2f",
+                    "stp {a}, {b}, [{d}]",
+                    "2:",
+                    s = in(reg) src + off + half,
+                    d = in(reg) d + half,
+                    a = out(reg) _,
+                    b = out(reg) _,
+                    c = out(reg) _,
+                    e = out(reg) _,
+                    options(nostack)
+                )
+            };
+        }
+        clean_block(d, line);
+        off += 64;
+    }
+    // SAFETY: a barrier has no effect on memory safety.
+    unsafe { core::arch::asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
 /// Cleans and invalidates the data cache lines holding `[start, start +
 /// len)` to the point of coherency (DC CIVAC), then waits for them (DSB
 /// SY): a device that does not snoop the CPU's caches then reads what the

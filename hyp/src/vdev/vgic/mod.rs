@@ -293,6 +293,8 @@ struct Vcpu {
     listed: Vec<Listed>,
     /// The redistributor's LPI registers.
     lpi: lpi::RedistLpi,
+    /// What its physical CPU's list registers hold (`hw.rs`).
+    hw: hw::HwLrs,
 }
 
 /// The virtual GICv3 of one VM. See the module documentation.
@@ -360,6 +362,7 @@ impl VGic {
                 private,
                 listed: Vec::with_capacity(lr::MAX_LRS),
                 lpi: lpi::RedistLpi::default(),
+                hw: hw::HwLrs::default(),
             })
             .collect();
         let boot_route = aff_to_irouter(affs[0]);
