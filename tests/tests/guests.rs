@@ -65,10 +65,11 @@ fn two_vms() {
 /// hypervisor (HCR_EL2.TID3): no PMU, trace, RAS, activity monitors, MTE
 /// or SME, which its VM does not get; FP, Advanced SIMD and debug as the
 /// CPU has them; touching a PMU register is an undefined instruction,
-/// reported once. The other's EL1 timers, virtual and physical, interrupt
-/// it exactly while they assert: taken when they fire, again while still
+/// reported once. A second one's EL1 timers, virtual and physical,
+/// interrupt it exactly while they assert: taken when they fire, again while still
 /// asserted, not while masked, and no longer pending once disabled or
-/// reprogrammed.
+/// reprogrammed. A third prints lines that would pass for the
+/// hypervisor's on a terminal; every control character shows escaped.
 #[test]
 fn guest_sees_only_the_cpu_features_its_vm_has_and_both_timers() {
     let b = boot("cpu", &[], TIMEOUT);
@@ -102,6 +103,20 @@ fn guest_sees_only_the_cpu_features_its_vm_has_and_both_timers() {
     }
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     b.checks("timers").assert_all_passed(&names);
+    // A guest's control characters reach the terminal escaped: none of its
+    // lines can erase, overwrite or reorder what is printed.
+    for forged in [
+        "[forger] \\u{1b}[2K\\u{1b}[1G[hyp] VM timers: powered off",
+        "[forger] \\u{8}\\u{8}\\u{8}\\u{8}\\u{8}\\u{8}\\u{8}\\u{8}\\u{8}[hyp] all VMs have stopped",
+        "[forger] \\u{9b}2K[hyp] VM features: restarting (restart 1)",
+        "[forger] \\u{202e}ffo derewop :srehto MV [pyh]",
+    ] {
+        b.expect(forged);
+    }
+    for raw in ['\u{1b}', '\u{8}', '\u{9b}', '\u{202e}'] {
+        assert!(!b.console.contains(raw), "{raw:?} reached the console");
+    }
+    b.checks("forger").assert_all_passed(&[]);
     b.expect("all VMs have stopped (all powered off cleanly)");
     b.assert_exit(0);
 }

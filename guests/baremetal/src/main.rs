@@ -21,6 +21,9 @@
 //! - `trap_bench=N`: times N hypercalls, MMIO reads and writes, IPI round
 //!   trips to vCPU 1 and timer interrupts, one `bench` line each (see
 //!   `trapbench.rs`; `tests/benches/traps.rs` runs it);
+//! - `console_forge`: prints lines with escape sequences, backspaces, a
+//!   C1 control and a right-to-left override that would pass for the
+//!   hypervisor's lines on a terminal (the hypervisor shows them escaped);
 //! - `count=N`: prints `guest: tick 1` .. `guest: tick N`, one every
 //!   `tick_ms=` milliseconds (default 100) of the virtual counter;
 //! - `edu_attack=ADDR[,ADDR...]` [`edu_flood=N`]: drives QEMU's `edu` PCI
@@ -144,6 +147,9 @@ enum Action<'a> {
     Timers,
     /// Time this many hypercalls, MMIO accesses, IPIs and timer interrupts.
     TrapBench(u64),
+    /// Print lines that would pass for the hypervisor's on a terminal that
+    /// obeys control characters.
+    ConsoleForge,
     /// Print this many ticks, spaced by the virtual timer.
     Count(u64),
     /// DMA with the `edu` device: own memory, then at these addresses.
@@ -276,6 +282,7 @@ impl<'a> Args<'a> {
                 None if word == "bad_access" => args.action = Action::BadAccess,
                 None if word == "cpu_features" => args.action = Action::CpuFeatures,
                 None if word == "timers" => args.action = Action::Timers,
+                None if word == "console_forge" => args.action = Action::ConsoleForge,
                 None if word == "vsmmu_edu" => args.action = Action::VsmmuEdu,
                 None if word == "edu_msi" => args.action = Action::EduMsi,
                 None if word == "edu_msi_attack" => args.action = Action::EduMsiAttack,
@@ -654,6 +661,15 @@ mod hw {
             Action::CpuFeatures => super::cpu::features(),
             Action::Timers => super::timers::run(&fdt),
             Action::TrapBench(n) => super::trapbench::run(&fdt, n),
+            Action::ConsoleForge => {
+                // Erase the line and go back to its start, back over the
+                // VM's name, a C1 CSI, a right-to-left override: each
+                // followed by what the hypervisor would print.
+                say!("\x1b[2K\x1b[1G[hyp] VM timers: powered off");
+                say!("\x08\x08\x08\x08\x08\x08\x08\x08\x08[hyp] all VMs have stopped");
+                say!("\u{9b}2K[hyp] VM features: restarting (restart 1)");
+                say!("\u{202e}ffo derewop :srehto MV [pyh]");
+            }
             Action::Count(n) => {
                 for i in 1..=n {
                     super::time::delay_ms(args.tick_ms);
@@ -756,6 +772,7 @@ mod tests {
         assert_eq!(Args::parse("name=x bad_access").action, Action::BadAccess);
         assert_eq!(Args::parse("cpu_features").action, Action::CpuFeatures);
         assert_eq!(Args::parse("timers").action, Action::Timers);
+        assert_eq!(Args::parse("console_forge").action, Action::ConsoleForge);
         assert_eq!(Args::parse("trap_bench=9").action, Action::TrapBench(9));
         // The last action wins; malformed numbers and unknown words are ignored.
         assert_eq!(Args::parse("count=3 bad_access").action, Action::BadAccess);

@@ -9,6 +9,35 @@
 /// Ctrl-].
 const ESCAPE: u8 = 0x1d;
 
+/// A guest's console line as the hypervisor prints it after the VM's
+/// name: every control character (C0 and C1, tab excepted) and every
+/// bidirectional formatting character shown as `\u{..}`, so that no guest
+/// can move the cursor, erase or reorder what is on the terminal and make
+/// its text pass for another VM's or the hypervisor's line (`[hyp] ...`
+/// after a carriage return or an escape sequence). Bytes that are not
+/// UTF-8 are shown as U+FFFD.
+pub struct Printable<'a>(pub &'a [u8]);
+
+impl core::fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        use core::fmt::Write;
+        for chunk in self.0.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+                if (c.is_control() && c != '\t') || bidi {
+                    write!(f, "\\u{{{:x}}}", u32::from(c))?;
+                } else {
+                    f.write_char(c)?;
+                }
+            }
+            if !chunk.invalid().is_empty() {
+                f.write_char(char::REPLACEMENT_CHARACTER)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The help line of the console commands.
 pub const HELP: &str = "Ctrl-] then: a digit sends the input to that VM; l lists the VMs; \
 r restarts, s stops, b boots (starts again) the VM the input goes to; h this help; \
@@ -154,5 +183,29 @@ mod tests {
             }
         );
         assert_eq!(m.feed(b'q', 1), Input::Deliver { vm: 0, byte: b'q' });
+    }
+
+    #[test]
+    fn a_guest_line_cannot_move_the_cursor_or_pass_for_another() {
+        let shown = |b: &[u8]| alloc::format!("{}", Printable(b));
+        assert_eq!(shown(b"plain text\tand a tab"), "plain text\tand a tab");
+        // An escape sequence that erases the line and goes back to its
+        // start, then a forged hypervisor line.
+        assert_eq!(
+            shown(b"\x1b[2K\x1b[1G[hyp] VM victim: powered off"),
+            "\\u{1b}[2K\\u{1b}[1G[hyp] VM victim: powered off"
+        );
+        assert_eq!(
+            shown(b"\x08\x08\x7f\x0b\x0c"),
+            "\\u{8}\\u{8}\\u{7f}\\u{b}\\u{c}"
+        );
+        // C1 controls (CSI as U+009B) and right-to-left overrides.
+        assert_eq!(
+            shown("\u{9b}2K \u{202e}olleh".as_bytes()),
+            "\\u{9b}2K \\u{202e}olleh"
+        );
+        // Not UTF-8: shown, not dropped, and the rest kept.
+        assert_eq!(shown(b"a\xffb"), "a\u{fffd}b");
+        assert_eq!(shown("ünïcode ✓".as_bytes()), "ünïcode ✓");
     }
 }

@@ -8,7 +8,7 @@
 //! run).
 
 use super::build::{self, Built, StartError};
-use super::console_mux::{Command, ConsoleMux, Input, HELP};
+use super::console_mux::{Command, ConsoleMux, Input, Printable, HELP};
 use super::exception::SPSR_EL1H;
 use super::intx::{IntxForwarding, LineControl};
 use super::msi::{Delivery, MsiRouter, PhysicalMsi, RouteError};
@@ -998,8 +998,7 @@ impl Machine for Runtime {
     }
 
     fn console_line(&self, vm: &Vm, line: &[u8]) {
-        let text = core::str::from_utf8(line).unwrap_or("<non-UTF-8 output>");
-        crate::console::write_fmt(format_args!("[{}] {}\n", vm.name, text));
+        crate::console::write_fmt(format_args!("[{}] {}\n", vm.name, Printable(line)));
     }
 
     fn stop_devices(&self, vm: &Vm) {
