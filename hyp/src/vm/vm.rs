@@ -587,8 +587,14 @@ impl Vm {
 
     /// Sets the level of the guest UART's interrupt from its state.
     pub fn update_uart_irq(&self, m: &dyn Machine) {
-        let level = self.uart.lock().irq_level();
-        let fx = self.vgic.lock().set_level(UART_INTID, 0, level);
+        // The level is read and handed to the vGIC under the UART's lock
+        // (UART before vGIC): two CPUs updating it at once (console input
+        // and the guest's own access) cannot leave the vGIC with an older
+        // level than the UART's, which could hold back the guest's input.
+        let fx = {
+            let uart = self.uart.lock();
+            self.vgic.lock().set_level(UART_INTID, 0, uart.irq_level())
+        };
         if let Ok(fx) = fx {
             self.apply(fx, m);
         }
