@@ -3,6 +3,9 @@
 //! `bench KIND: N in T ns` (T from the virtual counter; N is chosen so that
 //! T is far above the counter's resolution):
 //!
+//! - `exception`: a null exception the guest takes itself (`SVC` to its
+//!   own EL1 vector, which returns at once): what any trap costs at the
+//!   least on the machine, with or without a hypervisor;
 //! - `hvc`: a null hypercall (PSCI_VERSION);
 //! - `mmio-read`, `mmio-write`: the console PL011's flag register read,
 //!   its interrupt clear register written with 0 (clears nothing);
@@ -78,6 +81,11 @@ pub fn echo() -> ! {
 /// `trap_bench=N`: see the module documentation.
 pub fn run(fdt: &Fdt<'_>, n: u64) {
     let n = n.max(1);
+    timed("exception", n, || {
+        // SAFETY: `SVC #0x5b` from EL1 is taken to our own vector, which
+        // returns at once (`vectors.S`), clobbering x16 and x17 only.
+        unsafe { core::arch::asm!("svc #0x5b", out("x16") _, out("x17") _, options(nostack)) };
+    });
     timed("hvc", n, || {
         let _ = hw::psci_version();
     });

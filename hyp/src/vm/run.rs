@@ -413,6 +413,11 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
         panic!("trap from EL1 on CPU {pc}, which runs no vCPU");
     };
     let vm = &r.vms[vm_i];
+    // The interrupt that made an IRQ exit is acknowledged first: while it
+    // is pending, an emulator checks at every block of code it runs
+    // whether it can be taken yet. It is handled further down, once the
+    // list registers have been folded in.
+    let acked = matches!(vector, 9 | 10).then(arch::gicv3::ack);
     // A console access that leaves the UART's interrupt level as it was,
     // and a hypercall that only answers, change nothing in the vGIC, so
     // the list registers need neither folding in nor refilling: the guest
@@ -470,7 +475,12 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
         }
         8 => trap::handle_sync(vm, vcpu, frame, r),
         9 | 10 => {
-            while handle_irq(pc) {}
+            // Then any others that are pending (acknowledged only if the
+            // CPU signals one: a spurious acknowledge costs an emulator
+            // as much as a real one).
+            if acked.is_some_and(|i| take_irq(pc, i)) {
+                while arch::irq_pending() && handle_irq(pc) {}
+            }
             Flow::Resume
         }
         _ => trap::handle_serror(vm, vcpu, r),
@@ -500,8 +510,14 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
 
 /// Takes one pending physical interrupt; false when none was pending.
 fn handle_irq(pc: usize) -> bool {
+    take_irq(pc, arch::gicv3::ack())
+}
+
+/// Handles the physical interrupt `intid` this CPU acknowledged; false
+/// when it was a special INTID (none was pending) or the maintenance
+/// interrupt.
+fn take_irq(pc: usize, intid: u32) -> bool {
     let r = rt();
-    let intid = arch::gicv3::ack();
     match crate::gicv3::intid::kind(intid) {
         Kind::Special => return false,
         Kind::Lpi => {

@@ -115,6 +115,17 @@ pub fn cpu_index() -> usize {
     TPIDR_EL2.get() as usize
 }
 
+/// Whether a physical IRQ or FIQ is pending for this CPU (ISR_EL1.I and
+/// .F, which at EL2 show the physical interrupts): one the CPU interface
+/// signals, so above the running priority. A system register of the CPU
+/// itself, cheaper for an emulator than asking the GIC (ICC_IAR1_EL1).
+pub fn irq_pending() -> bool {
+    let isr: u64;
+    // SAFETY: reading ISR_EL1 has no side effects.
+    unsafe { core::arch::asm!("mrs {}, isr_el1", out(reg) isr, options(nomem, nostack)) };
+    isr & (1 << 7 | 1 << 6) != 0
+}
+
 /// Waits for an interrupt (WFI).
 pub fn wait_for_interrupt() {
     aarch64_cpu::asm::wfi();

@@ -30,6 +30,10 @@ pub struct HwLrs {
     lrs: [u64; MAX_LRS],
     /// ICH_HCR_EL2 as last written.
     hcr: u64,
+    /// `lrs` holds what the hardware holds: [`sync`] has read the list
+    /// registers during this exit, and the guest, the only other writer
+    /// of their state, has not run since. [`flush`] then reads none.
+    current: bool,
 }
 
 fn nr_lrs() -> usize {
@@ -56,6 +60,7 @@ pub fn init_cpu(vgic: &mut VGic, vcpu: usize) {
             n,
             lrs: [0; MAX_LRS],
             hcr: HCR_EN,
+            current: false,
         };
     }
 }
@@ -82,7 +87,9 @@ fn read_lrs(vgic: &mut VGic, vcpu: usize) -> ([u64; MAX_LRS], usize) {
         }
         return (lrs, n);
     };
-    if hw.n == 0 {
+    if hw.current {
+        // Read by this exit's `sync` already.
+    } else if hw.n == 0 {
         hw.n = nr_lrs();
         for (i, lr) in hw.lrs.iter_mut().enumerate().take(hw.n) {
             *lr = gicv3::read_lr(i);
@@ -106,6 +113,9 @@ fn read_lrs(vgic: &mut VGic, vcpu: usize) -> ([u64; MAX_LRS], usize) {
 /// guest does not run) until [`flush`] rewrites them.
 pub fn sync(vgic: &mut VGic, vcpu: usize) -> Effects {
     let (lrs, n) = read_lrs(vgic, vcpu);
+    if let Some(v) = vgic.vcpus.get_mut(vcpu) {
+        v.hw.current = v.hw.n != 0;
+    }
     vgic.sync_from_lrs(vcpu, &lrs[..n])
 }
 
@@ -120,6 +130,8 @@ pub fn flush(vgic: &mut VGic, vcpu: usize) -> Effects {
     let hcr = fill.ich_hcr(n);
     match vgic.vcpus.get_mut(vcpu).map(|v| &mut v.hw) {
         Some(hw) => {
+            // From here the guest may run and change them.
+            hw.current = false;
             for (i, (&lr, old)) in lrs.iter().zip(hw.lrs.iter_mut()).enumerate().take(n) {
                 if lr != *old {
                     gicv3::write_lr(i, lr);
@@ -235,21 +247,29 @@ mod tests {
         );
         assert!(lr_of_40().state.pending());
         // The guest acknowledges it; the next exit reads that register
-        // (twice: at the exit and before the entry) and leaves it alone,
-        // since the model lists it active, as the hardware already has it.
+        // once (at the exit: the entry after it uses what was read) and
+        // leaves it alone, since the model lists it active, as the
+        // hardware already has it.
         fake::with(|c| c.lrs[0] = (c.lrs[0] & !(3 << 62)) | (2 << 62));
         let _ = sync(&mut g, 0);
         let _ = flush(&mut g, 0);
-        assert_eq!(accesses(), (2, 0, 0));
+        assert_eq!(accesses(), (1, 0, 0));
         assert!(lr_of_40().state.active());
         // Deactivated: read, then emptied.
         fake::with(|c| c.lrs[0] &= !(3 << 62));
         let _ = sync(&mut g, 0);
         let _ = flush(&mut g, 0);
-        assert_eq!(accesses(), (2, 1, 0));
+        assert_eq!(accesses(), (1, 1, 0));
         assert!(fake::with(|c| c.lrs.iter().all(|&l| l == 0)));
         let _ = flush(&mut g, 0);
         assert_eq!(accesses(), (0, 0, 0));
+        // An entry with no sync before it in the same exit (a second
+        // flush) reads the register in use again.
+        let _ = g.inject_edge(41, 0).unwrap();
+        let _ = flush(&mut g, 0);
+        assert_eq!(accesses(), (0, 1, 0));
+        let _ = flush(&mut g, 0);
+        assert_eq!(accesses(), (1, 0, 0));
     }
 
     #[test]
