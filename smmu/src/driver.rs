@@ -230,6 +230,19 @@ impl CmdQueue {
         alloc: &dyn PageAllocator,
         cmds: &[Command],
     ) -> Result<(), SmmuError> {
+        self.enqueue(mmio, alloc, cmds)?;
+        self.publish(mmio);
+        Ok(())
+    }
+
+    /// Writes `cmds` into the queue; CMDQ_PROD moves only when the queue
+    /// is full (to make room), the caller publishes the rest.
+    fn enqueue<M: Mmio>(
+        &mut self,
+        mmio: &M,
+        alloc: &dyn PageAllocator,
+        cmds: &[Command],
+    ) -> Result<(), SmmuError> {
         for c in cmds {
             if self.q.space() == 0 {
                 self.publish(mmio);
@@ -240,7 +253,6 @@ impl CmdQueue {
             alloc.sync_for_device(self.entry_pa(index), CMD_BYTES);
             self.q.inc_prod();
         }
-        self.publish(mmio);
         Ok(())
     }
 
@@ -656,7 +668,9 @@ impl<'a, M: Mmio> Smmu<'a, M> {
     /// [`submit`](Self::submit) followed by one [`sync`](Self::sync): a
     /// batch that is complete when this returns `Ok`.
     pub fn submit_sync(&mut self, cmds: &[Command]) -> Result<(), SmmuError> {
-        self.submit(cmds)?;
+        // One write of CMDQ_PROD for the batch and its SYNC (unless the
+        // queue fills on the way).
+        self.cmdq.enqueue(&self.mmio, self.alloc, cmds)?;
         self.sync()
     }
 

@@ -96,6 +96,14 @@ impl PhysicalSmmu for HostSmmu {
         Ok(())
     }
 
+    fn submit_sync(&mut self, cmds: &[Command]) -> Result<(), Self::Error> {
+        // One write of the producer index for both, under one hold of the
+        // IOMMU's lock: an emulated SMMU handles each such write as an
+        // exit of its own.
+        self.with(|i| i.smmu().submit_sync(cmds))??;
+        Ok(())
+    }
+
     fn attach_stage2(&mut self, psid: StreamId) -> Result<(), Self::Error> {
         let domain = self.domain;
         self.with(|i| i.attach(domain, psid))??;

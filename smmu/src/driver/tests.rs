@@ -264,6 +264,36 @@ fn submit_waits_for_space_and_wraps_a_small_queue() {
 }
 
 #[test]
+fn a_batch_and_its_sync_are_published_with_one_write_of_cmdq_prod() {
+    let (mem, fake) = fixture();
+    let mut smmu = Smmu::new(&fake, &*mem, opts()).unwrap();
+    fake.clear_commands();
+    let prod_writes = || {
+        fake.write_offsets()
+            .iter()
+            .filter(|&&o| o == CMDQ_PROD)
+            .count()
+    };
+    let before = prod_writes();
+    let cmds: Vec<Command> = (0..3)
+        .map(|i| Command::CfgiSte {
+            sid: StreamId(i),
+            leaf: true,
+        })
+        .collect();
+    smmu.submit_sync(&cmds).unwrap();
+    assert_eq!(prod_writes() - before, 1);
+    let mut want = cmds.clone();
+    want.push(Command::Sync(cmd::Sync::none()));
+    assert_eq!(fake.commands(), want);
+    // Apart, they take one write each.
+    smmu.submit(&cmds).unwrap();
+    smmu.sync().unwrap();
+    assert_eq!(prod_writes() - before, 3);
+    assert!(fake.violations().is_empty());
+}
+
+#[test]
 fn sync_times_out_on_a_hung_queue_then_recovers() {
     let (mem, fake) = fixture();
     let mut smmu = Smmu::new(&fake, &*mem, opts()).unwrap();

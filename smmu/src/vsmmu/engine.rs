@@ -69,6 +69,19 @@ pub trait PhysicalSmmu {
     /// Issues a physical CMD_SYNC and waits (bounded) for it: every command
     /// submitted before it has completed.
     fn sync(&mut self) -> Result<(), Self::Error>;
+    /// [`submit`](Self::submit) of `cmds` (if any) followed by
+    /// [`sync`](Self::sync), both attempted whatever the other does; a
+    /// physical SMMU may publish the commands and the CMD_SYNC with one
+    /// write of its queue's producer index. The first error is returned.
+    fn submit_sync(&mut self, cmds: &[Command]) -> Result<(), Self::Error> {
+        let submitted = if cmds.is_empty() {
+            Ok(())
+        } else {
+            self.submit(cmds)
+        };
+        let synced = self.sync();
+        submitted.and(synced)
+    }
     /// Makes `psid` use the VM's stage 2 alone.
     fn attach_stage2(&mut self, psid: StreamId) -> Result<(), Self::Error>;
     /// Makes `psid` nested: the guest's stage 1 `s1` over the VM's stage 2.
@@ -280,17 +293,24 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
                 }
             }
         }
-        self.submit(&mut batch);
         let mut next = out.actions;
         if out.sync {
-            self.stats.physical_commands += 1;
-            if let Err(e) = self.phys.sync() {
+            // The forwarded commands and the CMD_SYNC standing for the
+            // guest's go out together.
+            self.stats.physical_commands += batch.len() as u64 + 1;
+            if let Err(e) = self.phys.submit_sync(&batch) {
                 // Completed anyway: what the guest asked for was submitted,
                 // the VM's stage 2 still bounds its devices, and a guest
                 // waiting forever would gain nothing.
-                self.failure(format_args!("physical CMD_SYNC failed: {e}"));
+                self.failure(format_args!(
+                    "physical submit of {} commands and CMD_SYNC failed: {e}",
+                    batch.len()
+                ));
             }
+            batch.clear();
             next.extend(self.dev.complete_sync());
+        } else {
+            self.submit(&mut batch);
         }
         if out.more {
             next.push(VsmmuAction::ProcessCommands);
