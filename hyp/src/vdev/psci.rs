@@ -175,6 +175,14 @@ pub fn is_query(fid: u32) -> bool {
     )
 }
 
+/// Whether [`handle`] reads the vCPUs' states for function `fid`
+/// (AFFINITY_INFO, and the calls that change a vCPU's state); for every
+/// other function it answers from the arguments alone, so the caller
+/// needs no lock on the states and may pass none.
+pub fn reads_vcpu_states(fid: u32) -> bool {
+    matches!(fid, PSCI_AFFINITY_INFO_32 | PSCI_AFFINITY_INFO_64) || !is_query(fid)
+}
+
 /// vCPU index of a guest MPIDR (the hypervisor gives vCPU n affinity n in
 /// Aff0); None for anything else.
 pub fn vcpu_of(mpidr: u64, count: usize) -> Option<usize> {
@@ -291,6 +299,24 @@ mod tests {
             assert!(matches!(a, PsciAction::Return(_)), "{fid:#x}: {a:?}");
             assert_eq!(v, [On, Off], "{fid:#x}");
         }
+        // Every query but AFFINITY_INFO answers the same without the
+        // vCPUs' states.
+        for fid in [
+            0x8400_0000u32,
+            0x8000_0000,
+            0x8000_0001,
+            0x8400_000a,
+            0x8400_0006,
+            0xdead,
+        ] {
+            assert!(!reads_vcpu_states(fid), "{fid:#x}");
+            for arg in [0, 1, 0x8400_0003, 0xc400_0003, 0x8400_0000] {
+                let x = [u64::from(fid), arg, 0, 0];
+                let with = handle(x, &mut [On, OnPending], RAM);
+                assert_eq!(handle(x, &mut [], RAM), with, "{fid:#x} {arg:#x}");
+            }
+        }
+        assert!(reads_vcpu_states(0xc400_0004) && reads_vcpu_states(0x8400_0004));
         for fid in [
             0xc400_0003u32,
             0x8400_0002,

@@ -104,6 +104,19 @@ impl IntxForwarding {
         self.masked_of(vm).next().is_some()
     }
 
+    /// The VMs with a masked line, as a bit mask (bit `i`: VM `i`; a
+    /// scenario has at most 64 VMs), for a caller that publishes it after
+    /// each change so that exits can tell without the lock whether they
+    /// have lines to sample or release.
+    pub fn masking(&self) -> u64 {
+        self.masked
+            .iter()
+            .filter_map(|p| self.owners.get(p))
+            .fold(0, |bits, &(vm, _)| {
+                bits | 1u64.checked_shl(vm as u32).unwrap_or(0)
+            })
+    }
+
     /// VM `vm`'s masked lines: (physical INTID, guest INTID).
     fn masked_of(&self, vm: usize) -> impl Iterator<Item = (u32, u32)> + '_ {
         self.masked
@@ -350,6 +363,7 @@ mod tests {
         assert_eq!(f.fired(P, &lines), Some((0, V)));
         assert_eq!(lines.enables(), [(P, false)]);
         assert!(f.masks(0) && !f.masks(1));
+        assert_eq!(f.masking(), 0b1);
         assert_eq!(f.fired(99, &lines), None, "not a forwarded line");
     }
 
@@ -361,9 +375,11 @@ mod tests {
         let lines = Lines::default();
         f.fired(P, &lines);
         f.fired(P + 1, &lines);
+        assert_eq!(f.masking(), 0b11);
         f.restart(0, &lines);
         assert!(!f.masks(0), "VM 0's line is no longer masked");
         assert!(f.masks(1), "VM 1's line stays masked");
+        assert_eq!(f.masking(), 0b10);
         assert_eq!(
             lines.enables(),
             [(P, false), (P + 1, false), (P, true)],
@@ -381,9 +397,11 @@ mod tests {
         w.tick();
         assert!(w.masked(), "masked while the guest handles it");
         w.device(false);
+        assert_eq!(w.f.masking(), 0b1);
         w.eoi();
         assert_eq!(w.lines.enables(), [(P, false), (P, true)]);
         assert!(!w.masked() && w.lr().is_none());
+        assert_eq!(w.f.masking(), 0, "released");
         assert!(!w.read(ISPENDR) && !w.read(ISACTIVER));
     }
 

@@ -101,6 +101,10 @@ pub struct Runtime {
     smmu_eventq_irq: Option<u32>,
     console_irq: Option<Irq>,
     intx: Mutex<IntxForwarding>,
+    /// Which VMs have a masked INTx line (`IntxForwarding::masking`),
+    /// stored under `intx`'s lock after every change to it: an exit of a
+    /// VM without one samples and releases nothing and takes no lock.
+    intx_masking: AtomicU64,
     /// The grants of assigned functions' MSIs and the routes of their
     /// events' LPIs (locked before the ITS).
     msi: Mutex<MsiRouter>,
@@ -210,6 +214,7 @@ pub fn create(
             .map(|irq| irq.intid),
         console_irq: p.uart_irq,
         intx: Mutex::new(intx),
+        intx_masking: AtomicU64::new(0),
         msi: Mutex::new(msi),
         route_failures: AtomicU32::new(0),
         mux: Mutex::new(ConsoleMux::new()),
@@ -440,7 +445,7 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
     if (console == Some(false) || answered)
         && vm.is_running()
         && !vm.has_request()
-        && !r.intx.lock().masks(vm.index)
+        && !r.masks_lines(vm)
     {
         return;
     }
@@ -581,6 +586,7 @@ fn take_irq(pc: usize, intid: u32) -> bool {
             arch::gicv3::eoi(intid);
             let mut intx = r.intx.lock();
             let owner = intx.fired(intid, &PhysicalLines);
+            r.publish_masking(&intx);
             arch::gicv3::deactivate(intid);
             if let Some((vm_i, vintid)) = owner {
                 let vm = &r.vms[vm_i];
@@ -627,6 +633,9 @@ impl Runtime {
     /// Before an exit of `vm`'s vCPU `vcpu` is handled: its masked INTx
     /// lines' levels into its vGIC (`IntxForwarding::sample`).
     fn sample_lines(&self, vm: &Vm, vcpu: usize) {
+        if !self.masks_lines(vm) {
+            return;
+        }
         let intx = self.intx.lock();
         if !intx.masks(vm.index) {
             return;
@@ -640,12 +649,31 @@ impl Runtime {
     /// lines its guest is done with and its devices let go
     /// (`IntxForwarding::release`).
     fn release_lines(&self, vm: &Vm) {
+        if !self.masks_lines(vm) {
+            return;
+        }
         let mut intx = self.intx.lock();
         if !intx.masks(vm.index) {
             return;
         }
         let vgic = vm.vgic.lock();
         intx.release(vm.index, &vgic, &PhysicalLines);
+        self.publish_masking(&intx);
+    }
+
+    /// Whether `vm` has a masked INTx line, as last published under the
+    /// lines' lock (a line masked by another CPU's exit at this very
+    /// moment may be missed, as it would be by a check under the lock
+    /// taken just before; the next exit sees it).
+    fn masks_lines(&self, vm: &Vm) -> bool {
+        self.intx_masking.load(Ordering::SeqCst) & 1u64.checked_shl(vm.index as u32).unwrap_or(0)
+            != 0
+    }
+
+    /// Publishes which VMs have a masked line; called with the lines'
+    /// lock held, after each change.
+    fn publish_masking(&self, intx: &IntxForwarding) {
+        self.intx_masking.store(intx.masking(), Ordering::SeqCst);
     }
 
     /// Drains the SMMU's event queue: stage-1 faults of nested streams go
@@ -990,6 +1018,7 @@ impl Machine for Runtime {
         }
         let mut intx = self.intx.lock();
         intx.restart(vm.index, &PhysicalLines);
+        self.publish_masking(&intx);
         for (_, owner, vintid) in intx.lines() {
             if owner == vm.index {
                 if let Err(e) = vm.vgic.lock().set_resample(vintid, true) {

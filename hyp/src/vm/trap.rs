@@ -100,7 +100,8 @@ pub fn handle_sync(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, m: &dyn Machine)
 
 /// The fast path of a hypercall that only answers ([`psci::is_query`]):
 /// answered here, before anything else an exit does (no list registers
-/// read or written, no lines sampled), and true; false for every other
+/// read or written, no lines sampled, and no lock but the vCPU states'
+/// for AFFINITY_INFO), and true; false for every other
 /// trap, which takes the full path. The VM must be running (a stopping
 /// VM's vCPUs take the full path, which parks them).
 pub fn quick_hypercall(vm: &Vm, frame: &mut TrapFrame) -> bool {
@@ -109,7 +110,13 @@ pub fn quick_hypercall(vm: &Vm, frame: &mut TrapFrame) -> bool {
         return false;
     }
     let x = [frame.x[0], frame.x[1], frame.x[2], frame.x[3]];
-    match psci::handle(x, &mut vm.power.lock(), vm.ram.ipa_range()) {
+    let action = if psci::reads_vcpu_states(x[0] as u32) {
+        psci::handle(x, &mut vm.power.lock(), vm.ram.ipa_range())
+    } else {
+        // A version or a feature: no vCPU's state, no lock.
+        psci::handle(x, &mut [], vm.ram.ipa_range())
+    };
+    match action {
         PsciAction::Return(v) => {
             frame.x[0] = v;
             true
