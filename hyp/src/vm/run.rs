@@ -418,10 +418,9 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
         panic!("trap from EL1 on CPU {pc}, which runs no vCPU");
     };
     let vm = &r.vms[vm_i];
-    // The interrupt that made an IRQ exit is acknowledged first: while it
-    // is pending, an emulator checks at every block of code it runs
-    // whether it can be taken yet. It is handled further down, once the
-    // list registers have been folded in.
+    // The interrupt that made an IRQ exit is acknowledged first, and
+    // handled further down, once the list registers have been folded in;
+    // any other is acknowledged only while ISR_EL1 says one is pending.
     let acked = matches!(vector, 9 | 10).then(arch::gicv3::ack);
     // A console access that leaves the UART's interrupt level as it was,
     // and a hypercall that only answers, change nothing in the vGIC, so
