@@ -18,7 +18,7 @@ use crate::vdev::vits::{DeviceGrant, EventLpi, ItsConfig};
 use crate::vdev::vpci::{VirtualBar, VirtualFunction, VirtualPciBus};
 use crate::vm::devices::{standard_bus, PciHostBridge};
 use crate::vm::ram::GuestRam;
-use crate::vm::trap::{handle_sync, Flow};
+use crate::vm::trap::{current_exit, handle_sync, Flow};
 use crate::vm::vm::{Machine, Vm, VmState, REPORTS_PER_VM};
 use scenario::guest_layout as layout;
 use smmu::addr::Ipa;
@@ -307,7 +307,7 @@ impl GuestHarness {
         frame.elr = t.elr;
         frame.spsr = t.spsr;
         let was_running = self.vm.is_running();
-        let flow = handle_sync(&self.vm, vcpu, &mut frame, &self.machine);
+        let flow = handle_sync(&self.vm, vcpu, &mut frame, current_exit(), &self.machine);
         self.check(t, &frame, flow, was_running);
         flow
     }

@@ -429,18 +429,20 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
     // Everything else, and anything that waits for this exit (a console
     // request, a stop, forwarded lines to sample), takes the whole path
     // below.
-    let console = if vector == 8 {
-        trap::console_access(vm, frame, r)
-    } else {
-        None
-    };
-    vm.count_trap(match (vector, console) {
-        (8, Some(_)) => TrapKind::Console,
-        (8, None) => trap::kind(guest::esr()),
-        (9 | 10, _) => TrapKind::Interrupt,
-        _ => TrapKind::Other,
+    let exit = (vector == 8).then(trap::current_exit);
+    let console = exit
+        .as_ref()
+        .and_then(|e| trap::console_access(vm, frame, e, r));
+    vm.count_trap(match (&exit, console) {
+        (Some(_), Some(_)) => TrapKind::Console,
+        (Some(e), None) => trap::kind(e),
+        (None, _) if matches!(vector, 9 | 10) => TrapKind::Interrupt,
+        (None, _) => TrapKind::Other,
     });
-    let answered = vector == 8 && console.is_none() && trap::quick_hypercall(vm, frame);
+    let answered = console.is_none()
+        && exit
+            .as_ref()
+            .is_some_and(|e| trap::quick_hypercall(vm, frame, e));
     if (console == Some(false) || answered)
         && vm.is_running()
         && !vm.has_request()
@@ -459,26 +461,16 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
     };
     vm.apply(fx, r);
     r.sample_lines(vm, vcpu);
-    let mut flow = match vector {
-        8 if answered => {
-            if vm.is_running() {
-                Flow::Resume
-            } else {
-                Flow::Park
-            }
-        }
-        8 if console.is_some() => {
+    // (A VM that stopped meanwhile parks below, whatever the flow.)
+    let mut flow = match (vector, exit) {
+        (8, _) if answered || console.is_some() => {
             if console == Some(true) {
                 vm.update_uart_irq(r);
             }
-            if vm.is_running() {
-                Flow::Resume
-            } else {
-                Flow::Park
-            }
+            Flow::Resume
         }
-        8 => trap::handle_sync(vm, vcpu, frame, r),
-        9 | 10 => {
+        (8, Some(exit)) => trap::handle_sync(vm, vcpu, frame, exit, r),
+        (9 | 10, _) => {
             // Then any others that are pending (acknowledged only if the
             // CPU signals one: a spurious acknowledge costs an emulator
             // as much as a real one).

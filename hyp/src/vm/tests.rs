@@ -3,7 +3,7 @@
 //! `trap::handle_sync` with syndromes set in `arch::fake`, and a machine
 //! that records what the VMM asked of it.
 
-use super::trap::{handle_sync, Flow};
+use super::trap::{current_exit, handle_sync, Flow};
 use super::vm::{Request, Vm, VmState};
 use crate::arch::{fake, TrapFrame};
 use crate::harness::{capture_log, log_lines, Call, GuestHarness, Recorder, RAM_BASE};
@@ -54,7 +54,7 @@ fn a_store_to_the_vuart_reaches_it_with_its_size_and_register() {
         trap_at(layout::UART_BASE, dabt(1, 5, true));
         let mut f = frame(0x4000_1000);
         f.x[5] = 0xffff_ff00 | u64::from(b);
-        assert_eq!(handle_sync(vm, 0, &mut f, m), Flow::Resume);
+        assert_eq!(handle_sync(vm, 0, &mut f, current_exit(), m), Flow::Resume);
         assert_eq!(f.elr, 0x4000_1004, "the store is skipped");
     }
     assert_eq!(m.calls(), [Call::Line(String::from("hi"))]);
@@ -69,7 +69,7 @@ fn a_load_from_the_vuart_lands_in_its_register_zero_extended() {
     trap_at(layout::UART_BASE + 0x18, dabt(4, 7, false));
     let mut f = frame(0x4000_2000);
     f.x[7] = u64::MAX;
-    handle_sync(vm, 0, &mut f, m);
+    handle_sync(vm, 0, &mut f, current_exit(), m);
     assert_eq!(f.x[7] & !0xffff_ffff, 0, "32-bit load zero-extends");
     assert_ne!(f.x[7] & (1 << 4), 0, "RXFE: nothing typed");
     assert_eq!(f.elr, 0x4000_2004);
@@ -86,7 +86,7 @@ fn a_console_access_is_the_same_without_the_vgic() {
         trap_at(layout::UART_BASE, dabt(1, 5, true));
         let mut f = frame(0x4000_1000);
         f.x[5] = u64::from(b);
-        assert_eq!(console_access(vm, &mut f, m), Some(false));
+        assert_eq!(console_access(vm, &mut f, &current_exit(), m), Some(false));
         assert_eq!(f.elr, 0x4000_1004, "the store is skipped");
     }
     assert_eq!(m.calls(), [Call::Line(String::from("ok"))]);
@@ -94,10 +94,10 @@ fn a_console_access_is_the_same_without_the_vgic() {
     trap_at(layout::UART_BASE + 0x18, dabt(4, 7, false));
     let mut f = frame(0x4000_2000);
     f.x[7] = u64::MAX;
-    assert_eq!(console_access(vm, &mut f, m), Some(false));
+    assert_eq!(console_access(vm, &mut f, &current_exit(), m), Some(false));
     let mut g = frame(0x4000_2000);
     g.x[7] = u64::MAX;
-    handle_sync(vm, 0, &mut g, m);
+    handle_sync(vm, 0, &mut g, current_exit(), m);
     assert_eq!((f.x[7], f.elr), (g.x[7], g.elr));
     // The transmit interrupt unmasked (UARTIMSC.TXIM) and cleared
     // (UARTICR): the next character raises it, which the vGIC must hear.
@@ -105,12 +105,16 @@ fn a_console_access_is_the_same_without_the_vgic() {
         trap_at(layout::UART_BASE + offset, dabt(4, 1, true));
         let mut f = frame(0x4000_3000);
         f.x[1] = value;
-        console_access(vm, &mut f, m);
+        console_access(vm, &mut f, &current_exit(), m);
     }
     trap_at(layout::UART_BASE, dabt(1, 5, true));
     let mut f = frame(0x4000_1000);
     f.x[5] = u64::from(b'x');
-    assert_eq!(console_access(vm, &mut f, m), Some(true), "level changed");
+    assert_eq!(
+        console_access(vm, &mut f, &current_exit(), m),
+        Some(true),
+        "level changed"
+    );
     // Anything else is left alone: the GIC distributor, an access
     // straddling the UART's end.
     for (ipa, size) in [
@@ -119,7 +123,7 @@ fn a_console_access_is_the_same_without_the_vgic() {
     ] {
         trap_at(ipa, dabt(size, 1, false));
         let mut f = frame(0x4000_4000);
-        assert_eq!(console_access(vm, &mut f, m), None);
+        assert_eq!(console_access(vm, &mut f, &current_exit(), m), None);
         assert_eq!(f.elr, 0x4000_4000);
     }
 }
@@ -131,7 +135,7 @@ fn an_access_between_devices_gets_a_synchronous_external_abort() {
     let hole = layout::UART_BASE + layout::UART_SIZE + 0x100;
     trap_at(hole, dabt(4, 1, false));
     let mut f = frame(0x4000_3000);
-    handle_sync(vm, 1, &mut f, m);
+    handle_sync(vm, 1, &mut f, current_exit(), m);
     let [esr, far, elr, spsr] = fake::with(|c| c.el1_exception).expect("injected");
     assert_eq!(esr >> 26, 0x25, "data abort, same EL");
     assert_eq!(esr & 0x3f, 0x10, "synchronous external abort");
@@ -150,7 +154,7 @@ fn an_access_straddling_a_device_end_is_refused_too() {
     let (vm, m) = (&h.vm, &h.machine);
     trap_at(layout::UART_BASE + layout::UART_SIZE - 4, dabt(8, 0, true));
     let mut f = frame(0x4000_3000);
-    handle_sync(vm, 0, &mut f, m);
+    handle_sync(vm, 0, &mut f, current_exit(), m);
     assert_eq!(fake::with(|c| c.el1_exception).unwrap()[0] >> 26, 0x25);
 }
 
@@ -163,14 +167,14 @@ fn the_counters_page_counts_nothing_it_is_not_told() {
     }
     trap_at(layout::COUNTERS_BASE, dabt(8, 2, false));
     let mut f = frame(0);
-    handle_sync(vm, 0, &mut f, m);
+    handle_sync(vm, 0, &mut f, current_exit(), m);
     assert_eq!(f.x[2], 3);
     // Writes are ignored, and the page stays as it was.
     trap_at(layout::COUNTERS_BASE, dabt(8, 2, true));
-    handle_sync(vm, 0, &mut frame(0), m);
+    handle_sync(vm, 0, &mut frame(0), current_exit(), m);
     trap_at(layout::COUNTERS_BASE + 8, dabt(8, 2, false));
     let mut f = frame(0);
-    handle_sync(vm, 0, &mut f, m);
+    handle_sync(vm, 0, &mut f, current_exit(), m);
     assert_eq!(f.x[2], 0, "no vSMMU");
 }
 
@@ -180,7 +184,7 @@ fn a_pci_slot_without_a_function_reads_all_ones() {
     let vm = &h.vm;
     trap_at(layout::PCI_ECAM_BASE, dabt(4, 9, false));
     let mut f = frame(0);
-    handle_sync(vm, 0, &mut f, &Recorder::default());
+    handle_sync(vm, 0, &mut f, current_exit(), &Recorder::default());
     assert_eq!(f.x[9], 0xffff_ffff);
 }
 
@@ -192,7 +196,7 @@ fn hvc(vm: &Vm, vcpu: usize, x: [u64; 4], m: &Recorder) -> (Flow, TrapFrame) {
     fake::with(|c| c.esr_el2 = HVC);
     let mut f = frame(0x4000_0100);
     f.x[..4].copy_from_slice(&x);
-    let flow = handle_sync(vm, vcpu, &mut f, m);
+    let flow = handle_sync(vm, vcpu, &mut f, current_exit(), m);
     (flow, f)
 }
 
@@ -251,17 +255,17 @@ fn a_query_hypercall_takes_the_quick_path_and_nothing_else_does() {
     fake::with(|c| c.esr_el2 = HVC);
     let mut f = frame(0x4000_0100);
     f.x[0] = 0x8400_0000; // PSCI_VERSION
-    assert!(super::trap::quick_hypercall(vm, &mut f));
+    assert!(super::trap::quick_hypercall(vm, &mut f, &current_exit()));
     assert_eq!((f.x[0], f.elr), (0x1_0001, 0x4000_0100));
     // CPU_ON changes a vCPU's state: the full path.
     let mut f = frame(0x4000_0100);
     f.x[..4].copy_from_slice(&[0xc400_0003, 1, RAM_BASE + 0x100, 0]);
-    assert!(!super::trap::quick_hypercall(vm, &mut f));
+    assert!(!super::trap::quick_hypercall(vm, &mut f, &current_exit()));
     assert_eq!(vm.power.lock()[1], VcpuPower::Off, "nothing started");
     // Not a hypercall at all.
     fake::with(|c| c.esr_el2 = dabt(4, 0, false));
     let mut f = frame(0x4000_0100);
-    assert!(!super::trap::quick_hypercall(vm, &mut f));
+    assert!(!super::trap::quick_hypercall(vm, &mut f, &current_exit()));
 }
 
 #[test]
@@ -345,7 +349,7 @@ fn system_reset_restarts_the_vm_in_its_reset_state() {
     // its counters page.
     trap_at(layout::COUNTERS_BASE + 0x20, dabt(8, 3, false));
     let mut f = frame(0x4000_2000);
-    handle_sync(vm, 0, &mut f, &m);
+    handle_sync(vm, 0, &mut f, current_exit(), &m);
     assert_eq!(f.x[3], 1);
     // SYSTEM_RESET2 (a warm reset) restarts it again.
     let m = Recorder::default();
@@ -492,7 +496,7 @@ fn sysreg_trap(
     });
     let mut f = frame(0x4000_0000);
     f.x[4] = 0xdead;
-    handle_sync(vm, 0, &mut f, m);
+    handle_sync(vm, 0, &mut f, current_exit(), m);
     (f.x[4], f.elr, fake::with(|c| c.el1_exception).map(|e| e[0]))
 }
 
@@ -504,7 +508,7 @@ fn unknown_traps_and_registers_the_vm_does_not_have_are_undefined() {
     fake::reset();
     fake::with(|c| c.esr_el2 = 0x07 << 26);
     let mut f = frame(0x4000_0000);
-    handle_sync(vm, 0, &mut f, m);
+    handle_sync(vm, 0, &mut f, current_exit(), m);
     assert_eq!(fake::with(|c| c.el1_exception).unwrap()[0] >> 26, 0);
     // MRS x4, S3_0_C15_C2_0 (implementation defined), MRS x4, PMCR_EL0 (the
     // PMU is hidden), MSR PMCR_EL0, x4: undefined, x4 untouched, at the
@@ -573,7 +577,7 @@ fn a_guest_cannot_make_the_hypervisor_report_without_bound() {
     capture_log();
     for _ in 0..1000 {
         trap_at(0x1000_0000, dabt(4, 0, false));
-        handle_sync(vm, 0, &mut frame(0x4000_0000), m);
+        handle_sync(vm, 0, &mut frame(0x4000_0000), current_exit(), m);
     }
     let lines = log_lines();
     assert_eq!(vm.bad_accesses(), 1000);
@@ -595,7 +599,10 @@ fn store64(h: &GuestHarness, vcpu: usize, ipa: u64, value: u64) {
     trap_at(ipa, dabt(8, 3, true));
     let mut f = frame(0x4000_3000);
     f.x[3] = value;
-    assert_eq!(handle_sync(&h.vm, vcpu, &mut f, &h.machine), Flow::Resume);
+    assert_eq!(
+        handle_sync(&h.vm, vcpu, &mut f, current_exit(), &h.machine),
+        Flow::Resume
+    );
     assert_eq!(fake::with(|c| c.el1_exception), None, "store to {ipa:#x}");
 }
 
@@ -617,14 +624,14 @@ fn the_guest_maps_its_functions_msi_through_the_its_frames() {
     trap_at(layout::GICD_BASE, dabt(4, 3, true));
     let mut f = frame(0x4000_3000);
     f.x[3] = 0x12; // ARE | EnableGrp1
-    handle_sync(&h.vm, 0, &mut f, &h.machine);
+    handle_sync(&h.vm, 0, &mut f, current_exit(), &h.machine);
     for vcpu in 0..2u64 {
         let rd = layout::GICR_BASE + vcpu * layout::GICR_STRIDE;
         store64(&h, 0, rd + 0x70, prop | 13);
         trap_at(rd, dabt(4, 3, true));
         let mut f = frame(0x4000_3000);
         f.x[3] = 1;
-        handle_sync(&h.vm, 0, &mut f, &h.machine);
+        handle_sync(&h.vm, 0, &mut f, current_exit(), &h.machine);
     }
     h.vm.ram.write(Ipa(prop + 5), &[0xa1]).unwrap(); // LPI 8197: enabled
     store64(&h, 0, its + 0x100, (1 << 63) | table);

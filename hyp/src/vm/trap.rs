@@ -28,11 +28,23 @@ pub enum Flow {
     Park,
 }
 
+/// The current synchronous trap, decoded from the syndrome registers
+/// (ESR_EL2, HPFAR_EL2, FAR_EL2): once per exit, for every handler below.
+pub fn current_exit() -> Exit {
+    exit::decode(arch::guest::esr(), arch::guest::hpfar(), arch::guest::far())
+}
+
 /// Handles a synchronous trap of `vm`'s vCPU `vcpu`, whose registers are in
-/// `frame`; the syndrome is read from the architecture's registers.
-pub fn handle_sync(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, m: &dyn Machine) -> Flow {
+/// `frame`: `exit` ([`current_exit`]).
+pub fn handle_sync(
+    vm: &Vm,
+    vcpu: usize,
+    frame: &mut TrapFrame,
+    exit: Exit,
+    m: &dyn Machine,
+) -> Flow {
     let far = arch::guest::far();
-    let flow = match exit::decode(arch::guest::esr(), arch::guest::hpfar(), far) {
+    let flow = match exit {
         Exit::WaitForInterrupt => {
             wait_for_interrupt(vm, vcpu, m);
             skip_instruction(frame);
@@ -104,9 +116,8 @@ pub fn handle_sync(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, m: &dyn Machine)
 /// for AFFINITY_INFO), and true; false for every other
 /// trap, which takes the full path. The VM must be running (a stopping
 /// VM's vCPUs take the full path, which parks them).
-pub fn quick_hypercall(vm: &Vm, frame: &mut TrapFrame) -> bool {
-    let esr = arch::guest::esr();
-    if (esr >> 26) & 0x3f != exit::ec::HVC64 as u64 || !psci::is_query(frame.x[0] as u32) {
+pub fn quick_hypercall(vm: &Vm, frame: &mut TrapFrame, exit: &Exit) -> bool {
+    if !matches!(exit, Exit::Hvc { .. }) || !psci::is_query(frame.x[0] as u32) {
         return false;
     }
     let x = [frame.x[0], frame.x[1], frame.x[2], frame.x[3]];
@@ -140,10 +151,9 @@ pub fn handle_serror(vm: &Vm, vcpu: usize, m: &dyn Machine) -> Flow {
     Flow::Park
 }
 
-/// What kind of trap the syndrome `esr` (ESR_EL2) of a synchronous
-/// exception says it is, for the VM's figures.
-pub fn kind(esr: u64) -> TrapKind {
-    match exit::decode(esr, 0, 0) {
+/// What kind of trap a synchronous exception is, for the VM's figures.
+pub fn kind(exit: &Exit) -> TrapKind {
+    match exit {
         Exit::DataAbort(_) => TrapKind::Mmio,
         Exit::SysReg(_) => TrapKind::SystemRegister,
         Exit::Hvc { .. } | Exit::Smc { .. } => TrapKind::Hypercall,
@@ -157,10 +167,13 @@ pub fn kind(esr: u64) -> TrapKind {
 /// which the caller hands the vGIC ([`Vm::update_uart_irq`]) once it has
 /// folded in the vCPU's list registers. `None`, with nothing done, for
 /// any other exit.
-pub fn console_access(vm: &Vm, frame: &mut TrapFrame, m: &dyn Machine) -> Option<bool> {
-    let Exit::DataAbort(Ok(a)) =
-        exit::decode(arch::guest::esr(), arch::guest::hpfar(), arch::guest::far())
-    else {
+pub fn console_access(
+    vm: &Vm,
+    frame: &mut TrapFrame,
+    exit: &Exit,
+    m: &dyn Machine,
+) -> Option<bool> {
+    let Exit::DataAbort(Ok(a)) = exit else {
         return None;
     };
     let end = a.ipa.checked_add(u64::from(a.size))?;

@@ -233,6 +233,16 @@ fn write_ste_creates_l2_then_invalidates_after_writing() {
     assert!(fake.violations().is_empty());
 }
 
+/// CMD_CFGI_STE (leaf) for StreamIDs 0..n.
+fn cfgi_stes(n: u32) -> Vec<Command> {
+    (0..n)
+        .map(|i| Command::CfgiSte {
+            sid: StreamId(i),
+            leaf: true,
+        })
+        .collect()
+}
+
 #[test]
 fn submit_waits_for_space_and_wraps_a_small_queue() {
     let (mem, fake) = fixture();
@@ -244,12 +254,7 @@ fn submit_waits_for_space_and_wraps_a_small_queue() {
     fake.clear_commands();
     // The SMMU consumes one command per CMDQ_CONS poll, in the background.
     fake.set_consume_per_poll(Some(1));
-    let cmds: Vec<Command> = (0..11)
-        .map(|i| Command::CfgiSte {
-            sid: StreamId(i),
-            leaf: true,
-        })
-        .collect();
+    let cmds = cfgi_stes(11);
     smmu.submit(&cmds).unwrap();
     smmu.sync().unwrap();
     let mut want = cmds.clone();
@@ -275,12 +280,7 @@ fn a_batch_and_its_sync_are_published_with_one_write_of_cmdq_prod() {
             .count()
     };
     let before = prod_writes();
-    let cmds: Vec<Command> = (0..3)
-        .map(|i| Command::CfgiSte {
-            sid: StreamId(i),
-            leaf: true,
-        })
-        .collect();
+    let cmds = cfgi_stes(3);
     smmu.submit_sync(&cmds).unwrap();
     assert_eq!(prod_writes() - before, 1);
     let mut want = cmds.clone();
