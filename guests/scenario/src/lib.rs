@@ -114,6 +114,40 @@ pub struct Machine {
     /// `msi_delivery`: how assigned functions' MSIs reach the guests;
     /// default (`None`) the fastest the machine's GIC supports.
     pub msi_delivery: Option<MsiDelivery>,
+    /// `cpu_stage2`: the leaves of the VMs' CPU stage-2 tables; default
+    /// [`CpuStage2::Pages`].
+    pub cpu_stage2: CpuStage2,
+}
+
+/// `cpu_stage2`: how the VMs' CPU stage-2 tables map guest memory. (The
+/// devices' tables, the SMMU's, always use the largest blocks alignment
+/// allows.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CpuStage2 {
+    /// `"pages"`: 4 KiB pages only. The faster on QEMU's TCG, which keeps a
+    /// combined stage-1+2 TLB entry at the larger of the two stages' page
+    /// sizes, and flushes a whole translation regime's TLB on a by-VA
+    /// invalidation inside the span its large entries cover: with blocks,
+    /// each of a Linux guest's TLBI VAE1IS would empty it.
+    #[default]
+    Pages,
+    /// `"blocks"`: 1 GiB and 2 MiB blocks wherever alignment allows, as
+    /// hardware wants (fewer table walks, more TLB reach).
+    Blocks,
+}
+
+impl CpuStage2 {
+    /// Every value, with its name in a scenario.
+    pub const ALL: [(CpuStage2, &'static str); 2] =
+        [(CpuStage2::Pages, "pages"), (CpuStage2::Blocks, "blocks")];
+
+    /// Its name in a scenario.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pages => "pages",
+            Self::Blocks => "blocks",
+        }
+    }
 }
 
 /// `msi_delivery`: how the hypervisor delivers assigned functions' MSIs to

@@ -9,7 +9,9 @@ use toml::Spanned;
 
 use crate::error::{ErrorKind, ScenarioError, Section};
 use crate::syntax::{line_of, vm_name};
-use crate::{guest_layout, Lifecycle, Machine, MsiDelivery, Scenario, VmSpec, GIC_VERSIONS};
+use crate::{
+    guest_layout, CpuStage2, Lifecycle, Machine, MsiDelivery, Scenario, VmSpec, GIC_VERSIONS,
+};
 
 /// Longest string value.
 pub const MAX_STRING: usize = 4096;
@@ -29,6 +31,7 @@ const MACHINE_KEYS: &[&str] = &[
     "bootargs",
     "gic_version",
     "msi_delivery",
+    "cpu_stage2",
 ];
 
 const VM_KEYS: &[&str] = &[
@@ -311,7 +314,14 @@ fn machine(text: &str, t: &DeTable<'_>, line: usize) -> Result<Machine, Scenario
         qemu_args: f.strings("qemu_args")?,
         bootargs: f.string("bootargs")?.unwrap_or_default(),
         gic_version: gic_version(&f)?,
-        msi_delivery: msi_delivery(&f)?,
+        msi_delivery: choice(
+            &f,
+            "msi_delivery",
+            &MsiDelivery::ALL,
+            "\"direct\" or \"list-registers\"",
+        )?,
+        cpu_stage2: choice(&f, "cpu_stage2", &CpuStage2::ALL, "\"pages\" or \"blocks\"")?
+            .unwrap_or_default(),
     })
 }
 
@@ -333,18 +343,25 @@ fn gic_version(f: &Fields<'_, '_>) -> Result<u8, ScenarioError> {
         })
 }
 
-fn msi_delivery(f: &Fields<'_, '_>) -> Result<Option<MsiDelivery>, ScenarioError> {
-    let Some(v) = f.string("msi_delivery")? else {
+/// The value of the string key `key`, one of the names in `all` (`allowed`
+/// says them in an error); `None` without the key.
+fn choice<T: Copy>(
+    f: &Fields<'_, '_>,
+    key: &'static str,
+    all: &[(T, &'static str)],
+    allowed: &'static str,
+) -> Result<Option<T>, ScenarioError> {
+    let Some(v) = f.string(key)? else {
         return Ok(None);
     };
-    match MsiDelivery::ALL.iter().find(|(_, name)| *name == v) {
-        Some(&(d, _)) => Ok(Some(d)),
+    match all.iter().find(|(_, name)| *name == v) {
+        Some(&(c, _)) => Ok(Some(c)),
         None => {
-            let line = f.get("msi_delivery").map_or(f.line, |e| e.line);
+            let line = f.get(key).map_or(f.line, |e| e.line);
             let kind = ErrorKind::BadChoice {
-                key: "msi_delivery",
+                key,
                 value: alloc::format!("{:?}", shown(&v)),
-                allowed: "\"direct\" or \"list-registers\"",
+                allowed,
             };
             Err(f.err(line, kind))
         }
@@ -352,21 +369,7 @@ fn msi_delivery(f: &Fields<'_, '_>) -> Result<Option<MsiDelivery>, ScenarioError
 }
 
 fn lifecycle(f: &Fields<'_, '_>, key: &'static str) -> Result<Option<Lifecycle>, ScenarioError> {
-    let Some(v) = f.string(key)? else {
-        return Ok(None);
-    };
-    match Lifecycle::ALL.iter().find(|(_, name)| *name == v) {
-        Some(&(l, _)) => Ok(Some(l)),
-        None => {
-            let line = f.get(key).map_or(f.line, |e| e.line);
-            let kind = ErrorKind::BadChoice {
-                key,
-                value: alloc::format!("{:?}", shown(&v)),
-                allowed: "\"restart\" or \"stop\"",
-            };
-            Err(f.err(line, kind))
-        }
-    }
+    choice(f, key, &Lifecycle::ALL, "\"restart\" or \"stop\"")
 }
 
 fn vm(text: &str, t: &DeTable<'_>, line: usize, index: usize) -> Result<VmSpec, ScenarioError> {
@@ -539,6 +542,24 @@ vsmmu = false       # virtual SMMU
     }
 
     #[test]
+    fn cpu_stage2() {
+        let m = |extra: &str| {
+            Scenario::parse(&alloc::format!(
+                "[machine]\ncpus = 1\nmemory = \"1G\"\n{extra}"
+            ))
+            .map(|s| s.machine.cpu_stage2)
+        };
+        assert_eq!(m(""), Ok(CpuStage2::Pages));
+        assert_eq!(m("cpu_stage2 = \"pages\"\n"), Ok(CpuStage2::Pages));
+        assert_eq!(m("cpu_stage2 = \"blocks\"\n"), Ok(CpuStage2::Blocks));
+        assert_eq!(
+            m("cpu_stage2 = \"2M\"\n").unwrap_err().to_string(),
+            "line 4: machine: cpu_stage2: \"2M\" is not one of \"pages\" or \"blocks\""
+        );
+        assert!(m("cpu_stage2 = true\n").is_err(), "a string");
+    }
+
+    #[test]
     fn on_reset_and_on_poweroff() {
         let vm = |keys: &str| {
             let text = alloc::format!(
@@ -574,6 +595,7 @@ vsmmu = false       # virtual SMMU
                 bootargs: String::new(),
                 gic_version: 3,
                 msi_delivery: None,
+                cpu_stage2: CpuStage2::Pages,
             }
         );
         assert_eq!(

@@ -42,6 +42,7 @@ fn machine(out: &mut String, m: &Machine) {
     if let Some(d) = m.msi_delivery {
         key_string(out, "msi_delivery", d.name());
     }
+    key_string(out, "cpu_stage2", m.cpu_stage2.name());
 }
 
 fn vm_table(out: &mut String, vm: &VmSpec) {
@@ -110,7 +111,7 @@ mod tests {
             "vm = [{ name = \"a\", cpus = 1, memory = 0x20_0000, kernel = \"k\", ",
             "ram_base = 0xffff_ffff_ffe0_0000, cmdline = \"init.run=\\\"dd\\\"\\ttab\\u0001\" }]\n",
             "[machine]\ncpus = 1\nmemory = 0xffff_ffff_ffff_ffff\nqemu_args = ['C:\\d.img']\n",
-            "gic_version = 4\nmsi_delivery = \"list-registers\"\n",
+            "gic_version = 4\nmsi_delivery = \"list-registers\"\ncpu_stage2 = \"blocks\"\n",
         ))
         .unwrap();
         assert_eq!(s.vms[0].cmdline, "init.run=\"dd\"\ttab\u{1}");
@@ -121,7 +122,7 @@ mod tests {
         );
         assert!(text.contains("\nqemu_args = [\"C:\\\\d.img\"]\n"), "{text}");
         let mut back = Scenario::parse(&text).unwrap();
-        assert_eq!(back.vms[0].line, 13, "{text}");
+        assert_eq!(back.vms[0].line, 14, "{text}");
         back.vms[0].line = s.vms[0].line;
         assert_eq!(back, s, "{text}");
     }

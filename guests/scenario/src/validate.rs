@@ -193,6 +193,7 @@ mod tests {
                 bootargs: String::new(),
                 gic_version: 3,
                 msi_delivery: None,
+                cpu_stage2: crate::CpuStage2::Pages,
             },
             vms,
         }

@@ -45,7 +45,7 @@ use scenario::guest_layout as layout;
 use smmu::addr::{Ipa, StreamId, Vmid};
 use smmu::event::Event;
 use smmu::hw::PAGE_SIZE;
-use smmu::stage2::Stage2;
+use smmu::stage2::{Leaves, Stage2};
 
 /// IPA size of every VM.
 const IPA_BITS: u32 = 40;
@@ -176,13 +176,14 @@ pub fn create(
         return Ok(Vec::new());
     }
     let delivery = msi_delivery(sc.machine.msi_delivery)?;
+    let cpu_leaves = cpu_stage2_leaves(sc.machine.cpu_stage2);
     let mut vms = Vec::new();
     let mut next_pcpu = 0;
     for (index, spec) in sc.vms.iter().enumerate() {
         let pcpus: Vec<usize> = (next_pcpu..next_pcpu + spec.cpus as usize).collect();
         next_pcpu += spec.cpus as usize;
         vms.push(build_vm(
-            index, spec, pcpus, &bundle, p, functions, lines, delivery,
+            index, spec, pcpus, &bundle, p, functions, lines, delivery, cpu_leaves,
         )?);
     }
     Ok(vms)
@@ -223,6 +224,17 @@ fn msi_delivery(asked: Option<scenario::MsiDelivery>) -> Result<Delivery, StartE
     Ok(chosen)
 }
 
+/// The leaves of the VMs' CPU stage-2 tables the scenario's `cpu_stage2`
+/// asks for (pages unless it says blocks), said once in the log.
+fn cpu_stage2_leaves(asked: scenario::CpuStage2) -> Leaves {
+    let (leaves, why) = match asked {
+        scenario::CpuStage2::Pages => (Leaves::Pages, "4 KiB pages"),
+        scenario::CpuStage2::Blocks => (Leaves::Blocks, "1 GiB and 2 MiB blocks where aligned"),
+    };
+    info!("CPU stage 2: {why} (cpu_stage2 = \"{}\")", asked.name());
+    leaves
+}
+
 #[allow(clippy::too_many_arguments)]
 fn build_vm(
     index: usize,
@@ -233,6 +245,7 @@ fn build_vm(
     functions: &[crate::drivers::pci::Function],
     lines: &mut IntxForwarding,
     delivery: Delivery,
+    cpu_leaves: Leaves,
 ) -> Result<Built, StartError> {
     let size = spec.memory;
     let ram = spec.ram_base..spec.ram_base + size;
@@ -250,7 +263,7 @@ fn build_vm(
     // EL2 identity map covers all RAM for the hypervisor's lifetime.
     let guest_ram = unsafe { GuestRam::new(Ipa(ram.start)..Ipa(ram.end), ram_pa.raw() as usize) };
 
-    let (vmid, mut space) = address_space(&spec.name, index, ram.start, ram_pa, size)?;
+    let (vmid, mut space) = address_space(&spec.name, index, ram.start, ram_pa, size, cpu_leaves)?;
     let assignment = if spec.devices.is_empty() {
         None
     } else {
@@ -571,7 +584,8 @@ fn vsmmu_for(
 }
 
 /// Builds a VM's IPA space: RAM at `ipa` backed by `pa` and, when the
-/// machine has an SMMU and an ITS, the MSI doorbell for its devices.
+/// machine has an SMMU and an ITS, the MSI doorbell for its devices; the
+/// CPU's table in `cpu_leaves`, the domain's in the largest blocks.
 /// Returns the VMID and the space. With an SMMU the VMID is the IOMMU
 /// domain's and the CPU's table has the domain's geometry; the CPU's
 /// tables are accounted in `S2_CPU_MEM`, the domain's in the SMMU's.
@@ -581,6 +595,7 @@ fn address_space(
     ipa: u64,
     pa: smmu::addr::PhysAddr,
     size: u64,
+    cpu_leaves: Leaves,
 ) -> Result<(Vmid, IpaSpace), StartError> {
     let fail = |what: &str, e: &dyn core::fmt::Display| {
         resources(alloc::format!("VM {name}: {what}: {e}"))
@@ -588,8 +603,9 @@ fn address_space(
     let pa_bits = arch::pa_bits().min(48);
     let ram = Mapping::ram(Ipa(ipa), pa, size);
     let Some(host) = crate::drivers::iommu::get() else {
-        let cpu =
-            Stage2::new(&mm::S2_CPU_MEM, IPA_BITS, pa_bits).map_err(|e| fail("stage 2", &e))?;
+        let cpu = Stage2::new(&mm::S2_CPU_MEM, IPA_BITS, pa_bits)
+            .map_err(|e| fail("stage 2", &e))?
+            .with_leaves(cpu_leaves);
         let mut space = IpaSpace::new(cpu, None);
         space
             .map(None, &mm::S2_CPU_MEM, ram)
@@ -609,7 +625,9 @@ fn address_space(
             &alloc::format!("{} does not fit the CPU's VMID width", vmid.0),
         ));
     }
-    let cpu = Stage2::new(&mm::S2_CPU_MEM, ipa_bits, pa_bits).map_err(|e| fail("stage 2", &e))?;
+    let cpu = Stage2::new(&mm::S2_CPU_MEM, ipa_bits, pa_bits)
+        .map_err(|e| fail("stage 2", &e))?
+        .with_leaves(cpu_leaves);
     let mut space = IpaSpace::new(cpu, Some(id));
     space
         .map(Some(&mut h.iommu), &mm::S2_CPU_MEM, ram)

@@ -220,6 +220,7 @@ mod tests {
     use super::*;
     use smmu::driver::{Smmu, SmmuOptions};
     use smmu::fake::{FakeMemory, FakeSmmu};
+    use smmu::stage2::Leaves;
     use std::sync::Arc;
 
     const RAM: Ipa = Ipa(0x4000_0000);
@@ -246,8 +247,8 @@ mod tests {
         at
     }
 
-    #[test]
-    fn only_the_devices_table_maps_the_doorbell() {
+    /// Both tables from one list, the CPU's in `leaves`.
+    fn only_the_devices_table_maps_the_doorbell_with(leaves: Leaves) {
         let mem = Arc::new(FakeMemory::new());
         let fake = FakeSmmu::new(mem.clone());
         let opts = SmmuOptions {
@@ -257,7 +258,7 @@ mod tests {
         let mut iommu = Iommu::new(Smmu::new(&fake, &*mem, opts).unwrap());
         let id = iommu.create_domain(40).unwrap();
         let cpu_mem = FakeMemory::new();
-        let mut space = IpaSpace::new(cpu_table(&cpu_mem), Some(id));
+        let mut space = IpaSpace::new(cpu_table(&cpu_mem).with_leaves(leaves), Some(id));
         for m in [
             Mapping::ram(RAM, RAM_PA, RAM_LEN),
             Mapping::bar(BAR, BAR_PA, BAR_LEN),
@@ -286,10 +287,21 @@ mod tests {
             let dev = devices.translate(ipa).map(|(pa, attrs, _)| (pa, attrs));
             assert_eq!(cpu, dev, "IPA {ipa}: both tables agree");
         }
+        // RAM is 2 MiB aligned on both sides: the devices' table maps it
+        // with blocks, the CPU's as `leaves` says.
+        let cpu_level = match leaves {
+            Leaves::Blocks => 2,
+            Leaves::Pages => 3,
+        };
         assert_eq!(
             space.cpu_translate(Ipa(RAM.raw() + 0x1234)),
-            Some((PhysAddr(RAM_PA.raw() + 0x1234), S2Attrs::NORMAL_RWX, 2))
+            Some((
+                PhysAddr(RAM_PA.raw() + 0x1234),
+                S2Attrs::NORMAL_RWX,
+                cpu_level
+            ))
         );
+        assert_eq!(devices.translate(Ipa(RAM.raw() + 0x1234)).unwrap().2, 2);
         assert_eq!(
             space.cpu_translate(BAR).map(|t| t.1),
             Some(S2Attrs::DEVICE_RW)
@@ -298,6 +310,12 @@ mod tests {
             cpu_mem.pages_in_use() > 0,
             "the CPU's tables come from its own allocator"
         );
+    }
+
+    #[test]
+    fn only_the_devices_table_maps_the_doorbell() {
+        only_the_devices_table_maps_the_doorbell_with(Leaves::Blocks);
+        only_the_devices_table_maps_the_doorbell_with(Leaves::Pages);
     }
 
     #[test]

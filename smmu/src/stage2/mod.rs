@@ -269,9 +269,38 @@ fn clip(level: u8, base: u64, i: usize, start: u64, end: u64) -> (u64, u64, u64,
 
 /// Whether `[s, e)`, mapped from `pa`, can be one leaf at `level`: it covers
 /// the whole descriptor range `[eb, ee)`, the output is aligned, and the
-/// level has leaves (no level-0 blocks with 4 KiB granule, D8.3.1).
-fn fits_leaf(level: u8, eb: u64, ee: u64, s: u64, e: u64, pa: u64) -> bool {
-    level >= 1 && s == eb && e == ee && pa & (entry_size(level) - 1) == 0
+/// level has leaves (no level-0 blocks with 4 KiB granule, D8.3.1) the
+/// table's [`Leaves`] allow.
+fn fits_leaf(leaves: Leaves, level: u8, eb: u64, ee: u64, s: u64, e: u64, pa: u64) -> bool {
+    level >= leaves.first_level() && s == eb && e == ee && pa & (entry_size(level) - 1) == 0
+}
+
+/// The leaves [`Stage2::map`] writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Leaves {
+    /// 1 GiB and 2 MiB blocks wherever the IPA, the PA and the range allow,
+    /// 4 KiB pages elsewhere: the fewest tables, and the fewest TLB entries
+    /// on hardware.
+    #[default]
+    Blocks,
+    /// 4 KiB pages only. Costs a level-3 table per 2 MiB mapped. An emulator
+    /// that keeps a combined stage-1+2 TLB entry at the larger of the two
+    /// stages' sizes wants this: QEMU's TCG does, and flushes a whole
+    /// translation regime's TLB on any by-VA invalidation inside the span
+    /// its large entries cover, so block mappings under a guest that maps
+    /// its kernel with pages turn each of the guest's TLBI VAE1IS into a
+    /// full flush.
+    Pages,
+}
+
+impl Leaves {
+    /// The first level at which a leaf may be written.
+    fn first_level(self) -> u8 {
+        match self {
+            Self::Blocks => 1,
+            Self::Pages => 3,
+        }
+    }
 }
 
 /// Tables a split of a block, down to where `[s, e)` (a sub-range of the new
@@ -315,6 +344,7 @@ impl Change {
 /// here): call [`Stage2::destroy`].
 pub struct Stage2 {
     root: Table,
+    leaves: Leaves,
     start_level: u8,
     concatenated: usize,
     ipa_bits: u32,
@@ -328,6 +358,7 @@ impl fmt::Debug for Stage2 {
             .field("ipa_bits", &self.ipa_bits)
             .field("pa_bits", &self.pa_bits)
             .field("start_level", &self.start_level)
+            .field("leaves", &self.leaves)
             .field("concatenated", &self.concatenated)
             .field("root", &self.root.mem.pa())
             .finish()
@@ -360,12 +391,20 @@ impl Stage2 {
         root.sync(alloc, 0, root.mem.words() - 1);
         Ok(Self {
             root,
+            leaves: Leaves::Blocks,
             start_level,
             concatenated,
             ipa_bits,
             pa_bits,
             ps,
         })
+    }
+
+    /// The same space, whose later [`map`](Self::map)s write `leaves`
+    /// ([`Leaves::Blocks`] unless set).
+    pub fn with_leaves(mut self, leaves: Leaves) -> Self {
+        self.leaves = leaves;
+        self
     }
 
     /// What the STE (S2T0SZ, S2SL0, S2PS, S2TTB) and VTCR_EL2/VTTBR_EL2 need.
@@ -403,8 +442,10 @@ impl Stage2 {
 
     /// Maps `[ipa, ipa + len)` to `[pa, pa + len)`.
     ///
-    /// Uses 1 GiB and 2 MiB blocks wherever the IPA, the PA and the rest of
-    /// the range allow, 4 KiB pages elsewhere. Fails without changing
+    /// Writes the space's [`Leaves`]: with [`Leaves::Blocks`], 1 GiB and
+    /// 2 MiB blocks wherever the IPA, the PA and the rest of the range
+    /// allow, 4 KiB pages elsewhere; with [`Leaves::Pages`], 4 KiB pages
+    /// only. Fails without changing
     /// anything if the input is not 4 KiB aligned, out of range, overlaps an
     /// existing mapping, or tables cannot be allocated. Only invalid
     /// descriptors are replaced, so no TLB invalidation is needed.
@@ -427,11 +468,21 @@ impl Stage2 {
         if len == 0 {
             return Ok(());
         }
-        let need = plan_map(Some(&self.root), self.start_level, 0, ipa.0, end, pa.0)?;
+        let leaves = self.leaves;
+        let need = plan_map(
+            leaves,
+            Some(&self.root),
+            self.start_level,
+            0,
+            ipa.0,
+            end,
+            pa.0,
+        )?;
         let mut pool = alloc_tables(alloc, need)?;
         let mut w = Writer {
             alloc,
             pool: &mut pool,
+            leaves,
             brk: &mut |_| {},
         };
         w.map(
@@ -531,6 +582,7 @@ impl Stage2 {
         let mut w = Writer {
             alloc,
             pool: &mut pool,
+            leaves: self.leaves,
             brk,
         };
         w.change(
@@ -634,6 +686,7 @@ fn alloc_tables(alloc: &dyn PageAllocator, n: usize) -> Result<Vec<DmaRegion>, S
 /// the tables mapping it will allocate. `table` is `None` for a table that
 /// does not exist yet.
 fn plan_map(
+    leaves: Leaves,
     table: Option<&Table>,
     level: u8,
     base: u64,
@@ -654,11 +707,11 @@ fn plan_map(
             Entry::Leaf { .. } => return Err(Stage2Error::Overlap(Ipa(s))),
             Entry::Table(_) => {
                 let child = table.map(|t| t.child(i));
-                need += plan_map(child, level + 1, eb, s, e, pa_s)?;
+                need += plan_map(leaves, child, level + 1, eb, s, e, pa_s)?;
             }
             Entry::Invalid => {
-                if !fits_leaf(level, eb, ee, s, e, pa_s) {
-                    need += 1 + plan_map(None, level + 1, eb, s, e, pa_s)?;
+                if !fits_leaf(leaves, level, eb, ee, s, e, pa_s) {
+                    need += 1 + plan_map(leaves, None, level + 1, eb, s, e, pa_s)?;
                 }
             }
         }
@@ -704,6 +757,8 @@ fn plan_change(table: &Table, level: u8, base: u64, start: u64, end: u64, change
 struct Writer<'a> {
     alloc: &'a dyn PageAllocator,
     pool: &'a mut Vec<DmaRegion>,
+    /// The leaves `map` writes.
+    leaves: Leaves,
     /// Invalidates a broken range between break and make.
     brk: &'a mut dyn FnMut(&TlbRange),
 }
@@ -750,7 +805,7 @@ impl Writer<'_> {
                     let child = table.child_mut(i);
                     self.map(child, level + 1, eb, s, e, pa_s, attrs, false);
                 }
-                Entry::Invalid if fits_leaf(level, eb, ee, s, e, pa_s) => {
+                Entry::Invalid if fits_leaf(self.leaves, level, eb, ee, s, e, pa_s) => {
                     table.mem.write(i, desc::leaf(PhysAddr(pa_s), attrs, level));
                     table.live += 1;
                 }

@@ -228,6 +228,34 @@ fn map_uses_the_largest_blocks_alignment_allows() {
 }
 
 #[test]
+fn a_space_of_pages_maps_even_aligned_gigabytes_page_by_page() {
+    let mem = FakeMemory::new();
+    let mut s2 = new_s2(&mem).with_leaves(Leaves::Pages);
+    let root = mem.pages_in_use();
+    // What blocks would map with one level-1 descriptor takes one level-2
+    // table and 512 level-3 tables, every page a level-3 leaf.
+    s2.map(&mem, Ipa(G1), PhysAddr(3 * G1), G1, S2Attrs::NORMAL_RW)
+        .unwrap();
+    assert_eq!(mem.pages_in_use(), root + 1 + 512);
+    for off in [0, K4, M2 - 8, M2, 0x12_3456, G1 - K4] {
+        assert_eq!(
+            s2.translate(Ipa(G1 + off)),
+            Some((PhysAddr(3 * G1 + off), S2Attrs::NORMAL_RW, 3)),
+            "offset {off:#x}"
+        );
+    }
+    assert_eq!(s2.translate(Ipa(G1 - K4)), None);
+    assert_eq!(s2.translate(Ipa(2 * G1)), None);
+    // Unmapping a page in the middle needs no split, and frees nothing.
+    let inv = s2.unmap(&mem, Ipa(G1 + M2), K4).unwrap();
+    assert_eq!(s2.translate(Ipa(G1 + M2)), None);
+    assert_eq!(s2.translate(Ipa(G1 + M2 + K4)).unwrap().2, 3);
+    release(inv, &mem);
+    assert_eq!(mem.pages_in_use(), root + 1 + 512);
+    destroy(s2, &mem);
+}
+
+#[test]
 fn map_rejects_bad_input_and_overlap_without_changing_anything() {
     let mem = FakeMemory::new();
     let mut s2 = new_s2(&mem);
@@ -720,6 +748,10 @@ fn check_page(s2: &Stage2, model: &Model, page: u64, seed: u64) {
         (None, None) => {}
         (Some(&(pa, attrs)), Some((gpa, gattrs, level))) => {
             assert_eq!((gpa, gattrs), (PhysAddr(pa + off), attrs), "page {page:#x}");
+            assert!(
+                s2.leaves == Leaves::Blocks || level == 3,
+                "page {page:#x}: a level-{level} block in a space of pages"
+            );
             if level < 3 {
                 let n = entry_size(level) / K4;
                 let first = page - page % n;
@@ -737,9 +769,9 @@ fn check_page(s2: &Stage2, model: &Model, page: u64, seed: u64) {
     }
 }
 
-fn run_ops(ops: Vec<Op>, sample_seed: u64) {
+fn run_ops(ops: Vec<Op>, leaves: Leaves, sample_seed: u64) {
     let mem = FakeMemory::new();
-    let mut s2 = new_s2(&mem);
+    let mut s2 = new_s2(&mem).with_leaves(leaves);
     let root = mem.pages_in_use();
     let mut model = Model::new();
     let mut rng = sample_seed | 1;
@@ -875,8 +907,13 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_ops_agree_with_the_model(ops in prop::collection::vec(op_strategy(), 1..16), seed in any::<u64>()) {
-        run_ops(ops, seed);
+    fn random_ops_agree_with_the_model(
+        ops in prop::collection::vec(op_strategy(), 1..16),
+        pages in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let leaves = if pages { Leaves::Pages } else { Leaves::Blocks };
+        run_ops(ops, leaves, seed);
     }
 
     #[test]
