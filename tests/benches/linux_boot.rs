@@ -4,8 +4,11 @@
 //! is printed. A third run of the same scenario reboots its guest once
 //! (`init.reboot=1`: `reboot -f` inside, PSCI SYSTEM_RESET), which times a
 //! restart (from the hypervisor's `restarting` line to the guest's init)
-//! against that run's own cold boot (VM start to init). Wall-clock times
-//! under TCG are noisy: only the ratios measured in one run mean anything.
+//! against that run's own cold boot (VM start to init). A fourth run boots
+//! the same scenario with its VM's CPU stage 2 in blocks (`[machine]
+//! cpu_stage2 = "blocks"`) rather than the default pages, and compares the
+//! guest's own boot. Wall-clock times under TCG are noisy: only the ratios
+//! measured in one run mean anything.
 //!
 //! `cargo bench -p scenario-tests --bench linux_boot` (needs `./hv build`
 //! and `guests/linux/fetch.sh` first; `./hv bench` does all of it).
@@ -84,12 +87,31 @@ fn hypervisor(words: &[(&str, &str)]) -> (Command, Option<PathBuf>) {
     (p.command, p.own_bundle)
 }
 
+/// Scenario `linux` with its CPU stage 2 in blocks, as a scenario file of
+/// this run's own (under `target/`), and the bundle it will be packed in.
+fn blocks_scenario() -> (PathBuf, PathBuf) {
+    let root = root();
+    let text = std::fs::read_to_string(root.join("guests/scenarios/linux.toml"))
+        .expect("guests/scenarios/linux.toml");
+    let text = text.replacen("[machine]\n", "[machine]\ncpu_stage2 = \"blocks\"\n", 1);
+    assert!(
+        text.contains("cpu_stage2"),
+        "linux.toml has no [machine] line"
+    );
+    let name = format!("linux-blocks-bench.{}", std::process::id());
+    let path = root.join("target").join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("cannot write the scenario");
+    (path, root.join(format!("target/bundles/{name}.bundle")))
+}
+
 fn main() {
     let smoke = std::env::args().any(|a| a == "--test");
     let runs = if smoke { 1 } else { 5 };
     let (mut bare_init, mut bare_total) = (vec![], vec![]);
     let (mut hyp_init, mut hyp_total, mut guest_part) = (vec![], vec![], vec![]);
     let (mut cold, mut restart) = (vec![], vec![]);
+    let mut blocks_part = vec![];
+    let (blocks_toml, blocks_bundle) = blocks_scenario();
     for i in 0..runs {
         let (seen, b) = time_marks(bare_qemu(), &[INIT]);
         let a = seen[0][0];
@@ -104,11 +126,26 @@ fn main() {
         }
         let first = nth(&seen, &marks, INIT, 0) - nth(&seen, &marks, VM_START, 0);
         let again = nth(&seen, &marks, INIT, 1) - nth(&seen, &marks, RESTART, 0);
+        let root = root();
+        let blocks = qemu_runner::prepare_run(
+            &root,
+            blocks_toml.to_str().unwrap(),
+            &[],
+            &[],
+            &qemu_runner::hyp_bin(&root),
+        )
+        .expect("scenario linux, blocks")
+        .command;
+        let marks = [VM_START, INIT];
+        let (seen, _) = time_marks(blocks, &marks);
+        let in_blocks = nth(&seen, &marks, INIT, 0) - nth(&seen, &marks, VM_START, 0);
         println!(
             "run {}: bare QEMU {a:.2} s to init ({b:.2} s total), hypervisor {c:.2} s to init ({d:.2} s total, VM started after {vm:.2} s); \
-             rebooting guest: VM start to init {first:.2} s, restart to init {again:.2} s",
+             rebooting guest: VM start to init {first:.2} s, restart to init {again:.2} s; \
+             CPU stage 2 in blocks: VM start to init {in_blocks:.2} s",
             i + 1
         );
+        blocks_part.push(in_blocks);
         bare_init.push(a);
         bare_total.push(b);
         hyp_init.push(c);
@@ -124,6 +161,9 @@ fn main() {
         median(&mut guest_part),
     );
     let (co, re) = (median(&mut cold), median(&mut restart));
+    let bp = median(&mut blocks_part);
+    let _ = std::fs::remove_file(&blocks_toml);
+    let _ = std::fs::remove_file(&blocks_bundle);
     println!(
         "linux boot to init (2 vCPUs, 512 MiB, cortex-a57, median of {runs}): bare QEMU {bi:.2} s, under the hypervisor {hi:.2} s, ratio {:.2}",
         hi / bi
@@ -139,5 +179,9 @@ fn main() {
     println!(
         "restart (reboot -f in the guest) to init: {re:.2} s, against the same runs' cold boot (VM start to init) {co:.2} s, ratio {:.2}; the restart includes parking the vCPUs, scrubbing the RAM and loading the images again",
         re / co
+    );
+    println!(
+        "the guest's own boot with its CPU stage 2 in blocks (cpu_stage2 = \"blocks\"): {bp:.2} s, against {gp:.2} s in pages (the default), ratio {:.2}",
+        bp / gp
     );
 }
