@@ -106,7 +106,7 @@ fn blocks_scenario() -> (PathBuf, PathBuf) {
 
 fn main() {
     let smoke = std::env::args().any(|a| a == "--test");
-    let runs = if smoke { 1 } else { 5 };
+    let runs = if smoke { 1 } else { 9 };
     let (mut bare_init, mut bare_total) = (vec![], vec![]);
     let (mut hyp_init, mut hyp_total, mut guest_part) = (vec![], vec![], vec![]);
     let (mut cold, mut restart) = (vec![], vec![]);

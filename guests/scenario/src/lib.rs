@@ -128,7 +128,8 @@ pub enum CpuStage2 {
     /// combined stage-1+2 TLB entry at the larger of the two stages' page
     /// sizes, and flushes a whole translation regime's TLB on a by-VA
     /// invalidation inside the span its large entries cover: with blocks,
-    /// each of a Linux guest's TLBI VAE1IS would empty it.
+    /// each TLBI VAE1IS of a guest that maps its memory with pages (Linux)
+    /// empties it.
     #[default]
     Pages,
     /// `"blocks"`: 1 GiB and 2 MiB blocks wherever alignment allows, as
