@@ -25,7 +25,9 @@
 //! neighbour configurations with stage-2 passthrough and the faulting one
 //! also with the fault-free one; for the neighbours the bench also prints
 //! the neighbour's commands per second and the faults the hypervisor
-//! counted.
+//! counted. Last, stage-2 passthrough with the VM's CPU stage 2 in blocks
+//! (`nvme-bench-blocks`) rather than the default pages, against bare QEMU
+//! and against the default.
 //!
 //! TCG timings are noisy: only ratios measured in one run mean anything.
 //! `cargo bench -p scenario-tests --bench nvme_read` after `./hv build` and
@@ -222,7 +224,7 @@ fn main() {
     let runs = if smoke { 1 } else { 5 };
     // (name, configuration, indices of the configurations it is compared
     // with)
-    let configs: [(&str, Config, &[usize]); 9] = [
+    let configs: [(&str, Config, &[usize]); 10] = [
         ("bare QEMU", Config::Bare { smmu: None }, &[]),
         (
             "bare QEMU + SMMUv3, strict",
@@ -263,6 +265,11 @@ fn main() {
             "stage-2 passthrough, neighbour's NVMe as busy without faults",
             Config::Neighbour { own_ram: true },
             &[3],
+        ),
+        (
+            "stage-2 passthrough, CPU stage 2 in blocks",
+            Config::Hypervisor("nvme-bench-blocks"),
+            &[0, 3],
         ),
     ];
     let runs_config =
