@@ -5,9 +5,9 @@
 //! (`init.reboot=1`: `reboot -f` inside, PSCI SYSTEM_RESET), which times a
 //! restart (from the hypervisor's `restarting` line to the guest's init)
 //! against that run's own cold boot (VM start to init). A fourth run boots
-//! the same scenario with its VM's CPU stage 2 in blocks (`[machine]
-//! cpu_stage2 = "blocks"`) rather than the default pages, and compares the
-//! guest's own boot. Wall-clock times under TCG are noisy: only the ratios
+//! scenario `linux-blocks`, the same with its VM's CPU stage 2 in blocks
+//! (`[machine] cpu_stage2 = "blocks"`) rather than the default pages, and
+//! compares the guest's own boot. Wall-clock times under TCG are noisy: only the ratios
 //! measured in one run mean anything.
 //!
 //! `cargo bench -p scenario-tests --bench linux_boot` (needs `./hv build`
@@ -78,30 +78,13 @@ fn bare_qemu() -> Command {
     scenario_tests::bare_linux_qemu(&[], "console=ttyAMA0 nokaslr panic=-1")
 }
 
-/// Scenario `linux` under the hypervisor, `words` added to its guest's
-/// command line; the bundle made for this run alone, if one was.
-fn hypervisor(words: &[(&str, &str)]) -> (Command, Option<PathBuf>) {
+/// `scenario` under the hypervisor, `words` added to its guest's command
+/// line; the bundle made for this run alone, if one was.
+fn hypervisor(scenario: &str, words: &[(&str, &str)]) -> (Command, Option<PathBuf>) {
     let root = root();
-    let p = qemu_runner::prepare_run(&root, "linux", &[], words, &qemu_runner::hyp_bin(&root))
-        .expect("scenario linux");
+    let p = qemu_runner::prepare_run(&root, scenario, &[], words, &qemu_runner::hyp_bin(&root))
+        .expect("scenario");
     (p.command, p.own_bundle)
-}
-
-/// Scenario `linux` with its CPU stage 2 in blocks, as a scenario file of
-/// this run's own (under `target/`), and the bundle it will be packed in.
-fn blocks_scenario() -> (PathBuf, PathBuf) {
-    let root = root();
-    let text = std::fs::read_to_string(root.join("guests/scenarios/linux.toml"))
-        .expect("guests/scenarios/linux.toml");
-    let text = text.replacen("[machine]\n", "[machine]\ncpu_stage2 = \"blocks\"\n", 1);
-    assert!(
-        text.contains("cpu_stage2"),
-        "linux.toml has no [machine] line"
-    );
-    let name = format!("linux-blocks-bench.{}", std::process::id());
-    let path = root.join("target").join(format!("{name}.toml"));
-    std::fs::write(&path, text).expect("cannot write the scenario");
-    (path, root.join(format!("target/bundles/{name}.bundle")))
 }
 
 fn main() {
@@ -111,33 +94,22 @@ fn main() {
     let (mut hyp_init, mut hyp_total, mut guest_part) = (vec![], vec![], vec![]);
     let (mut cold, mut restart) = (vec![], vec![]);
     let mut blocks_part = vec![];
-    let (blocks_toml, blocks_bundle) = blocks_scenario();
     for i in 0..runs {
         let (seen, b) = time_marks(bare_qemu(), &[INIT]);
         let a = seen[0][0];
         let marks = [VM_START, INIT];
-        let (seen, d) = time_marks(hypervisor(&[]).0, &marks);
+        let (seen, d) = time_marks(hypervisor("linux", &[]).0, &marks);
         let (vm, c) = (nth(&seen, &marks, VM_START, 0), nth(&seen, &marks, INIT, 0));
         let marks = [VM_START, INIT, RESTART];
-        let (cmd, bundle) = hypervisor(&[("linux", "init.reboot=1")]);
+        let (cmd, bundle) = hypervisor("linux", &[("linux", "init.reboot=1")]);
         let (seen, _) = time_marks(cmd, &marks);
         if let Some(b) = bundle {
             let _ = std::fs::remove_file(b);
         }
         let first = nth(&seen, &marks, INIT, 0) - nth(&seen, &marks, VM_START, 0);
         let again = nth(&seen, &marks, INIT, 1) - nth(&seen, &marks, RESTART, 0);
-        let root = root();
-        let blocks = qemu_runner::prepare_run(
-            &root,
-            blocks_toml.to_str().unwrap(),
-            &[],
-            &[],
-            &qemu_runner::hyp_bin(&root),
-        )
-        .expect("scenario linux, blocks")
-        .command;
         let marks = [VM_START, INIT];
-        let (seen, _) = time_marks(blocks, &marks);
+        let (seen, _) = time_marks(hypervisor("linux-blocks", &[]).0, &marks);
         let in_blocks = nth(&seen, &marks, INIT, 0) - nth(&seen, &marks, VM_START, 0);
         println!(
             "run {}: bare QEMU {a:.2} s to init ({b:.2} s total), hypervisor {c:.2} s to init ({d:.2} s total, VM started after {vm:.2} s); \
@@ -162,8 +134,6 @@ fn main() {
     );
     let (co, re) = (median(&mut cold), median(&mut restart));
     let bp = median(&mut blocks_part);
-    let _ = std::fs::remove_file(&blocks_toml);
-    let _ = std::fs::remove_file(&blocks_bundle);
     println!(
         "linux boot to init (2 vCPUs, 512 MiB, cortex-a57, median of {runs}): bare QEMU {bi:.2} s, under the hypervisor {hi:.2} s, ratio {:.2}",
         hi / bi

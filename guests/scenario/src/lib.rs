@@ -119,6 +119,14 @@ pub struct Machine {
     pub cpu_stage2: CpuStage2,
 }
 
+/// The value of a key that is one of a few names.
+pub trait Choice: Copy + 'static {
+    /// Every value.
+    const ALL: &'static [Self];
+    /// Its name in a scenario.
+    fn name(self) -> &'static str;
+}
+
 /// `cpu_stage2`: how the VMs' CPU stage-2 tables map guest memory. (The
 /// devices' tables, the SMMU's, always use the largest blocks alignment
 /// allows.)
@@ -137,13 +145,10 @@ pub enum CpuStage2 {
     Blocks,
 }
 
-impl CpuStage2 {
-    /// Every value, with its name in a scenario.
-    pub const ALL: [(CpuStage2, &'static str); 2] =
-        [(CpuStage2::Pages, "pages"), (CpuStage2::Blocks, "blocks")];
+impl Choice for CpuStage2 {
+    const ALL: &'static [Self] = &[Self::Pages, Self::Blocks];
 
-    /// Its name in a scenario.
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Self::Pages => "pages",
             Self::Blocks => "blocks",
@@ -163,15 +168,10 @@ pub enum MsiDelivery {
     ListRegisters,
 }
 
-impl MsiDelivery {
-    /// Every value, with its name in a scenario.
-    pub const ALL: [(MsiDelivery, &'static str); 2] = [
-        (MsiDelivery::Direct, "direct"),
-        (MsiDelivery::ListRegisters, "list-registers"),
-    ];
+impl Choice for MsiDelivery {
+    const ALL: &'static [Self] = &[Self::Direct, Self::ListRegisters];
 
-    /// Its name in a scenario.
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Self::Direct => "direct",
             Self::ListRegisters => "list-registers",
@@ -191,13 +191,10 @@ pub enum Lifecycle {
     Stop,
 }
 
-impl Lifecycle {
-    /// Every value, with its name in a scenario.
-    pub const ALL: [(Lifecycle, &'static str); 2] =
-        [(Lifecycle::Restart, "restart"), (Lifecycle::Stop, "stop")];
+impl Choice for Lifecycle {
+    const ALL: &'static [Self] = &[Self::Restart, Self::Stop];
 
-    /// Its name in a scenario.
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Self::Restart => "restart",
             Self::Stop => "stop",

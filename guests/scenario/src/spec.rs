@@ -9,9 +9,7 @@ use toml::Spanned;
 
 use crate::error::{ErrorKind, ScenarioError, Section};
 use crate::syntax::{line_of, vm_name};
-use crate::{
-    guest_layout, CpuStage2, Lifecycle, Machine, MsiDelivery, Scenario, VmSpec, GIC_VERSIONS,
-};
+use crate::{guest_layout, Choice, Lifecycle, Machine, Scenario, VmSpec, GIC_VERSIONS};
 
 /// Longest string value.
 pub const MAX_STRING: usize = 4096;
@@ -314,14 +312,8 @@ fn machine(text: &str, t: &DeTable<'_>, line: usize) -> Result<Machine, Scenario
         qemu_args: f.strings("qemu_args")?,
         bootargs: f.string("bootargs")?.unwrap_or_default(),
         gic_version: gic_version(&f)?,
-        msi_delivery: choice(
-            &f,
-            "msi_delivery",
-            &MsiDelivery::ALL,
-            "\"direct\" or \"list-registers\"",
-        )?,
-        cpu_stage2: choice(&f, "cpu_stage2", &CpuStage2::ALL, "\"pages\" or \"blocks\"")?
-            .unwrap_or_default(),
+        msi_delivery: choice(&f, "msi_delivery", "\"direct\" or \"list-registers\"")?,
+        cpu_stage2: choice(&f, "cpu_stage2", "\"pages\" or \"blocks\"")?.unwrap_or_default(),
     })
 }
 
@@ -343,19 +335,18 @@ fn gic_version(f: &Fields<'_, '_>) -> Result<u8, ScenarioError> {
         })
 }
 
-/// The value of the string key `key`, one of the names in `all` (`allowed`
-/// says them in an error); `None` without the key.
-fn choice<T: Copy>(
+/// The value of the string key `key`, one of `T`'s names (`allowed` says
+/// them in an error); `None` without the key.
+fn choice<T: Choice>(
     f: &Fields<'_, '_>,
     key: &'static str,
-    all: &[(T, &'static str)],
     allowed: &'static str,
 ) -> Result<Option<T>, ScenarioError> {
     let Some(v) = f.string(key)? else {
         return Ok(None);
     };
-    match all.iter().find(|(_, name)| *name == v) {
-        Some(&(c, _)) => Ok(Some(c)),
+    match T::ALL.iter().find(|c| c.name() == v) {
+        Some(&c) => Ok(Some(c)),
         None => {
             let line = f.get(key).map_or(f.line, |e| e.line);
             let kind = ErrorKind::BadChoice {
@@ -369,7 +360,7 @@ fn choice<T: Copy>(
 }
 
 fn lifecycle(f: &Fields<'_, '_>, key: &'static str) -> Result<Option<Lifecycle>, ScenarioError> {
-    choice(f, key, &Lifecycle::ALL, "\"restart\" or \"stop\"")
+    choice(f, key, "\"restart\" or \"stop\"")
 }
 
 fn vm(text: &str, t: &DeTable<'_>, line: usize, index: usize) -> Result<VmSpec, ScenarioError> {
@@ -487,6 +478,7 @@ pub(crate) fn from_document(text: &str, doc: &DeTable<'_>) -> Result<Scenario, S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{CpuStage2, MsiDelivery};
     use alloc::vec;
 
     const LINUX: &str = r#"# Linux with 2 vCPUs

@@ -11,7 +11,7 @@
 use alloc::string::String;
 use core::fmt::Write;
 
-use crate::{Machine, Scenario, VmSpec};
+use crate::{Choice, Machine, Scenario, VmSpec};
 
 impl Scenario {
     /// The scenario as text that [`Scenario::parse`] reads back as this

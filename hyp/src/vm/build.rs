@@ -42,6 +42,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use log::info;
 use scenario::guest_layout as layout;
+use scenario::Choice;
 use smmu::addr::{Ipa, StreamId, Vmid};
 use smmu::event::Event;
 use smmu::hw::PAGE_SIZE;

@@ -35,7 +35,8 @@ pub fn current_exit() -> Exit {
 }
 
 /// Handles a synchronous trap of `vm`'s vCPU `vcpu`, whose registers are in
-/// `frame`: `exit` ([`current_exit`]).
+/// `frame`: `exit` ([`current_exit`]). FAR_EL2 is read again only where a
+/// fault is injected, off the emulated-access path.
 pub fn handle_sync(
     vm: &Vm,
     vcpu: usize,
@@ -43,7 +44,6 @@ pub fn handle_sync(
     exit: Exit,
     m: &dyn Machine,
 ) -> Flow {
-    let far = arch::guest::far();
     let flow = match exit {
         Exit::WaitForInterrupt => {
             wait_for_interrupt(vm, vcpu, m);
@@ -66,10 +66,11 @@ pub fn handle_sync(
             Flow::Resume
         }
         Exit::DataAbort(Ok(access)) => {
-            data_abort(vm, vcpu, frame, &access, far, m);
+            data_abort(vm, vcpu, frame, &access, m);
             Flow::Resume
         }
         Exit::DataAbort(Err(why)) => {
+            let far = arch::guest::far();
             let ipa = (arch::guest::hpfar() >> 4 << 12) | (far & 0xfff);
             vm.report(
                 vcpu,
@@ -90,7 +91,7 @@ pub fn handle_sync(
                     "instruction fetch from IPA {ipa_page:#x} outside its memory and devices: external abort injected"
                 ),
             );
-            inject_instruction_abort(frame, far);
+            inject_instruction_abort(frame, arch::guest::far());
             Flow::Resume
         }
         Exit::Unknown { ec } => {
@@ -209,14 +210,7 @@ fn wait_for_interrupt(vm: &Vm, vcpu: usize, m: &dyn Machine) {
 /// A data access to an address the VM's stage 2 does not map: the device
 /// on its bus that claims the whole access emulates it, else the guest gets
 /// a synchronous external abort.
-fn data_abort(
-    vm: &Vm,
-    vcpu: usize,
-    frame: &mut TrapFrame,
-    a: &MmioAccess,
-    far: u64,
-    m: &dyn Machine,
-) {
+fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, a: &MmioAccess, m: &dyn Machine) {
     let Some((device, offset)) = vm.bus.find(a.ipa, a.size) else {
         let rw = if a.write { "write" } else { "read" };
         vm.report(
@@ -227,7 +221,7 @@ fn data_abort(
                 a.size, a.ipa
             ),
         );
-        inject_data_abort(frame, far, a.write);
+        inject_data_abort(frame, arch::guest::far(), a.write);
         return;
     };
     let ctx = AccessContext {

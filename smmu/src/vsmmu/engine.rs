@@ -70,9 +70,10 @@ pub trait PhysicalSmmu {
     /// submitted before it has completed.
     fn sync(&mut self) -> Result<(), Self::Error>;
     /// [`submit`](Self::submit) of `cmds` (if any) followed by
-    /// [`sync`](Self::sync), both attempted whatever the other does; a
-    /// physical SMMU may publish the commands and the CMD_SYNC with one
-    /// write of its queue's producer index. The first error is returned.
+    /// [`sync`](Self::sync); a physical SMMU may publish the commands and
+    /// the CMD_SYNC with one write of its queue's producer index. On an
+    /// error nothing is known to have completed (the default attempts the
+    /// sync whatever the submit did, and returns the first error).
     fn submit_sync(&mut self, cmds: &[Command]) -> Result<(), Self::Error> {
         let submitted = if cmds.is_empty() {
             Ok(())
@@ -288,29 +289,17 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
             match work {
                 CmdqWork::Submit(cmd) => batch.push(cmd),
                 CmdqWork::Reinstall(range) => {
-                    self.submit(&mut batch);
+                    self.forward(&mut batch, false);
                     self.reinstall(&range);
                 }
             }
         }
         let mut next = out.actions;
+        // The forwarded commands and the CMD_SYNC standing for the guest's
+        // go out together.
+        self.forward(&mut batch, out.sync);
         if out.sync {
-            // The forwarded commands and the CMD_SYNC standing for the
-            // guest's go out together.
-            self.stats.physical_commands += batch.len() as u64 + 1;
-            if let Err(e) = self.phys.submit_sync(&batch) {
-                // Completed anyway: what the guest asked for was submitted,
-                // the VM's stage 2 still bounds its devices, and a guest
-                // waiting forever would gain nothing.
-                self.failure(format_args!(
-                    "physical submit of {} commands and CMD_SYNC failed: {e}",
-                    batch.len()
-                ));
-            }
-            batch.clear();
             next.extend(self.dev.complete_sync());
-        } else {
-            self.submit(&mut batch);
         }
         if out.more {
             next.push(VsmmuAction::ProcessCommands);
@@ -318,16 +307,26 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
         next
     }
 
-    /// Submits and empties `batch`.
-    fn submit(&mut self, batch: &mut Vec<Command>) {
-        if batch.is_empty() {
+    /// Submits and empties `batch`, followed by a physical CMD_SYNC with
+    /// `sync`.
+    fn forward(&mut self, batch: &mut Vec<Command>, sync: bool) {
+        if batch.is_empty() && !sync {
             return;
         }
-        self.stats.physical_commands += batch.len() as u64;
-        if let Err(e) = self.phys.submit(batch) {
+        self.stats.physical_commands += batch.len() as u64 + u64::from(sync);
+        let sent = if sync {
+            self.phys.submit_sync(batch)
+        } else {
+            self.phys.submit(batch)
+        };
+        if let Err(e) = sent {
+            // A guest's CMD_SYNC completes anyway: what it asked for was
+            // submitted, the VM's stage 2 still bounds its devices, and a
+            // guest waiting forever would gain nothing.
             self.failure(format_args!(
-                "physical submit of {} commands failed: {e}",
-                batch.len()
+                "physical submit of {} commands{} failed: {e}",
+                batch.len(),
+                if sync { " and CMD_SYNC" } else { "" }
             ));
         }
         batch.clear();
