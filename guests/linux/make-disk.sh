@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p target/disks
 # One image per scenario that uses one, so scenarios can run side by side.
-for name in nvme nvme-intx nvme-gicv4 nvme-gicv4-reboot nvme-reboot isolation vsmmu-strict vsmmu-lazy vsmmu-reboot vsmmu-flood; do
+for name in nvme nvme-intx nvme-gicv4 nvme-gicv4-reboot nvme-reboot isolation vsmmu-strict vsmmu-lazy vsmmu-gicv4 vsmmu-reboot vsmmu-flood; do
     img=target/disks/$name.img
     head -c 4194304 < <(yes "smmuhyp: data prepared on the host for the passed-through NVMe disk") >"$img.new"
     truncate -s 16M "$img.new"

@@ -457,35 +457,41 @@ fn a_function_with_an_io_bar_is_refused() {
 
 /// Linux's own arm-smmu-v3 driver on the virtual SMMUv3: the NVMe sits in a
 /// translated IOMMU group, its stream is nested (guest stage 1 over the
-/// VM's stage 2), and checksummed I/O passes with invalidation mode `mode`.
+/// VM's stage 2), and checksummed I/O passes with invalidation mode `mode`
+/// (scenario `vsmmu-nvme-{mode}`, disk `vsmmu-{mode}.img`).
 fn vsmmu_linux_nvme(mode: &str) {
     let b = boot(&format!("vsmmu-nvme-{mode}"), &[], TIMEOUT);
+    nested_nvme_checked(&b, mode == "strict", &format!("vsmmu-{mode}"), &NVME_CHECKS);
+    b.assert_exit(0);
+}
+
+/// What every nested NVMe scenario shows: the guest's `arm-smmu-v3` in
+/// strict or lazy mode, the NVMe nested, `checks` passed, the data written
+/// to disk `target/disks/{disk}.img` the host reads back, MSI-X through the
+/// ITS whose doorbell the guest's own driver mapped in its stage 1 (the
+/// nested walk reaches the physical ITS), no SMMU event, a clean power-off.
+/// Returns the Linux VM's checks.
+fn nested_nvme_checked<'a>(b: &'a Boot, strict: bool, disk: &str, checks: &[&str]) -> Checks<'a> {
     b.expect("arm-smmu-v3 9050000.iommu: ias 40-bit, oas 40-bit");
     b.expect("iommu: Default domain type: Translated");
-    let policy = if mode == "strict" {
-        "strict mode"
-    } else {
-        "lazy mode"
-    };
+    let policy = if strict { "strict mode" } else { "lazy mode" };
     b.expect(&format!(
         "iommu: DMA domain TLB invalidation policy: {policy}"
     ));
     b.expect("nvme 0000:00:01.0: Adding to iommu group");
     b.expect("vSMMU: vsid 0x8 -> sid 0x8: nested (guest CD table at IPA");
     let linux = b.checks("linux");
-    linux.assert_all_passed(&NVME_CHECKS);
+    linux.assert_all_passed(checks);
     assert_eq!(
-        host_sha256(&format!("target/disks/vsmmu-{mode}.img"), 8, 4),
+        host_sha256(&format!("target/disks/{disk}.img"), 8, 4),
         guest_sha256(&linux)
     );
-    // The guest's own SMMU driver maps the ITS doorbell in its stage 1
-    // (iommu-dma); the nested walk reaches the physical ITS.
     // One vector for the admin queue, one per vCPU's I/O queue.
-    msix_through_its(&b, &linux, "nvme-interrupts", 3);
+    msix_through_its(b, &linux, "nvme-interrupts", 3);
     b.reject("SMMU event");
     b.reject("vSMMU: installing");
     b.expect("all VMs have stopped (all powered off cleanly)");
-    b.assert_exit(0);
+    linux
 }
 
 #[test]
@@ -496,6 +502,26 @@ fn vsmmu_linux_nvme_strict() {
 #[test]
 fn vsmmu_linux_nvme_lazy() {
     vsmmu_linux_nvme("lazy");
+}
+
+/// Nested (strict) on a GICv4: the NVMe's MSI-X writes go through the
+/// guest's stage 1 and the VM's stage 2 to the physical ITS, which turns
+/// them into virtual LPIs the GIC presents to the vCPUs: the hypervisor
+/// injects none of the interrupts of 1000 reads.
+#[test]
+fn vsmmu_linux_nvme_gicv4_direct_injection() {
+    let b = boot("vsmmu-nvme-gicv4", &[], TIMEOUT);
+    b.expect("MSI delivery: direct (GICv4: the fastest this GIC supports)");
+    b.expect(
+        "VM linux: MSIs delivered directly by the GIC: vPE 0 on CPU 0, vPE 1 on CPU 1; \
+         virtual LPI configuration and pending tables in hypervisor memory",
+    );
+    let linux = nested_nvme_checked(&b, true, "vsmmu-gicv4", &NVME_CHECKS_AND_COST);
+    let cost = msi_cost(&linux);
+    assert!(cost.interrupts >= cost.reads / 2, "{cost:?}");
+    assert_eq!(cost.injected, 0, "{cost:?}");
+    b.expect("MSIs delivered directly, 0 injected");
+    b.assert_exit(0);
 }
 
 /// A bare-metal guest programs its own vSMMU (stream table, CD, stage-1
