@@ -52,7 +52,7 @@ pub fn run(p: &Platform) -> Initialised {
         host.lock().register_pci(p, &fns);
     }
     let cpus = &p.cpus[..p.cpus.len().min(crate::vm::run::MAX_CPUS)];
-    if let Err(e) = its::init(p, cpus) {
+    if let Err(e) = its::init(p, cpus, msi_events(p, &fns)) {
         match e {
             its::ItsError::Absent => warn!("ITS: {e}: no MSIs"),
             _ => error!("ITS: {e}: no MSIs"),
@@ -62,19 +62,14 @@ pub fn run(p: &Platform) -> Initialised {
     let mut ok = true;
     if p.has_bootarg("selftest=dma") {
         let edu = fns.iter().find(|f| f.is_edu());
-        match (edu, iommu::get(), &p.pci) {
+        match (edu, iommu::get(), host_ecam(p)) {
             (None, _, _) => {
                 warn!("self-test: no edu device (add -device edu,dma_mask=0xffffffffff)")
             }
             (Some(f), None, _) => {
                 warn!("self-test: device assignment refused: edu {} stays unassigned, bus mastering off", f.bdf)
             }
-            (Some(f), Some(host), Some(pci_host)) => {
-                // SAFETY: the ECAM region from the DTB was mapped as a device
-                // by boot::map_everything.
-                let ecam = unsafe {
-                    pci::Ecam::new(pci_host.ecam.base, pci_host.ecam.size, pci_host.bus_range.0)
-                };
+            (Some(f), Some(host), Some(ecam)) => {
                 ok = selftest::dma::run(&mut host.lock(), &ecam, f);
                 for other in fns.iter().filter(|o| o.is_edu() && o.bdf != f.bdf) {
                     ok &= selftest::dma::probe_unowned(&mut host.lock(), &ecam, other);
@@ -164,11 +159,30 @@ fn deliberate_fault() {
     warn!("read {v:#x} from an unmapped address: the EL2 map is wrong");
 }
 
+/// The configuration space (ECAM) of `p`'s PCI host bridge, if it has one.
+fn host_ecam(p: &Platform) -> Option<pci::Ecam> {
+    let host = p.pci.as_ref()?;
+    // SAFETY: the ECAM region from the DTB was mapped as a device by
+    // boot::map_everything; the hypervisor alone accesses it.
+    Some(unsafe { pci::Ecam::new(host.ecam.base, host.ecam.size, host.bus_range.0) })
+}
+
+/// The MSI and MSI-X events the functions `fns` can signal (each as many
+/// as a grant can give it): what the physical ITS needs LPIs for.
+fn msi_events(p: &Platform, fns: &[pci::Function]) -> u32 {
+    let Some(ecam) = host_ecam(p) else {
+        return 0;
+    };
+    fns.iter()
+        .filter(|f| f.refused.is_none())
+        .filter_map(|f| pci::message_signalled(&ecam, f.bdf))
+        .map(|m| m.events().min(1 << crate::vdev::vits::EVENT_ID_BITS))
+        .fold(0u32, u32::saturating_add)
+}
+
 /// Enumerates PCI on `p`.
 fn enumerate_pci(p: &Platform) -> Option<Vec<pci::Function>> {
     let host = p.pci.as_ref()?;
-    // SAFETY: the ECAM region from the DTB was mapped as a device in
-    // map_everything.
-    let ecam = unsafe { pci::Ecam::new(host.ecam.base, host.ecam.size, host.bus_range.0) };
+    let ecam = host_ecam(p)?;
     Some(pci::enumerate(&ecam, host))
 }

@@ -42,7 +42,8 @@
 //! the guest fetch (`./hv bench` does it all); `-- --test` runs each
 //! configuration once with short workloads; other arguments choose the
 //! configurations whose names contain one of them (`-- "stage-2
-//! passthrough"`: the stage-2 ones).
+//! passthrough"`: the stage-2 ones); `--rounds=N` runs N rounds instead of
+//! 5.
 
 use scenario_tests::{boot_with_cmdline_typing, median, TIMEOUT};
 use std::path::PathBuf;
@@ -229,7 +230,12 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let runs = if smoke { 1 } else { 5 };
+    // --rounds=N: more rounds narrow the medians on a noisy host.
+    let rounds = std::env::args().find_map(|a| {
+        a.strip_prefix("--rounds=")
+            .map(|n| n.parse::<usize>().expect("--rounds=N takes a number"))
+    });
+    let runs = if smoke { 1 } else { rounds.unwrap_or(5).max(1) };
     // (name, configuration, indices of the configurations it is compared
     // with)
     let configs: [(&str, Config, &[usize]); 12] = [

@@ -108,6 +108,7 @@ const NVME_CHECKS_AND_COST: [&str; 6] = [
 #[test]
 fn linux_nvme_passthrough() {
     let b = boot_with_cmdline("linux-nvme", &[("linux", "nvme.msi_reads=500")], TIMEOUT);
+    b.expect("2 of 2 CPUs take LPIs 8192..=16383;");
     b.expect("VM linux: PCI 00:01.0 (sid 0x8) assigned as 00:01.0, INTx -> guest INTID 40");
     // The guest's own NVMe driver binds the device behind the virtual bridge.
     b.expect("nvme nvme0: pci function 0000:00:01.0");
@@ -437,6 +438,19 @@ fn scenario_conflict_refused() {
     b.assert_silent("one");
     b.assert_silent("two");
     b.assert_exit(1);
+}
+
+/// The physical LPIs are as many as the machine's functions can signal,
+/// at least 8192: NVMe controllers with 2048 MSI-X vectors each need
+/// 10240, so 15 INTID bits; one NVMe with its 65 (`linux-nvme`) leaves the
+/// fewest, 14.
+#[test]
+fn physical_lpis_are_sized_for_the_functions() {
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/lpi-sizing.toml");
+    let b = boot(scenario, &[], TIMEOUT);
+    b.expect("1 of 1 CPUs take LPIs 8192..=32767;");
+    b.expect("hyp: all done, powering off");
+    b.assert_exit(0);
 }
 
 /// A function with an I/O BAR (QEMU's pci-testdev) is not assigned at

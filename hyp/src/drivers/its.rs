@@ -66,7 +66,8 @@ use spin::{Mutex, Once};
 /// by the CPU interface's priority mask (ICC_PMR_EL1 = 0xff).
 const LPI_PRIORITY: u8 = 0xa0;
 /// INTID bits used for LPIs at most: 57344 LPIs, a 56 KiB configuration
-/// table and 8 KiB pending tables.
+/// table and 8 KiB pending tables. Fewer are used when fewer do
+/// ([`lpi::id_bits_for`] the events of the machine's functions).
 const MAX_LPI_ID_BITS: u32 = 16;
 /// The command queue: 2048 commands, 64 KiB aligned as GITS_CBASER wants.
 const QUEUE_BYTES: usize = 64 * 1024;
@@ -409,10 +410,12 @@ fn direct_injection(
 
 /// Brings the ITS up for the physical CPUs `cpus` (MPIDRs, index = CPU
 /// index): LPI tables on their redistributors, the ITS's tables and queue,
-/// one collection per CPU. Reports what it did or why not.
-pub fn init(p: &Platform, cpus: &[u64]) -> Result<&'static Mutex<Its>, ItsError> {
+/// one collection per CPU; LPIs enough for `events` (the events the
+/// machine's functions can signal), at least 8192. Reports what it did or
+/// why not.
+pub fn init(p: &Platform, cpus: &[u64], events: u32) -> Result<&'static Mutex<Its>, ItsError> {
     let node = p.gic.its.as_ref().ok_or(ItsError::Absent)?;
-    let its = Its::new(p, node, cpus)?;
+    let its = Its::new(p, node, cpus, events)?;
     info!(
         "ITS at {:#x} (GITS_IIDR {:#x}): {} DeviceID bits ({} in the device table), {} EventID bits, \
          ITT entries of {} bytes, RDbase by {}; {} of {} CPUs take LPIs {}..={}; \
@@ -446,7 +449,7 @@ pub fn init(p: &Platform, cpus: &[u64]) -> Result<&'static Mutex<Its>, ItsError>
 }
 
 impl Its {
-    fn new(p: &Platform, node: &ItsNode, cpus: &[u64]) -> Result<Self, ItsError> {
+    fn new(p: &Platform, node: &ItsNode, cpus: &[u64], events: u32) -> Result<Self, ItsError> {
         // SAFETY: the ITS's two frames from the DTB, mapped as a device by
         // boot::map_everything; nothing but this driver programs them.
         let regs = unsafe { Frame::new(node.regs.base, node.regs.size as usize) };
@@ -460,7 +463,8 @@ impl Its {
         let id_bits = gic::lpi_id_bits()
             .filter(|&b| b >= lpi::MIN_ID_BITS)
             .ok_or(ItsError::NoLpis)?
-            .min(MAX_LPI_ID_BITS);
+            .min(MAX_LPI_ID_BITS)
+            .min(lpi::id_bits_for(events));
         quiesce(&regs)?;
 
         // The redistributors' LPI tables.

@@ -18,6 +18,22 @@ use tock_registers::{register_bitfields, LocalRegisterCopy};
 /// at least 14 when LPIs are supported, so 8192 LPIs).
 pub const MIN_ID_BITS: u32 = 14;
 
+/// The fewest INTID bits (at least [`MIN_ID_BITS`]) whose LPIs, 8192 up,
+/// number at least `lpis`.
+///
+/// The LPI tables are sized by this, not by the most the GIC allows: an
+/// LPI configuration table and pending tables four or eight times the size
+/// cost memory, and an emulated redistributor may walk the whole pending
+/// table when an LPI is acknowledged (QEMU's does, a byte at a time: 7 KiB
+/// for 16-bit INTIDs, 1 KiB for 14).
+pub fn id_bits_for(lpis: u32) -> u32 {
+    let mut bits = MIN_ID_BITS;
+    while bits < 32 && (1u64 << bits) - u64::from(LPI_BASE) < u64::from(lpis) {
+        bits += 1;
+    }
+    bits
+}
+
 /// A physical LPI the hypervisor allocated: its INTID, 8192 or above.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Lpi(u32);
@@ -314,6 +330,29 @@ mod tests {
         assert_eq!(v & 0x000f_ffff_ffff_0000, 0x4123_0000, "PA [51:16]");
         assert_ne!(v & 1 << 62, 0, "PTZ [62]");
         assert_eq!(v & 0xf07f, 0, "RES0 bits [6:0] and [15:12]");
+    }
+
+    #[test]
+    fn id_bits_cover_the_lpis_asked_for_and_no_more() {
+        assert_eq!(id_bits_for(0), MIN_ID_BITS);
+        assert_eq!(id_bits_for(65), MIN_ID_BITS);
+        assert_eq!(id_bits_for(8192), 14, "8192..16383");
+        assert_eq!(id_bits_for(8193), 15);
+        assert_eq!(id_bits_for(24576), 15, "8192..32767");
+        assert_eq!(id_bits_for(24577), 16);
+        assert_eq!(id_bits_for(u32::MAX), 32);
+        for lpis in [1, 100, 8192, 9000, 30000, 60000, 1 << 20] {
+            let bits = id_bits_for(lpis);
+            let count = |b: u32| (1u64 << b) - u64::from(LPI_BASE);
+            assert!(
+                count(bits) >= u64::from(lpis),
+                "{lpis}: {bits} bits too few"
+            );
+            assert!(
+                bits == MIN_ID_BITS || count(bits - 1) < u64::from(lpis),
+                "{lpis}: {bits} bits more than needed"
+            );
+        }
     }
 
     #[test]

@@ -28,8 +28,8 @@ use smmu::addr::PhysAddr;
 use tock_registers::{register_bitfields, LocalRegisterCopy};
 
 /// vINTID bits the hypervisor's virtual LPI tables cover: those of the
-/// vGIC's LPIs (16: INTIDs up to 65535), so every guest LPI has a byte.
-pub const ID_BITS: u32 = 16;
+/// vGIC's LPIs (14: INTIDs up to 16383), so every guest LPI has a byte.
+pub const ID_BITS: u32 = 14;
 
 /// vPE ID bits of the vPE table the hypervisor gives the ITS (VMAPP's
 /// vPEID is 16 bits).
@@ -313,12 +313,14 @@ mod tests {
 
     #[test]
     fn table_sizes_and_alignment() {
-        // 16 vINTID bits: 56 KiB of configuration, 8 KiB pending per vPE.
-        assert_eq!(config_table_bytes(ID_BITS), 57344);
-        assert_eq!(pending_table_bytes(ID_BITS), 8192);
+        // 14 vINTID bits: 8 KiB of configuration, 2 KiB pending per vPE.
+        assert_eq!(config_table_bytes(ID_BITS), 8192);
+        assert_eq!(pending_table_bytes(ID_BITS), 2048);
+        assert_eq!(config_table_bytes(16), 57344);
+        assert_eq!(pending_table_bytes(16), 8192);
         assert_eq!(PENDING_TABLE_ALIGN, 64 * 1024);
-        assert_eq!(vpt_size(ID_BITS), 15, "VPT_size = bits - 1");
-        assert_eq!(vpt_size(14), 13);
+        assert_eq!(vpt_size(ID_BITS), 13, "VPT_size = bits - 1");
+        assert_eq!(vpt_size(16), 15);
         assert_eq!(
             pending_bit(8192),
             (1024, 1),
@@ -347,7 +349,7 @@ mod tests {
             Shareability::InnerShareable,
             Cacheability::RaWaWb,
         );
-        assert_eq!(v & 0x1f, 15, "IDbits [4:0] = bits - 1");
+        assert_eq!(v & 0x1f, 13, "IDbits [4:0] = bits - 1");
         assert_eq!(v >> 7 & 7, 7, "InnerCache [9:7]");
         assert_eq!(v >> 10 & 3, 1, "Shareability [11:10]");
         assert_eq!(v & 0x000f_ffff_ffff_f000, 0x4567_8000, "PA [51:12]");
@@ -398,8 +400,8 @@ mod tests {
         assert!(s.is_stale(8200, 0) && s.is_stale(9000, 1));
         // No byte for these: never stale, and nothing panics.
         s.changed(8191);
-        s.changed(1 << 16);
-        assert!(!s.is_stale(8191, 0) && !s.is_stale(1 << 16, 0));
+        s.changed(1 << ID_BITS);
+        assert!(!s.is_stale(8191, 0) && !s.is_stale(1 << ID_BITS, 0));
         assert!(!s.is_stale(8200, 3) && !s.is_stale(8200, 100), "not a vCPU");
         s.refreshed(u32::MAX, usize::MAX);
     }
@@ -409,7 +411,7 @@ mod tests {
         assert_eq!(StaleConfigs::new(0).unwrap_err(), VlpiError::Vpes(0));
         assert_eq!(StaleConfigs::new(9).unwrap_err(), VlpiError::Vpes(9));
         let mut s = StaleConfigs::new(8).unwrap();
-        s.changed(65535);
-        assert!((0..8).all(|v| s.is_stale(65535, v)));
+        s.changed(16383);
+        assert!((0..8).all(|v| s.is_stale(16383, v)));
     }
 }

@@ -36,10 +36,18 @@ use smmu::addr::Ipa;
 /// The first LPI INTID (§2.2).
 pub const FIRST_LPI: u32 = 8192;
 
-/// INTID bits of a vGIC with LPIs: INTIDs up to 2^16 - 1, the most that
-/// Linux's ITS driver uses (its `ITS_MAX_LPI_NRBITS`) and that the vITS's
-/// 32-bit pINTID field can name many times over.
-pub const LPI_ID_BITS: u32 = 16;
+/// INTID bits of a vGIC with LPIs: 14, the fewest a GIC with LPIs has
+/// (GICD_TYPER.IDbits = 13): 8192 LPIs, INTIDs 8192 to 16383, four times
+/// what the vITS lets one device signal (2048 events). More would only
+/// make tables larger: the virtual LPI tables of direct delivery have a
+/// byte and a bit for each INTID, and an emulated GIC that walks the whole
+/// virtual pending table on each acknowledge (QEMU's GICv4 does, a byte at
+/// a time) walks 1 KiB for 14 bits and 7 KiB for 16.
+pub const LPI_ID_BITS: u32 = 14;
+
+// Direct delivery gives every guest LPI a byte and a bit in the virtual
+// LPI tables.
+const _: () = assert!(crate::gicv3::vlpi::ID_BITS >= LPI_ID_BITS);
 
 /// GICR_PROPBASER fields kept: OuterCache \[58:56\], Physical_Address
 /// \[51:12\], Shareability \[11:10\], InnerCache \[9:7\], IDbits \[4:0\].
@@ -501,9 +509,10 @@ mod tests {
         );
         g.enable_lpis();
         assert_eq!(g.map_lpi(8191, 0, ON), Err(VgicError::InvalidIntid));
+        assert_eq!(g.map_lpi(1 << 14, 0, ON), Err(VgicError::InvalidIntid));
         assert_eq!(g.map_lpi(1 << 16, 0, ON), Err(VgicError::InvalidIntid));
         assert_eq!(g.map_lpi(8192, 2, ON), Err(VgicError::InvalidVcpu));
-        assert!(g.map_lpi((1 << 16) - 1, 1, ON).is_ok());
+        assert!(g.map_lpi((1 << 14) - 1, 1, ON).is_ok());
     }
 
     #[test]
