@@ -814,7 +814,7 @@ fn its_hostile() -> VitsSeed {
             mapti(1, 2, 8200, 0),
             mapti(0x20, 0, 8200, 0),
             mapti(0x20, 1, 8201, 0),
-            mapti(1, 0, 20000, 1),
+            mapti(1, 0, 16000, 1),
             mapti(1, 1, 1023, 1),
         ]),
         vits::Op::RefuseMaps(true),

@@ -679,7 +679,7 @@ impl World {
         let skipped = setup.skip;
         let s = move |bit: u8| skipped & bit == 0;
         if s(skip::LPIS) {
-            vgic.enable_lpis();
+            vgic.enable_lpis(hyp::vgic::lpi::LPI_ID_BITS);
         }
         if s(skip::GROUP1) {
             let _ = vgic.dist_write(0, 4, 0x12); // ARE | EnableGrp1

@@ -247,7 +247,7 @@ impl GuestHarness {
         };
         let mpidrs: Vec<u64> = (0..VCPUS as u64).collect();
         let mut vgic = VGic::new(&mpidrs, 32).expect("a 2-vCPU vGIC");
-        vgic.enable_lpis();
+        vgic.enable_lpis(crate::vdev::vgic::lpi::LPI_ID_BITS);
         let mut vm = Vm::new(
             String::from("t"),
             0,

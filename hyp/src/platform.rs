@@ -523,6 +523,13 @@ impl Platform {
     pub fn has_bootarg(&self, word: &str) -> bool {
         self.bootargs.split_whitespace().any(|w| w == word)
     }
+
+    /// The value of boot argument `key=value` (the first one), if given.
+    pub fn bootarg(&self, key: &str) -> Option<&str> {
+        self.bootargs
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    }
 }
 
 #[cfg(test)]
@@ -560,6 +567,11 @@ mod tests {
         p.bootargs = "console=x selftest=dma".into();
         assert!(p.has_bootarg("selftest=dma"));
         assert!(!p.has_bootarg("selftest"));
+        assert_eq!(p.bootarg("selftest"), Some("dma"));
+        assert_eq!(p.bootarg("self"), None, "a whole key");
+        assert_eq!(p.bootarg("lpi_id_bits"), None);
+        p.bootargs = "lpi_id_bits=16 lpi_id_bits=15 lpi_id_bits".into();
+        assert_eq!(p.bootarg("lpi_id_bits"), Some("16"), "the first");
         assert_eq!(p.gic.dist.base, 0x0800_0000);
         let its = p.gic.its.as_ref().expect("ITS");
         assert_eq!(

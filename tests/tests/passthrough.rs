@@ -453,6 +453,22 @@ fn physical_lpis_are_sized_for_the_functions() {
     b.assert_exit(0);
 }
 
+/// `lpi_id_bits=16` sizes the LPI tables for 16-bit INTIDs, as bare
+/// Linux does (the like-for-like benchmark configurations); a value
+/// outside 14 to 16 is ignored, with a warning.
+#[test]
+fn lpi_id_bits_on_the_command_line() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/");
+    let b = boot(&format!("{dir}lpi-bits-16.toml"), &[], TIMEOUT);
+    b.expect("LPIs: INTIDs of 16 bits (lpi_id_bits=16)");
+    b.expect("1 of 1 CPUs take LPIs 8192..=65535;");
+    b.assert_exit(0);
+    let b = boot(&format!("{dir}lpi-bits-bad.toml"), &[], TIMEOUT);
+    b.expect("lpi_id_bits=24 ignored: 14 to 16 INTID bits");
+    b.expect("1 of 1 CPUs take LPIs 8192..=16383;");
+    b.assert_exit(0);
+}
+
 /// A function with an I/O BAR (QEMU's pci-testdev) is not assigned at
 /// all: guests get no port I/O, and a half-working device is worse than
 /// none. One line says why, and no guest starts.

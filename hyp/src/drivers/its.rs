@@ -65,10 +65,6 @@ use spin::{Mutex, Once};
 /// Priority of every LPI the hypervisor maps: the SPIs' priority, unmasked
 /// by the CPU interface's priority mask (ICC_PMR_EL1 = 0xff).
 const LPI_PRIORITY: u8 = 0xa0;
-/// INTID bits used for LPIs at most: 57344 LPIs, a 56 KiB configuration
-/// table and 8 KiB pending tables. Fewer are used when fewer do
-/// ([`lpi::id_bits_for`] the events of the machine's functions).
-const MAX_LPI_ID_BITS: u32 = 16;
 /// The command queue: 2048 commands, 64 KiB aligned as GITS_CBASER wants.
 const QUEUE_BYTES: usize = 64 * 1024;
 /// Polls of GITS_CREADR (and of GITS_CTLR.Quiescent), 1 µs apart.
@@ -150,8 +146,9 @@ pub enum NoDirect {
     ItsHasNoVirtualLpis,
     /// The redistributor of this physical CPU has GICR_TYPER.VLPIS = 0.
     RedistributorHasNoVirtualLpis(usize),
-    /// The GIC's INTIDs are too few for the vGIC's LPIs (GICD_TYPER.IDbits).
-    IdBits(u32),
+    /// The GIC's INTIDs (GICD_TYPER.IDbits), too few for the vGICs' LPIs
+    /// (the second).
+    IdBits(u32, u32),
     /// No GITS_BASER<n> is of type vPEs, or its table cannot be built.
     NoVpeTable,
 }
@@ -166,11 +163,9 @@ impl fmt::Display for NoDirect {
                 f,
                 "the redistributor of physical CPU {cpu} has no virtual LPIs (GICR_TYPER.VLPIS = 0)"
             ),
-            Self::IdBits(bits) => write!(
-                f,
-                "the GIC has {bits} INTID bits, virtual LPIs need {}",
-                vlpi::ID_BITS
-            ),
+            Self::IdBits(bits, need) => {
+                write!(f, "the GIC has {bits} INTID bits, virtual LPIs need {need}")
+            }
             Self::NoVpeTable => f.write_str("the ITS has no usable vPE table (GITS_BASER<n>)"),
         }
     }
@@ -337,6 +332,9 @@ pub struct Its {
     _tables: Vec<DmaRegion>,
     /// GICv4 direct injection, or why there is none.
     virt: Result<Virtual, NoDirect>,
+    /// INTID bits of the VMs' LPIs: what their vGICs offer, and what
+    /// their virtual LPI tables cover.
+    guest_id_bits: u32,
 }
 
 impl fmt::Debug for Its {
@@ -381,11 +379,12 @@ fn max_device_id(p: &Platform, node: &ItsNode) -> u32 {
 /// Whether virtual LPIs can be injected directly to vPEs on the physical
 /// CPUs `cpus` that take LPIs (those with a collection): the ITS has them,
 /// every such CPU's redistributor has them, and the GIC's INTIDs cover the
-/// vGIC's LPIs. The vPE table is sized later.
+/// vGICs' LPIs (`guest_id_bits`). The vPE table is sized later.
 fn direct_injection(
     typer: &Typer,
     cpus: &[u64],
     collections: &[Option<RdBase>],
+    guest_id_bits: u32,
 ) -> Result<Virtual, NoDirect> {
     if !typer.virtual_lpis {
         return Err(NoDirect::ItsHasNoVirtualLpis);
@@ -396,8 +395,8 @@ fn direct_injection(
         }
     }
     match gic::lpi_id_bits() {
-        Some(bits) if bits >= vlpi::ID_BITS => {}
-        other => return Err(NoDirect::IdBits(other.unwrap_or(0))),
+        Some(bits) if bits >= guest_id_bits => {}
+        other => return Err(NoDirect::IdBits(other.unwrap_or(0), guest_id_bits)),
     }
     Ok(Virtual {
         vpe_ids: 0,
@@ -411,11 +410,17 @@ fn direct_injection(
 /// Brings the ITS up for the physical CPUs `cpus` (MPIDRs, index = CPU
 /// index): LPI tables on their redistributors, the ITS's tables and queue,
 /// one collection per CPU; LPIs enough for `events` (the events the
-/// machine's functions can signal), at least 8192. Reports what it did or
-/// why not.
-pub fn init(p: &Platform, cpus: &[u64], events: u32) -> Result<&'static Mutex<Its>, ItsError> {
+/// machine's functions can signal), at least 8192. The LPI tables have
+/// INTIDs of at least `id_bits` bits (14 to 16), the VMs' LPIs exactly
+/// that many. Reports what it did or why not.
+pub fn init(
+    p: &Platform,
+    cpus: &[u64],
+    events: u32,
+    id_bits: u32,
+) -> Result<&'static Mutex<Its>, ItsError> {
     let node = p.gic.its.as_ref().ok_or(ItsError::Absent)?;
-    let its = Its::new(p, node, cpus, events)?;
+    let its = Its::new(p, node, cpus, events, id_bits)?;
     info!(
         "ITS at {:#x} (GITS_IIDR {:#x}): {} DeviceID bits ({} in the device table), {} EventID bits, \
          ITT entries of {} bytes, RDbase by {}; {} of {} CPUs take LPIs {}..={}; \
@@ -449,7 +454,13 @@ pub fn init(p: &Platform, cpus: &[u64], events: u32) -> Result<&'static Mutex<It
 }
 
 impl Its {
-    fn new(p: &Platform, node: &ItsNode, cpus: &[u64], events: u32) -> Result<Self, ItsError> {
+    fn new(
+        p: &Platform,
+        node: &ItsNode,
+        cpus: &[u64],
+        events: u32,
+        id_bits: u32,
+    ) -> Result<Self, ItsError> {
         // SAFETY: the ITS's two frames from the DTB, mapped as a device by
         // boot::map_everything; nothing but this driver programs them.
         let regs = unsafe { Frame::new(node.regs.base, node.regs.size as usize) };
@@ -460,11 +471,12 @@ impl Its {
         if !typer.physical {
             return Err(ItsError::NoPhysicalLpis);
         }
+        let guest_id_bits = id_bits.clamp(lpi::MIN_ID_BITS, lpi::MAX_ID_BITS);
         let id_bits = gic::lpi_id_bits()
             .filter(|&b| b >= lpi::MIN_ID_BITS)
             .ok_or(ItsError::NoLpis)?
-            .min(MAX_LPI_ID_BITS)
-            .min(lpi::id_bits_for(events));
+            .min(lpi::MAX_ID_BITS)
+            .min(lpi::id_bits_for(events).max(guest_id_bits));
         quiesce(&regs)?;
 
         // The redistributors' LPI tables.
@@ -526,7 +538,7 @@ impl Its {
         if collections.iter().all(Option::is_none) {
             return Err(ItsError::NoLpis);
         }
-        let mut virt = direct_injection(&typer, cpus, &collections);
+        let mut virt = direct_injection(&typer, cpus, &collections, guest_id_bits);
 
         // The ITS's tables: devices, and collections if it wants memory
         // for them; any other table stays invalid.
@@ -609,6 +621,7 @@ impl Its {
             devices: BTreeMap::new(),
             _tables: tables,
             virt,
+            guest_id_bits,
         };
         arch::dsb_st();
         let ctlr = its.regs.r32(gits::CTLR);
@@ -887,6 +900,13 @@ impl Its {
             .map_err(|e| ItsError::NoDirectInjection(*e))
     }
 
+    /// INTID bits of the VMs' LPIs: what their vGICs offer
+    /// ([`VGic::enable_lpis`](crate::vdev::vgic::VGic::enable_lpis)), and
+    /// what their virtual LPI tables cover.
+    pub fn guest_lpi_id_bits(&self) -> u32 {
+        self.guest_id_bits
+    }
+
     /// Gives a VM whose vCPUs run on physical CPUs `cpus` (by vCPU) one vPE
     /// per vCPU, mapped with VMAPP to the redistributor of its physical
     /// CPU, each with a zeroed virtual pending table, and a virtual LPI
@@ -904,7 +924,7 @@ impl Its {
         }
         let config = table_mem(
             "a virtual LPI configuration table",
-            vlpi::config_table_bytes(vlpi::ID_BITS),
+            vlpi::config_table_bytes(self.guest_id_bits),
             PAGE_SIZE,
         )?;
         let disabled = u64::from_ne_bytes([vlpi::DISABLED; 8]);
@@ -914,7 +934,7 @@ impl Its {
         arch::clean_inval_dcache(config.pa().raw(), config.len());
         let vpropbaser = vlpi::vpropbaser(
             config.pa(),
-            vlpi::ID_BITS,
+            self.guest_id_bits,
             Shareability::InnerShareable,
             Cacheability::RaWaWb,
         );
@@ -924,7 +944,7 @@ impl Its {
         for (&cpu, &target) in cpus.iter().zip(&targets) {
             let vpt = table_mem(
                 "a virtual pending table",
-                vlpi::pending_table_bytes(vlpi::ID_BITS),
+                vlpi::pending_table_bytes(self.guest_id_bits),
                 vlpi::PENDING_TABLE_ALIGN,
             )?;
             let v = self.virt()?;
@@ -936,7 +956,7 @@ impl Its {
                     target,
                     VptRef {
                         pa: vpt.pa(),
-                        size: vlpi::vpt_size(vlpi::ID_BITS),
+                        size: vlpi::vpt_size(self.guest_id_bits),
                     },
                 )),
             });
@@ -1067,8 +1087,8 @@ impl Its {
         }
     }
 
-    fn check_vintid(vintid: u32) -> Result<(), ItsError> {
-        if (LPI_BASE..1 << vlpi::ID_BITS).contains(&vintid) {
+    fn check_vintid(&self, vintid: u32) -> Result<(), ItsError> {
+        if (LPI_BASE..1 << self.guest_id_bits).contains(&vintid) {
             Ok(())
         } else {
             Err(ItsError::BadVintid(vintid))
@@ -1088,7 +1108,7 @@ impl Its {
         inv: bool,
     ) -> Result<(), ItsError> {
         self.check_vpe(vpe)?;
-        Self::check_vintid(vintid)?;
+        self.check_vintid(vintid)?;
         self.unmapped_event(device, event)?;
         let vmapti = Command::Vmapti {
             device,
@@ -1155,7 +1175,7 @@ impl Its {
         vintid: u32,
         byte: u8,
     ) -> Result<u8, ItsError> {
-        Self::check_vintid(vintid)?;
+        self.check_vintid(vintid)?;
         let config = self
             .virt()?
             .tables
@@ -1189,7 +1209,7 @@ impl Its {
     /// as memory holds it (the vPE must not be resident: a resident vPE's
     /// redistributor may keep its pending state to itself).
     pub fn vlpi_pending(&mut self, vpe: VpeId, vintid: u32) -> Result<bool, ItsError> {
-        Self::check_vintid(vintid)?;
+        self.check_vintid(vintid)?;
         let (_, vpt) = self
             .virt()?
             .vpes

@@ -18,6 +18,11 @@ use tock_registers::{register_bitfields, LocalRegisterCopy};
 /// at least 14 when LPIs are supported, so 8192 LPIs).
 pub const MIN_ID_BITS: u32 = 14;
 
+/// The most INTID bits the hypervisor's LPI tables, physical or virtual,
+/// cover: 57344 LPIs, a 56 KiB configuration table and 8 KiB pending
+/// tables (and Linux's ITS driver uses no more, `ITS_MAX_LPI_NRBITS`).
+pub const MAX_ID_BITS: u32 = 16;
+
 /// The fewest INTID bits (at least [`MIN_ID_BITS`]) whose LPIs, 8192 up,
 /// number at least `lpis`.
 ///

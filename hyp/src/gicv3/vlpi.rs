@@ -27,10 +27,6 @@ use core::fmt;
 use smmu::addr::PhysAddr;
 use tock_registers::{register_bitfields, LocalRegisterCopy};
 
-/// vINTID bits the hypervisor's virtual LPI tables cover: those of the
-/// vGIC's LPIs (14: INTIDs up to 16383), so every guest LPI has a byte.
-pub const ID_BITS: u32 = 14;
-
 /// vPE ID bits of the vPE table the hypervisor gives the ITS (VMAPP's
 /// vPEID is 16 bits).
 pub const VPE_ID_BITS: u32 = 16;
@@ -234,14 +230,14 @@ impl fmt::Debug for StaleConfigs {
 }
 
 impl StaleConfigs {
-    /// Nothing stale, for a VM of `vcpus` vCPUs and vINTIDs of [`ID_BITS`]
-    /// bits.
+    /// Nothing stale, for a VM of `vcpus` vCPUs and vINTIDs of up to
+    /// [`lpi::MAX_ID_BITS`] bits.
     pub fn new(vcpus: usize) -> Result<Self, VlpiError> {
         if vcpus == 0 || vcpus > MAX_VPES_PER_VM {
             return Err(VlpiError::Vpes(vcpus));
         }
         Ok(Self {
-            stale: vec![0; config_table_bytes(ID_BITS)].into_boxed_slice(),
+            stale: vec![0; config_table_bytes(lpi::MAX_ID_BITS)].into_boxed_slice(),
             all: ((1u16 << vcpus) - 1) as u8,
         })
     }
@@ -314,12 +310,12 @@ mod tests {
     #[test]
     fn table_sizes_and_alignment() {
         // 14 vINTID bits: 8 KiB of configuration, 2 KiB pending per vPE.
-        assert_eq!(config_table_bytes(ID_BITS), 8192);
-        assert_eq!(pending_table_bytes(ID_BITS), 2048);
+        assert_eq!(config_table_bytes(14), 8192);
+        assert_eq!(pending_table_bytes(14), 2048);
         assert_eq!(config_table_bytes(16), 57344);
         assert_eq!(pending_table_bytes(16), 8192);
         assert_eq!(PENDING_TABLE_ALIGN, 64 * 1024);
-        assert_eq!(vpt_size(ID_BITS), 13, "VPT_size = bits - 1");
+        assert_eq!(vpt_size(14), 13, "VPT_size = bits - 1");
         assert_eq!(vpt_size(16), 15);
         assert_eq!(
             pending_bit(8192),
@@ -345,7 +341,7 @@ mod tests {
     fn vpropbaser_is_propbasers_layout() {
         let v = vpropbaser(
             PhysAddr(0x4567_8000),
-            ID_BITS,
+            14,
             Shareability::InnerShareable,
             Cacheability::RaWaWb,
         );
@@ -400,8 +396,8 @@ mod tests {
         assert!(s.is_stale(8200, 0) && s.is_stale(9000, 1));
         // No byte for these: never stale, and nothing panics.
         s.changed(8191);
-        s.changed(1 << ID_BITS);
-        assert!(!s.is_stale(8191, 0) && !s.is_stale(1 << ID_BITS, 0));
+        s.changed(1 << lpi::MAX_ID_BITS);
+        assert!(!s.is_stale(8191, 0) && !s.is_stale(1 << lpi::MAX_ID_BITS, 0));
         assert!(!s.is_stale(8200, 3) && !s.is_stale(8200, 100), "not a vCPU");
         s.refreshed(u32::MAX, usize::MAX);
     }

@@ -395,7 +395,11 @@ fn build_vm(
     let mpidrs: Vec<u64> = (0..u64::from(spec.cpus)).collect();
     let mut vgic = VGic::new(&mpidrs, NR_SPIS)
         .map_err(|e| resources(alloc::format!("VM {}: virtual GIC: {e:?}", spec.name)))?;
-    vgic.enable_lpis();
+    // The INTID bits the machine's LPI tables were sized for (the ITS
+    // driver's choice; without an ITS the vGIC's LPIs have no source).
+    vgic.enable_lpis(its::get().map_or(crate::vdev::vgic::lpi::LPI_ID_BITS, |i| {
+        i.lock().guest_lpi_id_bits()
+    }));
     super::timer::link(&mut vgic)
         .map_err(|e| resources(alloc::format!("VM {}: timer interrupts: {e:?}", spec.name)))?;
     // Only a VM with MSIs to deliver gets vPEs.

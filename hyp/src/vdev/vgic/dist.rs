@@ -38,11 +38,11 @@ impl VGic {
     /// without affinity routing); SecurityExtn, MBIS, ESPI, NMI = 0;
     /// No1N = 0 (IRM = 1 is supported); A3V = 1; RSS = 1; without LPIs
     /// LPIS = 0 and IDbits = 9, with them LPIS = 1, num_LPIs = 0 and IDbits
-    /// = [`LPI_ID_BITS`](super::lpi::LPI_ID_BITS) - 1.
+    /// = the INTID bits [`VGic::enable_lpis`] gave it, minus one.
     fn gicd_typer(&self) -> u32 {
         let lines = self.nr_irqs().div_ceil(32) - 1;
         let ids = if self.has_lpis() {
-            TYPER_LPIS | ((super::lpi::LPI_ID_BITS - 1) << TYPER_IDBITS_SHIFT)
+            TYPER_LPIS | ((self.lpi_id_bits - 1) << TYPER_IDBITS_SHIFT)
         } else {
             TYPER_IDBITS
         };

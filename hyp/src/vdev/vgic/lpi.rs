@@ -36,18 +36,15 @@ use smmu::addr::Ipa;
 /// The first LPI INTID (§2.2).
 pub const FIRST_LPI: u32 = 8192;
 
-/// INTID bits of a vGIC with LPIs: 14, the fewest a GIC with LPIs has
-/// (GICD_TYPER.IDbits = 13): 8192 LPIs, INTIDs 8192 to 16383, four times
-/// what the vITS lets one device signal (2048 events). More would only
-/// make tables larger: the virtual LPI tables of direct delivery have a
-/// byte and a bit for each INTID, and an emulated GIC that walks the whole
-/// virtual pending table on each acknowledge (QEMU's GICv4 does, a byte at
-/// a time) walks 1 KiB for 14 bits and 7 KiB for 16.
-pub const LPI_ID_BITS: u32 = 14;
-
-// Direct delivery gives every guest LPI a byte and a bit in the virtual
-// LPI tables.
-const _: () = assert!(crate::gicv3::vlpi::ID_BITS >= LPI_ID_BITS);
+/// INTID bits of a vGIC with LPIs unless the machine asks for more
+/// (`lpi_id_bits=`): 14, the fewest a GIC with LPIs has (GICD_TYPER.IDbits
+/// = 13), 8192 LPIs, INTIDs 8192 to 16383, four times what the vITS lets
+/// one device signal (2048 events). More would only make tables larger:
+/// the virtual LPI tables of direct delivery have a byte and a bit for
+/// each INTID, and an emulated GIC that walks the whole virtual pending
+/// table on each acknowledge (QEMU's GICv4 does, a byte at a time) walks
+/// 1 KiB for 14 bits and 7 KiB for 16.
+pub const LPI_ID_BITS: u32 = crate::gicv3::lpi::MIN_ID_BITS;
 
 /// GICR_PROPBASER fields kept: OuterCache \[58:56\], Physical_Address
 /// \[51:12\], Shareability \[11:10\], InnerCache \[9:7\], IDbits \[4:0\].
@@ -100,16 +97,17 @@ pub(super) struct RedistLpi {
 }
 
 impl VGic {
-    /// Gives the vGIC LPIs (a VM with a virtual ITS): GICD_TYPER reports
-    /// LPIS = 1 and [`LPI_ID_BITS`] INTID bits, each GICR_TYPER PLPIS = 1,
-    /// and the redistributors' LPI registers work.
-    pub fn enable_lpis(&mut self) {
-        self.lpi_support = true;
+    /// Gives the vGIC LPIs (a VM with a virtual ITS) with INTIDs of
+    /// `id_bits` bits ([`LPI_ID_BITS`] to 16): GICD_TYPER reports LPIS = 1
+    /// and IDbits = `id_bits` - 1, each GICR_TYPER PLPIS = 1, and the
+    /// redistributors' LPI registers work.
+    pub fn enable_lpis(&mut self, id_bits: u32) {
+        self.lpi_id_bits = id_bits.clamp(LPI_ID_BITS, crate::gicv3::lpi::MAX_ID_BITS);
     }
 
     /// Whether the vGIC has LPIs ([`VGic::enable_lpis`]).
     pub fn has_lpis(&self) -> bool {
-        self.lpi_support
+        self.lpi_id_bits != 0
     }
 
     /// The physical GIC delivers the LPIs to the vCPUs itself, holding
@@ -153,8 +151,8 @@ impl VGic {
     /// One past the largest LPI INTID GICD_TYPER.IDbits allows (0 without
     /// LPIs).
     pub fn lpi_limit(&self) -> u32 {
-        if self.lpi_support {
-            1 << LPI_ID_BITS
+        if self.has_lpis() {
+            1 << self.lpi_id_bits
         } else {
             0
         }
@@ -166,12 +164,12 @@ impl VGic {
     pub fn lpi_config_table(&self, vcpu: usize) -> Option<(Ipa, u32)> {
         let r = self.vcpus.get(vcpu)?.lpi;
         let bits = (r.propbaser & 0x1f) as u32 + 1;
-        let end = if bits >= LPI_ID_BITS {
+        let end = if bits >= self.lpi_id_bits {
             self.lpi_limit()
         } else {
             1 << bits
         };
-        (self.lpi_support && end > FIRST_LPI)
+        (self.has_lpis() && end > FIRST_LPI)
             .then_some((Ipa(r.propbaser & (((1 << 40) - 1) << 12)), end))
     }
 
@@ -303,7 +301,7 @@ impl VGic {
     /// A write to GICR_CTLR: EnableLPIs (when LPIs are supported).
     pub(super) fn gicr_ctlr_write(&mut self, vcpu: usize, value: u32) -> Effects {
         let mut fx = Effects::none();
-        if !self.lpi_support {
+        if !self.has_lpis() {
             return fx;
         }
         let on = value & CTLR_ENABLE_LPIS != 0;
@@ -323,7 +321,7 @@ impl VGic {
     /// Reads of GICR_PROPBASER and GICR_PENDBASER (either half or the
     /// whole); `None` for another offset.
     pub(super) fn lpi_reg_read(&self, vcpu: usize, offset: u64, size: u8) -> Option<u64> {
-        if !self.lpi_support {
+        if !self.has_lpis() {
             return None;
         }
         let r = &self.vcpus[vcpu].lpi;
@@ -344,7 +342,7 @@ impl VGic {
     /// EnableLPIs is 1 (the architecture makes them UNPREDICTABLE then,
     /// §8.11.19); whether the offset was one of them.
     pub(super) fn lpi_reg_write(&mut self, vcpu: usize, offset: u64, size: u8, value: u64) -> bool {
-        if !self.lpi_support {
+        if !self.has_lpis() {
             return false;
         }
         let r = &mut self.vcpus[vcpu].lpi;
@@ -385,7 +383,7 @@ mod tests {
 
     fn with_lpis() -> VGic {
         let mut g = booted();
-        g.enable_lpis();
+        g.enable_lpis(LPI_ID_BITS);
         for vcpu in 0..2 {
             let _ = g.redist_write(vcpu, PROPBASER, 8, 0x4100_0000 | 15);
             let _ = g.redist_write(vcpu, 0, 4, 1);
@@ -404,7 +402,7 @@ mod tests {
         assert_eq!(g.redist_read(0, 0, 4), 0, "EnableLPIs RAZ/WI without LPIs");
         let _ = g.redist_write(0, PROPBASER, 8, 0x4100_0000 | 15);
         assert_eq!(g.redist_read(0, PROPBASER, 8), 0);
-        g.enable_lpis();
+        g.enable_lpis(LPI_ID_BITS);
         let typer = g.dist_read(0x4, 4) as u32;
         assert_ne!(typer & (1 << 17), 0, "LPIS");
         assert_eq!((typer >> 19) & 0x1f, LPI_ID_BITS - 1, "IDbits");
@@ -412,9 +410,30 @@ mod tests {
     }
 
     #[test]
+    fn the_lpi_id_space_is_what_the_machine_chose() {
+        for (asked, bits) in [(14, 14), (15, 15), (16, 16), (0, 14), (24, 16)] {
+            let mut g = booted();
+            g.enable_lpis(asked);
+            let typer = g.dist_read(0x4, 4) as u32;
+            assert_eq!((typer >> 19) & 0x1f, bits - 1, "IDbits for {asked}");
+            assert_eq!(g.lpi_limit(), 1 << bits);
+            assert!(g.map_lpi((1 << bits) - 1, 0, ON).is_ok(), "{asked}");
+            assert_eq!(
+                g.map_lpi(1 << bits, 0, ON),
+                Err(VgicError::InvalidIntid),
+                "{asked}"
+            );
+            // A configuration table of more bits than the vGIC's covers
+            // its INTIDs only.
+            let _ = g.redist_write(0, PROPBASER, 8, 0x4100_0000 | 15);
+            assert_eq!(g.lpi_config_table(0), Some((Ipa(0x4100_0000), 1 << bits)));
+        }
+    }
+
+    #[test]
     fn propbaser_is_frozen_while_lpis_are_enabled() {
         let mut g = booted();
-        g.enable_lpis();
+        g.enable_lpis(LPI_ID_BITS);
         let _ = g.redist_write(0, PROPBASER, 4, 0x4100_0fef);
         let _ = g.redist_write(0, PROPBASER + 4, 4, 0xffff_ffff);
         // RES0 bits [63:59], [55:52] and [6:5] read as zero.
@@ -507,7 +526,7 @@ mod tests {
             Err(VgicError::InvalidIntid),
             "no LPIs"
         );
-        g.enable_lpis();
+        g.enable_lpis(LPI_ID_BITS);
         assert_eq!(g.map_lpi(8191, 0, ON), Err(VgicError::InvalidIntid));
         assert_eq!(g.map_lpi(1 << 14, 0, ON), Err(VgicError::InvalidIntid));
         assert_eq!(g.map_lpi(1 << 16, 0, ON), Err(VgicError::InvalidIntid));

@@ -313,8 +313,8 @@ pub struct VGic {
     /// without a preceding sync), returned by the next
     /// [`VGic::sync_from_lrs`].
     deferred: Effects,
-    /// LPIs are implemented ([`VGic::enable_lpis`]).
-    lpi_support: bool,
+    /// INTID bits of its LPIs, 0 when it has none ([`VGic::enable_lpis`]).
+    lpi_id_bits: u32,
     /// The mapped LPIs by INTID (see [`lpi`]).
     lpis: BTreeMap<u32, lpi::Lpi>,
     /// The physical GIC delivers the LPIs itself ([`VGic::set_direct_lpis`]).
@@ -374,7 +374,7 @@ impl VGic {
             grp0: false,
             grp1: false,
             deferred: Effects::none(),
-            lpi_support: false,
+            lpi_id_bits: 0,
             lpis: BTreeMap::new(),
             direct_lpis: false,
         })

@@ -57,7 +57,7 @@ impl World {
     fn with(phys: RecordingPhysicalIts) -> Self {
         let mem = FakeGuestMemory::new(Ipa(RAM), 4 << 20);
         let mut vgic = VGic::new(&[0x8000_0000, 0x8000_0001], 64).unwrap();
-        vgic.enable_lpis();
+        vgic.enable_lpis(crate::vdev::vgic::lpi::LPI_ID_BITS);
         let _ = vgic.dist_write(0, 4, 0x12); // ARE | EnableGrp1
         for vcpu in 0..2 {
             let _ = vgic.redist_write(vcpu, 0x14, 4, 0); // wake
