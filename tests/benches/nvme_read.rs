@@ -414,24 +414,18 @@ fn main() {
             line += &format!(" [{}]", names.join("; "));
         }
         println!("{line}");
-        let per = |w: &dyn Fn(&Workload) -> f64, small: bool| {
-            med(c, &|r| {
-                let w0 = if small { &r.0 } else { &r.1 };
-                w(w0) / w0.reads
-            })
+        // The median of `f` over one workload (4 KiB if `small`).
+        let of = |f: &dyn Fn(&Workload) -> f64, small: bool| {
+            med(c, &|r| f(if small { &r.0 } else { &r.1 }))
         };
+        let per = |w: &dyn Fn(&Workload) -> f64, small: bool| of(&|x| w(x) / x.reads, small);
+        // Traps per second of a workload.
+        let rate = |small: bool| of(&|w| w.traps / w.seconds, small);
         let hypervisor = !matches!(config, Config::Bare { .. });
         let mut line = format!(
             "      per 4 KiB read: {:.2} interrupts",
             per(&|w| w.interrupts, true)
         );
-        // Traps per second of a workload.
-        let rate = |small: bool| {
-            med(c, &|r| {
-                let w = if small { &r.0 } else { &r.1 };
-                w.traps / w.seconds
-            })
-        };
         if hypervisor {
             line += &format!(
                 ", {:.2} traps ({:.0}/s)",
