@@ -621,6 +621,14 @@ impl VIts {
         Ok(())
     }
 
+    /// Configuration `config` of mapped LPI `intid` as the hardware must
+    /// apply it: gated by the redistributor of the vCPU the LPI is on,
+    /// which is its collection's target unless a move was refused.
+    fn hw_config(vgic: &VGic, intid: u32, config: LpiConfig) -> LpiConfig {
+        let vcpu = vgic.lpi_target(intid).unwrap_or_default();
+        vgic.lpi_hw_config(vcpu, config)
+    }
+
     /// What the physical side hears of mapped LPI `intid` on `vcpu`.
     fn event_lpi(vgic: &VGic, vcpu: usize, intid: u32) -> EventLpi {
         let config = vgic.lpi_config(intid).unwrap_or_default();
@@ -675,24 +683,40 @@ impl VIts {
         }
     }
 
-    /// Re-targets the LPIs of every event in collection `icid` to `vcpu`.
+    /// Re-targets to `vcpu` the LPI of every event that `select` picks
+    /// (given its translation and its LPI's current vCPU). Each event is
+    /// moved physically first and its LPI follows only if that succeeded,
+    /// so where the hardware delivers an event and where the vGIC holds its
+    /// LPI never disagree; the first event the physical side refused is the
+    /// error, after the others have moved.
     fn retarget<P: PhysicalIts>(
         &mut self,
         env: &mut ItsEnv<'_, P>,
         select: impl Fn(&Ite, usize) -> bool,
         vcpu: usize,
         fx: &mut Effects,
-    ) {
-        for d in self.devices.values() {
+    ) -> Result<(), CommandError> {
+        // Chosen before any moves, so that a second event raising the same
+        // LPI is still chosen after the first one moved it.
+        let mut chosen = Vec::new();
+        for (&device, d) in &self.devices {
             for (&event, ite) in &d.ites {
                 let current = env.vgic.lpi_target(ite.intid).unwrap_or(usize::MAX);
                 if select(ite, current) && current != vcpu {
-                    fx.merge(env.vgic.move_lpi(ite.intid, vcpu));
-                    let lpi = Self::event_lpi(env.vgic, vcpu, ite.intid);
-                    let _ = env.phys.move_event(d.grant.physical, event, lpi);
+                    chosen.push((device, d.grant.physical, event, ite.intid));
                 }
             }
         }
+        let mut first_error = None;
+        for (device, physical, event, intid) in chosen {
+            let lpi = Self::event_lpi(env.vgic, vcpu, intid);
+            if env.phys.move_event(physical, event, lpi).is_ok() {
+                fx.merge(env.vgic.move_lpi(intid, vcpu));
+            } else {
+                first_error.get_or_insert(CommandError::Physical { device, event });
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     fn execute<P: PhysicalIts>(
@@ -753,7 +777,7 @@ impl VIts {
                     let vcpu = self.vcpu(target)?;
                     self.collections[usize::from(icid)] = Some(vcpu as u16);
                     // Events already in the collection follow it.
-                    self.retarget(env, |ite, _| ite.icid == icid, vcpu, fx);
+                    self.retarget(env, |ite, _| ite.icid == icid, vcpu, fx)?;
                 } else {
                     self.collections[usize::from(icid)] = None;
                 }
@@ -846,11 +870,15 @@ impl VIts {
                 let Some(d) = self.devices.get_mut(&device) else {
                     return Err(CommandError::DeviceNotMapped(device));
                 };
-                d.ites.insert(event, Ite { icid, ..old });
-                let physical = d.grant.physical;
-                fx.merge(env.vgic.move_lpi(old.intid, vcpu));
+                // The physical route first: if it is refused, nothing has
+                // changed, and the event still reaches the vCPU the vGIC
+                // holds its LPI on.
                 let lpi = Self::event_lpi(env.vgic, vcpu, old.intid);
-                let _ = env.phys.move_event(physical, event, lpi);
+                env.phys
+                    .move_event(d.grant.physical, event, lpi)
+                    .map_err(|_| CommandError::Physical { device, event })?;
+                d.ites.insert(event, Ite { icid, ..old });
+                fx.merge(env.vgic.move_lpi(old.intid, vcpu));
                 Ok(())
             }
             Command::Inv { device, event } => {
@@ -859,7 +887,7 @@ impl VIts {
                 let config = Self::read_config(env.mem, env.vgic, vcpu, ite.intid);
                 fx.merge(env.vgic.set_lpi_config(ite.intid, config));
                 if env.phys.direct() {
-                    let lpi = [(ite.intid, env.vgic.lpi_hw_config(vcpu, config))];
+                    let lpi = [(ite.intid, Self::hw_config(env.vgic, ite.intid, config))];
                     env.phys
                         .configure(&lpi)
                         .map_err(|_| CommandError::Physical { device, event })?;
@@ -873,7 +901,7 @@ impl VIts {
                     for ite in d.ites.values().filter(|i| i.icid == icid) {
                         let config = Self::read_config(env.mem, env.vgic, vcpu, ite.intid);
                         fx.merge(env.vgic.set_lpi_config(ite.intid, config));
-                        lpis.push((ite.intid, env.vgic.lpi_hw_config(vcpu, config)));
+                        lpis.push((ite.intid, Self::hw_config(env.vgic, ite.intid, config)));
                     }
                 }
                 if env.phys.direct() && !lpis.is_empty() {
@@ -885,8 +913,7 @@ impl VIts {
             }
             Command::Movall { from, to } => {
                 let (from, to) = (self.vcpu(from)?, self.vcpu(to)?);
-                self.retarget(env, |_, current| current == from, to, fx);
-                Ok(())
+                self.retarget(env, |_, current| current == from, to, fx)
             }
         }
     }

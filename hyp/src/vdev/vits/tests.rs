@@ -327,6 +327,88 @@ fn movi_movall_and_mapc_move_the_interrupt_and_its_route() {
 }
 
 #[test]
+fn a_refused_move_leaves_the_interrupt_where_the_hardware_delivers_it() {
+    let mut w = World::direct();
+    w.enable_lpis(0, false);
+    w.enable_lpis(1, true);
+    w.linux_setup();
+    w.submit(&[Command::Movi {
+        device: 8,
+        event: 0,
+        icid: 0,
+    }]);
+    assert_eq!(
+        w.phys.configured[&8192],
+        LpiConfig(0xa0),
+        "vCPU 0 has LPIs off"
+    );
+    // The physical side refuses to move the event back to vCPU 1: the
+    // translation, the vGIC's LPI and the hardware's byte all stay.
+    w.phys.refuse_maps = true;
+    let movi = Command::Movi {
+        device: 8,
+        event: 0,
+        icid: 1,
+    };
+    let out = w.submit(&[
+        movi,
+        Command::Inv {
+            device: 8,
+            event: 0,
+        },
+    ]);
+    let refused = CommandError::Physical {
+        device: 8,
+        event: 0,
+    };
+    assert_eq!(World::errors(&out), [refused]);
+    assert_eq!(w.vgic.lpi_target(8192), Some(0));
+    assert_eq!(w.phys.routed[&(0x108, 0)], 0);
+    assert!(w.its.translations().any(|t| t
+        == Translation {
+            device: 8,
+            event: 0,
+            intid: 8192,
+            icid: 0
+        }));
+    assert_eq!(w.phys.configured[&8192], LpiConfig(0xa0), "still on vCPU 0");
+    // MOVALL moves what the physical side lets it and reports the rest.
+    let out = w.submit(&[Command::Movall { from: 0, to: 1 }]);
+    assert_eq!(World::errors(&out), [refused]);
+    assert_eq!(w.vgic.lpi_target(8192), Some(0));
+    w.phys.refuse_maps = false;
+    let out = w.submit(&[
+        movi,
+        Command::Inv {
+            device: 8,
+            event: 0,
+        },
+    ]);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    assert_eq!(w.vgic.lpi_target(8192), Some(1));
+    assert_eq!(w.phys.routed[&(0x108, 0)], 1);
+    assert_eq!(w.phys.configured[&8192], LpiConfig(0xa1));
+}
+
+#[test]
+fn movall_moves_every_event_of_a_shared_lpi() {
+    let mut w = World::new();
+    w.linux_setup();
+    // Event 2 raises event 0's LPI too, in the same collection.
+    w.submit(&[Command::Mapti {
+        device: 8,
+        event: 2,
+        intid: 8192,
+        icid: 1,
+    }]);
+    w.submit(&[Command::Movall { from: 1, to: 0 }]);
+    assert_eq!(w.vgic.lpi_target(8192), Some(0));
+    assert_eq!(w.phys.routed[&(0x108, 0)], 0);
+    assert_eq!(w.phys.routed[&(0x108, 2)], 0, "the second event followed");
+    assert_eq!(w.phys.routed[&(0x108, 1)], 0);
+}
+
+#[test]
 fn mapd_invalid_unmaps_every_event() {
     let mut w = World::new();
     w.linux_setup();
