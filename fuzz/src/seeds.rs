@@ -274,7 +274,10 @@ fn linux_two_level() -> VsmmuSeed {
     VsmmuSeed {
         name: "linux-two-level",
         setup: Setup {
-            policy: VsmmuPolicy::default(),
+            policy: VsmmuPolicy {
+                msi: false,
+                ..VsmmuPolicy::default()
+            },
             phys_stall: StallModel::TerminateOnly,
         },
         ops: g.ops,
@@ -343,6 +346,7 @@ fn linux_linear_ril() -> VsmmuSeed {
                 ril: true,
                 oas_bits: 44,
                 gran16k: true,
+                msi: false,
                 ..VsmmuPolicy::default()
             },
             phys_stall: StallModel::StallAndTerminate,
@@ -446,6 +450,7 @@ fn hostile() -> VsmmuSeed {
             policy: VsmmuPolicy {
                 cmdqs: 2,
                 evtqs: 1,
+                msi: false,
                 ..VsmmuPolicy::default()
             },
             phys_stall: StallModel::StallForced,
@@ -503,6 +508,7 @@ fn flood() -> VsmmuSeed {
         setup: Setup {
             policy: VsmmuPolicy {
                 cmdqs: 9,
+                msi: false,
                 ..VsmmuPolicy::default()
             },
             phys_stall: StallModel::TerminateOnly,
@@ -527,7 +533,10 @@ fn regression_unaligned_l2ptr() -> VsmmuSeed {
     VsmmuSeed {
         name: "regression-unaligned-l2ptr",
         setup: Setup {
-            policy: VsmmuPolicy::default(),
+            policy: VsmmuPolicy {
+                msi: false,
+                ..VsmmuPolicy::default()
+            },
             phys_stall: StallModel::TerminateOnly,
         },
         ops: g.ops,

@@ -138,7 +138,7 @@ impl VirtualIommu for VmVsmmu {
         VmVsmmu::inject_fault(self, e)
     }
 
-    fn stats(&self) -> (u64, u64) {
+    fn stats(&self) -> smmu::vsmmu::VsmmuStats {
         self.stats
     }
 

@@ -36,8 +36,8 @@ pub trait MmioContext {
     fn traps(&self) -> u64;
     /// MSIs the hypervisor injected into the VM through the list registers.
     fn msis_injected(&self) -> u64;
-    /// The vSMMU's guest and physical command counts (0 without one).
-    fn vsmmu_stats(&self) -> (u64, u64);
+    /// What the VM's vSMMU did (all 0 without one).
+    fn vsmmu_stats(&self) -> smmu::vsmmu::VsmmuStats;
     /// How often the VM restarted.
     fn restarts(&self) -> u64;
     /// A register access to the VM's vITS at `offset` (`write`: the value

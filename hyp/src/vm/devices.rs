@@ -243,7 +243,8 @@ impl MmioDevice for CountersPage {
     }
 
     fn read(&self, ctx: &dyn MmioContext, a: Access) -> u64 {
-        let (guest, phys) = ctx.vsmmu_stats();
+        let s = ctx.vsmmu_stats();
+        let (guest, phys) = (s.guest_commands, s.physical_commands);
         let values = [
             ctx.traps(),
             guest,

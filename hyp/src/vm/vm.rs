@@ -115,8 +115,9 @@ pub trait VirtualIommu: Send {
     /// Puts an event this guest owns into its event queue; returns the
     /// guest INTID to raise, if any.
     fn inject_fault(&mut self, e: &Event) -> Option<u32>;
-    /// Guest commands consumed, and the physical commands they became.
-    fn stats(&self) -> (u64, u64);
+    /// What it did: guest commands consumed, the physical commands they
+    /// became, MSIs written.
+    fn stats(&self) -> smmu::vsmmu::VsmmuStats;
     /// Back to the reset state, for a VM that restarts (its streams are
     /// attached to its stage 2 again, as when it was built).
     fn reset(&mut self);
@@ -461,9 +462,11 @@ impl Vm {
         self.its.as_ref().map_or(0, |i| i.lock().stats().delivered)
     }
 
-    /// Its vSMMU's guest and physical command counts (0 without one).
-    pub fn vsmmu_stats(&self) -> (u64, u64) {
-        self.vsmmu.as_ref().map_or((0, 0), |v| v.lock().stats())
+    /// What its vSMMU did (all 0 without one).
+    pub fn vsmmu_stats(&self) -> smmu::vsmmu::VsmmuStats {
+        self.vsmmu
+            .as_ref()
+            .map_or_else(Default::default, |v| v.lock().stats())
     }
 
     /// Reports a guest misbehaviour (`what`, at `pc` on `vcpu`): the first
@@ -800,10 +803,10 @@ impl Vm {
         };
         match &self.vsmmu {
             Some(_) => {
-                let (guest, phys) = self.vsmmu_stats();
+                let s = self.vsmmu_stats();
                 info!(
-                    "VM {}: {traps} traps{msis}; vSMMU: {guest} guest commands -> {phys} physical commands",
-                    self.name
+                    "VM {}: {traps} traps{msis}; vSMMU: {} guest commands -> {} physical commands, {} MSIs written",
+                    self.name, s.guest_commands, s.physical_commands, s.msis
                 );
             }
             None => info!("VM {}: {traps} traps{msis}", self.name),
@@ -898,7 +901,7 @@ impl MmioContext for AccessContext<'_> {
         self.vm.msis_injected()
     }
 
-    fn vsmmu_stats(&self) -> (u64, u64) {
+    fn vsmmu_stats(&self) -> smmu::vsmmu::VsmmuStats {
         self.vm.vsmmu_stats()
     }
 

@@ -16,7 +16,7 @@ use smmu::domain::{DomainError, DomainId};
 use smmu::event::Event;
 use smmu::regs::StallModel as IdrStallModel;
 use smmu::ste::{S1Config, S2Config, StallModel};
-use smmu::vsmmu::{GuestIrq, PhysicalSmmu, VsmmuEngine, VsmmuPolicy};
+use smmu::vsmmu::{GuestIrq, PhysicalSmmu, VsmmuEngine, VsmmuPolicy, VsmmuStats};
 
 /// Why the physical side of a vSMMU request failed.
 #[derive(Debug)]
@@ -161,9 +161,10 @@ pub struct VmVsmmu {
     making: Making,
     /// Guest INTIDs of the event-queue and global-error interrupts.
     pub irqs: (u32, u32),
-    /// Guest commands consumed, and physical commands they became
-    /// (including the SYNCs and the STE installs' CFGI + SYNC).
-    pub stats: (u64, u64),
+    /// What it did: guest commands consumed, the physical commands they
+    /// became (including the SYNCs and the STE installs' CFGI + SYNC),
+    /// MSIs written (as of the last access).
+    pub stats: VsmmuStats,
 }
 
 impl VmVsmmu {
@@ -190,7 +191,7 @@ impl VmVsmmu {
             engine: making.engine(),
             making,
             irqs,
-            stats: (0, 0),
+            stats: VsmmuStats::default(),
         }
     }
 
@@ -199,7 +200,7 @@ impl VmVsmmu {
     /// be attached to the VM's stage 2 again, as at the start.
     pub fn reset(&mut self) {
         self.engine = self.making.engine();
-        self.stats = (0, 0);
+        self.stats = VsmmuStats::default();
     }
 
     fn intid(&self, irq: GuestIrq) -> u32 {
@@ -213,8 +214,7 @@ impl VmVsmmu {
     /// interrupts to raise.
     pub fn access(&mut self, offset: u64, size: u8, write: bool, value: u64) -> (u64, Vec<u32>) {
         let (value, irqs) = self.engine.access(offset, size, write, value);
-        let s = self.engine.stats();
-        self.stats = (s.guest_commands, s.physical_commands);
+        self.stats = *self.engine.stats();
         (value, irqs.into_iter().map(|i| self.intid(i)).collect())
     }
 
@@ -228,6 +228,8 @@ impl VmVsmmu {
     /// guest's event queue, with the guest's StreamID. Returns the guest
     /// interrupt to raise, if any.
     pub fn inject_fault(&mut self, e: &Event) -> Option<u32> {
-        self.engine.inject_fault(e).map(|i| self.intid(i))
+        let irq = self.engine.inject_fault(e);
+        self.stats = *self.engine.stats();
+        irq.map(|i| self.intid(i))
     }
 }

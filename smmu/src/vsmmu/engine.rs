@@ -15,9 +15,13 @@
 //!   nested, or refused (an invalid physical STE: the stream aborts with
 //!   C_BAD_STE, which goes to the guest as the refusal it stands for);
 //! - a guest CMD_SYNC completes only after a physical CMD_SYNC did;
-//! - work per access is bounded: [`COMMANDS_PER_ROUND`] guest commands per
-//!   round (a round also ends at a CMD_SYNC), [`ROUNDS_PER_ACCESS`] rounds;
-//!   the rest waits for the guest's next access (its poll of CMDQ_CONS);
+//! - work per access is bounded: at most [`COMMANDS_PER_ACCESS`] guest
+//!   commands, in rounds of at most [`COMMANDS_PER_ROUND`] (a round also
+//!   ends at a CMD_SYNC); that is a whole queue of the size the vSMMU
+//!   advertises, so what one write of CMDQ_PROD publishes completes in
+//!   that trap, which a guest polling for its CMD_SYNC's MSI (never
+//!   reading CMDQ_CONS) relies on; the rest of a larger queue waits for the
+//!   guest's next access (its poll of CMDQ_CONS, or its next CMDQ_PROD);
 //! - physical events on the VM's streams that are the guest's business
 //!   ([`VsmmuEngine::owns_event`]) go into its event queue with its
 //!   StreamID ([`VsmmuEngine::inject_fault`]).
@@ -32,7 +36,7 @@ use core::fmt;
 
 use log::{debug, info, warn};
 
-use super::regs::{CmdqWork, VSmmu, VsmmuAction};
+use super::regs::{CmdqWork, IrqSource, VSmmu, VsmmuAction};
 use super::ste::{compose_with_stall, read_guest_ste, refusal_event, VsteError};
 use super::{GuestMemory, StreamRange, VsmmuPolicy};
 use crate::addr::{StreamId, Vmid};
@@ -41,12 +45,15 @@ use crate::event::Event;
 use crate::regs::offset;
 use crate::ste::{S1Config, S2Config, StallModel, Ste};
 
-/// Guest commands handled per round. A round also ends at a guest CMD_SYNC.
+/// Guest commands handled per round, the largest batch submitted to the
+/// physical queue at once. A round also ends at a guest CMD_SYNC.
 pub const COMMANDS_PER_ROUND: usize = 64;
-/// Rounds per guest access: with [`COMMANDS_PER_ROUND`], at most 256 guest
-/// commands (or 4 CMD_SYNCs) per trap, so a guest flooding its queue
-/// cannot stall the physical CPU; the rest is handled at its next access.
-pub const ROUNDS_PER_ACCESS: usize = 4;
+/// Guest commands handled per guest access: a whole queue of the size the
+/// vSMMU advertises by default ([`VsmmuPolicy::DEFAULT_QS`]), so a guest
+/// flooding its queue costs at most this many commands (and as many
+/// physical CMD_SYNCs) per trap and cannot stall the physical CPU; the
+/// rest is handled at its next access.
+pub const COMMANDS_PER_ACCESS: usize = 1 << VsmmuPolicy::DEFAULT_QS;
 /// Lines of each kind (installs, refusals, physical failures) one vSMMU
 /// prints; later ones are only counted.
 pub const LOG_LINES: u32 = 16;
@@ -119,6 +126,9 @@ pub struct VsmmuStats {
     pub physical_errors: u64,
     /// Event records written into the guest's event queue.
     pub events: u64,
+    /// MSIs written to guest memory: CMD_SYNC completions, event-queue and
+    /// global-error interrupts.
+    pub msis: u64,
     /// Log lines not printed because their kind had used its budget.
     pub log_lines_dropped: u64,
 }
@@ -252,7 +262,8 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
     }
 
     /// Carries out register-write and command-round actions: at most
-    /// [`ROUNDS_PER_ACCESS`] rounds of [`COMMANDS_PER_ROUND`] commands.
+    /// [`COMMANDS_PER_ACCESS`] commands, in rounds of at most
+    /// [`COMMANDS_PER_ROUND`].
     fn run(&mut self, mut todo: VecDeque<VsmmuAction>) -> Vec<GuestIrq> {
         let mut irqs = Vec::new();
         let raise = |irqs: &mut Vec<GuestIrq>, irq| {
@@ -260,29 +271,58 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
                 irqs.push(irq);
             }
         };
-        let mut rounds = 0;
+        let mut consumed = 0;
         while let Some(action) = todo.pop_front() {
             match action {
                 VsmmuAction::ProcessCommands => {
-                    if rounds == ROUNDS_PER_ACCESS {
+                    let left = COMMANDS_PER_ACCESS - consumed;
+                    if left == 0 {
                         continue;
                     }
-                    rounds += 1;
-                    todo.extend(self.round());
+                    // Each round consumes at least one command or asks
+                    // for no further one, so this ends.
+                    let (n, next) = self.round(left.min(COMMANDS_PER_ROUND));
+                    consumed += n;
+                    todo.extend(next);
                 }
                 VsmmuAction::StreamTableChanged => self.reinstall(&StreamRange::All),
-                VsmmuAction::RaiseEventIrq => raise(&mut irqs, GuestIrq::Event),
-                VsmmuAction::RaiseGerrorIrq => raise(&mut irqs, GuestIrq::GlobalError),
+                VsmmuAction::RaiseEventIrq => {
+                    if !self.signal_msi(IrqSource::Event, &mut todo) {
+                        raise(&mut irqs, GuestIrq::Event);
+                    }
+                }
+                VsmmuAction::RaiseGerrorIrq => {
+                    if !self.signal_msi(IrqSource::GlobalError, &mut todo) {
+                        raise(&mut irqs, GuestIrq::GlobalError);
+                    }
+                }
             }
         }
         irqs
     }
 
-    /// One round of guest commands; returns what to do next.
-    fn round(&mut self) -> Vec<VsmmuAction> {
-        let out =
-            self.dev
-                .process_commands(&self.mem, self.vmid, &self.streams, COMMANDS_PER_ROUND);
+    /// Signals `irq` by its MSI if the guest configured one: writes its
+    /// data to guest memory, or activates its abort error (queuing what
+    /// that raises) when the address is not the guest's RAM. False for a
+    /// wired interrupt.
+    fn signal_msi(&mut self, irq: IrqSource, todo: &mut VecDeque<VsmmuAction>) -> bool {
+        let Some((at, data)) = self.dev.msi_target(irq) else {
+            return false;
+        };
+        if self.mem.write(at, &data.to_le_bytes()).is_ok() {
+            self.stats.msis += 1;
+        } else {
+            todo.extend(self.dev.msi_aborted(irq));
+        }
+        true
+    }
+
+    /// One round of at most `budget` guest commands; returns how many it
+    /// consumed and what to do next.
+    fn round(&mut self, budget: usize) -> (usize, Vec<VsmmuAction>) {
+        let out = self
+            .dev
+            .process_commands(&self.mem, self.vmid, &self.streams, budget);
         self.stats.guest_commands += out.consumed as u64;
         let mut batch = Vec::new();
         for work in out.work {
@@ -299,12 +339,14 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
         // go out together.
         self.forward(&mut batch, out.sync);
         if out.sync {
-            next.extend(self.dev.complete_sync());
+            let done = self.dev.complete_sync(&self.mem);
+            self.stats.msis += u64::from(done.msi_written);
+            next.extend(done.actions);
         }
         if out.more {
             next.push(VsmmuAction::ProcessCommands);
         }
-        next
+        (out.consumed, next)
     }
 
     /// Submits and empties `batch`, followed by a physical CMD_SYNC with
@@ -491,7 +533,8 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
     /// Writes physical event `e` of one of this VM's streams into the
     /// guest's event queue with the guest's StreamID (C_BAD_STE of a
     /// refused STE as the event the refusal stands for, see
-    /// [`refusal_event`]). Returns the guest interrupt to raise, if any.
+    /// [`refusal_event`]). Returns the wired guest interrupt to raise, if
+    /// any (none when the guest configured an MSI for it).
     /// Call it for events [`owns_event`](Self::owns_event) accepts.
     pub fn inject_fault(&mut self, e: &Event) -> Option<GuestIrq> {
         let vsid = self.vsid_of(e.sid())?;
@@ -510,13 +553,16 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
         if out.written {
             self.stats.events += 1;
         }
-        if out.raise_event_irq {
-            Some(GuestIrq::Event)
+        let action = if out.raise_event_irq {
+            VsmmuAction::RaiseEventIrq
         } else if out.raise_gerror_irq {
-            Some(GuestIrq::GlobalError)
+            VsmmuAction::RaiseGerrorIrq
         } else {
-            None
-        }
+            return None;
+        };
+        // At most one wired interrupt comes of it: the event queue's, or
+        // the global-error one when its MSI (or the event queue's) aborted.
+        self.run(VecDeque::from([action])).first().copied()
     }
 }
 

@@ -36,7 +36,7 @@ mod tests;
 
 pub use engine::{GuestIrq, PhysicalSmmu, VsmmuEngine, VsmmuStats};
 pub use evtq::InjectOutcome;
-pub use regs::{CmdqOutcome, VSmmu, VsmmuAction};
+pub use regs::{CmdqOutcome, IrqSource, SyncOutcome, VSmmu, VsmmuAction};
 
 /// Why a guest-memory access failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -123,6 +123,10 @@ pub struct VsmmuPolicy {
     pub cohacc: bool,
     /// SMMU_IDR0.HTTU offered to stage 1 (0: none).
     pub httu: u8,
+    /// SMMU_IDR0.MSI: the vSMMU signals a CMD_SYNC's completion, its event
+    /// queue and its global errors with MSIs when the guest asks (written
+    /// to the guest's memory), and has the IRQ_CFGn registers.
+    pub msi: bool,
     /// SMMU_IDR3.RIL: range invalidation.
     pub ril: bool,
     /// SMMU_IDR5.GRAN4K.
@@ -150,7 +154,9 @@ impl VsmmuPolicy {
     /// What a vSMMU offers on top of a physical SMMU with `phys` features
     /// for a VM with `ipa_bits` of IPA space: the physical granules, ASID
     /// width, RIL, COHACC and CD2L; SSIDSIZE capped at `max_ssid_bits`;
-    /// stage 1 only; no HTTU, MSI, ATS, PRI or stall.
+    /// stage 1 only; MSIs (they are the vSMMU's own writes to guest
+    /// memory, whatever the physical SMMU has); no HTTU, ATS, PRI or
+    /// stall.
     pub fn from_physical(phys: &Features, ipa_bits: u8, max_ssid_bits: u8) -> Self {
         Self {
             ssid_bits: phys.ssid_size.min(max_ssid_bits).min(20),
@@ -159,6 +165,7 @@ impl VsmmuPolicy {
             cd2l: phys.cd2l,
             cohacc: phys.cohacc,
             httu: 0,
+            msi: true,
             ril: phys.ril,
             gran4k: phys.gran4k,
             gran16k: phys.gran16k,
@@ -205,7 +212,7 @@ impl VsmmuPolicy {
 
 impl Default for VsmmuPolicy {
     /// A conservative policy: 4K and 64K granules, 8-bit SSIDs, 16-bit
-    /// ASIDs, 40-bit IPA space, RIL off, coherent.
+    /// ASIDs, 40-bit IPA space, RIL off, coherent, MSIs.
     fn default() -> Self {
         Self {
             ssid_bits: 8,
@@ -214,6 +221,7 @@ impl Default for VsmmuPolicy {
             cd2l: true,
             cohacc: true,
             httu: 0,
+            msi: true,
             ril: false,
             gran4k: true,
             gran16k: false,

@@ -17,10 +17,22 @@
 //! - A queue LOG2SIZE above the advertised IDR1.CMDQS/EVENTQS reads back and
 //!   behaves as the maximum (§6.3.26); base addresses are aligned down to the
 //!   queue/table size and truncated to the advertised OAS.
-//! - Fields of features not advertised (PRI, ATS, MSI, VMW, E2H) are RES0:
-//!   masked on write, read as zero. Unknown offsets are RAZ/WI; accesses
-//!   that are neither 4 bytes at a 4-byte-aligned offset nor 8 bytes at an
-//!   8-byte-aligned offset are RAZ/WI.
+//! - Fields of features not advertised (PRI, ATS, VMW, E2H, and MSI when
+//!   the policy has none) are RES0: masked on write, read as zero. Unknown
+//!   offsets are RAZ/WI; accesses that are neither 4 bytes at a
+//!   4-byte-aligned offset nor 8 bytes at an 8-byte-aligned offset are
+//!   RAZ/WI.
+//! - GERROR_IRQ_CFGn and EVENTQ_IRQ_CFGn writes are ignored while the
+//!   interrupt they configure is enabled in IRQ_CTRL (§6.3.21: they may be
+//!   changed only while it is off).
+//! - MSIs (§3.18): a CMD_SYNC with CS = SIG_IRQ, and the event-queue and
+//!   global-error interrupts whose IRQ_CFG0.ADDR is not 0, are 32-bit
+//!   writes of the configured data to guest memory, where the guest polls
+//!   them (Linux's driver polls a CMD_SYNC's in its command queue). The
+//!   vSMMU has no DeviceID of its own at the guest's ITS, so a write
+//!   outside the guest's RAM aborts: GERROR.MSI_CMDQ_ABT_ERR,
+//!   MSI_EVENTQ_ABT_ERR or MSI_GERROR_ABT_ERR (the last raises nothing
+//!   further). With ADDR 0 the interrupt is the wired one.
 
 use alloc::vec::Vec;
 
@@ -30,7 +42,7 @@ use super::cmd::{self, Translated};
 use super::ste::GuestStrtab;
 use super::{GuestMemory, StreamMap, StreamRange, VsmmuPolicy};
 use crate::addr::{Ipa, Vmid};
-use crate::cmd::Command;
+use crate::cmd::{Command, CompletionSignal, Sync};
 use crate::queue::QueueIndex;
 use crate::regs::{
     offset, CMDQ_CONS, GBPA, GERROR, IDR0, IDR1, IDR3, IDR5, Q_BASE, STRTAB_BASE, STRTAB_BASE_CFG,
@@ -122,8 +134,13 @@ const GBPA_MASK: u32 =
 const GBPA_RESET: u32 = 0x1000;
 /// Bits of IRQ_CTRL: GERROR_IRQEN, EVENTQ_IRQEN (no PRI, §6.3.16).
 const IRQ_CTRL_MASK: u32 = (1 << 0) | (1 << 2);
-/// GERROR bits the vSMMU can raise: CMDQ_ERR, EVENTQ_ABT_ERR (§6.3.19).
-const GERROR_MASK: u32 = (1 << 0) | (1 << 2);
+/// GERROR bits the vSMMU can raise (§6.3.19): CMDQ_ERR, EVENTQ_ABT_ERR,
+/// and with MSIs MSI_CMDQ_ABT_ERR, MSI_EVENTQ_ABT_ERR, MSI_GERROR_ABT_ERR.
+const GERROR_MASK: u32 = (1 << 0) | (1 << 2) | (1 << 4) | (1 << 5) | (1 << 7);
+/// IRQ_CFG0: ADDR\[51:2\] (§6.3.21).
+const IRQ_CFG0_MASK: u64 = ((1u64 << 50) - 1) << 2;
+/// IRQ_CFG2: MemAttr \[3:0\], SH \[5:4\] (§6.3.23).
+const IRQ_CFG2_MASK: u32 = 0x3F;
 /// Queue PROD/CONS index + wrap bits (§6.3.27).
 const Q_IDX_MASK: u32 = 0xF_FFFF;
 /// STRTAB_BASE_CFG fields (§6.3.25).
@@ -132,6 +149,64 @@ const STRTAB_CFG_MASK: u32 = 0x3F | (0x1F << 6) | (0x3 << 16);
 const STRTAB_BASE_MASK: u64 = (((1u64 << 50) - 1) << 6) | (1 << 62);
 /// CMDQ/EVENTQ_BASE: LOG2SIZE, ADDR[55:5], RA/WA (§6.3.26).
 const Q_BASE_MASK: u64 = 0x1F | (((1u64 << 51) - 1) << 5) | (1 << 62);
+
+/// The MSI configuration of one interrupt source (SMMU_*_IRQ_CFG0-2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct MsiConfig {
+    /// IRQ_CFG0: the address (0: the wired interrupt).
+    addr: u64,
+    /// IRQ_CFG1: the data written.
+    data: u32,
+    /// IRQ_CFG2: memory type and shareability (kept, not used: the write
+    /// goes to the guest's RAM).
+    attr: u32,
+}
+
+impl MsiConfig {
+    /// Where and what to write, if the MSI is configured.
+    fn target(&self) -> Option<(Ipa, u32)> {
+        (self.addr != 0).then_some((Ipa(self.addr), self.data))
+    }
+
+    fn read32(&self, reg: usize) -> u32 {
+        match reg {
+            0 => self.addr as u32,
+            4 => (self.addr >> 32) as u32,
+            8 => self.data,
+            _ => self.attr,
+        }
+    }
+
+    fn write32(&mut self, reg: usize, v: u32) {
+        match reg {
+            0 => self.addr = ((self.addr & !0xFFFF_FFFF) | u64::from(v)) & IRQ_CFG0_MASK,
+            4 => self.addr = ((self.addr & 0xFFFF_FFFF) | (u64::from(v) << 32)) & IRQ_CFG0_MASK,
+            8 => self.data = v,
+            _ => self.attr = v & IRQ_CFG2_MASK,
+        }
+    }
+}
+
+/// Which interrupt's IRQ_CFGn register `off` is, and its offset in the
+/// group (0, 4: CFG0; 8: CFG1; 12: CFG2).
+fn irq_cfg(off: usize) -> Option<(IrqSource, usize)> {
+    let gerror = offset::GERROR_IRQ_CFG0;
+    let evtq = offset::EVENTQ_IRQ_CFG0;
+    match off {
+        o if (gerror..gerror + 16).contains(&o) => Some((IrqSource::GlobalError, o - gerror)),
+        o if (evtq..evtq + 16).contains(&o) => Some((IrqSource::Event, o - evtq)),
+        _ => None,
+    }
+}
+
+/// An interrupt of the vSMMU (the PRI queue's is not implemented).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IrqSource {
+    /// The event queue's (IRQ_CTRL.EVENTQ_IRQEN, EVENTQ_IRQ_CFGn).
+    Event,
+    /// Global errors' (IRQ_CTRL.GERROR_IRQEN, GERROR_IRQ_CFGn).
+    GlobalError,
+}
 
 /// The emulated register file of one guest's SMMUv3.
 #[derive(Clone, Debug)]
@@ -153,8 +228,11 @@ pub struct VSmmu {
     evtq_base: u64,
     pub(super) evtq_prod: u32,
     evtq_cons: u32,
-    /// CMDQ_CONS points at a CMD_SYNC whose physical SYNC is outstanding.
-    sync_pending: bool,
+    /// EVENTQ_IRQ_CFGn and GERROR_IRQ_CFGn, indexed by [`IrqSource`].
+    msi: [MsiConfig; 2],
+    /// CMDQ_CONS points at this CMD_SYNC, whose physical SYNC is
+    /// outstanding.
+    pending_sync: Option<Sync>,
 }
 
 impl VSmmu {
@@ -185,7 +263,8 @@ impl VSmmu {
             evtq_base: 0,
             evtq_prod: 0,
             evtq_cons: 0,
-            sync_pending: false,
+            msi: [MsiConfig::default(); 2],
+            pending_sync: None,
         }
     }
 
@@ -233,7 +312,40 @@ impl VSmmu {
 
     /// Whether a CMD_SYNC waits for [`complete_sync`](Self::complete_sync).
     pub fn sync_pending(&self) -> bool {
-        self.sync_pending
+        self.pending_sync.is_some()
+    }
+
+    /// Where interrupt `irq` is signalled by an MSI, and with what data:
+    /// `None` for the wired interrupt (no MSIs, or IRQ_CFG0.ADDR 0).
+    pub fn msi_target(&self, irq: IrqSource) -> Option<(Ipa, u32)> {
+        if !self.policy.msi {
+            return None;
+        }
+        self.msi[irq as usize].target()
+    }
+
+    fn irq_enabled(&self, irq: IrqSource) -> bool {
+        match irq {
+            IrqSource::Event => self.evtq_irq_enabled(),
+            IrqSource::GlobalError => self.gerror_irq_enabled(),
+        }
+    }
+
+    /// An MSI of `irq` could not be written: activates its GERROR bit
+    /// (MSI_EVENTQ_ABT_ERR or MSI_GERROR_ABT_ERR, §7.5). The global-error
+    /// interrupt to raise for the event queue's, if any; nothing for the
+    /// global-error interrupt's own (it is the one that failed).
+    pub fn msi_aborted(&mut self, irq: IrqSource) -> Option<VsmmuAction> {
+        match irq {
+            IrqSource::Event => self
+                .raise_gerror(GERROR::MSI_EVENTQ_ABT_ERR.mask << GERROR::MSI_EVENTQ_ABT_ERR.shift),
+            IrqSource::GlobalError => {
+                let _ = self.raise_gerror(
+                    GERROR::MSI_GERROR_ABT_ERR.mask << GERROR::MSI_GERROR_ABT_ERR.shift,
+                );
+                None
+            }
+        }
     }
 
     /// The guest's stream table as STRTAB_BASE(_CFG) describe it (§6.3.24,
@@ -313,7 +425,7 @@ impl VSmmu {
     /// Whether the command queue has work the vSMMU may consume now.
     fn cmdq_runnable(&self) -> bool {
         if !self.cmdq_enabled()
-            || self.sync_pending
+            || self.pending_sync.is_some()
             || self.gerror_active(GERROR::CMDQ_ERR.mask << GERROR::CMDQ_ERR.shift)
         {
             return false;
@@ -372,8 +484,11 @@ impl VSmmu {
             o if o == offset::EVENTQ_BASE + 4 => hi(self.evtq_base),
             offset::EVENTQ_PROD => self.evtq_prod,
             offset::EVENTQ_CONS => self.evtq_cons,
-            // STATUSR, AGBPA, IRQ_CFGx (no MSI), PRIQ (no PRI), the page-0
-            // aliases of EVENTQ_PROD/CONS and everything else: RAZ.
+            o if self.policy.msi && irq_cfg(o).is_some() => {
+                irq_cfg(o).map_or(0, |(irq, reg)| self.msi[irq as usize].read32(reg))
+            }
+            // STATUSR, AGBPA, IRQ_CFGx without MSIs, PRIQ (no PRI), the
+            // page-0 aliases of EVENTQ_PROD/CONS and everything else: RAZ.
             _ => 0,
         }
     }
@@ -504,8 +619,15 @@ impl VSmmu {
             offset::EVENTQ_CONS => {
                 self.evtq_cons = v & (Q_IDX_MASK | (1 << 31));
             }
+            o if self.policy.msi && irq_cfg(o).is_some() => {
+                if let Some((irq, reg)) = irq_cfg(o) {
+                    if !self.irq_enabled(irq) {
+                        self.msi[irq as usize].write32(reg, v);
+                    }
+                }
+            }
             // IDRs, IIDR, AIDR, CR0ACK, IRQ_CTRLACK, GERROR, STATUSR: RO.
-            // IRQ_CFGx (no MSI), PRIQ (no PRI), AGBPA, unknown: WI.
+            // IRQ_CFGx without MSIs, PRIQ (no PRI), AGBPA, unknown: WI.
             _ => {}
         }
     }
@@ -543,8 +665,11 @@ impl VSmmu {
             let hi = u64::from_le_bytes(bytes[8..].try_into().unwrap_or([0; 8]));
             // Checked against what this vSMMU advertises (RIL, ASID width,
             // SSIDSIZE, no ATS): anything else is CERROR_ILL, as hardware.
-            let translated = Command::decode([lo, hi])
-                .and_then(|c| cmd::translate_checked(&c, vmid, map, &self.policy));
+            let decoded = Command::decode([lo, hi]);
+            let translated = match &decoded {
+                Ok(c) => cmd::translate_checked(c, vmid, map, &self.policy),
+                Err(e) => Err(*e),
+            };
             match translated {
                 Err(e) => {
                     self.cmdq_error(e.cerror(), &mut out);
@@ -556,7 +681,10 @@ impl VSmmu {
                 Ok(Translated::ReinstallStes(range)) => out.work.push(CmdqWork::Reinstall(range)),
                 Ok(Translated::Drop) => {}
                 Ok(Translated::Sync) => {
-                    self.sync_pending = true;
+                    self.pending_sync = match decoded {
+                        Ok(Command::Sync(sync)) => Some(sync),
+                        _ => Some(Sync::none()),
+                    };
                     out.sync = true;
                     break;
                 }
@@ -581,22 +709,45 @@ impl VSmmu {
 
     /// The physical CMD_SYNC standing for the guest's has completed: CONS
     /// moves past the guest's CMD_SYNC (§4.7.3), so a guest polling CONS
-    /// sees completion only now. Returns [`VsmmuAction::ProcessCommands`]
-    /// when more commands wait. Without a pending SYNC it does nothing.
-    pub fn complete_sync(&mut self) -> Vec<VsmmuAction> {
-        let mut actions = Vec::new();
-        if !self.sync_pending {
-            return actions;
-        }
-        self.sync_pending = false;
+    /// sees completion only now, and a CMD_SYNC with CS = SIG_IRQ writes
+    /// its MSIData at its MSIAddr in `mem` (GERROR.MSI_CMDQ_ABT_ERR if that
+    /// is not the guest's RAM). Returns [`VsmmuAction::ProcessCommands`]
+    /// when more commands wait, and the global-error interrupt if the MSI
+    /// aborted. Without a pending SYNC it does nothing.
+    pub fn complete_sync(&mut self, mem: &dyn GuestMemory) -> SyncOutcome {
+        let mut out = SyncOutcome::default();
+        let Some(sync) = self.pending_sync.take() else {
+            return out;
+        };
         let (log2, _) = self.cmdq_geometry();
         let cons = qidx(log2, self.cmdq_cons);
         self.set_cmdq_rd(cons.inc());
+        if self.policy.msi && sync.cs == CompletionSignal::Irq {
+            // MSIAddr[51:2] (§4.7.3): the address bits above the largest PA
+            // are not part of it.
+            let at = Ipa(sync.msi_addr.0 & IRQ_CFG0_MASK);
+            if mem.write(at, &sync.msi_data.to_le_bytes()).is_ok() {
+                out.msi_written = true;
+            } else {
+                let bit = GERROR::MSI_CMDQ_ABT_ERR.mask << GERROR::MSI_CMDQ_ABT_ERR.shift;
+                out.actions.extend(self.raise_gerror(bit));
+            }
+        }
+        let actions = &mut out.actions;
         if self.cmdq_runnable() {
             actions.push(VsmmuAction::ProcessCommands);
         }
-        actions
+        out
     }
+}
+
+/// The result of [`VSmmu::complete_sync`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncOutcome {
+    /// What to do next.
+    pub actions: Vec<VsmmuAction>,
+    /// The CMD_SYNC's completion MSI was written to guest memory.
+    pub msi_written: bool,
 }
 
 /// A queue index of a queue of 2^`log2` entries; `log2` is at most
@@ -614,12 +765,13 @@ fn cap_q_base(v: u64, max: u8) -> u64 {
 }
 
 /// SMMU_IDR0..IDR5 for `p` (§6.3.1-§6.3.6): stage 1 only, AArch64 tables,
-/// linear and 2-level stream tables, little-endian, terminate model only;
-/// no MSI, ATS, PRI, Hyp, BTM, SEV or stall.
+/// linear and 2-level stream tables, little-endian, terminate model only,
+/// MSIs as `p` says; no ATS, PRI, Hyp, BTM, SEV or stall.
 fn compute_idrs(p: &VsmmuPolicy) -> [u32; 6] {
     let idr0 = IDR0::S1P::SET
         + IDR0::TTF::AArch64
         + IDR0::COHACC.val(u32::from(p.cohacc))
+        + IDR0::MSI.val(u32::from(p.msi))
         + IDR0::HTTU.val(u32::from(p.httu.min(2)))
         + IDR0::ASID16.val(u32::from(p.asid16))
         + IDR0::CD2L.val(u32::from(p.cd2l))

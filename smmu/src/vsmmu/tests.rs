@@ -125,7 +125,10 @@ fn reset_values() {
 fn idrs_advertise_exactly_the_policy() {
     let p = policy();
     let f = features(&VSmmu::new(p));
-    assert!(f.s1p && !f.s2p && !f.hyp && !f.msi && !f.ats && !f.pri && !f.sev && !f.btm);
+    assert!(f.s1p && !f.s2p && !f.hyp && !f.ats && !f.pri && !f.sev && !f.btm);
+    assert_eq!(f.msi, p.msi);
+    let wired = VsmmuPolicy { msi: false, ..p };
+    assert!(!features(&VSmmu::new(wired)).msi);
     assert!(f.ttf.aarch64());
     assert_eq!(f.st_level, StLevel::TwoLevel);
     assert_eq!(f.tt_endian, IdrEndian::Little);
@@ -309,9 +312,19 @@ fn linux_init_then_batch_with_sync() {
     // Nothing more happens while the SYNC is outstanding.
     let again = v.process_commands(&m, VMID, &Map, 64);
     assert_eq!(again.consumed, 0);
-    assert_eq!(v.complete_sync(), [VsmmuAction::ProcessCommands]);
+    assert_eq!(
+        v.complete_sync(&m),
+        SyncOutcome {
+            actions: vec![VsmmuAction::ProcessCommands],
+            msi_written: false
+        }
+    );
     assert_eq!(cons(&v), 3);
-    assert!(v.complete_sync().is_empty(), "no SYNC pending");
+    assert_eq!(
+        v.complete_sync(&m),
+        SyncOutcome::default(),
+        "no SYNC pending"
+    );
     let out = v.process_commands(&m, VMID, &Map, 64);
     assert_eq!(out.consumed, 1);
     assert!(!out.sync);
@@ -368,7 +381,7 @@ fn illegal_command_sets_cerror_ill_then_recovers() {
     assert_eq!(a, [VsmmuAction::ProcessCommands]);
     let out = v.process_commands(&m, VMID, &Map, 64);
     assert!(out.sync && out.error.is_none());
-    v.complete_sync();
+    v.complete_sync(&m);
     let out = v.process_commands(&m, VMID, &Map, 64);
     assert_eq!(out.consumed, 2);
     assert_eq!(cons(&v) & 0xFFFFF, 4);
@@ -533,7 +546,10 @@ fn event_queue_outside_vm_is_gerror() {
 
 #[test]
 fn odd_accesses_are_raz_wi() {
-    let mut v = VSmmu::new(policy());
+    let mut v = VSmmu::new(VsmmuPolicy {
+        msi: false,
+        ..policy()
+    });
     assert_eq!(v.read(o::IDR0 + 1, 4), 0);
     assert_eq!(v.read(o::IDR0, 2), 0);
     assert_eq!(v.read(o::IDR1, 8), 0, "misaligned 8-byte");
@@ -582,7 +598,7 @@ proptest! {
                 let out = v.process_commands(&m, VMID, &Map, 8);
                 prop_assert!(out.consumed <= 8);
                 if out.sync {
-                    v.complete_sync();
+                    v.complete_sync(&m);
                 }
             }
             let _ = v.inject(&m, &evt(3));

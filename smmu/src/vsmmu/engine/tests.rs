@@ -351,7 +351,7 @@ fn budget_bounds_the_work_of_each_access() {
     };
     let flood: Vec<Command> = (0..300).map(asid).collect();
     push(&mut e, &flood);
-    let per_access = COMMANDS_PER_ROUND * ROUNDS_PER_ACCESS;
+    let per_access = COMMANDS_PER_ACCESS;
     assert_eq!(cons(&e), per_access as u32);
     assert_eq!(ops(&mut e).len(), per_access);
     // Other registers do not run the queue; a poll of CMDQ_CONS does.
@@ -370,13 +370,19 @@ fn budget_bounds_the_work_of_each_access() {
             })
             .collect::<Vec<_>>()
     );
-    // A round also ends at a CMD_SYNC: at most 4 of them per access.
+    // CMD_SYNCs count as commands: what one write of CMDQ_PROD publishes
+    // up to a whole queue completes in that trap, each SYNC behind its own
+    // physical one.
     push(&mut e, &[sync(); 6]);
-    assert_eq!(ops(&mut e), [PhysicalOp::Sync; 4]);
-    assert_eq!(cons(&e), 304);
-    assert_eq!(read(&mut e, o::CMDQ_CONS), 306);
-    assert_eq!(ops(&mut e), [PhysicalOp::Sync; 2]);
-    assert_eq!(e.stats().guest_commands, 306);
+    assert_eq!(ops(&mut e), [PhysicalOp::Sync; 6]);
+    assert_eq!(cons(&e), 306);
+    let syncs = vec![sync(); 300];
+    push(&mut e, &syncs);
+    assert_eq!(ops(&mut e).len(), per_access);
+    assert_eq!(cons(&e), (306 + per_access) as u32);
+    assert_eq!(read(&mut e, o::CMDQ_CONS), 606);
+    assert_eq!(ops(&mut e).len(), 300 - per_access);
+    assert_eq!(e.stats().guest_commands, 606);
 }
 
 #[test]
@@ -592,4 +598,128 @@ fn event_queue_outside_the_vm_raises_the_global_error() {
     assert!(e.owns_event(&bad));
     assert_eq!(e.inject_fault(&bad), Some(GuestIrq::GlobalError));
     assert_eq!(e.vsmmu().read(o::GERROR, 4) & (1 << 2), 1 << 2);
+}
+
+/// A CMD_SYNC as Linux's driver issues it with MSI polling
+/// (ARM_SMMU_OPT_MSIPOLL): completion signalled by an MSI of data 0 into
+/// the command's own slot, which the driver polls instead of CMDQ_CONS.
+fn msi_sync(at: u64) -> Command {
+    Command::Sync(Sync {
+        cs: crate::cmd::CompletionSignal::Irq,
+        msh: 3,
+        msi_attr: 0xF,
+        msi_data: 0,
+        msi_addr: PhysAddr(at),
+    })
+}
+
+#[test]
+fn a_cmd_sync_msi_lands_where_linux_polls_it() {
+    let mut e = engine(policy());
+    assert_ne!(read(&mut e, o::IDR0) & (1 << 13), 0, "IDR0.MSI");
+    linux_enable(&mut e, 8);
+    ops(&mut e);
+    // The SYNC is in slot 1 of the queue; Linux polls its first word.
+    let slot = CMDQ + 16;
+    let tlbi = Command::TlbiNhAsid {
+        vmid: Vmid(0),
+        asid: Asid(5),
+    };
+    assert!(push(&mut e, &[tlbi, msi_sync(slot)]).is_empty());
+    assert_eq!(
+        e.memory().read_u64(Ipa(slot)) as u32,
+        0,
+        "MSIData 0 written"
+    );
+    assert_eq!(
+        e.memory().read_u64(Ipa(slot + 8)),
+        msi_sync(slot).encode()[1],
+        "32 bits, nothing past them"
+    );
+    assert_eq!(cons(&e), 2);
+    assert_eq!(e.stats().msis, 1);
+    assert_eq!(
+        ops(&mut e),
+        [
+            PhysicalOp::Submit(Command::TlbiNhAsid {
+                vmid: VMID,
+                asid: Asid(5)
+            }),
+            PhysicalOp::Sync
+        ],
+        "written only once the physical CMD_SYNC completed"
+    );
+    // An MSI address outside the VM's RAM aborts: MSI_CMDQ_ABT_ERR and
+    // the global-error interrupt; the SYNC still completes.
+    let irqs = push(&mut e, &[msi_sync(0x1000)]);
+    assert_eq!(irqs, [GuestIrq::GlobalError]);
+    assert_eq!(read(&mut e, o::GERROR) & (1 << 4), 1 << 4);
+    assert_eq!(cons(&e), 3);
+    assert_eq!(e.stats().msis, 1);
+}
+
+#[test]
+fn without_msis_a_sig_irq_sync_writes_nothing() {
+    let mut e = engine(VsmmuPolicy {
+        msi: false,
+        ..policy()
+    });
+    assert_eq!(read(&mut e, o::IDR0) & (1 << 13), 0);
+    linux_enable(&mut e, 8);
+    assert!(push(&mut e, &[msi_sync(CMDQ)]).is_empty());
+    assert_eq!(e.memory().read_u64(Ipa(CMDQ)), msi_sync(CMDQ).encode()[0]);
+    assert_eq!((cons(&e), e.stats().msis), (1, 0));
+    write64(&mut e, o::EVENTQ_IRQ_CFG0, RAM + 0x8000);
+    assert_eq!(
+        e.access(o::EVENTQ_IRQ_CFG0 as u64, 8, false, 0).0,
+        0,
+        "RAZ/WI"
+    );
+}
+
+#[test]
+fn event_and_global_error_msis_replace_the_wired_interrupts() {
+    let mut e = engine(policy());
+    linux_enable(&mut e, 8);
+    let doorbell = RAM + 0x8000;
+    // Configured while the interrupts are off, as the architecture asks;
+    // ignored while they are on.
+    write64(&mut e, o::EVENTQ_IRQ_CFG0, doorbell);
+    assert_eq!(e.access(o::EVENTQ_IRQ_CFG0 as u64, 8, false, 0).0, 0);
+    write(&mut e, o::IRQ_CTRL, 0);
+    write64(&mut e, o::EVENTQ_IRQ_CFG0, doorbell | 3);
+    write(&mut e, o::EVENTQ_IRQ_CFG1, 0x1234_5678);
+    write(&mut e, o::EVENTQ_IRQ_CFG2, 0xFF);
+    write64(&mut e, o::GERROR_IRQ_CFG0, 0x1000);
+    write(&mut e, o::GERROR_IRQ_CFG1, 7);
+    assert_eq!(
+        e.access(o::EVENTQ_IRQ_CFG0 as u64, 8, false, 0).0,
+        doorbell,
+        "ADDR[51:2]"
+    );
+    assert_eq!(read(&mut e, o::EVENTQ_IRQ_CFG2), 0x3F, "MemAttr, SH");
+    write(&mut e, o::IRQ_CTRL, 0b101);
+    let mut ste = guest_s1(CDS);
+    ste.set_s1stalld(true);
+    write_ste(&e, 0x8, &ste);
+    push(&mut e, &[cfgi_ste(0x8)]);
+    let bad = e.physical().transaction(StreamId(0x10), None, 0).unwrap();
+    assert_eq!(e.inject_fault(&bad), None, "an MSI, not the wired line");
+    assert_eq!(e.memory().read_u64(Ipa(doorbell)) as u32, 0x1234_5678);
+    assert_eq!(e.stats().msis, 1);
+    // The event queue's MSI aimed outside RAM: MSI_EVENTQ_ABT_ERR, whose
+    // global-error MSI aborts too: MSI_GERROR_ABT_ERR, and nothing more.
+    write(&mut e, o::IRQ_CTRL, 0);
+    write64(&mut e, o::EVENTQ_IRQ_CFG0, 0x2000);
+    write(&mut e, o::IRQ_CTRL, 0b101);
+    assert_eq!(e.inject_fault(&bad), None);
+    assert_eq!(read(&mut e, o::GERROR), (1 << 5) | (1 << 7));
+    assert_eq!(e.stats().msis, 1);
+    // With the global-error MSI off, the wired global-error line.
+    write(&mut e, o::GERRORN, (1 << 5) | (1 << 7));
+    write(&mut e, o::IRQ_CTRL, 0);
+    write64(&mut e, o::GERROR_IRQ_CFG0, 0);
+    write(&mut e, o::IRQ_CTRL, 0b101);
+    assert_eq!(e.inject_fault(&bad), Some(GuestIrq::GlobalError));
+    assert_eq!(read(&mut e, o::GERROR) ^ read(&mut e, o::GERRORN), 1 << 5);
 }
