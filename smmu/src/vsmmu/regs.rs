@@ -134,9 +134,11 @@ const GBPA_MASK: u32 =
 const GBPA_RESET: u32 = 0x1000;
 /// Bits of IRQ_CTRL: GERROR_IRQEN, EVENTQ_IRQEN (no PRI, §6.3.16).
 const IRQ_CTRL_MASK: u32 = (1 << 0) | (1 << 2);
-/// GERROR bits the vSMMU can raise (§6.3.19): CMDQ_ERR, EVENTQ_ABT_ERR,
-/// and with MSIs MSI_CMDQ_ABT_ERR, MSI_EVENTQ_ABT_ERR, MSI_GERROR_ABT_ERR.
-const GERROR_MASK: u32 = (1 << 0) | (1 << 2) | (1 << 4) | (1 << 5) | (1 << 7);
+/// GERROR bits the vSMMU can raise (§6.3.19): CMDQ_ERR, EVENTQ_ABT_ERR.
+const GERROR_MASK: u32 = (1 << 0) | (1 << 2);
+/// GERROR bits it can raise with MSIs, too: MSI_CMDQ_ABT_ERR,
+/// MSI_EVENTQ_ABT_ERR, MSI_GERROR_ABT_ERR.
+const GERROR_MSI_MASK: u32 = (1 << 4) | (1 << 5) | (1 << 7);
 /// IRQ_CFG0: ADDR\[51:2\] (§6.3.21).
 const IRQ_CFG0_MASK: u64 = ((1u64 << 50) - 1) << 2;
 /// IRQ_CFG2: MemAttr \[3:0\], SH \[5:4\] (§6.3.23).
@@ -558,7 +560,8 @@ impl VSmmu {
                 }
             }
             offset::GERRORN => {
-                self.gerrorn = v & GERROR_MASK;
+                let msi = if self.policy.msi { GERROR_MSI_MASK } else { 0 };
+                self.gerrorn = v & (GERROR_MASK | msi);
                 if self.cmdq_runnable() {
                     push(actions, VsmmuAction::ProcessCommands);
                 }

@@ -571,6 +571,13 @@ fn odd_accesses_are_raz_wi() {
     }
     assert_eq!(v.read(o::GERROR_IRQ_CFG0, 8), 0);
     assert_eq!(v.read(o::EVTQ_IRQ_CFG2, 4), 0);
+    // GERRORN holds the errors the vSMMU can raise: without MSIs, not
+    // their abort bits.
+    v.write(o::GERRORN, 4, 0xFFFF_FFFF);
+    assert_eq!(v.read(o::GERRORN, 4), 0b101);
+    let mut v = VSmmu::new(policy());
+    v.write(o::GERRORN, 4, 0xFFFF_FFFF);
+    assert_eq!(v.read(o::GERRORN, 4), 0b1011_0101);
 }
 
 proptest! {
