@@ -94,7 +94,7 @@ fn command(r: &mut Reader<'_>) {
                 }
             }
         }
-        Ok(Translated::Sync | Translated::Drop) => {}
+        Ok(Translated::Sync(_) | Translated::Drop) => {}
         Err(e) => assert_eq!(e.cerror(), 1, "{e} is not CERROR_ILL"),
     }
     // Without the feature checks, translation still stays inside the VM.

@@ -308,7 +308,7 @@ pub fn kind_of(t: &Result<Translated, smmu::cmd::CmdError>) -> Expected {
     match t {
         Ok(Translated::Forward(_)) => Expected::Forward,
         Ok(Translated::ReinstallStes(_)) => Expected::Reinstall,
-        Ok(Translated::Sync) => Expected::Sync,
+        Ok(Translated::Sync(_)) => Expected::Sync,
         Ok(Translated::Drop) => Expected::Drop,
         Err(_) => Expected::Illegal,
     }

@@ -139,7 +139,7 @@ impl VirtualIommu for VmVsmmu {
     }
 
     fn stats(&self) -> smmu::vsmmu::VsmmuStats {
-        self.stats
+        VmVsmmu::stats(self)
     }
 
     fn reset(&mut self) {

@@ -161,10 +161,6 @@ pub struct VmVsmmu {
     making: Making,
     /// Guest INTIDs of the event-queue and global-error interrupts.
     pub irqs: (u32, u32),
-    /// What it did: guest commands consumed, the physical commands they
-    /// became (including the SYNCs and the STE installs' CFGI + SYNC),
-    /// MSIs written (as of the last access).
-    pub stats: VsmmuStats,
 }
 
 impl VmVsmmu {
@@ -191,7 +187,6 @@ impl VmVsmmu {
             engine: making.engine(),
             making,
             irqs,
-            stats: VsmmuStats::default(),
         }
     }
 
@@ -200,7 +195,6 @@ impl VmVsmmu {
     /// be attached to the VM's stage 2 again, as at the start.
     pub fn reset(&mut self) {
         self.engine = self.making.engine();
-        self.stats = VsmmuStats::default();
     }
 
     fn intid(&self, irq: GuestIrq) -> u32 {
@@ -214,8 +208,14 @@ impl VmVsmmu {
     /// interrupts to raise.
     pub fn access(&mut self, offset: u64, size: u8, write: bool, value: u64) -> (u64, Vec<u32>) {
         let (value, irqs) = self.engine.access(offset, size, write, value);
-        self.stats = *self.engine.stats();
         (value, irqs.into_iter().map(|i| self.intid(i)).collect())
+    }
+
+    /// What it did: guest commands consumed, the physical commands they
+    /// became (including the SYNCs and the STE installs' CFGI + SYNC),
+    /// MSIs written.
+    pub fn stats(&self) -> VsmmuStats {
+        *self.engine.stats()
     }
 
     /// Whether `e` is the guest's business (see
@@ -228,8 +228,6 @@ impl VmVsmmu {
     /// guest's event queue, with the guest's StreamID. Returns the guest
     /// interrupt to raise, if any.
     pub fn inject_fault(&mut self, e: &Event) -> Option<u32> {
-        let irq = self.engine.inject_fault(e);
-        self.stats = *self.engine.stats();
-        irq.map(|i| self.intid(i))
+        self.engine.inject_fault(e).map(|i| self.intid(i))
     }
 }

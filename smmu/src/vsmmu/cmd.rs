@@ -19,7 +19,7 @@
 
 use super::{StreamMap, StreamRange, VsmmuPolicy};
 use crate::addr::{StreamId, Vmid};
-use crate::cmd::{CmdError, Command, TlbiScope};
+use crate::cmd::{CmdError, Command, Sync, TlbiScope};
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -31,9 +31,9 @@ pub enum Translated {
     /// Re-read, validate and install the guest STEs of these virtual
     /// StreamIDs, then issue CMD_CFGI_STE for their physical StreamIDs.
     ReinstallStes(StreamRange),
-    /// CMD_SYNC: issue a physical CMD_SYNC and complete the guest's (its
-    /// completion signal, §4.7.3) only after it completed.
-    Sync,
+    /// CMD_SYNC: issue a physical CMD_SYNC and complete the guest's (with
+    /// the completion signal it asks for, §4.7.3) only after it completed.
+    Sync(Sync),
     /// Nothing to do (a prefetch hint, or an invalidation for a StreamID
     /// with none of the VM's devices behind it).
     Drop,
@@ -115,7 +115,7 @@ pub fn translate(cmd: &Command, vmid: Vmid, map: &dyn StreamMap) -> Result<Trans
             }]),
             None => Translated::Drop,
         }),
-        Command::Sync(_) => Ok(Translated::Sync),
+        Command::Sync(sync) => Ok(Translated::Sync(sync)),
         Command::PrefetchConfig { .. } | Command::PrefetchAddr { .. } => Ok(Translated::Drop),
         Command::TlbiEl2All
         | Command::TlbiEl2Asid { .. }
@@ -385,7 +385,7 @@ mod tests {
         let m = map();
         assert_eq!(
             translate(&Command::Sync(Sync::none()), VM, &m),
-            Ok(Translated::Sync)
+            Ok(Translated::Sync(Sync::none()))
         );
         let c = Command::PrefetchConfig {
             sid: StreamId(0x8),
@@ -563,7 +563,7 @@ mod tests {
                             }
                         }
                     }
-                    Ok(Translated::ReinstallStes(_) | Translated::Sync | Translated::Drop) => {}
+                    Ok(Translated::ReinstallStes(_) | Translated::Sync(_) | Translated::Drop) => {}
                     Err(e) => prop_assert_eq!(e.cerror(), 1),
                 }
             }

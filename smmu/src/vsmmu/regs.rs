@@ -189,18 +189,6 @@ impl MsiConfig {
     }
 }
 
-/// Which interrupt's IRQ_CFGn register `off` is, and its offset in the
-/// group (0, 4: CFG0; 8: CFG1; 12: CFG2).
-fn irq_cfg(off: usize) -> Option<(IrqSource, usize)> {
-    let gerror = offset::GERROR_IRQ_CFG0;
-    let evtq = offset::EVENTQ_IRQ_CFG0;
-    match off {
-        o if (gerror..gerror + 16).contains(&o) => Some((IrqSource::GlobalError, o - gerror)),
-        o if (evtq..evtq + 16).contains(&o) => Some((IrqSource::Event, o - evtq)),
-        _ => None,
-    }
-}
-
 /// An interrupt of the vSMMU (the PRI queue's is not implemented).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IrqSource {
@@ -324,6 +312,19 @@ impl VSmmu {
             return None;
         }
         self.msi[irq as usize].target()
+    }
+
+    /// Which interrupt's IRQ_CFGn register `off` is, and its offset in the
+    /// group (0, 4: CFG0; 8: CFG1; 12: CFG2); none without MSIs (RAZ/WI).
+    fn irq_cfg(&self, off: usize) -> Option<(IrqSource, usize)> {
+        let gerror = offset::GERROR_IRQ_CFG0;
+        let evtq = offset::EVENTQ_IRQ_CFG0;
+        match off {
+            _ if !self.policy.msi => None,
+            o if (gerror..gerror + 16).contains(&o) => Some((IrqSource::GlobalError, o - gerror)),
+            o if (evtq..evtq + 16).contains(&o) => Some((IrqSource::Event, o - evtq)),
+            _ => None,
+        }
     }
 
     fn irq_enabled(&self, irq: IrqSource) -> bool {
@@ -450,6 +451,9 @@ impl VSmmu {
     }
 
     fn read32(&self, off: usize) -> u32 {
+        if let Some((irq, reg)) = self.irq_cfg(off) {
+            return self.msi[irq as usize].read32(reg);
+        }
         let lo = |v: u64| v as u32;
         let hi = |v: u64| (v >> 32) as u32;
         match off {
@@ -486,9 +490,6 @@ impl VSmmu {
             o if o == offset::EVENTQ_BASE + 4 => hi(self.evtq_base),
             offset::EVENTQ_PROD => self.evtq_prod,
             offset::EVENTQ_CONS => self.evtq_cons,
-            o if self.policy.msi && irq_cfg(o).is_some() => {
-                irq_cfg(o).map_or(0, |(irq, reg)| self.msi[irq as usize].read32(reg))
-            }
             // STATUSR, AGBPA, IRQ_CFGx without MSIs, PRIQ (no PRI), the
             // page-0 aliases of EVENTQ_PROD/CONS and everything else: RAZ.
             _ => 0,
@@ -515,6 +516,12 @@ impl VSmmu {
             if !actions.contains(&a) {
                 actions.push(a);
             }
+        }
+        if let Some((irq, reg)) = self.irq_cfg(off) {
+            if !self.irq_enabled(irq) {
+                self.msi[irq as usize].write32(reg, v);
+            }
+            return;
         }
         let set_lo = |r: u64, v: u32| (r & !0xFFFF_FFFF) | u64::from(v);
         let set_hi = |r: u64, v: u32| (r & 0xFFFF_FFFF) | (u64::from(v) << 32);
@@ -622,13 +629,6 @@ impl VSmmu {
             offset::EVENTQ_CONS => {
                 self.evtq_cons = v & (Q_IDX_MASK | (1 << 31));
             }
-            o if self.policy.msi && irq_cfg(o).is_some() => {
-                if let Some((irq, reg)) = irq_cfg(o) {
-                    if !self.irq_enabled(irq) {
-                        self.msi[irq as usize].write32(reg, v);
-                    }
-                }
-            }
             // IDRs, IIDR, AIDR, CR0ACK, IRQ_CTRLACK, GERROR, STATUSR: RO.
             // IRQ_CFGx without MSIs, PRIQ (no PRI), AGBPA, unknown: WI.
             _ => {}
@@ -668,11 +668,8 @@ impl VSmmu {
             let hi = u64::from_le_bytes(bytes[8..].try_into().unwrap_or([0; 8]));
             // Checked against what this vSMMU advertises (RIL, ASID width,
             // SSIDSIZE, no ATS): anything else is CERROR_ILL, as hardware.
-            let decoded = Command::decode([lo, hi]);
-            let translated = match &decoded {
-                Ok(c) => cmd::translate_checked(c, vmid, map, &self.policy),
-                Err(e) => Err(*e),
-            };
+            let translated = Command::decode([lo, hi])
+                .and_then(|c| cmd::translate_checked(&c, vmid, map, &self.policy));
             match translated {
                 Err(e) => {
                     self.cmdq_error(e.cerror(), &mut out);
@@ -683,11 +680,8 @@ impl VSmmu {
                 }
                 Ok(Translated::ReinstallStes(range)) => out.work.push(CmdqWork::Reinstall(range)),
                 Ok(Translated::Drop) => {}
-                Ok(Translated::Sync) => {
-                    self.pending_sync = match decoded {
-                        Ok(Command::Sync(sync)) => Some(sync),
-                        _ => Some(Sync::none()),
-                    };
+                Ok(Translated::Sync(sync)) => {
+                    self.pending_sync = Some(sync);
                     out.sync = true;
                     break;
                 }
@@ -736,9 +730,8 @@ impl VSmmu {
                 out.actions.extend(self.raise_gerror(bit));
             }
         }
-        let actions = &mut out.actions;
         if self.cmdq_runnable() {
-            actions.push(VsmmuAction::ProcessCommands);
+            out.actions.push(VsmmuAction::ProcessCommands);
         }
         out
     }

@@ -604,11 +604,16 @@ fn event_queue_outside_the_vm_raises_the_global_error() {
 /// (ARM_SMMU_OPT_MSIPOLL): completion signalled by an MSI of data 0 into
 /// the command's own slot, which the driver polls instead of CMDQ_CONS.
 fn msi_sync(at: u64) -> Command {
+    msi_sync_with(at, 0)
+}
+
+/// A CMD_SYNC whose completion MSI writes `data` at `at`.
+fn msi_sync_with(at: u64, data: u32) -> Command {
     Command::Sync(Sync {
         cs: crate::cmd::CompletionSignal::Irq,
         msh: 3,
         msi_attr: 0xF,
-        msi_data: 0,
+        msi_data: data,
         msi_addr: PhysAddr(at),
     })
 }
@@ -631,11 +636,6 @@ fn a_cmd_sync_msi_lands_where_linux_polls_it() {
         0,
         "MSIData 0 written"
     );
-    assert_eq!(
-        e.memory().read_u64(Ipa(slot + 8)),
-        msi_sync(slot).encode()[1],
-        "32 bits, nothing past them"
-    );
     assert_eq!(cons(&e), 2);
     assert_eq!(e.stats().msis, 1);
     assert_eq!(
@@ -649,13 +649,20 @@ fn a_cmd_sync_msi_lands_where_linux_polls_it() {
         ],
         "written only once the physical CMD_SYNC completed"
     );
+    // The MSI is 32 bits of MSIData: the word after it is untouched.
+    let word = RAM + 0x9000;
+    e.memory().write_u64(Ipa(word), u64::MAX);
+    assert!(push(&mut e, &[msi_sync_with(word, 0x1234_5678)]).is_empty());
+    assert_eq!(e.memory().read_u64(Ipa(word)), 0xFFFF_FFFF_1234_5678);
+    assert_eq!(e.stats().msis, 2);
+    ops(&mut e);
     // An MSI address outside the VM's RAM aborts: MSI_CMDQ_ABT_ERR and
     // the global-error interrupt; the SYNC still completes.
     let irqs = push(&mut e, &[msi_sync(0x1000)]);
     assert_eq!(irqs, [GuestIrq::GlobalError]);
     assert_eq!(read(&mut e, o::GERROR) & (1 << 4), 1 << 4);
-    assert_eq!(cons(&e), 3);
-    assert_eq!(e.stats().msis, 1);
+    assert_eq!(cons(&e), 4);
+    assert_eq!(e.stats().msis, 2);
 }
 
 #[test]
