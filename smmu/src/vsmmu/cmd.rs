@@ -20,14 +20,13 @@
 use super::{StreamMap, StreamRange, VsmmuPolicy};
 use crate::addr::{StreamId, Vmid};
 use crate::cmd::{CmdError, Command, Sync, TlbiScope};
-use alloc::vec;
-use alloc::vec::Vec;
 
 /// What a guest command becomes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Translated {
-    /// Issue these commands on the physical queue (in order).
-    Forward(Vec<Command>),
+    /// Issue this command on the physical queue: each guest command
+    /// becomes at most one physical command.
+    Forward(Command),
     /// Re-read, validate and install the guest STEs of these virtual
     /// StreamIDs, then issue CMD_CFGI_STE for their physical StreamIDs.
     ReinstallStes(StreamRange),
@@ -61,7 +60,7 @@ pub enum Translated {
 /// (range invalidation, SubstreamID width, ATS): use
 /// [`translate_checked`] with the advertised [`VsmmuPolicy`] for that.
 pub fn translate(cmd: &Command, vmid: Vmid, map: &dyn StreamMap) -> Result<Translated, CmdError> {
-    let forward = |c: Command| Ok(Translated::Forward(vec![c]));
+    let forward = |c: Command| Ok(Translated::Forward(c));
     let physical = |sid: StreamId| map.physical(sid);
     match *cmd {
         Command::TlbiNhAll { .. } | Command::TlbiNsnhAll => forward(Command::TlbiNhAll { vmid }),
@@ -92,11 +91,11 @@ pub fn translate(cmd: &Command, vmid: Vmid, map: &dyn StreamMap) -> Result<Trans
         }
         Command::CfgiAll => Ok(Translated::ReinstallStes(StreamRange::All)),
         Command::CfgiCd { sid, ssid, leaf } => Ok(match physical(sid) {
-            Some(sid) => Translated::Forward(vec![Command::CfgiCd { sid, ssid, leaf }]),
+            Some(sid) => Translated::Forward(Command::CfgiCd { sid, ssid, leaf }),
             None => Translated::Drop,
         }),
         Command::CfgiCdAll { sid } => Ok(match physical(sid) {
-            Some(sid) => Translated::Forward(vec![Command::CfgiCdAll { sid }]),
+            Some(sid) => Translated::Forward(Command::CfgiCdAll { sid }),
             None => Translated::Drop,
         }),
         Command::AtcInv {
@@ -106,13 +105,13 @@ pub fn translate(cmd: &Command, vmid: Vmid, map: &dyn StreamMap) -> Result<Trans
             addr,
             size,
         } => Ok(match physical(sid) {
-            Some(sid) => Translated::Forward(vec![Command::AtcInv {
+            Some(sid) => Translated::Forward(Command::AtcInv {
                 sid,
                 ssid,
                 global,
                 addr,
                 size,
-            }]),
+            }),
             None => Translated::Drop,
         }),
         Command::Sync(sync) => Ok(Translated::Sync(sync)),
@@ -186,6 +185,7 @@ mod tests {
     use crate::addr::{Asid, Iova, Ipa, Ssid};
     use crate::cmd::{Granule, Sync, TlbiRange};
     use alloc::collections::BTreeMap;
+    use alloc::vec;
     use proptest::prelude::*;
 
     const VM: Vmid = Vmid(7);
@@ -215,9 +215,9 @@ mod tests {
         }
     }
 
-    fn fwd(t: Result<Translated, CmdError>) -> Vec<Command> {
+    fn fwd(t: Result<Translated, CmdError>) -> [Command; 1] {
         match t {
-            Ok(Translated::Forward(c)) => c,
+            Ok(Translated::Forward(c)) => [c],
             other => panic!("not forwarded: {other:?}"),
         }
     }
@@ -541,26 +541,23 @@ mod tests {
             let policy = VsmmuPolicy { ril, ..VsmmuPolicy::default() };
             for result in [translate(&cmd, VM, &m), translate_checked(&cmd, VM, &m, &policy)] {
                 match result {
-                    Ok(Translated::Forward(cmds)) => {
-                        prop_assert!(!cmds.is_empty());
-                        for c in &cmds {
-                            if let Err(e) = is_safe(c, &m) {
-                                prop_assert!(false, "{} from {}", e, cmd);
-                            }
-                            prop_assert_eq!(Command::decode(c.encode()), Ok(*c));
-                            // Same opcode (NSNH_ALL aside) and, with the VMID
-                            // and StreamID replaced, the same bits: nothing
-                            // widened.
-                            let orig = cmd.encode();
-                            let new = c.encode();
-                            if cmd != Command::TlbiNsnhAll {
-                                prop_assert_eq!(orig[1], new[1]);
-                                let keep = match cmd.opcode() {
-                                    0x10..=0x13 => !(0xFFFFu64 << 32),
-                                    _ => 0xFFFF_FFFF,
-                                };
-                                prop_assert_eq!(orig[0] & keep, new[0] & keep);
-                            }
+                    Ok(Translated::Forward(c)) => {
+                        if let Err(e) = is_safe(&c, &m) {
+                            prop_assert!(false, "{} from {}", e, cmd);
+                        }
+                        prop_assert_eq!(Command::decode(c.encode()), Ok(c));
+                        // Same opcode (NSNH_ALL aside) and, with the VMID
+                        // and StreamID replaced, the same bits: nothing
+                        // widened.
+                        let orig = cmd.encode();
+                        let new = c.encode();
+                        if cmd != Command::TlbiNsnhAll {
+                            prop_assert_eq!(orig[1], new[1]);
+                            let keep = match cmd.opcode() {
+                                0x10..=0x13 => !(0xFFFFu64 << 32),
+                                _ => 0xFFFF_FFFF,
+                            };
+                            prop_assert_eq!(orig[0] & keep, new[0] & keep);
                         }
                     }
                     Ok(Translated::ReinstallStes(_) | Translated::Sync(_) | Translated::Drop) => {}

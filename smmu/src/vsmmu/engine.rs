@@ -36,7 +36,7 @@ use core::fmt;
 
 use log::{debug, info, warn};
 
-use super::regs::{CmdqWork, IrqSource, VSmmu, VsmmuAction};
+use super::regs::{CmdqOutcome, CmdqWork, IrqSource, VSmmu, VsmmuAction};
 use super::ste::{compose_with_stall, read_guest_ste, refusal_event, VsteError};
 use super::{GuestMemory, StreamRange, VsmmuPolicy};
 use crate::addr::{StreamId, Vmid};
@@ -178,6 +178,22 @@ pub struct VsmmuEngine<P, M> {
     stats: VsmmuStats,
     /// Lines printed, per [`LogKind`].
     printed: [u32; 3],
+    /// Buffers of the command loop, kept between accesses so that a trap
+    /// allocates nothing once they have grown.
+    scratch: Scratch,
+}
+
+/// The command loop's buffers (each empty between accesses).
+#[derive(Debug, Default)]
+struct Scratch {
+    /// Actions still to carry out in this access, in order.
+    todo: VecDeque<VsmmuAction>,
+    /// What a register write asks for.
+    written: Vec<VsmmuAction>,
+    /// One round's outcome.
+    round: CmdqOutcome,
+    /// Physical commands waiting to be submitted together.
+    batch: Vec<Command>,
 }
 
 impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
@@ -203,6 +219,7 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
             streams,
             stats: VsmmuStats::default(),
             printed: [0; 3],
+            scratch: Scratch::default(),
         }
     }
 
@@ -249,22 +266,26 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
     ) -> (u64, Vec<GuestIrq>) {
         let off = usize::try_from(offset).unwrap_or(usize::MAX);
         let size = usize::from(size);
-        let mut todo = VecDeque::new();
+        let mut todo = core::mem::take(&mut self.scratch.todo);
         if write {
-            todo.extend(self.dev.write(off, size, value));
+            let mut written = core::mem::take(&mut self.scratch.written);
+            self.dev.write_into(off, size, value, &mut written);
+            todo.extend(written.drain(..));
+            self.scratch.written = written;
         } else if off == offset::CMDQ_CONS && self.dev.cmdq_enabled() {
             // A guest polling CMDQ_CONS makes progress on its queue.
             todo.push_back(VsmmuAction::ProcessCommands);
         }
-        let irqs = self.run(todo);
+        let irqs = self.run(&mut todo);
+        self.scratch.todo = todo;
         let read = if write { 0 } else { self.dev.read(off, size) };
         (read, irqs)
     }
 
-    /// Carries out register-write and command-round actions: at most
-    /// [`COMMANDS_PER_ACCESS`] commands, in rounds of at most
-    /// [`COMMANDS_PER_ROUND`].
-    fn run(&mut self, mut todo: VecDeque<VsmmuAction>) -> Vec<GuestIrq> {
+    /// Carries out register-write and command-round actions until `todo`
+    /// is empty: at most [`COMMANDS_PER_ACCESS`] commands, in rounds of at
+    /// most [`COMMANDS_PER_ROUND`].
+    fn run(&mut self, todo: &mut VecDeque<VsmmuAction>) -> Vec<GuestIrq> {
         let mut irqs = Vec::new();
         let raise = |irqs: &mut Vec<GuestIrq>, irq| {
             if !irqs.contains(&irq) {
@@ -281,18 +302,16 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
                     }
                     // Each round consumes at least one command or asks
                     // for no further one, so this ends.
-                    let (n, next) = self.round(left.min(COMMANDS_PER_ROUND));
-                    consumed += n;
-                    todo.extend(next);
+                    consumed += self.round(left.min(COMMANDS_PER_ROUND), todo);
                 }
                 VsmmuAction::StreamTableChanged => self.reinstall(&StreamRange::All),
                 VsmmuAction::RaiseEventIrq => {
-                    if !self.signal_msi(IrqSource::Event, &mut todo) {
+                    if !self.signal_msi(IrqSource::Event, todo) {
                         raise(&mut irqs, GuestIrq::Event);
                     }
                 }
                 VsmmuAction::RaiseGerrorIrq => {
-                    if !self.signal_msi(IrqSource::GlobalError, &mut todo) {
+                    if !self.signal_msi(IrqSource::GlobalError, todo) {
                         raise(&mut irqs, GuestIrq::GlobalError);
                     }
                 }
@@ -318,14 +337,14 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
     }
 
     /// One round of at most `budget` guest commands; returns how many it
-    /// consumed and what to do next.
-    fn round(&mut self, budget: usize) -> (usize, Vec<VsmmuAction>) {
-        let out = self
-            .dev
-            .process_commands(&self.mem, self.vmid, &self.streams, budget);
+    /// consumed, and appends what to do next to `todo`.
+    fn round(&mut self, budget: usize, todo: &mut VecDeque<VsmmuAction>) -> usize {
+        let mut out = core::mem::take(&mut self.scratch.round);
+        let mut batch = core::mem::take(&mut self.scratch.batch);
+        self.dev
+            .process_commands_into(&self.mem, self.vmid, &self.streams, budget, &mut out);
         self.stats.guest_commands += out.consumed as u64;
-        let mut batch = Vec::new();
-        for work in out.work {
+        for work in out.work.drain(..) {
             match work {
                 CmdqWork::Submit(cmd) => batch.push(cmd),
                 CmdqWork::Reinstall(range) => {
@@ -334,19 +353,22 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
                 }
             }
         }
-        let mut next = out.actions;
+        todo.extend(out.actions.drain(..));
         // The forwarded commands and the CMD_SYNC standing for the guest's
         // go out together.
         self.forward(&mut batch, out.sync);
         if out.sync {
             let done = self.dev.complete_sync(&self.mem);
             self.stats.msis += u64::from(done.msi_written);
-            next.extend(done.actions);
+            todo.extend(done.actions);
         }
         if out.more {
-            next.push(VsmmuAction::ProcessCommands);
+            todo.push_back(VsmmuAction::ProcessCommands);
         }
-        (out.consumed, next)
+        let consumed = out.consumed;
+        self.scratch.round = out;
+        self.scratch.batch = batch;
+        consumed
     }
 
     /// Submits and empties `batch`, followed by a physical CMD_SYNC with
@@ -562,7 +584,11 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
         };
         // At most one wired interrupt comes of it: the event queue's, or
         // the global-error one when its MSI (or the event queue's) aborted.
-        self.run(VecDeque::from([action])).first().copied()
+        let mut todo = core::mem::take(&mut self.scratch.todo);
+        todo.push_back(action);
+        let irqs = self.run(&mut todo);
+        self.scratch.todo = todo;
+        irqs.first().copied()
     }
 }
 

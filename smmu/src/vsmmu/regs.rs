@@ -119,6 +119,19 @@ impl CmdqOutcome {
             CmdqWork::Submit(_) => None,
         })
     }
+
+    /// Empties it, keeping its buffers' capacity.
+    fn clear(&mut self) {
+        let mut work = core::mem::take(&mut self.work);
+        let mut actions = core::mem::take(&mut self.actions);
+        work.clear();
+        actions.clear();
+        *self = Self {
+            work,
+            actions,
+            ..Self::default()
+        };
+    }
 }
 
 /// Bits of CR0 the vSMMU implements: SMMUEN, EVENTQEN, CMDQEN (§6.3.9).
@@ -500,15 +513,27 @@ impl VSmmu {
     /// offsets, odd sizes and misaligned accesses are ignored.
     pub fn write(&mut self, offset: usize, size: usize, value: u64) -> Vec<VsmmuAction> {
         let mut actions = Vec::new();
+        self.write_into(offset, size, value, &mut actions);
+        actions
+    }
+
+    /// [`write`](Self::write), appending what to do to `actions` (each
+    /// action once), whose capacity is reused.
+    pub fn write_into(
+        &mut self,
+        offset: usize,
+        size: usize,
+        value: u64,
+        actions: &mut Vec<VsmmuAction>,
+    ) {
         match size {
-            4 if offset.is_multiple_of(4) => self.write32(offset, value as u32, &mut actions),
+            4 if offset.is_multiple_of(4) => self.write32(offset, value as u32, actions),
             8 if offset.is_multiple_of(8) => {
-                self.write32(offset, value as u32, &mut actions);
-                self.write32(offset.wrapping_add(4), (value >> 32) as u32, &mut actions);
+                self.write32(offset, value as u32, actions);
+                self.write32(offset.wrapping_add(4), (value >> 32) as u32, actions);
             }
             _ => {}
         }
-        actions
     }
 
     fn write32(&mut self, off: usize, v: u32, actions: &mut Vec<VsmmuAction>) {
@@ -650,6 +675,22 @@ impl VSmmu {
         budget: usize,
     ) -> CmdqOutcome {
         let mut out = CmdqOutcome::default();
+        self.process_commands_into(mem, vmid, map, budget, &mut out);
+        out
+    }
+
+    /// [`process_commands`](Self::process_commands) into `out`, emptied
+    /// first: its buffers' capacity is reused, so a caller that keeps it
+    /// allocates nothing per round once they have grown.
+    pub fn process_commands_into(
+        &mut self,
+        mem: &dyn GuestMemory,
+        vmid: Vmid,
+        map: &dyn StreamMap,
+        budget: usize,
+        out: &mut CmdqOutcome,
+    ) {
+        out.clear();
         let (log2, base) = self.cmdq_geometry();
         while self.cmdq_runnable() {
             if out.consumed == budget {
@@ -660,7 +701,7 @@ impl VSmmu {
             let addr = base.0 + u64::from(cons.index()) * CMD_BYTES;
             let mut bytes = [0u8; CMD_BYTES as usize];
             if mem.read(Ipa(addr), &mut bytes).is_err() {
-                self.cmdq_error(CERROR_ABT, &mut out);
+                self.cmdq_error(CERROR_ABT, out);
                 break;
             }
             out.consumed += 1;
@@ -672,12 +713,10 @@ impl VSmmu {
                 .and_then(|c| cmd::translate_checked(&c, vmid, map, &self.policy));
             match translated {
                 Err(e) => {
-                    self.cmdq_error(e.cerror(), &mut out);
+                    self.cmdq_error(e.cerror(), out);
                     break;
                 }
-                Ok(Translated::Forward(cmds)) => {
-                    out.work.extend(cmds.into_iter().map(CmdqWork::Submit));
-                }
+                Ok(Translated::Forward(cmd)) => out.work.push(CmdqWork::Submit(cmd)),
                 Ok(Translated::ReinstallStes(range)) => out.work.push(CmdqWork::Reinstall(range)),
                 Ok(Translated::Drop) => {}
                 Ok(Translated::Sync(sync)) => {
@@ -688,7 +727,6 @@ impl VSmmu {
             }
             self.set_cmdq_rd(cons.inc());
         }
-        out
     }
 
     fn set_cmdq_rd(&mut self, rd: QueueIndex) {
