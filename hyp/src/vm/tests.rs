@@ -128,6 +128,112 @@ fn a_console_access_is_the_same_without_the_vgic() {
     }
 }
 
+/// Accesses a [`FakeIommu`] saw: offset, size, write, value.
+type Accesses = std::sync::Arc<std::sync::Mutex<alloc::vec::Vec<(u64, u8, bool, u64)>>>;
+
+/// A vSMMU that records each access and answers with `read` and `raise`.
+struct FakeIommu {
+    seen: Accesses,
+    read: u64,
+    raise: alloc::vec::Vec<u32>,
+}
+
+impl super::vm::VirtualIommu for FakeIommu {
+    fn mmio(
+        &mut self,
+        offset: u64,
+        size: u8,
+        write: bool,
+        value: u64,
+    ) -> (u64, alloc::vec::Vec<u32>) {
+        self.seen.lock().unwrap().push((offset, size, write, value));
+        (self.read, self.raise.clone())
+    }
+    fn owns_event(&self, _: &smmu::event::Event) -> bool {
+        false
+    }
+    fn inject_fault(&mut self, _: &smmu::event::Event) -> Option<u32> {
+        None
+    }
+    fn stats(&self) -> smmu::vsmmu::VsmmuStats {
+        smmu::vsmmu::VsmmuStats::default()
+    }
+    fn reset(&mut self) {}
+}
+
+#[test]
+fn a_vsmmu_access_is_carried_out_without_the_vgic() {
+    use super::trap::iommu_access;
+    let mut h = GuestHarness::new(&[]);
+    let prod = layout::VSMMU_BASE + 0x98;
+    // No vSMMU: not this path's business.
+    trap_at(prod, dabt(4, 3, true));
+    let mut f = frame(0x4000_1000);
+    assert_eq!(iommu_access(&h.vm, &mut f, &current_exit()), None);
+    assert_eq!(f.elr, 0x4000_1000, "nothing done");
+
+    let seen = Accesses::default();
+    h.vm.vsmmu = Some(spin::Mutex::new(alloc::boxed::Box::new(FakeIommu {
+        seen: std::sync::Arc::clone(&seen),
+        read: 0xffff_ffff_1234_5678,
+        raise: alloc::vec::Vec::new(),
+    })));
+    // `str w3, [CMDQ_PROD]`: the vSMMU gets the write, the store is
+    // skipped, and nothing is raised.
+    trap_at(prod, dabt(4, 3, true));
+    let mut f = frame(0x4000_1000);
+    f.x[3] = 0xdead_0000_0000_0007;
+    assert_eq!(
+        iommu_access(&h.vm, &mut f, &current_exit()),
+        Some(alloc::vec![])
+    );
+    assert_eq!(f.elr, 0x4000_1004, "the store is skipped");
+    // `ldr w7, [CMDQ_CONS]`: the value read lands zero-extended.
+    trap_at(layout::VSMMU_BASE + 0x9c, dabt(4, 7, false));
+    let mut f = frame(0x4000_2000);
+    f.x[7] = u64::MAX;
+    assert_eq!(
+        iommu_access(&h.vm, &mut f, &current_exit()),
+        Some(alloc::vec![])
+    );
+    assert_eq!(f.x[7], 0x1234_5678);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(0x98, 4, true, 7), (0x9c, 4, false, 0)],
+        "each access reaches the vSMMU once, at its offset, with the stored value"
+    );
+    assert_eq!(fake::with(|c| c.el1_exception), None, "no exception");
+
+    // The interrupts an access raises go back to the caller.
+    if let Some(v) = &h.vm.vsmmu {
+        *v.lock() = alloc::boxed::Box::new(FakeIommu {
+            seen: std::sync::Arc::clone(&seen),
+            read: 0,
+            raise: alloc::vec![48],
+        });
+    }
+    trap_at(prod, dabt(4, 3, true));
+    let mut f = frame(0x4000_1000);
+    assert_eq!(
+        iommu_access(&h.vm, &mut f, &current_exit()),
+        Some(alloc::vec![48])
+    );
+
+    // Anything else is left alone: the GIC distributor, an access
+    // straddling the vSMMU's end.
+    let before = seen.lock().unwrap().len();
+    for (ipa, size) in [
+        (layout::GICD_BASE, 4),
+        (layout::VSMMU_BASE + layout::VSMMU_SIZE - 4, 8),
+    ] {
+        trap_at(ipa, dabt(size, 1, false));
+        let mut f = frame(0x4000_4000);
+        assert_eq!(iommu_access(&h.vm, &mut f, &current_exit()), None);
+        assert_eq!(f.elr, 0x4000_4000);
+    }
+    assert_eq!(seen.lock().unwrap().len(), before);
+}
+
 #[test]
 fn an_access_between_devices_gets_a_synchronous_external_abort() {
     let h = GuestHarness::new(&[]);

@@ -16,6 +16,7 @@ use super::vm::{AccessContext, End, Machine, TrapKind, Vm, VmState};
 use crate::arch::{self, TrapFrame};
 use crate::vdev::idregs::IdReg;
 use crate::vdev::psci::{self, PsciAction, VcpuPower};
+use alloc::vec::Vec;
 use scenario::guest_layout as layout;
 
 /// What the vCPU does after its trap was handled.
@@ -193,6 +194,38 @@ pub fn console_access(
     }
     skip_instruction(frame);
     Some(changed)
+}
+
+/// A trapped access to the VM's vSMMU registers, carried out without the
+/// vGIC. A write of CMDQ_PROD runs the guest's command queue here; what
+/// that does for the guest (its queue, its registers, its CMD_SYNC
+/// completions and MSIs written to its memory) needs no list register.
+/// Returns the guest INTIDs the access raised (the vSMMU's wired
+/// interrupts), which the caller raises once it has folded in the vCPU's
+/// list registers: most accesses raise none, and then the exit needs
+/// neither the fold nor the refill. `None`, with nothing done, for any
+/// other exit, or a VM without a vSMMU.
+pub fn iommu_access(vm: &Vm, frame: &mut TrapFrame, exit: &Exit) -> Option<Vec<u32>> {
+    let Exit::DataAbort(Ok(a)) = exit else {
+        return None;
+    };
+    let vsmmu = vm.vsmmu.as_ref()?;
+    let end = a.ipa.checked_add(u64::from(a.size))?;
+    if a.ipa.raw() < layout::VSMMU_BASE || end.raw() > layout::VSMMU_BASE + layout::VSMMU_SIZE {
+        return None;
+    }
+    let offset = a.ipa.raw() - layout::VSMMU_BASE;
+    let value = if a.write {
+        a.store_value(frame.reg(a.reg))
+    } else {
+        0
+    };
+    let (read, irqs) = vsmmu.lock().mmio(offset, a.size, a.write, value);
+    if !a.write {
+        frame.set_reg(a.reg, a.load_value(read));
+    }
+    skip_instruction(frame);
+    Some(irqs)
 }
 
 /// WFI (HCR_EL2.TWI is never set, so only if a CPU traps it anyway): sleep
