@@ -162,6 +162,46 @@ impl FillResult {
     }
 }
 
+/// The best candidates for the list registers seen so far, by rank.
+struct Best {
+    /// Ranks, sorted (lower is better).
+    ranks: [u64; MAX_LRS],
+    /// Valid entries of `ranks`.
+    n: usize,
+    /// How many to keep.
+    cap: usize,
+    /// Candidates seen, kept or not.
+    total: usize,
+}
+
+impl Best {
+    fn new(cap: usize) -> Self {
+        Self {
+            ranks: [0; MAX_LRS],
+            n: 0,
+            cap: cap.min(MAX_LRS),
+            total: 0,
+        }
+    }
+
+    fn consider(&mut self, key: u64) {
+        self.total += 1;
+        if self.cap == 0 {
+            return;
+        }
+        if self.n == self.cap {
+            if key >= self.ranks[self.n - 1] {
+                return;
+            }
+            self.n -= 1;
+        }
+        let pos = self.ranks[..self.n].partition_point(|&k| k < key);
+        self.ranks.copy_within(pos..self.n, pos + 1);
+        self.ranks[pos] = key;
+        self.n += 1;
+    }
+}
+
 /// Sort key of a candidate: active ones first, then by priority (lower
 /// value = higher priority), then by INTID; lower is better.
 fn rank(irq: &Irq, intid: u32) -> u64 {
@@ -169,6 +209,91 @@ fn rank(irq: &Irq, intid: u32) -> u64 {
 }
 
 impl VGic {
+    /// The best `cap` (at most [`MAX_LRS`]) interrupts to list on `vcpu`,
+    /// as ranks sorted best first, how many, and how many were wanted in
+    /// all: the active ones and the forwardable pending ones, not listed
+    /// anywhere. Only the interrupts marked as maybe busy are looked at
+    /// (and the LPIs); those found idle are unmarked.
+    fn candidates(&mut self, vcpu: usize, cap: usize) -> ([u64; MAX_LRS], usize, usize) {
+        let mut best = Best::new(cap);
+        let mut idle = 0u32;
+        let mut marked = self.vcpus[vcpu].maybe_busy;
+        while marked != 0 {
+            let intid = marked.trailing_zeros();
+            marked &= marked - 1;
+            let irq = &self.vcpus[vcpu].private[intid as usize];
+            if self.wanted(irq) {
+                best.consider(rank(irq, intid));
+            } else if irq.idle() {
+                idle |= 1 << intid;
+            }
+        }
+        self.vcpus[vcpu].maybe_busy &= !idle;
+        for w in 0..self.spis_maybe_busy.len() {
+            let mut marked = self.spis_maybe_busy[w];
+            let mut idle = 0u64;
+            while marked != 0 {
+                let bit = marked.trailing_zeros();
+                marked &= marked - 1;
+                let i = w * 64 + bit as usize;
+                let irq = &self.spis[i];
+                if self.routed_to(i, vcpu) && self.wanted(irq) {
+                    best.consider(rank(irq, NR_PRIVATE + i as u32));
+                } else if irq.idle() {
+                    idle |= 1 << bit;
+                }
+            }
+            self.spis_maybe_busy[w] &= !idle;
+        }
+        for (intid, irq) in self.lpis_for(vcpu) {
+            if self.wanted(irq) {
+                best.consider(rank(irq, intid));
+            }
+        }
+        (best.ranks, best.n, best.total)
+    }
+
+    /// [`VGic::candidates`] from every interrupt, marked or not: what the
+    /// marks must never change.
+    #[cfg(debug_assertions)]
+    fn candidates_by_scan(&self, vcpu: usize, cap: usize) -> ([u64; MAX_LRS], usize, usize) {
+        let mut best = Best::new(cap);
+        for (intid, irq) in self.vcpus[vcpu].private.iter().enumerate() {
+            if self.wanted(irq) {
+                best.consider(rank(irq, intid as u32));
+            }
+        }
+        for (i, irq) in self.spis.iter().enumerate() {
+            if self.routed_to(i, vcpu) && self.wanted(irq) {
+                best.consider(rank(irq, NR_PRIVATE + i as u32));
+            }
+        }
+        for (intid, irq) in self.lpis_for(vcpu) {
+            if self.wanted(irq) {
+                best.consider(rank(irq, intid));
+            }
+        }
+        (best.ranks, best.n, best.total)
+    }
+
+    /// Whether `irq` wants a list register: not listed, and active or
+    /// forwardable.
+    fn wanted(&self, irq: &Irq) -> bool {
+        irq.owner.is_none() && (irq.active || self.deliverable(irq))
+    }
+
+    /// Whether SPI `i` is listed on `vcpu` when it wants a list register.
+    /// An active SPI is listed where it is routed now; the guest may
+    /// deactivate it from any vCPU (a missing LR then only counts in
+    /// ICH_HCR_EL2.EOIcount), so this is a best effort.
+    fn routed_to(&self, i: usize, vcpu: usize) -> bool {
+        match self.route[i] {
+            super::Route::Vcpu(t) => usize::from(t) == vcpu,
+            super::Route::Any => true,
+            super::Route::Nobody => false,
+        }
+    }
+
     /// Folds what the guest did to `vcpu`'s list registers (their current
     /// values `lrs`, as read from ICH_LR<n>_EL2) back into the model, and
     /// forgets the listing. Entries [`VGic::fill_lrs`] did not write are
@@ -258,52 +383,14 @@ impl VGic {
             self.deferred.merge(fx);
         }
         let cap = lrs.len().min(MAX_LRS);
-
-        // The best `cap` candidates, sorted by rank; `total` counts all.
-        let mut best = [0u64; MAX_LRS];
-        let mut n = 0usize;
-        let mut total = 0usize;
-        let mut consider = |key: u64| {
-            total += 1;
-            if cap == 0 {
-                return;
-            }
-            if n == cap {
-                if key >= best[n - 1] {
-                    return;
-                }
-                n -= 1;
-            }
-            let pos = best[..n].partition_point(|&k| k < key);
-            best.copy_within(pos..n, pos + 1);
-            best[pos] = key;
-            n += 1;
-        };
-        let wanted =
-            |gic: &VGic, irq: &Irq| irq.owner.is_none() && (irq.active || gic.deliverable(irq));
-        for (intid, irq) in self.vcpus[vcpu].private.iter().enumerate() {
-            if wanted(self, irq) {
-                consider(rank(irq, intid as u32));
-            }
-        }
-        for (i, irq) in self.spis.iter().enumerate() {
-            let mine = match self.route[i] {
-                super::Route::Vcpu(t) => usize::from(t) == vcpu,
-                super::Route::Any => true,
-                super::Route::Nobody => false,
-            };
-            // An active SPI is listed where it is routed now; the guest
-            // may deactivate it from any vCPU (a missing LR then only
-            // counts in ICH_HCR_EL2.EOIcount), so this is a best effort.
-            if mine && wanted(self, irq) {
-                consider(rank(irq, NR_PRIVATE + i as u32));
-            }
-        }
-        for (intid, irq) in self.lpis_for(vcpu) {
-            if wanted(self, irq) {
-                consider(rank(irq, intid));
-            }
-        }
+        let (best, n, total) = self.candidates(vcpu, cap);
+        // Host tests and the fuzzers check the marks against a full scan.
+        #[cfg(debug_assertions)]
+        debug_assert_eq!(
+            (best, n, total),
+            self.candidates_by_scan(vcpu, cap),
+            "the interrupts marked busy hold every candidate"
+        );
         let more = total > n;
 
         let mut regs = [None::<ListRegister>; MAX_LRS];

@@ -238,6 +238,12 @@ impl Irq {
     fn pending_view(&self) -> bool {
         self.pending() || (self.owner.is_some() && self.lr_pending && !self.lr_pending_cleared)
     }
+
+    /// Neither pending, nor active, nor listed: nothing can list it until
+    /// a change makes it pending or active.
+    fn idle(&self) -> bool {
+        !self.pending() && !self.active && self.owner.is_none()
+    }
 }
 
 /// Where a forwarded line's interrupt stands ([`VGic::line_status`]).
@@ -295,6 +301,12 @@ struct Vcpu {
     lpi: lpi::RedistLpi,
     /// What its physical CPU's list registers hold (`hw.rs`).
     hw: hw::HwLrs,
+    /// Its private interrupts that may be pending, active or listed (bit
+    /// n: INTID n): every change to an interrupt goes through
+    /// [`VGic::irq_mut`] (or an SGI's send), which sets its bit, and
+    /// [`VGic::fill_lrs`] looks at these only, clearing the bits of those
+    /// it finds idle.
+    maybe_busy: u32,
 }
 
 /// The virtual GICv3 of one VM. See the module documentation.
@@ -319,6 +331,9 @@ pub struct VGic {
     lpis: BTreeMap<u32, lpi::Lpi>,
     /// The physical GIC delivers the LPIs itself ([`VGic::set_direct_lpis`]).
     direct_lpis: bool,
+    /// The SPIs that may be pending, active or listed (bit i % 64 of word
+    /// i / 64: SPI i), kept as [`Vcpu::maybe_busy`] is.
+    spis_maybe_busy: Vec<u64>,
 }
 
 /// Packs MPIDR_EL1 Aff3 \[39:32\], Aff2 \[23:16\], Aff1 \[15:8\], Aff0 \[7:0\]
@@ -363,6 +378,7 @@ impl VGic {
                 listed: Vec::with_capacity(lr::MAX_LRS),
                 lpi: lpi::RedistLpi::default(),
                 hw: hw::HwLrs::default(),
+                maybe_busy: 0,
             })
             .collect();
         let boot_route = aff_to_irouter(affs[0]);
@@ -377,6 +393,7 @@ impl VGic {
             lpi_id_bits: 0,
             lpis: BTreeMap::new(),
             direct_lpis: false,
+            spis_maybe_busy: alloc::vec![0; (nr_spis as usize).div_ceil(64)],
         })
     }
 
@@ -405,15 +422,21 @@ impl VGic {
         }
     }
 
+    /// The interrupt, to change it: a private interrupt or an SPI is
+    /// marked as one [`VGic::fill_lrs`] must look at.
     fn irq_mut(&mut self, vcpu: usize, intid: u32) -> Option<&mut Irq> {
         if intid >= lpi::FIRST_LPI {
             self.lpis.get_mut(&intid).map(|l| &mut l.irq)
         } else if intid < NR_PRIVATE {
-            self.vcpus
-                .get_mut(vcpu)
-                .map(|v| &mut v.private[intid as usize])
+            self.vcpus.get_mut(vcpu).map(|v| {
+                v.maybe_busy |= 1 << intid;
+                &mut v.private[intid as usize]
+            })
         } else {
-            self.spis.get_mut((intid - NR_PRIVATE) as usize)
+            let i = (intid - NR_PRIVATE) as usize;
+            let irq = self.spis.get_mut(i)?;
+            self.spis_maybe_busy[i / 64] |= 1 << (i % 64);
+            Some(irq)
         }
     }
 
@@ -711,7 +734,9 @@ impl VGic {
             if !hit {
                 continue;
             }
-            let sgi = &mut self.vcpus[t].private[intid as usize];
+            let v = &mut self.vcpus[t];
+            v.maybe_busy |= 1 << intid;
+            let sgi = &mut v.private[intid as usize];
             if sgi.group1 == group1 {
                 sgi.latch = true;
                 self.note_change(t, intid, &mut fx);
