@@ -49,7 +49,8 @@ fn allocations() -> usize {
     ALLOCATIONS.with(Cell::get)
 }
 
-/// A physical SMMU that only counts what it is given.
+/// A physical SMMU that only counts what it is given (`FakePhysicalSmmu`
+/// logs every operation in a growing list, which allocates).
 #[derive(Debug, Default)]
 struct Counter {
     commands: usize,

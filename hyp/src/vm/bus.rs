@@ -71,6 +71,14 @@ pub trait MmioDevice: Send + Sync {
     fn read(&self, ctx: &dyn MmioContext, access: Access) -> u64;
     /// A guest write of `value` (its low `size` bytes).
     fn write(&self, ctx: &dyn MmioContext, access: Access, value: u64);
+    /// Whether its accesses need nothing from the VM's vGIC and change
+    /// nothing in it but the edges they raise through
+    /// [`MmioContext::raise_edge`]: a trap may then carry one out before
+    /// folding in the vCPU's list registers, and skip them altogether when
+    /// it raises none. The default is no.
+    fn leaves_vgic_alone(&self) -> bool {
+        false
+    }
     /// Puts the device back in its reset state: the VM restarts. Devices
     /// whose state lives elsewhere (the VM's vGIC, vITS, vSMMU, UART) or
     /// that have none keep the default, which does nothing.

@@ -242,6 +242,10 @@ impl MmioDevice for CountersPage {
         "counters page"
     }
 
+    fn leaves_vgic_alone(&self) -> bool {
+        true
+    }
+
     fn read(&self, ctx: &dyn MmioContext, a: Access) -> u64 {
         let s = ctx.vsmmu_stats();
         let (guest, phys) = (s.guest_commands, s.physical_commands);
@@ -345,6 +349,13 @@ impl VsmmuRegisters {
 impl MmioDevice for VsmmuRegisters {
     fn name(&self) -> &'static str {
         "vSMMU"
+    }
+
+    /// Its command queue's work, CMD_SYNC completions and MSIs included, is
+    /// all in guest memory and on the physical SMMU; its wired interrupts
+    /// are edges.
+    fn leaves_vgic_alone(&self) -> bool {
+        true
     }
 
     fn read(&self, ctx: &dyn MmioContext, a: Access) -> u64 {

@@ -423,9 +423,10 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
     // any other is acknowledged only while ISR_EL1 says one is pending.
     let acked = matches!(vector, 9 | 10).then(arch::gicv3::ack);
     // A console access that leaves the UART's interrupt level as it was,
-    // a vSMMU access that raises no wired interrupt (its command queue's
-    // work, CMD_SYNC MSIs included, is all in guest memory), and a
-    // hypercall that only answers, change nothing in the vGIC, so
+    // an access to a device that leaves the vGIC alone and raises no edge
+    // (the vSMMU's registers: its command queue's work, CMD_SYNC MSIs
+    // included, is all in guest memory), and a hypercall that only
+    // answers, change nothing in the vGIC, so
     // the list registers need neither folding in nor refilling: the guest
     // resumes with them as it left them, as if it had not exited.
     // Everything else, and anything that waits for this exit (a console
@@ -435,10 +436,10 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
     let console = exit
         .as_ref()
         .and_then(|e| trap::console_access(vm, frame, e, r));
-    let iommu = exit
+    let quick = exit
         .as_ref()
         .filter(|_| console.is_none())
-        .and_then(|e| trap::iommu_access(vm, frame, e));
+        .and_then(|e| trap::quick_mmio(vm, vcpu, frame, e, r));
     vm.count_trap(match (&exit, console) {
         (Some(_), Some(_)) => TrapKind::Console,
         (Some(e), None) => trap::kind(e),
@@ -449,7 +450,7 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
         && exit
             .as_ref()
             .is_some_and(|e| trap::quick_hypercall(vm, frame, e));
-    if (console == Some(false) || answered || iommu.as_ref().is_some_and(Vec::is_empty))
+    if (console == Some(false) || answered || quick.as_ref().is_some_and(Vec::is_empty))
         && vm.is_running()
         && !vm.has_request()
         && !r.masks_lines(vm)
@@ -475,8 +476,8 @@ fn handle_trap(frame: &mut TrapFrame, vector: u64) {
             }
             Flow::Resume
         }
-        (8, _) if iommu.is_some() => {
-            for intid in iommu.into_iter().flatten() {
+        (8, _) if quick.is_some() => {
+            for intid in quick.into_iter().flatten() {
                 vm.raise_edge(intid, r);
             }
             Flow::Resume

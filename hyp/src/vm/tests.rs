@@ -163,28 +163,44 @@ impl super::vm::VirtualIommu for FakeIommu {
 
 #[test]
 fn a_vsmmu_access_is_carried_out_without_the_vgic() {
-    use super::trap::iommu_access;
+    use super::devices::VsmmuRegisters;
+    use super::trap::quick_mmio;
     let mut h = GuestHarness::new(&[]);
     let prod = layout::VSMMU_BASE + 0x98;
-    // No vSMMU: not this path's business.
+    // No vSMMU on the bus: nothing to do here.
     trap_at(prod, dabt(4, 3, true));
     let mut f = frame(0x4000_1000);
-    assert_eq!(iommu_access(&h.vm, &mut f, &current_exit()), None);
+    assert_eq!(
+        quick_mmio(&h.vm, 0, &mut f, &current_exit(), &h.machine),
+        None
+    );
     assert_eq!(f.elr, 0x4000_1000, "nothing done");
 
     let seen = Accesses::default();
-    h.vm.vsmmu = Some(spin::Mutex::new(alloc::boxed::Box::new(FakeIommu {
-        seen: std::sync::Arc::clone(&seen),
-        read: 0xffff_ffff_1234_5678,
-        raise: alloc::vec::Vec::new(),
-    })));
+    let with = |read: u64, raise: alloc::vec::Vec<u32>| {
+        Some(spin::Mutex::new(alloc::boxed::Box::new(FakeIommu {
+            seen: Accesses::clone(&seen),
+            read,
+            raise,
+        })
+            as alloc::boxed::Box<dyn super::vm::VirtualIommu>))
+    };
+    h.vm.vsmmu = with(0xffff_ffff_1234_5678, alloc::vec![]);
+    h.vm.bus
+        .insert(
+            Ipa(layout::VSMMU_BASE),
+            layout::VSMMU_SIZE,
+            alloc::boxed::Box::new(VsmmuRegisters),
+        )
+        .unwrap();
+    let (vm, m) = (&h.vm, &h.machine);
     // `str w3, [CMDQ_PROD]`: the vSMMU gets the write, the store is
     // skipped, and nothing is raised.
     trap_at(prod, dabt(4, 3, true));
     let mut f = frame(0x4000_1000);
     f.x[3] = 0xdead_0000_0000_0007;
     assert_eq!(
-        iommu_access(&h.vm, &mut f, &current_exit()),
+        quick_mmio(vm, 0, &mut f, &current_exit(), m),
         Some(alloc::vec![])
     );
     assert_eq!(f.elr, 0x4000_1004, "the store is skipped");
@@ -193,7 +209,7 @@ fn a_vsmmu_access_is_carried_out_without_the_vgic() {
     let mut f = frame(0x4000_2000);
     f.x[7] = u64::MAX;
     assert_eq!(
-        iommu_access(&h.vm, &mut f, &current_exit()),
+        quick_mmio(vm, 0, &mut f, &current_exit(), m),
         Some(alloc::vec![])
     );
     assert_eq!(f.x[7], 0x1234_5678);
@@ -204,23 +220,26 @@ fn a_vsmmu_access_is_carried_out_without_the_vgic() {
     );
     assert_eq!(fake::with(|c| c.el1_exception), None, "no exception");
 
-    // The interrupts an access raises go back to the caller.
-    if let Some(v) = &h.vm.vsmmu {
-        *v.lock() = alloc::boxed::Box::new(FakeIommu {
-            seen: std::sync::Arc::clone(&seen),
-            read: 0,
-            raise: alloc::vec![48],
-        });
-    }
+    // The edges an access raises go back to the caller, not to the vGIC.
+    let mut h = h;
+    h.vm.vsmmu = with(0, alloc::vec![48]);
     trap_at(prod, dabt(4, 3, true));
     let mut f = frame(0x4000_1000);
     assert_eq!(
-        iommu_access(&h.vm, &mut f, &current_exit()),
+        quick_mmio(&h.vm, 0, &mut f, &current_exit(), &h.machine),
         Some(alloc::vec![48])
     );
+    // GICD_ISPENDR1 bit 16: SPI 48 is not pending (yet).
+    assert_eq!(h.vm.vgic.lock().dist_read(0x204, 4) & (1 << 16), 0);
+    // Through the bus, as an exit that folds the list registers first
+    // carries it out, the same access raises it at once.
+    trap_at(prod, dabt(4, 3, true));
+    let mut f = frame(0x4000_1000);
+    handle_sync(&h.vm, 0, &mut f, current_exit(), &h.machine);
+    assert_ne!(h.vm.vgic.lock().dist_read(0x204, 4) & (1 << 16), 0);
 
-    // Anything else is left alone: the GIC distributor, an access
-    // straddling the vSMMU's end.
+    // Anything else is left alone: the GIC distributor (it needs the
+    // vGIC), an access straddling the vSMMU's end.
     let before = seen.lock().unwrap().len();
     for (ipa, size) in [
         (layout::GICD_BASE, 4),
@@ -228,7 +247,10 @@ fn a_vsmmu_access_is_carried_out_without_the_vgic() {
     ] {
         trap_at(ipa, dabt(size, 1, false));
         let mut f = frame(0x4000_4000);
-        assert_eq!(iommu_access(&h.vm, &mut f, &current_exit()), None);
+        assert_eq!(
+            quick_mmio(&h.vm, 0, &mut f, &current_exit(), &h.machine),
+            None
+        );
         assert_eq!(f.elr, 0x4000_4000);
     }
     assert_eq!(seen.lock().unwrap().len(), before);

@@ -6,7 +6,7 @@
 //! gets an external abort), anything else an undefined-instruction
 //! exception.
 
-use super::bus::Access;
+use super::bus::{Access, MmioDevice};
 use super::exception::{
     inject_data_abort, inject_instruction_abort, inject_undef, skip_instruction,
 };
@@ -17,6 +17,7 @@ use crate::arch::{self, TrapFrame};
 use crate::vdev::idregs::IdReg;
 use crate::vdev::psci::{self, PsciAction, VcpuPower};
 use alloc::vec::Vec;
+use core::cell::RefCell;
 use scenario::guest_layout as layout;
 
 /// What the vCPU does after its trap was handled.
@@ -196,36 +197,35 @@ pub fn console_access(
     Some(changed)
 }
 
-/// A trapped access to the VM's vSMMU registers, carried out without the
-/// vGIC. A write of CMDQ_PROD runs the guest's command queue here; what
-/// that does for the guest (its queue, its registers, its CMD_SYNC
-/// completions and MSIs written to its memory) needs no list register.
-/// Returns the guest INTIDs the access raised (the vSMMU's wired
-/// interrupts), which the caller raises once it has folded in the vCPU's
-/// list registers: most accesses raise none, and then the exit needs
-/// neither the fold nor the refill. `None`, with nothing done, for any
-/// other exit, or a VM without a vSMMU.
-pub fn iommu_access(vm: &Vm, frame: &mut TrapFrame, exit: &Exit) -> Option<Vec<u32>> {
+/// A trapped access to a device that leaves the vGIC alone
+/// ([`MmioDevice::leaves_vgic_alone`]: the vSMMU's registers, whose
+/// CMDQ_PROD write runs the guest's command queue here, and the counters
+/// page), carried out without the vGIC. Returns the edges the access
+/// raised, which the caller raises once it has folded in the vCPU's list
+/// registers: most accesses raise none, and then the exit needs neither
+/// the fold nor the refill. `None`, with nothing done, for any other exit.
+pub fn quick_mmio(
+    vm: &Vm,
+    vcpu: usize,
+    frame: &mut TrapFrame,
+    exit: &Exit,
+    m: &dyn Machine,
+) -> Option<Vec<u32>> {
     let Exit::DataAbort(Ok(a)) = exit else {
         return None;
     };
-    let vsmmu = vm.vsmmu.as_ref()?;
-    let end = a.ipa.checked_add(u64::from(a.size))?;
-    if a.ipa.raw() < layout::VSMMU_BASE || end.raw() > layout::VSMMU_BASE + layout::VSMMU_SIZE {
+    let (device, offset) = vm.bus.find(a.ipa, a.size)?;
+    if !device.leaves_vgic_alone() {
         return None;
     }
-    let offset = a.ipa.raw() - layout::VSMMU_BASE;
-    let value = if a.write {
-        a.store_value(frame.reg(a.reg))
-    } else {
-        0
+    let ctx = AccessContext {
+        vm,
+        vcpu,
+        machine: m,
+        deferred: Some(RefCell::new(Vec::new())),
     };
-    let (read, irqs) = vsmmu.lock().mmio(offset, a.size, a.write, value);
-    if !a.write {
-        frame.set_reg(a.reg, a.load_value(read));
-    }
-    skip_instruction(frame);
-    Some(irqs)
+    access_device(device, &ctx, offset, a, frame);
+    ctx.deferred.map(RefCell::into_inner)
 }
 
 /// WFI (HCR_EL2.TWI is never set, so only if a CPU traps it anyway): sleep
@@ -261,15 +261,29 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, a: &MmioAccess, m: &d
         vm,
         vcpu,
         machine: m,
+        deferred: None,
     };
+    access_device(device, &ctx, offset, a, frame);
+}
+
+/// Carries out data access `a` on `device` at `offset` and completes the
+/// instruction: a write stores the register's value, a read loads the
+/// device's answer into it.
+fn access_device(
+    device: &dyn MmioDevice,
+    ctx: &AccessContext<'_>,
+    offset: u64,
+    a: &MmioAccess,
+    frame: &mut TrapFrame,
+) {
     let access = Access {
         offset,
         size: a.size,
     };
     if a.write {
-        device.write(&ctx, access, a.store_value(frame.reg(a.reg)));
+        device.write(ctx, access, a.store_value(frame.reg(a.reg)));
     } else {
-        let raw = device.read(&ctx, access);
+        let raw = device.read(ctx, access);
         frame.set_reg(a.reg, a.load_value(raw));
     }
     skip_instruction(frame);

@@ -857,6 +857,10 @@ pub struct AccessContext<'a> {
     pub vcpu: usize,
     /// The physical side.
     pub machine: &'a dyn Machine,
+    /// Edges raised by the access, collected here instead of raised when
+    /// the trap raises them itself once it has folded in the vCPU's list
+    /// registers (`trap::quick_mmio`).
+    pub deferred: Option<core::cell::RefCell<Vec<u32>>>,
 }
 
 impl fmt::Debug for AccessContext<'_> {
@@ -882,7 +886,10 @@ impl MmioContext for AccessContext<'_> {
     }
 
     fn raise_edge(&self, intid: u32) {
-        self.vm.raise_edge(intid, self.machine);
+        match &self.deferred {
+            Some(d) => d.borrow_mut().push(intid),
+            None => self.vm.raise_edge(intid, self.machine),
+        }
     }
 
     fn update_uart_irq(&self) {

@@ -215,9 +215,9 @@ mod tests {
         }
     }
 
-    fn fwd(t: Result<Translated, CmdError>) -> [Command; 1] {
+    fn fwd(t: Result<Translated, CmdError>) -> Command {
         match t {
-            Ok(Translated::Forward(c)) => [c],
+            Ok(Translated::Forward(c)) => c,
             other => panic!("not forwarded: {other:?}"),
         }
     }
@@ -233,12 +233,12 @@ mod tests {
         };
         assert_eq!(
             fwd(translate(&c, VM, &m)),
-            [Command::TlbiNhVa {
+            Command::TlbiNhVa {
                 vmid: VM,
                 asid: Asid(3),
                 addr: Iova(0xffff_8000_1234_5000),
                 scope: range_scope(),
-            }]
+            }
         );
         let c = Command::TlbiNhVaa {
             vmid: Vmid(3),
@@ -250,14 +250,14 @@ mod tests {
         };
         assert_eq!(
             fwd(translate(&c, VM, &m)),
-            [Command::TlbiNhVaa {
+            Command::TlbiNhVaa {
                 vmid: VM,
                 addr: Iova(0x1000),
                 scope: TlbiScope {
                     leaf: false,
                     range: None
                 },
-            }]
+            }
         );
         // A guest naming another VMID still only hits its own.
         let c = Command::TlbiNhAsid {
@@ -266,23 +266,20 @@ mod tests {
         };
         assert_eq!(
             fwd(translate(&c, VM, &m)),
-            [Command::TlbiNhAsid {
+            Command::TlbiNhAsid {
                 vmid: VM,
                 asid: Asid(0x1ff)
-            }]
+            }
         );
         let c = Command::TlbiNhAll { vmid: Vmid(1) };
-        assert_eq!(
-            fwd(translate(&c, VM, &m)),
-            [Command::TlbiNhAll { vmid: VM }]
-        );
+        assert_eq!(fwd(translate(&c, VM, &m)), Command::TlbiNhAll { vmid: VM });
     }
 
     #[test]
     fn nsnh_all_becomes_nh_all_of_the_vm() {
         assert_eq!(
             fwd(translate(&Command::TlbiNsnhAll, VM, &map())),
-            [Command::TlbiNhAll { vmid: VM }]
+            Command::TlbiNhAll { vmid: VM }
         );
     }
 
@@ -343,18 +340,18 @@ mod tests {
         };
         assert_eq!(
             fwd(translate(&c, VM, &m)),
-            [Command::CfgiCd {
+            Command::CfgiCd {
                 sid: StreamId(0x2010),
                 ssid: Ssid(5),
                 leaf: true
-            }]
+            }
         );
         let c = Command::CfgiCdAll { sid: StreamId(0x8) };
         assert_eq!(
             fwd(translate(&c, VM, &m)),
-            [Command::CfgiCdAll {
+            Command::CfgiCdAll {
                 sid: StreamId(0x108)
-            }]
+            }
         );
         let c = Command::AtcInv {
             sid: StreamId(0x8),
@@ -365,13 +362,13 @@ mod tests {
         };
         assert_eq!(
             fwd(translate(&c, VM, &m)),
-            [Command::AtcInv {
+            Command::AtcInv {
                 sid: StreamId(0x108),
                 ssid: Some(Ssid(1)),
                 global: false,
                 addr: Iova(0x20_0000),
                 size: 9
-            }]
+            }
         );
         // No device of the VM there: nothing to invalidate.
         for sid in [0u32, 0x108, 0x2010, u32::MAX] {
@@ -459,7 +456,7 @@ mod tests {
             Err(CmdError::IllegalField { .. })
         ));
         let with_ril = VsmmuPolicy { ril: true, ..p };
-        assert_eq!(fwd(translate_checked(&ranged, VM, &m, &with_ril)), [ranged]);
+        assert_eq!(fwd(translate_checked(&ranged, VM, &m, &with_ril)), ranged);
         let wide = Command::TlbiNhAsid {
             vmid: VM,
             asid: Asid(0x100),

@@ -188,8 +188,6 @@ pub struct VsmmuEngine<P, M> {
 struct Scratch {
     /// Actions still to carry out in this access, in order.
     todo: VecDeque<VsmmuAction>,
-    /// What a register write asks for.
-    written: Vec<VsmmuAction>,
     /// One round's outcome.
     round: CmdqOutcome,
     /// Physical commands waiting to be submitted together.
@@ -268,10 +266,7 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
         let size = usize::from(size);
         let mut todo = core::mem::take(&mut self.scratch.todo);
         if write {
-            let mut written = core::mem::take(&mut self.scratch.written);
-            self.dev.write_into(off, size, value, &mut written);
-            todo.extend(written.drain(..));
-            self.scratch.written = written;
+            self.dev.write_into(off, size, value, &mut todo);
         } else if off == offset::CMDQ_CONS && self.dev.cmdq_enabled() {
             // A guest polling CMDQ_CONS makes progress on its queue.
             todo.push_back(VsmmuAction::ProcessCommands);

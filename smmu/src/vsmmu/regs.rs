@@ -34,6 +34,7 @@
 //!   MSI_EVENTQ_ABT_ERR or MSI_GERROR_ABT_ERR (the last raises nothing
 //!   further). With ADDR 0 the interrupt is the wired one.
 
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use tock_registers::LocalRegisterCopy;
@@ -512,19 +513,19 @@ impl VSmmu {
     /// Writes `size` bytes (4 or 8) of `value` at `offset`. Total: unknown
     /// offsets, odd sizes and misaligned accesses are ignored.
     pub fn write(&mut self, offset: usize, size: usize, value: u64) -> Vec<VsmmuAction> {
-        let mut actions = Vec::new();
+        let mut actions = VecDeque::new();
         self.write_into(offset, size, value, &mut actions);
-        actions
+        actions.into()
     }
 
     /// [`write`](Self::write), appending what to do to `actions` (each
-    /// action once), whose capacity is reused.
+    /// action once): a caller's queue of work, whose capacity is reused.
     pub fn write_into(
         &mut self,
         offset: usize,
         size: usize,
         value: u64,
-        actions: &mut Vec<VsmmuAction>,
+        actions: &mut VecDeque<VsmmuAction>,
     ) {
         match size {
             4 if offset.is_multiple_of(4) => self.write32(offset, value as u32, actions),
@@ -536,10 +537,10 @@ impl VSmmu {
         }
     }
 
-    fn write32(&mut self, off: usize, v: u32, actions: &mut Vec<VsmmuAction>) {
-        fn push(actions: &mut Vec<VsmmuAction>, a: VsmmuAction) {
+    fn write32(&mut self, off: usize, v: u32, actions: &mut VecDeque<VsmmuAction>) {
+        fn push(actions: &mut VecDeque<VsmmuAction>, a: VsmmuAction) {
             if !actions.contains(&a) {
-                actions.push(a);
+                actions.push_back(a);
             }
         }
         if let Some((irq, reg)) = self.irq_cfg(off) {
