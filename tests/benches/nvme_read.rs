@@ -36,19 +36,24 @@
 //! each acknowledge, 7 KiB for 16 bits against the 1 KiB of the
 //! hypervisor's default 14, which the bare configurations always pay.
 //!
-//! Each figure is the median of the rounds, printed with the slowest and
-//! the fastest round beside it, so the spread the host adds is in sight;
-//! traps are also given per second of the workload, which tells the
-//! traps that come with time (timer ticks) from those that come with
-//! reads.
+//! Each boot runs the pair of workloads three times (`--reps=N`), and its
+//! figure is their median. A round boots every configuration once, every
+//! other round in reverse order; a figure is the median of the rounds,
+//! printed with the slowest and the fastest round beside it, so the
+//! spread the host adds is in sight. A ratio is the median of the rounds'
+//! ratios, each between two boots of the same round, printed with the
+//! lowest and the highest: the host's slow drifts cancel in it. Traps are
+//! also given per second of the workload, which tells the traps that come
+//! with time (timer ticks) from those that come with reads.
 //!
 //! TCG timings are noisy: only ratios measured in one run mean anything.
 //! `cargo bench -p scenario-tests --bench nvme_read` after `./hv build` and
 //! the guest fetch (`./hv bench` does it all); `-- --test` runs each
 //! configuration once with short workloads; other arguments choose the
 //! configurations whose names contain one of them (`-- "stage-2
-//! passthrough"`: the stage-2 ones); `--rounds=N` runs N rounds instead of
-//! 5.
+//! passthrough"`: the stage-2 ones; `-- "=stage-2 passthrough"`: that one
+//! alone); `--rounds=N` runs N rounds instead of 5, `--reps=N` N
+//! repetitions per boot instead of 3.
 
 use scenario_tests::{boot_with_cmdline_typing, median, TIMEOUT};
 use std::path::PathBuf;
@@ -100,31 +105,35 @@ fn parse(line: &str) -> Option<Workload> {
     })
 }
 
-/// Runs one guest to its end; returns its (4 KiB random, 1 MiB sequential)
-/// workloads.
-fn run(mut cmd: Command, name: &str) -> (Workload, Workload) {
+/// One boot's figures: its (4 KiB random, 1 MiB sequential) workloads,
+/// once per repetition.
+type Boot = Vec<(Workload, Workload)>;
+
+/// Runs one guest to its end; returns its workloads.
+fn run(mut cmd: Command, name: &str, reps: usize) -> Boot {
     let out = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
         .expect("cannot start QEMU");
-    results(&String::from_utf8_lossy(&out.stdout), name)
+    results(&String::from_utf8_lossy(&out.stdout), name, reps)
 }
 
-/// The (4 KiB random, 1 MiB sequential) workloads a console shows.
-fn results(text: &str, name: &str) -> (Workload, Workload) {
+/// The `reps` pairs of (4 KiB random, 1 MiB sequential) workloads a
+/// console shows.
+fn results(text: &str, name: &str, reps: usize) -> Boot {
     let mut lines = text
         .lines()
         .filter(|l| l.contains("nvme-bench: disk-bench:"));
-    let mut next = |what: &str| {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("{name}: no {what} result; console:\n{text}"));
+    let mut next = |what: &str, rep: usize| {
+        let line = lines.next().unwrap_or_else(|| {
+            panic!("{name}: no {what} result in repetition {rep}; console:\n{text}")
+        });
         parse(line).unwrap_or_else(|| panic!("{name}: cannot parse {line:?}"))
     };
-    let small = next("4 KiB");
-    let large = next("1 MiB");
-    (small, large)
+    (1..=reps)
+        .map(|rep| (next("4 KiB", rep), next("1 MiB", rep)))
+        .collect()
 }
 
 /// What the neighbour did while the Linux VM ran its workloads.
@@ -140,8 +149,9 @@ struct Neighbour {
 /// command line, the neighbour's commands aimed at its own RAM with
 /// `own_ram`. The neighbour floods until the Linux VM has finished: then
 /// a key typed to it (Ctrl-] 1, then any key) ends the flood.
-fn neighbour(own_ram: bool, smoke: bool, name: &str) -> ((Workload, Workload), Neighbour) {
-    let mut cmdline = vec![("linux", sizes(smoke))];
+fn neighbour(own_ram: bool, sizes: &Sizes, name: &str) -> (Boot, Neighbour) {
+    let words = sizes.words();
+    let mut cmdline = vec![("linux", words.as_str())];
     if own_ram {
         cmdline.push(("attacker", "nvme_flood_own"));
     }
@@ -169,23 +179,33 @@ fn neighbour(own_ram: bool, smoke: bool, name: &str) -> ((Workload, Workload), N
         commands_s: number(&flood, " commands submitted") / seconds,
         faults_s: faults / seconds,
     };
-    (results(&b.console, name), n)
+    (results(&b.console, name, sizes.reps), n)
 }
 
-/// The kernel command line's benchmark words: the workloads' sizes.
-fn sizes(smoke: bool) -> &'static str {
-    if smoke {
-        "nvme.bench_ios=256 nvme.bench_mib=32"
-    } else {
-        "nvme.bench_ios=8192 nvme.bench_mib=1024"
+/// The workloads each boot runs.
+struct Sizes {
+    /// Short workloads (`--test`).
+    smoke: bool,
+    /// Times each boot runs the pair of workloads.
+    reps: usize,
+}
+
+impl Sizes {
+    /// The kernel command line's benchmark words.
+    fn words(&self) -> String {
+        let (ios, mib) = if self.smoke { (256, 32) } else { (8192, 1024) };
+        format!(
+            "nvme.bench_ios={ios} nvme.bench_mib={mib} nvme.bench_reps={}",
+            self.reps
+        )
     }
 }
 
 /// Bare QEMU, optionally with its own SMMUv3 in front of the NVMe
 /// (`iommu.strict=` chooses the guest driver's invalidation mode).
-fn bare_qemu(smmu: Option<bool>, smoke: bool) -> Command {
+fn bare_qemu(smmu: Option<bool>, sizes: &Sizes) -> Command {
     let mut append = String::from("console=ttyAMA0 nokaslr panic=-1 init.run=nvme-bench ");
-    append += sizes(smoke);
+    append += &sizes.words();
     let mut args = vec![
         "-drive",
         "file=target/disks/bench.img,if=none,id=nvme0,format=raw",
@@ -205,13 +225,13 @@ fn bare_qemu(smmu: Option<bool>, smoke: bool) -> Command {
 
 /// A scenario under the hypervisor, with the workloads' sizes added to
 /// its Linux VM's command line.
-fn hypervisor(scenario: &str, smoke: bool) -> (Command, Option<PathBuf>) {
+fn hypervisor(scenario: &str, sizes: &Sizes) -> (Command, Option<PathBuf>) {
     let root = root();
     let p = qemu_runner::prepare_run(
         &root,
         scenario,
         &[],
-        &[("linux", sizes(smoke))],
+        &[("linux", &sizes.words())],
         &qemu_runner::hyp_bin(&root),
     )
     .expect("scenario");
@@ -228,6 +248,11 @@ enum Config {
     Neighbour { own_ram: bool },
 }
 
+/// The median over one boot's repetitions of `f`.
+fn of_boot(boot: &Boot, f: &dyn Fn(&(Workload, Workload)) -> f64) -> f64 {
+    median(&mut boot.iter().map(f).collect::<Vec<_>>())
+}
+
 fn main() {
     let smoke = std::env::args().any(|a| a == "--test");
     // Names to choose configurations by (cargo adds --bench).
@@ -235,14 +260,29 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    // --rounds=N: more rounds narrow the medians on a noisy host.
-    let rounds = std::env::args().find_map(|a| {
-        a.strip_prefix("--rounds=")
-            .map(|n| n.parse::<usize>().expect("--rounds=N takes a number"))
-    });
-    let runs = if smoke { 1 } else { rounds.unwrap_or(5).max(1) };
-    // (name, configuration, indices of the configurations it is compared
-    // with)
+    // --rounds=N and --reps=N: more of either narrow the medians on a
+    // noisy host.
+    let number = |flag: &str| {
+        std::env::args().find_map(|a| {
+            a.strip_prefix(flag).map(|n| {
+                n.parse::<usize>()
+                    .expect("--rounds=N and --reps=N take a number")
+            })
+        })
+    };
+    let runs = if smoke {
+        1
+    } else {
+        number("--rounds=").unwrap_or(5).max(1)
+    };
+    let sizes = Sizes {
+        smoke,
+        reps: if smoke {
+            1
+        } else {
+            number("--reps=").unwrap_or(3).max(1)
+        },
+    };
     let configs: [(&str, Config, &[usize]); 16] = [
         ("bare QEMU", Config::Bare { smmu: None }, &[]),
         (
@@ -321,27 +361,43 @@ fn main() {
             &[2, 6],
         ),
     ];
-    let runs_config =
-        |name: &str| chosen.is_empty() || chosen.iter().any(|c| name.contains(c.as_str()));
-    let mut results: Vec<Vec<(Workload, Workload)>> = configs.iter().map(|_| Vec::new()).collect();
+    // A name chooses the configurations whose names contain it; "=NAME"
+    // only the one called NAME.
+    let runs_config = |name: &str| {
+        chosen.is_empty()
+            || chosen.iter().any(|c| match c.strip_prefix('=') {
+                Some(exact) => name == exact,
+                None => name.contains(c.as_str()),
+            })
+    };
+    // results[c][round]: configuration c's boot in that round.
+    let mut results: Vec<Vec<Boot>> = configs.iter().map(|_| Vec::new()).collect();
     let mut neighbours: Vec<Vec<Neighbour>> = configs.iter().map(|_| Vec::new()).collect();
     for i in 0..runs {
-        for (c, &(name, config, _)) in configs.iter().enumerate() {
+        // Every other round runs the configurations in reverse, so that
+        // none is always the first or the last of a round.
+        let order: Vec<usize> = if i % 2 == 0 {
+            (0..configs.len()).collect()
+        } else {
+            (0..configs.len()).rev().collect()
+        };
+        for c in order {
+            let (name, config, _) = configs[c];
             if !runs_config(name) {
                 continue;
             }
-            let r = match config {
-                Config::Bare { smmu } => run(bare_qemu(smmu, smoke), name),
+            let boot = match config {
+                Config::Bare { smmu } => run(bare_qemu(smmu, &sizes), name, sizes.reps),
                 Config::Hypervisor(scenario) => {
-                    let (cmd, bundle) = hypervisor(scenario, smoke);
-                    let r = run(cmd, name);
+                    let (cmd, bundle) = hypervisor(scenario, &sizes);
+                    let r = run(cmd, name, sizes.reps);
                     if let Some(b) = bundle {
                         let _ = std::fs::remove_file(b);
                     }
                     r
                 }
                 Config::Neighbour { own_ram } => {
-                    let (r, n) = neighbour(own_ram, smoke, name);
+                    let (r, n) = neighbour(own_ram, &sizes, name);
                     neighbours[c].push(n);
                     r
                 }
@@ -351,25 +407,38 @@ fn main() {
                 // always traps during a workload (at least its own counter
                 // reads).
                 assert!(
-                    r.0.traps > 0.0 && r.1.traps > 0.0,
+                    boot.iter().all(|r| r.0.traps > 0.0 && r.1.traps > 0.0),
                     "{name}: no trap count from the guest's counters page"
                 );
             }
             println!(
-                "run {}: {name}: 4 KiB random {:.0} IOPS, 1 MiB sequential {:.1} MiB/s",
+                "run {}: {name}: 4 KiB random {:.0} IOPS, 1 MiB sequential {:.1} MiB/s{}",
                 i + 1,
-                r.0.iops(),
-                r.1.mib_s()
+                of_boot(&boot, &|r| r.0.iops()),
+                of_boot(&boot, &|r| r.1.mib_s()),
+                if sizes.reps > 1 {
+                    format!(" (median of {} repetitions)", sizes.reps)
+                } else {
+                    String::new()
+                }
             );
-            results[c].push(r);
+            results[c].push(boot);
         }
     }
+    // The median over the rounds of each boot's median.
     let med = |c: usize, f: &dyn Fn(&(Workload, Workload)) -> f64| {
-        median(&mut results[c].iter().map(f).collect::<Vec<_>>())
+        median(
+            &mut results[c]
+                .iter()
+                .map(|boot| of_boot(boot, f))
+                .collect::<Vec<_>>(),
+        )
     };
     println!(
-        "NVMe O_DIRECT reads, one at a time, median of {runs} interleaved runs; \
-         ratios against the configurations in brackets:"
+        "NVMe O_DIRECT reads, one at a time, {} repetition(s) per boot, {runs} interleaved rounds; \
+         ratios against the configurations in brackets: the median of the rounds' ratios, \
+         with the lowest and the highest:",
+        sizes.reps
     );
     for (c, &(name, config, bases)) in configs.iter().enumerate() {
         if results[c].is_empty() {
@@ -380,17 +449,30 @@ fn main() {
             .copied()
             .filter(|&b| !results[b].is_empty())
             .collect();
+        // Each round's ratio compares two boots of the same round, run
+        // close together: the host's slow drifts cancel in it.
         let ratios = |f: &dyn Fn(&(Workload, Workload)) -> f64| {
-            let mine = med(c, f);
             bases
                 .iter()
-                .map(|&b| format!("{:.2}x", mine / med(b, f)))
+                .map(|&b| {
+                    let mut r: Vec<f64> = results[c]
+                        .iter()
+                        .zip(&results[b])
+                        .map(|(mine, base)| of_boot(mine, f) / of_boot(base, f))
+                        .collect();
+                    let m = median(&mut r);
+                    if r.len() > 1 {
+                        format!("{m:.2}x [{:.2} to {:.2}]", r[0], r[r.len() - 1])
+                    } else {
+                        format!("{m:.2}x")
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
         // The slowest and the fastest round of a figure.
         let spread = |f: &dyn Fn(&(Workload, Workload)) -> f64| {
-            let v: Vec<f64> = results[c].iter().map(f).collect();
+            let v: Vec<f64> = results[c].iter().map(|boot| of_boot(boot, f)).collect();
             let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = v.iter().copied().fold(0.0, f64::max);
             format!("{lo:.0} to {hi:.0}")
