@@ -53,7 +53,8 @@
 //! configurations whose names contain one of them (`-- "stage-2
 //! passthrough"`: the stage-2 ones; `-- "=stage-2 passthrough"`: that one
 //! alone); `--rounds=N` runs N rounds instead of 5, `--reps=N` N
-//! repetitions per boot instead of 3.
+//! repetitions per boot instead of 3, `--ios=N` and `--mib=N` N reads in
+//! the 4 KiB and the 1 MiB workload instead of 8192 and 1024.
 
 use scenario_tests::{boot_with_cmdline_typing, median, TIMEOUT};
 use std::path::PathBuf;
@@ -184,8 +185,10 @@ fn neighbour(own_ram: bool, sizes: &Sizes, name: &str) -> (Boot, Neighbour) {
 
 /// The workloads each boot runs.
 struct Sizes {
-    /// Short workloads (`--test`).
-    smoke: bool,
+    /// Reads of 4 KiB per workload.
+    ios: usize,
+    /// Reads of 1 MiB per workload.
+    mib: usize,
     /// Times each boot runs the pair of workloads.
     reps: usize,
 }
@@ -193,10 +196,9 @@ struct Sizes {
 impl Sizes {
     /// The kernel command line's benchmark words.
     fn words(&self) -> String {
-        let (ios, mib) = if self.smoke { (256, 32) } else { (8192, 1024) };
         format!(
-            "nvme.bench_ios={ios} nvme.bench_mib={mib} nvme.bench_reps={}",
-            self.reps
+            "nvme.bench_ios={} nvme.bench_mib={} nvme.bench_reps={}",
+            self.ios, self.mib, self.reps
         )
     }
 }
@@ -261,12 +263,12 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     // --rounds=N and --reps=N: more of either narrow the medians on a
-    // noisy host.
+    // noisy host; --ios=N and --mib=N: longer workloads.
     let number = |flag: &str| {
         std::env::args().find_map(|a| {
             a.strip_prefix(flag).map(|n| {
                 n.parse::<usize>()
-                    .expect("--rounds=N and --reps=N take a number")
+                    .expect("--rounds=, --reps=, --ios= and --mib= take a number")
             })
         })
     };
@@ -275,13 +277,18 @@ fn main() {
     } else {
         number("--rounds=").unwrap_or(5).max(1)
     };
-    let sizes = Sizes {
-        smoke,
-        reps: if smoke {
-            1
-        } else {
-            number("--reps=").unwrap_or(3).max(1)
-        },
+    let sizes = if smoke {
+        Sizes {
+            ios: 256,
+            mib: 32,
+            reps: 1,
+        }
+    } else {
+        Sizes {
+            ios: number("--ios=").unwrap_or(8192).max(1),
+            mib: number("--mib=").unwrap_or(1024).max(1),
+            reps: number("--reps=").unwrap_or(3).max(1),
+        }
     };
     let configs: [(&str, Config, &[usize]); 16] = [
         ("bare QEMU", Config::Bare { smmu: None }, &[]),
@@ -435,7 +442,7 @@ fn main() {
         )
     };
     println!(
-        "NVMe O_DIRECT reads, one at a time, {} repetition(s) per boot, {runs} interleaved rounds; \
+        "NVMe O_DIRECT reads, one at a time, {} repetition(s) per boot, {runs} interleaved round(s); \
          ratios against the configurations in brackets: the median of the rounds' ratios, \
          with the lowest and the highest:",
         sizes.reps
