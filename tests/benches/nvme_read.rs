@@ -42,9 +42,10 @@
 //! printed with the slowest and the fastest round beside it, so the
 //! spread the host adds is in sight. A ratio is the median of the rounds'
 //! ratios, each between two boots of the same round, printed with the
-//! lowest and the highest: the host's slow drifts cancel in it. Traps are
-//! also given per second of the workload, which tells the traps that come
-//! with time (timer ticks) from those that come with reads.
+//! lowest and the highest: a drift of the host from one round to the next
+//! cancels in it. Traps are also given per second of the workload, which
+//! tells the traps that come with time (timer ticks) from those that come
+//! with reads.
 //!
 //! TCG timings are noisy: only ratios measured in one run mean anything.
 //! `cargo bench -p scenario-tests --bench nvme_read` after `./hv build` and
@@ -456,8 +457,8 @@ fn main() {
             .copied()
             .filter(|&b| !results[b].is_empty())
             .collect();
-        // Each round's ratio compares two boots of the same round, run
-        // close together: the host's slow drifts cancel in it.
+        // Each round's ratio compares two boots of the same round: a
+        // drift of the host from one round to the next cancels in it.
         let ratios = |f: &dyn Fn(&(Workload, Workload)) -> f64| {
             bases
                 .iter()
