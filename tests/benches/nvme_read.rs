@@ -42,8 +42,9 @@
 //! printed with the slowest and the fastest round beside it, so the
 //! spread the host adds is in sight. A ratio is the median of the rounds'
 //! ratios, each between two boots of the same round, printed with the
-//! lowest and the highest: a drift of the host from one round to the next
-//! cancels in it. Traps are also given per second of the workload, which
+//! lowest and the highest and, from 10 rounds, a 95% bootstrap interval of
+//! that median: a drift of the host from one round to the next cancels in
+//! it. Traps are also given per second of the workload, which
 //! tells the traps that come with time (timer ticks) from those that come
 //! with reads.
 //!
@@ -251,6 +252,40 @@ enum Config {
     Neighbour { own_ram: bool },
 }
 
+/// A 95% interval for the median of `samples` (at least 10): the 2.5th and
+/// 97.5th percentiles of the medians of 2000 resamples drawn with
+/// replacement (a percentile bootstrap), from a fixed seed so that the
+/// same samples give the same interval.
+fn median_interval(samples: &[f64]) -> Option<(f64, f64)> {
+    const RESAMPLES: usize = 2000;
+    if samples.len() < 10 {
+        return None;
+    }
+    // xorshift64: the interval needs spread, not cryptographic quality.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let n = samples.len();
+    let mut draw = vec![0.0; n];
+    let mut medians: Vec<f64> = (0..RESAMPLES)
+        .map(|_| {
+            for d in &mut draw {
+                *d = samples[(next() % n as u64) as usize];
+            }
+            median(&mut draw)
+        })
+        .collect();
+    medians.sort_by(|a, b| a.total_cmp(b));
+    Some((
+        medians[RESAMPLES / 40],
+        medians[RESAMPLES - 1 - RESAMPLES / 40],
+    ))
+}
+
 /// The median over one boot's repetitions of `f`.
 fn of_boot(boot: &Boot, f: &dyn Fn(&(Workload, Workload)) -> f64) -> f64 {
     median(&mut boot.iter().map(f).collect::<Vec<_>>())
@@ -445,7 +480,7 @@ fn main() {
     println!(
         "NVMe O_DIRECT reads, one at a time, {} repetition(s) per boot, {runs} interleaved round(s); \
          ratios against the configurations in brackets: the median of the rounds' ratios, \
-         with the lowest and the highest:",
+         with the lowest, the highest and (from 10 rounds) a 95% interval of the median:",
         sizes.reps
     );
     for (c, &(name, config, bases)) in configs.iter().enumerate() {
@@ -469,10 +504,14 @@ fn main() {
                         .map(|(mine, base)| of_boot(mine, f) / of_boot(base, f))
                         .collect();
                     let m = median(&mut r);
-                    if r.len() > 1 {
-                        format!("{m:.2}x [{:.2} to {:.2}]", r[0], r[r.len() - 1])
-                    } else {
-                        format!("{m:.2}x")
+                    match (r.len(), median_interval(&r)) {
+                        (_, Some((lo, hi))) => format!(
+                            "{m:.2}x [{:.2} to {:.2}; median {lo:.2} to {hi:.2} at 95%]",
+                            r[0],
+                            r[r.len() - 1]
+                        ),
+                        (2.., None) => format!("{m:.2}x [{:.2} to {:.2}]", r[0], r[r.len() - 1]),
+                        _ => format!("{m:.2}x"),
                     }
                 })
                 .collect::<Vec<_>>()
