@@ -75,7 +75,7 @@ fn nth(seen: &[Vec<f64>], marks: &[&str], mark: &str, n: usize) -> f64 {
 }
 
 fn bare_qemu() -> Command {
-    scenario_tests::bare_linux_qemu(&[], "console=ttyAMA0 nokaslr panic=-1")
+    scenario_tests::bare_linux_qemu("512M", &[], "console=ttyAMA0 nokaslr panic=-1")
 }
 
 /// `scenario` under the hypervisor, `words` added to its guest's command

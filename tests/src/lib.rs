@@ -597,15 +597,16 @@ impl Drop for CpuSlots {
 }
 
 /// The same Debian guest as the hypervisor's Linux scenarios, on bare QEMU
-/// (`virt`, GICv3, 2 cortex-a57 CPUs, 512 MiB), with `extra` QEMU arguments
-/// and the kernel command line `append`: what the benchmarks compare with.
-/// Run from the repository root, so relative image paths work.
-pub fn bare_linux_qemu(extra: &[&str], append: &str) -> std::process::Command {
+/// (`virt`, GICv3, 2 cortex-a57 CPUs, `memory` as QEMU's `-m` takes it),
+/// with `extra` QEMU arguments and the kernel command line `append`: what
+/// the benchmarks compare with. Run from the repository root, so relative
+/// image paths work.
+pub fn bare_linux_qemu(memory: &str, extra: &[&str], append: &str) -> std::process::Command {
     let linux = workspace().join("target/guests/linux");
     let mut c = std::process::Command::new("qemu-system-aarch64");
     c.current_dir(workspace())
         .args(["-M", "virt,gic-version=3", "-cpu", "cortex-a57"])
-        .args(["-smp", "2", "-m", "512M"])
+        .args(["-smp", "2", "-m", memory])
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .args(extra)
         .arg("-kernel")

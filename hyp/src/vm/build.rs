@@ -24,7 +24,7 @@ use super::bus::BusError;
 use super::intx::IntxForwarding;
 use super::msi::{self, Delivery};
 use super::ram::GuestRam;
-use super::space::{IpaSpace, Kind, Mapping};
+use super::space::{self, IpaSpace, Kind, Mapping};
 use super::vm::{VirtualIommu, Vm, UART_INTID};
 use super::vsmmu::VmVsmmu;
 use crate::arch::{self, guest};
@@ -48,7 +48,8 @@ use smmu::event::Event;
 use smmu::hw::PAGE_SIZE;
 use smmu::stage2::{Leaves, Stage2};
 
-/// IPA size of every VM.
+/// IPA size of every VM: its CPU's stage 2, and what its vSMMU offers as
+/// output size.
 const IPA_BITS: u32 = 40;
 /// SPIs the virtual GIC implements.
 const NR_SPIS: u32 = 32;
@@ -592,8 +593,9 @@ fn vsmmu_for(
 /// machine has an SMMU and an ITS, the MSI doorbell for its devices; the
 /// CPU's table in `cpu_leaves`, the domain's in the largest blocks.
 /// Returns the VMID and the space. With an SMMU the VMID is the IOMMU
-/// domain's and the CPU's table has the domain's geometry; the CPU's
-/// tables are accounted in `S2_CPU_MEM`, the domain's in the SMMU's.
+/// domain's, whose IPA size [`space::domain_ipa_bits`] chooses; the
+/// CPU's tables are accounted in `S2_CPU_MEM`, the domain's in the
+/// SMMU's.
 fn address_space(
     name: &str,
     index: usize,
@@ -620,17 +622,16 @@ fn address_space(
     let mut h = host.lock();
     let id = h
         .iommu
-        .create_domain(IPA_BITS)
+        .create_domain(space::domain_ipa_bits(ipa + size))
         .map_err(|e| fail("IOMMU domain", &e))?;
-    let d = h.iommu.domain(id).expect("domain just created");
-    let (vmid, ipa_bits) = (d.vmid(), d.ipa_bits());
+    let vmid = h.iommu.domain(id).expect("domain just created").vmid();
     if u32::from(vmid.0) >> arch::vmid_bits() != 0 {
         return Err(fail(
             "VMID",
             &alloc::format!("{} does not fit the CPU's VMID width", vmid.0),
         ));
     }
-    let cpu = Stage2::new(&mm::S2_CPU_MEM, ipa_bits, pa_bits)
+    let cpu = Stage2::new(&mm::S2_CPU_MEM, IPA_BITS, pa_bits)
         .map_err(|e| fail("stage 2", &e))?
         .with_leaves(cpu_leaves);
     let mut space = IpaSpace::new(cpu, Some(id));

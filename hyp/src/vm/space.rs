@@ -111,6 +111,25 @@ impl Mapping {
     }
 }
 
+/// The smallest IPA size of a VM's IOMMU domain. With the 4 KiB granule,
+/// 39 bits is the largest size whose walk starts at level 1 from a single
+/// root table; 40 bits take two concatenated level-1 tables. The walk is
+/// as deep either way, but an SMMU that looks its TLB up level by level
+/// from the level an unconcatenated walk of that size would start at
+/// (QEMU's model: level 0 for 40 bits, one hash probe per level) makes
+/// one probe more per lookup at 40 bits, and a nested walk looks up each
+/// of the guest's stage-1 table addresses. The guest's layout puts
+/// everything a device reaches (its MSI doorbell, its functions' BARs)
+/// below its RAM, so the domain needs more only for RAM beyond 512 GiB.
+const DOMAIN_MIN_IPA_BITS: u32 = 39;
+
+/// The IPA size of the IOMMU domain of a VM whose RAM ends at IPA
+/// `ram_end`: enough for its RAM, and at least [`DOMAIN_MIN_IPA_BITS`].
+pub fn domain_ipa_bits(ram_end: u64) -> u32 {
+    let needed = 64 - ram_end.saturating_sub(1).leading_zeros();
+    needed.max(DOMAIN_MIN_IPA_BITS)
+}
+
 /// Why a mapping was not made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpaceError {
@@ -256,7 +275,9 @@ mod tests {
             ..SmmuOptions::default()
         };
         let mut iommu = Iommu::new(Smmu::new(&fake, &*mem, opts).unwrap());
-        let id = iommu.create_domain(40).unwrap();
+        let id = iommu
+            .create_domain(domain_ipa_bits(RAM.raw() + RAM_LEN))
+            .unwrap();
         let cpu_mem = FakeMemory::new();
         let mut space = IpaSpace::new(cpu_table(&cpu_mem).with_leaves(leaves), Some(id));
         for m in [
@@ -347,5 +368,23 @@ mod tests {
             Err(SpaceError::Cpu(Stage2Error::Overlap(BAR)))
         );
         assert_eq!(space.mappings(), [Mapping::bar(BAR, BAR_PA, BAR_LEN)]);
+    }
+
+    #[test]
+    fn the_domain_covers_ram_from_one_level_1_root_table() {
+        // 512 MiB at 1 GiB, as the guest layout places RAM.
+        assert_eq!(domain_ipa_bits(0x6000_0000), 39);
+        // RAM ending exactly at 512 GiB still fits.
+        assert_eq!(domain_ipa_bits(1 << 39), 39);
+        // A page beyond needs the 40th bit, and so on.
+        assert_eq!(domain_ipa_bits((1 << 39) + 0x1000), 40);
+        assert_eq!(domain_ipa_bits((1 << 44) + 0x1000), 45);
+        let mem = FakeMemory::new();
+        let root = |bits| {
+            let c = Stage2::new(&mem, bits, 48).unwrap().config();
+            (c.start_level, c.concatenated)
+        };
+        assert_eq!(root(39), (1, 1), "one level-1 table");
+        assert_eq!(root(40), (1, 2), "two concatenated level-1 tables");
     }
 }
