@@ -8,7 +8,6 @@
 //! the VM's name; input comes from the console multiplexer.
 
 use alloc::collections::VecDeque;
-use alloc::vec::Vec;
 
 /// Register offsets.
 mod reg {
@@ -44,11 +43,37 @@ const RX_CAPACITY: usize = 64;
 /// Longest output line before it is flushed without a newline.
 const LINE_MAX: usize = 512;
 
+/// An output line, held in place: the UART's line buffer, and a finished
+/// line on its way to the console. It takes no heap, so a VM printing
+/// leaves the hypervisor's heap as it was, whether it is mid-line or not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputLine {
+    bytes: [u8; LINE_MAX],
+    len: usize,
+}
+
+impl Default for OutputLine {
+    fn default() -> Self {
+        Self {
+            bytes: [0; LINE_MAX],
+            len: 0,
+        }
+    }
+}
+
+impl core::ops::Deref for OutputLine {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 /// One virtual PL011.
 #[derive(Debug, Default)]
 pub struct VirtualUart {
     rx: VecDeque<u8>,
-    line: Vec<u8>,
+    line: OutputLine,
     imsc: u32,
     tx_raw: bool,
     cr: u32,
@@ -62,7 +87,7 @@ pub struct VirtualUart {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct UartEffect {
     /// A complete output line (without the newline) to print.
-    pub line: Option<Vec<u8>>,
+    pub line: Option<OutputLine>,
 }
 
 impl VirtualUart {
@@ -136,8 +161,9 @@ impl VirtualUart {
                     b'\n' => effect.line = Some(core::mem::take(&mut self.line)),
                     b'\r' => {}
                     _ => {
-                        self.line.push(byte);
-                        if self.line.len() >= LINE_MAX {
+                        self.line.bytes[self.line.len] = byte;
+                        self.line.len += 1;
+                        if self.line.len == LINE_MAX {
                             effect.line = Some(core::mem::take(&mut self.line));
                         }
                     }
@@ -161,7 +187,7 @@ impl VirtualUart {
     }
 
     /// Output not yet ended by a newline (printed when the VM stops).
-    pub fn take_partial_line(&mut self) -> Option<Vec<u8>> {
+    pub fn take_partial_line(&mut self) -> Option<OutputLine> {
         (!self.line.is_empty()).then(|| core::mem::take(&mut self.line))
     }
 }
@@ -177,11 +203,24 @@ mod tests {
             assert_eq!(u.write(reg::DR, 4, u64::from(*b)), UartEffect::default());
         }
         assert_eq!(
-            u.write(reg::DR, 4, u64::from(b'\n')).line,
-            Some(b"hi".to_vec())
+            u.write(reg::DR, 4, u64::from(b'\n')).line.as_deref(),
+            Some(&b"hi"[..])
         );
         u.write(reg::DR, 4, u64::from(b'x'));
-        assert_eq!(u.take_partial_line(), Some(b"x".to_vec()));
+        assert_eq!(u.take_partial_line().as_deref(), Some(&b"x"[..]));
+        assert_eq!(u.take_partial_line(), None, "taken once");
+    }
+
+    #[test]
+    fn a_line_without_newline_is_flushed_at_its_longest() {
+        let mut u = VirtualUart::new();
+        for _ in 1..LINE_MAX {
+            assert_eq!(u.write(reg::DR, 4, u64::from(b'a')).line, None);
+        }
+        let line = u.write(reg::DR, 4, u64::from(b'b')).line.expect("flushed");
+        assert_eq!(line.len(), LINE_MAX);
+        assert_eq!(line.last(), Some(&b'b'));
+        assert_eq!(u.take_partial_line(), None, "the buffer starts again");
     }
 
     #[test]
