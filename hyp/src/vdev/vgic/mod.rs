@@ -139,8 +139,8 @@ impl Effects {
     }
 
     /// The vCPUs to kick, in increasing order.
-    pub fn kicked(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..MAX_VCPUS).filter(move |&v| self.kicks(v))
+    pub fn kicked(&self) -> impl Iterator<Item = usize> {
+        set_bits(self.kick)
     }
 
     /// Physical interrupts to deactivate.
@@ -152,8 +152,8 @@ impl Effects {
     /// changed (their redistributor's LPIs were turned on or off) in a vGIC
     /// whose LPIs the physical GIC delivers ([`VGic::set_direct_lpis`]):
     /// the caller hands [`VGic::lpi_hw_configs`] to the physical side.
-    pub fn lpi_configs_changed(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..MAX_VCPUS).filter(move |&v| self.lpi_config & (1 << v) != 0)
+    pub fn lpi_configs_changed(&self) -> impl Iterator<Item = usize> {
+        set_bits(self.lpi_config)
     }
 
     /// Whether there is nothing to do.
@@ -171,6 +171,19 @@ impl Effects {
     fn kick_mask(&mut self, mask: u64) {
         self.kick |= mask;
     }
+}
+
+/// The indices of the bits set in `mask`, in increasing order. Costs one
+/// step per set bit: the effects of an exit, which name a vCPU or two of
+/// up to [`MAX_VCPUS`], are read on every exit.
+fn set_bits(mut mask: u64) -> impl Iterator<Item = usize> {
+    core::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let bit = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            bit
+        })
+    })
 }
 
 /// The state of one interrupt (per vCPU for SGIs and PPIs).
