@@ -343,7 +343,7 @@ impl VGic {
             } else if e.linked && irq.phys_active {
                 if let Some(pintid) = irq.hw {
                     irq.phys_active = false;
-                    fx.deactivate.push(super::HwDeactivate { vcpu, pintid });
+                    fx.deactivate(super::HwDeactivate { vcpu, pintid });
                 }
             }
         }

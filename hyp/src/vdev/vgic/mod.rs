@@ -39,6 +39,7 @@ pub mod lpi;
 pub mod lr;
 pub mod redist;
 
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
@@ -111,18 +112,38 @@ pub struct HwDeactivate {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Effects {
     kick: u64,
-    deactivate: Vec<HwDeactivate>,
     lpi_config: u64,
+    /// Physical interrupts to deactivate. Rarely any, so held out of line
+    /// (an empty boxed slice allocates nothing): the effects pass up
+    /// through several functions on every exit, and small enough a move
+    /// is a few register moves, not a call to `memcpy` (checked below).
+    deactivate: Box<[HwDeactivate]>,
 }
+
+/// The compiler copies at most four general-purpose registers' worth
+/// inline on AArch64 without SIMD (the hypervisor's soft-float target);
+/// anything larger is a call to `memcpy`, which an emulator runs as a
+/// loop of translated blocks.
+const _: () = assert!(
+    core::mem::size_of::<Result<Effects, VgicError>>() <= 32,
+    "vGIC effects copied inline"
+);
 
 impl Effects {
     /// Nothing to do.
-    pub const fn none() -> Self {
+    pub fn none() -> Self {
         Self {
             kick: 0,
-            deactivate: Vec::new(),
             lpi_config: 0,
+            deactivate: Box::default(),
         }
+    }
+
+    /// Adds the deactivation of a physical interrupt.
+    fn deactivate(&mut self, d: HwDeactivate) {
+        let mut list = Vec::from(core::mem::take(&mut self.deactivate));
+        list.push(d);
+        self.deactivate = list.into_boxed_slice();
     }
 
     /// Whether vCPU `vcpu` must be kicked: made to exit (or woken from WFI)
@@ -164,7 +185,13 @@ impl Effects {
     /// Adds the work of `other`.
     pub fn merge(&mut self, other: Effects) {
         self.kick |= other.kick;
-        self.deactivate.extend(other.deactivate);
+        if self.deactivate.is_empty() {
+            self.deactivate = other.deactivate;
+        } else if !other.deactivate.is_empty() {
+            let mut list = Vec::from(core::mem::take(&mut self.deactivate));
+            list.extend_from_slice(&other.deactivate);
+            self.deactivate = list.into_boxed_slice();
+        }
         self.lpi_config |= other.lpi_config;
     }
 
@@ -535,7 +562,7 @@ impl VGic {
         if let Some(pintid) = irq.hw {
             if irq.phys_active && irq.owner.is_none() && !irq.active && !irq.pending() {
                 irq.phys_active = false;
-                fx.deactivate.push(HwDeactivate {
+                fx.deactivate(HwDeactivate {
                     vcpu: target,
                     pintid,
                 });
@@ -670,7 +697,7 @@ impl VGic {
         let mut fx = Effects::none();
         let irq = self.irq_mut(vcpu, intid).ok_or(VgicError::InvalidIntid)?;
         if let (Some(pintid), true) = (irq.hw, irq.phys_active) {
-            fx.deactivate.push(HwDeactivate { vcpu, pintid });
+            fx.deactivate(HwDeactivate { vcpu, pintid });
         }
         irq.hw = None;
         irq.phys_active = false;
