@@ -77,10 +77,12 @@ pub fn off() {
 }
 
 /// `vcpu`'s list registers: those that may hold an interrupt read from
-/// the hardware, the others 0 (all read when nothing is known yet).
+/// the hardware, the others 0 (all read when nothing is known yet): the
+/// copy [`HwLrs`] keeps, brought up to date and returned whole (its
+/// entries from the implemented count on are 0), with that count.
 fn read_lrs(vgic: &mut VGic, vcpu: usize) -> ([u64; MAX_LRS], usize) {
-    let mut lrs = [0u64; MAX_LRS];
     let Some(hw) = vgic.vcpus.get_mut(vcpu).map(|v| &mut v.hw) else {
+        let mut lrs = [0u64; MAX_LRS];
         let n = nr_lrs();
         for (i, lr) in lrs.iter_mut().enumerate().take(n) {
             *lr = gicv3::read_lr(i);
@@ -103,8 +105,7 @@ fn read_lrs(vgic: &mut VGic, vcpu: usize) -> ([u64; MAX_LRS], usize) {
             }
         }
     }
-    lrs[..hw.n].copy_from_slice(&hw.lrs[..hw.n]);
-    (lrs, hw.n)
+    (hw.lrs, hw.n)
 }
 
 /// At an exit, before it is handled: folds what the guest did with the

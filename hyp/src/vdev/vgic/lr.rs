@@ -163,6 +163,7 @@ impl FillResult {
 }
 
 /// The best candidates for the list registers seen so far, by rank.
+#[derive(Debug, PartialEq, Eq)]
 struct Best {
     /// Ranks, sorted (lower is better).
     ranks: [u64; MAX_LRS],
@@ -209,12 +210,12 @@ fn rank(irq: &Irq, intid: u32) -> u64 {
 }
 
 impl VGic {
-    /// The best `cap` (at most [`MAX_LRS`]) interrupts to list on `vcpu`,
-    /// as ranks sorted best first, how many, and how many were wanted in
-    /// all: the active ones and the forwardable pending ones, not listed
-    /// anywhere. Only the interrupts marked as maybe busy are looked at
+    /// The best `cap` (at most [`MAX_LRS`]) interrupts to list on `vcpu`
+    /// (as ranks sorted best first, in [`Best`], with how many were wanted
+    /// in all): the active ones and the forwardable pending ones, not
+    /// listed anywhere. Only the interrupts marked as maybe busy are looked at
     /// (and the LPIs); those found idle are unmarked.
-    fn candidates(&mut self, vcpu: usize, cap: usize) -> ([u64; MAX_LRS], usize, usize) {
+    fn candidates(&mut self, vcpu: usize, cap: usize) -> Best {
         let mut best = Best::new(cap);
         let mut idle = 0u32;
         let mut marked = self.vcpus[vcpu].maybe_busy;
@@ -250,7 +251,7 @@ impl VGic {
                 best.consider(rank(irq, intid));
             }
         }
-        (best.ranks, best.n, best.total)
+        best
     }
 
     /// Marks every private interrupt of `vcpu` and every SPI as maybe busy:
@@ -377,22 +378,21 @@ impl VGic {
             self.deferred.merge(fx);
         }
         let cap = lrs.len().min(MAX_LRS);
-        let (best, n, total) = self.candidates(vcpu, cap);
+        let best = self.candidates(vcpu, cap);
         // Host tests and the fuzzers check the marks against ranking every
         // interrupt.
         #[cfg(debug_assertions)]
         {
             self.mark_all(vcpu);
             debug_assert_eq!(
-                (best, n, total),
+                best,
                 self.candidates(vcpu, cap),
                 "the interrupts marked busy hold every candidate"
             );
         }
-        let more = total > n;
-
-        let mut regs = [None::<ListRegister>; MAX_LRS];
-        for (slot, key) in best[..n].iter().enumerate() {
+        let n = best.n;
+        let more = best.total > n;
+        for (slot, key) in best.ranks[..n].iter().enumerate() {
             let intid = (key & 0xffff_ffff) as u32;
             let deliverable = if intid >= super::lpi::FIRST_LPI {
                 self.lpis
@@ -426,14 +426,19 @@ impl VGic {
             irq.owner = Some(vcpu as u8);
             irq.lr_pending = pending;
             irq.lr_pending_cleared = false;
-            regs[slot] = Some(ListRegister {
+            // With more waiting than the registers hold, each interrupt
+            // not linked to a physical one asks for a maintenance
+            // interrupt when the guest deactivates it (EOI = 1), so that
+            // the next can be listed.
+            lrs[slot] = ListRegister {
                 vintid: intid,
                 pintid: hw.map(|p| p as u16),
-                eoi: linked || (irq.resample && hw.is_none()),
+                eoi: linked || (irq.resample && hw.is_none()) || (more && hw.is_none()),
                 group1: irq.group1,
                 priority: irq.priority,
                 state: LrState::from_bits(pending, active),
-            });
+            }
+            .encode();
             self.vcpus[vcpu].listed.push(Listed {
                 intid,
                 lr: slot,
@@ -443,12 +448,6 @@ impl VGic {
                 hw: hw.is_some(),
                 linked,
             });
-        }
-        for (out, reg) in lrs.iter_mut().zip(regs.iter_mut()) {
-            if let Some(reg) = reg {
-                reg.eoi |= more && reg.pintid.is_none();
-                *out = reg.encode();
-            }
         }
         FillResult {
             used: n,
