@@ -478,12 +478,11 @@ fn collect(
     timeout: Duration,
     script: &[(&str, &[u8])],
 ) -> Boot {
+    // Always piped: `script` types into it, and a run that times out has
+    // the CPUs' state asked for on the monitor QEMU multiplexes with the
+    // console (`-nographic`).
     let mut child = cmd
-        .stdin(if script.is_empty() {
-            Stdio::null()
-        } else {
-            Stdio::piped()
-        })
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -518,6 +517,9 @@ fn collect(
             }
         }
         if start.elapsed() > timeout {
+            if let Some(input) = stdin.as_mut() {
+                dump_cpus(input, &console_now);
+            }
             let _ = child.kill();
             let _ = child.wait();
             let _ = reader.join();
@@ -543,6 +545,30 @@ fn collect(
         console,
         status,
         status_checked: Cell::new(false),
+    }
+}
+
+/// Asks QEMU's monitor, through the console's input, for every emulated
+/// CPU's registers (PC, PSTATE and its exception level), so that a run
+/// that hangs says where each CPU was; waits until the monitor's answer
+/// has ended (its next prompt) or 10 s passed.
+fn dump_cpus(input: &mut std::process::ChildStdin, console_now: &dyn Fn() -> String) {
+    use std::io::Write;
+    const PROMPT: &str = "(qemu) ";
+    let prompts = console_now().matches(PROMPT).count();
+    // Ctrl-A c: from the serial console to the monitor.
+    if input
+        .write_all(b"\x01cinfo registers -a\n")
+        .and_then(|()| input.flush())
+        .is_err()
+    {
+        return;
+    }
+    let asked = Instant::now();
+    while console_now().matches(PROMPT).count() < prompts + 2
+        && asked.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
