@@ -74,6 +74,8 @@ impl core::ops::Deref for OutputLine {
 pub struct VirtualUart {
     rx: VecDeque<u8>,
     line: OutputLine,
+    /// `line` is complete: the next character starts a new one.
+    line_done: bool,
     imsc: u32,
     tx_raw: bool,
     cr: u32,
@@ -86,8 +88,11 @@ pub struct VirtualUart {
 /// What a register access asks of the caller.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct UartEffect {
-    /// A complete output line (without the newline) to print.
-    pub line: Option<OutputLine>,
+    /// A complete output line (without the newline) waits to be printed:
+    /// [`VirtualUart::take_line`] hands it over. It stays in the UART
+    /// until then, so an access that ends no line moves no line buffer
+    /// (every character the guest prints is an access).
+    pub line: bool,
 }
 
 impl VirtualUart {
@@ -157,14 +162,18 @@ impl VirtualUart {
                 let byte = v as u8;
                 // Transmission is instantaneous: the TX interrupt stays raised.
                 self.tx_raw = true;
+                if byte != b'\r' && core::mem::take(&mut self.line_done) {
+                    // A finished line its access did not take is dropped.
+                    self.line.len = 0;
+                }
                 match byte {
-                    b'\n' => effect.line = Some(core::mem::take(&mut self.line)),
+                    b'\n' => effect.line = self.finish_line(),
                     b'\r' => {}
                     _ => {
                         self.line.bytes[self.line.len] = byte;
                         self.line.len += 1;
                         if self.line.len == LINE_MAX {
-                            effect.line = Some(core::mem::take(&mut self.line));
+                            effect.line = self.finish_line();
                         }
                     }
                 }
@@ -186,8 +195,20 @@ impl VirtualUart {
         effect
     }
 
+    fn finish_line(&mut self) -> bool {
+        self.line_done = true;
+        true
+    }
+
+    /// The line the last access finished ([`UartEffect::line`]); `None`
+    /// if it finished none, or it was taken already.
+    pub fn take_line(&mut self) -> Option<OutputLine> {
+        core::mem::take(&mut self.line_done).then(|| core::mem::take(&mut self.line))
+    }
+
     /// Output not yet ended by a newline (printed when the VM stops).
     pub fn take_partial_line(&mut self) -> Option<OutputLine> {
+        self.line_done = false;
         (!self.line.is_empty()).then(|| core::mem::take(&mut self.line))
     }
 }
@@ -196,28 +217,49 @@ impl VirtualUart {
 mod tests {
     use super::*;
 
+    /// Writes `byte` to DR; the line it finished, if any.
+    fn put(u: &mut VirtualUart, byte: u8) -> Option<OutputLine> {
+        let effect = u.write(reg::DR, 4, u64::from(byte));
+        let line = u.take_line();
+        assert_eq!(
+            effect.line,
+            line.is_some(),
+            "the effect says when a line waits"
+        );
+        line
+    }
+
     #[test]
     fn output_is_line_buffered() {
         let mut u = VirtualUart::new();
         for b in b"hi\r" {
             assert_eq!(u.write(reg::DR, 4, u64::from(*b)), UartEffect::default());
         }
-        assert_eq!(
-            u.write(reg::DR, 4, u64::from(b'\n')).line.as_deref(),
-            Some(&b"hi"[..])
-        );
+        assert_eq!(put(&mut u, b'\n').as_deref(), Some(&b"hi"[..]));
         u.write(reg::DR, 4, u64::from(b'x'));
         assert_eq!(u.take_partial_line().as_deref(), Some(&b"x"[..]));
         assert_eq!(u.take_partial_line(), None, "taken once");
     }
 
     #[test]
+    fn a_finished_line_is_handed_over_once_and_never_joins_the_next() {
+        let mut u = VirtualUart::new();
+        assert_eq!(put(&mut u, b'a'), None);
+        assert!(u.write(reg::DR, 4, u64::from(b'\n')).line);
+        // Not taken: the next character starts a line of its own.
+        assert_eq!(put(&mut u, b'b'), None);
+        assert_eq!(put(&mut u, b'\n').as_deref(), Some(&b"b"[..]));
+        assert_eq!(u.take_line(), None, "taken once");
+        assert_eq!(u.take_partial_line(), None);
+    }
+
+    #[test]
     fn a_line_without_newline_is_flushed_at_its_longest() {
         let mut u = VirtualUart::new();
         for _ in 1..LINE_MAX {
-            assert_eq!(u.write(reg::DR, 4, u64::from(b'a')).line, None);
+            assert_eq!(put(&mut u, b'a'), None);
         }
-        let line = u.write(reg::DR, 4, u64::from(b'b')).line.expect("flushed");
+        let line = put(&mut u, b'b').expect("flushed");
         assert_eq!(line.len(), LINE_MAX);
         assert_eq!(line.last(), Some(&b'b'));
         assert_eq!(u.take_partial_line(), None, "the buffer starts again");

@@ -166,7 +166,10 @@ pub fn uart_access(
     let mut u = uart.lock();
     let before = u.irq_level();
     let (value, line) = match write {
-        Some(v) => (0, u.write(a.offset, a.size, v).line),
+        Some(v) => {
+            let effect = u.write(a.offset, a.size, v);
+            (0, if effect.line { u.take_line() } else { None })
+        }
         None => (u.read(a.offset, a.size), None),
     };
     let changed = u.irq_level() != before;
