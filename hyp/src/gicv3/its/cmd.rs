@@ -4,9 +4,11 @@
 //! map events to virtual LPIs of vPEs), whose numbers are the physical
 //! ones' with bit 5 set.
 //!
-//! Only the hypervisor writes this queue, so commands are only encoded,
+//! Only the hypervisor writes this queue, so [`Command`] is only encoded,
 //! never decoded. Identifiers are taken as they are; the driver checks them
-//! against GITS_TYPER before it builds a command.
+//! against GITS_TYPER before it builds a command. The layout (the command
+//! numbers in [`opcode`], the fields in `DW0` to `DW3`) is also how the
+//! virtual ITS reads what a guest writes to its own queue.
 
 // Every command the hypervisor may need is encoded and tested here; the
 // EL2 build does not send them all (MAPI and VMAPI not).
@@ -132,6 +134,8 @@ pub mod opcode {
     pub const INV: u8 = 0x0c;
     /// INVALL.
     pub const INVALL: u8 = 0x0d;
+    /// MOVALL.
+    pub const MOVALL: u8 = 0x0e;
     /// DISCARD.
     pub const DISCARD: u8 = 0x0f;
     /// VMOVI.
@@ -150,14 +154,14 @@ pub mod opcode {
 
 register_bitfields![u64,
     /// DW0 (bits \[63:0\]).
-    DW0 [
+    pub DW0 [
         /// Command number, bits \[7:0\].
         OPCODE OFFSET(0) NUMBITS(8) [],
         /// DeviceID, bits \[63:32\].
         DEVICE_ID OFFSET(32) NUMBITS(32) []
     ],
     /// DW1 (bits \[127:64\]); offsets relative to bit 64.
-    DW1 [
+    pub DW1 [
         /// EventID, bits \[31:0\].
         EVENT_ID OFFSET(0) NUMBITS(32) [],
         /// MAPD Size, bits \[4:0\]: EventID bits of the ITT minus one.
@@ -168,7 +172,7 @@ register_bitfields![u64,
         VPEID OFFSET(32) NUMBITS(16) []
     ],
     /// DW2 (bits \[191:128\]); offsets relative to bit 128.
-    DW2 [
+    pub DW2 [
         /// ICID, bits \[15:0\].
         ICID OFFSET(0) NUMBITS(16) [],
         /// MAPD ITT_addr, bits \[51:8\]: ITT address bits \[51:8\].
@@ -185,12 +189,14 @@ register_bitfields![u64,
         DOORBELL OFFSET(32) NUMBITS(32) []
     ],
     /// DW3 (bits \[255:192\]); offsets relative to bit 192.
-    DW3 [
+    pub DW3 [
         /// VMAPP VPT_size, bits \[4:0\]: vINTID bits minus one.
         VPT_SIZE OFFSET(0) NUMBITS(5) [],
         /// VMAPP VPT_addr, bits \[51:16\]: the table's address bits
         /// \[51:16\].
-        VPT_ADDR OFFSET(16) NUMBITS(36) []
+        VPT_ADDR OFFSET(16) NUMBITS(36) [],
+        /// MOVALL RDbase2, bits \[51:16\].
+        RDBASE2 OFFSET(16) NUMBITS(36) []
     ]
 ];
 
@@ -492,6 +498,7 @@ impl Command {
             opcode::MAPI => "MAPI",
             opcode::INV => "INV",
             opcode::INVALL => "INVALL",
+            opcode::MOVALL => "MOVALL",
             opcode::DISCARD => "DISCARD",
             opcode::VMOVI => "VMOVI",
             opcode::VSYNC => "VSYNC",

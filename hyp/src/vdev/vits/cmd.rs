@@ -3,6 +3,9 @@
 //! (IHI 0069 §6.3 "ITS commands").
 
 use smmu::addr::Ipa;
+use tock_registers::LocalRegisterCopy;
+
+use crate::gicv3::its::cmd::{opcode, DW0, DW1, DW2, DW3};
 
 /// Bytes per command.
 pub const CMD_SIZE: u64 = 32;
@@ -105,57 +108,63 @@ pub enum Command {
     Unsupported(u8),
 }
 
-const fn bits(dw: u64, hi: u32, lo: u32) -> u64 {
-    (dw >> lo) & ((1 << (hi - lo + 1)) - 1)
-}
+type Dw<R> = LocalRegisterCopy<u64, R>;
 
 impl Command {
-    /// Decodes one command. Every bit pattern decodes (RES0 fields are
-    /// ignored): what a command then refers to is checked when it runs.
-    pub fn decode(dw: [u64; 4]) -> Self {
-        let device = (dw[0] >> 32) as u32;
-        let event = dw[1] as u32;
-        let icid = dw[2] as u16;
-        let target = bits(dw[2], 51, 16);
-        match dw[0] as u8 {
-            0x01 => Self::Movi {
+    /// Decodes one command, with the field layout of the physical ITS's
+    /// commands ([`crate::gicv3::its::cmd`]). Every bit pattern decodes
+    /// (RES0 fields are ignored): what a command then refers to is checked
+    /// when it runs.
+    pub fn decode(raw: [u64; 4]) -> Self {
+        let dw0 = Dw::<DW0::Register>::new(raw[0]);
+        let dw1 = Dw::<DW1::Register>::new(raw[1]);
+        let dw2 = Dw::<DW2::Register>::new(raw[2]);
+        let dw3 = Dw::<DW3::Register>::new(raw[3]);
+        // The casts keep exactly the fields' widths.
+        let device = dw0.read(DW0::DEVICE_ID) as u32;
+        let event = dw1.read(DW1::EVENT_ID) as u32;
+        let icid = dw2.read(DW2::ICID) as u16;
+        let target = dw2.read(DW2::RDBASE);
+        let valid = dw2.is_set(DW2::VALID);
+        match dw0.read(DW0::OPCODE) as u8 {
+            opcode::MOVI => Self::Movi {
                 device,
                 event,
                 icid,
             },
-            0x03 => Self::Int { device, event },
-            0x04 => Self::Clear { device, event },
-            0x05 => Self::Sync { target },
-            0x08 => Self::Mapd {
+            opcode::INT => Self::Int { device, event },
+            opcode::CLEAR => Self::Clear { device, event },
+            opcode::SYNC => Self::Sync { target },
+            opcode::MAPD => Self::Mapd {
                 device,
-                valid: dw[2] >> 63 != 0,
-                event_bits: bits(dw[1], 4, 0) as u8 + 1,
-                itt: Ipa(bits(dw[2], 51, 8) << 8),
+                valid,
+                event_bits: dw1.read(DW1::SIZE) as u8 + 1,
+                itt: Ipa(dw2.read(DW2::ITT_ADDR) << 8),
             },
-            0x09 => Self::Mapc {
+            opcode::MAPC => Self::Mapc {
                 icid,
                 target,
-                valid: dw[2] >> 63 != 0,
+                valid,
             },
-            0x0a => Self::Mapti {
+            opcode::MAPTI => Self::Mapti {
                 device,
                 event,
-                intid: (dw[1] >> 32) as u32,
+                intid: dw1.read(DW1::PINTID) as u32,
                 icid,
             },
-            0x0b => Self::Mapti {
+            opcode::MAPI => Self::Mapti {
                 device,
                 event,
                 intid: event,
                 icid,
             },
-            0x0c => Self::Inv { device, event },
-            0x0d => Self::Invall { icid },
-            0x0e => Self::Movall {
+            opcode::INV => Self::Inv { device, event },
+            opcode::INVALL => Self::Invall { icid },
+            opcode::MOVALL => Self::Movall {
                 from: target,
-                to: bits(dw[3], 51, 16),
+                to: dw3.read(DW3::RDBASE2),
             },
-            0x0f => Self::Discard { device, event },
+            opcode::DISCARD => Self::Discard { device, event },
             n => Self::Unsupported(n),
         }
     }
@@ -164,55 +173,86 @@ impl Command {
     /// [`Command::decode`], for tests and fuzzing). MAPTI with an INTID
     /// equal to the EventID is encoded as MAPTI, not MAPI.
     pub fn encode(&self) -> [u64; 4] {
-        let dev = |n: u64, device: u32| n | (u64::from(device) << 32);
-        let target = |t: u64| (t & ((1 << 36) - 1)) << 16;
+        let mut dw0 = Dw::<DW0::Register>::new(0);
+        let mut dw1 = Dw::<DW1::Register>::new(0);
+        let mut dw2 = Dw::<DW2::Register>::new(0);
+        let mut dw3 = Dw::<DW3::Register>::new(0);
+        let number = match *self {
+            Self::Movi { .. } => opcode::MOVI,
+            Self::Int { .. } => opcode::INT,
+            Self::Clear { .. } => opcode::CLEAR,
+            Self::Sync { .. } => opcode::SYNC,
+            Self::Mapd { .. } => opcode::MAPD,
+            Self::Mapc { .. } => opcode::MAPC,
+            Self::Mapti { .. } => opcode::MAPTI,
+            Self::Inv { .. } => opcode::INV,
+            Self::Invall { .. } => opcode::INVALL,
+            Self::Movall { .. } => opcode::MOVALL,
+            Self::Discard { .. } => opcode::DISCARD,
+            Self::Unsupported(n) => n,
+        };
+        dw0.modify(DW0::OPCODE.val(u64::from(number)));
+        let mut device_event = |device: u32, event: u32| {
+            dw0.modify(DW0::DEVICE_ID.val(u64::from(device)));
+            dw1.modify(DW1::EVENT_ID.val(u64::from(event)));
+        };
+        // Field values wider than their fields are cut to them.
+        let rdbase = |t: u64| t & DW2::RDBASE.mask;
         match *self {
             Self::Movi {
                 device,
                 event,
                 icid,
-            } => [dev(0x01, device), u64::from(event), u64::from(icid), 0],
-            Self::Int { device, event } => [dev(0x03, device), u64::from(event), 0, 0],
-            Self::Clear { device, event } => [dev(0x04, device), u64::from(event), 0, 0],
-            Self::Sync { target: t } => [0x05, 0, target(t), 0],
+            } => {
+                device_event(device, event);
+                dw2.modify(DW2::ICID.val(u64::from(icid)));
+            }
+            Self::Int { device, event }
+            | Self::Clear { device, event }
+            | Self::Inv { device, event }
+            | Self::Discard { device, event } => device_event(device, event),
+            Self::Sync { target } => dw2.modify(DW2::RDBASE.val(rdbase(target))),
             Self::Mapd {
                 device,
                 valid,
                 event_bits,
                 itt,
-            } => [
-                dev(0x08, device),
-                u64::from(event_bits.saturating_sub(1) & 0x1f),
-                (u64::from(valid) << 63) | (itt.raw() & (((1 << 44) - 1) << 8)),
-                0,
-            ],
+            } => {
+                dw0.modify(DW0::DEVICE_ID.val(u64::from(device)));
+                let size = u64::from(event_bits.saturating_sub(1)) & DW1::SIZE.mask;
+                dw1.modify(DW1::SIZE.val(size));
+                dw2.modify(
+                    DW2::ITT_ADDR.val((itt.raw() >> 8) & DW2::ITT_ADDR.mask)
+                        + DW2::VALID.val(u64::from(valid)),
+                );
+            }
             Self::Mapc {
                 icid,
-                target: t,
+                target,
                 valid,
-            } => [
-                0x09,
-                0,
-                (u64::from(valid) << 63) | target(t) | u64::from(icid),
-                0,
-            ],
+            } => dw2.modify(
+                DW2::ICID.val(u64::from(icid))
+                    + DW2::RDBASE.val(rdbase(target))
+                    + DW2::VALID.val(u64::from(valid)),
+            ),
             Self::Mapti {
                 device,
                 event,
                 intid,
                 icid,
-            } => [
-                dev(0x0a, device),
-                u64::from(event) | (u64::from(intid) << 32),
-                u64::from(icid),
-                0,
-            ],
-            Self::Inv { device, event } => [dev(0x0c, device), u64::from(event), 0, 0],
-            Self::Invall { icid } => [0x0d, 0, u64::from(icid), 0],
-            Self::Movall { from, to } => [0x0e, 0, target(from), target(to)],
-            Self::Discard { device, event } => [dev(0x0f, device), u64::from(event), 0, 0],
-            Self::Unsupported(n) => [u64::from(n), 0, 0, 0],
+            } => {
+                device_event(device, event);
+                dw1.modify(DW1::PINTID.val(u64::from(intid)));
+                dw2.modify(DW2::ICID.val(u64::from(icid)));
+            }
+            Self::Invall { icid } => dw2.modify(DW2::ICID.val(u64::from(icid))),
+            Self::Movall { from, to } => {
+                dw2.modify(DW2::RDBASE.val(rdbase(from)));
+                dw3.modify(DW3::RDBASE2.val(to & DW3::RDBASE2.mask));
+            }
+            Self::Unsupported(_) => {}
         }
+        [dw0.get(), dw1.get(), dw2.get(), dw3.get()]
     }
 }
 
