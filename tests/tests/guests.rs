@@ -3,6 +3,7 @@
 //! judges itself comes as check lines ([`Boot::checks`]).
 
 use scenario_tests::{boot, Boot, TIMEOUT};
+use std::time::Duration;
 
 /// Index of the first console line containing `needle`.
 fn line_of(b: &Boot, needle: &str) -> usize {
@@ -142,6 +143,23 @@ fn guest_bad_access() {
     b.checks("bystander").assert_all_passed(&[]);
     b.expect("all VMs have stopped (all powered off cleanly)");
     b.assert_exit(0);
+}
+
+/// A run that never ends (Linux waits for a console line nobody types) is
+/// killed at its timeout, and its failure says where every CPU was: QEMU's
+/// monitor dumps each one's registers, PC and PSTATE with its exception
+/// level, at the end of the console.
+#[test]
+fn a_run_killed_at_its_timeout_shows_every_cpu() {
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/console-input.toml");
+    let hung = std::panic::catch_unwind(|| boot(scenario, &[], Duration::from_secs(30)));
+    let message = hung
+        .err()
+        .and_then(|e| e.downcast::<String>().ok())
+        .expect("a run that waits for input forever is killed at its timeout");
+    assert!(message.contains("did not finish within 30s"), "{message}");
+    // The machine has three CPUs (two for Linux, one for the other VM).
+    assert_eq!(message.matches("PSTATE=").count(), 3, "{message}");
 }
 
 #[test]
