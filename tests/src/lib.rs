@@ -551,7 +551,8 @@ fn collect(
 /// Asks QEMU's monitor, through the console's input, for every emulated
 /// CPU's registers (PC, PSTATE and its exception level), so that a run
 /// that hangs says where each CPU was; waits until the monitor's answer
-/// has ended (its next prompt) or 10 s passed.
+/// has ended (its next prompt) or 30 s passed (a loaded host answers
+/// slowly; the wait only ever delays a failure).
 fn dump_cpus(input: &mut std::process::ChildStdin, console_now: &dyn Fn() -> String) {
     use std::io::Write;
     const PROMPT: &str = "(qemu) ";
@@ -566,7 +567,7 @@ fn dump_cpus(input: &mut std::process::ChildStdin, console_now: &dyn Fn() -> Str
     }
     let asked = Instant::now();
     while console_now().matches(PROMPT).count() < prompts + 2
-        && asked.elapsed() < Duration::from_secs(10)
+        && asked.elapsed() < Duration::from_secs(30)
     {
         std::thread::sleep(Duration::from_millis(50));
     }

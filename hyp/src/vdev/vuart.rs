@@ -167,16 +167,15 @@ impl VirtualUart {
                     self.line.len = 0;
                 }
                 match byte {
-                    b'\n' => effect.line = self.finish_line(),
+                    b'\n' => effect.line = true,
                     b'\r' => {}
                     _ => {
                         self.line.bytes[self.line.len] = byte;
                         self.line.len += 1;
-                        if self.line.len == LINE_MAX {
-                            effect.line = self.finish_line();
-                        }
+                        effect.line = self.line.len == LINE_MAX;
                     }
                 }
+                self.line_done |= effect.line;
             }
             reg::IBRD => self.ibrd = v & 0xffff,
             reg::FBRD => self.fbrd = v & 0x3f,
@@ -193,11 +192,6 @@ impl VirtualUart {
             _ => {}
         }
         effect
-    }
-
-    fn finish_line(&mut self) -> bool {
-        self.line_done = true;
-        true
     }
 
     /// The line the last access finished ([`UartEffect::line`]); `None`

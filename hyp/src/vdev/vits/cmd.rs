@@ -171,7 +171,8 @@ impl Command {
 
     /// The command as the guest writes it (the inverse of
     /// [`Command::decode`], for tests and fuzzing). MAPTI with an INTID
-    /// equal to the EventID is encoded as MAPTI, not MAPI.
+    /// equal to the EventID is encoded as MAPTI, not MAPI. Values wider
+    /// than their fields are cut to them (`Field::val` masks).
     pub fn encode(&self) -> [u64; 4] {
         let mut dw0 = Dw::<DW0::Register>::new(0);
         let mut dw1 = Dw::<DW1::Register>::new(0);
@@ -196,8 +197,6 @@ impl Command {
             dw0.modify(DW0::DEVICE_ID.val(u64::from(device)));
             dw1.modify(DW1::EVENT_ID.val(u64::from(event)));
         };
-        // Field values wider than their fields are cut to them.
-        let rdbase = |t: u64| t & DW2::RDBASE.mask;
         match *self {
             Self::Movi {
                 device,
@@ -211,7 +210,7 @@ impl Command {
             | Self::Clear { device, event }
             | Self::Inv { device, event }
             | Self::Discard { device, event } => device_event(device, event),
-            Self::Sync { target } => dw2.modify(DW2::RDBASE.val(rdbase(target))),
+            Self::Sync { target } => dw2.modify(DW2::RDBASE.val(target)),
             Self::Mapd {
                 device,
                 valid,
@@ -219,12 +218,8 @@ impl Command {
                 itt,
             } => {
                 dw0.modify(DW0::DEVICE_ID.val(u64::from(device)));
-                let size = u64::from(event_bits.saturating_sub(1)) & DW1::SIZE.mask;
-                dw1.modify(DW1::SIZE.val(size));
-                dw2.modify(
-                    DW2::ITT_ADDR.val((itt.raw() >> 8) & DW2::ITT_ADDR.mask)
-                        + DW2::VALID.val(u64::from(valid)),
-                );
+                dw1.modify(DW1::SIZE.val(u64::from(event_bits.saturating_sub(1))));
+                dw2.modify(DW2::ITT_ADDR.val(itt.raw() >> 8) + DW2::VALID.val(u64::from(valid)));
             }
             Self::Mapc {
                 icid,
@@ -232,7 +227,7 @@ impl Command {
                 valid,
             } => dw2.modify(
                 DW2::ICID.val(u64::from(icid))
-                    + DW2::RDBASE.val(rdbase(target))
+                    + DW2::RDBASE.val(target)
                     + DW2::VALID.val(u64::from(valid)),
             ),
             Self::Mapti {
@@ -247,8 +242,8 @@ impl Command {
             }
             Self::Invall { icid } => dw2.modify(DW2::ICID.val(u64::from(icid))),
             Self::Movall { from, to } => {
-                dw2.modify(DW2::RDBASE.val(rdbase(from)));
-                dw3.modify(DW3::RDBASE2.val(to & DW3::RDBASE2.mask));
+                dw2.modify(DW2::RDBASE.val(from));
+                dw3.modify(DW3::RDBASE2.val(to));
             }
             Self::Unsupported(_) => {}
         }
