@@ -98,6 +98,12 @@ extern "C" fn primary_main(dtb: u64) -> ! {
     if let Some(conduit) = platform.psci {
         PSCI.call_once(|| conduit);
     }
+    if !crate::seed::init(&platform.randomness) {
+        warn!(
+            "the machine's device tree has no /chosen/rng-seed or kaslr-seed: guests start \
+             without them (no KASLR, their random number generator waits for entropy)"
+        );
+    }
     let heap = heap_start..heap_start + HEAP_SIZE;
     if let Err(e) = map_everything(&platform, &image, &heap) {
         error!("cannot build the EL2 page tables: {e}");

@@ -117,6 +117,63 @@ pub struct GuestDt {
     /// size. With it the PCI node gets `msi-map` (DeviceID = requester
     /// ID).
     pub its: Option<(u64, u64)>,
+    /// Whether `/chosen` gets `rng-seed` and `kaslr-seed` properties
+    /// ([`crate::seed::RNG_SEED_LEN`] and [`crate::seed::KASLR_SEED_LEN`]
+    /// bytes). They are written as zeroes: the bytes are the start's own,
+    /// put where [`seed_values`] finds them each time the VM starts.
+    pub seeds: bool,
+}
+
+/// Where in `blob` (a device tree [`build`] wrote with
+/// [`GuestDt::seeds`]) the values of `/chosen/rng-seed` and
+/// `/chosen/kaslr-seed` lie, as byte offsets, in the order of a
+/// [`crate::seed::GuestSeed`]'s parts; `None` without them.
+pub fn seed_values(blob: &[u8]) -> Option<[core::ops::Range<usize>; 2]> {
+    let fdt = flat_device_tree::Fdt::new(blob).ok()?;
+    let chosen = fdt.find_node("/chosen")?;
+    let at = |name: &str, len: usize| {
+        let v = chosen.property(name)?.value;
+        let start = (v.as_ptr() as usize).checked_sub(blob.as_ptr() as usize)?;
+        (v.len() == len).then_some(start..start + len)
+    };
+    Some([
+        at("rng-seed", crate::seed::RNG_SEED_LEN)?,
+        at("kaslr-seed", crate::seed::KASLR_SEED_LEN)?,
+    ])
+}
+
+/// `blob`, a device tree whose seed values lie at `holes` (from
+/// [`seed_values`] on it), as the pieces to write for one start: its
+/// bytes, with `seed`'s at the holes (its rng-seed bytes, then its
+/// kaslr-seed bytes). Each piece is an offset from the blob's start and
+/// bytes; they do not overlap and cover the blob exactly. Holes that do
+/// not fit the blob (never from [`seed_values`]) leave it whole, its
+/// seeds zeroes.
+pub fn seeded<'a>(
+    blob: &'a [u8],
+    holes: &[core::ops::Range<usize>; 2],
+    seed: &'a crate::seed::GuestSeed,
+) -> Vec<(usize, &'a [u8])> {
+    let (rng, kaslr) = seed.split_at(crate::seed::RNG_SEED_LEN);
+    let mut fills = [(holes[0].clone(), rng), (holes[1].clone(), kaslr)];
+    fills.sort_by_key(|(r, _)| r.start);
+    let fits = fills
+        .iter()
+        .all(|(r, b)| r.len() == b.len() && r.end <= blob.len())
+        && fills[0].0.end <= fills[1].0.start;
+    if !fits {
+        return alloc::vec![(0, blob)];
+    }
+    let mut out = Vec::new();
+    let mut done = 0;
+    for (hole, fill) in fills {
+        out.push((done, &blob[done..hole.start]));
+        out.push((hole.start, fill));
+        done = hole.end;
+    }
+    out.push((done, &blob[done..]));
+    out.retain(|(_, b)| !b.is_empty());
+    out
 }
 
 /// Why a device tree could not be written.
@@ -454,6 +511,10 @@ pub fn build(dt: &GuestDt) -> Result<Vec<u8>, GuestFdtError> {
         // are instead of reassigning them: placement is the hypervisor's.
         w.property_u32("linux,pci-probe-only", 1)?;
     }
+    if dt.seeds {
+        w.property("rng-seed", &[0; crate::seed::RNG_SEED_LEN])?;
+        w.property("kaslr-seed", &[0; crate::seed::KASLR_SEED_LEN])?;
+    }
     w.end_node(chosen)?;
 
     w.end_node(root)?;
@@ -481,6 +542,7 @@ mod tests {
             vsmmu: None,
             counters: Some((0x908_0000, 0x1000)),
             its: None,
+            seeds: false,
         }
     }
 
@@ -613,6 +675,62 @@ mod tests {
         assert_eq!(u64s(node, "linux,initrd-end"), [0x7e10_0000]);
         let aliases = fdt.find_node("/aliases").unwrap();
         assert_eq!(strs(aliases, "serial0"), ["/pl011@9000000"]);
+        assert!(node.property("rng-seed").is_none());
+        assert_eq!(seed_values(&blob), None);
+    }
+
+    #[test]
+    fn seeds_are_found_where_each_start_writes_its_own() {
+        let dt = GuestDt {
+            seeds: true,
+            ..example()
+        };
+        let mut blob = build(&dt).unwrap();
+        let [rng, kaslr] = seed_values(&blob).unwrap();
+        assert_eq!((rng.len(), kaslr.len()), (32, 8));
+        // What a start writes there is what the guest reads in /chosen,
+        // and nothing else of the tree moves.
+        let before = Fdt::new(&blob).unwrap().total_size();
+        for (i, b) in blob[rng.clone()].iter_mut().enumerate() {
+            *b = i as u8 + 1;
+        }
+        blob[kaslr.clone()].copy_from_slice(&0x0123_4567_89ab_cdefu64.to_be_bytes());
+        let fdt = Fdt::new(&blob).unwrap();
+        assert_eq!(fdt.total_size(), before);
+        let chosen = fdt.find_node("/chosen").unwrap();
+        let seed: Vec<u8> = (1..=32).collect();
+        assert_eq!(chosen.property("rng-seed").unwrap().value, &seed[..]);
+        assert_eq!(u64s(chosen, "kaslr-seed"), [0x0123_4567_89ab_cdef]);
+        assert_eq!(
+            fdt.chosen().unwrap().bootargs(),
+            Some("console=ttyAMA0 nokaslr")
+        );
+    }
+
+    #[test]
+    fn a_start_writes_the_tree_with_its_own_seeds() {
+        let dt = GuestDt {
+            seeds: true,
+            ..example()
+        };
+        let blob = build(&dt).unwrap();
+        let holes = seed_values(&blob).unwrap();
+        let seed: crate::seed::GuestSeed = core::array::from_fn(|i| i as u8 + 1);
+        let mut written = vec![0xeeu8; blob.len()];
+        let mut at = 0;
+        for (off, bytes) in seeded(&blob, &holes, &seed) {
+            assert_eq!(off, at, "the pieces follow one another");
+            written[off..off + bytes.len()].copy_from_slice(bytes);
+            at = off + bytes.len();
+        }
+        assert_eq!(at, blob.len(), "and cover the tree");
+        let fdt = Fdt::new(&written).unwrap();
+        let chosen = fdt.find_node("/chosen").unwrap();
+        assert_eq!(chosen.property("rng-seed").unwrap().value, &seed[..32]);
+        assert_eq!(chosen.property("kaslr-seed").unwrap().value, &seed[32..]);
+        // Holes that are not the tree's leave it whole.
+        let bad = [holes[0].clone(), blob.len() - 4..blob.len() + 4];
+        assert_eq!(seeded(&blob, &bad, &seed), vec![(0, &blob[..])]);
     }
 
     #[test]

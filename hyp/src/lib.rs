@@ -24,6 +24,7 @@ mod gicv3;
 mod guest_fdt;
 mod mm;
 mod platform;
+mod seed;
 mod vdev;
 mod vm;
 

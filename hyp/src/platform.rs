@@ -202,6 +202,10 @@ pub struct Platform {
     /// `/chosen/linux,initrd-start` .. `linux,initrd-end`: the boot bundle
     /// (scenario and guest images) the runner passes as QEMU's `-initrd`.
     pub initrd: Option<Region>,
+    /// `/chosen/rng-seed` followed by `/chosen/kaslr-seed`: the randomness
+    /// the machine gives its kernel (QEMU's `virt`: 32 and 8 bytes), which
+    /// seeds the guests' (`crate::seed`). Empty without either.
+    pub randomness: Vec<u8>,
 }
 
 /// What is wrong with the device tree.
@@ -424,8 +428,20 @@ impl Platform {
             })
         });
 
+        let randomness = fdt
+            .find_node("/chosen")
+            .map(|c| {
+                ["rng-seed", "kaslr-seed"]
+                    .iter()
+                    .filter_map(|name| c.property(name))
+                    .flat_map(|p| p.value.iter().copied())
+                    .collect()
+            })
+            .unwrap_or_default();
+
         Ok(Self {
             initrd,
+            randomness,
             memory,
             reserved,
             uart,
@@ -564,6 +580,10 @@ mod tests {
         assert_eq!(p.psci, Some(PsciConduit::Smc));
         assert!(!p.has_bootarg("selftest=dma"));
         assert_eq!(p.initrd, None);
+        // The blob's rng-seed (8 cells) and kaslr-seed (2), in that order.
+        assert_eq!(p.randomness.len(), 40);
+        assert_eq!(p.randomness[..4], [0x40, 0xe8, 0x81, 0x51]);
+        assert_eq!(p.randomness[32..36], [0x0e, 0x29, 0x81, 0xf9]);
         p.bootargs = "console=x selftest=dma".into();
         assert!(p.has_bootarg("selftest=dma"));
         assert!(!p.has_bootarg("selftest"));

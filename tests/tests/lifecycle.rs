@@ -90,10 +90,11 @@ fn linux_nvme_checks(restarts: u32) -> Vec<String> {
 /// Linux with its NVMe disk reboots from inside three times (`reboot -f`,
 /// PSCI SYSTEM_RESET) next to a bare-metal VM: at each reset the NVMe is
 /// stopped and function-level reset, the VM's memory scrubbed and its
-/// images loaded again; every incarnation finds its CPUs, checks the
-/// disk's data, writes and reads back fresh data (the last write is on the
-/// disk), and takes the NVMe's interrupts as MSI-X through its vITS. The
-/// hypervisor's memory in use is the same after every restart.
+/// images loaded again (its device tree with new seeds); every
+/// incarnation finds its CPUs, checks the disk's data, writes and reads
+/// back fresh data (the last write is on the disk), and takes the NVMe's
+/// interrupts as MSI-X through its vITS. The hypervisor's memory in use
+/// is the same after every restart.
 #[test]
 fn linux_with_nvme_reboots_three_times() {
     // Four Linux boots: a hang detector, not a performance bound.
@@ -121,6 +122,15 @@ fn linux_with_nvme_reboots_three_times() {
         last.strip_prefix("sha256 ")
     );
     restarted_with_steady_memory(&b, "linux", 3);
+    // Every start's device tree carries seeds (each its own, drawn as it
+    // starts): every incarnation's random number generator is ready
+    // before its clock starts.
+    assert_eq!(
+        b.count("[linux] [    0.000000] random: crng init done"),
+        4,
+        "{}",
+        b.console
+    );
     // At each of the three resets and at the final power-off.
     assert_eq!(b.count("VM linux: PCI 00:01.0: function-level reset"), 4);
     b.checks("neighbour").assert_all_passed(&[]);

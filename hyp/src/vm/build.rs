@@ -86,16 +86,37 @@ fn resources(msg: impl Into<String>) -> StartError {
 pub enum Image {
     /// From the boot bundle, which stays in memory, unchanged.
     Bundle(&'static [u8]),
-    /// Built by the hypervisor (the guest's device tree).
-    Built(Vec<u8>),
+    /// The guest's device tree, built by the hypervisor, and where in it
+    /// the values of `/chosen/rng-seed` and `kaslr-seed` lie (see
+    /// [`guest_fdt::seed_values`]): each start writes its own seeds there.
+    DeviceTree {
+        blob: Vec<u8>,
+        seeds: Option<[core::ops::Range<usize>; 2]>,
+    },
 }
 
 impl Image {
-    /// Its bytes.
+    /// Its bytes (a device tree's with zeroes for seeds).
     pub fn bytes(&self) -> &[u8] {
         match self {
             Self::Bundle(b) => b,
-            Self::Built(b) => b,
+            Self::DeviceTree { blob, .. } => blob,
+        }
+    }
+
+    /// The pieces to write at `at` for one start, `seed` being that
+    /// start's: the image's bytes, with a device tree's seed values taken
+    /// from `seed` ([`guest_fdt::seeded`]).
+    pub fn pieces<'a>(&'a self, at: Ipa, seed: &'a crate::seed::GuestSeed) -> Vec<(Ipa, &'a [u8])> {
+        match self {
+            Self::DeviceTree {
+                blob,
+                seeds: Some(holes),
+            } => guest_fdt::seeded(blob, holes, seed)
+                .into_iter()
+                .map(|(off, b)| (Ipa(at.0 + off as u64), b))
+                .collect(),
+            _ => alloc::vec![(at, self.bytes())],
         }
     }
 }
@@ -375,6 +396,7 @@ fn build_vm(
         }),
         counters: Some((layout::COUNTERS_BASE, layout::COUNTERS_SIZE)),
         its: Some((layout::ITS_BASE, layout::ITS_SIZE)),
+        seeds: crate::seed::available(),
     };
     let blob = guest_fdt::build(&dt)
         .map_err(|e| resources(alloc::format!("VM {}: device tree: {e}", spec.name)))?;
@@ -391,7 +413,17 @@ fn build_vm(
             images.push((Ipa(start), Image::Bundle(data)));
         }
     }
-    images.push((Ipa(dtb_ipa), Image::Built(blob)));
+    let seeds = if dt.seeds {
+        Some(guest_fdt::seed_values(&blob).ok_or_else(|| {
+            resources(alloc::format!(
+                "VM {}: device tree without the seeds it was built with",
+                spec.name
+            ))
+        })?)
+    } else {
+        None
+    };
+    images.push((Ipa(dtb_ipa), Image::DeviceTree { blob, seeds }));
 
     let mpidrs: Vec<u64> = (0..u64::from(spec.cpus)).collect();
     let mut vgic = VGic::new(&mpidrs, NR_SPIS)

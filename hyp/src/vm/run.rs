@@ -23,6 +23,7 @@ use crate::gicv3::its::cmd::{DeviceId, EventId, VpeId};
 use crate::gicv3::lpi::Lpi;
 use crate::gicv3::vlpi::VlpiTable;
 use crate::platform::{Irq, Platform};
+use crate::seed;
 use crate::vdev::psci::VcpuPower;
 use crate::vdev::vits::{EventLpi, LpiConfig};
 use alloc::string::String;
@@ -72,6 +73,9 @@ struct VmHw {
     space: IpaSpace,
     /// What its RAM is loaded with at its start, and where vCPU 0 starts.
     images: Vec<(Ipa, build::Image)>,
+    /// The seeds its device tree carries this start (`crate::seed`), drawn
+    /// anew by each `Runtime::fresh_memory`.
+    seed: Mutex<seed::GuestSeed>,
     start: (Ipa, u64),
     /// The DeviceIDs whose MSIs it is granted, with their events.
     msi_devices: Vec<(DeviceId, u32)>,
@@ -195,6 +199,7 @@ pub fn create(
             vmid,
             space,
             images,
+            seed: Mutex::new([0; seed::GUEST_SEED_LEN]),
             start,
             msi_devices,
             vpes,
@@ -759,12 +764,15 @@ impl Runtime {
     /// Writes part `i` of `parts` of `vm`'s RAM as it starts
     /// (`GuestRam::fill_part`): its images (kernel and initrd from the boot
     /// bundle, which stays in memory unchanged, and the device tree it
-    /// built) where they lie, zeroes everywhere else.
+    /// built, with this start's seeds) where they lie, zeroes everywhere
+    /// else.
     fn fill_part(&self, vm: &Vm, i: usize, parts: usize) {
-        let images: Vec<(Ipa, &[u8])> = self.hw[vm.index]
+        let hw = &self.hw[vm.index];
+        let seed = *hw.seed.lock();
+        let images: Vec<(Ipa, &[u8])> = hw
             .images
             .iter()
-            .map(|(ipa, image)| (*ipa, image.bytes()))
+            .flat_map(|(ipa, image)| image.pieces(*ipa, &seed))
             .collect();
         if let Err(e) = vm.ram.fill_part(i, parts, &images) {
             // `fresh_memory` checked the images first: never here.
@@ -792,8 +800,9 @@ impl Runtime {
     /// idle, its devices' bus mastering off), with every idle CPU: they
     /// are kicked, and each of them and this one (one of the VM's, or the
     /// boot CPU before any VM starts) take chunks of its RAM in turn
-    /// ([`Self::fill_part`]: the images where they lie, zeroes everywhere
-    /// else, all of it cleaned to the point of coherency) until all are
+    /// ([`Self::fill_part`]: the images where they lie, the device tree
+    /// with seeds of its own (`crate::seed`), zeroes everywhere else, all
+    /// of it cleaned to the point of coherency) until all are
     /// written; then this one invalidates the instruction caches: the
     /// guest starts with its MMU and caches off. A chunk not written in
     /// time is written again here (two CPUs writing the same bytes to the
@@ -808,6 +817,10 @@ impl Runtime {
                 .check(*ipa, len)
                 .map_err(|e| alloc::format!("an image of {len} bytes at {ipa}: {e}"))?;
         }
+        // This start's seeds, before any CPU takes a chunk. The source
+        // only lacks randomness if the machine gave none, and then no
+        // device tree was built with seeds to fill.
+        *hw.seed.lock() = seed::next().unwrap_or([0; seed::GUEST_SEED_LEN]);
         let (next, done) = &hw.fill;
         done.store(0, Ordering::SeqCst);
         next.store(0, Ordering::SeqCst);
