@@ -35,8 +35,9 @@
 //! (`nvme-bench-blocks`) rather than the default pages, against bare QEMU
 //! and against the default. Last, both nested modes on a GICv4, whose MSIs
 //! reach the guest with no trap, against bare QEMU's own SMMU in the same
-//! mode and against the same mode on a GICv3. Then, like for like, four
-//! of them with the hypervisor's LPI tables for 16-bit INTIDs
+//! mode and against the same mode on a GICv3. Then, like for like, six
+//! of them (stage-2 passthrough and both nested modes, on a GICv3 and on
+//! a GICv4) with the hypervisor's LPI tables for 16-bit INTIDs
 //! (`lpi_id_bits=16`, scenarios `nvme-bench*-lpi16`) as bare Linux sizes
 //! its own: QEMU's redistributor walks the whole LPI pending table on
 //! each acknowledge, 7 KiB for 16 bits against the 1 KiB of the
@@ -332,7 +333,7 @@ fn main() {
             reps: number("--reps=").unwrap_or(3).max(1),
         }
     };
-    let configs: [(&str, Config, &[usize]); 16] = [
+    let configs: [(&str, Config, &[usize]); 18] = [
         ("bare QEMU", Config::Bare { smmu: None }, &[]),
         (
             "bare QEMU + SMMUv3, strict",
@@ -408,6 +409,16 @@ fn main() {
             "like for like (16-bit LPI INTIDs): nested, lazy",
             Config::Hypervisor("nvme-bench-vsmmu-lazy-lpi16"),
             &[2, 6],
+        ),
+        (
+            "like for like (16-bit LPI INTIDs): nested, strict, GICv4 direct MSIs",
+            Config::Hypervisor("nvme-bench-vsmmu-strict-gicv4-lpi16"),
+            &[1, 14],
+        ),
+        (
+            "like for like (16-bit LPI INTIDs): nested, lazy, GICv4 direct MSIs",
+            Config::Hypervisor("nvme-bench-vsmmu-lazy-gicv4-lpi16"),
+            &[2, 15],
         ),
     ];
     // A name chooses the configurations whose names contain it; "=NAME"
