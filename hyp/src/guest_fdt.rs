@@ -143,35 +143,30 @@ pub fn seed_values(blob: &[u8]) -> Option<[core::ops::Range<usize>; 2]> {
 }
 
 /// `blob`, a device tree whose seed values lie at `holes` (from
-/// [`seed_values`] on it), as the pieces to write for one start: its
+/// [`seed_values`] on it: rng-seed's, then kaslr-seed's, in the order
+/// [`build`] writes them), as the pieces to write for one start: its
 /// bytes, with `seed`'s at the holes (its rng-seed bytes, then its
 /// kaslr-seed bytes). Each piece is an offset from the blob's start and
-/// bytes; they do not overlap and cover the blob exactly. Holes that do
-/// not fit the blob (never from [`seed_values`]) leave it whole, its
-/// seeds zeroes.
+/// bytes; they follow one another and cover the blob exactly. Holes that
+/// are not such a pair (never from [`seed_values`]) leave the blob whole,
+/// its seeds the zeroes it was built with.
 pub fn seeded<'a>(
     blob: &'a [u8],
     holes: &[core::ops::Range<usize>; 2],
     seed: &'a crate::seed::GuestSeed,
 ) -> Vec<(usize, &'a [u8])> {
     let (rng, kaslr) = seed.split_at(crate::seed::RNG_SEED_LEN);
-    let mut fills = [(holes[0].clone(), rng), (holes[1].clone(), kaslr)];
-    fills.sort_by_key(|(r, _)| r.start);
-    let fits = fills
-        .iter()
-        .all(|(r, b)| r.len() == b.len() && r.end <= blob.len())
-        && fills[0].0.end <= fills[1].0.start;
-    if !fits {
+    let [r, k] = holes;
+    if r.len() != rng.len() || k.len() != kaslr.len() || r.end > k.start || k.end > blob.len() {
         return alloc::vec![(0, blob)];
     }
-    let mut out = Vec::new();
-    let mut done = 0;
-    for (hole, fill) in fills {
-        out.push((done, &blob[done..hole.start]));
-        out.push((hole.start, fill));
-        done = hole.end;
-    }
-    out.push((done, &blob[done..]));
+    let mut out = alloc::vec![
+        (0, &blob[..r.start]),
+        (r.start, rng),
+        (r.end, &blob[r.end..k.start]),
+        (k.start, kaslr),
+        (k.end, &blob[k.end..]),
+    ];
     out.retain(|(_, b)| !b.is_empty());
     out
 }
