@@ -71,8 +71,10 @@ fn boot_smmu_selftest() {
 /// On a GICv4 the ITS and MSI self-tests pass as on a GICv3 (physical LPIs
 /// still work), and the direct-injection self-test (`selftest=vlpi`) shows
 /// the edu's own MSI becoming a virtual LPI of a vPE through VMAPTI, with
-/// no physical LPI, and the redistributor applying the hypervisor's
-/// configuration table to it.
+/// no physical LPI, the redistributor applying the hypervisor's
+/// configuration table to it, and the device's MSIs dropped while its
+/// translation is suspended (as for a guest that disables its vITS) and
+/// translated again once it is resumed.
 #[test]
 fn boot_gicv4_selftest() {
     let b = boot("selftest-gicv4", &[], TIMEOUT);
@@ -84,6 +86,7 @@ fn boot_gicv4_selftest() {
         "msi-through-doorbell",
         "msi-as-vlpi",
         "vlpi-pending-for-the-vpe",
+        "msi-dropped-while-suspended",
     ]);
     let vlpi = checks.detail("msi-as-vlpi");
     for fact in [
@@ -98,6 +101,13 @@ fn boot_gicv4_selftest() {
         pending.contains("PendingLast with vINTID 8200 enabled, none once the router disabled it"),
         "{pending}"
     );
+    let dropped = checks.detail("msi-dropped-while-suspended");
+    for fact in [
+        "its MSI left vINTID 8200 clear, no physical LPI",
+        "its next MSI pending for vPE",
+    ] {
+        assert!(dropped.contains(fact), "{fact} missing from {dropped}");
+    }
     b.expect("hyp: all done");
     b.assert_exit(0);
 }

@@ -53,7 +53,7 @@ use crate::gicv3::lpi::{self, Lpi, LpiAllocator, LpiError};
 use crate::gicv3::vlpi::{self, VlpiTable};
 use crate::mm::ITS_MEM;
 use crate::platform::{ItsNode, Platform};
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -137,6 +137,9 @@ pub enum ItsError {
     WrongKind(DeviceId, EventId),
     /// The vPE is still resident on a redistributor.
     VpeResident(VpeId),
+    /// The device's MSIs are not translated for now
+    /// ([`Its::suspend_device`]).
+    DeviceSuspended(DeviceId),
 }
 
 /// Why virtual LPIs cannot be injected directly.
@@ -206,6 +209,7 @@ impl fmt::Display for ItsError {
             Self::UnknownVlpiTable(t) => write!(f, "{t:?} does not exist"),
             Self::BadVintid(v) => write!(f, "vINTID {v} is not a virtual LPI"),
             Self::WrongKind(d, e) => write!(f, "{e} of {d} is mapped to the other kind of LPI"),
+            Self::DeviceSuspended(d) => write!(f, "{d} does not translate its MSIs for now"),
             Self::VpeResident(vpe) => write!(f, "{vpe} is still resident"),
         }
     }
@@ -304,6 +308,9 @@ struct Device {
     itt: DmaRegion,
     layout: Itt,
     events: BTreeMap<EventId, Mapping>,
+    /// Unmapped from the ITS (MAPD, V = 0) with its events kept here, to
+    /// be mapped again by [`Its::resume_device`].
+    suspended: bool,
 }
 
 /// The ITS and the LPIs it delivers.
@@ -704,6 +711,7 @@ impl Its {
                 itt,
                 layout,
                 events: BTreeMap::new(),
+                suspended: false,
             },
         );
         Ok(())
@@ -728,6 +736,19 @@ impl Its {
             .ok_or(ItsError::EventNotMapped(device, event))
     }
 
+    /// [`Self::mapping`] of a device that translates its MSIs: the event's
+    /// mapping is in the ITS and can be moved, made pending or cleared.
+    fn live_mapping(&self, device: DeviceId, event: EventId) -> Result<Mapping, ItsError> {
+        if self.is_suspended(device) {
+            return Err(ItsError::DeviceSuspended(device));
+        }
+        self.mapping(device, event)
+    }
+
+    fn is_suspended(&self, device: DeviceId) -> bool {
+        self.devices.get(&device).is_some_and(|d| d.suspended)
+    }
+
     /// Checks that `event` of `device` can be mapped: the device is mapped,
     /// the event inside its ITT and not mapped yet.
     fn unmapped_event(&self, device: DeviceId, event: EventId) -> Result<(), ItsError> {
@@ -735,6 +756,9 @@ impl Its {
             .devices
             .get(&device)
             .ok_or(ItsError::DeviceNotMapped(device))?;
+        if d.suspended {
+            return Err(ItsError::DeviceSuspended(device));
+        }
         if event.0 >= d.layout.events {
             return Err(ItsError::EventOutOfRange(device, event));
         }
@@ -806,7 +830,7 @@ impl Its {
         event: EventId,
         cpu: usize,
     ) -> Result<(), ItsError> {
-        let Mapping::Physical { lpi, cpu: old } = self.mapping(device, event)? else {
+        let Mapping::Physical { lpi, cpu: old } = self.live_mapping(device, event)? else {
             return Err(ItsError::WrongKind(device, event));
         };
         let (from, to) = (self.target(old)?, self.target(cpu)?);
@@ -825,12 +849,15 @@ impl Its {
     }
 
     /// Unmaps `event` of `device` (DISCARD, which also drops its pending
-    /// state, then SYNC, or VSYNC for a virtual LPI) and frees its physical
-    /// LPI.
+    /// state, then SYNC, or VSYNC for a virtual LPI; of a suspended device,
+    /// whose events the ITS does not hold, only here) and frees its
+    /// physical LPI.
     pub fn unmap_event(&mut self, device: DeviceId, event: EventId) -> Result<(), ItsError> {
         let m = self.mapping(device, event)?;
-        let sync = self.sync_for(m)?;
-        self.submit(&[Command::Discard { device, event }, sync])?;
+        if !self.is_suspended(device) {
+            let sync = self.sync_for(m)?;
+            self.submit(&[Command::Discard { device, event }, sync])?;
+        }
         if let Mapping::Physical { lpi, .. } = m {
             // Disabled, so that the LPI's next user starts from a known
             // state (its MAPTI is followed by INV).
@@ -842,7 +869,8 @@ impl Its {
     }
 
     /// Unmaps `device`: each of its events as [`Self::unmap_event`], then
-    /// MAPD with V = 0, then frees its ITT.
+    /// MAPD with V = 0 (unless it is suspended: unmapped already), then
+    /// frees its ITT.
     pub fn unmap_device(&mut self, device: DeviceId) -> Result<(), ItsError> {
         let events: Vec<EventId> = self
             .devices
@@ -855,11 +883,102 @@ impl Its {
         for event in events {
             self.unmap_event(device, event)?;
         }
-        self.submit(&[Command::Mapd { device, itt: None }])?;
+        if !self.is_suspended(device) {
+            self.submit(&[Command::Mapd { device, itt: None }])?;
+        }
         if let Some(d) = self.devices.remove(&device) {
             // SAFETY: the ITS executed MAPD with V = 0 for the device (its
             // queue moved past the command), so nothing refers to the ITT.
             unsafe { d.itt.free(&ITS_MEM) };
+        }
+        Ok(())
+    }
+
+    /// Stops translating `device`'s MSIs (MAPD with V = 0): from now on the
+    /// ITS drops them, as it drops a device's it does not know, while the
+    /// LPIs they made pending stay pending (MAPD touches no pending state,
+    /// where DISCARD would). Its events' mappings are kept here, their
+    /// physical LPIs allocated, for [`Self::resume_device`]. Meanwhile an
+    /// event can be unmapped and invalidated but not mapped, moved, made
+    /// pending or cleared ([`ItsError::DeviceSuspended`]). Suspending a
+    /// suspended device does nothing.
+    pub fn suspend_device(&mut self, device: DeviceId) -> Result<(), ItsError> {
+        let d = self
+            .devices
+            .get(&device)
+            .ok_or(ItsError::DeviceNotMapped(device))?;
+        if d.suspended {
+            return Ok(());
+        }
+        self.submit(&[Command::Mapd { device, itt: None }])?;
+        if let Some(d) = self.devices.get_mut(&device) {
+            d.suspended = true;
+        }
+        Ok(())
+    }
+
+    /// Translates suspended `device`'s MSIs again, each event as it was
+    /// mapped: its ITT zeroed (the ITS stopped using it at the MAPD with
+    /// V = 0, so it starts from no translation, as a new one), MAPD with
+    /// V = 1, then per event MAPTI or VMAPTI and INV (a redistributor may
+    /// hold an older configuration of its LPI), then SYNC on each
+    /// collection and VSYNC of each vPE the events go to. Resuming a device
+    /// that is not suspended does nothing.
+    pub fn resume_device(&mut self, device: DeviceId) -> Result<(), ItsError> {
+        let d = self
+            .devices
+            .get(&device)
+            .ok_or(ItsError::DeviceNotMapped(device))?;
+        if !d.suspended {
+            return Ok(());
+        }
+        for i in 0..d.itt.words() {
+            d.itt.write(i, 0);
+        }
+        arch::clean_inval_dcache(d.itt.pa().raw(), d.itt.len());
+        let mut cmds = Vec::with_capacity(2 * d.events.len() + 2);
+        cmds.push(Command::Mapd {
+            device,
+            itt: Some(IttRef {
+                pa: d.itt.pa(),
+                size: d.layout.size,
+            }),
+        });
+        let mut cpus = BTreeSet::new();
+        let mut vpes = BTreeSet::new();
+        for (&event, &m) in &d.events {
+            cmds.push(match m {
+                Mapping::Physical { lpi, cpu } => {
+                    cpus.insert(cpu);
+                    Command::Mapti {
+                        device,
+                        event,
+                        lpi,
+                        icid: Icid(cpu as u16),
+                    }
+                }
+                Mapping::Virtual { vpe, vintid } => {
+                    vpes.insert(vpe);
+                    Command::Vmapti {
+                        device,
+                        event,
+                        vpe,
+                        vintid,
+                        doorbell: Doorbell::None,
+                    }
+                }
+            });
+            cmds.push(Command::Inv { device, event });
+        }
+        for cpu in cpus {
+            cmds.push(Command::Sync {
+                target: self.target(cpu)?,
+            });
+        }
+        cmds.extend(vpes.into_iter().map(|vpe| Command::Vsync { vpe }));
+        self.submit(&cmds)?;
+        if let Some(d) = self.devices.get_mut(&device) {
+            d.suspended = false;
         }
         Ok(())
     }
@@ -873,7 +992,7 @@ impl Its {
         event: EventId,
         pending: bool,
     ) -> Result<(), ItsError> {
-        let m = self.mapping(device, event)?;
+        let m = self.live_mapping(device, event)?;
         let sync = self.sync_for(m)?;
         let cmd = if pending {
             Command::Int { device, event }
@@ -1153,7 +1272,7 @@ impl Its {
         inv: bool,
     ) -> Result<(), ItsError> {
         self.check_vpe(vpe)?;
-        let Mapping::Virtual { vintid, .. } = self.mapping(device, event)? else {
+        let Mapping::Virtual { vintid, .. } = self.live_mapping(device, event)? else {
             return Err(ItsError::WrongKind(device, event));
         };
         let vmovi = Command::Vmovi {
@@ -1192,8 +1311,12 @@ impl Its {
 
     /// INV of `event` of `device`, then SYNC or VSYNC: its redistributor
     /// re-reads the configuration of the event's LPI.
+    /// Of a suspended device, nothing: resuming it invalidates each event.
     pub fn inv_event(&mut self, device: DeviceId, event: EventId) -> Result<(), ItsError> {
         let m = self.mapping(device, event)?;
+        if self.is_suspended(device) {
+            return Ok(());
+        }
         let sync = self.sync_for(m)?;
         self.submit(&[Command::Inv { device, event }, sync])
     }

@@ -21,15 +21,20 @@
 //!    router (the guest's INV: the configuration byte and an INV), it
 //!    reports none, while the pending bit stays: the redistributor applies
 //!    the configuration table the router keeps.
+//! 3. `msi-dropped-while-suspended`: the pending bit cleared (CLEAR), the
+//!    router stops the `edu`'s translation, as for a guest that disables
+//!    its vITS (MAPD with V = 0, the route kept); the `edu`'s MSI then
+//!    leaves the pending table clear and raises no physical LPI; resumed
+//!    (MAPD, VMAPTI, INV, VSYNC), its next MSI is pending again.
 //!
 //! Everything is undone after: MSI and bus mastering off, the route
 //! (DISCARD) and the device unmapped from the ITS, the vPE unmapped (VMAPP
 //! V = 0) and its tables freed, the stream aborting, the domain destroyed.
-//! Two check lines in their own run.
+//! Three check lines in their own run.
 
 use super::dma::{set_command, with_decode};
 use super::msi::{attach, map_device, subject, teardown, Subject, EVENT, IRQ_BIT, OWNER};
-use super::TwoChecks;
+use super::{Checked, Tally};
 use crate::arch;
 use crate::drivers::iommu::HostIommu;
 use crate::drivers::pci::{self, ConfigAccess, Function};
@@ -57,8 +62,19 @@ pub fn run(
     cfg: &dyn ConfigAccess,
     edu_fn: &Function,
 ) -> bool {
-    with_decode(cfg, edu_fn.bdf, || check(p, host, cfg, edu_fn))
-        .report(["msi-as-vlpi", "vlpi-pending-for-the-vpe"])
+    let results = with_decode(cfg, edu_fn.bdf, || check(p, host, cfg, edu_fn));
+    let names = [
+        "msi-as-vlpi",
+        "vlpi-pending-for-the-vpe",
+        "msi-dropped-while-suspended",
+    ];
+    Tally::default().report(names.into_iter().zip(results))
+}
+
+/// The checks' results when none could run, for `why`.
+fn setup_failed(why: String) -> [Checked; 3] {
+    let not_run = Err(format!("not run: {why}"));
+    [Err(why), not_run.clone(), not_run]
 }
 
 /// What the test holds, to be undone whatever happened.
@@ -68,16 +84,21 @@ struct Held {
     vpes: Option<its::VpeSet>,
 }
 
-fn check(p: &Platform, host: &Mutex<HostIommu>, cfg: &dyn ConfigAccess, f: &Function) -> TwoChecks {
+fn check(
+    p: &Platform,
+    host: &Mutex<HostIommu>,
+    cfg: &dyn ConfigAccess,
+    f: &Function,
+) -> [Checked; 3] {
     let Some(its) = its::get() else {
-        return TwoChecks::setup_failed("the ITS is not up (see its report above)".into());
+        return setup_failed("the ITS is not up (see its report above)".into());
     };
     if let Err(why) = its.lock().direct_injection() {
-        return TwoChecks::setup_failed(format!("no direct injection: {why}"));
+        return setup_failed(format!("no direct injection: {why}"));
     }
     let s = match subject(p, host, cfg, f) {
         Ok(s) => s,
-        Err(why) => return TwoChecks::setup_failed(why),
+        Err(why) => return setup_failed(why),
     };
     let mut held = Held {
         domain: None,
@@ -87,9 +108,9 @@ fn check(p: &Platform, host: &Mutex<HostIommu>, cfg: &dyn ConfigAccess, f: &Func
     let mut out = match prepare(host, cfg, &s, &mut held) {
         Ok(()) => match &held.vpes {
             Some(set) => fire(&s, &mut held.router, set),
-            None => TwoChecks::setup_failed("no vPE".into()),
+            None => setup_failed("no vPE".into()),
         },
-        Err(why) => TwoChecks::setup_failed(why),
+        Err(why) => setup_failed(why),
     };
     let vpes = held.vpes.take();
     let undone = teardown(host, cfg, &s, &mut held.router, held.domain, || {
@@ -100,8 +121,8 @@ fn check(p: &Platform, host: &Mutex<HostIommu>, cfg: &dyn ConfigAccess, f: &Func
             .destroy_vpes(set)
             .map_err(|e| format!("unmapping the vPE: {e}"))
     });
-    if let (Ok(_), Err(why)) = (&out.second, undone) {
-        out.second = Err(format!("passed, but then {why}"));
+    if let (Ok(_), Err(why)) = (&out[2], undone) {
+        out[2] = Err(format!("passed, but then {why}"));
     }
     out
 }
@@ -202,12 +223,12 @@ fn pending_last(set: &its::VpeSet) -> Result<bool, String> {
     gic::make_non_resident(mpidr).map_err(|e| format!("making {} non-resident: {e}", vpe.id))
 }
 
-fn fire(s: &Subject<'_>, router: &mut MsiRouter, set: &its::VpeSet) -> TwoChecks {
+fn fire(s: &Subject<'_>, router: &mut MsiRouter, set: &its::VpeSet) -> [Checked; 3] {
     let Some(vpe) = set.vpes.first().map(|v| v.id) else {
-        return TwoChecks::setup_failed("no vPE".into());
+        return setup_failed("no vPE".into());
     };
     let Some(its) = its::get() else {
-        return TwoChecks::setup_failed("the ITS is not up".into());
+        return setup_failed("the ITS is not up".into());
     };
     s.edu.raise_irq(IRQ_BIT);
     let seen = vpt_pending(vpe);
@@ -228,10 +249,8 @@ fn fire(s: &Subject<'_>, router: &mut MsiRouter, set: &its::VpeSet) -> TwoChecks
         )),
     };
     if pending.is_err() {
-        return TwoChecks {
-            first: pending,
-            second: Err("not run: no virtual LPI pending".into()),
-        };
+        let not_run = Err(String::from("not run: no virtual LPI pending"));
+        return [pending, not_run.clone(), not_run];
     }
     let enabled = pending_last(set);
     let disabled = router
@@ -253,8 +272,66 @@ fn fire(s: &Subject<'_>, router: &mut MsiRouter, set: &its::VpeSet) -> TwoChecks
             "PendingLast enabled {enabled:?}, disabled {disabled:?}; still pending {still:?}"
         )),
     };
-    TwoChecks {
-        first: pending,
-        second: presented,
+    let dropped = match presented {
+        Ok(_) => suspended(s, router, vpe),
+        Err(_) => Err(String::from("not run: the virtual LPI was not presented")),
+    };
+    [pending, presented, dropped]
+}
+
+/// With the vINTID's pending bit cleared and the `edu`'s translation
+/// suspended, its MSI leaves the bit clear and raises no physical LPI;
+/// resumed, the next one sets it.
+fn suspended(s: &Subject<'_>, router: &mut MsiRouter, vpe: VpeId) -> Checked {
+    let its = its::get().ok_or("the ITS is not up")?;
+    let ctx = |what: &'static str| {
+        move |e: crate::vm::msi::RouteError<its::ItsError>| format!("{what}: {e}")
+    };
+    router
+        .set_pending(&mut *its.lock(), OWNER, s.device, EVENT, false)
+        .map_err(ctx("CLEAR"))?;
+    if its
+        .lock()
+        .vlpi_pending(vpe, VINTID)
+        .map_err(|e| format!("{e}"))?
+    {
+        return Err(format!("vINTID {VINTID} still pending after CLEAR"));
+    }
+    router
+        .set_translating(&mut *its.lock(), OWNER, false)
+        .map_err(ctx("suspending"))?;
+    s.edu.raise_irq(IRQ_BIT);
+    s.edu.ack_irq(IRQ_BIT);
+    let stray = physical_lpi();
+    router
+        .set_translating(&mut *its.lock(), OWNER, true)
+        .map_err(ctx("resuming"))?;
+    if let Some(intid) = stray {
+        return Err(format!(
+            "a physical LPI came while suspended: INTID {intid}"
+        ));
+    }
+    if its
+        .lock()
+        .vlpi_pending(vpe, VINTID)
+        .map_err(|e| format!("{e}"))?
+    {
+        return Err(format!(
+            "the MSI sent while {} was suspended made vINTID {VINTID} pending",
+            s.device
+        ));
+    }
+    s.edu.raise_irq(IRQ_BIT);
+    let seen = vpt_pending(vpe);
+    s.edu.ack_irq(IRQ_BIT);
+    match seen? {
+        true => Ok(format!(
+            "{} suspended (MAPD V = 0): its MSI left vINTID {VINTID} clear, no physical LPI; \
+             resumed (MAPD, VMAPTI, INV, VSYNC): its next MSI pending for {vpe}",
+            s.device
+        )),
+        false => Err(format!(
+            "resumed, the next MSI never made vINTID {VINTID} pending for {vpe}"
+        )),
     }
 }

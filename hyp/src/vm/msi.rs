@@ -173,6 +173,12 @@ pub trait PhysicalMsi {
         event: EventId,
         pending: bool,
     ) -> Result<(), Self::Error>;
+    /// Stops translating `device`'s MSIs (they are dropped), keeping its
+    /// events' mappings and their LPIs' pending state.
+    fn suspend_device(&mut self, device: DeviceId) -> Result<(), Self::Error>;
+    /// Translates suspended `device`'s MSIs again, each event mapped as
+    /// before.
+    fn resume_device(&mut self, device: DeviceId) -> Result<(), Self::Error>;
 }
 
 /// Why a route was refused.
@@ -589,6 +595,31 @@ impl MsiRouter {
         self.routes.len()
     }
 
+    /// Whether the devices granted to VM `vm` translate their MSIs, as its
+    /// guest's GITS_CTLR.Enabled says: off, each is suspended, its MSIs
+    /// dropped while its routes and the pending state of their LPIs stay;
+    /// on, each is resumed with every route it had. Every device is tried;
+    /// the first refusal is the error.
+    pub fn set_translating<P: PhysicalMsi>(
+        &mut self,
+        its: &mut P,
+        vm: usize,
+        on: bool,
+    ) -> Result<(), RouteError<P::Error>> {
+        let mut first_error = None;
+        for (device, _) in self.devices_of(vm) {
+            let done = if on {
+                its.resume_device(device)
+            } else {
+                its.suspend_device(device)
+            };
+            if let Err(e) = done {
+                first_error.get_or_insert(RouteError::Its(e));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Takes everything of VM `vm` back (it stopped; its devices no longer
     /// master the bus): each routed event is unmapped, then each granted
     /// device, and the grants and the VM's vPEs are dropped, so nothing of
@@ -647,6 +678,10 @@ mod tests {
         Vinvall(u16),
         /// INT (true) or CLEAR of (device, event).
         Pending(u32, u32, bool),
+        /// MAPD with V = 0, the events kept.
+        Suspend(u32),
+        /// MAPD with V = 1 and every event mapped again, with INV.
+        Resume(u32),
     }
 
     /// An ITS that hands out LPIs from 8192 up, refuses CPUs above
@@ -669,6 +704,8 @@ mod tests {
         cache: BTreeMap<(u16, u32), u8>,
         /// ITS commands issued, syncs included.
         commands: usize,
+        /// Devices whose MSIs are not translated (MAPD with V = 0).
+        suspended: BTreeSet<u32>,
     }
 
     impl FakeIts {
@@ -697,10 +734,32 @@ mod tests {
             }
         }
 
+        /// Where an MSI of event `e` of device `d` goes now: the vPE and
+        /// vINTID it is translated to; None if it is dropped.
+        fn msi(&self, d: DeviceId, e: EventId) -> Option<(u16, u32)> {
+            if self.suspended.contains(&d.0) {
+                return None;
+            }
+            self.vmapped.get(&(d.0, e.0)).copied()
+        }
+
+        /// Fails for a suspended device, as the driver does.
+        fn live(&self, d: DeviceId) -> Result<(), String> {
+            if self.suspended.contains(&d.0) {
+                return Err(alloc::format!("{d} is suspended"));
+            }
+            Ok(())
+        }
+
         /// Whether every mapped virtual LPI's redistributor uses the
-        /// table's byte; names the first that does not.
+        /// table's byte; names the first that does not. (Those of a
+        /// suspended device translate nothing; resuming invalidates
+        /// them.)
         fn coherent(&self) -> Result<(), String> {
             for (&(d, e), &(vpe, vintid)) in &self.vmapped {
+                if self.suspended.contains(&d) {
+                    continue;
+                }
                 let used = self.cache.get(&(vpe, vintid)).copied();
                 if used.is_some_and(|b| b != self.byte(vintid)) {
                     return Err(alloc::format!(
@@ -717,6 +776,7 @@ mod tests {
     impl PhysicalMsi for FakeIts {
         type Error = String;
         fn map_event(&mut self, d: DeviceId, e: EventId, cpu: usize) -> Result<Lpi, String> {
+            self.live(d)?;
             if cpu >= self.cpus {
                 return Err(alloc::format!("no collection for CPU {cpu}"));
             }
@@ -726,6 +786,7 @@ mod tests {
             Ok(Lpi::new(self.next - 1).unwrap())
         }
         fn move_event(&mut self, d: DeviceId, e: EventId, cpu: usize) -> Result<(), String> {
+            self.live(d)?;
             assert!(self.mapped.contains(&(d.0, e.0)), "moved unmapped");
             self.ops.push(Op::Move(d.0, e.0, cpu));
             Ok(())
@@ -735,13 +796,16 @@ mod tests {
                 self.mapped.remove(&(d.0, e.0)) || self.vmapped.remove(&(d.0, e.0)).is_some(),
                 "unmapped unmapped"
             );
-            self.commands += 2;
+            if !self.suspended.contains(&d.0) {
+                self.commands += 2;
+            }
             self.ops.push(Op::Unmap(d.0, e.0));
             Ok(())
         }
         fn unmap_device(&mut self, d: DeviceId) -> Result<(), String> {
             self.mapped.retain(|&(dev, _)| dev != d.0);
             self.vmapped.retain(|&(dev, _), _| dev != d.0);
+            self.suspended.remove(&d.0);
             self.ops.push(Op::UnmapDevice(d.0));
             Ok(())
         }
@@ -753,6 +817,7 @@ mod tests {
             vintid: u32,
             inv: bool,
         ) -> Result<(), String> {
+            self.live(d)?;
             assert!(
                 !self.mapped.contains(&(d.0, e.0)) && !self.vmapped.contains_key(&(d.0, e.0)),
                 "mapped twice"
@@ -770,6 +835,7 @@ mod tests {
             vpe: VpeId,
             inv: bool,
         ) -> Result<(), String> {
+            self.live(d)?;
             let m = self.vmapped.get_mut(&(d.0, e.0)).expect("moved unmapped");
             m.0 = vpe.0;
             let vintid = m.1;
@@ -783,6 +849,9 @@ mod tests {
         }
         fn inv_event(&mut self, d: DeviceId, e: EventId) -> Result<(), String> {
             let &(vpe, vintid) = self.vmapped.get(&(d.0, e.0)).expect("INV of unmapped");
+            if self.suspended.contains(&d.0) {
+                return Ok(());
+            }
             let byte = self.byte(vintid);
             self.cache.insert((vpe, vintid), byte);
             self.commands += 2;
@@ -796,9 +865,34 @@ mod tests {
             Ok(())
         }
         fn set_pending(&mut self, d: DeviceId, e: EventId, pending: bool) -> Result<(), String> {
+            self.live(d)?;
             assert!(self.vmapped.contains_key(&(d.0, e.0)), "INT of unmapped");
             self.commands += 2;
             self.ops.push(Op::Pending(d.0, e.0, pending));
+            Ok(())
+        }
+        fn suspend_device(&mut self, d: DeviceId) -> Result<(), String> {
+            if self.suspended.insert(d.0) {
+                self.commands += 1;
+                self.ops.push(Op::Suspend(d.0));
+            }
+            Ok(())
+        }
+        fn resume_device(&mut self, d: DeviceId) -> Result<(), String> {
+            if !self.suspended.remove(&d.0) {
+                return Ok(());
+            }
+            let of_device: Vec<(u16, u32)> = self
+                .vmapped
+                .iter()
+                .filter(|(&(dev, _), _)| dev == d.0)
+                .map(|(_, &v)| v)
+                .collect();
+            for &(vpe, vintid) in &of_device {
+                self.arrive(vpe, vintid, true);
+            }
+            self.commands += 1 + 2 * of_device.len() + 1;
+            self.ops.push(Op::Resume(d.0));
             Ok(())
         }
     }
@@ -1123,6 +1217,47 @@ mod tests {
             its.ops[1..],
             [Op::Pending(0x18, 4, true), Op::Pending(0x18, 4, false)]
         );
+    }
+
+    /// The guest disables its ITS: its devices' MSIs are dropped where
+    /// they are translated, their routes kept; a configuration written
+    /// meanwhile is applied when they are translated again.
+    #[test]
+    fn a_vm_that_stops_translating_drops_its_msis_and_resumes_its_routes() {
+        let mut r = direct_router();
+        let mut its = FakeIts::new(4);
+        r.route_vlpi(&mut its, 1, NVME, EventId(0), vlpi(1, 8192, ON))
+            .unwrap();
+        r.route_vlpi(&mut its, 1, NVME, EventId(1), vlpi(2, 8193, ON))
+            .unwrap();
+        assert_eq!(its.msi(NVME, EventId(0)), Some((11, 8192)));
+        its.ops.clear();
+        r.set_translating(&mut its, 1, false).unwrap();
+        assert_eq!(its.ops, [Op::Suspend(0x18)], "VM 0's device untouched");
+        assert_eq!(its.msi(NVME, EventId(0)), None);
+        assert_eq!(its.msi(NVME, EventId(1)), None);
+        assert_eq!(r.routes(), 2, "the routes stay");
+        // Meanwhile: a configuration change reaches the table (the INV
+        // waits for the resume), a new route is refused, and suspending
+        // again does nothing.
+        r.configure(&mut its, 1, &[(8192, OFF)]).unwrap();
+        assert_eq!(its.byte(8192), table_byte(OFF));
+        assert!(matches!(
+            r.route_vlpi(&mut its, 1, NVME, EventId(2), vlpi(0, 8194, ON)),
+            Err(RouteError::Its(_))
+        ));
+        r.set_translating(&mut its, 1, false).unwrap();
+        assert_eq!(its.ops, [Op::Suspend(0x18)]);
+        r.set_translating(&mut its, 1, true).unwrap();
+        assert_eq!(its.ops, [Op::Suspend(0x18), Op::Resume(0x18)]);
+        assert_eq!(its.msi(NVME, EventId(0)), Some((11, 8192)));
+        assert_eq!(its.msi(NVME, EventId(1)), Some((12, 8193)));
+        its.coherent().unwrap();
+        // Released while suspended: unmapped all the same.
+        r.set_translating(&mut its, 1, false).unwrap();
+        assert!(r.release(&mut its, 1).is_empty());
+        assert_eq!(r.routes(), 0);
+        assert!(its.vmapped.is_empty() && its.suspended.is_empty());
     }
 
     #[test]

@@ -1180,6 +1180,18 @@ impl Machine for Runtime {
             self.msi_failed(vm, format_args!("{what} of {event} of {device}"), &e)
         })
     }
+
+    fn translate_msis(&self, vm: &Vm, on: bool) -> Result<(), &'static str> {
+        let its = its::get().ok_or("no physical ITS")?;
+        let result = self
+            .msi
+            .lock()
+            .set_translating(&mut *its.lock(), vm.index, on);
+        result.map_err(|e| {
+            let what = if on { "resuming" } else { "suspending" };
+            self.msi_failed(vm, format_args!("{what} its devices' MSIs"), &e)
+        })
+    }
 }
 
 impl Runtime {
@@ -1276,5 +1288,13 @@ impl PhysicalMsi for its::Its {
         pending: bool,
     ) -> Result<(), Self::Error> {
         its::Its::set_pending(self, device, event, pending)
+    }
+
+    fn suspend_device(&mut self, device: DeviceId) -> Result<(), Self::Error> {
+        its::Its::suspend_device(self, device)
+    }
+
+    fn resume_device(&mut self, device: DeviceId) -> Result<(), Self::Error> {
+        its::Its::resume_device(self, device)
     }
 }

@@ -237,6 +237,12 @@ pub trait Machine {
         let _ = (vm, device, event, pending);
         Err("MSIs are not delivered directly")
     }
+    /// For a VM whose MSIs are delivered directly: whether its devices'
+    /// MSIs are translated at all (its vITS's GITS_CTLR.Enabled).
+    fn translate_msis(&self, vm: &Vm, on: bool) -> Result<(), &'static str> {
+        let _ = (vm, on);
+        Err("MSIs are not delivered directly")
+    }
 }
 
 /// A VM's MSI routing through its machine: the physical side of its vITS.
@@ -271,6 +277,10 @@ impl PhysicalIts for MsiRoutes<'_> {
     fn set_pending(&mut self, device: u32, event: u32, pending: bool) -> Result<(), Self::Error> {
         self.machine
             .set_msi_pending(self.vm, device, event, pending)
+    }
+
+    fn set_translating(&mut self, on: bool) -> Result<(), Self::Error> {
+        self.machine.translate_msis(self.vm, on)
     }
 }
 

@@ -34,6 +34,9 @@ pub struct RecordingPhysicalIts {
     pub configured: BTreeMap<u32, LpiConfig>,
     /// With `direct`: the INTs (true) and CLEARs asked, in order.
     pub pending: Vec<((u32, u32), bool)>,
+    /// With `direct`: whether the routed events' MSIs are translated, as
+    /// [`PhysicalIts::set_translating`] last said (at first they are).
+    pub translating: bool,
     /// While set, [`PhysicalIts::map_event`] and
     /// [`PhysicalIts::move_event`] fail (no physical LPI left, or none on
     /// the new CPU).
@@ -61,6 +64,7 @@ impl RecordingPhysicalIts {
             direct: false,
             configured: BTreeMap::new(),
             pending: Vec::new(),
+            translating: true,
             refuse_maps: false,
             calls: 0,
             misuse: None,
@@ -168,6 +172,15 @@ impl PhysicalIts for RecordingPhysicalIts {
         self.pending.push(((device, event), pending));
         Ok(())
     }
+
+    fn set_translating(&mut self, on: bool) -> Result<(), Self::Error> {
+        self.calls += 1;
+        if !self.direct {
+            self.misused(format!("translation turned {on} without direct delivery"));
+        }
+        self.translating = on;
+        Ok(())
+    }
 }
 
 /// The rules between a vITS, its vGIC and its physical side, at any time
@@ -184,6 +197,8 @@ impl PhysicalIts for RecordingPhysicalIts {
 /// - the vGIC holds exactly the LPIs those translations map, each
 ///   targeting a vCPU of the VM;
 /// - each routed event raises the LPI of its translation;
+/// - delivering directly, the routed events' MSIs are translated exactly
+///   while the vITS is enabled (GITS_CTLR.Enabled);
 /// - delivering directly, the vGIC has none of them pending (it never
 ///   lists them: the physical GIC holds their pending state), and the
 ///   physical side was told the configuration the vGIC holds for each, as
@@ -262,6 +277,17 @@ pub fn check_in_step(its: &VIts, vgic: &VGic, phys: &RecordingPhysicalIts) -> Re
             ));
         }
         collections.entry(t.intid).or_default().insert(t.icid);
+    }
+    if phys.direct && !phys.routed.is_empty() && phys.translating != its.enabled() {
+        return Err(format!(
+            "the vITS is {}, the physical side {} the routed events' MSIs",
+            if its.enabled() { "enabled" } else { "disabled" },
+            if phys.translating {
+                "translates"
+            } else {
+                "drops"
+            }
+        ));
     }
     if phys.direct {
         for (&intid, icids) in &collections {

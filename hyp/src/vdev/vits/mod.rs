@@ -162,6 +162,15 @@ pub trait PhysicalIts {
         let _ = (device, event, pending);
         Ok(())
     }
+    /// Delivering directly: whether the VM's devices' MSIs are translated
+    /// at all (GITS_CTLR.Enabled). Off, the physical side drops them,
+    /// keeping every mapped event and the pending state of their LPIs; on,
+    /// they raise their LPIs again. (Otherwise MSIs that arrive while the
+    /// ITS is disabled are dropped by [`VIts::deliver`].)
+    fn set_translating(&mut self, on: bool) -> Result<(), Self::Error> {
+        let _ = on;
+        Ok(())
+    }
 }
 
 /// Why the vITS ignored a command (§6.3 lists the command errors).
@@ -363,6 +372,11 @@ impl VIts {
         }
     }
 
+    /// Whether the guest enabled it (GITS_CTLR.Enabled).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// The counters.
     pub fn stats(&self) -> ItsStats {
         self.stats
@@ -478,7 +492,13 @@ impl VIts {
         };
         match reg {
             reg::CTLR if offset == reg::CTLR => {
-                self.enabled = value as u32 & CTLR_ENABLED != 0;
+                let enabled = value as u32 & CTLR_ENABLED != 0;
+                if enabled != self.enabled && env.phys.direct() {
+                    // A refusal has no architected report; the physical
+                    // side reports it to the machine's log.
+                    let _ = env.phys.set_translating(enabled);
+                }
+                self.enabled = enabled;
                 self.run(env, &mut out);
             }
             reg::CBASER if !self.enabled => {

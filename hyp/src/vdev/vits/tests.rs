@@ -780,6 +780,13 @@ fn random_commands_keep_the_physical_side_exactly_in_step() {
             if direct && r % 7 == 0 {
                 w.enable_lpis((r >> 24) as usize % 2, (r >> 32) % 3 != 0);
             }
+            // And disables its ITS for a while, now and then.
+            if r % 13 == 0 {
+                let enabled = w.its.enabled();
+                w.write(reg::CTLR, u64::from(!enabled));
+                check_in_step(&w.its, &w.vgic, &w.phys)
+                    .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            }
             let cmds: Vec<Command> = (0..(next() % 8 + 1))
                 .map(|_| {
                     let r = next();
@@ -902,6 +909,39 @@ fn delivered_directly_the_physical_side_hears_lpis_configurations_and_ints() {
         }]
     );
     assert_eq!(w.phys.pending.len(), 2);
+}
+
+/// Delivered directly, MSIs never pass through the vITS, so disabling it
+/// must stop them where they are translated: the physical side drops
+/// them while the guest's ITS is disabled (the events stay mapped, their
+/// LPIs' pending state with them) and translates them again once it is
+/// enabled; through the list registers the vITS drops them itself.
+#[test]
+fn delivered_directly_a_disabled_its_has_the_physical_side_drop_msis() {
+    let mut w = World::direct();
+    w.linux_setup();
+    assert!(w.phys.translating);
+    let calls = w.phys.calls;
+    w.write(reg::CTLR, 0);
+    assert!(!w.phys.translating, "MSIs dropped while disabled");
+    assert_eq!(w.phys.calls - calls, 1);
+    assert_eq!(w.phys.routed.len(), 2, "the events stay mapped");
+    check_in_step(&w.its, &w.vgic, &w.phys).unwrap();
+    // Writing the same value again changes nothing.
+    w.write(reg::CTLR, 0);
+    assert_eq!(w.phys.calls - calls, 1);
+    w.write(reg::CTLR, 1);
+    assert!(w.phys.translating);
+    assert_eq!(w.phys.calls - calls, 2);
+    check_in_step(&w.its, &w.vgic, &w.phys).unwrap();
+    // Through the list registers nothing is asked of the physical side.
+    let mut w = World::new();
+    w.linux_setup();
+    let calls = w.phys.calls;
+    w.write(reg::CTLR, 0);
+    w.write(reg::CTLR, 1);
+    assert_eq!(w.phys.calls, calls);
+    check_in_step(&w.its, &w.vgic, &w.phys).unwrap();
 }
 
 #[test]
