@@ -112,6 +112,21 @@ extern "C" fn primary_main(dtb: u64) -> ! {
     // SAFETY: map_everything mapped the image, heap, RAM and every device in use.
     unsafe { mmu::enable_primary() };
     info!("EL2 MMU on: code RX, data RW-XN, devices Device-nGnRE, WXN");
+    match &platform.rtc {
+        Some(rtc) => {
+            let secs = crate::drivers::pl031::seconds(rtc);
+            crate::wallclock::init(crate::wallclock::WallClock::new(
+                secs,
+                arch::counter(),
+                arch::counter_freq(),
+            ));
+            info!(
+                "wall clock: PL031 at {:#x} reads {secs} s since 1970",
+                rtc.base
+            );
+        }
+        None => warn!("no PL031 in the device tree: guests get no real-time clock"),
+    }
 
     // Free RAM for the page-frame allocator.
     let ram: Vec<_> = platform.memory.iter().map(|r| r.range()).collect();
@@ -203,6 +218,9 @@ fn map_everything(
             pci.ecam.base + pci.ecam.size,
             Mapping::Device,
         )?;
+    }
+    if let Some(rtc) = &p.rtc {
+        mmu::map(rtc.base, rtc.base + rtc.size, Mapping::Device)?;
     }
     Ok(())
 }

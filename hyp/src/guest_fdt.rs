@@ -122,6 +122,9 @@ pub struct GuestDt {
     /// bytes). They are written as zeroes: the bytes are the start's own,
     /// put where [`seed_values`] finds them each time the VM starts.
     pub seeds: bool,
+    /// The PL031 real-time clock (`arm,pl031`, no interrupt, so Linux
+    /// offers no alarm): base, size.
+    pub rtc: Option<(u64, u64)>,
 }
 
 /// Where in `blob` (a device tree [`build`] wrote with
@@ -459,6 +462,15 @@ pub fn build(dt: &GuestDt) -> Result<Vec<u8>, GuestFdtError> {
     w.property_string_list("clock-names", strings(&["uartclk", "apb_pclk"]))?;
     w.end_node(uart)?;
 
+    if let Some((base, size)) = dt.rtc {
+        let rtc = w.begin_node(&format!("pl031@{base:x}"))?;
+        w.property_string_list("compatible", strings(&["arm,pl031", "arm,primecell"]))?;
+        w.property_array_u64("reg", &reg(base, size))?;
+        w.property_u32("clocks", PHANDLE_CLK)?;
+        w.property_string("clock-names", "apb_pclk")?;
+        w.end_node(rtc)?;
+    }
+
     if let Some((base, size, eventq, gerror)) = dt.vsmmu {
         let smmu = w.begin_node(&format!("iommu@{base:x}"))?;
         w.property_string("compatible", "arm,smmu-v3")?;
@@ -538,6 +550,7 @@ mod tests {
             counters: Some((0x908_0000, 0x1000)),
             its: None,
             seeds: false,
+            rtc: Some((0x901_0000, 0x1000)),
         }
     }
 
@@ -762,9 +775,30 @@ mod tests {
                 "intc@8000000",
                 "memory@40000000",
                 "pl011@9000000",
+                "pl031@9010000",
                 "psci",
                 "timer"
             ]
+        );
+        dt.rtc = None;
+        let blob = build(&dt).unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+        assert!(fdt.find_compatible(&["arm,pl031"]).is_none());
+    }
+
+    #[test]
+    fn the_rtc_is_a_pl031_without_an_interrupt() {
+        let blob = build(&example()).unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+        let rtc = fdt.find_node("/pl031@9010000").unwrap();
+        assert_eq!(strs(rtc, "compatible"), ["arm,pl031", "arm,primecell"]);
+        assert_eq!(u64s(rtc, "reg"), [0x901_0000, 0x1000]);
+        assert_eq!(strs(rtc, "clock-names"), ["apb_pclk"]);
+        let clk = fdt.find_node("/apb-pclk").unwrap();
+        assert_eq!(cells(rtc, "clocks"), cells(clk, "phandle"));
+        assert!(
+            rtc.property("interrupts").is_none(),
+            "no interrupt: Linux offers no alarm the RTC could not raise"
         );
     }
 

@@ -13,6 +13,7 @@
 
 use crate::arch::{fake, guest::GuestControls, TrapFrame};
 use crate::drivers::pci::{BarKind, Bdf, ConfigAccess};
+use crate::vdev::rtc::VirtualRtc;
 use crate::vdev::vgic::VGic;
 use crate::vdev::vits::{DeviceGrant, EventLpi, ItsConfig};
 use crate::vdev::vpci::{VirtualBar, VirtualFunction, VirtualPciBus};
@@ -270,8 +271,8 @@ impl GuestHarness {
             msi: false,
         }]);
         let pci = PciHostBridge::new(pci, Box::new(FakeFunction::new(config)));
-        vm.bus =
-            standard_bus(VCPUS as u32, pci, false, true).expect("the guest layout has no overlaps");
+        vm.bus = standard_bus(VCPUS as u32, pci, false, true, Some(VirtualRtc::new(0)))
+            .expect("the guest layout has no overlaps");
         // The function's MSIs: virtual requester ID 00:01.0, physical
         // FUNCTION's, 8 events.
         let mut devices = BTreeMap::new();

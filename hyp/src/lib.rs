@@ -27,6 +27,7 @@ mod platform;
 mod seed;
 mod vdev;
 mod vm;
+mod wallclock;
 
 #[cfg(not(target_os = "none"))]
 pub mod harness;

@@ -206,7 +206,14 @@ pub struct Platform {
     /// the machine gives its kernel (QEMU's `virt`: 32 and 8 bytes), which
     /// seeds the guests' (`crate::seed`). Empty without either.
     pub randomness: Vec<u8>,
+    /// The machine's PL031 real-time clock, whose count of seconds since
+    /// 1970 the guests' clocks start from (`crate::wallclock`); `None`
+    /// without one, or with a register region too small for it.
+    pub rtc: Option<Region>,
 }
+
+/// A PL031's register region: its registers and identification words.
+const PL031_SIZE: u64 = 0x1000;
 
 /// What is wrong with the device tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -439,9 +446,15 @@ impl Platform {
             })
             .unwrap_or_default();
 
+        let rtc = fdt
+            .find_compatible(&["arm,pl031"])
+            .and_then(|n| first_region(n, "pl031 reg").ok())
+            .filter(|r| r.size >= PL031_SIZE);
+
         Ok(Self {
             initrd,
             randomness,
+            rtc,
             memory,
             reserved,
             uart,
@@ -584,6 +597,13 @@ mod tests {
         assert_eq!(p.randomness.len(), 40);
         assert_eq!(p.randomness[..4], [0x40, 0xe8, 0x81, 0x51]);
         assert_eq!(p.randomness[32..36], [0x0e, 0x29, 0x81, 0xf9]);
+        assert_eq!(
+            p.rtc,
+            Some(Region {
+                base: 0x0901_0000,
+                size: 0x1000
+            })
+        );
         p.bootargs = "console=x selftest=dma".into();
         assert!(p.has_bootarg("selftest=dma"));
         assert!(!p.has_bootarg("selftest"));

@@ -3,7 +3,7 @@
 //! judges itself comes as check lines ([`Boot::checks`]).
 
 use scenario_tests::{boot, Boot, TIMEOUT};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Index of the first console line containing `needle`.
 fn line_of(b: &Boot, needle: &str) -> usize {
@@ -20,7 +20,15 @@ fn line_of(b: &Boot, needle: &str) -> usize {
 
 #[test]
 fn linux_boot() {
+    let since_1970 = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let before = since_1970();
     let b = boot("linux", &[], TIMEOUT);
+    let after = since_1970();
     b.expect("VM linux: 2 vCPU(s) on physical CPU(s) [0, 1], 512 MiB RAM");
     b.expect("[linux] init: reached on 6.1");
     let linux = b.checks("linux");
@@ -33,6 +41,19 @@ fn linux_boot() {
     b.expect("[linux] [    0.000000] random: crng init done");
     b.expect("] KASLR enabled");
     b.reject("KASLR disabled");
+    // Its real-time clock, as bare QEMU's `virt` has one: the kernel sets
+    // its clock from it to the time QEMU's own PL031 started from (the
+    // host's), give or take a minute, not to 1970.
+    let set = b.expect("rtc-pl031 9010000.pl031: setting system clock to");
+    let secs: u64 = set
+        .rsplit_once('(')
+        .and_then(|(_, s)| s.strip_suffix(')'))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no seconds in {set:?}"));
+    assert!(
+        (before - 60..=after + 60).contains(&secs),
+        "the guest's clock says {secs} s since 1970, the host's was {before} to {after}: {set}"
+    );
     b.expect("reboot: Power down");
     b.expect("VM linux: powered off");
     b.expect("all VMs have stopped (all powered off cleanly)");

@@ -55,6 +55,13 @@ pub const UART: Region = Region {
     size: 0x1000,
 };
 
+/// PL031 real-time clock, where the machine has one to count from.
+pub const RTC: Region = Region {
+    name: "PL031 RTC",
+    base: 0x0901_0000,
+    size: 0x1000,
+};
+
 /// Virtual SMMUv3, only in VMs with `vsmmu = true`.
 pub const VSMMU: Region = Region {
     name: "virtual SMMU",
@@ -96,6 +103,10 @@ pub const ITS_SIZE: u64 = ITS.size;
 pub const UART_BASE: u64 = UART.base;
 /// PL011 size.
 pub const UART_SIZE: u64 = UART.size;
+/// PL031 base (= `RTC.base`).
+pub const RTC_BASE: u64 = RTC.base;
+/// PL031 size.
+pub const RTC_SIZE: u64 = RTC.size;
 /// Virtual SMMU base (= `VSMMU.base`).
 pub const VSMMU_BASE: u64 = VSMMU.base;
 /// Virtual SMMU size.
@@ -132,12 +143,13 @@ pub const fn gicr(vcpus: u32) -> Region {
 }
 
 /// Every device region of a VM with `vcpus` vCPUs, in address order.
-pub const fn devices(vcpus: u32) -> [Region; 8] {
+pub const fn devices(vcpus: u32) -> [Region; 9] {
     [
         GICD,
         ITS,
         gicr(vcpus),
         UART,
+        RTC,
         VSMMU,
         COUNTERS,
         PCI_MMIO,

@@ -1,7 +1,7 @@
 //! A register frame of an MMIO device the hypervisor owns (the GIC's
-//! distributor and redistributors, the ITS): `unsafe` once, when the frame
-//! is created from the DTB's region, and every access after it bounds- and
-//! alignment-checked.
+//! distributor and redistributors, the ITS, the PL031 RTC): `unsafe` once,
+//! when the frame is created from the DTB's region, and every access after
+//! it bounds- and alignment-checked.
 
 use core::ptr::NonNull;
 
@@ -24,7 +24,7 @@ impl Frame {
     ///
     /// # Safety
     ///
-    /// `[base, base + size)` is the register space of a GIC or ITS,
+    /// `[base, base + size)` is the register space of a GIC, ITS or PL031,
     /// mapped as a device at EL2 for the hypervisor's lifetime, and only
     /// the hypervisor programs it: a 32- or 64-bit access at an aligned
     /// offset inside it has no effect on memory safety.

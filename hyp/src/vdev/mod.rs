@@ -3,6 +3,7 @@
 //! routes by address and refuses overlapping ranges).
 //!
 //! - [`vuart`]: a PL011 per VM;
+//! - [`rtc`]: a PL031 real-time clock per VM;
 //! - [`vgic`]: the GICv3 distributor and redistributors, and ([`vgic::hw`])
 //!   the list registers of the hardware's virtual CPU interface;
 //! - [`vits`]: the GICv3 ITS, translating the VM's devices' MSIs to LPIs;
@@ -19,6 +20,7 @@
 pub mod idregs;
 pub mod msix;
 pub mod psci;
+pub mod rtc;
 pub mod vgic;
 pub mod vits;
 pub mod vpci;

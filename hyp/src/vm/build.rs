@@ -397,6 +397,7 @@ fn build_vm(
         counters: Some((layout::COUNTERS_BASE, layout::COUNTERS_SIZE)),
         its: Some((layout::ITS_BASE, layout::ITS_SIZE)),
         seeds: crate::seed::available(),
+        rtc: crate::wallclock::present().then_some((layout::RTC_BASE, layout::RTC_SIZE)),
     };
     let blob = guest_fdt::build(&dt)
         .map_err(|e| resources(alloc::format!("VM {}: device tree: {e}", spec.name)))?;
@@ -481,7 +482,8 @@ fn build_vm(
         None => (PciHostBridge::empty(), Vec::new(), Vec::new()),
     };
     let device_map = |e: BusError| resources(alloc::format!("VM {}: device map: {e}", spec.name));
-    vm.bus = standard_bus(spec.cpus, pci, vsmmu.is_some(), true).map_err(device_map)?;
+    let rtc = crate::wallclock::now().map(crate::vdev::rtc::VirtualRtc::new);
+    vm.bus = standard_bus(spec.cpus, pci, vsmmu.is_some(), true, rtc).map_err(device_map)?;
     for (ipa, len, region) in msix {
         vm.bus
             .insert(ipa, len, Box::new(region))

@@ -9,6 +9,7 @@
 use super::bus::{Access, BusError, MmioBus, MmioContext, MmioDevice};
 use crate::drivers::pci::{self, BarRange, Bdf, ConfigAccess};
 use crate::vdev::msix::MsixPages;
+use crate::vdev::rtc::VirtualRtc;
 use crate::vdev::vpci::VirtualPciBus;
 use crate::vdev::vuart::VirtualUart;
 use alloc::boxed::Box;
@@ -18,16 +19,25 @@ use spin::Mutex;
 /// The bus every VM gets, at the addresses of `guest_layout` (the ones its
 /// device tree names): the UART, the GIC distributor and the redistributors
 /// of its `vcpus`, the counters page and the PCI host bridge `pci`; with
-/// `vsmmu`, the vSMMU's registers too.
+/// `vsmmu`, the vSMMU's registers too, with `its` the ITS's frames, with
+/// `rtc` the real-time clock.
 pub fn standard_bus(
     vcpus: u32,
     pci: PciHostBridge,
     vsmmu: bool,
     its: bool,
+    rtc: Option<VirtualRtc>,
 ) -> Result<MmioBus, BusError> {
     use scenario::guest_layout as layout;
     let mut bus = MmioBus::new();
     bus.insert(Ipa(layout::UART_BASE), layout::UART_SIZE, Box::new(Uart))?;
+    if let Some(rtc) = rtc {
+        bus.insert(
+            Ipa(layout::RTC_BASE),
+            layout::RTC_SIZE,
+            Box::new(Rtc(Mutex::new(rtc))),
+        )?;
+    }
     bus.insert(
         Ipa(layout::GICD_BASE),
         layout::GICD_SIZE,
@@ -61,6 +71,32 @@ pub fn standard_bus(
         )?;
     }
     Ok(bus)
+}
+
+/// The VM's PL031 real-time clock (`rtc`), counting from the machine's
+/// wall clock. Its state is its own and is kept when the VM restarts, as
+/// a real-time clock keeps counting through a reset.
+#[derive(Debug)]
+pub struct Rtc(Mutex<VirtualRtc>);
+
+impl MmioDevice for Rtc {
+    fn name(&self) -> &'static str {
+        "PL031 RTC"
+    }
+
+    fn leaves_vgic_alone(&self) -> bool {
+        true
+    }
+
+    fn read(&self, _: &dyn MmioContext, a: Access) -> u64 {
+        let now = crate::wallclock::now().unwrap_or_default();
+        u64::from(self.0.lock().read(a.offset, a.size, now))
+    }
+
+    fn write(&self, _: &dyn MmioContext, a: Access, value: u64) {
+        let now = crate::wallclock::now().unwrap_or_default();
+        self.0.lock().write(a.offset, a.size, value, now);
+    }
 }
 
 /// The VM's GICv3 ITS frames (`vits`): control registers and

@@ -447,6 +447,12 @@ fn system_reset_restarts_the_vm_in_its_reset_state() {
     vm.power.lock()[1] = VcpuPower::On;
     vm.uart.lock().write(0, 1, u64::from(b'y'));
     vm.report(0, 0, format_args!("a bad access"));
+    // The guest sets its clock (RTCLR): a real-time clock keeps counting
+    // through a reset.
+    trap_at(layout::RTC_BASE + 0x8, dabt(4, 2, true));
+    let mut f = frame(0x4000_2000);
+    f.x[2] = 1_796_000_000;
+    handle_sync(vm, 0, &mut f, current_exit(), m);
     let m = Recorder::default();
     // SYSTEM_RESET from vCPU 1.
     let (flow, _) = hvc(vm, 1, [0x8400_0009, 0, 0, 0], &m);
@@ -479,6 +485,10 @@ fn system_reset_restarts_the_vm_in_its_reset_state() {
     let mut f = frame(0x4000_2000);
     handle_sync(vm, 0, &mut f, current_exit(), &m);
     assert_eq!(f.x[3], 1);
+    trap_at(layout::RTC_BASE, dabt(4, 4, false));
+    let mut f = frame(0x4000_2000);
+    handle_sync(vm, 0, &mut f, current_exit(), &m);
+    assert_eq!(f.x[4], 1_796_000_000, "RTCDR as the guest set it");
     // SYSTEM_RESET2 (a warm reset) restarts it again.
     let m = Recorder::default();
     hvc(vm, 0, [0xc400_0012, 0, 0, 0], &m);
