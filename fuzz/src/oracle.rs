@@ -735,6 +735,10 @@ pub type Reads = Vec<(u64, usize)>;
 /// Why a stream's guest STE must be refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
+    /// No STE for the StreamID: the guest sees C_BAD_STREAMID (§7.3.2).
+    NoStream,
+    /// The STE has V == 0: the guest sees C_BAD_STE (§5.2).
+    Invalid,
     /// The guest's stream table cannot be read at this IPA: the guest sees
     /// F_STE_FETCH there (§7.3.4).
     Fetch(Ipa),
@@ -864,7 +868,9 @@ impl StreamTable {
 ///
 /// - SMMUEN == 0: GBPA.ABORT aborts, otherwise the VM's stage 2 (bypass);
 /// - an unreadable stream table: refused, reported as F_STE_FETCH;
-/// - no STE, V == 0, Config abort or reserved: abort;
+/// - no STE: invalid, reported as C_BAD_STREAMID;
+/// - V == 0: invalid, reported as C_BAD_STE;
+/// - Config abort or reserved: abort;
 /// - Config bypass: the VM's stage 2;
 /// - Config stage 2 or nested (stage 2 is not advertised): refused;
 /// - Config stage 1: refused when ILLEGAL for a stage-1-only,
@@ -892,13 +898,14 @@ pub fn want(
     let (ste, reads) = StreamTable::of(v, policy).walk(mem, vsid);
     let w = match ste {
         Err(addr) => return (Want::Refused(Refusal::Fetch(addr)), reads),
-        Ok(None) => return (Want::Abort, reads),
+        Ok(None) => return (Want::Refused(Refusal::NoStream), reads),
         Ok(Some(w)) => w,
     };
     let field = |word: usize, lo: u32, bits: u32| (w[word] >> lo) & ((1 << bits) - 1);
     let (valid, config) = (field(0, 0, 1) == 1, field(0, 1, 3));
     let want = match (valid, config) {
-        (false, _) | (true, 0b000..=0b011) => Want::Abort,
+        (false, _) => Want::Refused(Refusal::Invalid),
+        (true, 0b000..=0b011) => Want::Abort,
         (true, 0b100) => Want::Stage2,
         (true, 0b110 | 0b111) => Want::Refused(Refusal::Illegal),
         (true, _) => {
@@ -974,7 +981,8 @@ pub fn guest_event(words: [u64; 4], vsid: u32, refusal: Option<Refusal>) -> Opti
     if let (Event::BadSte { ssid, .. }, Some(why)) = (physical, refusal) {
         let sid = StreamId(vsid);
         return Some(match why {
-            Refusal::Illegal => Event::BadSte { sid, ssid },
+            Refusal::NoStream => Event::BadStreamId { sid, ssid },
+            Refusal::Invalid | Refusal::Illegal => Event::BadSte { sid, ssid },
             Refusal::Fetch(addr) => Event::SteFetch {
                 sid,
                 ssid,

@@ -139,7 +139,8 @@ enum Installed {
     Abort,
     Stage2,
     Nested(S1Config),
-    /// Refused, and why: C_BAD_STE of the stream is the guest's.
+    /// No STE to install (none configured, or refused), and why: C_BAD_STE
+    /// of the stream is the guest's, as the event `refusal_event` makes it.
     Refused(VsteError),
 }
 
@@ -430,10 +431,13 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
     fn install(&mut self, vsid: StreamId, psid: StreamId, want: Installed) {
         let was = self.installed.get(&vsid).copied();
         match (was, want) {
-            // Still refused (perhaps for another reason now): the physical
-            // STE is invalid either way.
-            (Some(Installed::Refused(_)), Installed::Refused(_)) => {
+            // Still without an STE (perhaps for another reason now): the
+            // physical STE is invalid either way.
+            (Some(Installed::Refused(old)), Installed::Refused(new)) => {
                 self.installed.insert(vsid, want);
+                if new.is_refusal() && new != old {
+                    self.refused(vsid, new);
+                }
                 return;
             }
             // The same physical STE: nothing to write, nothing to
@@ -460,14 +464,14 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
             return;
         }
         self.installed.insert(vsid, want);
+        if let Installed::Refused(e) = want {
+            if e.is_refusal() {
+                self.refused(vsid, e);
+                return;
+            }
+        }
         let (vsid, vmid) = (vsid.0, self.vmid);
         match want {
-            Installed::Refused(e) => {
-                self.stats.refusals += 1;
-                if self.may_log(LogKind::Refusal) {
-                    warn!("vSMMU: guest STE of vsid {vsid:#x} refused ({e}): its transactions abort, C_BAD_STE (VMID {vmid})");
-                }
-            }
             Installed::Nested(s1) => {
                 if self.may_log(LogKind::Install) {
                     info!(
@@ -486,6 +490,24 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
                     info!("vSMMU: vsid {vsid:#x} -> sid {psid}: aborts (VMID {vmid})");
                 }
             }
+            Installed::Refused(e) => {
+                if self.may_log(LogKind::Install) {
+                    info!("vSMMU: vsid {vsid:#x} -> sid {psid}: {e}, its transactions abort with an event (VMID {vmid})");
+                }
+            }
+        }
+    }
+
+    /// Counts a guest STE the vSMMU refused and reports it (bounded).
+    fn refused(&mut self, vsid: StreamId, e: VsteError) {
+        self.stats.refusals += 1;
+        if self.may_log(LogKind::Refusal) {
+            warn!(
+                "vSMMU: guest STE of vsid {:#x} refused ({e}): its transactions abort, {} (VMID {})",
+                vsid.0,
+                crate::event::event_id::name(refusal_event(&e, vsid, None).id()).unwrap_or("an event"),
+                self.vmid
+            );
         }
     }
 

@@ -43,12 +43,23 @@ pub struct GuestStrtab {
     pub split: u8,
 }
 
-/// Why a guest STE cannot be installed. The caller installs an invalid
+/// Why a guest StreamID has no STE to install: the guest configured none
+/// (no STE for the StreamID, or one with V == 0) or one the vSMMU refuses
+/// (its table unreadable, the STE ILLEGAL). The caller installs an invalid
 /// physical STE, so the stream's transactions abort and are recorded as
-/// C_BAD_STE, which reaches the guest as [`refusal_event`] makes it
-/// (F_STE_FETCH for [`VsteError::Fetch`]).
+/// C_BAD_STE, which reaches the guest as the event the SMMU it emulates
+/// records ([`refusal_event`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VsteError {
+    /// No STE for the StreamID: beyond the table's 2^LOG2SIZE, or (2-level)
+    /// its L1STD invalid or with a reserved Span, or beyond the 2^(Span-1)
+    /// STEs of its level 2 array (C_BAD_STREAMID, §7.3.2).
+    #[error("no STE for the StreamID")]
+    NoStream,
+    /// The STE is invalid (V == 0): its transactions abort and are recorded
+    /// as C_BAD_STE (§5.2).
+    #[error("the STE is invalid (V == 0)")]
+    Invalid,
     /// The guest's stream table (an L1STD or the STE) is not readable guest
     /// memory: the SMMU's fetch would fail (F_STE_FETCH, §7.3.4).
     #[error("guest stream table unreadable at {addr}: {err}")]
@@ -63,6 +74,14 @@ pub enum VsteError {
     /// field out of range, or an S1ContextPtr outside the VM.
     #[error("illegal guest STE: {0}")]
     Illegal(SteError),
+}
+
+impl VsteError {
+    /// Whether the vSMMU refused what the guest configured (an unreadable
+    /// table, an ILLEGAL STE), as opposed to the guest configuring no STE.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Fetch { .. } | Self::Illegal(_))
+    }
 }
 
 /// `base + index * size`, or a fetch error if that overflows the address
@@ -92,8 +111,8 @@ fn sid_in_range(sid: StreamId, bits: u8) -> bool {
 ///
 /// - A StreamID at or above 2^LOG2SIZE, an L1STD with Span == 0, a reserved
 ///   Span or one above SPLIT + 1, or a StreamID beyond the 2^(Span-1) STEs
-///   of its level 2 array has no STE (C_BAD_STREAMID, §7.3.2): the result
-///   is the invalid STE (V == 0), which [`compose`] turns into abort.
+///   of its level 2 array has no STE: [`VsteError::NoStream`]
+///   (C_BAD_STREAMID, §7.3.2).
 /// - Guest memory that cannot be read is [`VsteError::Fetch`].
 ///
 /// L2Ptr bits below the size of its array are taken as zero, as §5.1 says
@@ -105,7 +124,7 @@ pub fn read_guest_ste(
     vsid: StreamId,
 ) -> Result<Ste, VsteError> {
     if !sid_in_range(vsid, t.log2size) {
-        return Ok(Ste::invalid());
+        return Err(VsteError::NoStream);
     }
     let addr = if t.two_level {
         let split = t.split.min(32);
@@ -116,7 +135,7 @@ pub fn read_guest_ste(
         let desc = L1Std(u64::from_le_bytes(raw));
         let span = desc.span();
         if !desc.valid() || span > split.saturating_add(1) {
-            return Ok(Ste::invalid());
+            return Err(VsteError::NoStream);
         }
         let l2_index = if split >= 32 {
             vsid.0
@@ -125,7 +144,7 @@ pub fn read_guest_ste(
         };
         // The level 2 array holds 2^(Span-1) STEs (Span is 1..=11 here).
         if !sid_in_range(StreamId(l2_index), span - 1) {
-            return Ok(Ste::invalid());
+            return Err(VsteError::NoStream);
         }
         let l2 = Ipa(desc.l2ptr().raw()).align_down(STE_BYTES << (span - 1));
         entry_addr(l2, u64::from(l2_index), STE_BYTES)?
@@ -156,7 +175,9 @@ pub fn compose(guest: &Ste, policy: &VsmmuPolicy, s2: &S2Config) -> Result<Ste, 
 ///
 /// The guest STE is first classified as an SMMU advertising `policy` would
 /// ([`Ste::validate`] with [`VsmmuPolicy::ste_policy`]):
-/// - V == 0, Config abort or reserved: the physical abort STE;
+/// - V == 0: [`VsteError::Invalid`] (C_BAD_STE, §5.2);
+/// - Config abort or reserved (which behaves as abort): the physical abort
+///   STE (abort, no event);
 /// - Config bypass: the VM's stage 2 alone ([`Ste::stage2`]), so the device
 ///   still reaches only the VM's memory;
 /// - Config stage 1: nested ([`Ste::nested`]) with only S1ContextPtr,
@@ -184,7 +205,8 @@ pub fn compose_with_stall(
         .validate(&policy.ste_policy())
         .map_err(VsteError::Illegal)?;
     match kind {
-        SteKind::Invalid | SteKind::Abort => Ok(Ste::abort()),
+        SteKind::Invalid => Err(VsteError::Invalid),
+        SteKind::Abort => Ok(Ste::abort()),
         SteKind::Bypass => Ok(Ste::stage2(s2)),
         SteKind::Stage2 | SteKind::Nested => {
             Err(VsteError::Illegal(SteError::Stage2NotImplemented))
@@ -244,14 +266,16 @@ fn guest_s1(
     })
 }
 
-/// The event a guest sees for a transaction on a stream whose STE it
-/// configured and the vSMMU refused (the physical stream is made invalid,
-/// so the SMMU records C_BAD_STE with the physical StreamID): an
-/// unreadable stream table is F_STE_FETCH at the guest's address (§7.3.4),
-/// an ILLEGAL STE is C_BAD_STE (§7.3.5), both with the virtual StreamID
-/// `vsid` and the transaction's SubstreamID `ssid`.
+/// The event a guest sees for a transaction on a stream without an STE to
+/// install (the physical stream is made invalid, so the SMMU records
+/// C_BAD_STE with the physical StreamID): no STE for the StreamID is
+/// C_BAD_STREAMID (§7.3.2), an unreadable stream table F_STE_FETCH at the
+/// guest's address (§7.3.4), an invalid or ILLEGAL STE C_BAD_STE (§5.2,
+/// §7.3.5), each with the virtual StreamID `vsid` and the transaction's
+/// SubstreamID `ssid`.
 pub fn refusal_event(refusal: &VsteError, vsid: StreamId, ssid: Option<Ssid>) -> Event {
     match *refusal {
+        VsteError::NoStream => Event::BadStreamId { sid: vsid, ssid },
         VsteError::Fetch { addr, .. } => Event::SteFetch {
             sid: vsid,
             ssid,
@@ -259,7 +283,7 @@ pub fn refusal_event(refusal: &VsteError, vsid: StreamId, ssid: Option<Ssid>) ->
             gpcf: false,
             fetch_addr: PhysAddr(addr.0),
         },
-        VsteError::Illegal(_) => Event::BadSte { sid: vsid, ssid },
+        VsteError::Invalid | VsteError::Illegal(_) => Event::BadSte { sid: vsid, ssid },
     }
 }
 
@@ -335,7 +359,10 @@ mod tests {
         assert_eq!(read_guest_ste(&m, &t, StreamId(6)), Ok(Ste::invalid()));
         // StreamID 32 is beyond 2^LOG2SIZE: no STE, not even a fetch.
         let reads = m.reads();
-        assert_eq!(read_guest_ste(&m, &t, StreamId(32)), Ok(Ste::invalid()));
+        assert_eq!(
+            read_guest_ste(&m, &t, StreamId(32)),
+            Err(VsteError::NoStream)
+        );
         assert_eq!(m.reads(), reads);
     }
 
@@ -388,7 +415,10 @@ mod tests {
         assert_eq!(read_guest_ste(&m, &t, StreamId(0x0306)), Ok(Ste::invalid()));
 
         // Span 0: no level 2 array, the STE is invalid.
-        assert_eq!(read_guest_ste(&m, &t, StreamId(0x0405)), Ok(Ste::invalid()));
+        assert_eq!(
+            read_guest_ste(&m, &t, StreamId(0x0405)),
+            Err(VsteError::NoStream)
+        );
 
         // Span 3: 4 STEs; StreamID 0x0203 is in, 0x0204 is out.
         let l2b = RAM + 0x11_0000;
@@ -396,13 +426,22 @@ mod tests {
         write_ste(&m, l2b + 3 * 64, &ste);
         write_ste(&m, l2b + 4 * 64, &ste);
         assert_eq!(read_guest_ste(&m, &t, StreamId(0x0203)), Ok(ste));
-        assert_eq!(read_guest_ste(&m, &t, StreamId(0x0204)), Ok(Ste::invalid()));
+        assert_eq!(
+            read_guest_ste(&m, &t, StreamId(0x0204)),
+            Err(VsteError::NoStream)
+        );
 
         // Span above SPLIT + 1, or a reserved Span: invalid descriptor.
         m.write_u64(Ipa(l1 + 8), L1Std::new(PhysAddr(l2), 10).0);
-        assert_eq!(read_guest_ste(&m, &t, StreamId(0x0105)), Ok(Ste::invalid()));
+        assert_eq!(
+            read_guest_ste(&m, &t, StreamId(0x0105)),
+            Err(VsteError::NoStream)
+        );
         m.write_u64(Ipa(l1 + 8), L1Std::new(PhysAddr(l2), 12).0);
-        assert_eq!(read_guest_ste(&m, &t, StreamId(0x0105)), Ok(Ste::invalid()));
+        assert_eq!(
+            read_guest_ste(&m, &t, StreamId(0x0105)),
+            Err(VsteError::NoStream)
+        );
 
         // An L2Ptr outside the VM: a fetch error.
         m.write_u64(Ipa(l1 + 5 * 8), L1Std::new(PhysAddr(0x4000), 9).0);
@@ -416,7 +455,7 @@ mod tests {
         // An L1 index past LOG2SIZE is never fetched.
         assert_eq!(
             read_guest_ste(&m, &t, StreamId(0x1_0000)),
-            Ok(Ste::invalid())
+            Err(VsteError::NoStream)
         );
     }
 
@@ -473,17 +512,20 @@ mod tests {
     // ---- composing the physical STE ----
 
     #[test]
-    fn guest_abort_and_invalid_become_abort() {
+    fn guest_abort_becomes_abort_and_invalid_c_bad_ste() {
         let p = vpolicy();
-        assert_eq!(compose(&Ste::invalid(), &p, &s2(5)), Ok(Ste::abort()));
         assert_eq!(compose(&Ste::abort(), &p, &s2(5)), Ok(Ste::abort()));
-        // Reserved Config values behave as abort.
+        // Reserved Config values behave as abort (no event).
         let ste = guest_config(Config::Reserved(2));
         assert_eq!(compose(&ste, &p, &s2(5)), Ok(Ste::abort()));
-        // V == 0 with garbage elsewhere is still invalid.
+        // V == 0, with garbage elsewhere too: C_BAD_STE.
+        assert_eq!(
+            compose(&Ste::invalid(), &p, &s2(5)),
+            Err(VsteError::Invalid)
+        );
         let mut ste = guest_s1(0x1000, S1Fmt::Linear, 0);
         ste.set_v(false);
-        assert_eq!(compose(&ste, &p, &s2(5)), Ok(Ste::abort()));
+        assert_eq!(compose(&ste, &p, &s2(5)), Err(VsteError::Invalid));
     }
 
     #[test]
@@ -731,8 +773,10 @@ mod tests {
                         prop_assert!(out.validate(&phys).is_ok(), "{:?}", out);
                     }
                     prop_assert_eq!(out == Ste::abort(), !guest.is_live());
+                    prop_assert!(guest.v());
                 }
                 Err(VsteError::Illegal(_)) => prop_assert!(guest.v()),
+                Err(VsteError::Invalid) => prop_assert!(!guest.v()),
                 Err(e) => prop_assert!(false, "unexpected {e:?}"),
             }
         }
@@ -783,9 +827,27 @@ mod tests {
                 ssid: Some(Ssid(3))
             }
         );
-        // Both survive the trip through an event queue record.
+        assert_eq!(
+            refusal_event(&VsteError::Invalid, StreamId(8), None),
+            Event::BadSte {
+                sid: StreamId(8),
+                ssid: None
+            }
+        );
+        let none = refusal_event(&VsteError::NoStream, StreamId(8), Some(Ssid(3)));
+        assert_eq!(
+            none,
+            Event::BadStreamId {
+                sid: StreamId(8),
+                ssid: Some(Ssid(3))
+            }
+        );
+        // All survive the trip through an event queue record.
         assert_eq!(Event::decode(e.encode().unwrap()), e);
         let f = refusal_event(&fetch, StreamId(8), None);
         assert_eq!(Event::decode(f.encode().unwrap()), f);
+        assert_eq!(Event::decode(none.encode().unwrap()), none);
+        assert!(fetch.is_refusal() && illegal.is_refusal());
+        assert!(!VsteError::Invalid.is_refusal() && !VsteError::NoStream.is_refusal());
     }
 }

@@ -149,17 +149,18 @@ fn guest_event(e: &Engine, index: u64) -> Event {
 fn cfgi_ste_of_a_stage1_ste_installs_it_nested() {
     let mut e = engine(policy());
     linux_enable(&mut e, 8);
-    // SMMUEN with an empty table: every stream aborts.
+    // SMMUEN with a table of zeroes: every STE is invalid (V == 0), so
+    // every stream's transactions abort with C_BAD_STE.
     assert_eq!(
         ops(&mut e),
         [
             PhysicalOp::Install {
                 sid: StreamId(0x10),
-                state: StreamState::Abort
+                state: StreamState::Invalid
             },
             PhysicalOp::Install {
                 sid: StreamId(0x2010),
-                state: StreamState::Abort
+                state: StreamState::Invalid
             }
         ]
     );
@@ -198,7 +199,7 @@ fn cfgi_ste_of_a_stage1_ste_installs_it_nested() {
     assert_eq!(cons(&e), 2, "CONS past the SYNC");
     assert_eq!(
         e.physical().state(StreamId(0x2010)),
-        Some(StreamState::Abort),
+        Some(StreamState::Invalid),
         "the other stream was not named"
     );
     let stats = e.stats();
@@ -389,6 +390,10 @@ fn budget_bounds_the_work_of_each_access() {
 fn refused_ste_aborts_the_stream_and_its_c_bad_ste_is_the_guests() {
     let mut e = engine(policy());
     linux_enable(&mut e, 8);
+    // The streams abort (Config abort, no event) before one is refused.
+    write_ste(&e, 0x8, &Ste::abort());
+    write_ste(&e, 0x10, &Ste::abort());
+    push(&mut e, &[cfgi_ste(0x8), cfgi_ste(0x10), sync()]);
     ops(&mut e);
     let mut ste = guest_s1(CDS);
     ste.set_config(Config::S2Translate);
@@ -531,8 +536,57 @@ fn gbpa_decides_while_the_vsmmu_is_off() {
     );
     assert_eq!(
         e.physical().state(StreamId(0x2010)),
-        Some(StreamState::Abort)
+        Some(StreamState::Invalid)
     );
+}
+
+/// Streams the guest configured no STE for are reported as the SMMU the
+/// vSMMU emulates reports them: a StreamID beyond the guest's table as
+/// C_BAD_STREAMID, an STE with V == 0 as C_BAD_STE, each with the guest's
+/// StreamID; neither is a refusal. An STE with Config abort aborts
+/// without an event.
+#[test]
+fn streams_without_an_ste_report_c_bad_streamid_and_c_bad_ste() {
+    let mut e = engine(policy());
+    linux_enable(&mut e, 8);
+    // A table of 16 STEs: vsid 0x10 is beyond it, vsid 0x8's STE is zero.
+    write(&mut e, o::CR0, 0b1100);
+    write(&mut e, o::STRTAB_BASE_CFG, 4);
+    write(&mut e, o::CR0, 0b1101);
+    for (_, p) in DEVICES {
+        assert_eq!(e.physical().state(StreamId(p)), Some(StreamState::Invalid));
+    }
+    let beyond = e
+        .physical()
+        .transaction(StreamId(0x2010), None, 0x1000)
+        .unwrap();
+    assert!(e.owns_event(&beyond));
+    assert_eq!(e.inject_fault(&beyond), Some(GuestIrq::Event));
+    assert_eq!(
+        guest_event(&e, 0),
+        Event::BadStreamId {
+            sid: StreamId(0x10),
+            ssid: None
+        }
+    );
+    let invalid = e
+        .physical()
+        .transaction(StreamId(0x10), Some(Ssid(1)), 0x1000)
+        .unwrap();
+    assert!(e.owns_event(&invalid));
+    e.inject_fault(&invalid);
+    assert_eq!(
+        guest_event(&e, 1),
+        Event::BadSte {
+            sid: StreamId(0x8),
+            ssid: Some(Ssid(1))
+        }
+    );
+    assert_eq!(e.stats().refusals, 0, "the guest's own configuration");
+    // Config abort: the stream aborts, and the SMMU records nothing.
+    write_ste(&e, 0x8, &Ste::abort());
+    push(&mut e, &[cfgi_ste(0x8), sync()]);
+    assert_eq!(e.physical().state(StreamId(0x10)), Some(StreamState::Abort));
 }
 
 #[test]
@@ -544,7 +598,10 @@ fn failed_physical_operations_are_counted_and_retried() {
     // The install fails: the stream keeps what it had.
     e.physical_mut().fail_next(1);
     push(&mut e, &[cfgi_ste(0x8), sync()]);
-    assert_eq!(e.physical().state(StreamId(0x10)), Some(StreamState::Abort));
+    assert_eq!(
+        e.physical().state(StreamId(0x10)),
+        Some(StreamState::Invalid)
+    );
     assert_eq!(e.stats().physical_errors, 1);
     assert_eq!(cons(&e), 2);
     // The next CFGI_STE installs it.
@@ -575,7 +632,7 @@ fn log_lines_a_guest_causes_are_bounded() {
         push(&mut e, &[cfgi_ste(0x8)]);
     }
     assert_eq!(e.stats().refusals, N);
-    // N refusal and N nested lines, plus the two aborts at enable.
+    // N refusal and N nested lines, plus the two invalid STEs at enable.
     let lines = 2 * N + 2;
     assert_eq!(
         e.stats().log_lines_dropped,
