@@ -21,8 +21,9 @@ const MAX_TRAPS: usize = 256;
 
 /// Where a steered data abort goes: every device, its neighbourhood, and
 /// addresses nothing claims.
-const TARGETS: [u64; 9] = [
+const TARGETS: [u64; 10] = [
     layout::UART_BASE,
+    layout::RTC_BASE,
     layout::GICD_BASE,
     layout::GICR_BASE,
     layout::GICR_BASE + 0x1_0000,
