@@ -44,11 +44,6 @@ pub fn now() -> Option<u64> {
     CLOCK.get().map(|c| c.at(crate::arch::counter()))
 }
 
-/// Whether the machine has a wall clock (guests then get an RTC).
-pub fn present() -> bool {
-    CLOCK.get().is_some()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

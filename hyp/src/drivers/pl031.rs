@@ -11,10 +11,11 @@ const RTCDR: u64 = 0x000;
 
 /// The seconds the PL031 at `regs` has counted (RTCDR).
 pub fn seconds(regs: &Region) -> u32 {
-    // SAFETY: `regs` is the machine's PL031 as the device tree gives it
-    // (at least its 4 KiB of registers, `Platform::rtc`), mapped as a
-    // device at EL2 by the boot for the hypervisor's lifetime and reached
-    // by nothing else; reading RTCDR has no side effect.
+    // `regs` is the machine's PL031 as the device tree gives it (at least
+    // its 4 KiB of registers, `Platform::rtc`), mapped as a device at EL2
+    // by the boot for the hypervisor's lifetime.
+    // SAFETY: a PL031's register frame, mapped for good, reached by nothing
+    // but this read of RTCDR, which has no side effect.
     let frame = unsafe { Frame::new(regs.base, regs.size as usize) };
     frame.r32(RTCDR)
 }

@@ -372,6 +372,8 @@ fn build_vm(
     }
     load(kernel_ipa, kernel, "kernel")?;
 
+    // The VM's clock, where the machine has one to count from.
+    let rtc = crate::wallclock::now().map(crate::vdev::rtc::VirtualRtc::new);
     let dt = GuestDt {
         name: spec.name.clone(),
         cpus: spec.cpus,
@@ -397,7 +399,9 @@ fn build_vm(
         counters: Some((layout::COUNTERS_BASE, layout::COUNTERS_SIZE)),
         its: Some((layout::ITS_BASE, layout::ITS_SIZE)),
         seeds: crate::seed::available(),
-        rtc: crate::wallclock::present().then_some((layout::RTC_BASE, layout::RTC_SIZE)),
+        rtc: rtc
+            .is_some()
+            .then_some((layout::RTC_BASE, layout::RTC_SIZE)),
     };
     let blob = guest_fdt::build(&dt)
         .map_err(|e| resources(alloc::format!("VM {}: device tree: {e}", spec.name)))?;
@@ -482,7 +486,6 @@ fn build_vm(
         None => (PciHostBridge::empty(), Vec::new(), Vec::new()),
     };
     let device_map = |e: BusError| resources(alloc::format!("VM {}: device map: {e}", spec.name));
-    let rtc = crate::wallclock::now().map(crate::vdev::rtc::VirtualRtc::new);
     vm.bus = standard_bus(spec.cpus, pci, vsmmu.is_some(), true, rtc).map_err(device_map)?;
     for (ipa, len, region) in msix {
         vm.bus

@@ -464,14 +464,9 @@ impl<P: PhysicalSmmu, M: GuestMemory> VsmmuEngine<P, M> {
             return;
         }
         self.installed.insert(vsid, want);
-        if let Installed::Refused(e) = want {
-            if e.is_refusal() {
-                self.refused(vsid, e);
-                return;
-            }
-        }
         let (vsid, vmid) = (vsid.0, self.vmid);
         match want {
+            Installed::Refused(e) if e.is_refusal() => self.refused(StreamId(vsid), e),
             Installed::Nested(s1) => {
                 if self.may_log(LogKind::Install) {
                     info!(
